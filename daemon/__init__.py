@@ -1,0 +1,1 @@
+"""Cabinet: the daemon (domain, persistence, adapters)."""

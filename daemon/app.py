@@ -1,0 +1,132 @@
+"""The composition root: builds every part of Cabinet from the configuration.
+
+Nothing else constructs engines, signers, mailers or servers; adapters get
+what they need from a ``Cabinet`` instance passed to them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon import db
+from daemon.clock import Clock, SystemClock
+from daemon.config import Config
+from daemon.errors import ConfigError
+from daemon.i18n import check_timezone
+from daemon.links import Links
+from daemon.passwords import Passwords
+from daemon.roster import Roster, RosterSettings
+from daemon.tokens import LinkSigner, SecretKeys
+from mailer.outbox import Outbox, OutboxWorker
+from mailer.render import EmailRenderer
+from mailer.transports import MaildirTransport, SmtpTransport, Transport
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass
+class Cabinet:
+    config: Config
+    clock: Clock
+    engine: Engine
+    sessions: sessionmaker[Session]
+    signer: LinkSigner
+    links: Links
+    passwords: Passwords
+    roster: Roster
+    outbox: Outbox
+    worker: OutboxWorker
+    templates_dir: Path
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def make_transport(config: Config) -> Transport:
+    if config.mail.transport == "smtp":
+        return SmtpTransport(config.mail.relay)
+    return MaildirTransport(config.mail.maildir)
+
+
+def initialise(config: Config) -> list[str]:
+    """Create the data folder, the signing key and the schema; safe to run again."""
+    done: list[str] = []
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    keys_file = config.security.secret_keys_file
+    if not keys_file.exists():
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 from the start: the key must never be readable by other users.
+        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("# Cabinet signing keys, oldest first. Append a new line to rotate;\n")
+            handle.write("# the last key signs, every key listed verifies.\n")
+            handle.write(SecretKeys.generate() + "\n")
+        done.append(f"created signing key {keys_file}")
+    if config.mail.transport == "maildir":
+        for sub in ("cur", "new", "tmp"):
+            (config.mail.maildir / sub).mkdir(parents=True, exist_ok=True)
+    engine = db.make_engine(config.database_url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()
+    done.append("database schema is up to date")
+    return done
+
+
+def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMPLATES_DIR) -> Cabinet:
+    """Wire Cabinet together. ``clock`` is the system clock unless a caller (a test) passes one."""
+    clock = clock or SystemClock()
+    try:
+        check_timezone(config.general.timezone)
+    except Exception as exc:
+        raise ConfigError(f"[general] timezone: {exc}") from None
+    if config.is_sqlite and not config.storage.data_dir.exists():
+        raise ConfigError(f"data folder {config.storage.data_dir} does not exist; run `cabinet init` first")
+    keys = SecretKeys.load(config.security.secret_keys_file)
+    engine = db.make_engine(config.database_url)
+    sessions = db.make_sessionmaker(engine)
+    signer = LinkSigner(keys, clock)
+    links = Links(config.http.public_url)
+    passwords = Passwords()
+    renderer = EmailRenderer(templates_dir)
+    outbox = Outbox(renderer, clock, config.mail.from_address, config.smtp.domain)
+    roster = Roster(
+        sessions=sessions,
+        notifier=outbox,
+        signer=signer,
+        links=links,
+        passwords=passwords,
+        clock=clock,
+        settings=RosterSettings(
+            invitation_ttl=timedelta(days=config.invitations.ttl_days),
+            default_locale=config.general.default_locale,
+            default_timezone=config.general.timezone,
+        ),
+    )
+    worker = OutboxWorker(
+        sessions,
+        make_transport(config),
+        clock,
+        max_attempts=config.mail.max_attempts,
+        poll_interval=config.mail.poll_interval,
+    )
+    return Cabinet(
+        config=config,
+        clock=clock,
+        engine=engine,
+        sessions=sessions,
+        signer=signer,
+        links=links,
+        passwords=passwords,
+        roster=roster,
+        outbox=outbox,
+        worker=worker,
+        templates_dir=templates_dir,
+    )

@@ -1,0 +1,50 @@
+"""What every command shares: the config path and a lazily built Cabinet."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import click
+
+from daemon.app import Cabinet, build
+from daemon.config import Config, load_config
+
+
+class CliState:
+    def __init__(self, config_path: str | None) -> None:
+        self._config_path = config_path
+        self._config: Config | None = None
+        self._cabinet: Cabinet | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self._config_path)
+        return self._config
+
+    @property
+    def cabinet(self) -> Cabinet:
+        if self._cabinet is None:
+            self._cabinet = build(self.config)
+        return self._cabinet
+
+    def close(self) -> None:
+        if self._cabinet is not None:
+            self._cabinet.close()
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+def print_json(items: Iterable[Any]) -> None:
+    click.echo(json.dumps([item.as_dict() for item in items], indent=2, ensure_ascii=False))
+
+
+def print_table(rows: list[list[str]], headers: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,246 @@
+"""The database schema, as SQLAlchemy 2.0 declarative models.
+
+Only data and constraints live here; the rules that change these rows live
+in ``daemon.roster``. Every lookup a link, a reply or a sweep makes has an
+index, and uniqueness rules the domain relies on are enforced by the database
+too (so two instances racing cannot both win).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names so Alembic migrations mean the same thing on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use an aware UTC datetime")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Firm(Base):
+    __tablename__ = "firms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)  # casefolded name
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="firm")
+
+
+class User(Base):
+    """A firm staff member (accountant) who can sign in."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised, lower-case
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    locale: Mapped[str] = mapped_column(String(8))
+    timezone: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user")
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("user_id", "firm_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20))  # "admin" | "staff"
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    firm: Mapped[Firm] = relationship(back_populates="memberships")
+
+
+class Company(Base):
+    """A client's QuickBooks company (the books)."""
+
+    __tablename__ = "companies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "business" | "individual"
+    admin_email: Mapped[str] = mapped_column(String(320), index=True)  # the primary admin
+    admin_name: Mapped[str] = mapped_column(String(200))
+    admin_locale: Mapped[str] = mapped_column(String(8))
+    admin_timezone: Mapped[str] = mapped_column(String(64))
+    subscription: Mapped[str] = mapped_column(String(20))  # none|self-paid|wholesale|direct-discount
+    has_quickbooks_time: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Client(Base):
+    """An entry on a firm's client roster."""
+
+    __tablename__ = "clients"
+    __table_args__ = (
+        UniqueConstraint("firm_id", "company_id"),
+        UniqueConstraint("firm_id", "name_key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    billing: Mapped[str] = mapped_column(String(20))  # "self-paid" | "wholesale" | "direct" | "none"
+    status: Mapped[str] = mapped_column(String(30))  # "active", later "trial", "discount lapsed"…
+    connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    firm: Mapped[Firm] = relationship()
+    company: Mapped[Company | None] = relationship()
+
+
+class Invitation(Base):
+    """A client's invitation to an accountant (flow 1)."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        # One live invitation per company and address: a second send supersedes the first.
+        Index(
+            "uq_invitations_pending",
+            "company_id",
+            "email",
+            unique=True,
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index("ix_invitations_state_expires", "state", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)  # normalised
+    invited_by: Mapped[str] = mapped_column(String(320))  # who sent it (the client admin)
+    nonce: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"))
+    accepted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"))
+    renewal_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    company: Mapped[Company] = relationship()
+    firm: Mapped[Firm | None] = relationship()
+    accepted_by: Mapped[User | None] = relationship()
+
+
+class Event(Base):
+    """Append-only activity log: who did what, when, through which channel."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(60))
+    actor: Mapped[str] = mapped_column(String(320))
+    channel: Mapped[str] = mapped_column(String(20))  # "link" | "cli" | "reply" | "scheduler"
+    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"), index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), index=True)
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+
+
+class OutboxMessage(Base):
+    """An email queued in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(60))  # template name, e.g. "invitation"
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    recipient: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(500))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)  # serialised once, at enqueue time
+    state: Mapped[str] = mapped_column(String(20))  # "pending" | "sent" | "failed"
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), index=True)
+
+
+class WebSession(Base):
+    """A signed-in browser session; the cookie holds a random id, the table its hash."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    user: Mapped[User] = relationship()
+
+
+class InboundMessage(Base):
+    """A message received by the SMTP listener, stored before it was acknowledged."""
+
+    __tablename__ = "inbound"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mail_from: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[str] = mapped_column(Text)  # JSON list
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(20), index=True)  # "received" for now

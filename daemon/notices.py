@@ -1,0 +1,32 @@
+"""What the domain says when someone should hear about a change.
+
+The domain describes a notice (who, which template, which facts); it never
+renders or sends mail. The outbox (``mailer.outbox``) turns a notice into a
+stored message inside the same database transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+
+@dataclass(frozen=True)
+class Notice:
+    template: str  # e.g. "invitation", "invitation_accepted"
+    to: str  # normalised address
+    to_name: str
+    locale: str
+    timezone: str
+    context: dict[str, Any] = field(default_factory=dict)
+    # Notifications are machine-generated (RFC 3834); a person's request would not be.
+    auto_submitted: bool = True
+    invitation_id: int | None = None
+
+
+class Notifier(Protocol):
+    def queue(self, session: Session, notice: Notice) -> None:
+        """Add the email for ``notice`` to the outbox, in ``session``'s transaction."""
+        ...

@@ -1,0 +1,714 @@
+"""The roster domain: every rule of the source document, in one place.
+
+Firms, their staff, client companies, invitations and the client roster.
+Each public method is one transaction: the state change, its event and the
+emails it causes (queued through the ``Notifier``) commit together or not at
+all. Adapters (CLI, HTTP, SMTP replies, scheduler) call these methods and
+never touch the tables themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ContextManager, Iterator
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.clock import Clock
+from daemon.db import write_transaction
+from daemon.errors import (
+    AlreadyExists,
+    InvalidInput,
+    InvalidState,
+    LinkExpired,
+    LinkTampered,
+    NotAllowed,
+    NotFound,
+)
+from daemon.i18n import check_locale, check_timezone
+from daemon.links import Links
+from daemon.models import Client, Company, Event, Firm, Invitation, Membership, User
+from daemon.notices import Notice, Notifier
+from daemon.passwords import Passwords
+from daemon.tokens import LinkSigner, Purpose
+from daemon.views import ClientView, CompanyView, FirmView, InvitationView, UserView
+
+KINDS = ("business", "individual")
+# Billing of a company that pays QuickBooks itself, as shown on the roster.
+SUBSCRIPTION_BILLING = {"self-paid": "self-paid", "wholesale": "wholesale", "direct-discount": "direct", "none": "none"}
+
+
+def normalise_email(address: str) -> str:
+    """Validate an address and return the form Cabinet compares on (case-insensitive)."""
+    try:
+        result = validate_email(address.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput(f"{address!r} is not a valid email address: {exc}") from None
+    return result.normalized.lower()
+
+
+def name_key(name: str) -> str:
+    """The form names are compared on: case and inner spacing do not make a new entry."""
+    key = " ".join(name.split()).casefold()
+    if not key:
+        raise InvalidInput("a name cannot be empty")
+    return key
+
+
+def _clean_name(name: str) -> str:
+    cleaned = " ".join(name.split())
+    if not cleaned:
+        raise InvalidInput("a name cannot be empty")
+    if len(cleaned) > 200:
+        raise InvalidInput("a name can have at most 200 characters")
+    return cleaned
+
+
+class InvitationUnavailable(InvalidState):
+    """The invitation can no longer be acted on; ``view`` says what happened to it."""
+
+    def __init__(self, view: InvitationView) -> None:
+        super().__init__(f"this invitation is {view.status}")
+        self.view = view
+
+
+class WrongAccount(NotAllowed):
+    """Signed in as someone other than the invited address."""
+
+    def __init__(self, invited: str, signed_in: str) -> None:
+        super().__init__(f"this invitation was sent to {invited}, but you are signed in as {signed_in}")
+        self.invited = invited
+        self.signed_in = signed_in
+
+
+@dataclass(frozen=True)
+class RosterSettings:
+    invitation_ttl: timedelta
+    default_locale: str
+    default_timezone: str
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    invitation: InvitationView
+    client: ClientView
+
+
+@dataclass(frozen=True)
+class RenewalResult:
+    invitation: InvitationView
+    already_requested: bool
+
+
+class Roster:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        notifier: Notifier,
+        signer: LinkSigner,
+        links: Links,
+        passwords: Passwords,
+        clock: Clock,
+        settings: RosterSettings,
+    ) -> None:
+        self._sessions = sessions
+        self._notifier = notifier
+        self._signer = signer
+        self._links = links
+        self._passwords = passwords
+        self._clock = clock
+        self._settings = settings
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _transaction(self) -> ContextManager[Session]:
+        return write_transaction(self._sessions)
+
+    def _event(
+        self,
+        s: Session,
+        kind: str,
+        actor: str,
+        channel: str,
+        *,
+        firm_id: int | None = None,
+        company_id: int | None = None,
+        client_id: int | None = None,
+        **detail: Any,
+    ) -> None:
+        s.add(
+            Event(
+                at=self._clock.now(),
+                kind=kind,
+                actor=actor,
+                channel=channel,
+                firm_id=firm_id,
+                company_id=company_id,
+                client_id=client_id,
+                detail=json.dumps(detail, default=str, sort_keys=True),
+            )
+        )
+
+    # -- firms and staff --------------------------------------------------
+
+    def add_firm(self, name: str, email: str) -> FirmView:
+        name = _clean_name(name)
+        address = normalise_email(email)
+        with self._transaction() as s:
+            existing = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
+            if existing:
+                raise AlreadyExists(f"a firm named {existing.name!r} already exists")
+            firm = Firm(name=name, name_key=name_key(name), email=address, created_at=self._clock.now())
+            s.add(firm)
+            s.flush()
+            self._event(s, "firm.added", "operator", "cli", firm_id=firm.id, name=name)
+            return FirmView(firm.id, firm.name, firm.email)
+
+    def list_firms(self) -> list[FirmView]:
+        with self._sessions() as s:
+            return [FirmView(f.id, f.name, f.email) for f in s.scalars(select(Firm).order_by(Firm.name_key))]
+
+    def _firm_by_name(self, s: Session, name: str) -> Firm:
+        firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
+        if firm is None:
+            raise NotFound(f"no firm named {name!r} (see `cabinet firm list`)")
+        return firm
+
+    def add_staff(
+        self,
+        email: str,
+        name: str,
+        firm_names: list[str],
+        password: str,
+        locale: str | None = None,
+        timezone: str | None = None,
+        role: str = "staff",
+    ) -> UserView:
+        """Create a staff account (an accountant) belonging to one or more firms."""
+        address = normalise_email(email)
+        name = _clean_name(name)
+        if not firm_names:
+            raise InvalidInput("a staff member belongs to at least one firm (--firm)")
+        locale = check_locale(locale or self._settings.default_locale)
+        timezone = check_timezone(timezone or self._settings.default_timezone)
+        password_hash = self._passwords.hash(password)
+        with self._transaction() as s:
+            firms = [self._firm_by_name(s, firm_name) for firm_name in dict.fromkeys(firm_names)]
+            if s.scalar(select(User).where(User.email == address)):
+                raise AlreadyExists(f"a staff member with the address {address} already exists")
+            user = User(
+                email=address,
+                name=name,
+                password_hash=password_hash,
+                locale=locale,
+                timezone=timezone,
+                created_at=self._clock.now(),
+            )
+            s.add(user)
+            s.flush()
+            for firm in firms:
+                s.add(Membership(user_id=user.id, firm_id=firm.id, role=role))
+                self._event(s, "staff.added", "operator", "cli", firm_id=firm.id, email=address)
+            s.flush()
+            return self._user_view(s, user)
+
+    def _user_view(self, s: Session, user: User) -> UserView:
+        firms = s.scalars(
+            select(Firm).join(Membership).where(Membership.user_id == user.id).order_by(Firm.name_key)
+        ).all()
+        return UserView(
+            user.id,
+            user.email,
+            user.name,
+            user.locale,
+            user.timezone,
+            tuple(FirmView(f.id, f.name, f.email) for f in firms),
+        )
+
+    def get_user(self, user_id: int) -> UserView:
+        with self._sessions() as s:
+            user = s.get(User, user_id)
+            if user is None:
+                raise NotFound("no such staff member")
+            return self._user_view(s, user)
+
+    def list_staff(self) -> list[UserView]:
+        with self._sessions() as s:
+            return [self._user_view(s, u) for u in s.scalars(select(User).order_by(User.email))]
+
+    def authenticate(self, email: str, password: str) -> UserView | None:
+        """The staff member with these credentials, or None (slow: call off the event loop)."""
+        try:
+            address = normalise_email(email)
+        except InvalidInput:
+            address = ""
+        with self._sessions() as s:
+            user = s.scalar(select(User).where(User.email == address)) if address else None
+            # Verify even when there is no such user, so timing does not reveal accounts.
+            ok = self._passwords.verify(user.password_hash if user else None, password)
+            if not ok or user is None:
+                return None
+            return self._user_view(s, user)
+
+    # -- companies --------------------------------------------------------
+
+    def add_company(
+        self,
+        name: str,
+        admin_email: str,
+        admin_name: str | None = None,
+        kind: str = "business",
+        locale: str | None = None,
+        quickbooks_time: bool = False,
+        timezone: str | None = None,
+    ) -> CompanyView:
+        """Record a client's QuickBooks company and its primary admin."""
+        name = _clean_name(name)
+        address = normalise_email(admin_email)
+        if kind not in KINDS:
+            raise InvalidInput(f"kind must be business or individual, got {kind!r}")
+        with self._transaction() as s:
+            existing = s.scalar(select(Company).where(Company.name_key == name_key(name)))
+            if existing:
+                raise AlreadyExists(f"a company named {existing.name!r} already exists")
+            company = Company(
+                name=name,
+                name_key=name_key(name),
+                kind=kind,
+                admin_email=address,
+                admin_name=_clean_name(admin_name) if admin_name else address.split("@")[0],
+                admin_locale=check_locale(locale or self._settings.default_locale),
+                admin_timezone=check_timezone(timezone or self._settings.default_timezone),
+                subscription="self-paid",
+                has_quickbooks_time=quickbooks_time,
+                created_at=self._clock.now(),
+            )
+            s.add(company)
+            s.flush()
+            self._event(s, "company.added", "operator", "cli", company_id=company.id, name=name)
+            return _company_view(company)
+
+    def _company_by_name(self, s: Session, name: str) -> Company:
+        company = s.scalar(select(Company).where(Company.name_key == name_key(name)))
+        if company is None:
+            raise NotFound(f"no company named {name!r} (see `cabinet company list`)")
+        return company
+
+    def list_companies(self) -> list[CompanyView]:
+        with self._sessions() as s:
+            return [_company_view(c) for c in s.scalars(select(Company).order_by(Company.name_key))]
+
+    # -- invitations (flow 1) ---------------------------------------------
+
+    def send_invitation(self, company_name: str, email: str, channel: str = "cli") -> InvitationView:
+        """The client invites an accountant; a pending invitation to the same address is superseded."""
+        address = normalise_email(email)
+        now = self._clock.now()
+        with self._transaction() as s:
+            company = self._company_by_name(s, company_name)
+            previous = s.scalar(
+                select(Invitation).where(
+                    Invitation.company_id == company.id,
+                    Invitation.email == address,
+                    Invitation.state == "pending",
+                )
+            )
+            if previous is not None:
+                # Leave the partial unique index free for the new row before inserting it.
+                previous.state = "superseded"
+                previous.decided_at = now
+                s.flush()
+            invitation = Invitation(
+                company_id=company.id,
+                email=address,
+                invited_by=company.admin_email,
+                nonce=self._signer.nonce(),
+                state="pending",
+                created_at=now,
+                expires_at=now + self._settings.invitation_ttl,
+            )
+            s.add(invitation)
+            s.flush()
+            if previous is not None:
+                previous.superseded_by_id = invitation.id
+            token = self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
+            url = self._links.invitation(token)
+            accountant = s.scalar(select(User).where(User.email == address))
+            self._notifier.queue(
+                s,
+                Notice(
+                    template="invitation",
+                    to=address,
+                    to_name=accountant.name if accountant else "",
+                    locale=accountant.locale if accountant else company.admin_locale,
+                    timezone=accountant.timezone if accountant else company.admin_timezone,
+                    context={
+                        "company": company.name,
+                        "admin_name": company.admin_name,
+                        "admin_email": company.admin_email,
+                        "url": url,
+                        "expires_at": invitation.expires_at,
+                    },
+                    # A person (the client admin) is asking; replies are welcome.
+                    auto_submitted=False,
+                    invitation_id=invitation.id,
+                ),
+            )
+            self._event(
+                s,
+                "invitation.sent",
+                company.admin_email,
+                channel,
+                company_id=company.id,
+                invitation_id=invitation.id,
+                email=address,
+                superseded=previous.id if previous else None,
+            )
+            s.flush()
+            view = self._invitation_view(s, invitation)
+            return InvitationView(**{**view.__dict__, "url": url})
+
+    def revoke_invitation(self, invitation_id: int, channel: str = "cli") -> InvitationView:
+        with self._transaction() as s:
+            invitation = s.get(Invitation, invitation_id)
+            if invitation is None:
+                raise NotFound(f"no invitation {invitation_id} (see `cabinet invitation list`)")
+            view = self._invitation_view(s, invitation)
+            if view.status != "pending":
+                raise InvitationUnavailable(view)
+            invitation.state = "revoked"
+            invitation.decided_at = self._clock.now()
+            self._event(
+                s,
+                "invitation.revoked",
+                invitation.company.admin_email,
+                channel,
+                company_id=invitation.company_id,
+                invitation_id=invitation.id,
+            )
+            s.flush()
+            return self._invitation_view(s, invitation)
+
+    def list_invitations(self, company_name: str | None = None) -> list[InvitationView]:
+        with self._sessions() as s:
+            query = select(Invitation).order_by(Invitation.id)
+            if company_name:
+                query = query.where(Invitation.company_id == self._company_by_name(s, company_name).id)
+            return [self._invitation_view(s, i) for i in s.scalars(query)]
+
+    def _invitation_view(self, s: Session, invitation: Invitation) -> InvitationView:
+        status = invitation.state
+        if status == "pending" and self._clock.now() >= invitation.expires_at:
+            status = "expired"
+        return InvitationView(
+            id=invitation.id,
+            company=invitation.company.name,
+            email=invitation.email,
+            invited_by=invitation.invited_by,
+            state=invitation.state,
+            status=status,
+            created_at=invitation.created_at,
+            expires_at=invitation.expires_at,
+            decided_at=invitation.decided_at,
+            firm=invitation.firm.name if invitation.firm else None,
+            accepted_by=invitation.accepted_by.name if invitation.accepted_by else None,
+            accepted_by_email=invitation.accepted_by.email if invitation.accepted_by else None,
+            renewal_requested_at=invitation.renewal_requested_at,
+        )
+
+    def _invitation_from_token(self, s: Session, token: str) -> Invitation:
+        """The row an invitation link names; an expired signature still names it."""
+        try:
+            payload = self._signer.verify(Purpose.INVITE, token, max_age=self._settings.invitation_ttl)
+        except LinkExpired as exc:
+            payload = exc.payload
+        try:
+            invitation_id, nonce = payload
+        except (TypeError, ValueError):
+            raise LinkTampered("this link is not valid") from None
+        invitation = s.get(Invitation, invitation_id) if isinstance(invitation_id, int) else None
+        if invitation is None or invitation.nonce != nonce:
+            raise LinkTampered("this link does not match any invitation")
+        return invitation
+
+    def open_invitation(self, token: str) -> InvitationView:
+        """What an invitation link shows. Reads only: opening a link changes nothing."""
+        with self._sessions() as s:
+            return self._invitation_view(s, self._invitation_from_token(s, token))
+
+    def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
+        """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""
+        now = self._clock.now()
+        with self._transaction() as s:
+            invitation = self._invitation_from_token(s, token)
+            view = self._invitation_view(s, invitation)
+            if view.status != "pending":
+                raise InvitationUnavailable(view)
+            user = s.get(User, user_id)
+            if user is None:
+                raise NotAllowed("sign in to accept this invitation")
+            if user.email != invitation.email:
+                raise WrongAccount(invitation.email, user.email)
+            firm = self._chosen_firm(s, user, firm_id)
+            # The state guard makes the transition single-use even when two
+            # instances race on the same link: only one UPDATE matches.
+            won = s.execute(
+                update(Invitation)
+                .where(Invitation.id == invitation.id, Invitation.state == "pending")
+                .values(state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
+            ).rowcount
+            if won != 1:
+                s.refresh(invitation)
+                raise InvitationUnavailable(self._invitation_view(s, invitation))
+            s.refresh(invitation)
+            company = invitation.company
+            client = self._connect(s, firm, company, now)
+            self._event(
+                s,
+                "invitation.accepted",
+                user.email,
+                channel,
+                firm_id=firm.id,
+                company_id=company.id,
+                client_id=client.id,
+                invitation_id=invitation.id,
+            )
+            self._notifier.queue(
+                s,
+                Notice(
+                    template="invitation_accepted",
+                    to=company.admin_email,
+                    to_name=company.admin_name,
+                    locale=company.admin_locale,
+                    timezone=company.admin_timezone,
+                    context={
+                        "company": company.name,
+                        "accountant_name": user.name,
+                        "accountant_email": user.email,
+                        "firm": firm.name,
+                        "accepted_at": now,
+                    },
+                ),
+            )
+            for member in self._firm_staff(s, firm):
+                self._notifier.queue(
+                    s,
+                    Notice(
+                        template="client_added",
+                        to=member.email,
+                        to_name=member.name,
+                        locale=member.locale,
+                        timezone=member.timezone,
+                        context={
+                            "company": company.name,
+                            "firm": firm.name,
+                            "accepted_by": user.name,
+                            "accepted_by_email": user.email,
+                            "accepted_at": now,
+                        },
+                    ),
+                )
+            s.flush()
+            return AcceptResult(self._invitation_view(s, invitation), _client_view(client, firm))
+
+    def decline_invitation(self, token: str, user_id: int, channel: str = "link") -> InvitationView:
+        now = self._clock.now()
+        with self._transaction() as s:
+            invitation = self._invitation_from_token(s, token)
+            view = self._invitation_view(s, invitation)
+            if view.status != "pending":
+                raise InvitationUnavailable(view)
+            user = s.get(User, user_id)
+            if user is None:
+                raise NotAllowed("sign in to decline this invitation")
+            if user.email != invitation.email:
+                raise WrongAccount(invitation.email, user.email)
+            won = s.execute(
+                update(Invitation)
+                .where(Invitation.id == invitation.id, Invitation.state == "pending")
+                .values(state="declined", decided_at=now, accepted_by_id=user.id)
+            ).rowcount
+            s.refresh(invitation)
+            if won != 1:
+                raise InvitationUnavailable(self._invitation_view(s, invitation))
+            company = invitation.company
+            self._event(s, "invitation.declined", user.email, channel, company_id=company.id, invitation_id=invitation.id)
+            self._notifier.queue(
+                s,
+                Notice(
+                    template="invitation_declined",
+                    to=company.admin_email,
+                    to_name=company.admin_name,
+                    locale=company.admin_locale,
+                    timezone=company.admin_timezone,
+                    context={"company": company.name, "accountant_name": user.name, "accountant_email": user.email},
+                ),
+            )
+            s.flush()
+            return self._invitation_view(s, invitation)
+
+    def request_new_invitation(self, token: str, channel: str = "link") -> RenewalResult:
+        """From an expired link: ask the client admin for a new invitation (once)."""
+        now = self._clock.now()
+        with self._transaction() as s:
+            invitation = self._invitation_from_token(s, token)
+            view = self._invitation_view(s, invitation)
+            if view.status != "expired":
+                raise InvitationUnavailable(view)
+            won = s.execute(
+                update(Invitation)
+                .where(Invitation.id == invitation.id, Invitation.renewal_requested_at.is_(None))
+                .values(renewal_requested_at=now)
+            ).rowcount
+            s.refresh(invitation)
+            if won != 1:
+                return RenewalResult(self._invitation_view(s, invitation), already_requested=True)
+            company = invitation.company
+            renewal_token = self._signer.sign(Purpose.MANAGE, ["renew", invitation.id, invitation.nonce])
+            self._notifier.queue(
+                s,
+                Notice(
+                    template="invitation_renewal_requested",
+                    to=company.admin_email,
+                    to_name=company.admin_name,
+                    locale=company.admin_locale,
+                    timezone=company.admin_timezone,
+                    context={
+                        "company": company.name,
+                        "email": invitation.email,
+                        "expired_at": invitation.expires_at,
+                        "url": self._links.invitation_renewal(renewal_token),
+                    },
+                    auto_submitted=False,
+                ),
+            )
+            self._event(s, "invitation.renewal_requested", invitation.email, channel, company_id=company.id, invitation_id=invitation.id)
+            s.flush()
+            return RenewalResult(self._invitation_view(s, invitation), already_requested=False)
+
+    def _renewal_target(self, s: Session, token: str) -> Invitation:
+        payload = self._signer.verify(Purpose.MANAGE, token, max_age=self._settings.invitation_ttl)
+        try:
+            action, invitation_id, nonce = payload
+        except (TypeError, ValueError):
+            raise LinkTampered("this link is not valid") from None
+        invitation = s.get(Invitation, invitation_id) if action == "renew" and isinstance(invitation_id, int) else None
+        if invitation is None or invitation.nonce != nonce:
+            raise LinkTampered("this link does not match any invitation")
+        return invitation
+
+    def open_renewal(self, token: str) -> InvitationView:
+        """The client admin's "send a new invitation" page (reads only)."""
+        with self._sessions() as s:
+            return self._invitation_view(s, self._renewal_target(s, token))
+
+    def renew_invitation(self, token: str, channel: str = "link") -> InvitationView:
+        """The client admin sends a fresh invitation in place of an expired one (once per request)."""
+        with self._sessions() as s:
+            old = self._renewal_target(s, token)
+            view = self._invitation_view(s, old)
+            if view.status != "expired":
+                raise InvitationUnavailable(view)
+            company, email = old.company.name, old.email
+        return self.send_invitation(company, email, channel=channel)
+
+    # -- the roster ----------------------------------------------------------
+
+    def _chosen_firm(self, s: Session, user: User, firm_id: int | None) -> Firm:
+        firms = s.scalars(select(Firm).join(Membership).where(Membership.user_id == user.id)).all()
+        if not firms:
+            raise NotAllowed(f"{user.email} is not a member of any firm")
+        if firm_id is None:
+            if len(firms) > 1:
+                raise InvalidInput("you belong to several firms: choose the firm to connect this client to")
+            return firms[0]
+        for firm in firms:
+            if firm.id == firm_id:
+                return firm
+        raise NotAllowed("you can only connect a client to a firm you belong to")
+
+    def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:
+        yield from s.scalars(select(User).join(Membership).where(Membership.firm_id == firm.id).order_by(User.id))
+
+    def _connect(self, s: Session, firm: Firm, company: Company, now: Any) -> Client:
+        """Put the company on the firm's roster, or update the entry it already has."""
+        client = s.scalar(select(Client).where(Client.firm_id == firm.id, Client.company_id == company.id))
+        if client is None:
+            # A client added earlier without QuickBooks, under the same name, is the same client.
+            client = s.scalar(
+                select(Client).where(
+                    Client.firm_id == firm.id, Client.name_key == company.name_key, Client.company_id.is_(None)
+                )
+            )
+        if client is None:
+            client = Client(
+                firm_id=firm.id,
+                company_id=company.id,
+                kind=company.kind,
+                name=company.name,
+                name_key=company.name_key,
+                email=company.admin_email,
+                billing=SUBSCRIPTION_BILLING[company.subscription],
+                status="active",
+                connected_at=now,
+                created_at=now,
+            )
+            s.add(client)
+            try:
+                with s.begin_nested():
+                    s.flush()
+            except IntegrityError:
+                raise AlreadyExists(
+                    f"{firm.name}'s roster already has a client named {company.name!r} for another company"
+                ) from None
+        else:
+            client.company_id = company.id
+            client.billing = SUBSCRIPTION_BILLING[company.subscription]
+            client.status = "active"
+            client.connected_at = client.connected_at or now
+            s.flush()
+        return client
+
+    def list_clients(self, firm_name: str) -> list[ClientView]:
+        with self._sessions() as s:
+            firm = self._firm_by_name(s, firm_name)
+            clients = s.scalars(select(Client).where(Client.firm_id == firm.id).order_by(Client.name_key))
+            return [_client_view(c, firm) for c in clients]
+
+    def count_clients(self, firm_name: str) -> int:
+        with self._sessions() as s:
+            firm = self._firm_by_name(s, firm_name)
+            return s.scalar(select(func.count()).select_from(Client).where(Client.firm_id == firm.id)) or 0
+
+
+def _company_view(company: Company) -> CompanyView:
+    return CompanyView(
+        company.id,
+        company.name,
+        company.kind,
+        company.admin_email,
+        company.admin_name,
+        company.admin_locale,
+        company.subscription,
+        company.has_quickbooks_time,
+    )
+
+
+def _client_view(client: Client, firm: Firm) -> ClientView:
+    return ClientView(
+        id=client.id,
+        firm=firm.name,
+        name=client.name,
+        kind=client.kind,
+        status=client.status,
+        billing=client.billing,
+        company=client.company.name if client.company else None,
+        email=client.email,
+        phone=client.phone,
+        connected_at=client.connected_at,
+    )

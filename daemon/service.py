@@ -1,0 +1,79 @@
+"""`cabinet serve`: HTTP, SMTP and the outbox worker in one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from aiohttp import web
+
+from daemon.app import Cabinet
+from daemon.auth import WebSessions
+from daemon.config import listen_address
+from daemon.smtp import InboundHandler, smtp_factory
+from daemon.web import make_app
+from daemon.web.pages import Pages
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """The running daemon. ``start`` binds the listeners; ``stop`` drains and closes them."""
+
+    def __init__(self, cabinet: Cabinet) -> None:
+        self.cabinet = cabinet
+        self.pages = Pages(cabinet.templates_dir)
+        self.web_sessions = WebSessions(
+            cabinet.sessions, cabinet.clock, timedelta(hours=cabinet.config.security.session_hours)
+        )
+        self._runner: web.AppRunner | None = None
+        self._smtp: asyncio.AbstractServer | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.http_port = 0
+        self.smtp_port = 0
+
+    async def start(self) -> None:
+        config = self.cabinet.config
+        app = make_app(self.cabinet, self.web_sessions, self.pages)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        host, port = listen_address(config.http.listen, "[http] listen")
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound asyncio server here
+        assert server is not None and server.sockets
+        self.http_port = server.sockets[0].getsockname()[1]
+
+        handler = InboundHandler(self.cabinet.sessions, self.cabinet.clock, config.smtp.domain)
+        smtp_host, smtp_port = listen_address(config.smtp.listen, "[smtp] listen")
+        loop = asyncio.get_running_loop()
+        self._smtp = await loop.create_server(
+            lambda: smtp_factory(handler, config.smtp.domain), smtp_host, smtp_port
+        )
+        self.smtp_port = self._smtp.sockets[0].getsockname()[1]
+        self._worker = asyncio.create_task(self.cabinet.worker.run(), name="outbox-worker")
+        log.info(
+            "Cabinet is serving: HTTP on %s:%s (links use %s), SMTP on %s:%s, mail via %s",
+            host, self.http_port, config.http.public_url, smtp_host, self.smtp_port, config.mail.transport,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, then stop the worker."""
+        if self._smtp is not None:
+            self._smtp.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        if self._smtp is not None:
+            await self._smtp.wait_closed()
+        log.info("Cabinet stopped")
+
+    def reload(self) -> None:
+        self.pages.reload()
+        log.info("templates reloaded")

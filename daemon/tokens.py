@@ -1,0 +1,104 @@
+"""Signed links and addresses (itsdangerous).
+
+A token proves that Cabinet issued it, for one purpose, recently enough. It
+never proves that the link is still usable: the database row it names decides
+that (state and nonce), so a replayed link is answered with the current state
+and has no second effect.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.timed import TimestampSigner
+
+from daemon.clock import Clock
+from daemon.config import Secret
+from daemon.errors import ConfigError, LinkExpired, LinkTampered
+
+
+class Purpose(Enum):
+    """One salt per purpose: a token for one purpose never verifies for another."""
+
+    INVITE = "invite"
+    TRANSFER = "transfer"
+    SETUP = "setup"
+    PAYMENT = "payment"
+    MANAGE = "manage"
+    REPLY = "reply"
+    BOUNCE = "bounce"
+    SESSION = "session"
+    CSRF = "csrf"
+
+    @property
+    def salt(self) -> str:
+        return f"cabinet.{self.value}"
+
+
+@dataclass(frozen=True)
+class SecretKeys:
+    """Signing keys, newest first: the newest signs, all of them verify (rotation)."""
+
+    keys: tuple[Secret, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> SecretKeys:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise ConfigError(f"secret keys file {path} does not exist; run `cabinet init` first") from None
+        keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise ConfigError(f"secret keys file {path} holds no key")
+        if any(len(key) < 32 for key in keys):
+            raise ConfigError(f"every key in {path} must be at least 32 characters")
+        # The file lists the newest key last (append to rotate); signing wants it first.
+        return cls(tuple(Secret(key) for key in reversed(keys)))
+
+    @staticmethod
+    def generate() -> str:
+        return secrets.token_urlsafe(48)
+
+
+class LinkSigner:
+    """Signs and verifies tokens for every purpose, with a controllable clock."""
+
+    def __init__(self, keys: SecretKeys, clock: Clock) -> None:
+        self._keys = keys
+        self._clock = clock
+        self._serializers = {purpose: self._serializer(purpose) for purpose in Purpose}
+
+    def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
+        clock = self._clock
+
+        class _ClockSigner(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(clock.now().timestamp())
+
+        # itsdangerous signs with the last key and verifies with all of them.
+        ordered = [key.reveal() for key in reversed(self._keys.keys)]
+        return URLSafeTimedSerializer(ordered, salt=purpose.salt, signer=_ClockSigner)
+
+    def sign(self, purpose: Purpose, payload: Any) -> str:
+        return str(self._serializers[purpose].dumps(payload))
+
+    def verify(self, purpose: Purpose, token: str, max_age: timedelta | None) -> Any:
+        """Return the payload, or raise ``LinkTampered`` / ``LinkExpired``."""
+        serializer = self._serializers[purpose]
+        seconds = None if max_age is None else int(max_age.total_seconds())
+        try:
+            return serializer.loads(token, max_age=seconds)
+        except SignatureExpired as exc:
+            payload = serializer.load_payload(exc.payload) if exc.payload is not None else None
+            raise LinkExpired("this link has expired", payload) from None
+        except BadSignature:
+            raise LinkTampered("this link is not valid") from None
+
+    def nonce(self) -> str:
+        return secrets.token_urlsafe(12)

@@ -1,0 +1,127 @@
+"""Read-only views the domain hands to adapters.
+
+Adapters (web pages, CLI output, emails) get these plain values, never ORM
+objects, so nothing outside the domain can lazy-load or change a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@dataclass(frozen=True)
+class FirmView:
+    id: int
+    name: str
+    email: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UserView:
+    id: int
+    email: str
+    name: str
+    locale: str
+    timezone: str
+    firms: tuple[FirmView, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "email": self.email,
+            "name": self.name,
+            "locale": self.locale,
+            "timezone": self.timezone,
+            "firms": [firm.name for firm in self.firms],
+        }
+
+
+@dataclass(frozen=True)
+class CompanyView:
+    id: int
+    name: str
+    kind: str
+    admin_email: str
+    admin_name: str
+    admin_locale: str
+    subscription: str
+    has_quickbooks_time: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InvitationView:
+    """An invitation as a link landing page needs it.
+
+    ``status`` is the state as the person sees it now: a pending invitation
+    past its expiry date is "expired" even before a sweep records that.
+    """
+
+    id: int
+    company: str
+    email: str
+    invited_by: str
+    state: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    firm: str | None
+    accepted_by: str | None
+    accepted_by_email: str | None
+    renewal_requested_at: datetime | None
+    url: str | None = None  # only when freshly issued
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "company": self.company,
+            "email": self.email,
+            "invited_by": self.invited_by,
+            "state": self.state,
+            "status": self.status,
+            "created_at": _iso(self.created_at),
+            "expires_at": _iso(self.expires_at),
+            "decided_at": _iso(self.decided_at),
+            "firm": self.firm,
+            "accepted_by": self.accepted_by_email,
+        }
+
+
+@dataclass(frozen=True)
+class ClientView:
+    id: int
+    firm: str
+    name: str
+    kind: str
+    status: str
+    billing: str
+    company: str | None
+    email: str | None
+    phone: str | None
+    connected_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "firm": self.firm,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "billing": self.billing,
+            "company": self.company,
+            "email": self.email,
+            "phone": self.phone,
+            "connected_at": _iso(self.connected_at),
+        }

@@ -1,0 +1,109 @@
+"""The HTTP adapter: link landing pages, sign-in, and health.
+
+GET and HEAD only show; every POST carries a CSRF token checked by the
+middleware before any handler runs. Domain errors become pages here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from daemon.app import Cabinet
+from daemon.auth import WebSessions
+from daemon.errors import CabinetError
+from daemon.web import account, invitations
+from daemon.web.context import (
+    BROWSER_COOKIE,
+    CABINET,
+    PAGES,
+    SESSIONS,
+    check_csrf,
+    load_visitor,
+    page,
+)
+from daemon.web.pages import Pages
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # Links carry tokens: never leak them to another site through Referer.
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "Cache-Control": "no-store",
+}
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except CabinetError as exc:
+        if "visitor" not in request:
+            return web.Response(text=str(exc), status=exc.http_status)
+        return page(request, "error.html", status=exc.http_status, message=str(exc))
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        if "visitor" not in request:
+            return web.Response(text="internal error", status=500)
+        return page(request, "error.html", status=500, message=None)
+
+
+@web.middleware
+async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz"):
+        return await handler(request)
+    v = await load_visitor(request)
+    request["visitor"] = v
+    if request.method == "POST":
+        submitted = await request.post()
+        request["form"] = submitted
+        csrf = submitted.get("csrf_token")
+        check_csrf(request, csrf if isinstance(csrf, str) else None)
+    elif request.method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
+    response = await handler(request)
+    if v.new_browser:
+        response.set_cookie(
+            BROWSER_COOKIE,
+            v.browser_id,
+            httponly=True,
+            samesite="Lax",
+            secure=request.app[CABINET].config.http.public_url.startswith("https://"),
+            path="/",
+        )
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def make_app(cabinet: Cabinet, sessions: WebSessions, pages: Pages) -> web.Application:
+    app = web.Application(middlewares=[security_headers, errors, visitors], client_max_size=64 * 1024)
+    app[CABINET] = cabinet
+    app[SESSIONS] = sessions
+    app[PAGES] = pages
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", cabinet.templates_dir / "web" / "static")
+    account.setup(app)
+    invitations.setup(app)
+    return app

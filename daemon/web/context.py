@@ -1,0 +1,125 @@
+"""Per-request state for the HTTP adapter: who is visiting, in which language, with which CSRF token."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from daemon.app import Cabinet
+from daemon.auth import WebSessions
+from daemon.errors import CabinetError, LinkError
+from daemon.i18n import negotiate
+from daemon.tokens import Purpose
+from daemon.views import UserView
+from daemon.web.pages import Pages
+
+CABINET = web.AppKey("cabinet", Cabinet)
+PAGES = web.AppKey("pages", Pages)
+SESSIONS = web.AppKey("web_sessions", WebSessions)
+
+BROWSER_COOKIE = "cabinet_browser"
+SESSION_COOKIE = "cabinet_session"
+
+T = TypeVar("T")
+
+
+class CsrfFailed(CabinetError):
+    http_status = 403
+
+
+@dataclass
+class Visitor:
+    browser_id: str
+    new_browser: bool
+    session_token: str | None
+    user: UserView | None
+    locale: str
+    timezone: str
+    csrf_token: str
+
+
+def visitor(request: web.Request) -> Visitor:
+    return request["visitor"]  # type: ignore[no-any-return]
+
+
+def form(request: web.Request) -> MultiDictProxy[Any]:
+    return request["form"]  # type: ignore[no-any-return]
+
+
+async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Domain calls do blocking database I/O (fsync on commit): keep them off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def load_visitor(request: web.Request) -> Visitor:
+    cabinet = request.app[CABINET]
+    browser_id = request.cookies.get(BROWSER_COOKIE, "")
+    new_browser = len(browser_id) < 32
+    if new_browser:
+        browser_id = secrets.token_urlsafe(32)
+    token = request.cookies.get(SESSION_COOKIE)
+    user = None
+    user_id = await run(request.app[SESSIONS].user_id, token) if token else None
+    if user_id is not None:
+        user = await run(cabinet.roster.get_user, user_id)
+    default = cabinet.config.general.default_locale
+    locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
+    timezone = user.timezone if user else cabinet.config.general.timezone
+    return Visitor(
+        browser_id=browser_id,
+        new_browser=new_browser,
+        session_token=token if user else None,
+        user=user,
+        locale=locale,
+        timezone=timezone,
+        csrf_token=cabinet.signer.sign(Purpose.CSRF, browser_id),
+    )
+
+
+def check_csrf(request: web.Request, submitted: str | None) -> None:
+    """The form's token must be ours, recent, and bound to this browser's cookie."""
+    cabinet = request.app[CABINET]
+    max_age = timedelta(hours=cabinet.config.security.session_hours)
+    try:
+        bound = cabinet.signer.verify(Purpose.CSRF, submitted or "", max_age=max_age)
+    except LinkError:
+        raise CsrfFailed("this form has expired or did not come from this site; reload the page and try again") from None
+    current = request.cookies.get(BROWSER_COOKIE, "")
+    if not current or not secrets.compare_digest(str(bound), current):
+        raise CsrfFailed("this form did not come from this browser; reload the page and try again")
+
+
+def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    v = visitor(request)
+    cabinet = request.app[CABINET]
+    html = request.app[PAGES].render(
+        template,
+        v.locale,
+        v.timezone,
+        {
+            **context,
+            "user": v.user,
+            "csrf_token": v.csrf_token,
+            "path": request.path,
+            "public_url": cabinet.config.http.public_url,
+        },
+    )
+    return web.Response(text=html, status=status, content_type="text/html")
+
+
+def redirect(location: str) -> web.Response:
+    """Post/Redirect/Get: 303 so a reload never re-submits the form."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def safe_next(value: str | None) -> str:
+    """Only same-site relative paths: an open redirect would help phishing."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"

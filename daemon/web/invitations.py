@@ -1,0 +1,126 @@
+"""Invitation links: the accountant's accept page and the client admin's renewal page.
+
+Opening a link (GET/HEAD) only reads. Accept, decline and "ask for a new
+invitation" are POSTs that call the roster domain, then redirect back to the
+link, which now shows the invitation's new state.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from daemon.errors import InvalidInput, LinkTampered
+from daemon.roster import InvitationUnavailable, WrongAccount
+from daemon.views import InvitationView
+from daemon.web.context import CABINET, form, page, redirect, run, visitor
+
+
+def _token(request: web.Request) -> str:
+    return request.match_info["token"]
+
+
+def _invitation_page(
+    request: web.Request, invitation: InvitationView, status: int = 200, error: str | None = None
+) -> web.Response:
+    v = visitor(request)
+    wrong_account = v.user is not None and v.user.email != invitation.email
+    return page(
+        request,
+        "invitation.html",
+        status=status,
+        invitation=invitation,
+        wrong_account=wrong_account,
+        error=error,
+        failed=False,
+        email=invitation.email,
+        next=request.path,
+    )
+
+
+def _invalid_link(request: web.Request) -> web.Response:
+    return page(request, "link_invalid.html", status=404)
+
+
+async def show(request: web.Request) -> web.Response:
+    cabinet = request.app[CABINET]
+    try:
+        invitation = await run(cabinet.roster.open_invitation, _token(request))
+    except LinkTampered:
+        return _invalid_link(request)
+    return _invitation_page(request, invitation)
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    cabinet = request.app[CABINET]
+    v = visitor(request)
+    token = _token(request)
+    link = request.path.rsplit("/", 1)[0]
+    try:
+        if action == "request-new":
+            renewal = await run(cabinet.roster.request_new_invitation, token)
+            cabinet.worker.wake()
+            return page(request, "invitation_renewal_requested.html", invitation=renewal.invitation,
+                        already=renewal.already_requested)
+        if v.user is None:
+            return redirect(link)
+        if action == "accept":
+            raw_firm = str(form(request).get("firm_id", "")).strip()
+            if raw_firm and not raw_firm.isdigit():
+                raise InvalidInput("choose a firm from the list")
+            await run(cabinet.roster.accept_invitation, token, v.user.id, int(raw_firm) if raw_firm else None)
+        else:
+            await run(cabinet.roster.decline_invitation, token, v.user.id)
+        cabinet.worker.wake()
+        return redirect(link)
+    except LinkTampered:
+        return _invalid_link(request)
+    except InvitationUnavailable as exc:
+        return _invitation_page(request, exc.view, status=409)
+    except WrongAccount:
+        invitation = await run(cabinet.roster.open_invitation, token)
+        return _invitation_page(request, invitation, status=403)
+    except InvalidInput as exc:
+        invitation = await run(cabinet.roster.open_invitation, token)
+        return _invitation_page(request, invitation, status=400, error=str(exc))
+
+
+async def accept(request: web.Request) -> web.Response:
+    return await _act(request, "accept")
+
+
+async def decline(request: web.Request) -> web.Response:
+    return await _act(request, "decline")
+
+
+async def request_new(request: web.Request) -> web.Response:
+    return await _act(request, "request-new")
+
+
+async def show_renewal(request: web.Request) -> web.Response:
+    cabinet = request.app[CABINET]
+    try:
+        invitation = await run(cabinet.roster.open_renewal, _token(request))
+    except LinkTampered:
+        return _invalid_link(request)
+    return page(request, "invitation_renew.html", invitation=invitation, sent=None)
+
+
+async def renew(request: web.Request) -> web.Response:
+    cabinet = request.app[CABINET]
+    try:
+        sent = await run(cabinet.roster.renew_invitation, _token(request), "link")
+    except LinkTampered:
+        return _invalid_link(request)
+    except InvitationUnavailable as exc:
+        return page(request, "invitation_renew.html", status=409, invitation=exc.view, sent=None)
+    cabinet.worker.wake()
+    return page(request, "invitation_renew.html", invitation=sent, sent=sent)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/invitations/renew/{token}", show_renewal)
+    app.router.add_post("/invitations/renew/{token}", renew)
+    app.router.add_get("/invitations/{token}", show)
+    app.router.add_post("/invitations/{token}/accept", accept)
+    app.router.add_post("/invitations/{token}/decline", decline)
+    app.router.add_post("/invitations/{token}/request-new", request_new)

@@ -1,0 +1,72 @@
+"""Rendering pages from ``templates/web`` in the reader's language.
+
+Page strings are written in English in the templates and translated with
+gettext; the French catalogue is ``templates/web/locale/fr.po``, compiled in
+memory at start-up with Babel, so there is no build step to forget.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from gettext import NullTranslations
+from pathlib import Path
+from typing import Any
+
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import Translations
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
+
+from daemon.config import LOCALES
+from daemon.i18n import format_date, format_datetime
+
+
+def load_translations(locale_dir: Path, locale: str) -> NullTranslations:
+    po = locale_dir / f"{locale}.po"
+    if not po.exists():
+        return NullTranslations()
+    with po.open("rb") as handle:
+        catalog = read_po(handle, locale=locale)
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return Translations(fp=buffer)
+
+
+@pass_context
+def _datetime_filter(ctx: Context, value: datetime) -> str:
+    return format_datetime(value, ctx["locale"], ctx["timezone"])
+
+
+@pass_context
+def _date_filter(ctx: Context, value: datetime) -> str:
+    return format_date(value, ctx["locale"], ctx["timezone"])
+
+
+class Pages:
+    def __init__(self, templates_dir: Path) -> None:
+        self._dir = templates_dir / "web"
+        self._envs: dict[str, Environment] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read templates and catalogues (SIGHUP)."""
+        envs = {}
+        for locale in LOCALES:
+            env = Environment(
+                loader=FileSystemLoader(self._dir),
+                autoescape=True,
+                undefined=StrictUndefined,
+                extensions=["jinja2.ext.i18n"],
+            )
+            env.install_gettext_translations(load_translations(self._dir / "locale", locale), newstyle=True)  # type: ignore[attr-defined]
+            env.filters["datetime"] = _datetime_filter
+            env.filters["date"] = _date_filter
+            envs[locale] = env
+        self._envs = envs
+
+    def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
+        env = self._envs[locale]
+        return env.get_template(name).render({**context, "locale": locale, "timezone": timezone})

@@ -1,0 +1,1 @@
+"""Cabinet's outbound mail: rendering, message building, outbox worker, transports."""

@@ -1,0 +1,83 @@
+"""Reading the local Maildir, for `cabinet mail list` and `cabinet mail show`."""
+
+from __future__ import annotations
+
+import mailbox
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from daemon.errors import NotFound
+
+
+@dataclass(frozen=True)
+class StoredMail:
+    id: str
+    date: str
+    sender: str
+    to: str
+    subject: str
+    message_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "date": self.date,
+            "from": self.sender,
+            "to": self.to,
+            "subject": self.subject,
+            "message_id": self.message_id,
+        }
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _summary(key: str, message: EmailMessage) -> StoredMail:
+    date = message.get("Date", "")
+    try:
+        iso = parsedate_to_datetime(date).isoformat() if date else ""
+    except (TypeError, ValueError):
+        iso = date
+    return StoredMail(
+        id=key,
+        date=iso,
+        sender=str(message.get("From", "")),
+        to=str(message.get("To", "")),
+        subject=str(message.get("Subject", "")),
+        message_id=str(message.get("Message-ID", "")),
+    )
+
+
+def list_mail(path: Path, to: str | None = None) -> list[StoredMail]:
+    """Every message in the Maildir, oldest first."""
+    if not path.exists():
+        return []
+    box = mailbox.Maildir(path, create=False)
+    items = []
+    for key in box.keys():
+        with box.get_file(key) as handle:
+            items.append(_summary(key, _parse(handle.read())))
+    if to:
+        needle = to.lower()
+        items = [item for item in items if needle in item.to.lower()]
+    return sorted(items, key=lambda item: (item.date, item.id))
+
+
+def read_mail(path: Path, key: str) -> EmailMessage:
+    box = mailbox.Maildir(path, create=False) if path.exists() else None
+    if box is None or key not in box:
+        raise NotFound(f"no message {key!r} in {path}")
+    with box.get_file(key) as handle:
+        return _parse(handle.read())
+
+
+def text_body(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain", "html"))
+    return part.get_content() if part is not None else ""

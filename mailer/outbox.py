@@ -1,0 +1,172 @@
+"""The transactional outbox: queue emails with a state change, send them later.
+
+``Outbox.queue`` renders and serialises a notice once and inserts it in the
+caller's transaction, so an email exists if and only if its change committed.
+``OutboxWorker`` sends what is due, with retries and exponential backoff; the
+``Message-ID`` is fixed at queue time, so a resend after a crash is the same
+message to every receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.clock import Clock
+from daemon.models import OutboxMessage
+from daemon.notices import Notice
+from mailer.message import address_of, build_message, new_message_id
+from mailer.render import EmailRenderer
+from mailer.transports import Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class Outbox:
+    """Implements ``daemon.notices.Notifier``."""
+
+    def __init__(self, renderer: EmailRenderer, clock: Clock, from_address: str, domain: str) -> None:
+        self._renderer = renderer
+        self._clock = clock
+        self._from = from_address
+        self._domain = domain
+
+    def queue(self, session: Session, notice: Notice) -> None:
+        now = self._clock.now()
+        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, notice.context)
+        message_id = new_message_id(self._domain)
+        message = build_message(
+            from_address=self._from,
+            to=notice.to,
+            to_name=notice.to_name,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=message_id,
+            date=now,
+            auto_submitted=notice.auto_submitted,
+        )
+        session.add(
+            OutboxMessage(
+                message_id=message_id,
+                kind=notice.template,
+                envelope_from=address_of(self._from),
+                recipient=notice.to,
+                subject=rendered.subject,
+                raw=message.as_bytes(),
+                state="pending",
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+                invitation_id=notice.invitation_id,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Due:
+    id: int
+    envelope_from: str
+    recipient: str
+    raw: bytes
+    attempts: int
+
+
+def backoff(attempts: int) -> timedelta:
+    """30 s, 1 min, 2 min, … capped at an hour."""
+    return min(timedelta(seconds=30 * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        transport: Transport,
+        clock: Clock,
+        max_attempts: int,
+        poll_interval: float,
+        batch: int = 50,
+    ) -> None:
+        self._sessions = sessions
+        self._transport = transport
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._poll_interval = poll_interval
+        self._batch = batch
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called after a commit that queued mail, so it goes out now, not at the next poll."""
+        self._wake.set()
+
+    def _due(self) -> list[_Due]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.state == "pending", OutboxMessage.next_attempt_at <= self._clock.now())
+                .order_by(OutboxMessage.id)
+                .limit(self._batch)
+            ).all()
+            return [_Due(r.id, r.envelope_from, r.recipient, r.raw, r.attempts) for r in rows]
+
+    def _record(self, due: _Due, error: TransportError | None) -> None:
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            if error is None:
+                values: dict[str, object] = {"state": "sent", "sent_at": now, "attempts": due.attempts + 1}
+            else:
+                attempts = due.attempts + 1
+                failed = error.permanent or attempts >= self._max_attempts
+                values = {
+                    "state": "failed" if failed else "pending",
+                    "attempts": attempts,
+                    "last_error": str(error),
+                    "next_attempt_at": now + backoff(attempts),
+                }
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == due.id, OutboxMessage.state == "pending")
+                .values(**values)
+            )
+
+    async def send_due(self) -> int:
+        """Send everything due now; returns how many were sent."""
+        sent = 0
+        while True:
+            batch = await asyncio.to_thread(self._due)
+            if not batch:
+                return sent
+            for due in batch:
+                error: TransportError | None = None
+                try:
+                    await self._transport.send(due.envelope_from, [due.recipient], due.raw)
+                except TransportError as exc:
+                    error = exc
+                    log.warning("outbox message %s not sent (attempt %s): %s", due.id, due.attempts + 1, exc)
+                await asyncio.to_thread(self._record, due, error)
+                if error is None:
+                    sent += 1
+            if len(batch) < self._batch:
+                return sent
+
+    async def run(self) -> None:
+        """Send until cancelled, waking on ``wake()`` or every poll interval."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.send_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup must not stop the worker for good
+                log.exception("outbox worker pass failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+            except TimeoutError:
+                pass
