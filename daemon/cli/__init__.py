@@ -7,7 +7,6 @@ errors become a one-line message on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -20,7 +19,23 @@ from daemon.errors import AlreadyExists, CabinetError, ConfigError, NotFound
 EXIT_CODES: list[tuple[type[CabinetError], int]] = [(ConfigError, 78), (NotFound, 3), (AlreadyExists, 4)]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class DomainError(click.ClickException):
+    """A domain error, shown as one line on stderr with its documented exit code."""
+
+    def __init__(self, error: CabinetError) -> None:
+        super().__init__(str(error))
+        self.exit_code = next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+
+
+class CabinetGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CabinetError as exc:
+            raise DomainError(exc) from exc
+
+
+@click.group(cls=CabinetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config",
     "config_path",
@@ -45,16 +60,5 @@ for module in (service, firms, staff, companies, invitations, clients, mail):
     module.register(cli)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    try:
-        return cli.main(args=argv, prog_name="cabinet", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except CabinetError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), 1)
-        sys.exit(code)
+def main() -> Any:
+    return cli(prog_name="cabinet")

@@ -19,8 +19,10 @@ from daemon.web import account, invitations
 from daemon.web.context import (
     BROWSER_COOKIE,
     CABINET,
+    FORM,
     PAGES,
     SESSIONS,
+    VISITOR,
     check_csrf,
     load_visitor,
     page,
@@ -57,12 +59,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except CabinetError as exc:
-        if "visitor" not in request:
+        if VISITOR not in request:
             return web.Response(text=str(exc), status=exc.http_status)
         return page(request, "error.html", status=exc.http_status, message=str(exc))
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        if "visitor" not in request:
+        if VISITOR not in request:
             return web.Response(text="internal error", status=500)
         return page(request, "error.html", status=500, message=None)
 
@@ -72,10 +74,10 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz"):
         return await handler(request)
     v = await load_visitor(request)
-    request["visitor"] = v
+    request[VISITOR] = v
     if request.method == "POST":
         submitted = await request.post()
-        request["form"] = submitted
+        request[FORM] = submitted
         csrf = submitted.get("csrf_token")
         check_csrf(request, csrf if isinstance(csrf, str) else None)
     elif request.method not in ("GET", "HEAD"):

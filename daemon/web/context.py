@@ -44,12 +44,16 @@ class Visitor:
     csrf_token: str
 
 
+VISITOR = web.RequestKey("visitor", Visitor)
+FORM = web.RequestKey("form", MultiDictProxy)
+
+
 def visitor(request: web.Request) -> Visitor:
-    return request["visitor"]  # type: ignore[no-any-return]
+    return request[VISITOR]
 
 
 def form(request: web.Request) -> MultiDictProxy[Any]:
-    return request["form"]  # type: ignore[no-any-return]
+    return request[FORM]
 
 
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

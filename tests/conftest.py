@@ -1,0 +1,293 @@
+"""Fixtures that start the real parts on loopback: the CLI, the daemon, the Maildir.
+
+Nothing of Cabinet's own is mocked. The only stand-in is the clock, which the
+composition root accepts as a parameter, so expiry can be tested without
+waiting thirty days.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, text
+
+from daemon.app import build
+from daemon.cli import cli as cabinet_cli
+from daemon.config import load_config
+from daemon.service import Service
+from mailer.maildir import list_mail, read_mail, text_body
+
+PASSWORD = "correct horse battery staple"
+
+
+class FakeClock:
+    """Real time plus an offset the test moves, so the CLI (on the system clock)
+    and the daemon (on this one) agree until a test jumps ahead."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta()
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return datetime.now(timezone.utc) + self._offset
+
+    def advance(self, **delta: float) -> None:
+        with self._lock:
+            self._offset += timedelta(**delta)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Env:
+    root: Path
+    config_path: Path
+    http_port: int
+    smtp_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def maildir(self) -> Path:
+        return self.root / "data" / "maildir"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "data" / "cabinet.sqlite3"
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        """Read the real database directly, as an operator would."""
+        engine = create_engine(f"sqlite:///{self.database}")
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(query), params))
+        finally:
+            engine.dispose()
+
+
+def write_config(root: Path, extra: str = "") -> Env:
+    http_port, smtp_port = free_port(), free_port()
+    config_path = root / "cabinet.toml"
+    config_path.write_text(
+        f"""
+[storage]
+data_dir = "data"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[smtp]
+listen = "127.0.0.1:{smtp_port}"
+domain = "cabinet.example"
+
+[mail]
+poll_interval = 0.2
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return Env(root, config_path, http_port, smtp_port)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return write_config(tmp_path)
+
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(env: Env) -> Cli:
+    """Run the real `cabinet` command against this test's config; fails the test on a bad exit."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, expect: int = 0) -> Result:
+        result = runner.invoke(cabinet_cli, ["--config", str(env.config_path), *args], input=input)
+        if result.exit_code != expect:
+            raise AssertionError(
+                f"cabinet {' '.join(args)} exited {result.exit_code}, expected {expect}\n"
+                f"{result.output}\n{result.exception!r}"
+            )
+        return result
+
+    run("init")
+    return run
+
+
+class RunningServer:
+    """`cabinet serve`'s Service in a background thread with its own event loop."""
+
+    def __init__(self, env: Env, clock: FakeClock) -> None:
+        self.env = env
+        self.clock = clock
+        self.cabinet = build(load_config(env.config_path), clock=clock)
+        self.service = Service(self.cabinet)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.cabinet.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def server(env: Env, cli: Cli, clock: FakeClock) -> Iterator[RunningServer]:
+    running = RunningServer(env, clock)
+    running.start()
+    yield running
+    running.stop()
+
+
+class Mailbox:
+    """The real Maildir the daemon delivers into."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def messages(self, to: str | None = None) -> list[EmailMessage]:
+        return [read_mail(self.path, m.id) for m in list_mail(self.path, to)]
+
+    def wait(self, to: str, count: int = 1, subject: str = "", timeout: float = 10.0) -> list[EmailMessage]:
+        """Wait until ``to`` has at least ``count`` messages whose subject contains ``subject``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in self.messages(to) if subject in str(m["Subject"])]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                subjects = [str(m["Subject"]) for m in self.messages()]
+                raise AssertionError(f"expected {count} email(s) to {to} about {subject!r}; maildir has {subjects}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def mailbox(env: Env) -> Mailbox:
+    return Mailbox(env.maildir)
+
+
+LINK = re.compile(r"https?://\S+/invitations/(?:renew/)?[A-Za-z0-9_\-.]+")
+
+
+def link_in(message: EmailMessage) -> str:
+    match = LINK.search(text_body(message))
+    assert match, f"no link in:\n{text_body(message)}"
+    return match.group(0)
+
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    match = CSRF.search(html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+class Browser:
+    """An HTTP client with a cookie jar, like one browser profile."""
+
+    def __init__(self, base_url: str, accept_language: str = "en") -> None:
+        self.http = httpx.Client(
+            base_url=base_url, follow_redirects=False, headers={"Accept-Language": accept_language}, timeout=30
+        )
+
+    def get(self, url: str) -> httpx.Response:
+        return self.http.get(url)
+
+    def head(self, url: str) -> httpx.Response:
+        return self.http.head(url)
+
+    def submit(self, page_url: str, action: str, **fields: str) -> httpx.Response:
+        """Load a page, then POST a form to ``action`` with the page's CSRF token."""
+        page = self.http.get(page_url)
+        return self.http.post(action, data={"csrf_token": csrf_of(page.text), **fields})
+
+    def csrf(self) -> str:
+        """A CSRF token for this browser, from the sign-in page (every page form carries the same)."""
+        return csrf_of(self.http.get("/sign-in").text)
+
+    def post(self, action: str, **fields: str) -> httpx.Response:
+        return self.http.post(action, data={"csrf_token": self.csrf(), **fields})
+
+    def sign_in(self, page_url: str, email: str, password: str = PASSWORD) -> httpx.Response:
+        return self.post("/sign-in", email=email, password=password, next=httpx.URL(page_url).path)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def browser(server: RunningServer, env: Env) -> Iterator[Browser]:
+    client = Browser(env.base_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_browser(server: RunningServer, env: Env) -> Iterator[Callable[..., Browser]]:
+    made: list[Browser] = []
+
+    def make(accept_language: str = "en") -> Browser:
+        client = Browser(env.base_url, accept_language)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@dataclass
+class Seed:
+    firm: str
+    other_firm: str
+    accountant: str
+    company: str
+    admin: str
+
+
+@pytest.fixture
+def seed(cli: Cli) -> Seed:
+    """A firm with one accountant, a second firm, and a client company."""
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("firm", "add", "Gagnon & Associés", "--email", "info@gagnon.example")
+    cli(
+        "staff", "add", "marie@tremblay.example", "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n",
+    )
+    cli(
+        "company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example", "--admin-name", "Julie Roy",
+        "--locale", "en",
+    )
+    return Seed("Tremblay CPA", "Gagnon & Associés", "marie@tremblay.example", "Boulangerie Roy", "julie@roy.example")
