@@ -1,0 +1,148 @@
+"""The CLI against the real database: each command, its JSON, its errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from daemon.cli import cli as cabinet_cli
+from tests.conftest import PASSWORD, Cli, Env, Seed
+
+COMMANDS = [
+    [], ["init"], ["serve"], ["demo"], ["firm"], ["firm", "add"], ["firm", "list"], ["staff"], ["staff", "add"],
+    ["staff", "list"], ["company"], ["company", "add"], ["company", "list"], ["invitation"],
+    ["invitation", "send"], ["invitation", "revoke"], ["invitation", "list"], ["client"], ["client", "list"],
+    ["mail"], ["mail", "list"], ["mail", "show"], ["mail", "flush"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cabinet")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = CliRunner().invoke(cabinet_cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output and "--help" in result.output
+
+
+def test_init_is_idempotent_and_keeps_the_key(env: Env, cli: Cli) -> None:
+    keys = env.root / "data" / "secret_keys"
+    first = keys.read_text()
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    result = cli("init")
+    assert "up to date" in result.output
+    assert keys.read_text() == first
+    assert json.loads(cli("firm", "list", "--json").output)[0]["name"] == "Tremblay CPA"
+
+
+def test_lists_print_json_arrays(cli: Cli, seed: Seed) -> None:
+    for command in (["firm", "list"], ["staff", "list"], ["company", "list"], ["invitation", "list"],
+                    ["client", "list", "--firm", seed.firm], ["mail", "list"]):
+        output = json.loads(cli(*command, "--json").output)
+        assert isinstance(output, list), command
+    staff = json.loads(cli("staff", "list", "--json").output)
+    assert staff[0]["email"] == seed.accountant and staff[0]["firms"] == [seed.firm]
+    assert "password" not in json.dumps(staff)
+
+
+def test_client_list_fields(cli: Cli, seed: Seed, env: Env) -> None:
+    # Accepting goes through the domain the same way the web does; here via the roster directly.
+    from daemon.app import build
+    from daemon.config import load_config
+
+    sent = cli("invitation", "send", "--company", seed.company, "--email", seed.accountant).output
+    token = sent.split("/invitations/")[1].split()[0]
+    cabinet = build(load_config(env.config_path))
+    user_id = cabinet.roster.authenticate(seed.accountant, PASSWORD).id
+    cabinet.roster.accept_invitation(token, user_id, None, channel="cli")
+    cabinet.close()
+    (client,) = json.loads(cli("client", "list", "--firm", seed.firm, "--json").output)
+    assert {"name", "kind", "status", "billing", "company", "connected_at"} <= client.keys()
+    assert client["company"] == seed.company
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["firm", "add", "Tremblay CPA", "--email", "x@y.example"], 4, "already exists"),
+        (["firm", "add", "  ", "--email", "x@y.example"], 1, "cannot be empty"),
+        (["firm", "add", "New", "--email", "not-an-address"], 1, "not a valid email address"),
+        (["company", "add", "Boulangerie Roy", "--admin-email", "a@b.example"], 4, "already exists"),
+        (["company", "add", "X", "--admin-email", "a@b.example", "--timezone", "Mars/Olympus"], 1, "unknown time zone"),
+        (["invitation", "send", "--company", "Nope", "--email", "a@b.example"], 3, "no company named"),
+        (["invitation", "send", "--company", "Boulangerie Roy", "--email", "a@"], 1, "not a valid email"),
+        (["invitation", "revoke", "999"], 3, "no invitation 999"),
+        (["client", "list", "--firm", "Nope"], 3, "no firm named"),
+        (["staff", "add", "z@t.example", "--name", "Z", "--firm", "Nope", "--password-stdin"], 3, "no firm named"),
+        (["company", "add", "Y", "--admin-email", "a@b.example", "--kind", "robot"], 2, "Invalid value"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(cli: Cli, seed: Seed, env: Env, args, code, message):
+    before = env.sql("SELECT (SELECT count(*) FROM firms), (SELECT count(*) FROM companies), "
+                     "(SELECT count(*) FROM users), (SELECT count(*) FROM invitations)")
+    result = cli(*args, input=PASSWORD + "\n", expect=code)
+    assert message in result.output
+    assert "Traceback" not in result.output
+    after = env.sql("SELECT (SELECT count(*) FROM firms), (SELECT count(*) FROM companies), "
+                    "(SELECT count(*) FROM users), (SELECT count(*) FROM invitations)")
+    assert before == after
+
+
+def test_staff_password_rules_and_duplicates(cli: Cli, seed: Seed, env: Env) -> None:
+    short = cli("staff", "add", "new@tremblay.example", "--name", "New", "--firm", seed.firm, "--password-stdin",
+                input="short\n", expect=1)
+    assert "at least 10 characters" in short.output
+    dup = cli("staff", "add", "MARIE@tremblay.example", "--name", "Marie", "--firm", seed.firm, "--password-stdin",
+              input=PASSWORD + "\n", expect=4)
+    assert "already exists" in dup.output
+    stored = env.sql("SELECT password_hash FROM users")
+    assert len(stored) == 1 and stored[0][0].startswith("$argon2id$")
+
+
+def test_names_and_addresses_are_normalised(cli: Cli, seed: Seed, env: Env) -> None:
+    cli("firm", "add", "tremblay   cpa", "--email", "a@b.example", expect=4)
+    cli("invitation", "send", "--company", "BOULANGERIE ROY", "--email", "  Marie@Tremblay.EXAMPLE ")
+    assert env.sql("SELECT email FROM invitations") == [("marie@tremblay.example",)]
+
+
+def test_mail_list_and_show_read_the_maildir(cli: Cli, seed: Seed) -> None:
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    assert json.loads(cli("mail", "list", "--json").output) == []  # queued, not yet sent
+    assert "Sent 1 email(s)." in cli("mail", "flush").output
+    (mail,) = json.loads(cli("mail", "list", "--json").output)
+    assert seed.accountant in mail["to"] and mail["subject"].startswith("Invitation")
+    shown = cli("mail", "show", mail["id"]).output
+    assert "Accept invitation" in shown and "/invitations/" in shown
+    assert "Return-Path: <cabinet@cabinet.example>" in cli("mail", "show", mail["id"], "--raw").output
+    missing = cli("mail", "show", "nope", expect=3)
+    assert "no message" in missing.output
+
+
+def test_config_from_environment_variable_and_bad_config(env: Env, tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cabinet_cli, ["init"], env={"CABINET_CONFIG": str(env.config_path)})
+    assert result.exit_code == 0 and str(env.root / "data") in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[http]\nlisten = 'nowhere'\n")
+    result = runner.invoke(cabinet_cli, ["--config", str(bad), "firm", "list"])
+    assert result.exit_code == 78 and "HOST:PORT" in result.output
+    missing = runner.invoke(cabinet_cli, ["--config", str(tmp_path / "missing.toml"), "firm", "list"])
+    assert missing.exit_code == 78 and "not found" in missing.output
+    uninitialised = tmp_path / "fresh.toml"
+    uninitialised.write_text("[storage]\ndata_dir = 'fresh'\n")
+    result = runner.invoke(cabinet_cli, ["--config", str(uninitialised), "firm", "list"])
+    assert result.exit_code == 78 and "cabinet init" in result.output
+
+
+def test_demo_seeds_and_prints_a_working_link(env: Env) -> None:
+    run = [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "demo"]
+    first = subprocess.run(run, capture_output=True, text=True, check=True, env={**os.environ})
+    assert "/invitations/" in first.stdout and "accountant@example.com" in first.stdout
+    again = subprocess.run(run, capture_output=True, text=True, check=True, env={**os.environ})
+    password_line = [line for line in first.stdout.splitlines() if "Password:" in line]
+    assert password_line and password_line[0] in again.stdout  # same sign-in, fresh link

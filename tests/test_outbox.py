@@ -1,0 +1,135 @@
+"""The outbox worker sending through the real SMTP transport to an aiosmtpd sink on loopback.
+
+The sink stands in for the firm's outbound relay (a remote MTA we cannot run
+here); everything on Cabinet's side is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session, SMTP
+
+from daemon.app import build
+from daemon.config import load_config
+from mailer.outbox import backoff
+from tests.conftest import Cli, Env, FakeClock, Seed, free_port, write_config
+
+
+class Sink:
+    """Collects what the relay receives; can refuse for a while with 451."""
+
+    def __init__(self) -> None:
+        self.received: list[Envelope] = []
+        self.refuse = False
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.refuse:
+            return "451 4.3.0 try again later"
+        self.received.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def relay() -> tuple[Sink, int]:
+    sink = Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield sink, port
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_env(tmp_path: Path, relay) -> Env:
+    _, port = relay
+    return write_config(
+        tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\nrelay_tls = "none"\n'
+    )
+
+
+@pytest.fixture
+def smtp_cli(smtp_env: Env) -> Cli:
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    def run(*args: str, input: str | None = None, expect: int = 0):
+        result = CliRunner().invoke(cabinet_cli, ["--config", str(smtp_env.config_path), *args], input=input)
+        assert result.exit_code == expect, result.output
+        return result
+
+    run("init")
+    run("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    run("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example")
+    return run
+
+
+def test_queued_mail_reaches_the_relay_once_with_its_message_id(smtp_env: Env, smtp_cli: Cli, relay) -> None:
+    sink, _ = relay
+    smtp_cli("invitation", "send", "--company", "Boulangerie Roy", "--email", "marie@tremblay.example")
+    (queued_id,) = [row[0] for row in smtp_env.sql("SELECT message_id FROM outbox")]
+    cabinet = build(load_config(smtp_env.config_path))
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 1
+        assert asyncio.run(cabinet.worker.send_due()) == 0  # nothing is sent twice
+    finally:
+        cabinet.close()
+    (envelope,) = sink.received
+    assert envelope.rcpt_tos == ["marie@tremblay.example"]
+    message = message_from_bytes(envelope.original_content)
+    assert message["Message-ID"] == queued_id
+    assert message.is_multipart()
+    assert smtp_env.sql("SELECT state, attempts FROM outbox") == [("sent", 1)]
+
+
+def test_a_refusing_relay_is_retried_with_backoff_and_the_same_message_id(smtp_env: Env, smtp_cli: Cli, relay) -> None:
+    sink, _ = relay
+    sink.refuse = True
+    smtp_cli("invitation", "send", "--company", "Boulangerie Roy", "--email", "marie@tremblay.example")
+    clock = FakeClock()
+    cabinet = build(load_config(smtp_env.config_path), clock=clock)
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 0
+        state, attempts, error = smtp_env.sql("SELECT state, attempts, last_error FROM outbox")[0]
+        assert (state, attempts) == ("pending", 1) and "451" in error
+        # Not due again before the backoff has passed.
+        sink.refuse = False
+        assert asyncio.run(cabinet.worker.send_due()) == 0
+        clock.advance(seconds=backoff(1).total_seconds() + 1)
+        assert asyncio.run(cabinet.worker.send_due()) == 1
+    finally:
+        cabinet.close()
+    assert len(sink.received) == 1
+    assert smtp_env.sql("SELECT state, attempts FROM outbox") == [("sent", 2)]
+
+
+def test_an_unreachable_relay_loses_nothing(tmp_path: Path) -> None:
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {free_port()}\nrelay_tls = "none"\nmax_attempts = 2\n')
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
+                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
+        assert CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args]).exit_code == 0
+    clock = FakeClock()
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        asyncio.run(cabinet.worker.send_due())
+        clock.advance(hours=2)
+        asyncio.run(cabinet.worker.send_due())
+    finally:
+        cabinet.close()
+    (state, attempts, error), = env.sql("SELECT state, attempts, last_error FROM outbox")
+    assert (state, attempts) == ("failed", 2) and "unreachable" in error
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert [backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
+    assert backoff(30).total_seconds() == 3600

@@ -1,0 +1,69 @@
+"""Signed links: one salt per purpose, key rotation, maximum age, layered errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import ConfigError, LinkExpired, LinkTampered
+from daemon.tokens import LinkSigner, Purpose, SecretKeys
+from tests.conftest import FakeClock
+
+OLD = "o" * 40
+NEW = "n" * 40
+
+
+def keys_file(tmp_path: Path, *keys: str) -> Path:
+    path = tmp_path / "keys"
+    path.write_text("# comment\n" + "\n".join(keys) + "\n")
+    return path
+
+
+def test_a_token_for_one_purpose_never_verifies_for_another(tmp_path: Path) -> None:
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), FakeClock())
+    token = signer.sign(Purpose.INVITE, [1, "nonce"])
+    assert signer.verify(Purpose.INVITE, token, None) == [1, "nonce"]
+    with pytest.raises(LinkTampered):
+        signer.verify(Purpose.MANAGE, token, None)
+
+
+def test_rotation_newest_key_signs_and_old_keys_still_verify(tmp_path: Path) -> None:
+    clock = FakeClock()
+    old = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), clock)
+    issued_before = old.sign(Purpose.INVITE, [7, "n"])
+    rotated = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), clock)
+    assert rotated.verify(Purpose.INVITE, issued_before, None) == [7, "n"]
+    issued_after = rotated.sign(Purpose.INVITE, [8, "n"])
+    with pytest.raises(LinkTampered):
+        old.verify(Purpose.INVITE, issued_after, None)  # signed with the new key
+    only_new = LinkSigner(SecretKeys.load(keys_file(tmp_path, NEW)), clock)
+    assert only_new.verify(Purpose.INVITE, issued_after, None) == [8, "n"]
+    with pytest.raises(LinkTampered):
+        only_new.verify(Purpose.INVITE, issued_before, None)  # retired key
+
+
+def test_expired_is_told_apart_from_tampered_and_keeps_its_payload(tmp_path: Path) -> None:
+    clock = FakeClock()
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), clock)
+    token = signer.sign(Purpose.TRANSFER, [3, "x"])
+    clock.advance(hours=49)
+    with pytest.raises(LinkExpired) as info:
+        signer.verify(Purpose.TRANSFER, token, timedelta(hours=48))
+    assert info.value.payload == [3, "x"]
+    with pytest.raises(LinkTampered):
+        signer.verify(Purpose.TRANSFER, token[:-2] + "zz", timedelta(hours=48))
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n", "short\n"])
+def test_bad_key_files_are_config_errors(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "keys"
+    path.write_text(content)
+    with pytest.raises(ConfigError):
+        SecretKeys.load(path)
+
+
+def test_keys_never_show_in_reprs(tmp_path: Path) -> None:
+    keys = SecretKeys.load(keys_file(tmp_path, OLD))
+    assert OLD not in repr(keys) and OLD not in str(keys.keys[0])
