@@ -21,7 +21,11 @@ from daemon.errors import ConfigError
 from daemon.i18n import check_timezone
 from daemon.links import Links
 from daemon.passwords import Passwords
-from daemon.roster import Roster, RosterSettings
+from daemon.company_admin import CompanyAdmin
+from daemon.domain import DomainContext, Policy
+from daemon.onboarding import Onboarding
+from daemon.roster import Roster
+from daemon.transfers import BillingTransfers
 from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
 from mailer.render import EmailRenderer
@@ -40,6 +44,9 @@ class Cabinet:
     links: Links
     passwords: Passwords
     roster: Roster
+    transfers: BillingTransfers
+    onboarding: Onboarding
+    company_admin: CompanyAdmin
     outbox: Outbox
     worker: OutboxWorker
     templates_dir: Path
@@ -97,14 +104,14 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
     passwords = Passwords()
     renderer = EmailRenderer(templates_dir)
     outbox = Outbox(renderer, clock, config.mail.from_address, config.smtp.domain)
-    roster = Roster(
+    ctx = DomainContext(
         sessions=sessions,
         notifier=outbox,
         signer=signer,
         links=links,
         passwords=passwords,
         clock=clock,
-        settings=RosterSettings(
+        policy=Policy(
             invitation_ttl=timedelta(days=config.invitations.ttl_days),
             default_locale=config.general.default_locale,
             default_timezone=config.general.timezone,
@@ -125,7 +132,10 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         signer=signer,
         links=links,
         passwords=passwords,
-        roster=roster,
+        roster=Roster(ctx),
+        transfers=BillingTransfers(ctx),
+        onboarding=Onboarding(ctx),
+        company_admin=CompanyAdmin(ctx),
         outbox=outbox,
         worker=worker,
         templates_dir=templates_dir,

@@ -10,15 +10,34 @@ from __future__ import annotations
 class Links:
     INVITATION = "/invitations/{token}"
     INVITATION_RENEWAL = "/invitations/renew/{token}"
+    MANAGE = "/company/{token}"
+    TRANSFER = "/transfers/{token}"
+    SETUP = "/setup/{token}"
+    PAYMENT = "/payment/{token}"
 
     def __init__(self, public_url: str) -> None:
         self._base = public_url.rstrip("/")
 
+    def _url(self, pattern: str, token: str) -> str:
+        return self._base + pattern.format(token=token)
+
     def invitation(self, token: str) -> str:
-        return self._base + self.INVITATION.format(token=token)
+        return self._url(self.INVITATION, token)
 
     def invitation_renewal(self, token: str) -> str:
-        return self._base + self.INVITATION_RENEWAL.format(token=token)
+        return self._url(self.INVITATION_RENEWAL, token)
+
+    def manage(self, token: str) -> str:
+        return self._url(self.MANAGE, token)
+
+    def transfer(self, token: str) -> str:
+        return self._url(self.TRANSFER, token)
+
+    def setup(self, token: str) -> str:
+        return self._url(self.SETUP, token)
+
+    def payment(self, token: str) -> str:
+        return self._url(self.PAYMENT, token)
 
     def home(self) -> str:
         return self._base + "/"

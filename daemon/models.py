@@ -118,6 +118,32 @@ class Company(Base):
     subscription: Mapped[str] = mapped_column(String(20))  # none|self-paid|wholesale|direct-discount
     has_quickbooks_time: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The firm whose wholesale plan pays for this company, when subscription is "wholesale".
+    billing_firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"))
+    # Direct discount: the 30-day trial, and when payment details were recorded (never the card itself).
+    trial_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    payment_details_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    payment_name: Mapped[str | None] = mapped_column(String(200))
+
+    products: Mapped[list[Product]] = relationship(secondary="company_products", order_by="Product.position")
+
+
+class Product(Base):
+    """The QuickBooks and Payroll catalogue (rows seeded by a migration: data, not code)."""
+
+    __tablename__ = "products"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))  # "quickbooks" | "payroll"
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class CompanyProduct(Base):
+    __tablename__ = "company_products"
+
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), primary_key=True)
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), primary_key=True)
 
 
 class Client(Base):
@@ -141,9 +167,74 @@ class Client(Base):
     status: Mapped[str] = mapped_column(String(30))  # "active", later "trial", "discount lapsed"…
     connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A staff member who is the company's primary admin ("Make me the primary admin").
+    primary_admin_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     firm: Mapped[Firm] = relationship()
     company: Mapped[Company | None] = relationship()
+    primary_admin: Mapped[User | None] = relationship()
+
+
+class BillingTransfer(Base):
+    """A primary admin's permission for a firm to move the company onto its wholesale plan (flow 2)."""
+
+    __tablename__ = "billing_transfers"
+    __table_args__ = (
+        # One pending permission per company: allowing again replaces it.
+        Index(
+            "uq_billing_transfers_pending",
+            "company_id",
+            unique=True,
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+        Index("ix_billing_transfers_state_expires", "state", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), index=True)
+    authorized_by: Mapped[str] = mapped_column(String(320))
+    authorized_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(20))  # pending|completed|expired|revoked|declined|superseded
+    nonce: Mapped[str] = mapped_column(String(32))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+
+    company: Mapped[Company] = relationship()
+    firm: Mapped[Firm] = relationship()
+
+
+class SetupInvitation(Base):
+    """A firm's invitation to a new client's contact to become the company's primary admin (flow 3)."""
+
+    __tablename__ = "setup_invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    nonce: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(20))  # pending|accepted
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    company: Mapped[Company] = relationship()
+    firm: Mapped[Firm] = relationship()
+
+
+class SentReminder(Base):
+    """Reminders and deadline notices already sent: the unique key makes every sweep idempotent."""
+
+    __tablename__ = "sent_reminders"
+    __table_args__ = (UniqueConstraint("kind", "ref_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    ref_id: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Invitation(Base):

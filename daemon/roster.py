@@ -9,18 +9,22 @@ never touch the tables themselves.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, ContextManager, Iterator
+from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from daemon.clock import Clock
-from daemon.db import write_transaction
+from daemon.domain import (
+    KINDS,
+    DomainService,
+    clean_name,
+    client_view,
+    company_view,
+    name_key,
+    normalise_email,
+)
 from daemon.errors import (
     AlreadyExists,
     InvalidInput,
@@ -31,42 +35,13 @@ from daemon.errors import (
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
-from daemon.links import Links
-from daemon.models import Client, Company, Event, Firm, Invitation, Membership, User
-from daemon.notices import Notice, Notifier
-from daemon.passwords import Passwords
-from daemon.tokens import LinkSigner, Purpose
+from daemon.models import Client, Company, Firm, Invitation, Membership, User
+from daemon.notices import Notice
+from daemon.tokens import Purpose
 from daemon.views import ClientView, CompanyView, FirmView, InvitationView, UserView
 
-KINDS = ("business", "individual")
 # Billing of a company that pays QuickBooks itself, as shown on the roster.
 SUBSCRIPTION_BILLING = {"self-paid": "self-paid", "wholesale": "wholesale", "direct-discount": "direct", "none": "none"}
-
-
-def normalise_email(address: str) -> str:
-    """Validate an address and return the form Cabinet compares on (case-insensitive)."""
-    try:
-        result = validate_email(address.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise InvalidInput(f"{address!r} is not a valid email address: {exc}") from None
-    return result.normalized.lower()
-
-
-def name_key(name: str) -> str:
-    """The form names are compared on: case and inner spacing do not make a new entry."""
-    key = " ".join(name.split()).casefold()
-    if not key:
-        raise InvalidInput("a name cannot be empty")
-    return key
-
-
-def _clean_name(name: str) -> str:
-    cleaned = " ".join(name.split())
-    if not cleaned:
-        raise InvalidInput("a name cannot be empty")
-    if len(cleaned) > 200:
-        raise InvalidInput("a name can have at most 200 characters")
-    return cleaned
 
 
 class InvitationUnavailable(InvalidState):
@@ -87,13 +62,6 @@ class WrongAccount(NotAllowed):
 
 
 @dataclass(frozen=True)
-class RosterSettings:
-    invitation_ttl: timedelta
-    default_locale: str
-    default_timezone: str
-
-
-@dataclass(frozen=True)
 class AcceptResult:
     invitation: InvitationView
     client: ClientView
@@ -105,59 +73,13 @@ class RenewalResult:
     already_requested: bool
 
 
-class Roster:
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        notifier: Notifier,
-        signer: LinkSigner,
-        links: Links,
-        passwords: Passwords,
-        clock: Clock,
-        settings: RosterSettings,
-    ) -> None:
-        self._sessions = sessions
-        self._notifier = notifier
-        self._signer = signer
-        self._links = links
-        self._passwords = passwords
-        self._clock = clock
-        self._settings = settings
-
-    # -- plumbing ---------------------------------------------------------
-
-    def _transaction(self) -> ContextManager[Session]:
-        return write_transaction(self._sessions)
-
-    def _event(
-        self,
-        s: Session,
-        kind: str,
-        actor: str,
-        channel: str,
-        *,
-        firm_id: int | None = None,
-        company_id: int | None = None,
-        client_id: int | None = None,
-        **detail: Any,
-    ) -> None:
-        s.add(
-            Event(
-                at=self._clock.now(),
-                kind=kind,
-                actor=actor,
-                channel=channel,
-                firm_id=firm_id,
-                company_id=company_id,
-                client_id=client_id,
-                detail=json.dumps(detail, default=str, sort_keys=True),
-            )
-        )
+class Roster(DomainService):
+    """Firms, staff, companies, invitations (flow 1) and the roster itself."""
 
     # -- firms and staff --------------------------------------------------
 
     def add_firm(self, name: str, email: str) -> FirmView:
-        name = _clean_name(name)
+        name = clean_name(name)
         address = normalise_email(email)
         with self._transaction() as s:
             existing = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
@@ -169,15 +91,18 @@ class Roster:
             self._event(s, "firm.added", "operator", "cli", firm_id=firm.id, name=name)
             return FirmView(firm.id, firm.name, firm.email)
 
+    def find_firm(self, name: str) -> FirmView:
+        with self._sessions() as s:
+            firm = self._firm_by_name(s, name)
+            return FirmView(firm.id, firm.name, firm.email)
+
+    def find_staff(self, email: str) -> UserView:
+        with self._sessions() as s:
+            return self._user_view(s, self._user_by_email(s, email))
+
     def list_firms(self) -> list[FirmView]:
         with self._sessions() as s:
             return [FirmView(f.id, f.name, f.email) for f in s.scalars(select(Firm).order_by(Firm.name_key))]
-
-    def _firm_by_name(self, s: Session, name: str) -> Firm:
-        firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
-        if firm is None:
-            raise NotFound(f"no firm named {name!r} (see `cabinet firm list`)")
-        return firm
 
     def add_staff(
         self,
@@ -191,11 +116,11 @@ class Roster:
     ) -> UserView:
         """Create a staff account (an accountant) belonging to one or more firms."""
         address = normalise_email(email)
-        name = _clean_name(name)
+        name = clean_name(name)
         if not firm_names:
             raise InvalidInput("a staff member belongs to at least one firm (--firm)")
-        locale = check_locale(locale or self._settings.default_locale)
-        timezone = check_timezone(timezone or self._settings.default_timezone)
+        locale = check_locale(locale or self._policy.default_locale)
+        timezone = check_timezone(timezone or self._policy.default_timezone)
         password_hash = self._passwords.hash(password)
         with self._transaction() as s:
             firms = [self._firm_by_name(s, firm_name) for firm_name in dict.fromkeys(firm_names)]
@@ -216,19 +141,6 @@ class Roster:
                 self._event(s, "staff.added", "operator", "cli", firm_id=firm.id, email=address)
             s.flush()
             return self._user_view(s, user)
-
-    def _user_view(self, s: Session, user: User) -> UserView:
-        firms = s.scalars(
-            select(Firm).join(Membership).where(Membership.user_id == user.id).order_by(Firm.name_key)
-        ).all()
-        return UserView(
-            user.id,
-            user.email,
-            user.name,
-            user.locale,
-            user.timezone,
-            tuple(FirmView(f.id, f.name, f.email) for f in firms),
-        )
 
     def get_user(self, user_id: int) -> UserView:
         with self._sessions() as s:
@@ -268,7 +180,7 @@ class Roster:
         timezone: str | None = None,
     ) -> CompanyView:
         """Record a client's QuickBooks company and its primary admin."""
-        name = _clean_name(name)
+        name = clean_name(name)
         address = normalise_email(admin_email)
         if kind not in KINDS:
             raise InvalidInput(f"kind must be business or individual, got {kind!r}")
@@ -281,9 +193,9 @@ class Roster:
                 name_key=name_key(name),
                 kind=kind,
                 admin_email=address,
-                admin_name=_clean_name(admin_name) if admin_name else address.split("@")[0],
-                admin_locale=check_locale(locale or self._settings.default_locale),
-                admin_timezone=check_timezone(timezone or self._settings.default_timezone),
+                admin_name=clean_name(admin_name) if admin_name else address.split("@")[0],
+                admin_locale=check_locale(locale or self._policy.default_locale),
+                admin_timezone=check_timezone(timezone or self._policy.default_timezone),
                 subscription="self-paid",
                 has_quickbooks_time=quickbooks_time,
                 created_at=self._clock.now(),
@@ -291,17 +203,11 @@ class Roster:
             s.add(company)
             s.flush()
             self._event(s, "company.added", "operator", "cli", company_id=company.id, name=name)
-            return _company_view(company)
-
-    def _company_by_name(self, s: Session, name: str) -> Company:
-        company = s.scalar(select(Company).where(Company.name_key == name_key(name)))
-        if company is None:
-            raise NotFound(f"no company named {name!r} (see `cabinet company list`)")
-        return company
+            return company_view(company)
 
     def list_companies(self) -> list[CompanyView]:
         with self._sessions() as s:
-            return [_company_view(c) for c in s.scalars(select(Company).order_by(Company.name_key))]
+            return [company_view(c) for c in s.scalars(select(Company).order_by(Company.name_key))]
 
     # -- invitations (flow 1) ---------------------------------------------
 
@@ -330,12 +236,23 @@ class Roster:
                 nonce=self._signer.nonce(),
                 state="pending",
                 created_at=now,
-                expires_at=now + self._settings.invitation_ttl,
+                expires_at=now + self._policy.invitation_ttl,
             )
             s.add(invitation)
             s.flush()
             if previous is not None:
                 previous.superseded_by_id = invitation.id
+            # Expired invitations to the same address now point to this one too.
+            s.execute(
+                update(Invitation)
+                .where(
+                    Invitation.company_id == company.id,
+                    Invitation.email == address,
+                    Invitation.state == "expired",
+                    Invitation.superseded_by_id.is_(None),
+                )
+                .values(superseded_by_id=invitation.id)
+            )
             token = self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
             url = self._links.invitation(token)
             accountant = s.scalar(select(User).where(User.email == address))
@@ -405,6 +322,8 @@ class Roster:
         status = invitation.state
         if status == "pending" and self._clock.now() >= invitation.expires_at:
             status = "expired"
+        if status == "expired" and invitation.superseded_by_id is not None:
+            status = "superseded"  # a fresh invitation went out since: point to it
         return InvitationView(
             id=invitation.id,
             company=invitation.company.name,
@@ -424,7 +343,7 @@ class Roster:
     def _invitation_from_token(self, s: Session, token: str) -> Invitation:
         """The row an invitation link names; an expired signature still names it."""
         try:
-            payload = self._signer.verify(Purpose.INVITE, token, max_age=self._settings.invitation_ttl)
+            payload = self._signer.verify(Purpose.INVITE, token, max_age=self._policy.invitation_ttl)
         except LinkExpired as exc:
             payload = exc.payload
         try:
@@ -478,43 +397,20 @@ class Roster:
                 client_id=client.id,
                 invitation_id=invitation.id,
             )
-            self._notifier.queue(
+            self._notify_company_admin(
                 s,
-                Notice(
-                    template="invitation_accepted",
-                    to=company.admin_email,
-                    to_name=company.admin_name,
-                    locale=company.admin_locale,
-                    timezone=company.admin_timezone,
-                    context={
-                        "company": company.name,
-                        "accountant_name": user.name,
-                        "accountant_email": user.email,
-                        "firm": firm.name,
-                        "accepted_at": now,
-                    },
-                ),
+                company,
+                "invitation_accepted",
+                {"accountant_name": user.name, "accountant_email": user.email, "firm": firm.name, "accepted_at": now},
             )
-            for member in self._firm_staff(s, firm):
-                self._notifier.queue(
-                    s,
-                    Notice(
-                        template="client_added",
-                        to=member.email,
-                        to_name=member.name,
-                        locale=member.locale,
-                        timezone=member.timezone,
-                        context={
-                            "company": company.name,
-                            "firm": firm.name,
-                            "accepted_by": user.name,
-                            "accepted_by_email": user.email,
-                            "accepted_at": now,
-                        },
-                    ),
-                )
+            self._notify_staff(
+                s,
+                firm,
+                "client_added",
+                {"company": company.name, "accepted_by": user.name, "accepted_by_email": user.email, "accepted_at": now},
+            )
             s.flush()
-            return AcceptResult(self._invitation_view(s, invitation), _client_view(client, firm))
+            return AcceptResult(self._invitation_view(s, invitation), client_view(client, firm))
 
     def decline_invitation(self, token: str, user_id: int, channel: str = "link") -> InvitationView:
         now = self._clock.now()
@@ -538,16 +434,8 @@ class Roster:
                 raise InvitationUnavailable(self._invitation_view(s, invitation))
             company = invitation.company
             self._event(s, "invitation.declined", user.email, channel, company_id=company.id, invitation_id=invitation.id)
-            self._notifier.queue(
-                s,
-                Notice(
-                    template="invitation_declined",
-                    to=company.admin_email,
-                    to_name=company.admin_name,
-                    locale=company.admin_locale,
-                    timezone=company.admin_timezone,
-                    context={"company": company.name, "accountant_name": user.name, "accountant_email": user.email},
-                ),
+            self._notify_company_admin(
+                s, company, "invitation_declined", {"accountant_name": user.name, "accountant_email": user.email}
             )
             s.flush()
             return self._invitation_view(s, invitation)
@@ -570,29 +458,23 @@ class Roster:
                 return RenewalResult(self._invitation_view(s, invitation), already_requested=True)
             company = invitation.company
             renewal_token = self._signer.sign(Purpose.MANAGE, ["renew", invitation.id, invitation.nonce])
-            self._notifier.queue(
+            self._notify_company_admin(
                 s,
-                Notice(
-                    template="invitation_renewal_requested",
-                    to=company.admin_email,
-                    to_name=company.admin_name,
-                    locale=company.admin_locale,
-                    timezone=company.admin_timezone,
-                    context={
-                        "company": company.name,
-                        "email": invitation.email,
-                        "expired_at": invitation.expires_at,
-                        "url": self._links.invitation_renewal(renewal_token),
-                    },
-                    auto_submitted=False,
-                ),
+                company,
+                "invitation_renewal_requested",
+                {
+                    "email": invitation.email,
+                    "expired_at": invitation.expires_at,
+                    "url": self._links.invitation_renewal(renewal_token),
+                },
+                auto=False,
             )
             self._event(s, "invitation.renewal_requested", invitation.email, channel, company_id=company.id, invitation_id=invitation.id)
             s.flush()
             return RenewalResult(self._invitation_view(s, invitation), already_requested=False)
 
     def _renewal_target(self, s: Session, token: str) -> Invitation:
-        payload = self._signer.verify(Purpose.MANAGE, token, max_age=self._settings.invitation_ttl)
+        payload = self._signer.verify(Purpose.MANAGE, token, max_age=self._policy.invitation_ttl)
         try:
             action, invitation_id, nonce = payload
         except (TypeError, ValueError):
@@ -617,6 +499,33 @@ class Roster:
             company, email = old.company.name, old.email
         return self.send_invitation(company, email, channel=channel)
 
+    def expire_invitations(self) -> dict[str, int]:
+        """Record the expiry of invitations past their date, and tell the client admin. Idempotent."""
+        now = self._clock.now()
+        expired = 0
+        with self._sessions() as s:
+            due = s.scalars(
+                select(Invitation.id).where(Invitation.state == "pending", Invitation.expires_at <= now)
+            ).all()
+        for invitation_id in due:
+            with self._transaction() as s:
+                won = s.execute(
+                    update(Invitation)
+                    .where(Invitation.id == invitation_id, Invitation.state == "pending")
+                    .values(state="expired", decided_at=now)
+                ).rowcount
+                if won != 1:
+                    continue
+                invitation = s.get(Invitation, invitation_id)
+                assert invitation is not None
+                company = invitation.company
+                self._notify_company_admin(
+                    s, company, "invitation_expired", {"email": invitation.email, "expired_at": invitation.expires_at}
+                )
+                self._event(s, "invitation.expired", "scheduler", "scheduler", company_id=company.id, invitation_id=invitation.id)
+                expired += 1
+        return {"invitations_expired": expired}
+
     # -- the roster ----------------------------------------------------------
 
     def _chosen_firm(self, s: Session, user: User, firm_id: int | None) -> Firm:
@@ -631,9 +540,6 @@ class Roster:
             if firm.id == firm_id:
                 return firm
         raise NotAllowed("you can only connect a client to a firm you belong to")
-
-    def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:
-        yield from s.scalars(select(User).join(Membership).where(Membership.firm_id == firm.id).order_by(User.id))
 
     def _connect(self, s: Session, firm: Firm, company: Company, now: Any) -> Client:
         """Put the company on the firm's roster, or update the entry it already has."""
@@ -678,37 +584,10 @@ class Roster:
         with self._sessions() as s:
             firm = self._firm_by_name(s, firm_name)
             clients = s.scalars(select(Client).where(Client.firm_id == firm.id).order_by(Client.name_key))
-            return [_client_view(c, firm) for c in clients]
+            return [client_view(c, firm) for c in clients]
 
     def count_clients(self, firm_name: str) -> int:
         with self._sessions() as s:
             firm = self._firm_by_name(s, firm_name)
             return s.scalar(select(func.count()).select_from(Client).where(Client.firm_id == firm.id)) or 0
 
-
-def _company_view(company: Company) -> CompanyView:
-    return CompanyView(
-        company.id,
-        company.name,
-        company.kind,
-        company.admin_email,
-        company.admin_name,
-        company.admin_locale,
-        company.subscription,
-        company.has_quickbooks_time,
-    )
-
-
-def _client_view(client: Client, firm: Firm) -> ClientView:
-    return ClientView(
-        id=client.id,
-        firm=firm.name,
-        name=client.name,
-        kind=client.kind,
-        status=client.status,
-        billing=client.billing,
-        company=client.company.name if client.company else None,
-        email=client.email,
-        phone=client.phone,
-        connected_at=client.connected_at,
-    )

@@ -111,6 +111,9 @@ class ClientView:
     email: str | None
     phone: str | None
     connected_at: datetime | None
+    products: tuple[str, ...] = ()
+    trial_ends_at: datetime | None = None
+    primary_admin: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -124,4 +127,7 @@ class ClientView:
             "email": self.email,
             "phone": self.phone,
             "connected_at": _iso(self.connected_at),
+            "products": list(self.products),
+            "trial_ends_at": _iso(self.trial_ends_at),
+            "primary_admin": self.primary_admin,
         }

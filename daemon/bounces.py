@@ -1,0 +1,124 @@
+"""Understand delivery failure reports (bounces).
+
+flufl.bounce (GNU Mailman's detectors) decides whether a message is a bounce
+and which recipients failed: it knows RFC 3464 DSNs and the non-standard
+shapes MTAs still send, which hand-written heuristics would get wrong. It says
+nothing about why, so the reason and the Message-ID of the message that
+bounced are read here from the report's parts with the standard library.
+
+Call it only on mail addressed to a ``bounce+`` address: the heuristic
+detectors look for phrases ("could not be delivered") that a person's reply
+could contain too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import HeaderParser
+
+from flufl.bounce import all_failures
+
+# An SMTP reply quoted in a text bounce: "550 5.1.1 <jane@…>: User unknown" or "550 No such user".
+_SMTP_REPLY = re.compile(r"^\s*([45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3}\b)?.*\S)\s*$", re.MULTILINE)
+# Text bounces (Exim's classic one) quote the original message inline, headers included.
+_INLINE_MESSAGE_ID = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_HEADERS_TYPES = ("text/rfc822-headers", "message/rfc822-headers")
+
+
+@dataclass(frozen=True)
+class Bounce:
+    """A delivery failure: ``recipients`` are the permanent failures if there are any, else the delayed ones."""
+
+    recipients: tuple[str, ...]
+    permanent: bool
+    reason: str
+    original_message_id: str | None
+
+
+def parse_bounce(message: Message) -> Bounce | None:
+    """The failure ``message`` reports, or None when it reports none (not a bounce, or a success DSN)."""
+    temporary, permanent = all_failures(message)  # flufl.bounce returns (temporary, permanent)
+    failed = permanent or temporary
+    if not failed:
+        return None
+    # Addresses come back as bytes; Cabinet compares addresses case-insensitively throughout.
+    recipients = tuple(sorted({address.decode("ascii").lower() for address in failed}))
+    return Bounce(
+        recipients=recipients,
+        permanent=bool(permanent),
+        reason=_dsn_reason(message, permanent=bool(permanent)) or _text_reason(message) or "delivery failed",
+        original_message_id=_original_message_id(message),
+    )
+
+
+def _dsn_reason(message: Message, permanent: bool) -> str:
+    """The Diagnostic-Code (else Status) of each RFC 3464 per-recipient block of the reported kind."""
+    wanted = ("failed", "error") if permanent else ("delayed",)
+    reasons: list[str] = []
+    for part in message.walk():
+        if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
+            continue
+        # The first block describes the reporting MTA; the others are one per recipient.
+        for block in part.get_payload()[1:]:
+            if not str(block.get("Action", "")).strip().lower().startswith(wanted):
+                continue
+            diagnostic = _unfold(str(block.get("Diagnostic-Code", "")))
+            # "smtp; 550 …": the part before ";" names the kind of code, not the problem.
+            reason = diagnostic.partition(";")[2].strip() if ";" in diagnostic else diagnostic
+            reason = reason or (f"status {_unfold(str(block['Status']))}" if block["Status"] else "")
+            if reason and reason not in reasons:
+                reasons.append(reason)
+    return "; ".join(reasons)
+
+
+def _text_reason(message: Message) -> str:
+    """The first SMTP reply quoted in the human-readable text, for bounces without a DSN."""
+    for part in _text_parts(message):
+        if match := _SMTP_REPLY.search(part):
+            return _unfold(match.group(1))
+    return ""
+
+
+def _original_message_id(message: Message) -> str | None:
+    for part in message.walk():
+        content_type = part.get_content_type()
+        if content_type == "message/rfc822" and part.is_multipart():
+            original = part.get_payload(0)
+            return _message_id(original.get("Message-ID"))
+        if content_type in _HEADERS_TYPES:
+            headers = HeaderParser().parsestr(_decoded(part))
+            return _message_id(headers.get("Message-ID"))
+    for text in _text_parts(message):
+        if match := _INLINE_MESSAGE_ID.search(text):
+            return match.group(1)
+    return None
+
+
+def _text_parts(message: Message) -> list[str]:
+    """Decoded text/plain parts, leaving out the quoted original (its text is not the report)."""
+    texts = []
+    for part in message.walk():
+        if part.get_content_type() == "message/rfc822":
+            break  # walk() is depth-first: what follows is inside the original message
+        if part.get_content_type() == "text/plain":
+            texts.append(_decoded(part))
+    return texts
+
+
+def _decoded(part: Message) -> str:
+    payload = part.get_payload(decode=True) or b""
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know: the text is still mostly readable
+        return payload.decode("utf-8", "replace")
+
+
+def _message_id(value: object) -> str | None:
+    text = _unfold(str(value or ""))
+    return text or None
+
+
+def _unfold(text: str) -> str:
+    return " ".join(text.split())

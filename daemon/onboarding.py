@@ -1,0 +1,367 @@
+"""Flows 3 and 4: the firm adds a new client; trials, payment details and client setup.
+
+Rule 4: payroll only on the wholesale plan; a direct-discount client must add
+payment details before the 30-day trial ends, is reminded 7 days and 1 day
+before, and loses the discount if not. Rule 5: "Make me the primary admin"
+makes the signed-in staff member the company's primary admin. Rule 6: a
+client without QuickBooks has no company and gets no email, but is on the
+roster. Every new client lands on the roster once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from daemon.domain import KINDS, DomainService, clean_name, client_view, name_key, normalise_email
+from daemon.errors import AlreadyExists, InvalidInput, InvalidState, LinkExpired, LinkTampered, NotAllowed, NotFound
+from daemon.i18n import check_locale
+from daemon.models import Client, Company, Firm, Product, SetupInvitation, User
+from daemon.notices import Notice
+from daemon.tokens import Purpose
+from daemon.views import ClientView
+
+BILLING = ("wholesale", "direct", "none")
+SUBSCRIPTION_OF = {"wholesale": "wholesale", "direct": "direct-discount"}
+PAYROLL_RULE = "a client who needs payroll must be on the wholesale billing plan"
+
+
+@dataclass(frozen=True)
+class ProductView:
+    id: str
+    name: str
+    kind: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class NewClient:
+    """What the Add client form (or `cabinet client add`) says."""
+
+    kind: str
+    name: str
+    billing: str
+    email: str | None = None
+    phone: str | None = None
+    products: tuple[str, ...] = ()
+    locale: str | None = None
+
+
+@dataclass(frozen=True)
+class SetupView:
+    company: str
+    firm: str
+    email: str
+    state: str
+    status: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    company: str
+    company_id: int
+    status: str  # "needed" | "on file" | "lapsed"
+    trial_ends_at: datetime | None
+    payment_details_at: datetime | None
+
+
+class Onboarding(DomainService):
+    def products(self) -> list[ProductView]:
+        with self._sessions() as s:
+            return [ProductView(p.id, p.name, p.kind) for p in s.scalars(select(Product).order_by(Product.position))]
+
+    def _check_products(self, s: Session, new: NewClient) -> list[Product]:
+        wanted = list(dict.fromkeys(new.products))
+        found = {p.id: p for p in s.scalars(select(Product).where(Product.id.in_(wanted)))} if wanted else {}
+        unknown = [pid for pid in wanted if pid not in found]
+        if unknown:
+            raise InvalidInput(f"unknown product {unknown[0]!r} (see `cabinet product list`)")
+        products = [found[pid] for pid in wanted]
+        if new.billing == "none":
+            if products:
+                raise InvalidInput("a client with no subscription has no products")
+            return []
+        quickbooks = [p for p in products if p.kind == "quickbooks"]
+        payroll = [p for p in products if p.kind == "payroll"]
+        if payroll and new.billing != "wholesale":
+            raise NotAllowed(PAYROLL_RULE)
+        if len(quickbooks) != 1:
+            raise InvalidInput("choose one QuickBooks product for the client's subscription")
+        if len(payroll) > 1:
+            raise InvalidInput("choose at most one Payroll product")
+        return products
+
+    def add_client(
+        self, firm_id: int, new: NewClient, primary_admin_user_id: int | None, actor: str, channel: str
+    ) -> ClientView:
+        """Add a client to the firm's roster (flows 3 and 4)."""
+        if new.kind not in KINDS:
+            raise InvalidInput(f"kind must be business or individual, got {new.kind!r}")
+        if new.billing not in BILLING:
+            raise InvalidInput(f"billing must be wholesale, direct or none, got {new.billing!r}")
+        name = clean_name(new.name)
+        email = normalise_email(new.email) if new.email else None
+        phone = " ".join(new.phone.split())[:50] if new.phone else None
+        locale = check_locale(new.locale or self._policy.default_locale)
+        if new.billing == "none" and primary_admin_user_id is not None:
+            raise InvalidInput("a client with no subscription has no company, so no primary admin")
+        if new.billing != "none" and primary_admin_user_id is None and email is None:
+            raise InvalidInput("give the client's email (they will be invited to be primary admin), or make yourself the primary admin")
+        now = self._now()
+        with self._transaction() as s:
+            firm = s.get(Firm, firm_id)
+            if firm is None:
+                raise NotFound("no such firm")
+            existing = s.scalar(select(Client).where(Client.firm_id == firm.id, Client.name_key == name_key(name)))
+            if existing is not None:
+                raise AlreadyExists(f"{firm.name} already has a client named {existing.name!r} on its roster")
+            products = self._check_products(s, new)
+            admin: User | None = None
+            if primary_admin_user_id is not None:
+                admin = s.get(User, primary_admin_user_id)
+                if admin is None or not self._is_member(s, admin.id, firm.id):
+                    raise NotAllowed(f"only a member of {firm.name} can be made primary admin by this firm")
+            client = Client(
+                firm_id=firm.id, kind=new.kind, name=name, name_key=name_key(name), email=email, phone=phone,
+                billing=new.billing, status="active", connected_at=None, created_at=now,
+                primary_admin_id=admin.id if admin else None,
+            )
+            company = None
+            if new.billing != "none":
+                company = self._new_company(s, firm, new, name, email, admin, products, locale, now)
+                client.company_id = company.id
+                client.connected_at = now
+                client.status = "trial" if new.billing == "direct" else ("active" if admin else "setup pending")
+            s.add(client)
+            try:
+                with s.begin_nested():
+                    s.flush()
+            except IntegrityError:
+                raise AlreadyExists(f"{firm.name} already has a client named {name!r} on its roster") from None
+            if company is not None:
+                self._welcome(s, firm, company, client, admin)
+            self._event(
+                s, "client.added", actor, channel, firm_id=firm.id, company_id=company.id if company else None,
+                client_id=client.id, billing=new.billing, products=[p.id for p in products],
+            )
+            s.flush()
+            return client_view(client, firm)
+
+    def _new_company(
+        self, s: Session, firm: Firm, new: NewClient, name: str, email: str | None, admin: User | None,
+        products: list[Product], locale: str, now: datetime,
+    ) -> Company:
+        taken = s.scalar(select(Company).where(Company.name_key == name_key(name)))
+        if taken is not None:
+            raise AlreadyExists(f"a QuickBooks company named {taken.name!r} already exists; invite its admin to connect it instead")
+        company = Company(
+            name=name, name_key=name_key(name), kind=new.kind,
+            admin_email=admin.email if admin else str(email),
+            admin_name=admin.name if admin else name,
+            admin_locale=admin.locale if admin else locale,
+            admin_timezone=admin.timezone if admin else self._policy.default_timezone,
+            subscription=SUBSCRIPTION_OF[new.billing], has_quickbooks_time=False, created_at=now,
+            billing_firm_id=firm.id if new.billing == "wholesale" else None,
+            trial_ends_at=now + self._policy.trial_length if new.billing == "direct" else None,
+        )
+        company.products = products
+        s.add(company)
+        s.flush()
+        return company
+
+    def _welcome(self, s: Session, firm: Firm, company: Company, client: Client, admin: User | None) -> None:
+        """The emails a new client gets: an invitation to be primary admin, and payment details for a trial."""
+        if admin is None and client.email:
+            setup = SetupInvitation(
+                company_id=company.id, firm_id=firm.id, email=client.email, nonce=self._signer.nonce(),
+                state="pending", created_at=self._now(), expires_at=self._now() + self._policy.setup_ttl,
+            )
+            s.add(setup)
+            s.flush()
+            url = self._links.setup(self._signer.sign(Purpose.SETUP, [setup.id, setup.nonce]))
+            self._notify_company_admin(
+                s, company, "client_setup", {"firm": firm.name, "url": url, "expires_at": setup.expires_at}, auto=False
+            )
+        if company.subscription == "direct-discount":
+            self._payment_notice(s, company, client, "payment_details_request", {})
+
+    def _payment_notice(self, s: Session, company: Company, client: Client, template: str, extra: dict[str, Any]) -> None:
+        # The client pays: the payment link goes to the client's contact when there is one,
+        # else to the primary admin (a staff member who chose "Make me the primary admin").
+        url = self._links.payment(self._signer.sign(Purpose.PAYMENT, [company.id]))
+        to = client.email or company.admin_email
+        self._notifier.queue(
+            s,
+            Notice(
+                template=template, to=to, to_name=company.admin_name if to == company.admin_email else client.name,
+                locale=company.admin_locale, timezone=company.admin_timezone,
+                context={"company": company.name, "url": url, "trial_ends_at": company.trial_ends_at, **extra},
+                auto_submitted=template != "payment_details_request",
+            ),
+        )
+
+    # -- client setup (becoming primary admin) ------------------------------------
+
+    def _setup_from_token(self, s: Session, token: str) -> SetupInvitation:
+        try:
+            payload = self._signer.verify(Purpose.SETUP, token, max_age=self._policy.setup_ttl)
+        except LinkExpired as exc:
+            payload = exc.payload
+        try:
+            setup_id, nonce = payload
+        except (TypeError, ValueError):
+            raise LinkTampered("this link is not valid") from None
+        setup = s.get(SetupInvitation, setup_id) if isinstance(setup_id, int) else None
+        if setup is None or setup.nonce != nonce:
+            raise LinkTampered("this link does not match any invitation")
+        return setup
+
+    def _setup_view(self, setup: SetupInvitation) -> SetupView:
+        status = setup.state
+        if status == "pending" and self._now() >= setup.expires_at:
+            status = "expired"
+        return SetupView(setup.company.name, setup.firm.name, setup.email, setup.state, status, setup.expires_at)
+
+    def open_setup(self, token: str) -> SetupView:
+        with self._sessions() as s:
+            return self._setup_view(self._setup_from_token(s, token))
+
+    def accept_setup(self, token: str, admin_name: str, channel: str = "link") -> SetupView:
+        """The client's contact accepts to be the company's primary admin."""
+        name = clean_name(admin_name)
+        with self._transaction() as s:
+            setup = self._setup_from_token(s, token)
+            view = self._setup_view(setup)
+            if view.status != "pending":
+                raise InvalidState(f"this invitation is {view.status}")
+            won = s.execute(
+                update(SetupInvitation)
+                .where(SetupInvitation.id == setup.id, SetupInvitation.state == "pending")
+                .values(state="accepted", decided_at=self._now())
+            ).rowcount
+            if won != 1:
+                raise InvalidState("this invitation was already accepted")
+            s.refresh(setup)
+            company = setup.company
+            company.admin_email = setup.email
+            company.admin_name = name
+            s.execute(
+                update(Client)
+                .where(Client.company_id == company.id, Client.status == "setup pending")
+                .values(status="active")
+            )
+            self._notify_staff(s, setup.firm, "client_setup_completed", {"company": company.name, "admin_name": name, "admin_email": setup.email})
+            self._event(s, "client.setup_completed", setup.email, channel, firm_id=setup.firm_id, company_id=company.id)
+            return self._setup_view(setup)
+
+    # -- payment details (direct discount) -----------------------------------------
+
+    def _company_from_payment_token(self, s: Session, token: str) -> Company:
+        payload = self._signer.verify(Purpose.PAYMENT, token, max_age=self._policy.trial_length + timedelta(days=1))
+        try:
+            (company_id,) = payload
+        except (TypeError, ValueError):
+            raise LinkTampered("this link is not valid") from None
+        company = s.get(Company, company_id) if isinstance(company_id, int) else None
+        if company is None or company.subscription != "direct-discount":
+            raise LinkTampered("this link does not match any trial")
+        return company
+
+    def _payment_view(self, company: Company) -> PaymentView:
+        if company.payment_details_at is not None:
+            status = "on file"
+        elif company.trial_ends_at is not None and self._now() >= company.trial_ends_at:
+            status = "lapsed"
+        else:
+            status = "needed"
+        return PaymentView(company.name, company.id, status, company.trial_ends_at, company.payment_details_at)
+
+    def open_payment(self, token: str) -> PaymentView:
+        with self._sessions() as s:
+            return self._payment_view(self._company_from_payment_token(s, token))
+
+    def record_payment_details(self, token: str, name_on_card: str, channel: str = "link") -> PaymentView:
+        """Record that payment details are on file (Cabinet stores no card data, only the fact)."""
+        name = clean_name(name_on_card)
+        with self._transaction() as s:
+            company = self._company_from_payment_token(s, token)
+            view = self._payment_view(company)
+            if view.status != "needed":
+                raise InvalidState(
+                    "payment details are already on file" if view.status == "on file"
+                    else "the trial has ended and the discount has lapsed"
+                )
+            won = s.execute(
+                update(Company)
+                .where(Company.id == company.id, Company.payment_details_at.is_(None))
+                .values(payment_details_at=self._now(), payment_name=name)
+            ).rowcount
+            if won != 1:
+                raise InvalidState("payment details are already on file")
+            s.refresh(company)
+            s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="active"))
+            for client in s.scalars(select(Client).where(Client.company_id == company.id)):
+                self._notify_staff(s, client.firm, "payment_details_added", {"company": company.name})
+            self._event(s, "trial.payment_details_added", name, channel, company_id=company.id)
+            return self._payment_view(company)
+
+    # -- deadlines -------------------------------------------------------------------
+
+    def sweep_trials(self) -> dict[str, int]:
+        """Remind 7 days and 1 day before a trial ends; lapse the discount at the end. Idempotent."""
+        now = self._now()
+        counts = {"trial_reminders": 0, "discounts_lapsed": 0}
+        horizon = now + max(self._policy.trial_reminders_before)
+        with self._sessions() as s:
+            due = s.scalars(
+                select(Company.id).where(
+                    Company.subscription == "direct-discount",
+                    Company.payment_details_at.is_(None),
+                    Company.trial_ends_at <= horizon,
+                )
+            ).all()
+        for company_id in due:
+            try:
+                with self._transaction() as s:
+                    done = self._sweep_trial(s, company_id, now)
+                    if done:
+                        counts[done] += 1
+            except IntegrityError:
+                continue  # another instance sent this one
+        return counts
+
+    def _sweep_trial(self, s: Session, company_id: int, now: datetime) -> str | None:
+        company = s.get(Company, company_id)
+        if company is None or company.trial_ends_at is None or company.payment_details_at is not None:
+            return None
+        client = s.scalar(select(Client).where(Client.company_id == company.id, Client.billing == "direct"))
+        if client is None:
+            return None
+        if now >= company.trial_ends_at:
+            if not self._first_time(s, "trial_lapsed", company.id):
+                return None
+            s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="discount lapsed"))
+            context = {"company": company.name, "trial_ends_at": company.trial_ends_at}
+            self._notify_staff(s, client.firm, "discount_lapsed_firm", context)
+            self._payment_notice(s, company, client, "discount_lapsed_client", {})
+            self._event(s, "trial.discount_lapsed", "scheduler", "scheduler", firm_id=client.firm_id, company_id=company.id)
+            return "discounts_lapsed"
+        # Only the nearest reminder is due; an earlier one missed while the daemon was down is skipped.
+        for before in sorted(self._policy.trial_reminders_before):
+            if now >= company.trial_ends_at - before:
+                if not self._first_time(s, f"trial_reminder_{before.days}d", company.id):
+                    return None
+                days_left = math.ceil((company.trial_ends_at - now) / timedelta(days=1))
+                self._payment_notice(s, company, client, "trial_reminder", {"days_left": days_left})
+                self._event(s, "trial.reminded", "scheduler", "scheduler", company_id=company.id, days=before.days)
+                return "trial_reminders"
+        return None

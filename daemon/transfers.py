@@ -1,0 +1,362 @@
+"""Flow 2: billing transfer into a firm's wholesale plan.
+
+Rule 2: only the company's primary admin can allow a transfer, only to a firm
+connected to the company, and never with QuickBooks Time attached. Rule 3: the
+firm has exactly 48 hours from the permission, and only a signed-in member of
+that firm can complete it; then the permission expires and both sides hear.
+The same checks run when the page is shown, when the permission is given and
+when the transfer is completed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from daemon.domain import DomainService, normalise_email
+from daemon.errors import InvalidState, LinkExpired, LinkTampered, NotAllowed, NotFound
+from daemon.models import BillingTransfer, Client, Company, Firm, User
+from daemon.tokens import Purpose
+
+# Why a transfer is not possible, in words (the pages and emails translate the codes).
+REASONS = {
+    "quickbooks_time": "QuickBooks Time is attached to this subscription, and a company with QuickBooks Time "
+    "cannot be added to a wholesale billing plan",
+    "not_connected": "this firm is not connected to the company (invite its accountant first)",
+    "already_wholesale": "the company is already on this firm's wholesale billing plan",
+    "not_primary_admin": "only the company's primary admin can allow a billing transfer",
+}
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    firm_id: int
+    firm: str
+    reasons: tuple[str, ...]
+
+    @property
+    def possible(self) -> bool:
+        return not self.reasons
+
+    @property
+    def explanation(self) -> str:
+        return "; ".join(REASONS[r] for r in self.reasons)
+
+
+class TransferRefused(NotAllowed):
+    def __init__(self, eligibility: Eligibility) -> None:
+        super().__init__(f"billing transfer to {eligibility.firm} is not possible: {eligibility.explanation}")
+        self.eligibility = eligibility
+
+
+@dataclass(frozen=True)
+class TransferView:
+    id: int
+    company: str
+    company_id: int
+    firm: str
+    firm_id: int
+    state: str
+    status: str  # state as seen now: a pending permission past its deadline is "expired"
+    authorized_by: str
+    authorized_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    url: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "company": self.company,
+            "firm": self.firm,
+            "state": self.status,
+            "authorized_by": self.authorized_by,
+            "authorized_at": self.authorized_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "decided_by": self.decided_by,
+        }
+
+
+class TransferUnavailable(InvalidState):
+    def __init__(self, view: TransferView) -> None:
+        super().__init__(f"this billing transfer is {view.status}")
+        self.view = view
+
+
+class _NothingDue(Exception):
+    """Internal: this row needs nothing now (roll back, move on)."""
+
+
+class BillingTransfers(DomainService):
+    # -- checks --------------------------------------------------------------
+
+    def _reasons(self, s: Session, company: Company, firm: Firm, actor_email: str | None) -> tuple[str, ...]:
+        reasons = []
+        if actor_email is not None and normalise_email(actor_email) != company.admin_email:
+            reasons.append("not_primary_admin")
+        if company.has_quickbooks_time:
+            reasons.append("quickbooks_time")
+        connected = s.scalar(
+            select(Client.id).where(
+                Client.firm_id == firm.id, Client.company_id == company.id, Client.connected_at.is_not(None)
+            )
+        )
+        if connected is None:
+            reasons.append("not_connected")
+        if company.subscription == "wholesale" and company.billing_firm_id == firm.id:
+            reasons.append("already_wholesale")
+        return tuple(reasons)
+
+    def options(self, company_id: int, actor_email: str) -> list[Eligibility]:
+        """For the "Allow billing transfer" page: each connected firm and whether a transfer is possible."""
+        with self._sessions() as s:
+            company = s.get(Company, company_id)
+            if company is None:
+                raise NotFound("no such company")
+            firms = s.scalars(
+                select(Firm).join(Client, Client.firm_id == Firm.id).where(Client.company_id == company.id)
+            ).all()
+            return [Eligibility(f.id, f.name, self._reasons(s, company, f, actor_email)) for f in firms]
+
+    # -- the client allows, revokes ---------------------------------------------
+
+    def allow(self, company_name: str, firm_name: str, actor_email: str | None = None, channel: str = "cli") -> TransferView:
+        """Allow a transfer by names (CLI); ``actor_email`` defaults to the primary admin."""
+        with self._sessions() as s:
+            company = self._company_by_name(s, company_name)
+            firm = self._firm_by_name(s, firm_name)
+            company_id, firm_id, admin = company.id, firm.id, company.admin_email
+        return self.allow_for(company_id, firm_id, actor_email or admin, channel)
+
+    def allow_for(self, company_id: int, firm_id: int, actor_email: str, channel: str) -> TransferView:
+        now = self._now()
+        with self._transaction() as s:
+            company = s.get(Company, company_id)
+            firm = s.get(Firm, firm_id)
+            if company is None or firm is None:
+                raise NotFound("no such company or firm")
+            reasons = self._reasons(s, company, firm, actor_email)
+            if reasons:
+                raise TransferRefused(Eligibility(firm.id, firm.name, reasons))
+            previous = s.scalar(
+                select(BillingTransfer).where(BillingTransfer.company_id == company.id, BillingTransfer.state == "pending")
+            )
+            if previous is not None:
+                # Allowing again replaces the pending permission with a fresh 48-hour window.
+                previous.state = "superseded"
+                previous.decided_at = now
+                s.flush()
+            transfer = BillingTransfer(
+                company_id=company.id,
+                firm_id=firm.id,
+                authorized_by=normalise_email(actor_email),
+                authorized_at=now,
+                expires_at=now + self._policy.transfer_window,
+                state="pending",
+                nonce=self._signer.nonce(),
+            )
+            s.add(transfer)
+            s.flush()
+            url = self._url(transfer)
+            self._notify_staff(s, firm, "transfer_allowed", self._mail_context(company, transfer, url))
+            self._event(
+                s, "transfer.allowed", actor_email, channel, firm_id=firm.id, company_id=company.id,
+                transfer_id=transfer.id, replaced=previous.id if previous else None,
+            )
+            s.flush()
+            view = self._view(transfer)
+            return TransferView(**{**view.__dict__, "url": url})
+
+    def revoke(self, company_id: int, actor_email: str, channel: str = "link") -> TransferView:
+        with self._transaction() as s:
+            company = s.get(Company, company_id)
+            if company is None:
+                raise NotFound("no such company")
+            if normalise_email(actor_email) != company.admin_email:
+                raise NotAllowed(REASONS["not_primary_admin"])
+            transfer = s.scalar(
+                select(BillingTransfer).where(BillingTransfer.company_id == company.id, BillingTransfer.state == "pending")
+            )
+            if transfer is None:
+                raise InvalidState("there is no pending billing transfer to revoke")
+            self._decide(s, transfer, "revoked", actor_email)
+            self._notify_staff(s, transfer.firm, "transfer_revoked", self._mail_context(company, transfer, None))
+            self._event(s, "transfer.revoked", actor_email, channel, firm_id=transfer.firm_id, company_id=company.id)
+            return self._view(transfer)
+
+    def revoke_by_name(self, company_name: str, channel: str = "cli") -> TransferView:
+        with self._sessions() as s:
+            company = self._company_by_name(s, company_name)
+            company_id, admin = company.id, company.admin_email
+        return self.revoke(company_id, admin, channel)
+
+    # -- the firm completes or declines -------------------------------------------
+
+    def _from_token(self, s: Session, token: str) -> BillingTransfer:
+        try:
+            payload = self._signer.verify(Purpose.TRANSFER, token, max_age=self._policy.transfer_window)
+        except LinkExpired as exc:
+            payload = exc.payload
+        try:
+            transfer_id, nonce = payload
+        except (TypeError, ValueError):
+            raise LinkTampered("this link is not valid") from None
+        transfer = s.get(BillingTransfer, transfer_id) if isinstance(transfer_id, int) else None
+        if transfer is None or transfer.nonce != nonce:
+            raise LinkTampered("this link does not match any billing transfer")
+        return transfer
+
+    def open(self, token: str) -> TransferView:
+        """What a Complete transfer link shows (reads only)."""
+        with self._sessions() as s:
+            return self._view(self._from_token(s, token))
+
+    def _decide(self, s: Session, transfer: BillingTransfer, state: str, by: str) -> None:
+        won = s.execute(
+            update(BillingTransfer)
+            .where(BillingTransfer.id == transfer.id, BillingTransfer.state == "pending")
+            .values(state=state, decided_at=self._now(), decided_by=by)
+        ).rowcount
+        s.refresh(transfer)
+        if won != 1:
+            raise TransferUnavailable(self._view(transfer))
+
+    def _pending_for_member(self, s: Session, token: str, user_id: int) -> tuple[BillingTransfer, User]:
+        transfer = self._from_token(s, token)
+        view = self._view(transfer)
+        if view.status != "pending":
+            raise TransferUnavailable(view)
+        user = s.get(User, user_id)
+        if user is None or not self._is_member(s, user.id, transfer.firm_id):
+            raise NotAllowed(f"only a member of {transfer.firm.name} can act on this billing transfer")
+        return transfer, user
+
+    def complete(self, token: str, user_id: int, channel: str = "link") -> TransferView:
+        with self._transaction() as s:
+            transfer, user = self._pending_for_member(s, token, user_id)
+            company, firm = transfer.company, transfer.firm
+            # The rules are checked again now: QuickBooks Time may have been attached since.
+            reasons = self._reasons(s, company, firm, None)
+            if reasons:
+                raise TransferRefused(Eligibility(firm.id, firm.name, reasons))
+            self._decide(s, transfer, "completed", user.email)
+            company.subscription = "wholesale"
+            company.billing_firm_id = firm.id
+            s.execute(
+                update(Client)
+                .where(Client.company_id == company.id, Client.firm_id == firm.id)
+                .values(billing="wholesale", status="active")
+            )
+            self._notify_company_admin(
+                s, company, "transfer_completed",
+                {"firm": firm.name, "completed_by": user.name, "completed_at": transfer.decided_at},
+            )
+            self._event(s, "transfer.completed", user.email, channel, firm_id=firm.id, company_id=company.id)
+            return self._view(transfer)
+
+    def decline(self, token: str, user_id: int, channel: str = "link") -> TransferView:
+        with self._transaction() as s:
+            transfer, user = self._pending_for_member(s, token, user_id)
+            self._decide(s, transfer, "declined", user.email)
+            self._notify_company_admin(
+                s, transfer.company, "transfer_declined", {"firm": transfer.firm.name, "declined_by": user.name}
+            )
+            self._event(
+                s, "transfer.declined", user.email, channel, firm_id=transfer.firm_id, company_id=transfer.company_id
+            )
+            return self._view(transfer)
+
+    # -- deadlines ----------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Remind 12 hours before the deadline; expire at the deadline. Idempotent."""
+        now = self._now()
+        counts = {"transfer_reminders": 0, "transfers_expired": 0}
+        with self._sessions() as s:
+            due = s.scalars(
+                select(BillingTransfer.id).where(
+                    BillingTransfer.state == "pending",
+                    BillingTransfer.expires_at <= now + self._policy.transfer_reminder_before,
+                )
+            ).all()
+        for transfer_id in due:
+            # One transaction per permission: another instance racing on the same
+            # row loses cleanly (its conditional update or reminder key fails).
+            try:
+                with self._transaction() as s:
+                    counts[self._sweep_one(s, transfer_id, now)] += 1
+            except (TransferUnavailable, IntegrityError, _NothingDue):
+                continue
+        return counts
+
+    def _sweep_one(self, s: Session, transfer_id: int, now: datetime) -> str:
+        transfer = s.get(BillingTransfer, transfer_id)
+        if transfer is None or transfer.state != "pending":
+            raise _NothingDue()
+        company, firm = transfer.company, transfer.firm
+        if now >= transfer.expires_at:
+            self._decide(s, transfer, "expired", "scheduler")
+            context = self._mail_context(company, transfer, None)
+            self._notify_staff(s, firm, "transfer_expired_firm", context)
+            self._notify_company_admin(s, company, "transfer_expired_client", context)
+            self._event(s, "transfer.expired", "scheduler", "scheduler", firm_id=firm.id, company_id=company.id)
+            return "transfers_expired"
+        if not self._first_time(s, "transfer_reminder", transfer.id):
+            raise _NothingDue()
+        self._notify_staff(s, firm, "transfer_reminder", self._mail_context(company, transfer, self._url(transfer)))
+        self._event(s, "transfer.reminded", "scheduler", "scheduler", firm_id=firm.id, company_id=company.id)
+        return "transfer_reminders"
+
+    # -- reading ------------------------------------------------------------------
+
+    def list(self) -> list[TransferView]:
+        with self._sessions() as s:
+            return [self._view(t) for t in s.scalars(select(BillingTransfer).order_by(BillingTransfer.id))]
+
+    def pending_for_company(self, company_id: int) -> TransferView | None:
+        with self._sessions() as s:
+            transfer = s.scalar(
+                select(BillingTransfer).where(BillingTransfer.company_id == company_id, BillingTransfer.state == "pending")
+            )
+            return self._view(transfer) if transfer else None
+
+    def _url(self, transfer: BillingTransfer) -> str:
+        return self._links.transfer(self._signer.sign(Purpose.TRANSFER, [transfer.id, transfer.nonce]))
+
+    def _mail_context(self, company: Company, transfer: BillingTransfer, url: str | None) -> dict[str, Any]:
+        context: dict[str, Any] = {
+            "company": company.name,
+            "firm": transfer.firm.name,
+            "authorized_by": transfer.authorized_by,
+            "authorized_at": transfer.authorized_at,
+            "expires_at": transfer.expires_at,
+        }
+        if url:
+            context["url"] = url
+        return context
+
+    def _view(self, transfer: BillingTransfer) -> TransferView:
+        status = transfer.state
+        if status == "pending" and self._now() >= transfer.expires_at:
+            status = "expired"
+        return TransferView(
+            id=transfer.id,
+            company=transfer.company.name,
+            company_id=transfer.company_id,
+            firm=transfer.firm.name,
+            firm_id=transfer.firm_id,
+            state=transfer.state,
+            status=status,
+            authorized_by=transfer.authorized_by,
+            authorized_at=transfer.authorized_at,
+            expires_at=transfer.expires_at,
+            decided_at=transfer.decided_at,
+            decided_by=transfer.decided_by,
+        )
