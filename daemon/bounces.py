@@ -20,8 +20,9 @@ from email.parser import HeaderParser
 
 from flufl.bounce import all_failures
 
-# An SMTP reply quoted in a text bounce: "550 5.1.1 <jane@…>: User unknown" or "550 No such user".
-_SMTP_REPLY = re.compile(r"^\s*([45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3}\b)?.*\S)\s*$", re.MULTILINE)
+# A line of an SMTP error reply quoted in a text bounce: "550-5.1.1 The email account…" (more
+# lines follow) or "550 5.1.1 <jane@…>: User unknown" (the last line).
+_SMTP_LINE = re.compile(r"\s*(?P<code>[45]\d\d)(?P<more>[ -])(?:(?P<status>[45]\.\d{1,3}\.\d{1,3})\s)?\s*(?P<text>.*)")
 # Text bounces (Exim's classic one) quote the original message inline, headers included.
 _INLINE_MESSAGE_ID = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _HEADERS_TYPES = ("text/rfc822-headers", "message/rfc822-headers")
@@ -74,10 +75,22 @@ def _dsn_reason(message: Message, permanent: bool) -> str:
 
 
 def _text_reason(message: Message) -> str:
-    """The first SMTP reply quoted in the human-readable text, for bounces without a DSN."""
-    for part in _text_parts(message):
-        if match := _SMTP_REPLY.search(part):
-            return _unfold(match.group(1))
+    """The first SMTP error reply quoted in the human-readable text, for bounces without a DSN."""
+    for text in _text_parts(message):
+        words: list[str] = []
+        for line in text.splitlines():
+            match = _SMTP_LINE.fullmatch(line.rstrip())
+            if match is None or (words and not words[0].startswith(match["code"])):
+                if words:
+                    break
+                continue
+            if not words:
+                words.append(" ".join(filter(None, (match["code"], match["status"]))))
+            words.append(match["text"])
+            if match["more"] == " ":
+                break
+        if words:
+            return _unfold(" ".join(words))
     return ""
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from daemon.domain import DomainService
+from daemon.domain import DomainService, clean_name, normalise_email
 from daemon.errors import LinkTampered, NotAllowed
 from daemon.models import Client, Company, Firm, Invitation
 from daemon.tokens import Purpose
@@ -47,6 +47,18 @@ class CompanyAdmin(DomainService):
             )
             self._event(s, "company.manage_link_sent", "operator", channel, company_id=company.id)
             return url
+
+    def set_primary_admin(self, company_name: str, email: str, name: str | None, channel: str = "cli") -> str:
+        """Hand the company to another primary admin; links issued to the previous one stop working."""
+        address = normalise_email(email)
+        with self._transaction() as s:
+            company = self._company_by_name(s, company_name)
+            previous = company.admin_email
+            company.admin_email = address
+            company.admin_name = clean_name(name) if name else address.split("@")[0]
+            self._event(s, "company.primary_admin_changed", "operator", channel, company_id=company.id,
+                        previous=previous, new=address)
+            return address
 
     def resolve(self, token: str) -> tuple[int, str]:
         """The company and address a manage link speaks for; refused if that address is no longer primary admin."""

@@ -89,6 +89,11 @@ class InvitationsConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    interval: float
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -104,6 +109,7 @@ class Config:
     mail: MailConfig
     security: SecurityConfig
     invitations: InvitationsConfig
+    scheduler: SchedulerConfig
     source: Path | None  # the file it was read from, if any
 
     @property
@@ -247,6 +253,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         session_hours=r.int("security", "session_hours", 12, minimum=1),
     )
     invitations = InvitationsConfig(ttl_days=r.int("invitations", "ttl_days", 30, minimum=1))
+    scheduler = SchedulerConfig(interval=r.float("scheduler", "interval", 60.0))
     general = GeneralConfig(
         default_locale=r.choice("general", "default_locale", "en", LOCALES),
         timezone=r.str("general", "timezone", "UTC"),
@@ -260,5 +267,6 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         mail=mail,
         security=security,
         invitations=invitations,
+        scheduler=scheduler,
         source=source,
     )

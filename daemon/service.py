@@ -11,6 +11,7 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
+from daemon.scheduler import Scheduler
 from daemon.smtp import InboundHandler, smtp_factory
 from daemon.web import make_app
 from daemon.web.pages import Pages
@@ -29,7 +30,7 @@ class Service:
         )
         self._runner: web.AppRunner | None = None
         self._smtp: asyncio.AbstractServer | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.http_port = 0
         self.smtp_port = 0
 
@@ -52,7 +53,11 @@ class Service:
             lambda: smtp_factory(handler, config.smtp.domain), smtp_host, smtp_port
         )
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
-        self._worker = asyncio.create_task(self.cabinet.worker.run(), name="outbox-worker")
+        scheduler = Scheduler(self.cabinet, config.scheduler.interval)
+        self._tasks = [
+            asyncio.create_task(self.cabinet.worker.run(), name="outbox-worker"),
+            asyncio.create_task(scheduler.run(), name="scheduler"),
+        ]
         log.info(
             "Cabinet is serving: HTTP on %s:%s (links use %s), SMTP on %s:%s, mail via %s",
             host, self.http_port, config.http.public_url, smtp_host, self.smtp_port, config.mail.transport,
@@ -64,12 +69,9 @@ class Service:
             self._smtp.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._smtp is not None:
             await self._smtp.wait_closed()
         log.info("Cabinet stopped")

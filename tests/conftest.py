@@ -102,6 +102,9 @@ domain = "cabinet.example"
 [mail]
 poll_interval = 0.2
 {extra}
+
+[scheduler]
+interval = 0.2
 """,
         encoding="utf-8",
     )
@@ -291,3 +294,27 @@ def seed(cli: Cli) -> Seed:
         "--locale", "en",
     )
     return Seed("Tremblay CPA", "Gagnon & Associés", "marie@tremblay.example", "Boulangerie Roy", "julie@roy.example")
+
+
+def accept_invitation(browser: Browser, cli: Cli, mailbox: Mailbox, company: str, email: str) -> None:
+    """Flow 1 through the real HTTP server: connects ``company`` to the accountant's only firm."""
+    cli("invitation", "send", "--company", company, "--email", email)
+    link = link_in(mailbox.wait(email, subject="Invitation")[-1])
+    browser.sign_in(link, email)
+    response = browser.submit(link, link + "/accept")
+    assert response.status_code == 303, response.text
+
+
+def roster_of(cli: Cli, firm: str) -> list[dict[str, Any]]:
+    import json
+
+    return json.loads(cli("client", "list", "--firm", firm, "--json").output)
+
+
+LINK_ANY = re.compile(r"https?://\S+/(?:company|transfers|setup|payment)/[A-Za-z0-9_\-.]+")
+
+
+def any_link_in(message: EmailMessage) -> str:
+    match = LINK_ANY.search(text_body(message))
+    assert match, f"no link in:\n{text_body(message)}"
+    return match.group(0)

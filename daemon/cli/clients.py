@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from daemon.cli.state import CliState, pass_state, print_json, print_table
+from daemon.onboarding import NewClient
 
 
 @click.group("client")
@@ -29,6 +30,38 @@ def list_(state: CliState, firm: str, as_json: bool) -> None:
             [[c.name, c.kind, c.billing, c.status, f"{c.connected_at:%Y-%m-%d}" if c.connected_at else ""] for c in items],
             ["CLIENT", "KIND", "BILLING", "STATUS", "CONNECTED"],
         )
+
+
+@client.command("add")
+@click.option("--firm", required=True, help="The firm adding the client.")
+@click.option("--kind", type=click.Choice(["business", "individual"]), required=True)
+@click.option("--name", required=True, help="Business or person's name, as on the roster.")
+@click.option("--email", help="The client's contact address.")
+@click.option("--phone", help="The client's phone number.")
+@click.option("--billing", type=click.Choice(["wholesale", "direct", "none"]), required=True,
+              help="wholesale: billed to the firm; direct: direct discount, billed to the client; none: no QuickBooks.")
+@click.option("--product", "products", multiple=True, help="Product id (see `cabinet product list`); repeat.")
+@click.option("--primary-admin", "primary_admin", help="Staff email to make primary admin (\"Make me the primary admin\").")
+@click.option("--locale", type=click.Choice(["en", "fr"]), help="The client's language for emails.")
+@pass_state
+def add(
+    state: CliState, firm: str, kind: str, name: str, email: str | None, phone: str | None, billing: str,
+    products: tuple[str, ...], primary_admin: str | None, locale: str | None,
+) -> None:
+    """Add a client to a firm's roster (the Add client page does the same).
+
+    \b
+    Examples:
+      cabinet client add --firm "Tremblay CPA" --kind business --name "Garage Lévesque" \\
+          --email marc@garage.example --billing wholesale --product qbo-plus --product payroll-core
+      cabinet client add --firm "Tremblay CPA" --kind individual --name "Anne Roy" --billing none
+    """
+    roster = state.cabinet.roster
+    firm_view = roster.find_firm(firm)
+    admin_id = roster.find_staff(primary_admin).id if primary_admin else None
+    new = NewClient(kind=kind, name=name, billing=billing, email=email, phone=phone, products=products, locale=locale)
+    added = state.cabinet.onboarding.add_client(firm_view.id, new, admin_id, actor="operator", channel="cli")
+    click.echo(f"Added {added.name} to {added.firm}'s roster (billing {added.billing}, status {added.status}).")
 
 
 def register(cli: click.Group) -> None:

@@ -41,6 +41,30 @@ def add(
     click.echo(f"Added company {created.name} (primary admin {created.admin_email}).")
 
 
+@company.command("send-link")
+@click.argument("name")
+@pass_state
+def send_link(state: CliState, name: str) -> None:
+    """Email the company's primary admin a "manage my company" link.
+
+    The page it opens lets them invite an accountant, allow a billing transfer,
+    add payment details and see the connected firms. The link lasts 24 hours.
+    """
+    url = state.cabinet.company_admin.send_link(name)
+    click.echo(f"Sent. Link: {url}")
+
+
+@company.command("set-admin")
+@click.argument("name")
+@click.option("--admin-email", required=True, help="The new primary admin's address.")
+@click.option("--admin-name", help="The new primary admin's name.")
+@pass_state
+def set_admin(state: CliState, name: str, admin_email: str, admin_name: str | None) -> None:
+    """Change the company's primary admin (links sent to the previous one stop working)."""
+    address = state.cabinet.company_admin.set_primary_admin(name, admin_email, admin_name)
+    click.echo(f"{address} is now the primary admin of {name}.")
+
+
 @company.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_state

@@ -15,7 +15,7 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError
-from daemon.web import account, invitations
+from daemon.web import account, clients, company, invitations, transfers
 from daemon.web.context import (
     BROWSER_COOKIE,
     CABINET,
@@ -108,4 +108,7 @@ def make_app(cabinet: Cabinet, sessions: WebSessions, pages: Pages) -> web.Appli
     app.router.add_static("/static/", cabinet.templates_dir / "web" / "static")
     account.setup(app)
     invitations.setup(app)
+    company.setup(app)
+    transfers.setup(app)
+    clients.setup(app)
     return app

@@ -1,0 +1,59 @@
+"""The primary admin's "manage my company" page: invite an accountant, allow or revoke a
+billing transfer, find the payment-details link. The signed link is the admin's credential."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from daemon.errors import CabinetError, InvalidInput
+from daemon.web.context import CABINET, form, page, redirect, run
+
+
+async def _page(request: web.Request, status: int = 200, error: str | None = None, notice: str | None = None) -> web.Response:
+    cabinet = request.app[CABINET]
+    company_id, email = await run(cabinet.company_admin.resolve, request.match_info["token"])
+    return page(
+        request,
+        "company.html",
+        status=status,
+        company=await run(cabinet.company_admin.view, company_id),
+        options=await run(cabinet.transfers.options, company_id, email),
+        pending=await run(cabinet.transfers.pending_for_company, company_id),
+        payment_link=await run(cabinet.company_admin.payment_link, company_id),
+        error=error,
+        notice=notice,
+    )
+
+
+async def show(request: web.Request) -> web.Response:
+    return await _page(request, notice=request.query.get("done"))
+
+
+async def act(request: web.Request) -> web.Response:
+    cabinet = request.app[CABINET]
+    token = request.match_info["token"]
+    company_id, email = await run(cabinet.company_admin.resolve, token)
+    action = request.match_info["action"]
+    data = form(request)
+    try:
+        if action == "invite":
+            company = await run(cabinet.company_admin.view, company_id)
+            await run(cabinet.roster.send_invitation, company.company, str(data.get("email", "")), "link")
+        elif action == "transfer":
+            firm = str(data.get("firm_id", ""))
+            if not firm.isdigit():
+                raise InvalidInput("choose the firm to transfer billing to")
+            await run(cabinet.transfers.allow_for, company_id, int(firm), email, "link")
+        elif action == "revoke-transfer":
+            await run(cabinet.transfers.revoke, company_id, email, "link")
+        else:
+            raise web.HTTPNotFound()
+    except CabinetError as exc:
+        return await _page(request, status=exc.http_status, error=str(exc))
+    cabinet.worker.wake()
+    return redirect(f"/company/{token}?done={action}")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/company/{token}", show)
+    app.router.add_post("/company/{token}/{action}", act)
