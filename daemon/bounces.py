@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
+from typing import cast
 
 from flufl.bounce import all_failures
 
@@ -62,7 +63,7 @@ def _dsn_reason(message: Message, permanent: bool) -> str:
         if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
             continue
         # The first block describes the reporting MTA; the others are one per recipient.
-        for block in part.get_payload()[1:]:
+        for block in cast(list[Message], part.get_payload())[1:]:
             if not str(block.get("Action", "")).strip().lower().startswith(wanted):
                 continue
             diagnostic = _unfold(str(block.get("Diagnostic-Code", "")))
@@ -98,7 +99,7 @@ def _original_message_id(message: Message) -> str | None:
     for part in message.walk():
         content_type = part.get_content_type()
         if content_type == "message/rfc822" and part.is_multipart():
-            original = part.get_payload(0)
+            original = cast(Message, part.get_payload(0))
             return _message_id(original.get("Message-ID"))
         if content_type in _HEADERS_TYPES:
             headers = HeaderParser().parsestr(_decoded(part))
@@ -121,11 +122,12 @@ def _text_parts(message: Message) -> list[str]:
 
 
 def _decoded(part: Message) -> str:
-    payload = part.get_payload(decode=True) or b""
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
     try:
-        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+        return data.decode(part.get_content_charset() or "utf-8", "replace")
     except LookupError:  # a charset Python does not know: the text is still mostly readable
-        return payload.decode("utf-8", "replace")
+        return data.decode("utf-8", "replace")
 
 
 def _message_id(value: object) -> str | None:

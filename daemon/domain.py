@@ -124,7 +124,14 @@ class DomainService:
         )
 
     def _notify_company_admin(
-        self, s: Session, company: Company, template: str, context: dict[str, Any], *, auto: bool = True
+        self,
+        s: Session,
+        company: Company,
+        template: str,
+        context: dict[str, Any],
+        *,
+        auto: bool = True,
+        firm_id: int | None = None,
     ) -> None:
         self._notifier.queue(
             s,
@@ -136,10 +143,14 @@ class DomainService:
                 timezone=company.admin_timezone,
                 context={"company": company.name, **context},
                 auto_submitted=auto,
+                company_id=company.id,
+                firm_id=firm_id,
             ),
         )
 
-    def _notify_staff(self, s: Session, firm: Firm, template: str, context: dict[str, Any]) -> None:
+    def _notify_staff(
+        self, s: Session, firm: Firm, template: str, context: dict[str, Any], company_id: int | None = None
+    ) -> None:
         """One email per member of the firm, each in their own language and time zone."""
         for member in self._firm_staff(s, firm):
             self._notifier.queue(
@@ -151,6 +162,8 @@ class DomainService:
                     locale=member.locale,
                     timezone=member.timezone,
                     context={"firm": firm.name, **context},
+                    company_id=company_id,
+                    firm_id=firm.id,
                 ),
             )
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 # Stable constraint names so Alembic migrations mean the same thing on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
@@ -267,6 +267,7 @@ class Invitation(Base):
     accepted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"))
     renewal_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    bounce_reason: Mapped[str | None] = mapped_column(Text)
 
     company: Mapped[Company] = relationship()
     firm: Mapped[Firm | None] = relationship()
@@ -297,18 +298,25 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    # The reference signed into this email's reply+ and bounce+ addresses.
+    ref: Mapped[str] = mapped_column(String(24), unique=True)
     kind: Mapped[str] = mapped_column(String(60))  # template name, e.g. "invitation"
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipient: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(500))
     raw: Mapped[bytes] = mapped_column(LargeBinary)  # serialised once, at enqueue time
-    state: Mapped[str] = mapped_column(String(20))  # "pending" | "sent" | "failed"
+    state: Mapped[str] = mapped_column(String(20))  # "pending" | "sent" | "failed" | "bounced"
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    # What the email is about, so a bounce or a reply finds its way back.
     invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))
+    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"))
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    bounce_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class WebSession(Base):
@@ -325,13 +333,23 @@ class WebSession(Base):
 
 
 class InboundMessage(Base):
-    """A message received by the SMTP listener, stored before it was acknowledged."""
+    """A message received by the SMTP/LMTP listener, stored before it was acknowledged."""
 
     __tablename__ = "inbound"
+    __table_args__ = (Index("ix_inbound_state_next", "state", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     mail_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[str] = mapped_column(Text)  # JSON list
     raw: Mapped[bytes] = mapped_column(LargeBinary)
-    state: Mapped[str] = mapped_column(String(20), index=True)  # "received" for now
+    # received -> processed | duplicate | quarantined; processing is retried until quarantined.
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the bytes
+    kind: Mapped[str | None] = mapped_column(String(20))  # bounce | auto-reply | reply | command | unknown
+    outcome: Mapped[str | None] = mapped_column(Text)  # what processing did, in words
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

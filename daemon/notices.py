@@ -23,7 +23,10 @@ class Notice:
     context: dict[str, Any] = field(default_factory=dict)
     # Notifications are machine-generated (RFC 3834); a person's request would not be.
     auto_submitted: bool = True
+    # What the email is about: a bounce marks these, a reply is routed by them.
     invitation_id: int | None = None
+    company_id: int | None = None
+    firm_id: int | None = None
 
 
 class Notifier(Protocol):

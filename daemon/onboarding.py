@@ -189,7 +189,8 @@ class Onboarding(DomainService):
             s.flush()
             url = self._links.setup(self._signer.sign(Purpose.SETUP, [setup.id, setup.nonce]))
             self._notify_company_admin(
-                s, company, "client_setup", {"firm": firm.name, "url": url, "expires_at": setup.expires_at}, auto=False
+                s, company, "client_setup", {"firm": firm.name, "url": url, "expires_at": setup.expires_at}, auto=False,
+                firm_id=firm.id,
             )
         if company.subscription == "direct-discount":
             self._payment_notice(s, company, client, "payment_details_request", {})
@@ -206,6 +207,8 @@ class Onboarding(DomainService):
                 locale=company.admin_locale, timezone=company.admin_timezone,
                 context={"company": company.name, "url": url, "trial_ends_at": company.trial_ends_at, **extra},
                 auto_submitted=template != "payment_details_request",
+                company_id=company.id,
+                firm_id=client.firm_id,
             ),
         )
 
@@ -259,7 +262,10 @@ class Onboarding(DomainService):
                 .where(Client.company_id == company.id, Client.status == "setup pending")
                 .values(status="active")
             )
-            self._notify_staff(s, setup.firm, "client_setup_completed", {"company": company.name, "admin_name": name, "admin_email": setup.email})
+            self._notify_staff(
+                s, setup.firm, "client_setup_completed",
+                {"company": company.name, "admin_name": name, "admin_email": setup.email}, company.id,
+            )
             self._event(s, "client.setup_completed", setup.email, channel, firm_id=setup.firm_id, company_id=company.id)
             return self._setup_view(setup)
 
@@ -310,7 +316,7 @@ class Onboarding(DomainService):
             s.refresh(company)
             s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="active"))
             for client in s.scalars(select(Client).where(Client.company_id == company.id)):
-                self._notify_staff(s, client.firm, "payment_details_added", {"company": company.name})
+                self._notify_staff(s, client.firm, "payment_details_added", {"company": company.name}, company.id)
             self._event(s, "trial.payment_details_added", name, channel, company_id=company.id)
             return self._payment_view(company)
 
@@ -351,7 +357,7 @@ class Onboarding(DomainService):
                 return None
             s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="discount lapsed"))
             context = {"company": company.name, "trial_ends_at": company.trial_ends_at}
-            self._notify_staff(s, client.firm, "discount_lapsed_firm", context)
+            self._notify_staff(s, client.firm, "discount_lapsed_firm", context, company.id)
             self._payment_notice(s, company, client, "discount_lapsed_client", {})
             self._event(s, "trial.discount_lapsed", "scheduler", "scheduler", firm_id=client.firm_id, company_id=company.id)
             return "discounts_lapsed"

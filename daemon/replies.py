@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import MIMEPart
 from html.parser import HTMLParser
 from typing import Literal
 
@@ -59,7 +59,7 @@ class Command:
     firm: str | None
 
 
-def reply_text(message: EmailMessage) -> str:
+def reply_text(message: MIMEPart) -> str:
     """The text the sender wrote: text/plain (else the HTML as text) without quotes and signatures."""
     part = message.get_body(preferencelist=("plain", "html"))
     if part is None:
@@ -67,7 +67,8 @@ def reply_text(message: EmailMessage) -> str:
     try:
         text = str(part.get_content())
     except LookupError:  # a charset Python does not know
-        text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+        payload = part.get_payload(decode=True)
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
     if part.get_content_type() == "text/html":
         text = _html_to_text(text)
     return _strip_quotes(text)
@@ -166,7 +167,8 @@ class _HtmlText(HTMLParser):
             return
         attributes = {name: (value or "") for name, value in attrs}
         cite = tag == "blockquote" and attributes.get("type", "").lower() == "cite"  # Apple Mail, Thunderbird
-        if tag not in _VOID_TAGS and (cite or tag in _HIDDEN_TAGS or _QUOTE_CLASSES & set(attributes.get("class", "").split())):
+        quote = cite or bool(_QUOTE_CLASSES & set(attributes.get("class", "").split()))
+        if tag not in _VOID_TAGS and (quote or tag in _HIDDEN_TAGS):
             self._skipping, self._depth = tag, 1
         elif tag == "br":
             self.chunks.append("\n")

@@ -274,6 +274,7 @@ class Roster(DomainService):
                     # A person (the client admin) is asking; replies are welcome.
                     auto_submitted=False,
                     invitation_id=invitation.id,
+                    company_id=company.id,
                 ),
             )
             self._event(
@@ -402,12 +403,14 @@ class Roster(DomainService):
                 company,
                 "invitation_accepted",
                 {"accountant_name": user.name, "accountant_email": user.email, "firm": firm.name, "accepted_at": now},
+                firm_id=firm.id,
             )
             self._notify_staff(
                 s,
                 firm,
                 "client_added",
                 {"company": company.name, "accepted_by": user.name, "accepted_by_email": user.email, "accepted_at": now},
+                company_id=company.id,
             )
             s.flush()
             return AcceptResult(self._invitation_view(s, invitation), client_view(client, firm))

@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
 
 from daemon.clock import Clock
@@ -99,6 +99,27 @@ class LinkSigner:
             raise LinkExpired("this link has expired", payload) from None
         except BadSignature:
             raise LinkTampered("this link is not valid") from None
+
+    def sign_address(self, purpose: Purpose, ref: str) -> str:
+        """A short signed reference for an email address's local part (reply+…, bounce+…).
+
+        No timestamp: a local part has at most 64 characters, and a bounce may
+        arrive days later. The outbox row the reference names decides the rest.
+        """
+        return str(self._address_serializer(purpose).dumps(ref))
+
+    def verify_address(self, purpose: Purpose, token: str) -> str:
+        try:
+            ref = self._address_serializer(purpose).loads(token)
+        except BadSignature:
+            raise LinkTampered("this address is not one of ours") from None
+        if not isinstance(ref, str):
+            raise LinkTampered("this address is not one of ours")
+        return ref
+
+    def _address_serializer(self, purpose: Purpose) -> URLSafeSerializer:
+        ordered = [key.reveal() for key in reversed(self._keys.keys)]
+        return URLSafeSerializer(ordered, salt=purpose.salt)
 
     def nonce(self) -> str:
         return secrets.token_urlsafe(12)

@@ -165,7 +165,7 @@ class BillingTransfers(DomainService):
             s.add(transfer)
             s.flush()
             url = self._url(transfer)
-            self._notify_staff(s, firm, "transfer_allowed", self._mail_context(company, transfer, url))
+            self._notify_staff(s, firm, "transfer_allowed", self._mail_context(company, transfer, url), company.id)
             self._event(
                 s, "transfer.allowed", actor_email, channel, firm_id=firm.id, company_id=company.id,
                 transfer_id=transfer.id, replaced=previous.id if previous else None,
@@ -187,7 +187,7 @@ class BillingTransfers(DomainService):
             if transfer is None:
                 raise InvalidState("there is no pending billing transfer to revoke")
             self._decide(s, transfer, "revoked", actor_email)
-            self._notify_staff(s, transfer.firm, "transfer_revoked", self._mail_context(company, transfer, None))
+            self._notify_staff(s, transfer.firm, "transfer_revoked", self._mail_context(company, transfer, None), company.id)
             self._event(s, "transfer.revoked", actor_email, channel, firm_id=transfer.firm_id, company_id=company.id)
             return self._view(transfer)
 
@@ -257,6 +257,7 @@ class BillingTransfers(DomainService):
             self._notify_company_admin(
                 s, company, "transfer_completed",
                 {"firm": firm.name, "completed_by": user.name, "completed_at": transfer.decided_at},
+                firm_id=firm.id,
             )
             self._event(s, "transfer.completed", user.email, channel, firm_id=firm.id, company_id=company.id)
             return self._view(transfer)
@@ -266,7 +267,8 @@ class BillingTransfers(DomainService):
             transfer, user = self._pending_for_member(s, token, user_id)
             self._decide(s, transfer, "declined", user.email)
             self._notify_company_admin(
-                s, transfer.company, "transfer_declined", {"firm": transfer.firm.name, "declined_by": user.name}
+                s, transfer.company, "transfer_declined", {"firm": transfer.firm.name, "declined_by": user.name},
+                firm_id=transfer.firm_id,
             )
             self._event(
                 s, "transfer.declined", user.email, channel, firm_id=transfer.firm_id, company_id=transfer.company_id
@@ -304,13 +306,13 @@ class BillingTransfers(DomainService):
         if now >= transfer.expires_at:
             self._decide(s, transfer, "expired", "scheduler")
             context = self._mail_context(company, transfer, None)
-            self._notify_staff(s, firm, "transfer_expired_firm", context)
-            self._notify_company_admin(s, company, "transfer_expired_client", context)
+            self._notify_staff(s, firm, "transfer_expired_firm", context, company.id)
+            self._notify_company_admin(s, company, "transfer_expired_client", context, firm_id=firm.id)
             self._event(s, "transfer.expired", "scheduler", "scheduler", firm_id=firm.id, company_id=company.id)
             return "transfers_expired"
         if not self._first_time(s, "transfer_reminder", transfer.id):
             raise _NothingDue()
-        self._notify_staff(s, firm, "transfer_reminder", self._mail_context(company, transfer, self._url(transfer)))
+        self._notify_staff(s, firm, "transfer_reminder", self._mail_context(company, transfer, self._url(transfer)), company.id)
         self._event(s, "transfer.reminded", "scheduler", "scheduler", firm_id=firm.id, company_id=company.id)
         return "transfer_reminders"
 

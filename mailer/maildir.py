@@ -70,12 +70,17 @@ def list_mail(path: Path, to: str | None = None) -> list[StoredMail]:
     return sorted(items, key=lambda item: (item.date, item.id))
 
 
-def read_mail(path: Path, key: str) -> EmailMessage:
+def read_raw(path: Path, key: str) -> bytes:
+    """The message exactly as delivered."""
     box = mailbox.Maildir(path, create=False) if path.exists() else None
     if box is None or key not in box:
         raise NotFound(f"no message {key!r} in {path}")
     with box.get_file(key) as handle:
-        return _parse(handle.read())
+        return handle.read()
+
+
+def read_mail(path: Path, key: str) -> EmailMessage:
+    return _parse(read_raw(path, key))
 
 
 def text_body(message: EmailMessage) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.clock import Clock
 from daemon.models import OutboxMessage
 from daemon.notices import Notice
-from mailer.message import address_of, build_message, new_message_id
+from daemon.tokens import LinkSigner, Purpose
+from mailer.message import build_message, new_message_id
 from mailer.render import EmailRenderer
 from mailer.transports import Transport, TransportError
 
@@ -32,16 +34,24 @@ MAX_BACKOFF = timedelta(hours=1)
 class Outbox:
     """Implements ``daemon.notices.Notifier``."""
 
-    def __init__(self, renderer: EmailRenderer, clock: Clock, from_address: str, domain: str) -> None:
+    def __init__(self, renderer: EmailRenderer, signer: LinkSigner, clock: Clock, from_address: str, domain: str) -> None:
         self._renderer = renderer
+        self._signer = signer
         self._clock = clock
         self._from = from_address
         self._domain = domain
 
+    def address(self, purpose: Purpose, ref: str) -> str:
+        """``reply+…@domain`` or ``bounce+…@domain`` for the email with reference ``ref``."""
+        return f"{purpose.value}+{self._signer.sign_address(purpose, ref)}@{self._domain}"
+
     def queue(self, session: Session, notice: Notice) -> None:
         now = self._clock.now()
         rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, notice.context)
+        ref = secrets.token_hex(6)
         message_id = new_message_id(self._domain)
+        # A reply makes sense when the email is about something (an invitation, a company).
+        reply_to = self.address(Purpose.REPLY, ref) if notice.invitation_id or notice.company_id else None
         message = build_message(
             from_address=self._from,
             to=notice.to,
@@ -52,12 +62,15 @@ class Outbox:
             message_id=message_id,
             date=now,
             auto_submitted=notice.auto_submitted,
+            reply_to=reply_to,
         )
         session.add(
             OutboxMessage(
                 message_id=message_id,
+                ref=ref,
                 kind=notice.template,
-                envelope_from=address_of(self._from),
+                # VERP: a bounce comes back to an address that names this very email.
+                envelope_from=self.address(Purpose.BOUNCE, ref),
                 recipient=notice.to,
                 subject=rendered.subject,
                 raw=message.as_bytes(),
@@ -66,6 +79,8 @@ class Outbox:
                 created_at=now,
                 next_attempt_at=now,
                 invitation_id=notice.invitation_id,
+                company_id=notice.company_id,
+                firm_id=notice.firm_id,
             )
         )
 

@@ -12,7 +12,6 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from typing import cast
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"
 
@@ -26,7 +25,7 @@ def raw(name: str) -> bytes:
 
 
 def parse(data: bytes) -> EmailMessage:
-    return cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(data))
+    return BytesParser(policy=policy.default).parsebytes(data)
 
 
 def load(name: str) -> EmailMessage:

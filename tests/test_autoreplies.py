@@ -18,7 +18,8 @@ ROBOTS = {
     "ooo_vacation_fr_precedence.eml": "Precedence: bulk",
     "ooo_x_autoreply.eml": "X-Autoreply present",
     "ooo_mailing_list.eml": "mailing list (List-Id)",
-    "ooo_subject_only_en.eml": "out-of-office subject: Out of Office: Re: Boulangerie Roy invites you to be its accountant",
+    "ooo_subject_only_en.eml":
+        "out-of-office subject: Out of Office: Re: Boulangerie Roy invites you to be its accountant",
     "ooo_subject_only_fr.eml": "out-of-office subject: Message d'absence",
 }
 
@@ -68,7 +69,8 @@ def _message(**headers: str) -> EmailMessage:
         ({"X_Autorespond": "yes"}, AutoReplyVerdict(True, "X-Autorespond present")),
         ({"X_Auto_Response_Suppress": "DR, OOF"}, AutoReplyVerdict(True, "X-Auto-Response-Suppress: DR, OOF")),
         ({"X_Auto_Response_Suppress": "DR, RN, NRN"}, HUMAN),
-        ({"List_Unsubscribe": "<mailto:leave@lists.example.org>"}, AutoReplyVerdict(True, "mailing list (List-Unsubscribe)")),
+        ({"List_Unsubscribe": "<mailto:leave@lists.example.org>"},
+         AutoReplyVerdict(True, "mailing list (List-Unsubscribe)")),
     ],
 )
 def test_headers(headers: dict[str, str], verdict: AutoReplyVerdict) -> None:

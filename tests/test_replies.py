@@ -88,6 +88,7 @@ def _plain(body: str) -> EmailMessage:
         ("Merci\n\nEnvoyé de mon iPad", "Merci"),
         # Sentences that look like the markers but are not: nothing is cut.
         ("On Monday I will send them.\nThanks", "On Monday I will send them.\nThanks"),
+        ("On the phone, Julie wrote:\nthe numbers are fine.", "On the phone, Julie wrote:\nthe numbers are fine."),
         ("From: our side, all is ready.\nMarie", "From: our side, all is ready.\nMarie"),
         ("Le dossier est prêt.\nMarie", "Le dossier est prêt.\nMarie"),
         ("", ""),
@@ -101,7 +102,8 @@ def test_html_drops_scripts_styles_and_keeps_no_break_spaces_as_text() -> None:
     message = EmailMessage()
     message.set_content(
         "<html><head><style>p{x:y}</style><title>t</title></head><body><script>alert(1)</script>"
-        "<p>Accept</p><p>&nbsp;</p><p>Marie &amp; Luc</p><div class='gmail_signature'>Marie Tremblay</div></body></html>",
+        "<p>Accept</p><p>&nbsp;</p><p>Marie &amp; Luc</p>"
+        "<div class='gmail_signature'>Marie Tremblay</div></body></html>",
         subtype="html",
     )
     assert reply_text(message) == "Accept\n\nMarie & Luc"

@@ -8,7 +8,7 @@ import click
 
 from daemon.cli.state import CliState, pass_state, print_json, print_table
 from daemon.errors import ConfigError
-from mailer.maildir import list_mail, read_mail, text_body
+from mailer.maildir import list_mail, read_mail, read_raw, text_body
 
 
 @click.group("mail")
@@ -45,10 +45,10 @@ def show(state: CliState, message_id: str, raw: bool) -> None:
     Example: cabinet mail show "$(cabinet mail list --json | jq -r '.[-1].id')"
     """
     _maildir(state)
-    message = read_mail(state.config.mail.maildir, message_id)
     if raw:
-        click.echo(message.as_string())
+        click.echo(read_raw(state.config.mail.maildir, message_id).decode("utf-8", "replace"))
         return
+    message = read_mail(state.config.mail.maildir, message_id)
     for header in ("From", "To", "Date", "Subject", "Reply-To"):
         if message.get(header):
             click.echo(f"{header}: {message[header]}")

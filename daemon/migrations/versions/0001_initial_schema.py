@@ -85,8 +85,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_clients_company_id_companies')),
     sa.ForeignKeyConstraint(['firm_id'], ['firms.id'], name=op.f('fk_clients_firm_id_firms')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_clients')),
-    sa.UniqueConstraint('firm_id', 'company_id', name=op.f('uq_clients_firm_id')),
-    sa.UniqueConstraint('firm_id', 'name_key', name=op.f('uq_clients_firm_id'))
+    sa.UniqueConstraint('firm_id', 'company_id', name=op.f('uq_clients_firm_id_company_id')),
+    sa.UniqueConstraint('firm_id', 'name_key', name=op.f('uq_clients_firm_id_name_key'))
     )
     with op.batch_alter_table('clients', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_clients_company_id'), ['company_id'], unique=False)
@@ -126,7 +126,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['firm_id'], ['firms.id'], name=op.f('fk_memberships_firm_id_firms')),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_memberships_user_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_memberships')),
-    sa.UniqueConstraint('user_id', 'firm_id', name=op.f('uq_memberships_user_id'))
+    sa.UniqueConstraint('user_id', 'firm_id', name=op.f('uq_memberships_user_id_firm_id'))
     )
     with op.batch_alter_table('memberships', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_memberships_firm_id'), ['firm_id'], unique=False)

@@ -51,7 +51,7 @@ def upgrade() -> None:
     sa.Column('ref_id', sa.Integer(), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sent_reminders')),
-    sa.UniqueConstraint('kind', 'ref_id', name=op.f('uq_sent_reminders_kind'))
+    sa.UniqueConstraint('kind', 'ref_id', name=op.f('uq_sent_reminders_kind_ref_id'))
     )
     op.create_table('billing_transfers',
     sa.Column('id', sa.Integer(), nullable=False),
