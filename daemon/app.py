@@ -23,6 +23,7 @@ from daemon.links import Links
 from daemon.passwords import Passwords
 from daemon.company_admin import CompanyAdmin
 from daemon.domain import DomainContext, Policy
+from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
 from daemon.roster import Roster
 from daemon.transfers import BillingTransfers
@@ -47,6 +48,7 @@ class Cabinet:
     transfers: BillingTransfers
     onboarding: Onboarding
     company_admin: CompanyAdmin
+    inbound: Inbound
     outbox: Outbox
     worker: OutboxWorker
     templates_dir: Path
@@ -117,6 +119,7 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
             default_timezone=config.general.timezone,
         ),
     )
+    roster = Roster(ctx)
     worker = OutboxWorker(
         sessions,
         make_transport(config),
@@ -132,10 +135,11 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         signer=signer,
         links=links,
         passwords=passwords,
-        roster=Roster(ctx),
+        roster=roster,
         transfers=BillingTransfers(ctx),
         onboarding=Onboarding(ctx),
         company_admin=CompanyAdmin(ctx),
+        inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address),
         outbox=outbox,
         worker=worker,
         templates_dir=templates_dir,

@@ -89,6 +89,20 @@ class InvitationsConfig:
 
 
 @dataclass(frozen=True)
+class InboundConfig:
+    protocol: str  # "smtp" | "lmtp"
+    max_message_size: int
+    max_recipients: int
+    max_line_length: int
+    timeout: float
+    max_connections: int
+    max_attempts: int
+    trusted_authserv_ids: tuple[str, ...]
+    dkim_verify: bool
+    firm_addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     interval: float
 
@@ -110,6 +124,7 @@ class Config:
     security: SecurityConfig
     invitations: InvitationsConfig
     scheduler: SchedulerConfig
+    inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
 
     @property
@@ -174,6 +189,22 @@ class _Reader:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"[{section}] {key} must be a number, got {value!r}") from None
+
+    def bool(self, section: str, key: str, default: bool) -> bool:
+        value = self._raw(section, key, default)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"[{section}] {key} must be true or false, got {value!r}")
+
+    def strings(self, section: str, key: str) -> tuple[str, ...]:
+        value = self._raw(section, key, [])
+        if isinstance(value, str):  # from the environment: comma-separated
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"[{section}] {key} must be a list of strings, got {value!r}")
+        return tuple(value)
 
     def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.str(section, key, default)
@@ -254,6 +285,18 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     )
     invitations = InvitationsConfig(ttl_days=r.int("invitations", "ttl_days", 30, minimum=1))
     scheduler = SchedulerConfig(interval=r.float("scheduler", "interval", 60.0))
+    inbound = InboundConfig(
+        protocol=r.choice("inbound", "protocol", "smtp", ("smtp", "lmtp")),
+        max_message_size=r.int("inbound", "max_message_size", 10 * 1024 * 1024, minimum=1024),
+        max_recipients=r.int("inbound", "max_recipients", 20, minimum=1),
+        max_line_length=r.int("inbound", "max_line_length", 1001, minimum=80),
+        timeout=r.float("inbound", "timeout", 300.0),
+        max_connections=r.int("inbound", "max_connections", 100, minimum=1),
+        max_attempts=r.int("inbound", "max_attempts", 5, minimum=1),
+        trusted_authserv_ids=tuple(v.lower() for v in r.strings("inbound", "trusted_authserv_ids")),
+        dkim_verify=r.bool("inbound", "dkim_verify", False),
+        firm_addresses=tuple(v.lower() for v in r.strings("inbound", "firm_addresses")),
+    )
     general = GeneralConfig(
         default_locale=r.choice("general", "default_locale", "en", LOCALES),
         timezone=r.str("general", "timezone", "UTC"),
@@ -268,5 +311,6 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         security=security,
         invitations=invitations,
         scheduler=scheduler,
+        inbound=inbound,
         source=source,
     )

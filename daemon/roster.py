@@ -363,85 +363,93 @@ class Roster(DomainService):
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""
-        now = self._clock.now()
         with self._transaction() as s:
-            invitation = self._invitation_from_token(s, token)
-            view = self._invitation_view(s, invitation)
-            if view.status != "pending":
-                raise InvitationUnavailable(view)
-            user = s.get(User, user_id)
-            if user is None:
-                raise NotAllowed("sign in to accept this invitation")
-            if user.email != invitation.email:
-                raise WrongAccount(invitation.email, user.email)
-            firm = self._chosen_firm(s, user, firm_id)
-            # The state guard makes the transition single-use even when two
-            # instances race on the same link: only one UPDATE matches.
-            won = s.execute(
-                update(Invitation)
-                .where(Invitation.id == invitation.id, Invitation.state == "pending")
-                .values(state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
-            ).rowcount
-            if won != 1:
-                s.refresh(invitation)
-                raise InvitationUnavailable(self._invitation_view(s, invitation))
+            return self.accept_in(s, self._invitation_from_token(s, token), user_id, firm_id, channel)
+
+    def accept_in(
+        self, s: Session, invitation: Invitation, user_id: int, firm_id: int | None, channel: str
+    ) -> AcceptResult:
+        """Accept inside the caller's transaction: the link and a reply command both end here."""
+        now = self._clock.now()
+        view = self._invitation_view(s, invitation)
+        if view.status != "pending":
+            raise InvitationUnavailable(view)
+        user = s.get(User, user_id)
+        if user is None:
+            raise NotAllowed("sign in to accept this invitation")
+        if user.email != invitation.email:
+            raise WrongAccount(invitation.email, user.email)
+        firm = self._chosen_firm(s, user, firm_id)
+        # The state guard makes the transition single-use even when two
+        # instances race on the same link: only one UPDATE matches.
+        won = s.execute(
+            update(Invitation)
+            .where(Invitation.id == invitation.id, Invitation.state == "pending")
+            .values(state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
+        ).rowcount
+        if won != 1:
             s.refresh(invitation)
-            company = invitation.company
-            client = self._connect(s, firm, company, now)
-            self._event(
-                s,
-                "invitation.accepted",
-                user.email,
-                channel,
-                firm_id=firm.id,
-                company_id=company.id,
-                client_id=client.id,
-                invitation_id=invitation.id,
-            )
-            self._notify_company_admin(
-                s,
-                company,
-                "invitation_accepted",
-                {"accountant_name": user.name, "accountant_email": user.email, "firm": firm.name, "accepted_at": now},
-                firm_id=firm.id,
-            )
-            self._notify_staff(
-                s,
-                firm,
-                "client_added",
-                {"company": company.name, "accepted_by": user.name, "accepted_by_email": user.email, "accepted_at": now},
-                company_id=company.id,
-            )
-            s.flush()
-            return AcceptResult(self._invitation_view(s, invitation), client_view(client, firm))
+            raise InvitationUnavailable(self._invitation_view(s, invitation))
+        s.refresh(invitation)
+        company = invitation.company
+        client = self._connect(s, firm, company, now)
+        self._event(
+            s,
+            "invitation.accepted",
+            user.email,
+            channel,
+            firm_id=firm.id,
+            company_id=company.id,
+            client_id=client.id,
+            invitation_id=invitation.id,
+        )
+        self._notify_company_admin(
+            s,
+            company,
+            "invitation_accepted",
+            {"accountant_name": user.name, "accountant_email": user.email, "firm": firm.name, "accepted_at": now},
+            firm_id=firm.id,
+        )
+        self._notify_staff(
+            s,
+            firm,
+            "client_added",
+            {"company": company.name, "accepted_by": user.name, "accepted_by_email": user.email, "accepted_at": now},
+            company_id=company.id,
+        )
+        s.flush()
+        return AcceptResult(self._invitation_view(s, invitation), client_view(client, firm))
 
     def decline_invitation(self, token: str, user_id: int, channel: str = "link") -> InvitationView:
-        now = self._clock.now()
         with self._transaction() as s:
-            invitation = self._invitation_from_token(s, token)
-            view = self._invitation_view(s, invitation)
-            if view.status != "pending":
-                raise InvitationUnavailable(view)
-            user = s.get(User, user_id)
-            if user is None:
-                raise NotAllowed("sign in to decline this invitation")
-            if user.email != invitation.email:
-                raise WrongAccount(invitation.email, user.email)
-            won = s.execute(
-                update(Invitation)
-                .where(Invitation.id == invitation.id, Invitation.state == "pending")
-                .values(state="declined", decided_at=now, accepted_by_id=user.id)
-            ).rowcount
-            s.refresh(invitation)
-            if won != 1:
-                raise InvitationUnavailable(self._invitation_view(s, invitation))
-            company = invitation.company
-            self._event(s, "invitation.declined", user.email, channel, company_id=company.id, invitation_id=invitation.id)
-            self._notify_company_admin(
-                s, company, "invitation_declined", {"accountant_name": user.name, "accountant_email": user.email}
-            )
-            s.flush()
-            return self._invitation_view(s, invitation)
+            return self.decline_in(s, self._invitation_from_token(s, token), user_id, channel)
+
+    def decline_in(self, s: Session, invitation: Invitation, user_id: int, channel: str) -> InvitationView:
+        """Decline inside the caller's transaction (the link and a reply command)."""
+        now = self._clock.now()
+        view = self._invitation_view(s, invitation)
+        if view.status != "pending":
+            raise InvitationUnavailable(view)
+        user = s.get(User, user_id)
+        if user is None:
+            raise NotAllowed("sign in to decline this invitation")
+        if user.email != invitation.email:
+            raise WrongAccount(invitation.email, user.email)
+        won = s.execute(
+            update(Invitation)
+            .where(Invitation.id == invitation.id, Invitation.state == "pending")
+            .values(state="declined", decided_at=now, accepted_by_id=user.id)
+        ).rowcount
+        s.refresh(invitation)
+        if won != 1:
+            raise InvitationUnavailable(self._invitation_view(s, invitation))
+        company = invitation.company
+        self._event(s, "invitation.declined", user.email, channel, company_id=company.id, invitation_id=invitation.id)
+        self._notify_company_admin(
+            s, company, "invitation_declined", {"accountant_name": user.name, "accountant_email": user.email}
+        )
+        s.flush()
+        return self._invitation_view(s, invitation)
 
     def request_new_invitation(self, token: str, channel: str = "link") -> RenewalResult:
         """From an expired link: ask the client admin for a new invitation (once)."""

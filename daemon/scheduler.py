@@ -7,19 +7,14 @@ second run (or a second instance) never sends a reminder twice.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import Counter
 
 from daemon.app import Cabinet
 
-log = logging.getLogger(__name__)
-
 
 class Scheduler:
-    def __init__(self, cabinet: Cabinet, interval: float) -> None:
+    def __init__(self, cabinet: Cabinet) -> None:
         self._cabinet = cabinet
-        self._interval = interval
 
     def run_due(self) -> dict[str, int]:
         """Everything that is due now, once."""
@@ -28,16 +23,3 @@ class Scheduler:
         counts.update(self._cabinet.transfers.sweep())
         counts.update(self._cabinet.onboarding.sweep_trials())
         return dict(counts)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                counts = await asyncio.to_thread(self.run_due)
-                if any(counts.values()):
-                    log.info("scheduled jobs: %s", ", ".join(f"{k}={v}" for k, v in counts.items() if v))
-                    self._cabinet.worker.wake()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("scheduled jobs failed; retrying at the next interval")
-            await asyncio.sleep(self._interval)

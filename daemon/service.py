@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -12,7 +13,8 @@ from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
 from daemon.scheduler import Scheduler
-from daemon.smtp import InboundHandler, smtp_factory
+from daemon.loops import Repeater
+from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app
 from daemon.web.pages import Pages
 
@@ -46,21 +48,27 @@ class Service:
         assert server is not None and server.sockets
         self.http_port = server.sockets[0].getsockname()[1]
 
-        handler = InboundHandler(self.cabinet.sessions, self.cabinet.clock, config.smtp.domain)
+        worker = self.cabinet.worker
+        wake_worker: Callable[[Any], None] = lambda result: worker.wake() if result else None
+        processor = Repeater("inbound processing", self.cabinet.inbound.process_due, config.mail.poll_interval, wake_worker)
+        scheduler = Repeater("scheduled jobs", Scheduler(self.cabinet).run_due, config.scheduler.interval,
+                             lambda counts: worker.wake() if any(counts.values()) else None)
+        handler = InboundHandler(self.cabinet.inbound, config.inbound, processor.wake)
         smtp_host, smtp_port = listen_address(config.smtp.listen, "[smtp] listen")
         loop = asyncio.get_running_loop()
         self._smtp = await loop.create_server(
-            lambda: smtp_factory(handler, config.smtp.domain), smtp_host, smtp_port
+            make_protocol_factory(handler, config.inbound, config.smtp.domain), smtp_host, smtp_port
         )
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
-        scheduler = Scheduler(self.cabinet, config.scheduler.interval)
         self._tasks = [
-            asyncio.create_task(self.cabinet.worker.run(), name="outbox-worker"),
+            asyncio.create_task(worker.run(), name="outbox-worker"),
+            asyncio.create_task(processor.run(), name="inbound-processing"),
             asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         log.info(
-            "Cabinet is serving: HTTP on %s:%s (links use %s), SMTP on %s:%s, mail via %s",
-            host, self.http_port, config.http.public_url, smtp_host, self.smtp_port, config.mail.transport,
+            "Cabinet is serving: HTTP on %s:%s (links use %s), %s on %s:%s, mail via %s",
+            host, self.http_port, config.http.public_url, config.inbound.protocol.upper(), smtp_host, self.smtp_port,
+            config.mail.transport,
         )
 
     async def stop(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import smtplib
 import subprocess
 import sys
 import time
@@ -52,23 +51,6 @@ def test_serve_stops_cleanly_on_signal(daemon: subprocess.Popen[bytes], signum: 
     assert time.monotonic() - started < 6
     output = daemon.stdout.read().decode()
     assert "Cabinet is serving" in output and "Cabinet stopped" in output
-
-
-def test_smtp_listener_refuses_foreign_recipients_and_stores_ours(daemon, env: Env) -> None:
-    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
-        smtp.ehlo("mta.example")
-        code, _ = smtp.mail("someone@elsewhere.example")
-        assert code == 250
-        code, reply = smtp.rcpt("postmaster@cabinet.example")
-        assert code == 550
-        code, _ = smtp.rcpt("anyone@other.example")
-        assert code == 550
-        code, _ = smtp.rcpt("reply+abc@cabinet.example")
-        assert code == 250
-        code, _ = smtp.data(b"Subject: hello\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n")
-        assert code == 250
-    rows = env.sql("SELECT mail_from, recipients, state FROM inbound")
-    assert rows == [("someone@elsewhere.example", '["reply+abc@cabinet.example"]', "received")]
 
 
 def test_serve_refuses_to_start_without_init(tmp_path) -> None:

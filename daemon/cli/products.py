@@ -39,7 +39,7 @@ def run(state: CliState, send: bool) -> None:
     """Run every job that is due now, once, and exit (for cron; `cabinet serve` runs them itself)."""
     import asyncio
 
-    counts = Scheduler(state.cabinet, interval=0).run_due()
+    counts = Scheduler(state.cabinet).run_due()
     if send:
         counts["emails_sent"] = asyncio.run(state.cabinet.worker.send_due())
     click.echo(json.dumps(counts, sort_keys=True))

@@ -1,0 +1,372 @@
+"""Inbound mail: store before acknowledging, then understand and act, exactly once.
+
+``store`` runs while the SMTP client waits: it commits the raw bytes and
+nothing else. ``process_due`` works from the stored copy; each message's
+effects (an acceptance, a bounce mark, a forward) and its new state commit
+in one transaction, so a crash mid-way means the message is simply processed
+again, and a processed message is never processed twice. A message that keeps
+failing is quarantined and the rest keep flowing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from daemon.autoreplies import is_auto_reply
+from daemon.bounces import parse_bounce
+from daemon.config import InboundConfig
+from daemon.domain import DomainContext, DomainService, name_key
+from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
+from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User
+from daemon.notices import Notice
+from daemon.replies import Command, parse_command, reply_text
+from daemon.roster import Roster
+from daemon.senders import prove_sender
+from daemon.tokens import Purpose
+
+EXCERPT = 4000  # characters of a reply kept in events and forwards
+
+
+@dataclass(frozen=True)
+class InboundView:
+    id: int
+    received_at: datetime
+    mail_from: str
+    recipients: tuple[str, ...]
+    message_id: str | None
+    state: str
+    kind: str | None
+    outcome: str | None
+    attempts: int
+    last_error: str | None
+    size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": self.received_at.isoformat(),
+            "mail_from": self.mail_from,
+            "recipients": list(self.recipients),
+            "message_id": self.message_id,
+            "state": self.state,
+            "kind": self.kind,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "size": self.size,
+        }
+
+
+class _Done(Exception):
+    """Processing reached a decision; ``kind`` and ``outcome`` say which."""
+
+    def __init__(self, kind: str, outcome: str) -> None:
+        super().__init__(outcome)
+        self.kind = kind
+        self.outcome = outcome
+
+
+def _address(header_value: str | None) -> str:
+    return parseaddr(header_value or "")[1].strip().lower()
+
+
+class Inbound(DomainService):
+    def __init__(self, ctx: DomainContext, roster: Roster, config: InboundConfig, domain: str, from_address: str) -> None:
+        super().__init__(ctx)
+        self._roster = roster
+        self._config = config
+        self._domain = domain.lower()
+        self._own = _address(from_address)
+
+    # -- receiving -----------------------------------------------------------------
+
+    def recipient_ref(self, address: str) -> tuple[Purpose, str] | None:
+        """The reference in one of our ``reply+``/``bounce+`` addresses, or None if it is not ours."""
+        local, _, domain = address.rpartition("@")
+        if domain.lower() != self._domain:
+            return None
+        prefix, plus, token = local.partition("+")
+        purposes = {"reply": Purpose.REPLY, "bounce": Purpose.BOUNCE}
+        if not plus or prefix.lower() not in purposes:
+            return None
+        purpose = purposes[prefix.lower()]
+        try:
+            return purpose, self._signer.verify_address(purpose, token)
+        except LinkTampered:
+            return None
+
+    def accepts(self, address: str) -> bool:
+        return address.lower() in self._config.firm_addresses or self.recipient_ref(address) is not None
+
+    def store(self, mail_from: str, recipients: list[str], raw: bytes) -> int:
+        """Commit the message; the caller answers 250 only after this returns.
+
+        The same bytes delivered again are not stored twice (the sender's
+        retry after a lost 250); the first copy's id is returned.
+        """
+        digest = hashlib.sha256(raw).hexdigest()
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+        message_id = str(headers.get("Message-ID", "") or "").strip()[:255] or None
+        now = self._now()
+        with self._transaction() as s:
+            same = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
+            if same is not None:
+                return same
+            row = InboundMessage(
+                received_at=now, mail_from=mail_from, recipients=json.dumps(recipients), raw=raw,
+                state="received", message_id=message_id, digest=digest, attempts=0, next_attempt_at=now,
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    # -- processing --------------------------------------------------------------------
+
+    def process_due(self, limit: int = 100) -> int:
+        """Process stored messages that are due; returns how many reached a final state."""
+        with self._sessions() as s:
+            due = s.scalars(
+                select(InboundMessage.id)
+                .where(InboundMessage.state == "received", InboundMessage.next_attempt_at <= self._now())
+                .order_by(InboundMessage.id)
+                .limit(limit)
+            ).all()
+        done = 0
+        for inbound_id in due:
+            done += self.process(inbound_id)
+        return done
+
+    def process(self, inbound_id: int) -> int:
+        try:
+            with self._transaction() as s:
+                row = s.get(InboundMessage, inbound_id)
+                if row is None or row.state != "received":
+                    return 0
+                try:
+                    self._understand(s, row)
+                except _Done as done:
+                    row.kind, row.outcome = done.kind, done.outcome
+                row.state = "duplicate" if row.kind == "duplicate" else "processed"
+                row.processed_at = self._now()
+                row.attempts += 1
+                return 1
+        except Exception as exc:  # the whole attempt rolled back; record it and retry later
+            self._failed(inbound_id, exc)
+            return 0
+
+    def _failed(self, inbound_id: int, exc: Exception) -> None:
+        with self._transaction() as s:
+            row = s.get(InboundMessage, inbound_id)
+            if row is None or row.state != "received":
+                return
+            row.attempts += 1
+            row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            if row.attempts >= self._config.max_attempts:
+                row.state = "quarantined"
+            else:
+                row.next_attempt_at = self._now() + timedelta(seconds=30 * 2 ** (row.attempts - 1))
+
+    def _understand(self, s: Session, row: InboundMessage) -> None:
+        if row.message_id:
+            earlier = s.scalar(
+                select(InboundMessage.id).where(
+                    InboundMessage.message_id == row.message_id,
+                    InboundMessage.id < row.id,
+                    InboundMessage.state.in_(("processed", "received", "quarantined")),
+                )
+            )
+            if earlier is not None:
+                raise _Done("duplicate", f"same Message-ID as inbound message {earlier}; no second effect")
+        message = BytesParser(policy=policy.default).parsebytes(row.raw)
+        assert isinstance(message, EmailMessage)
+        refs = [r for r in (self.recipient_ref(a) for a in json.loads(row.recipients)) if r is not None]
+        bounce_refs = [ref for purpose, ref in refs if purpose is Purpose.BOUNCE]
+        reply_refs = [ref for purpose, ref in refs if purpose is Purpose.REPLY]
+        if bounce_refs:
+            self._bounce(s, row, message, bounce_refs[0])
+        verdict = is_auto_reply(message, row.mail_from)
+        if verdict.auto:
+            raise _Done("auto-reply", f"automatic reply ({verdict.reason}): recorded, not acted on, not answered")
+        if reply_refs:
+            self._reply(s, row, message, reply_refs[0])
+        raise _Done("unrouted", "message to a firm address: kept for the firm's staff")
+
+    # -- bounces -----------------------------------------------------------------------
+
+    def _bounce(self, s: Session, row: InboundMessage, message: EmailMessage, ref: str) -> None:
+        outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
+        if outbox is None:
+            raise _Done("bounce", "bounce for an email Cabinet no longer knows")
+        bounce = parse_bounce(message)
+        if bounce is None:
+            verdict = is_auto_reply(message, row.mail_from)
+            if verdict.auto:
+                raise _Done("auto-reply", f"automatic reply to a bounce address ({verdict.reason}): ignored")
+            raise _Done("unknown", "message to a bounce address that is not a bounce: ignored")
+        if not bounce.permanent:
+            raise _Done("bounce", f"delivery of {outbox.recipient} delayed ({bounce.reason}); still trying")
+        now = self._now()
+        won = s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == outbox.id, OutboxMessage.bounced_at.is_(None))
+            .values(state="bounced", bounced_at=now, bounce_reason=bounce.reason[:2000])
+        ).rowcount
+        if won != 1:
+            raise _Done("bounce", f"bounce of {outbox.recipient} already recorded")
+        invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
+        if invitation is not None and outbox.kind == "invitation":
+            bounced = s.execute(
+                update(Invitation)
+                .where(Invitation.id == invitation.id, Invitation.state == "pending")
+                .values(state="bounced", decided_at=now, bounce_reason=bounce.reason[:2000])
+            ).rowcount
+            if bounced == 1:
+                s.refresh(invitation)
+                self._notify_company_admin(
+                    s, invitation.company, "invitation_bounced",
+                    {"email": invitation.email, "reason": bounce.reason, "bounced_at": now},
+                )
+            self._event(
+                s, "invitation.bounced", outbox.recipient, "bounce", company_id=invitation.company_id,
+                invitation_id=invitation.id, reason=bounce.reason[:500],
+            )
+            raise _Done("bounce", f"invitation {invitation.id} to {invitation.email} bounced: {bounce.reason}")
+        self._event(s, "email.bounced", outbox.recipient, "bounce", company_id=outbox.company_id,
+                    firm_id=outbox.firm_id, template=outbox.kind, reason=bounce.reason[:500])
+        raise _Done("bounce", f"{outbox.kind} email to {outbox.recipient} bounced: {bounce.reason}")
+
+    # -- replies ------------------------------------------------------------------------
+
+    def _reply(self, s: Session, row: InboundMessage, message: EmailMessage, ref: str) -> None:
+        outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
+        if outbox is None:
+            raise _Done("reply", "reply to an email Cabinet no longer knows")
+        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+        sender = senders[0] if len(senders) == 1 else ""
+        if sender == self._own:
+            raise _Done("reply", "message from Cabinet itself: ignored (no loops)")
+        text = reply_text(message)
+        command = parse_command(text)
+        invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
+        if command is not None and invitation is not None:
+            self._command(s, row, message, sender, invitation, command)
+        self._forward(s, outbox, sender, str(message.get("Subject", "")), text)
+
+    def _command(
+        self, s: Session, row: InboundMessage, message: EmailMessage, sender: str, invitation: Invitation,
+        command: Command,
+    ) -> None:
+        company = invitation.company
+        if sender != invitation.email:
+            self._event(s, "reply.command_refused", sender or row.mail_from, "reply", company_id=company.id,
+                        invitation_id=invitation.id, reason="sender is not the invited address")
+            raise _Done("command", f"{command.action} from {sender or 'an unknown sender'}, not the invited "
+                                   f"address {invitation.email}: not executed")
+        proof = prove_sender(row.raw, message, sender, self._config.trusted_authserv_ids, self._config.dkim_verify)
+        user = s.scalar(select(User).where(User.email == sender))
+        link = self._links.invitation(self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce]))
+        if not proof.proven or user is None:
+            reason = "unverified" if not proof.proven else "no_account"
+            self._tell_sender(s, invitation, "reply_needs_link", {"url": link, "action": command.action, "reason": reason})
+            raise _Done("command", f"{command.action} not executed ({reason}: {proof.detail}); the link was emailed")
+        firm_id = None
+        if command.action == "accept":
+            firms = s.scalars(select(Firm).join(Membership).where(Membership.user_id == user.id)).all()
+            if command.firm is not None:
+                named = [f for f in firms if f.name_key == name_key(command.firm)]
+                firm_id = named[0].id if named else None
+            elif len(firms) == 1:
+                firm_id = firms[0].id
+            if firm_id is None and firms:
+                self._tell_sender(
+                    s, invitation, "reply_choose_firm", {"url": link, "firms": sorted(f.name for f in firms)}
+                )
+                raise _Done("command", "accept without a firm this accountant belongs to: the firm picker link was emailed")
+        try:
+            # A savepoint: a refusal leaves nothing half-done in this message's transaction.
+            with s.begin_nested():
+                if command.action == "accept":
+                    result = self._roster.accept_in(s, invitation, user.id, firm_id, "reply")
+                    outcome = f"invitation {invitation.id} accepted by reply for {result.client.firm}"
+                else:
+                    self._roster.decline_in(s, invitation, user.id, "reply")
+                    outcome = f"invitation {invitation.id} declined by reply"
+        except CabinetError as exc:
+            raise _Done("command", f"{command.action} not executed: {exc}") from None
+        raise _Done("command", outcome)
+
+    def _tell_sender(self, s: Session, invitation: Invitation, template: str, context: dict[str, Any]) -> None:
+        company = invitation.company
+        accountant = s.scalar(select(User).where(User.email == invitation.email))
+        self._notifier.queue(
+            s,
+            Notice(
+                template=template, to=invitation.email, to_name=accountant.name if accountant else "",
+                locale=accountant.locale if accountant else company.admin_locale,
+                timezone=accountant.timezone if accountant else company.admin_timezone,
+                context={"company": company.name, **context}, invitation_id=invitation.id, company_id=company.id,
+            ),
+        )
+
+    def _forward(self, s: Session, outbox: OutboxMessage, sender: str, subject: str, text: str) -> None:
+        """An ordinary reply: record it on the client's activity and pass it to the other side, once."""
+        company = s.get(Company, outbox.company_id) if outbox.company_id else None
+        excerpt = text.strip()[:EXCERPT]
+        self._event(s, "reply.received", sender, "reply", company_id=outbox.company_id, firm_id=outbox.firm_id,
+                    subject=subject[:200], text=excerpt)
+        if company is None or not excerpt:
+            raise _Done("reply", "reply recorded (nobody to forward it to)")
+        context = {"sender": sender, "subject": subject[:200], "text": excerpt, "received_at": self._now()}
+        if outbox.recipient == company.admin_email:
+            # The client answered: their firm's staff hear it.
+            firm = s.get(Firm, outbox.firm_id) if outbox.firm_id else None
+            if firm is None:
+                raise _Done("reply", "reply from the client recorded (no firm to forward it to)")
+            self._notify_staff(s, firm, "reply_forwarded", {"company": company.name, **context}, company.id)
+            raise _Done("reply", f"reply from {sender} forwarded to {firm.name}'s staff")
+        self._notify_company_admin(s, company, "reply_forwarded", context, firm_id=outbox.firm_id)
+        raise _Done("reply", f"reply from {sender} forwarded to {company.admin_email}")
+
+    # -- operators ------------------------------------------------------------------------
+
+    def list(self, state: str | None = None) -> list[InboundView]:
+        with self._sessions() as s:
+            query = select(InboundMessage).order_by(InboundMessage.id)
+            if state:
+                query = query.where(InboundMessage.state == state)
+            return [self._view(r) for r in s.scalars(query)]
+
+    def show(self, inbound_id: int) -> tuple[InboundView, bytes]:
+        with self._sessions() as s:
+            row = s.get(InboundMessage, inbound_id)
+            if row is None:
+                raise NotFound(f"no inbound message {inbound_id} (see `cabinet inbound list`)")
+            return self._view(row), row.raw
+
+    def retry(self, inbound_id: int) -> InboundView:
+        """Put a quarantined (or failing) message back in line, with a fresh count of attempts."""
+        with self._transaction() as s:
+            row = s.get(InboundMessage, inbound_id)
+            if row is None:
+                raise NotFound(f"no inbound message {inbound_id} (see `cabinet inbound list`)")
+            if row.state not in ("quarantined", "received"):
+                raise InvalidState(f"inbound message {inbound_id} is {row.state}; only a quarantined one can be retried")
+            row.state, row.attempts, row.next_attempt_at, row.last_error = "received", 0, self._now(), None
+            return self._view(row)
+
+    def _view(self, row: InboundMessage) -> InboundView:
+        return InboundView(
+            row.id, row.received_at, row.mail_from, tuple(json.loads(row.recipients)), row.message_id, row.state,
+            row.kind, row.outcome, row.attempts, row.last_error, len(row.raw),
+        )

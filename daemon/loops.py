@@ -1,0 +1,45 @@
+"""Background loops of `cabinet serve`: run a blocking job off the event loop, again and again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class Repeater:
+    """Runs ``job`` in a worker thread every ``interval`` seconds, or sooner when woken.
+
+    ``after`` is called (on the loop) with the job's result, e.g. to wake the
+    outbox worker when the job queued mail.
+    """
+
+    def __init__(
+        self, name: str, job: Callable[[], Any], interval: float, after: Callable[[Any], None] | None = None
+    ) -> None:
+        self.name = name
+        self._job = job
+        self._interval = interval
+        self._after = after
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                result = await asyncio.to_thread(self._job)
+                if self._after is not None:
+                    self._after(result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup must not stop the loop for good
+                log.exception("%s failed; retrying", self.name)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            except TimeoutError:
+                pass

@@ -1,0 +1,269 @@
+"""Inbound mail through the real SMTP/LMTP listener: replies that act, bounces, auto-replies.
+
+The firm's MTA is played by smtplib on loopback; its Authentication-Results
+header stands in for the DKIM/DMARC checks a real MTA makes against DNS,
+which cannot run here.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import time
+from email.utils import parseaddr
+
+import pytest
+from email.policy import SMTP as SMTP_POLICY
+
+from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, Seed, link_in
+from tests.inbound_helpers import TRUSTED_MTA, deliver, dsn, execute, reply, wait_processed
+
+
+@pytest.fixture
+def env(env: Env) -> Env:
+    with env.config_path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[inbound]\ntrusted_authserv_ids = ["{TRUSTED_MTA}"]\nmax_recipients = 3\n'
+            f'max_message_size = 100000\nmax_attempts = 2\nfirm_addresses = ["clients@cabinet.example"]\n'
+        )
+    return env
+
+
+def invite(cli: Cli, mailbox: Mailbox, seed: Seed, email: str | None = None):
+    email = email or seed.accountant
+    cli("invitation", "send", "--company", seed.company, "--email", email)
+    message = mailbox.wait(email, subject="Invitation")[-1]
+    reply_to = parseaddr(str(message["Reply-To"]))[1]
+    return message, reply_to
+
+
+def status(cli: Cli) -> list[str]:
+    return [i["status"] for i in json.loads(cli("invitation", "list", "--json").output)]
+
+
+def roster(cli: Cli, firm: str) -> list[dict[str, object]]:
+    return json.loads(cli("client", "list", "--firm", firm, "--json").output)
+
+
+def test_only_our_addresses_are_accepted_at_rcpt(server, cli, seed, mailbox, env: Env):
+    _, reply_to = invite(cli, mailbox, seed)
+    forged = reply_to.replace("reply+", "reply+x")
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
+        smtp.ehlo("mta.example")
+        smtp.mail("someone@elsewhere.example")
+        for refused in ("postmaster@cabinet.example", "anyone@other.example", forged,
+                        "reply+@cabinet.example", reply_to.replace("@cabinet.example", "@other.example")):
+            assert smtp.rcpt(refused)[0] == 550, refused
+        assert smtp.rcpt(reply_to)[0] == 250
+        assert smtp.rcpt("Clients@cabinet.example")[0] == 250  # a configured firm address
+        assert smtp.rcpt(reply_to)[0] == 250
+        assert smtp.rcpt(reply_to)[0] == 452  # max_recipients = 3
+        smtp.rset()
+
+
+def test_limits_answer_with_the_right_codes(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    big = reply(reply_to, seed.accountant, ("x" * 70 + "\n") * 3000)
+    with pytest.raises(smtplib.SMTPSenderRefused) as declared:
+        deliver(env, seed.accountant, [reply_to], big)  # SIZE= announced: refused at MAIL
+    assert declared.value.smtp_code == 552
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
+        smtp.ehlo("mta.example")
+        assert smtp.mail(seed.accountant)[0] == 250  # no SIZE=: refused after DATA
+        assert smtp.rcpt(reply_to)[0] == 250
+        assert smtp.data(big.as_bytes(policy=SMTP_POLICY))[0] == 552
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
+        smtp.ehlo("mta.example")
+        code, _ = smtp.docmd("NOOP " + "x" * 2000)
+        assert code == 500
+    assert env.sql("SELECT count(*) FROM inbound") == [(0,)]
+
+
+def test_a_message_is_stored_before_the_250(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    message = reply(reply_to, "someone@elsewhere.example", "hello")
+    assert deliver(env, "someone@elsewhere.example", [reply_to], message) == {}
+    rows = env.sql("SELECT message_id, mail_from, recipients FROM inbound")
+    assert rows == [(message["Message-ID"], "someone@elsewhere.example", json.dumps([reply_to]))]
+
+
+def test_reply_accept_from_a_proven_sender_acts_like_the_link_once(server, cli, seed, mailbox, env):
+    invitation, reply_to = invite(cli, mailbox, seed)
+    message = reply(reply_to, seed.accountant, "Accept\n\nOn Monday, Julie Roy wrote:\n> You are invited")
+    deliver(env, seed.accountant, [reply_to], message)
+    deliver(env, seed.accountant, [reply_to], message)  # the MTA retried: same bytes
+    changed = message.as_bytes(policy=SMTP_POLICY).replace(b"Accept", b"accept")  # same Message-ID, other bytes
+    deliver(env, seed.accountant, [reply_to], changed)
+    rows = wait_processed(env, 2)
+    assert [(r[1], r[2]) for r in rows] == [("processed", "command"), ("duplicate", "duplicate")]
+    assert status(cli) == ["accepted"]
+    assert [c["name"] for c in roster(cli, seed.firm)] == [seed.company]
+    assert env.sql("SELECT channel FROM events WHERE kind = 'invitation.accepted'") == [("reply",)]
+    accepted = mailbox.wait(seed.admin, subject="accepted")
+    assert len(accepted) == 1
+    # The link now says what happened, exactly as if the button had been pressed.
+    assert "accepted by Marie Tremblay" in Browser(env.base_url).get(link_in(invitation)).text
+
+
+def test_a_command_without_proof_is_not_executed_and_the_link_is_emailed(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "accept", authenticated=False))
+    untrusted = reply(reply_to, seed.accountant, "accept", authserv_id="mx.attacker.example")
+    deliver(env, seed.accountant, [reply_to], untrusted)
+    rows = wait_processed(env, 2)
+    assert all("not executed" in r[3] for r in rows)
+    assert status(cli) == ["pending"] and roster(cli, seed.firm) == []
+    notices = mailbox.wait(seed.accountant, count=3)
+    texts = [m.get_body(("plain",)).get_content() for m in notices[1:]]
+    assert all("/invitations/" in t and "could not verify" in t for t in texts)
+
+
+def test_a_forged_sender_changes_nothing(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    # Proven, but for another address: the reply was not sent by the invited accountant.
+    forged = reply(reply_to, "mallory@attacker.example", "accept")
+    deliver(env, "mallory@attacker.example", [reply_to], forged)
+    (row,) = wait_processed(env, 1)
+    assert "not the invited address" in row[3]
+    assert status(cli) == ["pending"] and roster(cli, seed.firm) == []
+    time.sleep(0.5)
+    assert mailbox.messages("mallory@attacker.example") == []
+
+
+def test_refuser_in_french_declines(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    deliver(env, seed.accountant, [reply_to],
+            reply(reply_to, seed.accountant, "Refuser\n\nLe lundi 3 mars, Julie Roy a écrit :\n> Invitation"))
+    wait_processed(env, 1)
+    assert status(cli) == ["declined"]
+    mailbox.wait(seed.admin, subject="declined")
+
+
+def test_an_accountant_in_several_firms_names_the_firm(server, cli, seed, mailbox, env):
+    cli("firm", "add", "Côté Fiscalité", "--email", "info@cote.example")
+    cli("staff", "add", "luc@multi.example", "--name", "Luc Côté", "--firm", seed.firm, "--firm", "Côté Fiscalité",
+        "--password-stdin", input=PASSWORD + "\n")
+    _, reply_to = invite(cli, mailbox, seed, "luc@multi.example")
+    deliver(env, "luc@multi.example", [reply_to], reply(reply_to, "luc@multi.example", "accept"))
+    wait_processed(env, 1)
+    picker = mailbox.wait("luc@multi.example", count=2)[-1]
+    assert "Côté Fiscalité" in picker.get_body(("plain",)).get_content()
+    assert status(cli) == ["pending"]
+    deliver(env, "luc@multi.example", [reply_to], reply(reply_to, "luc@multi.example", "accept Côté Fiscalité"))
+    wait_processed(env, 2)
+    assert status(cli) == ["accepted"]
+    assert [c["name"] for c in roster(cli, "Côté Fiscalité")] == [seed.company]
+
+
+def test_a_bounced_invitation_is_marked_and_the_inviter_told(server, cli, seed, mailbox, env):
+    cli("invitation", "send", "--company", seed.company, "--email", "nobody@remote.example")
+    (sent,) = mailbox.wait("nobody@remote.example", subject="Invitation")
+    bounce_address = parseaddr(str(sent["Return-Path"]))[1]
+    assert bounce_address.startswith("bounce+")
+    deliver(env, "", [bounce_address], dsn(bounce_address, "nobody@remote.example", str(sent["Message-ID"])))
+    (row,) = wait_processed(env, 1)
+    assert row[2] == "bounce"
+    assert status(cli) == ["bounced"]
+    (told,) = mailbox.wait(seed.admin, subject="delivered")
+    body = told.get_body(("plain",)).get_content()
+    assert "nobody@remote.example" in body and "User unknown" in body
+    assert env.sql("SELECT state FROM outbox WHERE recipient = 'nobody@remote.example'") == [("bounced",)]
+    assert "could not be delivered" in Browser(env.base_url).get(link_in(sent)).text
+
+
+@pytest.mark.parametrize(
+    "headers, subject",
+    [
+        ({"Auto-Submitted": "auto-replied"}, "Automatic reply: Invitation"),
+        ({}, "Absence du bureau"),
+        ({"Precedence": "bulk"}, "Re: Invitation"),
+        ({"X-Autoreply": "yes"}, "Re: Invitation"),
+    ],
+)
+def test_out_of_office_changes_nothing_and_gets_no_answer(server, cli, seed, mailbox, env, headers, subject):
+    _, reply_to = invite(cli, mailbox, seed)
+    outbox_before = env.sql("SELECT count(*) FROM outbox")
+    ooo = reply(reply_to, seed.accountant, "accept\nI am out of the office until Monday.", subject=subject,
+                headers=headers)
+    deliver(env, seed.accountant, [reply_to], ooo)
+    (row,) = wait_processed(env, 1)
+    assert row[2] == "auto-reply"
+    time.sleep(0.5)
+    assert env.sql("SELECT count(*) FROM outbox") == outbox_before
+    assert status(cli) == ["pending"]
+
+
+def test_an_ordinary_reply_is_recorded_and_forwarded_once(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    text = "Thanks Julie, I'll look at it on Monday.\n\nOn Monday, Julie Roy wrote:\n> You are invited"
+    message = reply(reply_to, seed.accountant, text)
+    deliver(env, seed.accountant, [reply_to], message)
+    deliver(env, seed.accountant, [reply_to], message)
+    wait_processed(env, 1)
+    (forwarded,) = mailbox.wait(seed.admin, subject="Reply from")
+    body = forwarded.get_body(("plain",)).get_content()
+    assert "look at it on Monday" in body and "You are invited" not in body
+    assert str(forwarded["Reply-To"]).startswith("reply+")
+    time.sleep(0.5)
+    assert len(mailbox.messages(seed.admin)) == 1
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'reply.received'") == [(1,)]
+
+
+def test_a_message_that_keeps_failing_is_quarantined_and_the_rest_flow(server, cli, seed, mailbox, env, clock: FakeClock):
+    _, reply_to = invite(cli, mailbox, seed)
+    try:
+        execute(env, "CREATE TRIGGER no_accept BEFORE UPDATE ON invitations BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+        drop = "DROP TRIGGER no_accept"
+    except Exception:  # PostgreSQL
+        execute(env, "CREATE FUNCTION no_accept() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$ LANGUAGE plpgsql")
+        execute(env, "CREATE TRIGGER no_accept BEFORE UPDATE ON invitations FOR EACH ROW EXECUTE FUNCTION no_accept()")
+        drop = "DROP TRIGGER no_accept ON invitations"
+    deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "accept"))
+    deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "Out of office", headers={"Auto-Submitted": "auto-replied"}))
+    wait_processed(env, 1)  # the auto-reply goes through
+    clock.advance(minutes=5)  # past the retry backoff: the second attempt fails too
+    rows = wait_processed(env, 1, states=("quarantined",))
+    quarantined = json.loads(cli("inbound", "list", "--status", "quarantined", "--json").output)
+    assert len(quarantined) == 1 and "disk on fire" in quarantined[0]["last_error"]
+    assert quarantined[0]["attempts"] == 2
+    assert status(cli) == ["pending"]
+    execute(env, drop)
+    retried = cli("inbound", "retry", str(quarantined[0]["id"]))
+    assert "processed" in retried.output
+    assert status(cli) == ["accepted"]
+
+
+def test_lmtp_answers_once_per_recipient(tmp_path, seed_lmtp):
+    env, reply_to, firm_address = seed_lmtp
+    message = reply(reply_to, "someone@elsewhere.example", "hello").as_bytes(policy=SMTP_POLICY)
+    lmtp = smtplib.LMTP("127.0.0.1", env.smtp_port, timeout=10)
+    try:
+        assert lmtp.ehlo_or_helo_if_needed() is None
+        assert lmtp.mail("someone@elsewhere.example")[0] == 250
+        assert lmtp.rcpt(reply_to)[0] == 250
+        assert lmtp.rcpt(firm_address)[0] == 250
+        assert lmtp.rcpt("stranger@cabinet.example")[0] == 550
+        code, _ = lmtp.data(message)
+        assert code == 250
+        assert lmtp.getreply()[0] == 250  # the second recipient's own status
+    finally:
+        lmtp.close()
+    assert env.sql("SELECT count(*) FROM inbound") == [(1,)]
+
+
+@pytest.fixture
+def seed_lmtp(env: Env, cli: Cli, clock: FakeClock, mailbox: Mailbox, seed: Seed):
+    from tests.conftest import RunningServer
+
+    with env.config_path.open("a", encoding="utf-8") as handle:
+        handle.write('\n')
+    text = env.config_path.read_text().replace('[inbound]\n', '[inbound]\nprotocol = "lmtp"\n')
+    env.config_path.write_text(text)
+    running = RunningServer(env, clock)
+    running.start()
+    try:
+        cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+        message = mailbox.wait(seed.accountant, subject="Invitation")[-1]
+        yield env, parseaddr(str(message["Reply-To"]))[1], "clients@cabinet.example"
+    finally:
+        running.stop()
