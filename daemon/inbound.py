@@ -150,8 +150,13 @@ class Inbound(DomainService):
     def process(self, inbound_id: int) -> int:
         try:
             with self._transaction() as s:
-                row = s.get(InboundMessage, inbound_id)
-                if row is None or row.state != "received":
+                # Locked for this transaction: another instance skips it rather than processing it too.
+                row = s.scalar(
+                    select(InboundMessage)
+                    .where(InboundMessage.id == inbound_id, InboundMessage.state == "received")
+                    .with_for_update(skip_locked=True)
+                )
+                if row is None:
                     return 0
                 try:
                     self._understand(s, row)

@@ -311,6 +311,8 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A worker's lease on this row while it sends it (see mailer.outbox.OutboxWorker._claim).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # What the email is about, so a bounce or a reply finds its way back.
     invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), index=True)
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))

@@ -15,10 +15,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
+from daemon.db import write_transaction
 from daemon.models import OutboxMessage
 from daemon.notices import Notice
 from daemon.tokens import LinkSigner, Purpose
@@ -29,6 +30,8 @@ from mailer.transports import Transport, TransportError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=1)
+# Longer than a send can take (the SMTP transport times out after 30 s).
+LEASE = timedelta(minutes=2)
 
 
 class Outbox:
@@ -121,19 +124,35 @@ class OutboxWorker:
         """Called after a commit that queued mail, so it goes out now, not at the next poll."""
         self._wake.set()
 
-    def _due(self) -> list[_Due]:
-        with self._sessions() as session:
+    def _claim(self) -> list[_Due]:
+        """Claim a batch of due messages for this worker, with a lease.
+
+        Claimed, not shared: on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets
+        several instances take disjoint batches; on SQLite the write lock does
+        the same. The lease (``claimed_until``) expires if this instance dies
+        mid-send, and another instance then sends the message again with the
+        same Message-ID (at least once, recognisably the same).
+        """
+        now = self._clock.now()
+        with write_transaction(self._sessions) as session:
             rows = session.scalars(
                 select(OutboxMessage)
-                .where(OutboxMessage.state == "pending", OutboxMessage.next_attempt_at <= self._clock.now())
+                .where(
+                    OutboxMessage.state == "pending",
+                    OutboxMessage.next_attempt_at <= now,
+                    or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+                )
                 .order_by(OutboxMessage.id)
                 .limit(self._batch)
+                .with_for_update(skip_locked=True)
             ).all()
+            for row in rows:
+                row.claimed_until = now + LEASE
             return [_Due(r.id, r.envelope_from, r.recipient, r.raw, r.attempts) for r in rows]
 
     def _record(self, due: _Due, error: TransportError | None) -> None:
         now = self._clock.now()
-        with self._sessions.begin() as session:
+        with write_transaction(self._sessions) as session:
             if error is None:
                 values: dict[str, object] = {"state": "sent", "sent_at": now, "attempts": due.attempts + 1}
             else:
@@ -145,6 +164,7 @@ class OutboxWorker:
                     "last_error": str(error),
                     "next_attempt_at": now + backoff(attempts),
                 }
+            values["claimed_until"] = None
             session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == due.id, OutboxMessage.state == "pending")
@@ -155,7 +175,7 @@ class OutboxWorker:
         """Send everything due now; returns how many were sent."""
         sent = 0
         while True:
-            batch = await asyncio.to_thread(self._due)
+            batch = await asyncio.to_thread(self._claim)
             if not batch:
                 return sent
             for due in batch:
