@@ -56,6 +56,10 @@ class Cabinet:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping_database(self) -> None:
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
 
 def make_transport(config: Config) -> Transport:
     if config.mail.transport == "smtp":

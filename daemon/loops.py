@@ -24,12 +24,18 @@ class Repeater:
         self._interval = interval
         self._after = after
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop(self) -> None:
+        """Finish the current pass, then return from ``run``."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 result = await asyncio.to_thread(self._job)

@@ -3,22 +3,63 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from datetime import timedelta
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, TextIO
 
 from aiohttp import web
 
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
+from daemon.errors import ConfigError
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
+from daemon.metrics import Metrics
 from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)
+
+
+class InstanceLock:
+    """With SQLite one process serves at a time: an exclusive lock on a file in the data folder.
+
+    The kernel drops the lock when the process dies, even by SIGKILL, so a
+    crash never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._handle: TextIO | None = None
+
+    def acquire(self, database: str) -> None:
+        handle = self._path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(
+                f"another `cabinet serve` (pid {holder}) is already serving {database}; with SQLite only one "
+                "instance may run. Stop it, or move to PostgreSQL ([storage] database_url) to run several."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
 
 
 class Service:
@@ -33,13 +74,22 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._smtp: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._lock: InstanceLock | None = None
+        self._stoppers: list[Callable[[], None]] = []
         self.http_port = 0
         self.smtp_port = 0
 
     async def start(self) -> None:
         config = self.cabinet.config
-        app = make_app(self.cabinet, self.web_sessions, self.pages)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        if config.is_sqlite:
+            self._lock = InstanceLock(config.storage.data_dir / "serve.lock")
+            self._lock.acquire(config.database_url)
+        self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock)
+        app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
+        self._runner = web.AppRunner(
+            app, access_log=logging.getLogger("aiohttp.access"), shutdown_timeout=5.0,
+            access_log_format='%a "%r" %s %b %Tfs',
+        )
         await self._runner.setup()
         host, port = listen_address(config.http.listen, "[http] listen")
         site = web.TCPSite(self._runner, host, port)
@@ -60,6 +110,7 @@ class Service:
             make_protocol_factory(handler, config.inbound, config.smtp.domain), smtp_host, smtp_port
         )
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
+        self._stoppers = [worker.stop, processor.stop, scheduler.stop]
         self._tasks = [
             asyncio.create_task(worker.run(), name="outbox-worker"),
             asyncio.create_task(processor.run(), name="inbound-processing"),
@@ -71,17 +122,30 @@ class Service:
             config.mail.transport,
         )
 
+    def _readiness(self) -> dict[str, bool]:
+        return {
+            "smtp listener": self._smtp is not None and self._smtp.is_serving(),
+            "background tasks": bool(self._tasks) and not any(t.done() for t in self._tasks),
+        }
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, then stop the worker."""
         if self._smtp is not None:
             self._smtp.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for stop in self._stoppers:
+            stop()
+        if self._tasks:
+            # In-flight work finishes its current step; what is still running after that is cancelled.
+            _, pending = await asyncio.wait(self._tasks, timeout=4.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._smtp is not None:
             await self._smtp.wait_closed()
+        if self._lock is not None:
+            self._lock.release()
         log.info("Cabinet stopped")
 
     def reload(self) -> None:

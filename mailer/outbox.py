@@ -119,6 +119,12 @@ class OutboxWorker:
         self._poll_interval = poll_interval
         self._batch = batch
         self._wake = asyncio.Event()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish sending the current batch, then return from ``run``."""
+        self._stopping = True
+        self._wake.set()
 
     def wake(self) -> None:
         """Called after a commit that queued mail, so it goes out now, not at the next poll."""
@@ -171,6 +177,11 @@ class OutboxWorker:
                 .values(**values)
             )
 
+    def _release(self, ids: list[int]) -> None:
+        """Give back claims this worker will not use (stopping), so a restart sends them at once."""
+        with write_transaction(self._sessions) as session:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(claimed_until=None))
+
     async def send_due(self) -> int:
         """Send everything due now; returns how many were sent."""
         sent = 0
@@ -178,7 +189,10 @@ class OutboxWorker:
             batch = await asyncio.to_thread(self._claim)
             if not batch:
                 return sent
-            for due in batch:
+            for n, due in enumerate(batch):
+                if self._stopping:
+                    await asyncio.to_thread(self._release, [d.id for d in batch[n:]])
+                    return sent
                 error: TransportError | None = None
                 try:
                     await self._transport.send(due.envelope_from, [due.recipient], due.raw)
@@ -192,8 +206,8 @@ class OutboxWorker:
                 return sent
 
     async def run(self) -> None:
-        """Send until cancelled, waking on ``wake()`` or every poll interval."""
-        while True:
+        """Send until stopped, waking on ``wake()`` or every poll interval."""
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self.send_due()

@@ -7,13 +7,14 @@ import logging
 import os
 import secrets
 import signal
-import sys
 
 import click
 
 from daemon.app import initialise
 from daemon.cli.state import CliState, pass_state
-from daemon.errors import AlreadyExists
+from daemon.config import load_config
+from daemon.errors import AlreadyExists, CabinetError
+from daemon.logs import setup_logging
 from daemon.service import Service
 
 
@@ -26,31 +27,48 @@ def init(state: CliState) -> None:
     click.echo(f"Cabinet is ready in {state.config.storage.data_dir}. Next: cabinet serve")
 
 
-async def _serve(service: Service) -> None:
+def _reload(state: CliState, service: Service) -> None:
+    """SIGHUP: re-read what can change without a restart (templates, log level)."""
+    log = logging.getLogger("daemon.service")
+    service.reload()
+    try:
+        fresh = load_config(state.config.source)
+    except CabinetError as exc:
+        log.error("SIGHUP: config not reloaded: %s", exc)
+        return
+    logging.getLogger().setLevel(fresh.general.log_level)
+    log.info("SIGHUP: templates and log level (%s) reloaded; other settings need a restart", fresh.general.log_level)
+
+
+async def _serve(state: CliState, service: Service) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, service.reload)
-    await service.start()
+    loop.add_signal_handler(signal.SIGHUP, _reload, state, service)
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()
+        raise
     await stop.wait()
     logging.getLogger(__name__).info("stopping: finishing in-flight work")
     await service.stop()
 
 
 @click.command("serve")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per line, for log collectors.")
 @pass_state
-def serve(state: CliState) -> None:
-    """Run Cabinet in the foreground: HTTP links, SMTP listener and the outbox worker.
+def serve(state: CliState, log_format: str) -> None:
+    """Run Cabinet in the foreground: HTTP links, SMTP/LMTP listener, inbound processing,
+    outbox worker and scheduled jobs, in one asyncio loop. Logs go to stdout.
 
-    SIGTERM or Ctrl-C stops it cleanly; SIGHUP reloads the templates.
+    SIGTERM or Ctrl-C: stop accepting, finish in-flight work, exit 0.
+    SIGHUP: reload templates and the log level.
     """
-    logging.basicConfig(
-        level=state.config.general.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    asyncio.run(_serve(Service(state.cabinet)))
+    setup_logging(state.config.general.log_level, log_format)
+    asyncio.run(_serve(state, Service(state.cabinet)))
 
 
 DEMO_FIRM = "Demo Firm"

@@ -8,13 +8,17 @@ nowhere else.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aiohttp import web
 
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError
+from daemon.metrics import Metrics
 from daemon.web import account, clients, company, invitations, transfers
 from daemon.web.context import (
     BROWSER_COOKIE,
@@ -24,12 +28,16 @@ from daemon.web.context import (
     SESSIONS,
     VISITOR,
     check_csrf,
+    run,
     load_visitor,
     page,
 )
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)
+
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Callable[[], dict[str, bool]])  # type: ignore[arg-type]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,6 +50,24 @@ SECURITY_HEADERS = {
     "frame-ancestors 'none'; base-uri 'none'",
     "Cache-Control": "no-store",
 }
+
+
+LINK_PURPOSES = {"invitations": "invite", "company": "manage", "transfers": "transfer", "setup": "setup", "payment": "payment"}
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Latency per route, and link opens (GET) versus actions (POST) per purpose."""
+    metrics = request.app[METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    finally:
+        metrics.requests.labels(route, request.method).observe(time.perf_counter() - started)
+        purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
+        if purpose and request.method in ("GET", "POST"):
+            metrics.links.labels(purpose, "opened" if request.method == "GET" else "acted").inc()
 
 
 @web.middleware
@@ -71,7 +97,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz"):
+    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/metrics"):
         return await handler(request)
     v = await load_visitor(request)
     request[VISITOR] = v
@@ -96,15 +122,44 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The process answers."""
     return web.Response(text="ok\n")
 
 
-def make_app(cabinet: Cabinet, sessions: WebSessions, pages: Pages) -> web.Application:
-    app = web.Application(middlewares=[security_headers, errors, visitors], client_max_size=64 * 1024)
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: the database answers and the listeners are up."""
+    problems = [name for name, ok in request.app[READINESS]().items() if not ok]
+    try:
+        await run(request.app[CABINET].ping_database)
+    except Exception as exc:
+        problems.append(f"database: {type(exc).__name__}")
+    if problems:
+        return web.Response(text="not ready: " + ", ".join(problems) + "\n", status=503)
+    return web.Response(text="ready\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS].registry
+    body = await run(generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(
+    cabinet: Cabinet,
+    sessions: WebSessions,
+    pages: Pages,
+    metrics_registry: Metrics,
+    readiness: Callable[[], dict[str, bool]],
+) -> web.Application:
+    app = web.Application(middlewares=[measure, security_headers, errors, visitors], client_max_size=64 * 1024)
     app[CABINET] = cabinet
     app[SESSIONS] = sessions
     app[PAGES] = pages
+    app[METRICS] = metrics_registry
+    app[READINESS] = readiness
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_static("/static/", cabinet.templates_dir / "web" / "static")
     account.setup(app)
     invitations.setup(app)
