@@ -11,7 +11,19 @@ from typing import Any
 
 import click
 
-from daemon.cli import clients, companies, firms, inbound, invitations, mail, products, service, staff, transfers
+from daemon.cli import (
+    clients,
+    companies,
+    database,
+    firms,
+    inbound,
+    invitations,
+    mail,
+    products,
+    service,
+    staff,
+    transfers,
+)
 from daemon.cli.state import CliState
 from daemon.errors import AlreadyExists, CabinetError, ConfigError, NotFound
 
@@ -56,7 +68,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.call_on_close(state.close)
 
 
-for module in (service, firms, staff, companies, invitations, clients, transfers, products, mail, inbound):
+for module in (service, database, firms, staff, companies, invitations, clients, transfers, products, mail, inbound):
     module.register(cli)
 
 

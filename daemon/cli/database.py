@@ -1,0 +1,65 @@
+"""`cabinet db …`: schema migrations and backups."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import click
+
+from daemon import db
+from daemon.cli.state import CliState, pass_state
+from daemon.errors import ConfigError
+
+
+@click.group("db")
+def database() -> None:
+    """The database: migrations and backups."""
+
+
+@database.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+@pass_state
+def upgrade(state: CliState, revision: str) -> None:
+    """Apply the schema migrations (also done by `cabinet init`). Safe to run again."""
+    engine = db.make_engine(state.config.database_url)
+    try:
+        db.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    click.echo(f"Database schema is at {revision}.")
+
+
+@database.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def backup(state: CliState, path: Path) -> None:
+    """Copy the SQLite database to PATH, consistently, while Cabinet keeps serving.
+
+    Uses SQLite's online backup API: the copy is one consistent snapshot even
+    while writes go on. (For PostgreSQL use pg_dump.)
+    """
+    config = state.config
+    if not config.is_sqlite:
+        raise ConfigError("`cabinet db backup` is for the embedded SQLite database; back up PostgreSQL with pg_dump")
+    source_path = config.database_url.removeprefix("sqlite:///")
+    if not Path(source_path).exists():
+        raise ConfigError(f"no database at {source_path}; run `cabinet init` first")
+    if path.exists():
+        raise ConfigError(f"{path} already exists; choose a new file name")
+    source = sqlite3.connect(source_path, timeout=30)
+    target = sqlite3.connect(path)
+    try:
+        with target:
+            source.backup(target, pages=1024)
+        check = target.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        target.close()
+        source.close()
+    if check != "ok":
+        raise ConfigError(f"the backup failed its integrity check: {check}")
+    click.echo(f"Backed up {source_path} to {path}.")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(database)

@@ -1,0 +1,135 @@
+"""Operating Cabinet: health, readiness, metrics, logs, signals, one instance per SQLite file, backups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from daemon.app import build
+from daemon.config import load_config
+from tests.conftest import Browser, Cli, Env, Mailbox, Seed, link_in
+from tests.test_serve import wait_until_up
+
+
+def serve(env: Env, *args: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "serve", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
+    )
+    wait_until_up(f"{env.base_url}/healthz", process)
+    return process
+
+
+def sqlite_only(env: Env) -> None:
+    if "sqlite" not in getattr(env, "database_url", "sqlite"):
+        pytest.skip("about the embedded SQLite database")
+
+
+def test_health_readiness_and_metrics(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env):
+    assert httpx.get(f"{env.base_url}/healthz").text == "ok\n"
+    ready = httpx.get(f"{env.base_url}/readyz")
+    assert ready.status_code == 200 and ready.text == "ready\n"
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[0])
+    Browser(env.base_url).get(link)
+    metrics = httpx.get(f"{env.base_url}/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'cabinet_emails{state="sent"} 1.0' in text
+    assert "cabinet_outbox_depth 0.0" in text
+    assert "cabinet_outbox_oldest_age_seconds 0.0" in text
+    assert 'cabinet_links_total{action="opened",purpose="invite"} 1.0' in text
+    assert 'cabinet_invitations{state="pending"} 1.0' in text
+    assert "cabinet_http_request_duration_seconds_count" in text
+    assert link.rsplit("/", 1)[1] not in text  # no tokens in labels
+
+
+def test_a_second_serve_on_the_same_sqlite_file_refuses(env: Env, cli: Cli):
+    sqlite_only(env)
+    first = serve(env)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "serve"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert second.returncode == 78
+        assert "another `cabinet serve`" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert httpx.get(f"{env.base_url}/healthz").status_code == 200  # the first one is unharmed
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(10) == 0
+
+
+def test_json_logs_never_carry_a_full_token_and_sighup_reloads(env: Env, cli: Cli, seed: Seed, mailbox: Mailbox):
+    daemon = serve(env, "--log-format", "json")
+    try:
+        cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+        link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[0])
+        token = link.rsplit("/", 1)[1]
+        assert httpx.get(link).status_code == 200
+        daemon.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    lines = [line for line in daemon.stdout.read().decode().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    messages = " ".join(r["message"] for r in records)
+    assert token not in messages and token[:20] not in messages
+    assert f"/invitations/{token[:6]}…" in messages  # the access log, shortened
+    assert any("SIGHUP" in r["message"] and "reloaded" in r["message"] for r in records)
+    assert {"time", "level", "logger", "message"} <= records[0].keys()
+
+
+def test_backup_is_consistent_while_serving(env: Env, cli: Cli, tmp_path):
+    sqlite_only(env)
+    daemon = serve(env)
+    stop = threading.Event()
+
+    writer_cabinet = build(load_config(env.config_path))
+
+    def write() -> None:  # writes keep landing while the backup copies
+        n = 0
+        while not stop.is_set():
+            writer_cabinet.roster.add_firm(f"Firm {n}", f"f{n}@firms.example")
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        backup = tmp_path / "backup.sqlite3"
+        result = cli("db", "backup", str(backup))
+        assert "Backed up" in result.output
+    finally:
+        stop.set()
+        writer.join(30)
+        writer_cabinet.close()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+    copy = sqlite3.connect(backup)
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        firms = copy.execute("SELECT count(*) FROM firms").fetchone()[0]
+        assert firms >= 1
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0004"
+    finally:
+        copy.close()
+    assert "already exists" in cli("db", "backup", str(backup), expect=78).output
+
+
+def test_db_upgrade_is_idempotent(cli: Cli, env: Env):
+    assert "head" in cli("db", "upgrade").output
+    assert "head" in cli("db", "upgrade").output
+    assert env.sql("SELECT version_num FROM alembic_version") == [("0004",)]
