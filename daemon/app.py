@@ -130,6 +130,7 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         clock,
         max_attempts=config.mail.max_attempts,
         poll_interval=config.mail.poll_interval,
+        lease=timedelta(seconds=config.mail.claim_lease),
     )
     return Cabinet(
         config=config,

@@ -75,6 +75,7 @@ class MailConfig:
     relay: RelayConfig
     poll_interval: float
     max_attempts: int
+    claim_lease: float
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         relay=relay,
         poll_interval=r.float("mail", "poll_interval", 2.0),
         max_attempts=r.int("mail", "max_attempts", 8, minimum=1),
+        claim_lease=r.float("mail", "claim_lease", 120.0),
     )
     security = SecurityConfig(
         secret_keys_file=r.path("security", "secret_keys_file", data_dir / "secret_keys"),

@@ -30,8 +30,6 @@ from mailer.transports import Transport, TransportError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=1)
-# Longer than a send can take (the SMTP transport times out after 30 s).
-LEASE = timedelta(minutes=2)
 
 
 class Outbox:
@@ -110,6 +108,7 @@ class OutboxWorker:
         clock: Clock,
         max_attempts: int,
         poll_interval: float,
+        lease: timedelta = timedelta(minutes=2),
         batch: int = 50,
     ) -> None:
         self._sessions = sessions
@@ -118,6 +117,7 @@ class OutboxWorker:
         self._max_attempts = max_attempts
         self._poll_interval = poll_interval
         self._batch = batch
+        self._lease = lease
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -153,7 +153,7 @@ class OutboxWorker:
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                row.claimed_until = now + LEASE
+                row.claimed_until = now + self._lease
             return [_Due(r.id, r.envelope_from, r.recipient, r.raw, r.attempts) for r in rows]
 
     def _record(self, due: _Due, error: TransportError | None) -> None:

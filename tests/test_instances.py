@@ -1,0 +1,309 @@
+"""Several `cabinet serve` instances on one PostgreSQL: claimed work, single-use links, crashes.
+
+Each instance is a real process; the outbound relay is an aiosmtpd sink on
+loopback (standing in for the firm's MTA) that records every Message-ID it
+receives. Run on PostgreSQL only (with SQLite a second instance refuses to
+start, which test_operations covers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.conftest import PASSWORD, Browser, Cli, Env, csrf_of, free_port
+from tests.inbound_helpers import reply
+from tests.test_serve import wait_until_up
+
+
+@pytest.fixture(autouse=True)
+def postgresql_only(env: Env) -> None:
+    if env.is_sqlite:
+        pytest.skip("several instances need PostgreSQL (scripts/test.sh runs the suite on it too)")
+
+
+class Sink:
+    """The relay: keeps every message it accepts, in order."""
+
+    def __init__(self) -> None:
+        self.message_ids: list[str] = []
+        self.subjects: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        message = message_from_bytes(envelope.original_content or b"")
+        with self.lock:
+            self.message_ids.append(str(message["Message-ID"]))
+            self.subjects.append((envelope.rcpt_tos[0], str(message["Subject"])))
+        return "250 OK"
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    handler = Sink()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+@dataclass
+class Instance:
+    env: Env
+    http_port: int
+    smtp_port: int
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        environment = {
+            **os.environ,
+            "CABINET_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "CABINET_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "--config", str(self.env.config_path), "serve"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
+        )
+        wait_until_up(f"{self.base_url}/healthz", self.process)
+        self.starts += 1
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(15)
+
+
+@pytest.fixture
+def instances(env: Env, cli: Cli, sink) -> Iterator[list[Instance]]:
+    _, sink_port = sink
+    text = env.config_path.read_text()
+    text = text.replace("[mail]\n", f'[mail]\ntransport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {sink_port}\nrelay_tls = "none"\n'
+        # A short lease: mail a killed instance had claimed is sent by the other within seconds.
+        "claim_lease = 3.0\n", 1)
+    env.config_path.write_text(text)
+    pair = [Instance(env, env.http_port, env.smtp_port), Instance(env, free_port(), free_port())]
+    for instance in pair:
+        instance.start()
+    yield pair
+    for instance in pair:
+        instance.stop()
+
+
+def seed(cli: Cli) -> None:
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("staff", "add", "marie@tremblay.example", "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example")
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def invitation_link_and_reply_to(env: Env, cli: Cli, email: str) -> tuple[str, str]:
+    """Send an invitation and read its link and Reply-To from the outbox row (the sink may be slow)."""
+    out = cli("invitation", "send", "--company", "Boulangerie Roy", "--email", email).output
+    link = out.split("Link: ")[1].strip()
+    raw = env.sql("SELECT raw FROM outbox WHERE kind = 'invitation' ORDER BY id DESC LIMIT 1")[0][0]
+    return link, parseaddr(str(message_from_bytes(bytes(raw))["Reply-To"]))[1]
+
+
+def test_fifty_concurrent_accepts_over_two_instances_accept_once(env: Env, cli: Cli, instances, sink):
+    seed(cli)
+    link, _ = invitation_link_and_reply_to(env, cli, "marie@tremblay.example")
+    path = "/" + link.split("/", 3)[3]
+    browser = Browser(instances[0].base_url)
+    browser.sign_in(link, "marie@tremblay.example")
+    token = csrf_of(browser.get(path).text)
+    cookies = dict(browser.http.cookies)
+
+    def press(n: int) -> int:
+        target = instances[n % 2].base_url
+        with httpx.Client(base_url=target, cookies=cookies, timeout=60) as client:
+            return client.post(path + "/accept", data={"csrf_token": token}).status_code
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        codes = Counter(pool.map(press, range(50)))
+    print(f"\n50 concurrent accepts over two instances: {dict(codes)}")
+    assert codes[303] == 1 and codes[409] == 49
+    assert env.sql("SELECT count(*) FROM clients") == [(1,)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(2,)]
+
+
+@dataclass
+class Load:
+    """A mixed load against both instances; what each side saw acknowledged."""
+
+    instances: list[Instance]
+    reply_to: str
+    link: str
+    acknowledged_mail: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def mail(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            target = random.choice(self.instances)
+            message = reply(self.reply_to, "marie@tremblay.example", f"Note {n}", authenticated=False)
+            n += 1
+            try:
+                with smtplib.SMTP("127.0.0.1", target.smtp_port, timeout=10) as smtp:
+                    smtp.sendmail("marie@tremblay.example", [self.reply_to], message.as_bytes(policy=SMTP_POLICY))
+                self.acknowledged_mail.append(str(message["Message-ID"]))
+            except (OSError, smtplib.SMTPException):
+                self.errors["smtp"] += 1
+                time.sleep(0.05)
+
+    def clicks(self) -> None:
+        while not self.stop.is_set():
+            try:
+                httpx.get(random.choice(self.instances).base_url + "/" + self.link.split("/", 3)[3], timeout=10)
+            except httpx.HTTPError:
+                self.errors["http"] += 1
+                time.sleep(0.05)
+
+
+def make_reminders_due(env: Env, cli: Cli, companies: int) -> None:
+    """Billing-transfer permissions whose 12-hour reminder is due now (their window is nearly over)."""
+    for n in range(companies):
+        cli("company", "add", f"Client {n}", "--admin-email", f"owner{n}@clients.example")
+        env_sql_execute(env, f"""
+            INSERT INTO clients (firm_id, company_id, kind, name, name_key, billing, status, connected_at, created_at)
+            SELECT f.id, c.id, 'business', c.name, c.name_key, 'self-paid', 'active', now(), now()
+            FROM firms f, companies c WHERE c.name = 'Client {n}'""")
+        cli("transfer", "allow", "--company", f"Client {n}", "--firm", "Tremblay CPA")
+    env_sql_execute(env, "UPDATE billing_transfers SET expires_at = now() + interval '11 hours'")
+
+
+def env_sql_execute(env: Env, statement: str) -> None:
+    from tests.inbound_helpers import execute
+
+    execute(env, statement)
+
+
+def settle(env: Env, acknowledged: list[str]) -> None:
+    wait_for(lambda: env.sql("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(0,)], what="the outbox to drain")
+    wait_for(lambda: env.sql("SELECT count(*) FROM inbound WHERE state = 'received'") == [(0,)], what="inbound to be processed")
+
+
+def check(env: Env, sink: Sink, acknowledged: list[str], transfers: int, crashes: int) -> dict[str, int]:
+    stored = Counter(m for (m,) in env.sql("SELECT message_id FROM inbound"))
+    lost = [m for m in acknowledged if m not in stored]
+    states = Counter(s for (s,) in env.sql("SELECT state FROM inbound"))
+    forwards = env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'")[0][0]
+    recorded = env.sql("SELECT count(*) FROM events WHERE kind = 'reply.received'")[0][0]
+    outbox_ids = [m for (m,) in env.sql("SELECT message_id FROM outbox")]
+    delivered = Counter(sink.message_ids)
+    never_sent = [m for m in outbox_ids if m not in delivered]
+    resent = sum(c - 1 for c in delivered.values() if c > 1)
+    reminders = [s for _, s in sink.subjects if s.startswith("Reminder")]
+    figures = {
+        "inbound acknowledged": len(acknowledged), "inbound stored": sum(stored.values()),
+        "inbound processed": states["processed"], "inbound duplicates": states["duplicate"],
+        "inbound lost": len(lost), "replies recorded": recorded, "forwards queued": forwards,
+        "emails queued": len(outbox_ids), "emails delivered": sum(delivered.values()),
+        "resends after a crash (same Message-ID)": resent, "emails never sent": len(never_sent),
+        "reminders": len(reminders), "crashes": crashes,
+    }
+    assert not lost, lost[:5]
+    assert states["quarantined"] == 0 and states["received"] == 0
+    assert recorded == forwards == states["processed"]  # each stored reply had exactly one effect
+    assert not never_sent
+    assert len(set(reminders)) == len(reminders) == transfers  # one reminder per permission, once
+    if crashes == 0:
+        assert resent == 0, "no crash, so no Message-ID may reach the relay twice"
+    return figures
+
+
+def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, instances, sink, capsys):
+    handler, _ = sink
+    seed(cli)
+    link, reply_to = invitation_link_and_reply_to(env, cli, "marie@tremblay.example")
+    load = Load(instances, reply_to, link)
+    threads = [threading.Thread(target=load.mail), threading.Thread(target=load.mail), threading.Thread(target=load.clicks)]
+    for thread in threads:
+        thread.start()
+    make_reminders_due(env, cli, companies=5)
+    time.sleep(4)
+    load.stop.set()
+    for thread in threads:
+        thread.join(30)
+    settle(env, load.acknowledged_mail)
+    figures = check(env, handler, load.acknowledged_mail, transfers=5, crashes=0)
+    with capsys.disabled():
+        print(f"\ntwo instances, mixed load: {json.dumps(figures)}")
+
+
+def test_sigkill_twenty_times_under_load_loses_nothing_and_doubles_nothing(env: Env, cli: Cli, instances, sink, capsys):
+    handler, _ = sink
+    seed(cli)
+    link, reply_to = invitation_link_and_reply_to(env, cli, "marie@tremblay.example")
+    load = Load(instances, reply_to, link)
+    threads = [threading.Thread(target=load.mail), threading.Thread(target=load.mail), threading.Thread(target=load.clicks)]
+    for thread in threads:
+        thread.start()
+    make_reminders_due(env, cli, companies=5)
+    rng = random.Random(20261127)
+    crashes = 0
+    accepted: int | None = None
+    try:
+        for n in range(20):
+            time.sleep(rng.uniform(0.05, 0.4))
+            victim = rng.choice(instances)
+            if n == 10:
+                # An accept POST while instances keep dying: if it was answered, it must stick.
+                survivor = instances[1 - instances.index(victim)]
+                browser = Browser(survivor.base_url)
+                browser.sign_in(link, "marie@tremblay.example")
+                accepted = browser.post("/" + link.split("/", 3)[3] + "/accept").status_code
+            victim.kill()
+            crashes += 1
+            victim.start()
+    finally:
+        load.stop.set()
+        for thread in threads:
+            thread.join(30)
+    settle(env, load.acknowledged_mail)
+    figures = check(env, handler, load.acknowledged_mail, transfers=5, crashes=crashes)
+    assert accepted == 303
+    assert env.sql("SELECT state FROM invitations") == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM clients WHERE name = 'Boulangerie Roy'") == [(1,)]
+    with capsys.disabled():
+        print(f"\n{crashes} SIGKILLs under load: {json.dumps(figures)}")
