@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_date as babel_format_date
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from babel.dates import format_datetime as babel_format_datetime
 
 from daemon.config import LOCALES
@@ -58,3 +61,18 @@ def negotiate(accept_language: str | None, default: str) -> str:
         if primary in LOCALES and quality > 0:
             choices.append((-quality, position, primary))
     return min(choices)[2] if choices else default
+
+
+@pass_context
+def _datetime_filter(ctx: Context, value: datetime) -> str:
+    return format_datetime(value, ctx["locale"], ctx["timezone"])
+
+
+@pass_context
+def _date_filter(ctx: Context, value: datetime) -> str:
+    return format_date(value, ctx["locale"], ctx["timezone"])
+
+
+def date_filters() -> dict[str, Callable[..., Any]]:
+    """``|datetime`` and ``|date`` for templates whose context has ``locale`` and ``timezone``."""
+    return {"datetime": _datetime_filter, "date": _date_filter}

@@ -9,14 +9,12 @@ instead of producing an email with a blank in it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context, select_autoescape
-from jinja2.runtime import Context
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from daemon.i18n import format_date, format_datetime
+from daemon.i18n import date_filters
 
 
 @dataclass(frozen=True)
@@ -24,16 +22,6 @@ class RenderedEmail:
     subject: str
     text: str
     html: str
-
-
-@pass_context
-def _datetime_filter(ctx: Context, value: datetime) -> str:
-    return format_datetime(value, ctx["locale"], ctx["timezone"])
-
-
-@pass_context
-def _date_filter(ctx: Context, value: datetime) -> str:
-    return format_date(value, ctx["locale"], ctx["timezone"])
 
 
 class EmailRenderer:
@@ -44,8 +32,7 @@ class EmailRenderer:
             undefined=StrictUndefined,
             keep_trailing_newline=True,
         )
-        self._env.filters["datetime"] = _datetime_filter
-        self._env.filters["date"] = _date_filter
+        self._env.filters.update(date_filters())
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> RenderedEmail:
         values = {**context, "locale": locale, "timezone": timezone}

@@ -73,13 +73,14 @@ def test_sigkill_mid_stream_loses_no_acknowledged_message_and_doubles_none(env: 
     unprocessed = [m for m, states in by_id.items() if states != ["processed"]]
     forwards = env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'")[0][0]
     recorded = env.sql("SELECT count(*) FROM events WHERE kind = 'reply.received'")[0][0]
-    with capsys.disabled():  # the figures belong in the CI log
-      print(
+    figures = (
         f"\nSIGKILL after {killed_after} acknowledged deliveries; {len(acknowledged)} acknowledged in all, "
         f"{len(refused)} refused while down, {len(stored)} stored, "
         f"{sum(s == ['processed'] for s in by_id.values())} processed, {forwards} forwarded, "
         f"lost {len(lost)}, doubled {len(doubled)}"
-      )
+    )
+    with capsys.disabled():  # the figures belong in the CI log
+        print(figures)
     assert not lost and not doubled and not unprocessed
     # Exactly one effect per stored message: one recorded reply and one forward each.
     assert forwards == recorded == len(stored)

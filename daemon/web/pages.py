@@ -8,7 +8,6 @@ memory at start-up with Babel, so there is no build step to forget.
 from __future__ import annotations
 
 import io
-from datetime import datetime
 from gettext import NullTranslations
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ from typing import Any
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
-from jinja2.runtime import Context
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from daemon.config import LOCALES
-from daemon.i18n import format_date, format_datetime
+from daemon.i18n import date_filters
 
 
 def load_translations(locale_dir: Path, locale: str) -> NullTranslations:
@@ -33,16 +31,6 @@ def load_translations(locale_dir: Path, locale: str) -> NullTranslations:
     write_mo(buffer, catalog)
     buffer.seek(0)
     return Translations(fp=buffer)
-
-
-@pass_context
-def _datetime_filter(ctx: Context, value: datetime) -> str:
-    return format_datetime(value, ctx["locale"], ctx["timezone"])
-
-
-@pass_context
-def _date_filter(ctx: Context, value: datetime) -> str:
-    return format_date(value, ctx["locale"], ctx["timezone"])
 
 
 class Pages:
@@ -62,8 +50,7 @@ class Pages:
                 extensions=["jinja2.ext.i18n"],
             )
             env.install_gettext_translations(load_translations(self._dir / "locale", locale), newstyle=True)  # type: ignore[attr-defined]
-            env.filters["datetime"] = _datetime_filter
-            env.filters["date"] = _date_filter
+            env.filters.update(date_filters())
             envs[locale] = env
         self._envs = envs
 
