@@ -88,7 +88,9 @@ class CompanyAdmin(DomainService):
                 .order_by(Firm.name_key)
             ).all()
             invited = s.scalars(
-                select(Invitation.email).where(Invitation.company_id == company.id, Invitation.state == "pending")
+                select(Invitation.email)
+                .where(Invitation.company_id == company.id, Invitation.state == "pending")
+                .order_by(Invitation.email)
             ).all()
             return CompanyAdminView(
                 company_id=company.id,

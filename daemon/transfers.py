@@ -121,7 +121,10 @@ class BillingTransfers(DomainService):
             if company is None:
                 raise NotFound("no such company")
             firms = s.scalars(
-                select(Firm).join(Client, Client.firm_id == Firm.id).where(Client.company_id == company.id)
+                select(Firm)
+                .join(Client, Client.firm_id == Firm.id)
+                .where(Client.company_id == company.id)
+                .order_by(Firm.name_key)
             ).all()
             return [Eligibility(f.id, f.name, self._reasons(s, company, f, actor_email)) for f in firms]
 

@@ -1,25 +1,123 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run them.
-#   ./scripts/test.sh            the whole suite
-#   ./scripts/test.sh -k accept  extra arguments go to pytest
-# Debian packages (chromium for the browser tests) are installed with apt-get
-# when missing; that needs root or sudo. Python packages go into ./.venv.
+# Install everything the tests need, then run the whole suite twice:
+# on SQLite (the embedded default), then on a real PostgreSQL server.
+#   ./scripts/test.sh            the whole suite, on both databases
+#   ./scripts/test.sh -k accept  extra arguments go to pytest, in both runs
+# Debian packages (chromium for the browser tests, postgresql for the second
+# run) are installed with apt-get when missing; that needs root or sudo.
+# Python packages go into ./.venv. The PostgreSQL server is a throwaway
+# cluster in a temporary folder, on a free loopback port, with trust
+# authentication on loopback only; it is stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    echo "test.sh: need root or sudo to run: $*" >&2
+    exit 1
+  fi
+}
+
+# The newest installed PostgreSQL server's bin folder (Debian: /usr/lib/postgresql/<version>/bin).
+pg_bin() {
+  local dir found=""
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] || continue
+    if [ -z "$found" ] || [ "$(printf '%s\n%s\n' "$found" "$dir" | sort -V | tail -n1)" = "$dir" ]; then
+      found="$dir"
+    fi
+  done
+  [ -n "$found" ] && echo "$found"
+}
+
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+pg_bin >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "Installing Debian packages: ${need[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+PG_BIN="$(pg_bin)" || { echo "test.sh: PostgreSQL's initdb not found under /usr/lib/postgresql/*/bin" >&2; exit 1; }
 
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[test]'
 
 export CABINET_CHROMIUM="${CABINET_CHROMIUM:-$(command -v chromium)}"
-exec .venv/bin/python -m pytest "$@"
+
+# --- a throwaway PostgreSQL cluster ----------------------------------------
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the
+# `postgres` system user that Debian's package creates.
+pg_as=()
+if [ "$(id -u)" -eq 0 ]; then
+  pg_as=(runuser -u postgres --)
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  PG_DIR="$(mktemp -d /tmp/cabinet-pg.XXXXXX)"  # where the postgres user can reach it
+else
+  PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cabinet-pg.XXXXXX")"
+fi
+PG_DATA="$PG_DIR/data"
+PG_LOG="$PG_DIR/server.log"
+
+# Run a PostgreSQL program as the cluster's owner, from a folder that owner can read.
+pg() { (cd "$PG_DIR" && "${pg_as[@]}" "$@"); }
+
+stop_postgres() {
+  if [ -f "$PG_DATA/postmaster.pid" ]; then
+    pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$PG_DIR"
+}
+trap stop_postgres EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[ "$(id -u)" -ne 0 ] || chown postgres: "$PG_DIR"
+pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C --no-sync \
+  >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
+# Trust, but only over the Unix socket in PG_DIR and TCP from loopback (the server listens on nothing else).
+printf '%s\n' 'local all all              trust' 'host  all all 127.0.0.1/32 trust' >"$PG_DATA/pg_hba.conf"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# A free port can be taken between choosing it and binding it: try a few.
+# fsync off: a throwaway cluster need not survive a power cut, and the tests run faster.
+for attempt in 1 2 3 4 5; do
+  PG_PORT="$(free_port)"
+  if pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 \
+      -o "-k $PG_DIR -p $PG_PORT -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+      start >/dev/null; then
+    break
+  fi
+  if [ "$attempt" -eq 5 ]; then
+    echo "test.sh: PostgreSQL did not start; its log:" >&2
+    cat "$PG_LOG" >&2 || true
+    exit 1
+  fi
+done
+PG_URL="postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres"
+
+# --- the two runs: both must pass -------------------------------------------
+echo
+echo "===== Tests on SQLite ====="
+sqlite_status=0
+env -u CABINET_TEST_DATABASE_URL .venv/bin/python -m pytest "$@" || sqlite_status=$?
+
+echo
+echo "===== Tests on PostgreSQL $(basename "$(dirname "$PG_BIN")") at $PG_URL (SQLite run exited $sqlite_status) ====="
+pg_status=0
+CABINET_TEST_DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "$@" || pg_status=$?
+
+# Nothing printed after this point, so the output ends with the last run's pytest summary.
+if [ "$sqlite_status" -ne 0 ]; then
+  exit "$sqlite_status"
+fi
+exit "$pg_status"

@@ -3,12 +3,20 @@
 Nothing of Cabinet's own is mocked. The only stand-in is the clock, which the
 composition root accepts as a parameter, so expiry can be tested without
 waiting thirty days.
+
+The database is SQLite in each test's data folder (the embedded default),
+unless ``CABINET_TEST_DATABASE_URL`` names a PostgreSQL server (its maintenance
+database, e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``): then
+each test gets a database of its own on that server, created empty and dropped
+afterwards. ``scripts/test.sh`` runs the suite both ways.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -21,7 +29,8 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
+from sqlalchemy.pool import NullPool
 
 from daemon.app import build
 from daemon.cli import cli as cabinet_cli
@@ -55,12 +64,93 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+TEST_DATABASE_URL = os.environ.get("CABINET_TEST_DATABASE_URL", "").strip()
+
+
+class ServerDatabases:
+    """Throwaway databases on the PostgreSQL server ``CABINET_TEST_DATABASE_URL`` names."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        if not self.url.drivername.startswith("postgresql"):
+            raise pytest.UsageError(f"CABINET_TEST_DATABASE_URL must be a postgresql+psycopg:// URL, got {url!r}")
+        self._admin: Engine | None = None
+        self.created: list[str] = []
+
+    def _engine(self) -> Engine:
+        # CREATE and DROP DATABASE cannot run inside a transaction.
+        if self._admin is None:
+            self._admin = create_engine(self.url, isolation_level="AUTOCOMMIT", pool_size=1, pool_pre_ping=True)
+        return self._admin
+
+    def create(self) -> str:
+        """A new, empty database; returns its URL."""
+        name = f"cabinet_test_{secrets.token_hex(8)}"
+        with self._engine().connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_created(self) -> None:
+        """Drop this test's databases, disconnecting whatever is still connected to them."""
+        while self.created:
+            name = self.created.pop()
+            with self._engine().connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        self.drop_created()
+        if self._admin is not None:
+            self._admin.dispose()
+
+
+SERVER_DATABASES = ServerDatabases(TEST_DATABASE_URL) if TEST_DATABASE_URL else None
+
+
+def sqlite_url(root: Path) -> str:
+    """The embedded default's database for a config file in ``root`` with ``data_dir = "data"``."""
+    return f"sqlite:///{root / 'data' / 'cabinet.sqlite3'}"
+
+
+def fresh_database_url(root: Path) -> str:
+    """An empty database for one test: on the PostgreSQL test server if there is one
+    (dropped when the test ends), else an SQLite file under ``root/data``."""
+    if SERVER_DATABASES is not None:
+        return SERVER_DATABASES.create()
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    return sqlite_url(root)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if SERVER_DATABASES is None:
+        return "database: SQLite, one file per test"
+    return f"database: {SERVER_DATABASES.url.render_as_string()}, one fresh database per test"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if SERVER_DATABASES is not None:
+        SERVER_DATABASES.close()
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    """Drops the server databases a test created, after all its other fixtures have stopped."""
+    yield
+    if SERVER_DATABASES is not None:
+        SERVER_DATABASES.drop_created()
+
+
 @dataclass
 class Env:
     root: Path
     config_path: Path
     http_port: int
     smtp_port: int
+    database_url: str = ""  # empty: the embedded default, SQLite in root/data
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            self.database_url = sqlite_url(self.root)
 
     @property
     def base_url(self) -> str:
@@ -71,15 +161,30 @@ class Env:
         return self.root / "data" / "maildir"
 
     @property
-    def database(self) -> Path:
-        return self.root / "data" / "cabinet.sqlite3"
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def database(self) -> Path | str:
+        """The SQLite file, or the server database's URL."""
+        if self.is_sqlite:
+            return Path(make_url(self.database_url).database or "")
+        return self.database_url
 
     def sql(self, query: str, **params: Any) -> list[Any]:
         """Read the real database directly, as an operator would."""
-        engine = create_engine(f"sqlite:///{self.database}")
+        engine = create_engine(self.database_url, poolclass=NullPool)
         try:
             with engine.connect() as conn:
                 return list(conn.execute(text(query), params))
+        finally:
+            engine.dispose()
+
+    def columns(self, table: str) -> list[str]:
+        """The names of ``table``'s columns, as the database reports them."""
+        engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            return [column["name"] for column in inspect(engine).get_columns(table)]
         finally:
             engine.dispose()
 
@@ -87,11 +192,14 @@ class Env:
 def write_config(root: Path, extra: str = "") -> Env:
     http_port, smtp_port = free_port(), free_port()
     config_path = root / "cabinet.toml"
+    # On a PostgreSQL test run, a database of the test's own; otherwise the embedded SQLite default.
+    database_url = SERVER_DATABASES.create() if SERVER_DATABASES is not None else ""
+    storage = f'database_url = "{database_url}"\n' if database_url else ""
     config_path.write_text(
         f"""
 [storage]
 data_dir = "data"
-
+{storage}
 [http]
 listen = "127.0.0.1:{http_port}"
 
@@ -108,7 +216,7 @@ interval = 0.2
 """,
         encoding="utf-8",
     )
-    return Env(root, config_path, http_port, smtp_port)
+    return Env(root, config_path, http_port, smtp_port, database_url)
 
 
 @pytest.fixture

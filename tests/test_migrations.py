@@ -1,0 +1,151 @@
+"""The Alembic migrations build exactly the models' schema, and upgrading keeps the data.
+
+Runs on the suite's database: SQLite, or a fresh database on the PostgreSQL test
+server when ``CABINET_TEST_DATABASE_URL`` is set (see conftest), so both hold on both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import datetime, timezone
+from pathlib import Path
+from pprint import pformat
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import bindparam, inspect, select, text
+from sqlalchemy.orm import Session
+
+from daemon import db
+from daemon.models import Base, Company, Firm, Invitation, Product, User, UTCDateTime
+from tests.conftest import fresh_database_url
+
+CREATED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+EXPIRES = datetime(2026, 2, 1, 3, 4, 5, tzinfo=timezone.utc)
+DECIDED = datetime(2026, 1, 3, 9, 0, tzinfo=timezone.utc)
+
+
+def head_revision(url: str) -> str | None:
+    return ScriptDirectory.from_config(db.alembic_config(url)).get_current_head()
+
+
+def test_the_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
+    url = fresh_database_url(tmp_path)
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+        db.upgrade(engine)  # idempotent
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            differences = compare_metadata(context, Base.metadata)
+            current = context.get_current_revision()
+            reflected = inspect(conn)
+            tables = set(reflected.get_table_names())
+            indexes = {table: {ix["name"]: ix for ix in reflected.get_indexes(table)} for table in tables}
+    finally:
+        engine.dispose()
+    # Tables, columns and their types, nullability, indexes, unique constraints, foreign keys.
+    assert differences == [], "the migrations and daemon/models.py disagree:\n" + pformat(differences)
+    assert current == head_revision(url)
+    assert tables == set(Base.metadata.tables) | {"alembic_version"}
+    # Partial unique indexes ("one pending … per …"): compare_metadata matches them by name and
+    # columns only, so check here that each is unique (and, where the database reports it, partial).
+    for table in Base.metadata.sorted_tables:
+        for index in table.indexes:
+            where = index.dialect_options["postgresql"]["where"]
+            if where is None:
+                continue
+            found = indexes[table.name].get(index.name)
+            assert found is not None, f"{table.name}: index {index.name} missing"
+            assert bool(found["unique"]) == bool(index.unique), index.name
+            reflected_where = found.get("dialect_options", {}).get("postgresql_where")
+            if engine.dialect.name == "postgresql":
+                assert reflected_where is not None, f"{index.name} is not partial"
+                assert "pending" in str(reflected_where), f"{index.name}: WHERE {reflected_where}"
+
+
+def insert(conn, sql: str, **params) -> None:
+    """Raw SQL; datetimes bound as the application stores them (UTC), on either database."""
+    statement = text(sql).bindparams(
+        *(bindparam(name, type_=UTCDateTime()) for name, value in params.items() if isinstance(value, datetime))
+    )
+    conn.execute(statement, params)
+
+
+def catalogue_of_migration_0002() -> list[tuple[str, str, str]]:
+    path = next((db.MIGRATIONS / "versions").glob("0002_*.py"))
+    spec = importlib.util.spec_from_file_location("cabinet_migration_0002", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.CATALOGUE)
+
+
+def test_upgrading_a_database_made_by_the_first_migration_keeps_its_data(tmp_path: Path) -> None:
+    url = fresh_database_url(tmp_path)
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine, "0001")
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        with engine.begin() as conn:
+            insert(conn, "INSERT INTO firms (name, name_key, email, created_at) "
+                         "VALUES ('Tremblay CPA', 'tremblay cpa', 'bureau@tremblay.example', :at)", at=CREATED)
+            insert(conn, "INSERT INTO companies (name, name_key, kind, admin_email, admin_name, admin_locale, "
+                         "admin_timezone, subscription, has_quickbooks_time, created_at) "
+                         "VALUES ('Boulangerie Roy', 'boulangerie roy', 'business', 'julie@roy.example', "
+                         "'Julie Roy', 'fr', 'America/Montreal', 'self-paid', :qbt, :at)", qbt=True, at=CREATED)
+            insert(conn, "INSERT INTO users (email, name, password_hash, locale, timezone, created_at) "
+                         "VALUES ('marie@tremblay.example', 'Marie Tremblay', '$argon2id$v=19$fake', 'fr', "
+                         "'America/Toronto', :at)", at=CREATED)
+            firm_id = conn.execute(text("SELECT id FROM firms WHERE name_key = 'tremblay cpa'")).scalar_one()
+            company_id = conn.execute(text("SELECT id FROM companies WHERE name_key = 'boulangerie roy'")).scalar_one()
+            user_id = conn.execute(text("SELECT id FROM users WHERE email = 'marie@tremblay.example'")).scalar_one()
+            insert(conn, "INSERT INTO invitations (company_id, email, invited_by, nonce, state, created_at, "
+                         "expires_at, decided_at, firm_id, accepted_by_id) "
+                         "VALUES (:company, 'marie@tremblay.example', 'julie@roy.example', "
+                         "'0123456789abcdef0123456789abcdef', 'accepted', :created, :expires, :decided, "
+                         ":firm, :user)",
+                   company=company_id, firm=firm_id, user=user_id, created=CREATED, expires=EXPIRES, decided=DECIDED)
+
+        db.upgrade(engine)
+
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == head_revision(url)
+        with Session(engine) as session:
+            firm = session.scalars(select(Firm)).one()
+            assert (firm.id, firm.name, firm.name_key, firm.email, firm.created_at) == (
+                firm_id, "Tremblay CPA", "tremblay cpa", "bureau@tremblay.example", CREATED)
+            company = session.scalars(select(Company)).one()
+            assert (company.id, company.name, company.name_key, company.kind, company.admin_email,
+                    company.admin_name, company.admin_locale, company.admin_timezone, company.subscription,
+                    company.has_quickbooks_time, company.created_at) == (
+                company_id, "Boulangerie Roy", "boulangerie roy", "business", "julie@roy.example", "Julie Roy",
+                "fr", "America/Montreal", "self-paid", True, CREATED)
+            user = session.scalars(select(User)).one()
+            assert (user.id, user.email, user.name, user.password_hash, user.locale, user.timezone,
+                    user.created_at) == (
+                user_id, "marie@tremblay.example", "Marie Tremblay", "$argon2id$v=19$fake", "fr",
+                "America/Toronto", CREATED)
+            invitation = session.scalars(select(Invitation)).one()
+            assert (invitation.company_id, invitation.email, invitation.invited_by, invitation.nonce,
+                    invitation.state, invitation.created_at, invitation.expires_at, invitation.decided_at,
+                    invitation.firm_id, invitation.accepted_by_id, invitation.superseded_by_id,
+                    invitation.renewal_requested_at) == (
+                company_id, "marie@tremblay.example", "julie@roy.example", "0123456789abcdef0123456789abcdef",
+                "accepted", CREATED, EXPIRES, DECIDED, firm_id, user_id, None, None)
+            assert invitation.company.name == "Boulangerie Roy" and invitation.accepted_by.email == user.email
+
+            # The product catalogue is data that migration 0002 seeded.
+            products = {p.id: (p.name, p.kind) for p in session.scalars(select(Product))}
+            for product_id, name, kind in catalogue_of_migration_0002():
+                assert product_id in products, f"product {product_id} missing"
+                assert products[product_id][1] == kind
+
+            # The upgraded database takes new rows (keys continue after the old ones).
+            session.add(Firm(name="Gagnon", name_key="gagnon", email="info@gagnon.example", created_at=CREATED))
+            session.commit()
+            assert len(session.scalars(select(Firm.id)).all()) == 2
+    finally:
+        engine.dispose()
