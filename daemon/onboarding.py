@@ -101,9 +101,19 @@ class Onboarding(DomainService):
         return products
 
     def add_client(
-        self, firm_id: int, new: NewClient, primary_admin_user_id: int | None, actor: str, channel: str
+        self,
+        firm_id: int,
+        new: NewClient,
+        primary_admin_user_id: int | None,
+        actor: str,
+        channel: str,
+        acting_user_id: int | None = None,
     ) -> ClientView:
-        """Add a client to the firm's roster (flows 3 and 4)."""
+        """Add a client to the firm's roster (flows 3 and 4).
+
+        ``acting_user_id`` is the signed-in staff member (None for an operator
+        at the CLI); only a member of the firm adds clients to its roster.
+        """
         if new.kind not in KINDS:
             raise InvalidInput(f"kind must be business or individual, got {new.kind!r}")
         if new.billing not in BILLING:
@@ -121,6 +131,8 @@ class Onboarding(DomainService):
             firm = s.get(Firm, firm_id)
             if firm is None:
                 raise NotFound("no such firm")
+            if acting_user_id is not None and not self._is_member(s, acting_user_id, firm.id):
+                raise NotAllowed(f"only a member of {firm.name} can add clients to its roster")
             existing = s.scalar(select(Client).where(Client.firm_id == firm.id, Client.name_key == name_key(name)))
             if existing is not None:
                 raise AlreadyExists(f"{firm.name} already has a client named {existing.name!r} on its roster")

@@ -177,3 +177,14 @@ def test_add_client_page_for_signed_in_staff(server, browser: Browser, cli, seed
     assert saved.status_code == 200 and "Garage Lévesque" in saved.text
     (client,) = roster_of(cli, seed.firm)
     assert client["primary_admin"] == seed.accountant and client["products"] == ["qbo-plus", "payroll-core"]
+
+
+def test_only_a_member_of_the_firm_adds_to_its_roster(server, browser: Browser, cli, seed, env):
+    browser.post("/sign-in", email=seed.accountant, password=PASSWORD, next="/clients/new")
+    page = browser.get("/clients/new")
+    other_firm = env.sql("SELECT id FROM firms WHERE name = :n", n=seed.other_firm)[0][0]
+    forced = browser.http.post("/clients/new", data={
+        "csrf_token": csrf_of(page.text), "firm_id": str(other_firm), "kind": "individual", "name": "Intrus",
+        "billing": "none"})
+    assert forced.status_code == 403 and "only a member of" in forced.text
+    assert roster_of(cli, seed.other_firm) == []

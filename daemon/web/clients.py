@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.errors import CabinetError, InvalidState, LinkTampered
+from daemon.errors import CabinetError, LinkTampered
 from daemon.onboarding import NewClient
 from daemon.web.context import CABINET, form, page, redirect, run, visitor
 
@@ -31,17 +31,15 @@ async def add_client(request: web.Request) -> web.Response:
     chosen = [str(p) for p in data.getall("product", [])]
     make_me_admin = data.get("primary_admin") == "me"
     try:
-        firm_id = int(values["firm_id"]) if values["firm_id"].isdigit() else (
-            v.user.firms[0].id if len(v.user.firms) == 1 else -1
-        )
-        if all(f.id != firm_id for f in v.user.firms):
-            raise InvalidState("choose one of your firms")
+        # With one firm the form has no firm field; the domain checks membership either way.
+        firm_id = int(values["firm_id"]) if values["firm_id"].isdigit() else v.user.firms[0].id if v.user.firms else 0
         new = NewClient(
             kind=values["kind"], name=values["name"], billing=values["billing"], email=values["email"] or None,
             phone=values["phone"] or None, products=tuple(chosen) if values["billing"] != "none" else (),
         )
         added = await run(
-            cabinet.onboarding.add_client, firm_id, new, v.user.id if make_me_admin else None, v.user.email, "link"
+            cabinet.onboarding.add_client, firm_id, new, v.user.id if make_me_admin else None, v.user.email, "link",
+            v.user.id,
         )
     except CabinetError as exc:
         products = await run(cabinet.onboarding.products)
