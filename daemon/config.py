@@ -168,13 +168,13 @@ class _Reader:
             raise ConfigError(f"[{section}] must be a table")
         return table.get(key, default)
 
-    def str(self, section: str, key: str, default: str) -> str:
+    def text(self, section: str, key: str, default: str) -> str:
         value = self._raw(section, key, default)
         if not isinstance(value, str):
             raise ConfigError(f"[{section}] {key} must be a string, got {value!r}")
         return value
 
-    def int(self, section: str, key: str, default: int, minimum: int = 0) -> int:
+    def integer(self, section: str, key: str, default: int, minimum: int = 0) -> int:
         value = self._raw(section, key, default)
         try:
             number = int(value)
@@ -184,14 +184,14 @@ class _Reader:
             raise ConfigError(f"[{section}] {key} must be at least {minimum}, got {number}")
         return number
 
-    def float(self, section: str, key: str, default: float) -> float:
+    def number(self, section: str, key: str, default: float) -> float:
         value = self._raw(section, key, default)
         try:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"[{section}] {key} must be a number, got {value!r}") from None
 
-    def bool(self, section: str, key: str, default: bool) -> bool:
+    def flag(self, section: str, key: str, default: bool) -> bool:
         value = self._raw(section, key, default)
         if isinstance(value, bool):
             return value
@@ -208,13 +208,13 @@ class _Reader:
         return tuple(value)
 
     def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(section, key, default)
+        value = self.text(section, key, default)
         if value not in choices:
             raise ConfigError(f"[{section}] {key} must be one of {', '.join(choices)}; got {value!r}")
         return value
 
     def path(self, section: str, key: str, default: Path) -> Path:
-        value = self.str(section, key, "")
+        value = self.text(section, key, "")
         if not value:
             return default
         path = Path(value).expanduser()
@@ -244,21 +244,21 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     r = _Reader(tree, env, base)
 
     data_dir = r.path("storage", "data_dir", base / "cabinet-data")
-    storage = StorageConfig(data_dir=data_dir, database_url=r.str("storage", "database_url", ""))
+    storage = StorageConfig(data_dir=data_dir, database_url=r.text("storage", "database_url", ""))
 
-    http_listen = r.str("http", "listen", "127.0.0.1:8080")
+    http_listen = r.text("http", "listen", "127.0.0.1:8080")
     host, port = _split_listen(http_listen, "[http] listen")
-    public_url = r.str("http", "public_url", "") or f"http://{host}:{port}"
+    public_url = r.text("http", "public_url", "") or f"http://{host}:{port}"
     if not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"[http] public_url must start with http:// or https://, got {public_url!r}")
     http = HttpConfig(listen=http_listen, public_url=public_url.rstrip("/"))
 
-    smtp_listen = r.str("smtp", "listen", "127.0.0.1:8025")
+    smtp_listen = r.text("smtp", "listen", "127.0.0.1:8025")
     _split_listen(smtp_listen, "[smtp] listen")
-    domain = r.str("smtp", "domain", "localhost").lower()
+    domain = r.text("smtp", "domain", "localhost").lower()
     smtp = SmtpConfig(listen=smtp_listen, domain=domain)
 
-    password = r.str("mail", "relay_password", "")
+    password = r.text("mail", "relay_password", "")
     password_file = r.path("mail", "relay_password_file", Path())
     if not password and password_file != Path():
         try:
@@ -266,42 +266,42 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         except OSError as exc:
             raise ConfigError(f"[mail] relay_password_file cannot be read: {exc}") from None
     relay = RelayConfig(
-        host=r.str("mail", "relay_host", "localhost"),
-        port=r.int("mail", "relay_port", 25, minimum=1),
+        host=r.text("mail", "relay_host", "localhost"),
+        port=r.integer("mail", "relay_port", 25, minimum=1),
         tls=r.choice("mail", "relay_tls", "starttls", ("starttls", "tls", "none")),
-        user=r.str("mail", "relay_user", ""),
+        user=r.text("mail", "relay_user", ""),
         password=Secret(password),
     )
     mail = MailConfig(
-        from_address=r.str("mail", "from", f"Cabinet <cabinet@{domain}>"),
+        from_address=r.text("mail", "from", f"Cabinet <cabinet@{domain}>"),
         transport=r.choice("mail", "transport", "maildir", ("maildir", "smtp")),
         maildir=r.path("mail", "maildir", data_dir / "maildir"),
         relay=relay,
-        poll_interval=r.float("mail", "poll_interval", 2.0),
-        max_attempts=r.int("mail", "max_attempts", 8, minimum=1),
-        claim_lease=r.float("mail", "claim_lease", 120.0),
+        poll_interval=r.number("mail", "poll_interval", 2.0),
+        max_attempts=r.integer("mail", "max_attempts", 8, minimum=1),
+        claim_lease=r.number("mail", "claim_lease", 120.0),
     )
     security = SecurityConfig(
         secret_keys_file=r.path("security", "secret_keys_file", data_dir / "secret_keys"),
-        session_hours=r.int("security", "session_hours", 12, minimum=1),
+        session_hours=r.integer("security", "session_hours", 12, minimum=1),
     )
-    invitations = InvitationsConfig(ttl_days=r.int("invitations", "ttl_days", 30, minimum=1))
-    scheduler = SchedulerConfig(interval=r.float("scheduler", "interval", 60.0))
+    invitations = InvitationsConfig(ttl_days=r.integer("invitations", "ttl_days", 30, minimum=1))
+    scheduler = SchedulerConfig(interval=r.number("scheduler", "interval", 60.0))
     inbound = InboundConfig(
         protocol=r.choice("inbound", "protocol", "smtp", ("smtp", "lmtp")),
-        max_message_size=r.int("inbound", "max_message_size", 10 * 1024 * 1024, minimum=1024),
-        max_recipients=r.int("inbound", "max_recipients", 20, minimum=1),
-        max_line_length=r.int("inbound", "max_line_length", 1001, minimum=80),
-        timeout=r.float("inbound", "timeout", 300.0),
-        max_connections=r.int("inbound", "max_connections", 100, minimum=1),
-        max_attempts=r.int("inbound", "max_attempts", 5, minimum=1),
+        max_message_size=r.integer("inbound", "max_message_size", 10 * 1024 * 1024, minimum=1024),
+        max_recipients=r.integer("inbound", "max_recipients", 20, minimum=1),
+        max_line_length=r.integer("inbound", "max_line_length", 1001, minimum=80),
+        timeout=r.number("inbound", "timeout", 300.0),
+        max_connections=r.integer("inbound", "max_connections", 100, minimum=1),
+        max_attempts=r.integer("inbound", "max_attempts", 5, minimum=1),
         trusted_authserv_ids=tuple(v.lower() for v in r.strings("inbound", "trusted_authserv_ids")),
-        dkim_verify=r.bool("inbound", "dkim_verify", False),
+        dkim_verify=r.flag("inbound", "dkim_verify", False),
         firm_addresses=tuple(v.lower() for v in r.strings("inbound", "firm_addresses")),
     )
     general = GeneralConfig(
         default_locale=r.choice("general", "default_locale", "en", LOCALES),
-        timezone=r.str("general", "timezone", "UTC"),
+        timezone=r.text("general", "timezone", "UTC"),
         log_level=r.choice("general", "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
     )
     return Config(

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -85,6 +85,12 @@ def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     with sessions.begin() as session:
         session.connection(execution_options=WRITE)
         yield session
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE and say how many rows it changed: the guard of every single-use transition."""
+    result = session.execute(statement)
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def alembic_config(url: str) -> AlembicConfig:

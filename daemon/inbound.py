@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import parse_bounce
 from daemon.config import InboundConfig
+from daemon.db import rows_changed
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User
@@ -222,20 +223,20 @@ class Inbound(DomainService):
         if not bounce.permanent:
             raise _Done("bounce", f"delivery of {outbox.recipient} delayed ({bounce.reason}); still trying")
         now = self._now()
-        won = s.execute(
+        won = rows_changed(s, 
             update(OutboxMessage)
             .where(OutboxMessage.id == outbox.id, OutboxMessage.bounced_at.is_(None))
             .values(state="bounced", bounced_at=now, bounce_reason=bounce.reason[:2000])
-        ).rowcount
+        )
         if won != 1:
             raise _Done("bounce", f"bounce of {outbox.recipient} already recorded")
         invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
         if invitation is not None and outbox.kind == "invitation":
-            bounced = s.execute(
+            bounced = rows_changed(s, 
                 update(Invitation)
                 .where(Invitation.id == invitation.id, Invitation.state == "pending")
                 .values(state="bounced", decided_at=now, bounce_reason=bounce.reason[:2000])
-            ).rowcount
+            )
             if bounced == 1:
                 s.refresh(invitation)
                 self._notify_company_admin(

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from daemon.db import rows_changed
 from daemon.domain import KINDS, DomainService, clean_name, client_view, name_key, normalise_email
 from daemon.errors import AlreadyExists, InvalidInput, InvalidState, LinkExpired, LinkTampered, NotAllowed, NotFound
 from daemon.i18n import check_locale
@@ -258,11 +259,11 @@ class Onboarding(DomainService):
             view = self._setup_view(setup)
             if view.status != "pending":
                 raise InvalidState(f"this invitation is {view.status}")
-            won = s.execute(
+            won = rows_changed(s, 
                 update(SetupInvitation)
                 .where(SetupInvitation.id == setup.id, SetupInvitation.state == "pending")
                 .values(state="accepted", decided_at=self._now())
-            ).rowcount
+            )
             if won != 1:
                 raise InvalidState("this invitation was already accepted")
             s.refresh(setup)
@@ -318,11 +319,11 @@ class Onboarding(DomainService):
                     "payment details are already on file" if view.status == "on file"
                     else "the trial has ended and the discount has lapsed"
                 )
-            won = s.execute(
+            won = rows_changed(s, 
                 update(Company)
                 .where(Company.id == company.id, Company.payment_details_at.is_(None))
                 .values(payment_details_at=self._now(), payment_name=name)
-            ).rowcount
+            )
             if won != 1:
                 raise InvalidState("payment details are already on file")
             s.refresh(company)

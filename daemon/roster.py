@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from daemon.db import rows_changed
 from daemon.domain import (
     KINDS,
     DomainService,
@@ -382,11 +383,11 @@ class Roster(DomainService):
         firm = self._chosen_firm(s, user, firm_id)
         # The state guard makes the transition single-use even when two
         # instances race on the same link: only one UPDATE matches.
-        won = s.execute(
+        won = rows_changed(s, 
             update(Invitation)
             .where(Invitation.id == invitation.id, Invitation.state == "pending")
             .values(state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
-        ).rowcount
+        )
         if won != 1:
             s.refresh(invitation)
             raise InvitationUnavailable(self._invitation_view(s, invitation))
@@ -435,11 +436,11 @@ class Roster(DomainService):
             raise NotAllowed("sign in to decline this invitation")
         if user.email != invitation.email:
             raise WrongAccount(invitation.email, user.email)
-        won = s.execute(
+        won = rows_changed(s, 
             update(Invitation)
             .where(Invitation.id == invitation.id, Invitation.state == "pending")
             .values(state="declined", decided_at=now, accepted_by_id=user.id)
-        ).rowcount
+        )
         s.refresh(invitation)
         if won != 1:
             raise InvitationUnavailable(self._invitation_view(s, invitation))
@@ -459,11 +460,11 @@ class Roster(DomainService):
             view = self._invitation_view(s, invitation)
             if view.status != "expired":
                 raise InvitationUnavailable(view)
-            won = s.execute(
+            won = rows_changed(s, 
                 update(Invitation)
                 .where(Invitation.id == invitation.id, Invitation.renewal_requested_at.is_(None))
                 .values(renewal_requested_at=now)
-            ).rowcount
+            )
             s.refresh(invitation)
             if won != 1:
                 return RenewalResult(self._invitation_view(s, invitation), already_requested=True)
@@ -520,11 +521,11 @@ class Roster(DomainService):
             ).all()
         for invitation_id in due:
             with self._transaction() as s:
-                won = s.execute(
+                won = rows_changed(s, 
                     update(Invitation)
                     .where(Invitation.id == invitation_id, Invitation.state == "pending")
                     .values(state="expired", decided_at=now)
-                ).rowcount
+                )
                 if won != 1:
                     continue
                 invitation = s.get(Invitation, invitation_id)
@@ -596,9 +597,3 @@ class Roster(DomainService):
             firm = self._firm_by_name(s, firm_name)
             clients = s.scalars(select(Client).where(Client.firm_id == firm.id).order_by(Client.name_key))
             return [client_view(c, firm) for c in clients]
-
-    def count_clients(self, firm_name: str) -> int:
-        with self._sessions() as s:
-            firm = self._firm_by_name(s, firm_name)
-            return s.scalar(select(func.count()).select_from(Client).where(Client.firm_id == firm.id)) or 0
-

@@ -8,7 +8,7 @@ import logging
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, TextIO, cast
 
 from aiohttp import web
 
@@ -72,7 +72,7 @@ class Service:
             cabinet.sessions, cabinet.clock, timedelta(hours=cabinet.config.security.session_hours)
         )
         self._runner: web.AppRunner | None = None
-        self._smtp: asyncio.AbstractServer | None = None
+        self._smtp: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: InstanceLock | None = None
         self._stoppers: list[Callable[[], None]] = []
@@ -94,8 +94,7 @@ class Service:
         host, port = listen_address(config.http.listen, "[http] listen")
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server  # aiohttp keeps the bound asyncio server here
-        assert server is not None and server.sockets
+        server = cast(asyncio.Server, site._server)  # aiohttp keeps the bound asyncio server here
         self.http_port = server.sockets[0].getsockname()[1]
 
         worker = self.cabinet.worker

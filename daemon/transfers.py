@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from daemon.db import rows_changed
 from daemon.domain import DomainService, normalise_email
 from daemon.errors import InvalidState, LinkExpired, LinkTampered, NotAllowed, NotFound
 from daemon.models import BillingTransfer, Client, Company, Firm, User
@@ -222,11 +223,11 @@ class BillingTransfers(DomainService):
             return self._view(self._from_token(s, token))
 
     def _decide(self, s: Session, transfer: BillingTransfer, state: str, by: str) -> None:
-        won = s.execute(
+        won = rows_changed(s, 
             update(BillingTransfer)
             .where(BillingTransfer.id == transfer.id, BillingTransfer.state == "pending")
             .values(state=state, decided_at=self._now(), decided_by=by)
-        ).rowcount
+        )
         s.refresh(transfer)
         if won != 1:
             raise TransferUnavailable(self._view(transfer))

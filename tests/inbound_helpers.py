@@ -106,7 +106,7 @@ def wait_processed(env: Env, count: int, timeout: float = 15.0, states: tuple[st
     deadline = time.monotonic() + timeout
     marks = ", ".join(f"'{s}'" for s in states)
     while True:
-        rows = env.sql(f"SELECT id, state, kind, outcome FROM inbound ORDER BY id")
+        rows = env.sql("SELECT id, state, kind, outcome FROM inbound ORDER BY id")
         done = [r for r in rows if r[1] in states]
         if len(done) >= count:
             return rows

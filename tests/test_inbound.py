@@ -222,7 +222,7 @@ def test_a_message_that_keeps_failing_is_quarantined_and_the_rest_flow(server, c
     deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "Out of office", headers={"Auto-Submitted": "auto-replied"}))
     wait_processed(env, 1)  # the auto-reply goes through
     clock.advance(minutes=5)  # past the retry backoff: the second attempt fails too
-    rows = wait_processed(env, 1, states=("quarantined",))
+    wait_processed(env, 1, states=("quarantined",))
     quarantined = json.loads(cli("inbound", "list", "--status", "quarantined", "--json").output)
     assert len(quarantined) == 1 and "disk on fire" in quarantined[0]["last_error"]
     assert quarantined[0]["attempts"] == 2

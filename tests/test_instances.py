@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import parseaddr
-from pathlib import Path
 from typing import Iterator
 
 import httpx

@@ -7,7 +7,6 @@ here); everything on Cabinet's side is real.
 from __future__ import annotations
 
 import asyncio
-import time
 from email import message_from_bytes
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from aiosmtpd.smtp import Envelope, Session, SMTP
 from daemon.app import build
 from daemon.config import load_config
 from mailer.outbox import backoff
-from tests.conftest import Cli, Env, FakeClock, Seed, free_port, write_config
+from tests.conftest import Cli, Env, FakeClock, free_port, write_config
 
 
 class Sink:

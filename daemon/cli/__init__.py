@@ -36,7 +36,8 @@ class DomainError(click.ClickException):
 
     def __init__(self, error: CabinetError) -> None:
         super().__init__(str(error))
-        self.exit_code = next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+        code = next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+        self.exit_code = code  # type: ignore[misc]
 
 
 class CabinetGroup(click.Group):

@@ -37,7 +37,8 @@ from daemon.web.pages import Pages
 log = logging.getLogger(__name__)
 
 METRICS = web.AppKey("metrics", Metrics)
-READINESS = web.AppKey("readiness", Callable[[], dict[str, bool]])  # type: ignore[arg-type]
+Readiness = Callable[[], dict[str, bool]]
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
