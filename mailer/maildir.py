@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mailbox
+import re
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -67,7 +68,13 @@ def list_mail(path: Path, to: str | None = None) -> list[StoredMail]:
     if to:
         needle = to.lower()
         items = [item for item in items if needle in item.to.lower()]
-    return sorted(items, key=lambda item: (item.date, item.id))
+    return sorted(items, key=lambda item: (item.date, _delivery_order(item.id)))
+
+
+def _delivery_order(key: str) -> tuple[int, int, str]:
+    """Maildir keys start "<seconds>.M<microseconds>…", unpadded: compare the numbers, not the text."""
+    match = re.match(r"(\d+)\.M(\d+)", key)
+    return (int(match.group(1)), int(match.group(2)), key) if match else (0, 0, key)
 
 
 def read_raw(path: Path, key: str) -> bytes:
