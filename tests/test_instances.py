@@ -258,8 +258,8 @@ def check(env: Env, sink: Sink, acknowledged: list[str], transfers: int, crashes
     return figures
 
 
-def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, instances, sink, capsys):
-    handler, _ = sink
+def start_load(env: Env, cli: Cli, instances: list[Instance]) -> tuple[Load, list[threading.Thread]]:
+    """Two mail senders and a link clicker on both instances, and five reminders falling due."""
     seed(cli)
     link, reply_to = invitation_link_and_reply_to(env, cli, "marie@tremblay.example")
     load = Load(instances, reply_to, link)
@@ -267,10 +267,20 @@ def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, i
     for thread in threads:
         thread.start()
     make_reminders_due(env, cli, companies=5)
-    time.sleep(4)
+    return load, threads
+
+
+def stop_load(load: Load, threads: list[threading.Thread]) -> None:
     load.stop.set()
     for thread in threads:
         thread.join(30)
+
+
+def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, instances, sink, capsys):
+    handler, _ = sink
+    load, threads = start_load(env, cli, instances)
+    time.sleep(4)
+    stop_load(load, threads)
     settle(env)
     figures = check(env, handler, load.acknowledged_mail, transfers=5, crashes=0)
     with capsys.disabled():
@@ -279,13 +289,8 @@ def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, i
 
 def test_sigkill_twenty_times_under_load_loses_nothing_and_doubles_nothing(env: Env, cli: Cli, instances, sink, capsys):
     handler, _ = sink
-    seed(cli)
-    link, reply_to = invitation_link_and_reply_to(env, cli, "marie@tremblay.example")
-    load = Load(instances, reply_to, link)
-    threads = [threading.Thread(target=load.mail), threading.Thread(target=load.mail), threading.Thread(target=load.clicks)]
-    for thread in threads:
-        thread.start()
-    make_reminders_due(env, cli, companies=5)
+    load, threads = start_load(env, cli, instances)
+    link = load.link
     rng = random.Random(20261127)
     crashes = 0
     accepted: int | None = None
@@ -303,9 +308,7 @@ def test_sigkill_twenty_times_under_load_loses_nothing_and_doubles_nothing(env: 
             crashes += 1
             victim.start()
     finally:
-        load.stop.set()
-        for thread in threads:
-            thread.join(30)
+        stop_load(load, threads)
     settle(env)
     figures = check(env, handler, load.acknowledged_mail, transfers=5, crashes=crashes)
     assert accepted == 303

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 from aiohttp import web
 
 from daemon.errors import CabinetError, LinkTampered
 from daemon.onboarding import NewClient
 from daemon.web.context import CABINET, form, page, redirect, run, visitor
 
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 FIELDS = ("firm_id", "kind", "name", "email", "phone", "billing")
 EMPTY_FORM = {**{key: "" for key in FIELDS}, "products": [], "primary_admin": False}
@@ -49,47 +53,42 @@ async def add_client(request: web.Request) -> web.Response:
     return page(request, "client_added.html", client=added)
 
 
-async def show_setup(request: web.Request) -> web.Response:
-    try:
-        setup = await run(request.app[CABINET].onboarding.open_setup, request.match_info["token"])
-    except LinkTampered:
-        return page(request, "link_invalid.html", status=404)
-    return page(request, "setup.html", setup=setup, error=None)
+def _single_form_link(
+    path: str, template: str, name: str, opener: str, action: str, field: str
+) -> tuple[Handler, Handler]:
+    """GET shows the state behind a signed link; POST submits its one-field form, then shows it again.
+
+    ``opener`` and ``action`` name the Onboarding methods that read and act.
+    """
+
+    async def show(request: web.Request) -> web.Response:
+        onboarding = request.app[CABINET].onboarding
+        try:
+            state = await run(getattr(onboarding, opener), request.match_info["token"])
+        except LinkTampered:
+            return page(request, "link_invalid.html", status=404)
+        return page(request, template, error=None, **{name: state})
+
+    async def act(request: web.Request) -> web.Response:
+        cabinet = request.app[CABINET]
+        token = request.match_info["token"]
+        try:
+            await run(getattr(cabinet.onboarding, action), token, str(form(request).get(field, "")))
+        except LinkTampered:
+            return page(request, "link_invalid.html", status=404)
+        except CabinetError as exc:
+            state = await run(getattr(cabinet.onboarding, opener), token)
+            return page(request, template, status=exc.http_status, error=str(exc), **{name: state})
+        cabinet.worker.wake()
+        return redirect(f"{path}/{token}")
+
+    return show, act
 
 
-async def accept_setup(request: web.Request) -> web.Response:
-    cabinet = request.app[CABINET]
-    token = request.match_info["token"]
-    try:
-        await run(cabinet.onboarding.accept_setup, token, str(form(request).get("name", "")))
-    except LinkTampered:
-        return page(request, "link_invalid.html", status=404)
-    except CabinetError as exc:
-        return page(request, "setup.html", status=exc.http_status, setup=await run(cabinet.onboarding.open_setup, token), error=str(exc))
-    cabinet.worker.wake()
-    return redirect(f"/setup/{token}")
-
-
-async def show_payment(request: web.Request) -> web.Response:
-    try:
-        payment = await run(request.app[CABINET].onboarding.open_payment, request.match_info["token"])
-    except LinkTampered:
-        return page(request, "link_invalid.html", status=404)
-    return page(request, "payment.html", payment=payment, error=None)
-
-
-async def record_payment(request: web.Request) -> web.Response:
-    cabinet = request.app[CABINET]
-    token = request.match_info["token"]
-    try:
-        await run(cabinet.onboarding.record_payment_details, token, str(form(request).get("name_on_card", "")))
-    except LinkTampered:
-        return page(request, "link_invalid.html", status=404)
-    except CabinetError as exc:
-        payment = await run(cabinet.onboarding.open_payment, token)
-        return page(request, "payment.html", status=exc.http_status, payment=payment, error=str(exc))
-    cabinet.worker.wake()
-    return redirect(f"/payment/{token}")
+show_setup, accept_setup = _single_form_link("/setup", "setup.html", "setup", "open_setup", "accept_setup", "name")
+show_payment, record_payment = _single_form_link(
+    "/payment", "payment.html", "payment", "open_payment", "record_payment_details", "name_on_card"
+)
 
 
 def setup(app: web.Application) -> None:
