@@ -111,4 +111,4 @@ class CompanyAdmin(DomainService):
             company = s.get(Company, company_id)
             if company is None or company.subscription != "direct-discount":
                 return None
-            return self._links.payment(self._signer.sign(Purpose.PAYMENT, [company.id]))
+            return self._payment_url(company.id)

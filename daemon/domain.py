@@ -25,7 +25,7 @@ from daemon.links import Links
 from daemon.models import Client, Company, Event, Firm, Membership, SentReminder, User
 from daemon.notices import Notice, Notifier
 from daemon.passwords import Passwords
-from daemon.tokens import LinkSigner
+from daemon.tokens import LinkSigner, Purpose
 from daemon.views import ClientView, CompanyView, FirmView, UserView
 
 KINDS = ("business", "individual")
@@ -219,6 +219,10 @@ class DomainService:
             user.timezone,
             tuple(FirmView(f.id, f.name, f.email) for f in firms),
         )
+
+    def _payment_url(self, company_id: int) -> str:
+        """The direct-discount client's link to add payment details."""
+        return self._links.payment(self._signer.sign(Purpose.PAYMENT, [company_id]))
 
     def _now(self) -> datetime:
         return self._clock.now()

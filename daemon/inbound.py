@@ -223,7 +223,8 @@ class Inbound(DomainService):
         if not bounce.permanent:
             raise _Done("bounce", f"delivery of {outbox.recipient} delayed ({bounce.reason}); still trying")
         now = self._now()
-        won = rows_changed(s, 
+        won = rows_changed(
+            s,
             update(OutboxMessage)
             .where(OutboxMessage.id == outbox.id, OutboxMessage.bounced_at.is_(None))
             .values(state="bounced", bounced_at=now, bounce_reason=bounce.reason[:2000])
@@ -232,7 +233,8 @@ class Inbound(DomainService):
             raise _Done("bounce", f"bounce of {outbox.recipient} already recorded")
         invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
         if invitation is not None and outbox.kind == "invitation":
-            bounced = rows_changed(s, 
+            bounced = rows_changed(
+                s,
                 update(Invitation)
                 .where(Invitation.id == invitation.id, Invitation.state == "pending")
                 .values(state="bounced", decided_at=now, bounce_reason=bounce.reason[:2000])

@@ -211,7 +211,7 @@ class Onboarding(DomainService):
     def _payment_notice(self, s: Session, company: Company, client: Client, template: str, extra: dict[str, Any]) -> None:
         # The client pays: the payment link goes to the client's contact when there is one,
         # else to the primary admin (a staff member who chose "Make me the primary admin").
-        url = self._links.payment(self._signer.sign(Purpose.PAYMENT, [company.id]))
+        url = self._payment_url(company.id)
         to = client.email or company.admin_email
         self._notifier.queue(
             s,
@@ -259,7 +259,8 @@ class Onboarding(DomainService):
             view = self._setup_view(setup)
             if view.status != "pending":
                 raise InvalidState(f"this invitation is {view.status}")
-            won = rows_changed(s, 
+            won = rows_changed(
+                s,
                 update(SetupInvitation)
                 .where(SetupInvitation.id == setup.id, SetupInvitation.state == "pending")
                 .values(state="accepted", decided_at=self._now())
@@ -319,7 +320,8 @@ class Onboarding(DomainService):
                     "payment details are already on file" if view.status == "on file"
                     else "the trial has ended and the discount has lapsed"
                 )
-            won = rows_changed(s, 
+            won = rows_changed(
+                s,
                 update(Company)
                 .where(Company.id == company.id, Company.payment_details_at.is_(None))
                 .values(payment_details_at=self._now(), payment_name=name)

@@ -372,26 +372,9 @@ class Roster(DomainService):
     ) -> AcceptResult:
         """Accept inside the caller's transaction: the link and a reply command both end here."""
         now = self._clock.now()
-        view = self._invitation_view(s, invitation)
-        if view.status != "pending":
-            raise InvitationUnavailable(view)
-        user = s.get(User, user_id)
-        if user is None:
-            raise NotAllowed("sign in to accept this invitation")
-        if user.email != invitation.email:
-            raise WrongAccount(invitation.email, user.email)
+        user = self._invited_user(s, invitation, user_id, "accept")
         firm = self._chosen_firm(s, user, firm_id)
-        # The state guard makes the transition single-use even when two
-        # instances race on the same link: only one UPDATE matches.
-        won = rows_changed(s, 
-            update(Invitation)
-            .where(Invitation.id == invitation.id, Invitation.state == "pending")
-            .values(state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
-        )
-        if won != 1:
-            s.refresh(invitation)
-            raise InvitationUnavailable(self._invitation_view(s, invitation))
-        s.refresh(invitation)
+        self._decide(s, invitation, state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
         company = invitation.company
         client = self._connect(s, firm, company, now)
         self._event(
@@ -421,29 +404,38 @@ class Roster(DomainService):
         s.flush()
         return AcceptResult(self._invitation_view(s, invitation), client_view(client, firm))
 
+    def _invited_user(self, s: Session, invitation: Invitation, user_id: int, verb: str) -> User:
+        """The signed-in user, who must be the invited address, on a still-pending invitation."""
+        view = self._invitation_view(s, invitation)
+        if view.status != "pending":
+            raise InvitationUnavailable(view)
+        user = s.get(User, user_id)
+        if user is None:
+            raise NotAllowed(f"sign in to {verb} this invitation")
+        if user.email != invitation.email:
+            raise WrongAccount(invitation.email, user.email)
+        return user
+
+    def _decide(self, s: Session, invitation: Invitation, **values: Any) -> None:
+        """Leave "pending", once: when two instances race on one link, only one UPDATE matches."""
+        won = rows_changed(
+            s,
+            update(Invitation)
+            .where(Invitation.id == invitation.id, Invitation.state == "pending")
+            .values(**values),
+        )
+        s.refresh(invitation)
+        if won != 1:
+            raise InvitationUnavailable(self._invitation_view(s, invitation))
+
     def decline_invitation(self, token: str, user_id: int, channel: str = "link") -> InvitationView:
         with self._transaction() as s:
             return self.decline_in(s, self._invitation_from_token(s, token), user_id, channel)
 
     def decline_in(self, s: Session, invitation: Invitation, user_id: int, channel: str) -> InvitationView:
         """Decline inside the caller's transaction (the link and a reply command)."""
-        now = self._clock.now()
-        view = self._invitation_view(s, invitation)
-        if view.status != "pending":
-            raise InvitationUnavailable(view)
-        user = s.get(User, user_id)
-        if user is None:
-            raise NotAllowed("sign in to decline this invitation")
-        if user.email != invitation.email:
-            raise WrongAccount(invitation.email, user.email)
-        won = rows_changed(s, 
-            update(Invitation)
-            .where(Invitation.id == invitation.id, Invitation.state == "pending")
-            .values(state="declined", decided_at=now, accepted_by_id=user.id)
-        )
-        s.refresh(invitation)
-        if won != 1:
-            raise InvitationUnavailable(self._invitation_view(s, invitation))
+        user = self._invited_user(s, invitation, user_id, "decline")
+        self._decide(s, invitation, state="declined", decided_at=self._clock.now(), accepted_by_id=user.id)
         company = invitation.company
         self._event(s, "invitation.declined", user.email, channel, company_id=company.id, invitation_id=invitation.id)
         self._notify_company_admin(
@@ -460,7 +452,8 @@ class Roster(DomainService):
             view = self._invitation_view(s, invitation)
             if view.status != "expired":
                 raise InvitationUnavailable(view)
-            won = rows_changed(s, 
+            won = rows_changed(
+                s,
                 update(Invitation)
                 .where(Invitation.id == invitation.id, Invitation.renewal_requested_at.is_(None))
                 .values(renewal_requested_at=now)
@@ -521,7 +514,8 @@ class Roster(DomainService):
             ).all()
         for invitation_id in due:
             with self._transaction() as s:
-                won = rows_changed(s, 
+                won = rows_changed(
+                    s,
                     update(Invitation)
                     .where(Invitation.id == invitation_id, Invitation.state == "pending")
                     .values(state="expired", decided_at=now)

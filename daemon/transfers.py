@@ -223,7 +223,8 @@ class BillingTransfers(DomainService):
             return self._view(self._from_token(s, token))
 
     def _decide(self, s: Session, transfer: BillingTransfer, state: str, by: str) -> None:
-        won = rows_changed(s, 
+        won = rows_changed(
+            s,
             update(BillingTransfer)
             .where(BillingTransfer.id == transfer.id, BillingTransfer.state == "pending")
             .values(state=state, decided_at=self._now(), decided_by=by)

@@ -37,6 +37,10 @@ pg_bin() {
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 pg_bin >/dev/null || need+=(postgresql)
+# Debian's python3 ships venv's ensurepip separately.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The DKIM tests make their keys with openssl (through dkimpy).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need[*]}"
   as_root apt-get update -qq

@@ -61,6 +61,12 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+def _signed_in_user(sessions: WebSessions, cabinet: Cabinet, token: str) -> UserView | None:
+    # One trip off the event loop per request for both lookups.
+    user_id = sessions.user_id(token)
+    return cabinet.roster.get_user(user_id) if user_id is not None else None
+
+
 async def load_visitor(request: web.Request) -> Visitor:
     cabinet = request.app[CABINET]
     browser_id = request.cookies.get(BROWSER_COOKIE, "")
@@ -68,10 +74,7 @@ async def load_visitor(request: web.Request) -> Visitor:
     if new_browser:
         browser_id = secrets.token_urlsafe(32)
     token = request.cookies.get(SESSION_COOKIE)
-    user = None
-    user_id = await run(request.app[SESSIONS].user_id, token) if token else None
-    if user_id is not None:
-        user = await run(cabinet.roster.get_user, user_id)
+    user = await run(_signed_in_user, request.app[SESSIONS], cabinet, token) if token else None
     default = cabinet.config.general.default_locale
     locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
     timezone = user.timezone if user else cabinet.config.general.timezone
