@@ -12,6 +12,7 @@ defaults.
 from __future__ import annotations
 
 import difflib
+import hmac
 import os
 import re
 import tomllib
@@ -41,6 +42,12 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)  # equal secrets must hash alike; the value itself stays out of it
 
     def __repr__(self) -> str:
         return "Secret('**********')"
@@ -320,17 +327,20 @@ def _check_file_keys(tree: Mapping[str, Any], source: Path) -> None:
 
 def _check_environment(env: Mapping[str, str]) -> tuple[str, ...]:
     """Refuse ``CABINET_<SECTION>_<TYPO>``; return warnings for CABINET_* names of no known section."""
-    known = [env_name(section, key) for section in SCHEMA for key in SCHEMA[section]]
+    known = [env_name(section, key)[len(ENV_PREFIX):] for section in SCHEMA for key in SCHEMA[section]]
     problems: list[str] = []
     warnings: list[str] = []
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name in known:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
-        section = name[len(ENV_PREFIX):].split("_", 1)[0].lower()
-        if section in SCHEMA:
-            problems.append(f"unknown environment variable {name}{_did_you_mean(name, known)}")
+        rest = name[len(ENV_PREFIX):]  # compared without the shared prefix, which would make all names alike
+        if rest in known:
+            continue
+        hint = _did_you_mean(rest, known, ENV_PREFIX + "{}")
+        if rest.split("_", 1)[0].lower() in SCHEMA:
+            problems.append(f"unknown environment variable {name}{hint}")
         else:
-            warnings.append(f"environment variable {name} is not a configuration key{_did_you_mean(name, known)}")
+            warnings.append(f"environment variable {name} is not a configuration key{hint}")
     if problems:
         raise ConfigError("; ".join(problems))
     return tuple(warnings)
