@@ -24,14 +24,14 @@ from daemon.models import InstanceSetting
 
 PUBLIC_URL = "public_url"
 RECORDED = "recorded with the instance (cabinet init / cabinet config set-public-url)"
-_TABLE = InstanceSetting.__table__
+_TABLE_NAME = InstanceSetting.__tablename__
 
 
 def _read(connection: Connection, key: str) -> str | None:
     # Before `cabinet init` (or `cabinet db upgrade` to 0005) the table does not exist: nothing is recorded.
-    if not inspect(connection).has_table(_TABLE.name):
+    if not inspect(connection).has_table(_TABLE_NAME):
         return None
-    return connection.execute(select(_TABLE.c.value).where(_TABLE.c.key == key)).scalar_one_or_none()
+    return connection.execute(select(InstanceSetting.value).where(InstanceSetting.key == key)).scalar_one_or_none()
 
 
 def _database_error(config: Config, exc: SQLAlchemyError) -> ConfigError:
@@ -75,7 +75,7 @@ def record_public_url(engine: Engine, config: Config, now: datetime) -> str:
         with engine.connect() as connection, connection.execution_options(**WRITE).begin():
             recorded = _read(connection, PUBLIC_URL)
             if recorded is None:
-                connection.execute(insert(_TABLE).values(key=PUBLIC_URL, value=url, updated_at=now))
+                connection.execute(insert(InstanceSetting).values(key=PUBLIC_URL, value=url, updated_at=now))
                 return f"recorded the public URL of links: {url}"
     except IntegrityError:  # another init recorded one meanwhile: that one stands
         recorded = recorded_public_url(engine, config)
@@ -93,14 +93,16 @@ def change_public_url(engine: Engine, config: Config, url: str, now: datetime) -
         raise ConfigError(f"the public URL must start with http:// or https://, got {url!r}")
     try:
         with engine.connect() as connection, connection.execution_options(**WRITE).begin():
-            if not inspect(connection).has_table(_TABLE.name):
+            if not inspect(connection).has_table(_TABLE_NAME):
                 raise ConfigError("the database has no schema yet; run `cabinet init` first")
             old = _read(connection, PUBLIC_URL)
             if old is None:
-                connection.execute(insert(_TABLE).values(key=PUBLIC_URL, value=url, updated_at=now))
+                connection.execute(insert(InstanceSetting).values(key=PUBLIC_URL, value=url, updated_at=now))
                 return None
             changed = connection.execute(
-                update(_TABLE).where(_TABLE.c.key == PUBLIC_URL, _TABLE.c.value == old).values(value=url, updated_at=now)
+                update(InstanceSetting)
+                .where(InstanceSetting.key == PUBLIC_URL, InstanceSetting.value == old)
+                .values(value=url, updated_at=now)
             ).rowcount
             if changed != 1:
                 raise ConfigError("the public URL was changed by another command meanwhile; run this again")
