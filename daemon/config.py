@@ -370,7 +370,8 @@ class _Reader:
         value = self._parse(spec, raw, f"[{section}] {key}")
         if derived is not None and value in ("", None):
             value = derived
-        self.settings[(section, key)] = Setting(value, origin, spec.secret)
+        # A secret is kept wrapped, so a Setting printed or logged by mistake still hides it.
+        self.settings[(section, key)] = Setting(Secret(value) if spec.secret else value, origin, spec.secret)
         return value
 
     def settle(self, section: str, key: str, value: Any) -> None:

@@ -17,6 +17,7 @@ from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
 from daemon.errors import ConfigError
+from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
@@ -136,7 +137,11 @@ class Service:
             host, self.http_port, config.inbound.protocol.upper(), smtp_host, self.smtp_port, config.mail.transport,
         )
         public_url = config.settings.get(("http", "public_url"))
-        log.info("emailed links carry %s (%s)", config.http.public_url, public_url.origin if public_url else "[http] public_url")
+        origin = public_url.origin if public_url else "[http] public_url"
+        log.info("emailed links carry %s (%s)", config.http.public_url, origin)
+        if origin != RECORDED:
+            log.warning("no public URL is recorded with this instance yet: run `cabinet init` so every command's "
+                        "links carry the same one")
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
 

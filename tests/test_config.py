@@ -153,3 +153,9 @@ def test_bad_values_are_named(tmp_path: Path, toml: str, message: str) -> None:
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_config(path, env={})
+
+
+def test_a_secret_setting_hides_itself_even_when_printed(tmp_path: Path) -> None:
+    config = load_config(None, env={"CABINET_MAIL_RELAY_PASSWORD": "relay-pass"})
+    assert config.mail.relay.password.reveal() == "relay-pass"
+    assert "relay-pass" not in repr(config.settings[("mail", "relay_password")])
