@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon import db
+from daemon import db, instance
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
 from daemon.errors import ConfigError
@@ -87,9 +87,10 @@ def initialise(config: Config) -> list[str]:
     engine = db.make_engine(config.database_url)
     try:
         db.upgrade(engine)
+        done.append("database schema is up to date")
+        done.append(instance.record_public_url(engine, config, SystemClock().now()))
     finally:
         engine.dispose()
-    done.append("database schema is up to date")
     return done
 
 
@@ -104,6 +105,8 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         raise ConfigError(f"data folder {config.storage.data_dir} does not exist; run `cabinet init` first")
     keys = SecretKeys.load(config.security.secret_keys_file)
     engine = db.make_engine(config.database_url)
+    # Links carry the public URL recorded with the instance, whichever command queues them.
+    config = instance.with_recorded_public_url(config, engine)
     sessions = db.make_sessionmaker(engine)
     signer = LinkSigner(keys, clock)
     links = Links(config.http.public_url)

@@ -1,23 +1,32 @@
-"""Configuration: TOML file, environment overrides, defaults.
+"""Configuration: TOML file, environment overrides, defaults — all declared once in ``SCHEMA``.
 
-Every key documented in ``config.example.toml`` is read here and nowhere else.
-Any key can be overridden by an environment variable named
-``CABINET_<SECTION>_<KEY>`` (e.g. ``CABINET_HTTP_LISTEN``), which is how
-container and systemd deployments usually pass settings.
+Every key Cabinet reads is a line of ``SCHEMA`` below and is read through it:
+the file's unknown sections and keys are refused (with a "did you mean"), the
+environment variable of every key is ``CABINET_<SECTION>_<KEY>`` (e.g.
+``CABINET_HTTP_LISTEN``, which is how container and systemd deployments
+usually pass settings), ``cabinet config check`` lists them all with where
+each value came from, and a test holds ``config.example.toml`` to the same
+defaults.
 """
 
 from __future__ import annotations
 
+import difflib
+import hmac
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Mapping
 
 from daemon.errors import ConfigError
 
 CONFIG_ENV = "CABINET_CONFIG"
+ENV_PREFIX = "CABINET_"
 LOCALES = ("en", "fr")
+DEFAULT = "default"  # the origin of a value nobody set
 
 
 class Secret:
@@ -34,10 +43,129 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)  # equal secrets must hash alike; the value itself stays out of it
+
     def __repr__(self) -> str:
         return "Secret('**********')"
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default (as written in the file), its kind, and a line of doc.
+
+    kinds: text, integer (with ``minimum``), number, flag, strings (a list), choice (of
+    ``choices``), path (relative to the config file's folder), listen (HOST:PORT).
+    An empty text or path default means "derived from other keys" (the doc says how).
+    """
+
+    default: Any
+    kind: str = "text"
+    doc: str = ""
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: int = 0
+
+
+# The one declaration of every key. To add a key, add one line here (a new section is a
+# new dict) and show it with its default in config.example.toml (tests/test_config.py
+# checks the example against this table). Its value is then checked, overridable from
+# the environment, listed by `cabinet config check` and readable as
+# ``config.value(section, key)``; give it a field in its section's dataclass (read in
+# ``load_config``) only if it needs deriving or checking across keys.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "general": {
+        "default_locale": Key("en", "choice", "language when nothing better is known", choices=LOCALES),
+        "timezone": Key("UTC", doc="time zone for people whose own is not recorded"),
+        "log_level": Key("INFO", "choice", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    },
+    "storage": {
+        "data_dir": Key("cabinet-data", "path", "database, signing keys and Maildir"),
+        "database_url": Key("", doc="empty: SQLite in data_dir"),
+    },
+    "http": {
+        "listen": Key("127.0.0.1:8080", "listen", "where the link handler listens"),
+        "public_url": Key("", doc="base of emailed links; empty: http://<listen>; recorded by `cabinet init`"),
+    },
+    "smtp": {
+        "listen": Key("127.0.0.1:8025", "listen", "where the inbound SMTP/LMTP listener listens"),
+        "domain": Key("localhost", doc="Cabinet's own mail domain"),
+    },
+    "mail": {
+        "from": Key("", doc='From: of every email; empty: "Cabinet <cabinet@<domain>>"'),
+        "transport": Key("maildir", "choice", "maildir or smtp", choices=("maildir", "smtp")),
+        "maildir": Key("", "path", "empty: data_dir/maildir"),
+        "relay_host": Key("localhost", doc="SMTP relay host"),
+        "relay_port": Key(25, "integer", "SMTP relay port", minimum=1),
+        "relay_tls": Key("starttls", "choice", "relay TLS", choices=("starttls", "tls", "none")),
+        "relay_user": Key("", doc="relay user name"),
+        "relay_password": Key("", doc="relay password (prefer relay_password_file)", secret=True),
+        "relay_password_file": Key("", "path", "file holding the relay password"),
+        "poll_interval": Key(2.0, "number", "seconds between outbox passes"),
+        "max_attempts": Key(8, "integer", "attempts before an email is marked failed", minimum=1),
+        "claim_lease": Key(120.0, "number", "seconds an instance holds the emails it sends"),
+    },
+    "security": {
+        "secret_keys_file": Key("", "path", "signing keys; empty: data_dir/secret_keys"),
+        "session_hours": Key(12, "integer", "how long a staff sign-in lasts", minimum=1),
+    },
+    "invitations": {
+        "ttl_days": Key(30, "integer", "how long an invitation link stays valid", minimum=1),
+    },
+    "scheduler": {
+        "interval": Key(60.0, "number", "seconds between deadline-job runs"),
+    },
+    "inbound": {
+        "protocol": Key("smtp", "choice", "smtp or lmtp", choices=("smtp", "lmtp")),
+        "max_message_size": Key(10485760, "integer", "bigger messages are refused", minimum=1024),
+        "max_recipients": Key(20, "integer", "recipients per transaction", minimum=1),
+        "max_line_length": Key(1001, "integer", "longest SMTP line", minimum=80),
+        "timeout": Key(300.0, "number", "idle seconds per connection"),
+        "max_connections": Key(100, "integer", "connections at once", minimum=1),
+        "max_attempts": Key(5, "integer", "processing attempts before quarantine", minimum=1),
+        "trusted_authserv_ids": Key([], "strings", "MTAs whose Authentication-Results are believed"),
+        "dkim_verify": Key(False, "flag", "verify DKIM in Cabinet itself"),
+        "firm_addresses": Key([], "strings", "extra inbox addresses accepted"),
+    },
+}
+
+
+def env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A key's effective value and where it came from: "default", the file's path, or an env var's name."""
+
+    value: Any
+    origin: str
+    secret: bool = False
+
+    def shown(self) -> Any:
+        """The value as ``cabinet config check`` prints it (JSON-able), secrets masked."""
+        value = self.value
+        if value is None:  # an empty path: its derived default applies
+            return ""
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if self.secret:
+            return "********" if value else ""
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, str):
+            return _URL_PASSWORD.sub(r"\1********@", value)  # database_url's password
+        return value
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -127,6 +255,11 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    # Every key of SCHEMA, (section, key) -> its effective value and origin (for `cabinet config check`).
+    settings: Mapping[tuple[str, str], Setting] = field(default_factory=dict, repr=False, compare=False)
+    # CABINET_* environment variables that name no section: not refused (the environment is
+    # shared with other tools) but shown by `cabinet config check` and logged by `cabinet serve`.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def database_url(self) -> str:
@@ -138,10 +271,17 @@ class Config:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    def value(self, section: str, key: str) -> Any:
+        """Any key of SCHEMA, typed (a path is absolute; an empty path or text is None or "")."""
+        return self.settings[(section, key)].value
+
+    def origin(self, section: str, key: str) -> str:
+        return self.settings[(section, key)].origin
+
 
 def _split_listen(value: str, key: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{key} must look like HOST:PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -151,74 +291,135 @@ def listen_address(value: str, key: str = "listen") -> tuple[str, int]:
     return _split_listen(value, key)
 
 
-class _Reader:
-    """Reads typed values from the TOML tree, letting the environment override."""
+def _did_you_mean(word: str, candidates: list[str], shown: str = "{}") -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f"; did you mean {shown.format(close[0])}?" if close else ""
 
-    def __init__(self, tree: Mapping[str, Any], env: Mapping[str, str], base: Path) -> None:
+
+def _check_file_keys(tree: Mapping[str, Any], source: Path) -> None:
+    """Refuse unknown sections and keys: a typo would otherwise silently leave the default in force."""
+    problems: list[str] = []
+    sections = list(SCHEMA)
+    for section, table in tree.items():
+        if section not in SCHEMA:
+            if isinstance(table, dict):
+                problems.append(f"unknown section [{section}]{_did_you_mean(section, sections, '[{}]')}")
+            else:
+                homes = [s for s in sections if section in SCHEMA[s]]
+                hint = f"; did you mean [{homes[0]}] {section}?" if homes else ""
+                problems.append(f"unknown key {section} outside any section{hint}")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"[{section}] must be a table")
+            continue
+        known = list(SCHEMA[section])
+        for key in table:
+            if key in SCHEMA[section]:
+                continue
+            hint = _did_you_mean(key, known)
+            if not hint:
+                homes = [s for s in sections if key in SCHEMA[s]]
+                hint = f"; did you mean [{homes[0]}] {key}?" if homes else ""
+            problems.append(f"unknown key [{section}] {key}{hint}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def _check_environment(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Refuse ``CABINET_<SECTION>_<TYPO>``; return warnings for CABINET_* names of no known section."""
+    known = [env_name(section, key)[len(ENV_PREFIX):] for section in SCHEMA for key in SCHEMA[section]]
+    problems: list[str] = []
+    warnings: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX):]  # compared without the shared prefix, which would make all names alike
+        if rest in known:
+            continue
+        hint = _did_you_mean(rest, known, ENV_PREFIX + "{}")
+        if rest.split("_", 1)[0].lower() in SCHEMA:
+            problems.append(f"unknown environment variable {name}{hint}")
+        else:
+            warnings.append(f"environment variable {name} is not a configuration key{hint}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return tuple(warnings)
+
+
+class _Reader:
+    """Reads each key of SCHEMA, typed, from the environment, else the file, else its default."""
+
+    def __init__(self, tree: Mapping[str, Any], env: Mapping[str, str], base: Path, source: Path | None) -> None:
         self._tree = tree
         self._env = env
         self._base = base
+        self._source = str(source) if source else ""
+        self.settings: dict[tuple[str, str], Setting] = {}
 
-    def _raw(self, section: str, key: str, default: Any) -> Any:
-        env_key = f"CABINET_{section}_{key}".upper()
-        if env_key in self._env:
-            return self._env[env_key]
+    def get(self, section: str, key: str, derived: Any = None) -> Any:
+        """The key's typed value; ``derived`` stands in for an empty value (see SCHEMA's docs)."""
+        spec = SCHEMA[section][key]
+        name = env_name(section, key)
         table = self._tree.get(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        return table.get(key, default)
-
-    def text(self, section: str, key: str, default: str) -> str:
-        value = self._raw(section, key, default)
-        if not isinstance(value, str):
-            raise ConfigError(f"[{section}] {key} must be a string, got {value!r}")
+        if name in self._env:
+            raw, origin = self._env[name], name
+        elif key in table:
+            raw, origin = table[key], self._source
+        else:
+            raw, origin = spec.default, DEFAULT
+        value = self._parse(spec, raw, f"[{section}] {key}")
+        if derived is not None and value in ("", None):
+            value = derived
+        # A secret is kept wrapped, so a Setting printed or logged by mistake still hides it.
+        self.settings[(section, key)] = Setting(Secret(value) if spec.secret else value, origin, spec.secret)
         return value
 
-    def integer(self, section: str, key: str, default: int, minimum: int = 0) -> int:
-        value = self._raw(section, key, default)
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"[{section}] {key} must be a whole number, got {value!r}") from None
-        if number < minimum:
-            raise ConfigError(f"[{section}] {key} must be at least {minimum}, got {number}")
-        return number
+    def settle(self, section: str, key: str, value: Any) -> None:
+        """Record the value finally used (normalised or derived), keeping its origin."""
+        before = self.settings[(section, key)]
+        self.settings[(section, key)] = Setting(value, before.origin, before.secret)
 
-    def number(self, section: str, key: str, default: float) -> float:
-        value = self._raw(section, key, default)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"[{section}] {key} must be a number, got {value!r}") from None
-
-    def flag(self, section: str, key: str, default: bool) -> bool:
-        value = self._raw(section, key, default)
-        if isinstance(value, bool):
+    def _parse(self, spec: Key, value: Any, name: str) -> Any:
+        kind = spec.kind
+        if kind in ("text", "choice", "listen", "path"):
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
+            if kind == "choice" and value not in spec.choices:
+                raise ConfigError(f"{name} must be one of {', '.join(spec.choices)}; got {value!r}")
+            if kind == "listen":
+                _split_listen(value, name)
+            if kind == "path":
+                if not value:
+                    return None
+                path = Path(value).expanduser()
+                return path if path.is_absolute() else (self._base / path)
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"[{section}] {key} must be true or false, got {value!r}")
-
-    def strings(self, section: str, key: str) -> tuple[str, ...]:
-        value = self._raw(section, key, [])
-        if isinstance(value, str):  # from the environment: comma-separated
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"[{section}] {key} must be a list of strings, got {value!r}")
-        return tuple(value)
-
-    def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(section, key, default)
-        if value not in choices:
-            raise ConfigError(f"[{section}] {key} must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def path(self, section: str, key: str, default: Path) -> Path:
-        value = self.text(section, key, "")
-        if not value:
-            return default
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self._base / path)
+        if kind == "integer":
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+            if number < spec.minimum:
+                raise ConfigError(f"{name} must be at least {spec.minimum}, got {number}")
+            return number
+        if kind == "number":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if kind == "flag":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        if kind == "strings":
+            if isinstance(value, str):  # from the environment: comma-separated
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+            return tuple(value)
+        raise AssertionError(f"unknown kind {kind!r} in SCHEMA for {name}")
 
 
 def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -238,72 +439,86 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
             tree = tomllib.loads(source.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {source}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {source} cannot be read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
+        _check_file_keys(tree, source)
+    warnings = _check_environment(env)
     base = source.parent if source else Path.cwd()
-    r = _Reader(tree, env, base)
+    r = _Reader(tree, env, base, source)
 
-    data_dir = r.path("storage", "data_dir", base / "cabinet-data")
-    storage = StorageConfig(data_dir=data_dir, database_url=r.text("storage", "database_url", ""))
+    data_dir: Path = r.get("storage", "data_dir", derived=base / "cabinet-data")
+    storage = StorageConfig(data_dir=data_dir, database_url=r.get("storage", "database_url"))
 
-    http_listen = r.text("http", "listen", "127.0.0.1:8080")
+    http_listen = r.get("http", "listen")
     host, port = _split_listen(http_listen, "[http] listen")
-    public_url = r.text("http", "public_url", "") or f"http://{host}:{port}"
+    public_url = r.get("http", "public_url", derived=f"http://{host}:{port}")
     if not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"[http] public_url must start with http:// or https://, got {public_url!r}")
-    http = HttpConfig(listen=http_listen, public_url=public_url.rstrip("/"))
+    public_url = public_url.rstrip("/")
+    r.settle("http", "public_url", public_url)
+    http = HttpConfig(listen=http_listen, public_url=public_url)
 
-    smtp_listen = r.text("smtp", "listen", "127.0.0.1:8025")
-    _split_listen(smtp_listen, "[smtp] listen")
-    domain = r.text("smtp", "domain", "localhost").lower()
+    smtp_listen = r.get("smtp", "listen")
+    domain = r.get("smtp", "domain").lower()
+    r.settle("smtp", "domain", domain)
     smtp = SmtpConfig(listen=smtp_listen, domain=domain)
 
-    password = r.text("mail", "relay_password", "")
-    password_file = r.path("mail", "relay_password_file", Path())
-    if not password and password_file != Path():
+    password = r.get("mail", "relay_password")
+    password_file: Path | None = r.get("mail", "relay_password_file")
+    if not password and password_file is not None:
         try:
             password = password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"[mail] relay_password_file cannot be read: {exc}") from None
     relay = RelayConfig(
-        host=r.text("mail", "relay_host", "localhost"),
-        port=r.integer("mail", "relay_port", 25, minimum=1),
-        tls=r.choice("mail", "relay_tls", "starttls", ("starttls", "tls", "none")),
-        user=r.text("mail", "relay_user", ""),
+        host=r.get("mail", "relay_host"),
+        port=r.get("mail", "relay_port"),
+        tls=r.get("mail", "relay_tls"),
+        user=r.get("mail", "relay_user"),
         password=Secret(password),
     )
+    # An empty From: would be sent as is and fail at every recipient: empty means the default.
+    from_address = r.get("mail", "from", derived=f"Cabinet <cabinet@{domain}>")
+    if "@" not in parseaddr(from_address)[1]:
+        raise ConfigError(f'[mail] from must be an address like "Cabinet <cabinet@{domain}>", got {from_address!r}')
     mail = MailConfig(
-        from_address=r.text("mail", "from", f"Cabinet <cabinet@{domain}>"),
-        transport=r.choice("mail", "transport", "maildir", ("maildir", "smtp")),
-        maildir=r.path("mail", "maildir", data_dir / "maildir"),
+        from_address=from_address,
+        transport=r.get("mail", "transport"),
+        maildir=r.get("mail", "maildir", derived=data_dir / "maildir"),
         relay=relay,
-        poll_interval=r.number("mail", "poll_interval", 2.0),
-        max_attempts=r.integer("mail", "max_attempts", 8, minimum=1),
-        claim_lease=r.number("mail", "claim_lease", 120.0),
+        poll_interval=r.get("mail", "poll_interval"),
+        max_attempts=r.get("mail", "max_attempts"),
+        claim_lease=r.get("mail", "claim_lease"),
     )
     security = SecurityConfig(
-        secret_keys_file=r.path("security", "secret_keys_file", data_dir / "secret_keys"),
-        session_hours=r.integer("security", "session_hours", 12, minimum=1),
+        secret_keys_file=r.get("security", "secret_keys_file", derived=data_dir / "secret_keys"),
+        session_hours=r.get("security", "session_hours"),
     )
-    invitations = InvitationsConfig(ttl_days=r.integer("invitations", "ttl_days", 30, minimum=1))
-    scheduler = SchedulerConfig(interval=r.number("scheduler", "interval", 60.0))
+    invitations = InvitationsConfig(ttl_days=r.get("invitations", "ttl_days"))
+    scheduler = SchedulerConfig(interval=r.get("scheduler", "interval"))
     inbound = InboundConfig(
-        protocol=r.choice("inbound", "protocol", "smtp", ("smtp", "lmtp")),
-        max_message_size=r.integer("inbound", "max_message_size", 10 * 1024 * 1024, minimum=1024),
-        max_recipients=r.integer("inbound", "max_recipients", 20, minimum=1),
-        max_line_length=r.integer("inbound", "max_line_length", 1001, minimum=80),
-        timeout=r.number("inbound", "timeout", 300.0),
-        max_connections=r.integer("inbound", "max_connections", 100, minimum=1),
-        max_attempts=r.integer("inbound", "max_attempts", 5, minimum=1),
-        trusted_authserv_ids=tuple(v.lower() for v in r.strings("inbound", "trusted_authserv_ids")),
-        dkim_verify=r.flag("inbound", "dkim_verify", False),
-        firm_addresses=tuple(v.lower() for v in r.strings("inbound", "firm_addresses")),
+        protocol=r.get("inbound", "protocol"),
+        max_message_size=r.get("inbound", "max_message_size"),
+        max_recipients=r.get("inbound", "max_recipients"),
+        max_line_length=r.get("inbound", "max_line_length"),
+        timeout=r.get("inbound", "timeout"),
+        max_connections=r.get("inbound", "max_connections"),
+        max_attempts=r.get("inbound", "max_attempts"),
+        trusted_authserv_ids=tuple(v.lower() for v in r.get("inbound", "trusted_authserv_ids")),
+        dkim_verify=r.get("inbound", "dkim_verify"),
+        firm_addresses=tuple(v.lower() for v in r.get("inbound", "firm_addresses")),
     )
     general = GeneralConfig(
-        default_locale=r.choice("general", "default_locale", "en", LOCALES),
-        timezone=r.text("general", "timezone", "UTC"),
-        log_level=r.choice("general", "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        default_locale=r.get("general", "default_locale"),
+        timezone=r.get("general", "timezone"),
+        log_level=r.get("general", "log_level"),
     )
+    for section, keys in SCHEMA.items():  # keys without a dataclass field, read by config.value()
+        for key in keys:
+            if (section, key) not in r.settings:
+                r.get(section, key)
     return Config(
         general=general,
         storage=storage,
@@ -315,4 +530,6 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        settings=r.settings,
+        warnings=warnings,
     )

@@ -6,9 +6,10 @@ import asyncio
 import fcntl
 import logging
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, TextIO, cast
+from typing import Any, Callable, Iterator, TextIO, cast
 
 from aiohttp import web
 
@@ -16,6 +17,7 @@ from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
 from daemon.errors import ConfigError
+from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
@@ -24,6 +26,16 @@ from daemon.web import make_app
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _listening(host: str, port: int, key: str) -> Iterator[None]:
+    """A listener that cannot bind is a configuration problem: say which address and which key sets it."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno and exc.errno > 0 else (exc.strerror or str(exc))
+        raise ConfigError(f"cannot listen on {host}:{port} (set by {key}): {reason}") from None
 
 
 class InstanceLock:
@@ -38,7 +50,10 @@ class InstanceLock:
         self._handle: TextIO | None = None
 
     def acquire(self, database: str) -> None:
-        handle = self._path.open("a+", encoding="utf-8")
+        try:
+            handle = self._path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot open {self._path} in the data folder ([storage] data_dir): {exc.strerror}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,7 +108,8 @@ class Service:
         await self._runner.setup()
         host, port = listen_address(config.http.listen, "[http] listen")
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        with _listening(host, port, "[http] listen"):
+            await site.start()
         server = cast(asyncio.Server, site._server)  # aiohttp keeps the bound asyncio server here
         self.http_port = server.sockets[0].getsockname()[1]
 
@@ -105,9 +121,10 @@ class Service:
         handler = InboundHandler(self.cabinet.inbound, config.inbound, processor.wake)
         smtp_host, smtp_port = listen_address(config.smtp.listen, "[smtp] listen")
         loop = asyncio.get_running_loop()
-        self._smtp = await loop.create_server(
-            make_protocol_factory(handler, config.inbound, config.smtp.domain), smtp_host, smtp_port
-        )
+        with _listening(smtp_host, smtp_port, "[smtp] listen"):
+            self._smtp = await loop.create_server(
+                make_protocol_factory(handler, config.inbound, config.smtp.domain), smtp_host, smtp_port
+            )
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
         self._stoppers = [worker.stop, processor.stop, scheduler.stop]
         self._tasks = [
@@ -116,10 +133,17 @@ class Service:
             asyncio.create_task(scheduler.run(), name="scheduler"),
         ]
         log.info(
-            "Cabinet is serving: HTTP on %s:%s (links use %s), %s on %s:%s, mail via %s",
-            host, self.http_port, config.http.public_url, config.inbound.protocol.upper(), smtp_host, self.smtp_port,
-            config.mail.transport,
+            "Cabinet is serving: HTTP on %s:%s, %s on %s:%s, mail via %s",
+            host, self.http_port, config.inbound.protocol.upper(), smtp_host, self.smtp_port, config.mail.transport,
         )
+        public_url = config.settings.get(("http", "public_url"))
+        origin = public_url.origin if public_url else "[http] public_url"
+        log.info("emailed links carry %s (%s)", config.http.public_url, origin)
+        if origin != RECORDED:
+            log.warning("no public URL is recorded with this instance yet: run `cabinet init` so every command's "
+                        "links carry the same one")
+        for warning in config.warnings:
+            log.warning("configuration: %s", warning)
 
     def _readiness(self) -> dict[str, bool]:
         return {

@@ -14,6 +14,7 @@ import click
 from daemon.cli import (
     clients,
     companies,
+    config,
     database,
     firms,
     inbound,
@@ -64,13 +65,37 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     Start with `cabinet init`, then `cabinet serve`. `cabinet demo` seeds a
     firm, an accountant, a client company and one invitation to try it out.
     """
-    state = CliState(config_path)
+    # $CABINET_CONFIG is read by load_config itself, so a --config after the command wins over it.
+    from_command_line = ctx.get_parameter_source("config_path") == click.core.ParameterSource.COMMANDLINE
+    state = CliState(config_path if from_command_line else None)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
 
-for module in (service, database, firms, staff, companies, invitations, clients, transfers, products, mail, inbound):
+def _config_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(CliState).use_config(value)  # type: ignore[union-attr]
+
+
+def add_config_option(command: click.Command) -> None:
+    """Give ``command`` and every command under it ``--config`` too: `cabinet firm list --config X`."""
+    command.params.append(
+        click.Option(
+            ["--config"], type=click.Path(dir_okay=False), expose_value=False, callback=_config_after_command,
+            help="Config file (TOML), as `cabinet --config PATH …`.",
+        )
+    )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_config_option(sub)
+
+
+for module in (
+    service, database, config, firms, staff, companies, invitations, clients, transfers, products, mail, inbound
+):
     module.register(cli)
+for command in cli.commands.values():
+    add_config_option(command)
 
 
 def main() -> Any:

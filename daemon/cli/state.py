@@ -9,6 +9,7 @@ import click
 
 from daemon.app import Cabinet, build
 from daemon.config import Config, load_config
+from daemon.errors import ConfigError
 
 
 class CliState:
@@ -16,6 +17,12 @@ class CliState:
         self._config_path = config_path
         self._config: Config | None = None
         self._cabinet: Cabinet | None = None
+
+    def use_config(self, path: str) -> None:
+        """``--config`` given after the command name (read before the config is first used)."""
+        if self._config_path is not None and self._config_path != path:
+            raise click.UsageError(f"--config given twice: {self._config_path} and {path}")
+        self._config_path = path
 
     @property
     def config(self) -> Config:
@@ -26,7 +33,10 @@ class CliState:
     @property
     def cabinet(self) -> Cabinet:
         if self._cabinet is None:
-            self._cabinet = build(self.config)
+            try:
+                self._cabinet = build(self.config)
+            except OSError as exc:  # e.g. an unreadable data folder or key file: one line, exit 78
+                raise ConfigError(f"cannot read {exc.filename or 'a file Cabinet needs'}: {exc.strerror}") from None
         return self._cabinet
 
     def close(self) -> None:
