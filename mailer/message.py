@@ -7,6 +7,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 
+from mailer.headers import display_name_text, set_header, unsafe_character
+
 
 def new_message_id(domain: str) -> str:
     return make_msgid(idstring="cabinet", domain=domain)
@@ -27,14 +29,17 @@ def build_message(
 ) -> EmailMessage:
     """A multipart/alternative (text + HTML) message with Cabinet's standard headers."""
     message = EmailMessage()
-    message["From"] = from_address
+    # Every value from data goes through set_header: see mailer.headers for why.
+    set_header(message, "From", from_address)
     local, _, domain = to.partition("@")
-    message["To"] = Address(display_name=to_name, username=local, domain=domain)
-    message["Subject"] = subject
+    if unsafe_character(to) is not None or not local or not domain:
+        raise ValueError("refusing to send to an address with control characters or no domain")
+    set_header(message, "To", Address(display_name=display_name_text(to_name), username=local, domain=domain))
+    set_header(message, "Subject", subject)
     message["Date"] = format_datetime(date)
     message["Message-ID"] = message_id
     if reply_to:
-        message["Reply-To"] = reply_to
+        set_header(message, "Reply-To", reply_to)
     if auto_submitted:
         # RFC 3834: tells auto-responders (out-of-office) not to answer.
         message["Auto-Submitted"] = "auto-generated"

@@ -1,0 +1,395 @@
+"""Cabinet's benchmark: each hot path as a ratio against a ceiling measured in the same run.
+
+    ./bench/run.sh                         every path, SQLite, 3 rounds
+    ./bench/run.sh --only link_get,accept  some paths
+    ./bench/run.sh --postgres URL          on a PostgreSQL server (a maintenance DB URL)
+    ./bench/run.sh --big                   also the 100k client list and the 1M-row roster
+
+The server under test (Cabinet or the ceiling) is pinned to core 0 and the load
+generator to core 1; rounds alternate A/B so drift in the machine's speed hits
+both sides alike. The ratio column is the median of each round's
+Cabinet/ceiling ratio, with the spread over rounds. Nothing here asserts a time:
+the figures are for people (README shows the latest table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+from sqlalchemy import create_engine, make_url
+
+from bench import seed
+from bench.instance import LOAD_CPU, SERVER_CPU, Ceiling, Instance, pinned, wait_until
+from bench.stats import median, spread
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Sample:
+    rate: float
+    p50: float
+    p99: float
+    errors: int = 0
+
+
+@dataclass
+class Row:
+    path: str
+    unit: str
+    budget: float | None
+    cabinet: list[Sample] = field(default_factory=list)
+    ceiling: list[Sample] = field(default_factory=list)
+    note: str = ""
+
+    def ratios(self) -> list[float]:
+        return [c.rate / b.rate for c, b in zip(self.cabinet, self.ceiling) if b.rate]
+
+
+class Databases:
+    """A fresh database per instance: SQLite in its folder, or one on a PostgreSQL server."""
+
+    def __init__(self, postgres: str | None) -> None:
+        self.postgres = postgres
+        self.count = 0
+
+    def new(self) -> str:
+        if not self.postgres:
+            return ""
+        self.count += 1
+        name = f"cabinet_bench_{int(time.time())}_{self.count}"
+        engine = create_engine(self.postgres, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        engine.dispose()
+        return make_url(self.postgres).set(database=name).render_as_string(hide_password=False)
+
+
+# --- wrk -------------------------------------------------------------------
+
+def _ms(text: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(base_url: str, requests_file: Path, connections: int, duration: float) -> Sample:
+    env = {"BENCH_REQUESTS": str(requests_file), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "--latency", "--timeout", "30s",
+                          "-s", str(HERE / "requests.lua"), base_url]),
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0))
+
+
+def httpload(base_url: str, requests_file: Path, connections: int) -> Sample:
+    """Each request of the file exactly once (an accept per invitation), over keep-alive connections."""
+    out = subprocess.run(
+        pinned(LOAD_CPU, [sys.executable, "-m", "bench.httpload", base_url, str(requests_file), str(connections)]),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result = json.loads(out)
+    errors = sum(v for k, v in result["codes"].items() if not k.startswith(("2", "3")))
+    return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors)
+
+
+def write_requests(path: Path, lines: list[tuple[str, str, str, str]]) -> Path:
+    path.write_text("".join("\t".join(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# --- the paths ---------------------------------------------------------------
+
+def alternate(rounds: int, row: Row, run_cabinet: Callable[[int], Sample], run_ceiling: Callable[[int], Sample]) -> None:
+    for r in range(rounds):
+        order = [("cabinet", run_cabinet), ("ceiling", run_ceiling)]
+        if r % 2:
+            order.reverse()
+        for side, run in order:
+            sample = run(r)
+            getattr(row, side).append(sample)
+            print(f"  {row.path} round {r + 1} {side}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
+                  f"p99 {sample.p99:.1f} ms, errors {sample.errors}", flush=True)
+
+
+def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
+    row = Row("link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4)
+    inst = Instance(work / "links", dbs.new())
+    inst.cli("init")
+    seeded = seed.seed_invitations(inst.config, 1000)
+    inst.start()
+    try:
+        size = len(httpx.get(inst.base_url + seeded.invitation_paths[0]).content)
+        requests = write_requests(work / "links.txt", [("GET", p, "", "") for p in seeded.invitation_paths])
+        ceiling = Ceiling(work, "static", str(size))
+        try:
+            alternate(args.rounds, row, lambda r: wrk(inst.base_url, requests, 32, args.duration),
+                      lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration))
+        finally:
+            ceiling.stop()
+        row.note = f"page {size} bytes; RSS {inst.rss_mb():.0f} MB"
+    finally:
+        inst.stop()
+    return row
+
+
+def _signed_in(base_url: str) -> tuple[str, str]:
+    """Cookie header and CSRF token of a signed-in accountant."""
+    with httpx.Client(base_url=base_url, headers={"Origin": base_url, "Sec-Fetch-Site": "same-origin"}) as client:
+        page = client.get("/sign-in").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        answer = client.post("/sign-in", data={"csrf_token": csrf, "email": seed.ACCOUNTANT, "password": seed.PASSWORD,
+                                                "next": "/"})
+        if answer.status_code not in (302, 303):
+            raise RuntimeError(f"sign-in answered {answer.status_code}")
+        page = client.get("/").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        return cookie, csrf
+
+
+def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
+    row = Row("accept POST (own invitation, signed in, CSRF)", "accepts/s", 0.2)
+    per_round = args.accepts
+    inst = Instance(work / "accept", dbs.new())
+    inst.cli("init")
+    seeded = seed.seed_invitations(inst.config, per_round * args.rounds)
+    inst.start()
+    try:
+        cookie, csrf = _signed_in(inst.base_url)
+        body = f"csrf_token={csrf}"
+        ceiling = Ceiling(work, "post")
+        try:
+            def run_cabinet(r: int) -> Sample:
+                paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
+                requests = write_requests(work / f"accept-{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
+                return httpload(inst.base_url, requests, 16)
+
+            def run_ceiling(r: int) -> Sample:
+                paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
+                requests = write_requests(work / f"accept-c{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
+                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
+
+            alternate(args.rounds, row, run_cabinet, run_ceiling)
+        finally:
+            ceiling.stop()
+    finally:
+        inst.stop()
+    return row
+
+
+def _smtpload(port: int, jobs: list[dict[str, str]], work: Path, name: str) -> Sample:
+    jobs_file = work / f"{name}.json"
+    jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
+    out = subprocess.run(
+        pinned(LOAD_CPU, [sys.executable, "-m", "bench.smtpload", "127.0.0.1", str(port), str(jobs_file), "8"]),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result = json.loads(out)
+    errors = sum(v for k, v in result["codes"].items() if k != "250")
+    return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors)
+
+
+def inbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
+    row = Row("inbound SMTP (8 connections, 3–8 KB replies, stored before 250)", "msg/s", 0.6)
+    inst = Instance(work / "inbound", dbs.new())
+    inst.cli("init")
+    seeded = seed.seed_invitations(inst.config, 200)
+    jobs = seed.reply_jobs(seeded, args.messages * args.rounds)
+    inst.start()
+    try:
+        ceiling = Ceiling(work, "smtp")
+        try:
+            alternate(
+                args.rounds, row,
+                lambda r: _smtpload(inst.smtp_port, jobs[r * args.messages:(r + 1) * args.messages], work, f"in-{r}"),
+                lambda r: _smtpload(ceiling.port, jobs[r * args.messages:(r + 1) * args.messages], work, f"in-c{r}"),
+            )
+        finally:
+            ceiling.stop()
+    finally:
+        inst.stop()
+    return row
+
+
+def outbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
+    row = Row(f"outbound ({args.emails:,} queued invitations to an SMTP relay)", "emails/s", 0.8)
+    count_file = work / "sink.count"
+    saved = work / "sent"
+    saved.mkdir()
+    sink = Ceiling(work, "sink", str(count_file), str(saved), cpu=LOAD_CPU)
+    template = work / "outbound-template"
+    try:
+        # One seeded instance, copied for each round, so each round sends the same queue.
+        database = dbs.new()
+        inst = Instance(template, database, relay_port=sink.port)
+        inst.cli("init")
+        seed.seed_invitations(inst.config, args.emails)
+
+        def run_cabinet(r: int) -> Sample:
+            if database:  # PostgreSQL: one queue per round means one seeding per round
+                if r:
+                    fresh = Instance(work / f"outbound-{r}", dbs.new(), relay_port=sink.port)
+                    fresh.cli("init")
+                    seed.seed_invitations(fresh.config, args.emails)
+                    config = fresh.config
+                else:
+                    config = inst.config
+            else:
+                copy = work / f"outbound-{r}"
+                shutil.copytree(template, copy)
+                config = copy / "cabinet.toml"
+            out = subprocess.run(pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "cabinet", str(config)]),
+                                 capture_output=True, text=True, check=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            return Sample(result["count"] / result["elapsed"], 0.0, 0.0, args.emails - result["count"])
+
+        def run_raw(r: int) -> Sample:
+            wait_until(lambda: len(list(saved.glob("*.eml"))) >= args.emails, 600, "the first Cabinet round's emails")
+            out = subprocess.run(
+                pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "raw", "127.0.0.1", str(sink.port), str(saved)]),
+                capture_output=True, text=True, check=True,
+            ).stdout
+            result = json.loads(out)
+            return Sample(result["count"] / result["elapsed"], 0.0, 0.0, 0)
+
+        for r in range(args.rounds):  # Cabinet first: its first round records the bytes the raw sender replays
+            for side, run in [("cabinet", run_cabinet), ("ceiling", run_raw)]:
+                sample = run(r)
+                getattr(row, side).append(sample)
+                print(f"  outbound round {r + 1} {side}: {sample.rate:.1f} emails/s, errors {sample.errors}", flush=True)
+    finally:
+        sink.stop()
+    return row
+
+
+def client_list(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
+    row = Row(f"`cabinet client list --firm X --json` at {args.clients:,} clients", "s", None)
+    inst = Instance(work / "clients", dbs.new())
+    inst.cli("init")
+    seed.seed_invitations(inst.config, 1)
+    seed.bulk_clients(inst.config, args.clients)
+    times = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        subprocess.run(pinned(SERVER_CPU, [str(Path(sys.executable).parent / "cabinet"), "--config", str(inst.config),
+                                           "client", "list", "--firm", seed.FIRM, "--json"]),
+                       stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - started)
+    row.note = f"median {median(times):.2f} s over {len(times)} runs (budget < 2 s)"
+    row.cabinet = [Sample(t, 0, 0) for t in times]
+    return row
+
+
+def big_roster(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
+    row = Row(f"link GET p99 with {args.big_rows:,} roster rows vs 1,000", "req/s", None)
+    inst = Instance(work / "big", dbs.new())
+    inst.cli("init")
+    seeded = seed.seed_invitations(inst.config, 1000)
+    requests = write_requests(work / "big.txt", [("GET", p, "", "") for p in seeded.invitation_paths])
+    inst.start()
+    small = [wrk(inst.base_url, requests, 32, args.duration) for _ in range(args.rounds)]
+    inst.stop()
+    seed.bulk_clients(inst.config, args.big_rows)
+    inst.start()
+    large = [wrk(inst.base_url, requests, 32, args.duration) for _ in range(args.rounds)]
+    rss = inst.rss_mb()
+    inst.stop()
+    row.cabinet, row.ceiling = large, small
+    p99_ratio = median([s.p99 for s in large]) / max(median([s.p99 for s in small]), 1e-9)
+    row.note = f"p99 {p99_ratio:.2f}× of 1k (budget ≤ 1.2×); RSS {rss:.0f} MB (budget ≤ 150 MB)"
+    return row
+
+
+PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], Row]] = {
+    "link_get": link_get,
+    "accept": accept,
+    "inbound": inbound,
+    "outbound": outbound,
+}
+BIG_PATHS = {"client_list": client_list, "big_roster": big_roster}
+
+
+def report(rows: list[Row], database: str) -> str:
+    lines = [
+        f"Database: {database}. Server pinned to core {SERVER_CPU}, load to core {LOAD_CPU}.",
+        "",
+        "| path | Cabinet (median) | ceiling (median) | ratio (median, spread) | budget | Cabinet p50 / p99 | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if row.budget is None:
+            lines.append(f"| {row.path} | | | | | | {row.note} |")
+            continue
+        ratios = row.ratios()
+        cab = median([s.rate for s in row.cabinet])
+        ceil = median([s.rate for s in row.ceiling])
+        p50 = median([s.p50 for s in row.cabinet])
+        p99 = median([s.p99 for s in row.cabinet])
+        errors = sum(s.errors for s in row.cabinet)
+        note = row.note + (f"; {errors} errors" if errors else "")
+        lines.append(
+            f"| {row.path} | {cab:,.1f} {row.unit} | {ceil:,.1f} {row.unit} | {median(ratios):.3f} ({spread(ratios)}) "
+            f"| ≥ {row.budget} | {p50:.1f} / {p99:.1f} ms | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated paths: " + ", ".join([*PATHS, *BIG_PATHS]))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk round")
+    parser.add_argument("--accepts", type=int, default=300, help="accepts per round")
+    parser.add_argument("--messages", type=int, default=1000, help="inbound messages per round")
+    parser.add_argument("--emails", type=int, default=2000, help="queued emails per outbound round")
+    parser.add_argument("--clients", type=int, default=100_000, help="roster size for client_list")
+    parser.add_argument("--big-rows", type=int, default=1_000_000, help="roster rows for big_roster")
+    parser.add_argument("--big", action="store_true", help="also run client_list and big_roster")
+    parser.add_argument("--postgres", help="maintenance database URL of a PostgreSQL server to run on")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+    chosen = dict(PATHS)
+    if args.big:
+        chosen.update(BIG_PATHS)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PATHS and n not in BIG_PATHS]
+        if unknown:
+            parser.error(f"unknown path(s): {', '.join(unknown)}")
+        chosen = {n: {**PATHS, **BIG_PATHS}[n] for n in names}
+    work = Path(tempfile.mkdtemp(prefix="cabinet-bench-"))
+    dbs = Databases(args.postgres)
+    rows = []
+    try:
+        for name, path in chosen.items():
+            print(f"== {name}", flush=True)
+            rows.append(path(work, dbs, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work folder kept: {work}")
+    print()
+    print(report(rows, "PostgreSQL" if args.postgres else "SQLite (embedded default)"))
+
+
+if __name__ == "__main__":
+    main()
