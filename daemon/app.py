@@ -54,6 +54,7 @@ class Cabinet:
     templates_dir: Path
 
     def close(self) -> None:
+        db.close_sessions(self.sessions)
         self.engine.dispose()
 
     def ping_database(self) -> None:

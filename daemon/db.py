@@ -6,19 +6,30 @@ loss or an OS crash, not only a process crash) and ``foreign_keys=ON``.
 ``busy_timeout`` makes a second connection wait for the writer instead of
 failing at once.
 
-PostgreSQL (``postgresql+psycopg://…``) gets a pooled engine with pre-ping;
-the same Alembic migrations build its schema.
+Writes on SQLite go through one writer with group commit (``GroupWriter``):
+SQLite has one write lock per database, and threads polling for it
+(``busy_timeout`` backs off 1–100 ms) leave it idle after each release. So
+inside one process, write transactions queue on a plain lock, each runs in a
+SAVEPOINT of one shared transaction, and one COMMIT (one fsync) makes a whole
+group durable; every caller still gets its own success or failure, and none
+returns before its group is durable.
+
+PostgreSQL (``postgresql+psycopg://…``) gets a pooled engine with pre-ping and
+short transactions of its own per caller; the same Alembic migrations build
+its schema.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -75,13 +86,150 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+class _Group:
+    """Write transactions committed together: their callers wait for ``done``."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class GroupWriter:
+    """SQLite's single writer in this process, with group commit.
+
+    Each write transaction (a *unit*) takes a FIFO-ish lock, runs on the one
+    write connection inside a SAVEPOINT of the current group's transaction,
+    and releases the lock. The unit that finds nobody queued behind it (or a
+    full or old group) commits the group: one fsync for all its units. A unit
+    that fails rolls back to its savepoint only; a COMMIT that fails (disk
+    full) fails every unit of that group, so nobody is told "done" for work
+    that is not durable.
+    """
+
+    def __init__(self, engine: Engine, max_group: int = 64, max_age: float = 0.05) -> None:
+        self._engine = engine
+        self._max_group = max_group
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._queue = threading.Lock()  # guards _waiting
+        self._waiting = 0
+        self._owner: int | None = None
+        self._connection: Connection | None = None
+        self._transaction: RootTransaction | None = None
+        self._group: _Group | None = None
+
+    def _begin(self) -> tuple[Connection, _Group]:
+        if self._connection is None or self._connection.closed:
+            self._connection = self._engine.connect().execution_options(**WRITE)
+        if self._group is None:
+            self._transaction = self._connection.begin()  # BEGIN IMMEDIATE (see _sqlite_begin)
+            self._group = _Group()
+        return self._connection, self._group
+
+    def _finish(self, group: _Group) -> None:
+        """Commit the group (lock held); its callers learn the outcome through ``group``."""
+        self._group = None
+        transaction, self._transaction = self._transaction, None
+        try:
+            assert transaction is not None
+            transaction.commit()
+        except BaseException as exc:
+            group.error = exc
+            try:
+                transaction.rollback()  # type: ignore[union-attr]
+            except Exception:
+                pass
+            if self._connection is not None:
+                self._connection.invalidate()  # a connection that failed to commit is not reused
+                self._connection = None
+        finally:
+            group.done.set()
+
+    def _should_commit(self, group: _Group) -> bool:
+        with self._queue:
+            nobody_waiting = self._waiting == 0
+        return nobody_waiting or group.members >= self._max_group or time.monotonic() - group.started >= self._max_age
+
+    @contextmanager
+    def unit(self) -> Iterator[Session]:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError("a write transaction inside another one on the same thread would wait for itself")
+        with self._queue:
+            self._waiting += 1
+        self._lock.acquire()
+        with self._queue:
+            self._waiting -= 1
+        self._owner = me
+        group: _Group | None = None
+        try:
+            try:
+                connection, group = self._begin()
+            except BaseException:
+                self._transaction, self._group = None, None
+                raise
+            session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+            try:
+                with session.begin():
+                    yield session
+                group.members += 1
+            finally:
+                session.close()
+                if self._should_commit(group):
+                    self._finish(group)
+        finally:
+            self._owner = None
+            self._lock.release()
+        # Outside the lock: the next unit runs while this caller waits for durability.
+        group.wait()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._group is not None:
+                self._finish(self._group)
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+class CabinetSessions(sessionmaker[Session]):
+    """Cabinet's session factory: ``writer`` is set on SQLite, where writes go through it."""
+
+    writer: GroupWriter | None = None
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    sessions = CabinetSessions(engine, expire_on_commit=False)
+    if engine.dialect.name == "sqlite":
+        sessions.writer = GroupWriter(engine)
+    return sessions
+
+
+def close_sessions(sessions: sessionmaker[Session]) -> None:
+    writer = getattr(sessions, "writer", None)
+    if writer is not None:
+        writer.close()
 
 
 @contextmanager
 def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in a write transaction, committed on success, rolled back on error."""
+    """A session in a write transaction, committed on success, rolled back on error.
+
+    On SQLite it is a unit of the group writer (returns once durable); on
+    PostgreSQL a short transaction of its own from the pool.
+    """
+    writer = getattr(sessions, "writer", None)
+    if writer is not None:
+        with writer.unit() as session:
+            yield session
+        return
     with sessions.begin() as session:
         session.connection(execution_options=WRITE)
         yield session

@@ -1,0 +1,142 @@
+"""SQLite's single writer with group commit (daemon.db.GroupWriter), on a real
+SQLite file: many callers, fewer commits, and each caller its own outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import IntegrityError
+
+from daemon import db
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'group.sqlite3'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER "
+            "REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        conn.exec_driver_sql("INSERT INTO parent (id) VALUES (1)")
+    yield engine
+    engine.dispose()
+
+
+def commits_counted(engine: Engine) -> list[int]:
+    counter = [0]
+
+    def on_commit(conn: Any) -> None:
+        counter[0] += 1
+
+    event.listen(engine, "commit", on_commit)
+    return counter
+
+
+def rows(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql("SELECT id FROM child ORDER BY id")]
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def test_concurrent_writers_all_commit_in_fewer_groups(engine: Engine) -> None:
+    sessions = db.make_sessionmaker(engine)
+    commits = commits_counted(engine)
+    errors: list[BaseException] = []
+
+    def writer(base: int) -> None:
+        try:
+            for i in range(25):
+                with db.write_transaction(sessions) as s:
+                    s.execute(text("INSERT INTO child (id, parent_id) VALUES (:id, 1)"), {"id": base + i})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n * 1000,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    db.close_sessions(sessions)
+    assert errors == []
+    assert len(rows(engine)) == 200
+    # Every caller returned after a commit, and commits were shared.
+    assert 1 <= commits[0] <= 200
+    print(f"200 write transactions in {commits[0]} commits")
+
+
+def test_failing_unit_rolls_back_alone(engine: Engine) -> None:
+    sessions = db.make_sessionmaker(engine)
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (1, 1)"))
+    with pytest.raises(ZeroDivisionError):
+        with db.write_transaction(sessions) as s:
+            s.execute(text("INSERT INTO child (id, parent_id) VALUES (2, 1)"))
+            1 / 0
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (3, 1)"))
+    db.close_sessions(sessions)
+    assert rows(engine) == [1, 3]
+
+
+def test_failed_group_commit_fails_every_member(engine: Engine) -> None:
+    """A COMMIT that fails (here a deferred foreign key, as a full disk would)
+    fails every unit of its group: nobody is told "done" for lost work."""
+    sessions = db.make_sessionmaker(engine)
+    writer = sessions.writer  # type: ignore[attr-defined]
+    outcomes: dict[str, str] = {}
+    first_inside = threading.Event()
+
+    def bad() -> None:
+        try:
+            with db.write_transaction(sessions) as s:
+                s.execute(text("INSERT INTO child (id, parent_id) VALUES (10, 999)"))  # checked at COMMIT
+                first_inside.set()
+                wait_for(lambda: writer._waiting > 0, "the second unit to queue behind the first")
+            outcomes["bad"] = "ok"
+        except IntegrityError:
+            outcomes["bad"] = "failed"
+
+    def good() -> None:
+        first_inside.wait()
+        try:
+            with db.write_transaction(sessions) as s:
+                s.execute(text("INSERT INTO child (id, parent_id) VALUES (11, 1)"))
+            outcomes["good"] = "ok"
+        except IntegrityError:
+            outcomes["good"] = "failed"
+
+    threads = [threading.Thread(target=bad), threading.Thread(target=good)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == {"bad": "failed", "good": "failed"}
+    assert rows(engine) == []
+    # The writer recovers: the next unit commits on its own.
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (12, 1)"))
+    db.close_sessions(sessions)
+    assert rows(engine) == [12]
+
+
+def test_nested_write_transaction_is_refused_not_deadlocked(engine: Engine) -> None:
+    sessions = db.make_sessionmaker(engine)
+    with pytest.raises(RuntimeError, match="inside another"):
+        with db.write_transaction(sessions):
+            with db.write_transaction(sessions):
+                pass
+    db.close_sessions(sessions)
