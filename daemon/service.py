@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
+from daemon.db import POSTGRESQL_ENGINE_OPTIONS
 from daemon.errors import ConfigError
 from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
@@ -96,6 +98,12 @@ class Service:
 
     async def start(self) -> None:
         config = self.cabinet.config
+        # Database work runs in threads. On SQLite those threads queue on the
+        # group writer, so more of them in flight means larger groups (one
+        # fsync for more callers); on PostgreSQL more threads than pooled
+        # connections would only wait for the pool.
+        threads = 32 if config.is_sqlite else POSTGRESQL_ENGINE_OPTIONS["pool_size"] + POSTGRESQL_ENGINE_OPTIONS["max_overflow"]
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="cabinet-db"))
         if config.is_sqlite:
             self._lock = InstanceLock(config.storage.data_dir / "serve.lock")
             self._lock.acquire(config.database_url)
