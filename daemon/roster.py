@@ -49,7 +49,7 @@ class InvitationUnavailable(InvalidState):
     """The invitation can no longer be acted on; ``view`` says what happened to it."""
 
     def __init__(self, view: InvitationView) -> None:
-        super().__init__(f"this invitation is {view.status}")
+        super().__init__(f"this invitation is {view.status}", current=view)
         self.view = view
 
 

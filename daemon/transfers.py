@@ -87,7 +87,7 @@ class TransferView:
 
 class TransferUnavailable(InvalidState):
     def __init__(self, view: TransferView) -> None:
-        super().__init__(f"this billing transfer is {view.status}")
+        super().__init__(f"this billing transfer is {view.status}", current=view)
         self.view = view
 
 

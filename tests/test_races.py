@@ -1,0 +1,378 @@
+"""Two requests on one row at once: exactly one wins, the other hears what happened, the emails match.
+
+Each contender is a thread calling the real domain functions with its own
+sessions. On PostgreSQL the race is forced, not hoped for: the domain is built
+with a checkpoint (``DomainContext.checkpoint``, the seam of
+``daemon.transitions``) that holds every contender between its read and its
+guarded UPDATE until all of them got there, then lets them go together. Both
+have read "pending"; both UPDATE; the row lock orders them and the second
+matches nothing.
+
+On SQLite a write transaction takes the database lock at BEGIN (``BEGIN
+IMMEDIATE``), so two contenders cannot both be between read and write: holding
+one there would hold the other at BEGIN and never meet. There the contenders run
+concurrently without the checkpoint, and the same outcome is checked.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any, Callable, Iterator
+
+import pytest
+from sqlalchemy import select
+
+from daemon.app import Cabinet, build
+from daemon.config import load_config
+from daemon.domain import DomainContext
+from daemon.errors import CabinetError, InvalidState
+from daemon.inbound import Inbound
+from daemon.models import Invitation, OutboxMessage
+from daemon.onboarding import Onboarding
+from daemon.roster import InvitationUnavailable, Roster
+from daemon.tokens import Purpose
+from daemon.transfers import BillingTransfers, TransferChanged, TransferUnavailable
+from daemon.transitions import Checkpoint
+from tests.conftest import PASSWORD, Cli, Env, FakeClock
+from tests.inbound_helpers import TRUSTED_MTA, reply
+
+# A safety net for a broken test, never a pace: contenders meet as soon as both arrive.
+MEETING_TIMEOUT = 120
+
+
+class Gate:
+    """A checkpoint that holds each thread at its first transition until ``parties`` threads are there."""
+
+    def __init__(self, parties: int) -> None:
+        self._barrier = threading.Barrier(parties, timeout=MEETING_TIMEOUT)
+        self._passed: set[int] = set()
+        self._arrived = threading.Condition()
+        self.arrivals = 0
+
+    def __call__(self, table: str, row_id: int, wanted: str) -> None:
+        me = threading.get_ident()
+        with self._arrived:
+            if me in self._passed:
+                return  # only a contender's first transition is the race; what follows runs freely
+            self._passed.add(me)
+            self.arrivals += 1
+            self._arrived.notify_all()
+        self._barrier.wait()
+
+    def wait_arrivals(self, count: int) -> None:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: self.arrivals >= count, timeout=MEETING_TIMEOUT)
+
+
+@dataclass
+class Outcome:
+    result: Any = None
+    error: BaseException | None = None
+
+    @property
+    def won(self) -> bool:
+        return self.error is None
+
+
+def contend(*calls: Callable[[], Any], gate: Gate | None = None, between: Callable[[], None] | None = None) -> list[Outcome]:
+    """Run each call in its own thread; ``between`` runs once the first is held at its checkpoint."""
+    outcomes = [Outcome() for _ in calls]
+
+    def runner(i: int) -> None:
+        try:
+            outcomes[i].result = calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects what each contender got
+            outcomes[i].error = exc
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(len(calls))]
+    if between is not None:
+        threads[0].start()
+        if gate is not None:
+            gate.wait_arrivals(1)
+        else:
+            threads[0].join()
+        between()
+        for thread in threads[1:]:
+            thread.start()
+    else:
+        for thread in threads:
+            thread.start()
+    for thread in threads:
+        thread.join(MEETING_TIMEOUT)
+        assert not thread.is_alive(), "a contender never finished"
+    return outcomes
+
+
+@dataclass
+class Domain:
+    """The domain services as the composition root builds them, with a checkpoint of the test's own."""
+
+    cabinet: Cabinet
+    ctx: DomainContext
+    roster: Roster
+    transfers: BillingTransfers
+    onboarding: Onboarding
+    inbound: Inbound
+
+
+def gated(cabinet: Cabinet, checkpoint: Checkpoint | None) -> Domain:
+    ctx = cabinet.roster.context if checkpoint is None else replace(cabinet.roster.context, checkpoint=checkpoint)
+    roster = Roster(ctx)
+    config = cabinet.config
+    inbound = Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address)
+    return Domain(cabinet, ctx, roster, BillingTransfers(ctx), Onboarding(ctx), inbound)
+
+
+@pytest.fixture
+def env(env: Env) -> Env:
+    with env.config_path.open("a", encoding="utf-8") as handle:
+        handle.write(f'\n[inbound]\ntrusted_authserv_ids = ["{TRUSTED_MTA}"]\n')
+    return env
+
+
+@pytest.fixture
+def cabinet(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("staff", "add", "marie@tremblay.example", "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example", "--admin-name", "Julie Roy",
+        "--locale", "en")
+    built = build(load_config(env.config_path), clock=clock)
+    yield built
+    built.close()
+
+
+COMPANY, ACCOUNTANT, ADMIN = "Boulangerie Roy", "marie@tremblay.example", "julie@roy.example"
+
+
+def new_gate(env: Env) -> Gate | None:
+    return None if env.is_sqlite else Gate(2)
+
+
+def emails(env: Env) -> list[tuple[str, str]]:
+    """The queued emails, as (template, recipient), in order."""
+    return [(r[0], r[1]) for r in env.sql("SELECT kind, recipient FROM outbox ORDER BY id")]
+
+
+def invitation_token(cabinet: Cabinet, invitation_id: int) -> str:
+    with cabinet.sessions() as s:
+        invitation = s.get(Invitation, invitation_id)
+        assert invitation is not None
+        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
+
+
+def one_winner(outcomes: list[Outcome], error: type[CabinetError]) -> tuple[int, Outcome]:
+    winners = [i for i, o in enumerate(outcomes) if o.won]
+    assert len(winners) == 1, [o.error for o in outcomes]
+    loser = outcomes[1 - winners[0]]
+    assert isinstance(loser.error, error), repr(loser.error)
+    assert isinstance(loser.error, InvalidState) and loser.error.current is not None
+    return winners[0], loser
+
+
+def user_id(cabinet: Cabinet) -> int:
+    return cabinet.roster.find_staff(ACCOUNTANT).id
+
+
+# -- invitations -----------------------------------------------------------------------------------
+
+
+def test_accept_and_revoke(cabinet: Cabinet, env: Env) -> None:
+    gate = new_gate(env)
+    domain = gated(cabinet, gate)
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    token = invitation_token(cabinet, sent.id)
+    me = user_id(cabinet)
+
+    outcomes = contend(
+        lambda: domain.roster.accept_invitation(token, me, None),
+        lambda: domain.roster.revoke_invitation(sent.id),
+        gate=gate,
+    )
+    winner, loser = one_winner(outcomes, InvitationUnavailable)
+    (state,) = env.sql("SELECT state FROM invitations")
+    roster = cabinet.roster.list_clients("Tremblay CPA")
+    if winner == 0:
+        assert state == ("accepted",) and loser.error.view.status == "accepted"
+        assert [c.name for c in roster] == [COMPANY]
+        assert emails(env) == [("invitation", ACCOUNTANT), ("invitation_accepted", ADMIN), ("client_added", ACCOUNTANT)]
+    else:
+        assert state == ("revoked",) and loser.error.view.status == "revoked"
+        assert roster == []
+        assert emails(env) == [("invitation", ACCOUNTANT)]
+
+
+def test_accept_and_resend(cabinet: Cabinet, env: Env) -> None:
+    gate = new_gate(env)
+    domain = gated(cabinet, gate)
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    token = invitation_token(cabinet, sent.id)
+    me = user_id(cabinet)
+
+    outcomes = contend(
+        lambda: domain.roster.accept_invitation(token, me, None),
+        lambda: domain.roster.send_invitation(COMPANY, ACCOUNTANT),
+        gate=gate,
+    )
+    states = [r[0] for r in env.sql("SELECT state FROM invitations ORDER BY id")]
+    roster = cabinet.roster.list_clients("Tremblay CPA")
+    if env.is_sqlite and all(o.won for o in outcomes):
+        # Serialised with the accept first, the resend found nothing pending: a new invitation after
+        # the acceptance, as a minute later. (Only PostgreSQL can hold both between read and write.)
+        assert states == ["accepted", "pending"]
+        assert [c.name for c in roster] == [COMPANY]
+        return
+    winner, loser = one_winner(outcomes, InvitationUnavailable)
+    if winner == 0:
+        # The accept won: the resend is told the invitation was accepted, and sends nothing.
+        assert states == ["accepted"] and loser.error.view.status == "accepted"
+        assert [c.name for c in roster] == [COMPANY]
+        assert emails(env) == [("invitation", ACCOUNTANT), ("invitation_accepted", ADMIN), ("client_added", ACCOUNTANT)]
+    else:
+        # The resend won: the old link is superseded, nobody joins the roster, one fresh invitation.
+        assert states == ["superseded", "pending"] and loser.error.view.status == "superseded"
+        assert roster == []
+        assert emails(env) == [("invitation", ACCOUNTANT), ("invitation", ACCOUNTANT)]
+
+
+def test_accept_by_link_and_accept_by_reply(cabinet: Cabinet, env: Env) -> None:
+    gate = new_gate(env)
+    domain = gated(cabinet, gate)
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    token = invitation_token(cabinet, sent.id)
+    me = user_id(cabinet)
+    with cabinet.sessions() as s:
+        ref = s.scalar(select(OutboxMessage.ref).where(OutboxMessage.invitation_id == sent.id))
+    assert ref is not None
+    reply_to = cabinet.outbox.address(Purpose.REPLY, ref)
+    message: EmailMessage = reply(reply_to, ACCOUNTANT, "Accept")
+    stored = domain.inbound.store(ACCOUNTANT, [reply_to], message.as_bytes(policy=SMTP_POLICY))
+
+    outcomes = contend(
+        lambda: domain.roster.accept_invitation(token, me, None),
+        lambda: domain.inbound.process(stored),
+        gate=gate,
+    )
+    # The reply's processing always finishes (a refused command is an outcome, not a failure).
+    assert outcomes[1].won, outcomes[1].error
+    (row,) = env.sql("SELECT state, kind, outcome FROM inbound")
+    assert row[0] == "processed" and row[1] == "command"
+    link_won = outcomes[0].won
+    if link_won:
+        assert "not executed" in row[2] and "accepted" in row[2]
+        assert env.sql("SELECT channel FROM events WHERE kind = 'invitation.accepted'") == [("link",)]
+    else:
+        assert isinstance(outcomes[0].error, InvitationUnavailable)
+        assert outcomes[0].error.view.status == "accepted"
+        assert "accepted by reply" in row[2]
+        assert env.sql("SELECT channel FROM events WHERE kind = 'invitation.accepted'") == [("reply",)]
+    assert env.sql("SELECT state FROM invitations") == [("accepted",)]
+    assert [c.name for c in cabinet.roster.list_clients("Tremblay CPA")] == [COMPANY]
+    assert emails(env) == [("invitation", ACCOUNTANT), ("invitation_accepted", ADMIN), ("client_added", ACCOUNTANT)]
+
+
+def test_renew_twice(cabinet: Cabinet, env: Env, clock: FakeClock) -> None:
+    gate = new_gate(env)
+    domain = gated(cabinet, gate)
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    clock.advance(days=31)
+    cabinet.roster.expire_invitations()
+    with cabinet.sessions() as s:
+        old = s.get(Invitation, sent.id)
+        assert old is not None and old.state == "expired"
+        renewal = cabinet.signer.sign(Purpose.MANAGE, ["renew", old.id, old.nonce])
+    before = emails(env)
+
+    outcomes = contend(
+        lambda: domain.roster.renew_invitation(renewal),
+        lambda: domain.roster.renew_invitation(renewal),
+        gate=gate,
+    )
+    # Both presses answer with the one invitation the winner sent: one new row, one new email.
+    assert all(o.won for o in outcomes), [o.error for o in outcomes]
+    assert outcomes[0].result.id == outcomes[1].result.id != sent.id
+    assert [r[0] for r in env.sql("SELECT state FROM invitations ORDER BY id")] == ["superseded", "pending"]
+    assert emails(env)[len(before):] == [("invitation", ACCOUNTANT)]
+
+
+# -- billing transfers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def connected(cabinet: Cabinet) -> Cabinet:
+    """The company is on Tremblay CPA's roster (invitation accepted)."""
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    cabinet.roster.accept_invitation(invitation_token(cabinet, sent.id), user_id(cabinet), None)
+    return cabinet
+
+
+def transfer_token(cabinet: Cabinet, transfer_id: int) -> str:
+    from daemon.models import BillingTransfer
+
+    with cabinet.sessions() as s:
+        transfer = s.get(BillingTransfer, transfer_id)
+        assert transfer is not None
+        return cabinet.signer.sign(Purpose.TRANSFER, [transfer.id, transfer.nonce])
+
+
+def test_allow_twice(connected: Cabinet, env: Env) -> None:
+    cabinet = connected
+    gate = new_gate(env)
+    domain = gated(cabinet, gate)
+    first = cabinet.transfers.allow(COMPANY, "Tremblay CPA")
+    before = emails(env)
+
+    outcomes = contend(
+        lambda: domain.transfers.allow(COMPANY, "Tremblay CPA"),
+        lambda: domain.transfers.allow(COMPANY, "Tremblay CPA"),
+        gate=gate,
+    )
+    if env.is_sqlite:
+        # Serialised: the second allow replaces the first one's permission, as allowing again does.
+        assert all(o.won for o in outcomes)
+        assert [r[0] for r in env.sql("SELECT state FROM billing_transfers ORDER BY id")] == [
+            "superseded", "superseded", "pending"]
+        return
+    winner, loser = one_winner(outcomes, TransferChanged)
+    assert loser.error.view is not None and loser.error.view.id == outcomes[winner].result.id
+    states = [r[0] for r in env.sql("SELECT id, state FROM billing_transfers ORDER BY id")]
+    assert len(states) == 2 and first.id != outcomes[winner].result.id
+    assert [r[0] for r in env.sql("SELECT state FROM billing_transfers ORDER BY id")] == ["superseded", "pending"]
+    assert emails(env)[len(before):] == [("transfer_allowed", ACCOUNTANT)]
+
+
+def test_complete_and_expire(connected: Cabinet, env: Env, clock: FakeClock) -> None:
+    cabinet = connected
+    gate = new_gate(env)
+    domain = gated(cabinet, gate)
+    allowed = cabinet.transfers.allow(COMPANY, "Tremblay CPA")
+    token = transfer_token(cabinet, allowed.id)
+    me = user_id(cabinet)
+    before = emails(env)
+
+    # The completion has read "pending" before the deadline; the deadline passes; the sweep runs.
+    outcomes = contend(
+        lambda: domain.transfers.complete(token, me),
+        lambda: domain.transfers.sweep(),
+        gate=gate,
+        between=lambda: clock.advance(hours=49),
+    )
+    assert outcomes[1].won, outcomes[1].error
+    (state,) = env.sql("SELECT state FROM billing_transfers")
+    roster = cabinet.roster.list_clients("Tremblay CPA")
+    if outcomes[0].won:
+        assert state == ("completed",) and outcomes[1].result["transfers_expired"] == 0
+        assert [c.billing for c in roster] == ["wholesale"]
+        assert emails(env)[len(before):] == [("transfer_completed", ADMIN)]
+    else:
+        assert isinstance(outcomes[0].error, TransferUnavailable)
+        assert outcomes[0].error.view.status == "expired"
+        assert state == ("expired",) and outcomes[1].result["transfers_expired"] == 1
+        assert [c.billing for c in roster] == ["self-paid"]
+        assert sorted(emails(env)[len(before):]) == [("transfer_expired_client", ADMIN), ("transfer_expired_firm", ACCOUNTANT)]
+    if not env.is_sqlite:
+        # Forced on PostgreSQL: the completion read "pending" but the deadline passed before its write.
+        assert not outcomes[0].won
