@@ -77,11 +77,8 @@ def request_key(*parts: object) -> str:
 class FirmRequired(InvalidInput):
     """The person belongs to several firms and did not say which one: Cabinet does not guess."""
 
-    def __init__(self, firms: tuple[str, ...], operator: bool = False) -> None:
-        super().__init__(
-            "there are several firms: choose the firm (--firm)" if operator
-            else "you belong to several firms: choose the firm to connect this client to"
-        )
+    def __init__(self, firms: tuple[str, ...]) -> None:
+        super().__init__(f"several firms are possible ({', '.join(firms)}): choose the firm to connect this client to")
         self.firms = firms
 
 
@@ -325,7 +322,7 @@ class DomainService:
             raise NotAllowed(f"{user.email} is not a member of any firm" if user else "there is no firm yet")
         if firm_id is None:
             if len(firms) > 1:
-                raise FirmRequired(tuple(f.name for f in firms), operator=user is None)
+                raise FirmRequired(tuple(f.name for f in firms))
             return firms[0]
         for firm in firms:
             if firm.id == firm_id:
