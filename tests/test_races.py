@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from daemon.app import Cabinet, build
 from daemon.config import load_config
-from daemon.domain import DomainContext
+from daemon.domain import DomainContext, request_key
 from daemon.errors import CabinetError, InvalidState
 from daemon.inbound import Inbound
 from daemon.models import Invitation, OutboxMessage
@@ -36,7 +36,7 @@ from daemon.roster import InvitationUnavailable, Roster
 from daemon.tokens import Purpose
 from daemon.transfers import BillingTransfers, TransferChanged, TransferUnavailable
 from daemon.transitions import Checkpoint
-from tests.conftest import PASSWORD, Cli, Env, FakeClock
+from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, any_link_in, csrf_of
 from tests.inbound_helpers import TRUSTED_MTA, reply
 
 # A safety net for a broken test, never a pace: contenders meet as soon as both arrive.
@@ -411,3 +411,39 @@ def test_complete_and_expire(connected: Cabinet, env: Env, clock: FakeClock, ord
         assert state == ("expired",) and outcomes[1].result["transfers_expired"] == 1
         assert [c.billing for c in roster] == ["self-paid"]
         assert sorted(emails(env)[len(before):]) == [("transfer_expired_client", ADMIN), ("transfer_expired_firm", ACCOUNTANT)]
+
+
+# -- a button pressed twice ------------------------------------------------------------------------
+
+
+def test_invite_pressed_twice_at_once_sends_once(cabinet: Cabinet, env: Env) -> None:
+    # Both presses carry the same idempotency key: the second queues on the key, then reads the first's result.
+    key = request_key("invite", "manage-link-token", ACCOUNTANT)
+    outcomes = contend(
+        lambda: cabinet.roster.send_invitation(COMPANY, ACCOUNTANT, "link", key),
+        lambda: cabinet.roster.send_invitation(COMPANY, ACCOUNTANT, "link", key),
+    )
+    assert all(o.won for o in outcomes), [o.error for o in outcomes]
+    assert outcomes[0].result.id == outcomes[1].result.id
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]
+    assert emails(env) == [("invitation", ACCOUNTANT)]
+
+
+def test_invite_pressed_twice_on_the_manage_page_sends_once(cabinet: Cabinet, env: Env, cli: Cli, server,
+                                                            mailbox: Mailbox, clock: FakeClock) -> None:
+    cli("company", "send-link", COMPANY)
+    manage = any_link_in(mailbox.wait(ADMIN, subject="Manage")[-1])
+    admin = Browser(env.base_url)
+    try:
+        csrf = csrf_of(admin.get(manage).text)
+        for _ in range(2):
+            pressed = admin.http.post(manage + "/invite", data={"csrf_token": csrf, "email": ACCOUNTANT})
+            assert pressed.status_code == 303, pressed.text
+        assert env.sql("SELECT state FROM invitations") == [("pending",)]
+        assert emails(env) == [("manage_link", ADMIN), ("invitation", ACCOUNTANT)]
+        # Later, the same press is a new request: it replaces the pending invitation, as sending again does.
+        clock.advance(minutes=11)
+        assert admin.http.post(manage + "/invite", data={"csrf_token": csrf, "email": ACCOUNTANT}).status_code == 303
+        assert [r[0] for r in env.sql("SELECT state FROM invitations ORDER BY id")] == ["superseded", "pending"]
+    finally:
+        admin.close()
