@@ -193,7 +193,8 @@ class DomainService:
         if key is None:
             return False, None
         now = self._clock.now()
-        s.execute(delete(RequestKey).where(RequestKey.key == key, RequestKey.created_at <= now - self._policy.repeat_window))
+        # Keys past the window mean nothing any more (this one included): the table stays small.
+        s.execute(delete(RequestKey).where(RequestKey.created_at <= now - self._policy.repeat_window))
         try:
             with s.begin_nested():
                 s.add(RequestKey(key=key, created_at=now))
