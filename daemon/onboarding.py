@@ -261,7 +261,7 @@ class Onboarding(DomainService):
             setup = self._setup_from_token(s, token)
             view = self._setup_view(setup)
             if view.status != "pending":
-                raise InvalidState(f"this invitation is {view.status}")
+                raise InvalidState(f"this invitation is {view.status}", current=view)
             try:
                 self._transition(s, SetupInvitation, setup.id, [SetupState.PENDING], SetupState.ACCEPTED,
                                  where=[SetupInvitation.expires_at > self._now()], decided_at=self._now())

@@ -46,8 +46,8 @@ async def add_client(request: web.Request) -> web.Response:
             phone=values["phone"] or None, products=tuple(chosen),
         )
         added = await run(
-            cabinet.onboarding.add_client, int(raw_firm) if raw_firm else None, new, v.user.id if make_me_admin else None, v.user.email, "link",
-            v.user.id,
+            cabinet.onboarding.add_client, int(raw_firm) if raw_firm else None, new,
+            v.user.id if make_me_admin else None, v.user.email, "link", v.user.id,
         )
     except CabinetError as exc:
         products = await run(cabinet.onboarding.products)
