@@ -14,8 +14,8 @@ from datetime import datetime
 from sqlalchemy import select
 
 from daemon.domain import DomainService, clean_name, normalise_email
-from daemon.errors import LinkTampered, NotAllowed
-from daemon.models import Client, Company, Firm, Invitation
+from daemon.errors import NotAllowed
+from daemon.models import Client, Company, Firm, Invitation, InvitationState
 from daemon.tokens import Purpose
 from daemon.transfers import REASONS
 
@@ -62,20 +62,16 @@ class CompanyAdmin(DomainService):
 
     def resolve(self, token: str) -> tuple[int, str]:
         """The company and address a manage link speaks for; refused if that address is no longer primary admin."""
-        payload = self._signer.verify(Purpose.MANAGE, token, max_age=self._policy.manage_link_ttl)
-        try:
-            kind, company_id, email = payload
-        except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
-        if kind != "company" or not isinstance(company_id, int):
-            raise LinkTampered("this link is not valid")
+
+        def no_longer_admin(company: Company, email: object) -> NotAllowed:
+            return NotAllowed(REASONS["not_primary_admin"] + f"; {email} is no longer the primary admin of {company.name}")
+
         with self._sessions() as s:
-            company = s.get(Company, company_id)
-            if company is None:
-                raise LinkTampered("this link does not match any company")
-            if company.admin_email != email:
-                raise NotAllowed(REASONS["not_primary_admin"] + f"; {email} is no longer the primary admin of {company.name}")
-        return company_id, email
+            company = self._row_from_token(
+                s, Purpose.MANAGE, token, Company, what="company", max_age=self._policy.manage_link_ttl,
+                tag="company", bound="admin_email", mismatch=no_longer_admin,
+            )
+            return company.id, company.admin_email
 
     def view(self, company_id: int) -> CompanyAdminView:
         with self._sessions() as s:
@@ -89,7 +85,7 @@ class CompanyAdmin(DomainService):
             ).all()
             invited = s.scalars(
                 select(Invitation.email)
-                .where(Invitation.company_id == company.id, Invitation.state == "pending")
+                .where(Invitation.company_id == company.id, Invitation.state == InvitationState.PENDING)
                 .order_by(Invitation.email)
             ).all()
             return CompanyAdminView(

@@ -9,24 +9,31 @@ services; nothing else writes the tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ContextManager, Iterator
+from enum import StrEnum
+from typing import Any, ContextManager, Iterator, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
 from daemon.db import write_transaction
-from daemon.errors import InvalidInput, NotFound
+from daemon.errors import CabinetError, InvalidInput, LinkExpired, LinkTampered, NotAllowed, NotFound
 from daemon.links import Links
-from daemon.models import Client, Company, Event, Firm, Membership, SentReminder, User
+from daemon.models import Client, Company, Event, Firm, Membership, RequestKey, SentReminder, User
 from daemon.notices import Notice, Notifier
 from daemon.passwords import Passwords
 from daemon.tokens import LinkSigner, Purpose
+from daemon.transitions import Checkpoint, Row, no_checkpoint, transition
 from daemon.views import ClientView, CompanyView, FirmView, UserView
+
+Linked = TypeVar("Linked")
 
 KINDS = ("business", "individual")
 
@@ -45,6 +52,8 @@ class Policy:
     trial_reminders_before: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
     manage_link_ttl: timedelta = timedelta(hours=24)
     setup_ttl: timedelta = timedelta(days=14)
+    # A second press of the same button (same link, same fields) this soon gets the first result.
+    repeat_window: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,21 @@ class DomainContext:
     passwords: Passwords
     clock: Clock
     policy: Policy
+    # Called between a transition's read and its guarded write (see daemon.transitions).
+    checkpoint: Checkpoint = field(default=no_checkpoint)
+
+
+def request_key(*parts: object) -> str:
+    """An idempotency key from what makes two requests the same (a link, an action, its fields)."""
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
+
+
+class FirmRequired(InvalidInput):
+    """The person belongs to several firms and did not say which one: Cabinet does not guess."""
+
+    def __init__(self, firms: tuple[str, ...]) -> None:
+        super().__init__(f"several firms are possible ({', '.join(firms)}): choose the firm to connect this client to")
+        self.firms = firms
 
 
 def normalise_email(address: str) -> str:
@@ -95,8 +119,94 @@ class DomainService:
         self._clock = ctx.clock
         self._policy = ctx.policy
 
+    @property
+    def context(self) -> DomainContext:
+        return self._ctx
+
     def _transaction(self) -> ContextManager[Session]:
         return write_transaction(self._sessions)
+
+    def _transition(
+        self,
+        s: Session,
+        model: type[Row],
+        row_id: int,
+        expected: Iterable[StrEnum],
+        to: StrEnum,
+        *,
+        where: Iterable[ColumnElement[bool]] = (),
+        **values: Any,
+    ) -> None:
+        """The one way a state changes (daemon.transitions.transition); raises TransitionLost."""
+        transition(s, model, row_id, expected, to, where=where, checkpoint=self._ctx.checkpoint, **values)
+
+    def _row_from_token(
+        self,
+        s: Session,
+        purpose: Purpose,
+        token: str,
+        model: type[Linked],
+        *,
+        what: str,
+        max_age: timedelta,
+        expired_ok: bool = False,
+        tag: str | None = None,
+        bound: str | None = "nonce",
+        mismatch: Callable[[Linked, object], CabinetError] | None = None,
+    ) -> Linked:
+        """The row a signed link names: the one resolver from a token to its row.
+
+        The payload is ``[tag?, id, value?]``: ``tag`` tells links of one purpose
+        apart, ``value`` must still equal the row's ``bound`` attribute (a nonce
+        that changes when a link is replaced, or the address the link was issued
+        to). With ``expired_ok`` an expired signature still names its row, so the
+        page can say what became of it.
+        """
+        try:
+            payload = self._signer.verify(purpose, token, max_age=max_age)
+        except LinkExpired as exc:
+            if not expired_ok:
+                raise
+            payload = exc.payload
+        parts = list(payload) if isinstance(payload, list) else []
+        if tag is not None:
+            if not parts or parts[0] != tag:
+                raise LinkTampered("this link is not valid")
+            parts = parts[1:]
+        if len(parts) != (2 if bound else 1) or not isinstance(parts[0], int) or isinstance(parts[0], bool):
+            raise LinkTampered("this link is not valid")
+        row = s.get(model, parts[0])
+        if row is None:
+            raise LinkTampered(f"this link does not match any {what}")
+        if bound is not None and getattr(row, bound) != parts[1]:
+            if mismatch is not None:
+                raise mismatch(row, parts[1])
+            raise LinkTampered(f"this link does not match any {what}")
+        return row
+
+    def _repeated(self, s: Session, key: str | None) -> tuple[bool, int | None]:
+        """Claim an idempotency key: (False, None) for a first press, (True, result id) for a repeat.
+
+        A key older than the window is a new request. Two racing presses queue on
+        the key's primary key; the second reads what the first recorded.
+        """
+        if key is None:
+            return False, None
+        now = self._clock.now()
+        # Keys past the window mean nothing any more (this one included): the table stays small.
+        s.execute(delete(RequestKey).where(RequestKey.created_at <= now - self._policy.repeat_window))
+        try:
+            with s.begin_nested():
+                s.add(RequestKey(key=key, created_at=now))
+                s.flush()
+        except IntegrityError:
+            first = s.scalar(select(RequestKey.result_id).where(RequestKey.key == key))
+            return True, first
+        return False, None
+
+    def _record_result(self, s: Session, key: str | None, result_id: int) -> None:
+        if key is not None:
+            s.execute(update(RequestKey).where(RequestKey.key == key).values(result_id=result_id))
 
     def _event(
         self,
@@ -197,6 +307,30 @@ class DomainService:
         if user is None:
             raise NotFound(f"no staff member with the address {email!r} (see `cabinet staff list`)")
         return user
+
+    def _chosen_firm(self, s: Session, user: User | None, firm_id: int | None) -> Firm:
+        """The firm a staff member (or, with ``user`` None, the operator) acts for: the one named,
+        or the only one there is. Never a guess.
+
+        One rule for every channel (accepting an invitation, adding a client; link,
+        reply or CLI): several firms and none named is refused with ``FirmRequired``.
+        """
+        query = select(Firm).order_by(Firm.name_key)
+        if user is not None:
+            query = query.join(Membership).where(Membership.user_id == user.id)
+        firms = s.scalars(query).all()
+        if not firms:
+            raise NotAllowed(f"{user.email} is not a member of any firm" if user else "there is no firm yet")
+        if firm_id is None:
+            if len(firms) > 1:
+                raise FirmRequired(tuple(f.name for f in firms))
+            return firms[0]
+        for firm in firms:
+            if firm.id == firm_id:
+                return firm
+        if user is None:
+            raise NotFound("no such firm")
+        raise NotAllowed("you can only connect a client to a firm you belong to")
 
     def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:
         yield from s.scalars(select(User).join(Membership).where(Membership.firm_id == firm.id).order_by(User.id))

@@ -42,9 +42,16 @@ class NotAllowed(CabinetError):
 
 
 class InvalidState(CabinetError):
-    """The thing is no longer in a state where this action applies."""
+    """The thing is no longer in a state where this action applies.
+
+    ``current`` is what the thing is now (its state, or a view of it) when the domain knows.
+    """
 
     http_status = 409
+
+    def __init__(self, message: str = "", *args: object, current: object = None) -> None:
+        super().__init__(message, *args)
+        self.current = current
 
 
 class AuthenticationFailed(CabinetError):

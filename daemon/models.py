@@ -9,9 +9,11 @@ too (so two instances racing cannot both win).
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -59,6 +61,48 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+# -- states ------------------------------------------------------------------------
+# Every row that moves through states names them here; a CHECK constraint keeps the
+# database to the same list, and daemon.transitions is the only code that changes them.
+
+
+class InvitationState(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
+    BOUNCED = "bounced"
+
+
+class TransferState(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    DECLINED = "declined"
+    SUPERSEDED = "superseded"
+
+
+class SetupState(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+
+
+class ClientStatus(StrEnum):
+    ACTIVE = "active"
+    TRIAL = "trial"
+    SETUP_PENDING = "setup pending"
+    DISCOUNT_LAPSED = "discount lapsed"
+
+
+def one_of(column: str, states: type[StrEnum]) -> CheckConstraint:
+    """The CHECK constraint that keeps ``column`` to the values of ``states`` (named ck_<table>_<column>)."""
+    listed = ", ".join(f"'{state.value}'" for state in states)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 class Firm(Base):
@@ -153,6 +197,7 @@ class Client(Base):
     __table_args__ = (
         UniqueConstraint("firm_id", "company_id"),
         UniqueConstraint("firm_id", "name_key"),
+        one_of("status", ClientStatus),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -164,7 +209,7 @@ class Client(Base):
     email: Mapped[str | None] = mapped_column(String(320))
     phone: Mapped[str | None] = mapped_column(String(50))
     billing: Mapped[str] = mapped_column(String(20))  # "self-paid" | "wholesale" | "direct" | "none"
-    status: Mapped[str] = mapped_column(String(30))  # "active", later "trial", "discount lapsed"…
+    status: Mapped[str] = mapped_column(String(30))  # a ClientStatus
     connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # A staff member who is the company's primary admin ("Make me the primary admin").
@@ -189,6 +234,7 @@ class BillingTransfer(Base):
             postgresql_where=text("state = 'pending'"),
         ),
         Index("ix_billing_transfers_state_expires", "state", "expires_at"),
+        one_of("state", TransferState),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -197,7 +243,7 @@ class BillingTransfer(Base):
     authorized_by: Mapped[str] = mapped_column(String(320))
     authorized_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    state: Mapped[str] = mapped_column(String(20))  # pending|completed|expired|revoked|declined|superseded
+    state: Mapped[str] = mapped_column(String(20))  # a TransferState
     nonce: Mapped[str] = mapped_column(String(32))
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     decided_by: Mapped[str | None] = mapped_column(String(320))
@@ -210,13 +256,14 @@ class SetupInvitation(Base):
     """A firm's invitation to a new client's contact to become the company's primary admin (flow 3)."""
 
     __tablename__ = "setup_invitations"
+    __table_args__ = (one_of("state", SetupState),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
     firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"))
     email: Mapped[str] = mapped_column(String(320))
     nonce: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(20))  # pending|accepted
+    state: Mapped[str] = mapped_column(String(20))  # a SetupState
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -252,6 +299,7 @@ class Invitation(Base):
             postgresql_where=text("state = 'pending'"),
         ),
         Index("ix_invitations_state_expires", "state", "expires_at"),
+        one_of("state", InvitationState),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -259,7 +307,7 @@ class Invitation(Base):
     email: Mapped[str] = mapped_column(String(320), index=True)  # normalised
     invited_by: Mapped[str] = mapped_column(String(320))  # who sent it (the client admin)
     nonce: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))  # an InvitationState
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -365,3 +413,18 @@ class InstanceSetting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RequestKey(Base):
+    """An idempotency key: a second press of the same button within the window gets the first result.
+
+    The key is a hash the adapter derives from what makes two requests the same
+    (the signed link and the form's fields); the primary key makes two racing
+    presses queue, and the second reads what the first made.
+    """
+
+    __tablename__ = "request_keys"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex
+    result_id: Mapped[int | None] = mapped_column(Integer)  # the row the first press made
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

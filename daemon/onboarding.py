@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 
 from daemon.db import rows_changed
 from daemon.domain import KINDS, DomainService, clean_name, client_view, name_key, normalise_email
-from daemon.errors import AlreadyExists, InvalidInput, InvalidState, LinkExpired, LinkTampered, NotAllowed, NotFound
+from daemon.errors import AlreadyExists, InvalidInput, InvalidState, LinkTampered, NotAllowed, NotFound
 from daemon.i18n import check_locale
-from daemon.models import Client, Company, Firm, Product, SetupInvitation, User
+from daemon.models import Client, ClientStatus, Company, Firm, Product, SetupInvitation, SetupState, User
 from daemon.notices import Notice
 from daemon.tokens import Purpose
+from daemon.transitions import TransitionLost, transition_all
 from daemon.views import ClientView
 
 BILLING = ("wholesale", "direct", "none")
@@ -103,7 +104,7 @@ class Onboarding(DomainService):
 
     def add_client(
         self,
-        firm_id: int,
+        firm_id: int | None,
         new: NewClient,
         primary_admin_user_id: int | None,
         actor: str,
@@ -114,6 +115,8 @@ class Onboarding(DomainService):
 
         ``acting_user_id`` is the signed-in staff member (None for an operator
         at the CLI); only a member of the firm adds clients to its roster.
+        ``firm_id`` None means "the only firm there is": with several, the
+        request is refused (``FirmRequired``), on every channel.
         """
         if new.kind not in KINDS:
             raise InvalidInput(f"kind must be business or individual, got {new.kind!r}")
@@ -129,10 +132,17 @@ class Onboarding(DomainService):
             raise InvalidInput("give the client's email (they will be invited to be primary admin), or make yourself the primary admin")
         now = self._now()
         with self._transaction() as s:
-            firm = s.get(Firm, firm_id)
-            if firm is None:
-                raise NotFound("no such firm")
-            if acting_user_id is not None and not self._is_member(s, acting_user_id, firm.id):
+            acting = s.get(User, acting_user_id) if acting_user_id is not None else None
+            if acting_user_id is not None and acting is None:
+                raise NotAllowed("sign in to add a client")
+            if firm_id is None:
+                firm = self._chosen_firm(s, acting, None)
+            else:
+                found = s.get(Firm, firm_id)
+                if found is None:
+                    raise NotFound("no such firm")
+                firm = found
+            if acting is not None and not self._is_member(s, acting.id, firm.id):
                 raise NotAllowed(f"only a member of {firm.name} can add clients to its roster")
             existing = s.scalar(select(Client).where(Client.firm_id == firm.id, Client.name_key == name_key(name)))
             if existing is not None:
@@ -143,17 +153,19 @@ class Onboarding(DomainService):
                 admin = s.get(User, primary_admin_user_id)
                 if admin is None or not self._is_member(s, admin.id, firm.id):
                     raise NotAllowed(f"only a member of {firm.name} can be made primary admin by this firm")
-            client = Client(
-                firm_id=firm.id, kind=new.kind, name=name, name_key=name_key(name), email=email, phone=phone,
-                billing=new.billing, status="active", connected_at=None, created_at=now,
-                primary_admin_id=admin.id if admin else None,
-            )
             company = None
+            status = ClientStatus.ACTIVE
             if new.billing != "none":
                 company = self._new_company(s, firm, new, name, email, admin, products, locale, now)
-                client.company_id = company.id
-                client.connected_at = now
-                client.status = "trial" if new.billing == "direct" else ("active" if admin else "setup pending")
+                if new.billing == "direct":
+                    status = ClientStatus.TRIAL
+                elif admin is None:
+                    status = ClientStatus.SETUP_PENDING
+            client = Client(
+                firm_id=firm.id, kind=new.kind, name=name, name_key=name_key(name), email=email, phone=phone,
+                billing=new.billing, status=status, connected_at=now if company else None, created_at=now,
+                primary_admin_id=admin.id if admin else None, company_id=company.id if company else None,
+            )
             s.add(client)
             try:
                 with s.begin_nested():
@@ -196,7 +208,7 @@ class Onboarding(DomainService):
         if admin is None and client.email:
             setup = SetupInvitation(
                 company_id=company.id, firm_id=firm.id, email=client.email, nonce=self._signer.nonce(),
-                state="pending", created_at=self._now(), expires_at=self._now() + self._policy.setup_ttl,
+                state=SetupState.PENDING, created_at=self._now(), expires_at=self._now() + self._policy.setup_ttl,
             )
             s.add(setup)
             s.flush()
@@ -228,18 +240,9 @@ class Onboarding(DomainService):
     # -- client setup (becoming primary admin) ------------------------------------
 
     def _setup_from_token(self, s: Session, token: str) -> SetupInvitation:
-        try:
-            payload = self._signer.verify(Purpose.SETUP, token, max_age=self._policy.setup_ttl)
-        except LinkExpired as exc:
-            payload = exc.payload
-        try:
-            setup_id, nonce = payload
-        except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
-        setup = s.get(SetupInvitation, setup_id) if isinstance(setup_id, int) else None
-        if setup is None or setup.nonce != nonce:
-            raise LinkTampered("this link does not match any invitation")
-        return setup
+        return self._row_from_token(
+            s, Purpose.SETUP, token, SetupInvitation, what="invitation", max_age=self._policy.setup_ttl, expired_ok=True,
+        )
 
     def _setup_view(self, setup: SetupInvitation) -> SetupView:
         status = setup.state
@@ -258,24 +261,16 @@ class Onboarding(DomainService):
             setup = self._setup_from_token(s, token)
             view = self._setup_view(setup)
             if view.status != "pending":
-                raise InvalidState(f"this invitation is {view.status}")
-            won = rows_changed(
-                s,
-                update(SetupInvitation)
-                .where(SetupInvitation.id == setup.id, SetupInvitation.state == "pending")
-                .values(state="accepted", decided_at=self._now())
-            )
-            if won != 1:
-                raise InvalidState("this invitation was already accepted")
-            s.refresh(setup)
+                raise InvalidState(f"this invitation is {view.status}", current=view)
+            try:
+                self._transition(s, SetupInvitation, setup.id, [SetupState.PENDING], SetupState.ACCEPTED,
+                                 where=[SetupInvitation.expires_at > self._now()], decided_at=self._now())
+            except TransitionLost as lost:
+                raise InvalidState("this invitation was already accepted", current=lost.current) from None
             company = setup.company
             company.admin_email = setup.email
             company.admin_name = name
-            s.execute(
-                update(Client)
-                .where(Client.company_id == company.id, Client.status == "setup pending")
-                .values(status="active")
-            )
+            transition_all(s, Client, [Client.company_id == company.id], [ClientStatus.SETUP_PENDING], ClientStatus.ACTIVE)
             self._notify_staff(
                 s, setup.firm, "client_setup_completed",
                 {"company": company.name, "admin_name": name, "admin_email": setup.email}, company.id,
@@ -286,13 +281,11 @@ class Onboarding(DomainService):
     # -- payment details (direct discount) -----------------------------------------
 
     def _company_from_payment_token(self, s: Session, token: str) -> Company:
-        payload = self._signer.verify(Purpose.PAYMENT, token, max_age=self._policy.trial_length + timedelta(days=1))
-        try:
-            (company_id,) = payload
-        except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
-        company = s.get(Company, company_id) if isinstance(company_id, int) else None
-        if company is None or company.subscription != "direct-discount":
+        company = self._row_from_token(
+            s, Purpose.PAYMENT, token, Company, what="trial",
+            max_age=self._policy.trial_length + timedelta(days=1), bound=None,
+        )
+        if company.subscription != "direct-discount":
             raise LinkTampered("this link does not match any trial")
         return company
 
@@ -329,7 +322,8 @@ class Onboarding(DomainService):
             if won != 1:
                 raise InvalidState("payment details are already on file")
             s.refresh(company)
-            s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="active"))
+            transition_all(s, Client, [Client.company_id == company.id, Client.billing == "direct"], list(ClientStatus),
+                           ClientStatus.ACTIVE)
             for client in s.scalars(select(Client).where(Client.company_id == company.id)):
                 self._notify_staff(s, client.firm, "payment_details_added", {"company": company.name}, company.id)
             self._event(s, "trial.payment_details_added", name, channel, company_id=company.id)
@@ -370,7 +364,8 @@ class Onboarding(DomainService):
         if now >= company.trial_ends_at:
             if not self._first_time(s, "trial_lapsed", company.id):
                 return None
-            s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="discount lapsed"))
+            transition_all(s, Client, [Client.company_id == company.id, Client.billing == "direct"], list(ClientStatus),
+                           ClientStatus.DISCOUNT_LAPSED)
             context = {"company": company.name, "trial_ends_at": company.trial_ends_at}
             self._notify_staff(s, client.firm, "discount_lapsed_firm", context, company.id)
             self._payment_notice(s, company, client, "discount_lapsed_client", {})

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.db import rows_changed
+from daemon.transitions import TransitionLost
 from daemon.domain import (
     KINDS,
     DomainService,
@@ -30,13 +31,12 @@ from daemon.errors import (
     AlreadyExists,
     InvalidInput,
     InvalidState,
-    LinkExpired,
     LinkTampered,
     NotAllowed,
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
-from daemon.models import Client, Company, Firm, Invitation, Membership, User
+from daemon.models import Client, ClientStatus, Company, Firm, Invitation, InvitationState, Membership, User
 from daemon.notices import Notice
 from daemon.tokens import Purpose
 from daemon.views import ClientView, CompanyView, FirmView, InvitationView, UserView
@@ -49,7 +49,7 @@ class InvitationUnavailable(InvalidState):
     """The invitation can no longer be acted on; ``view`` says what happened to it."""
 
     def __init__(self, view: InvitationView) -> None:
-        super().__init__(f"this invitation is {view.status}")
+        super().__init__(f"this invitation is {view.status}", current=view)
         self.view = view
 
 
@@ -212,87 +212,125 @@ class Roster(DomainService):
 
     # -- invitations (flow 1) ---------------------------------------------
 
-    def send_invitation(self, company_name: str, email: str, channel: str = "cli") -> InvitationView:
-        """The client invites an accountant; a pending invitation to the same address is superseded."""
+    def send_invitation(
+        self, company_name: str, email: str, channel: str = "cli", key: str | None = None
+    ) -> InvitationView:
+        """The client invites an accountant; a pending invitation to the same address is superseded.
+
+        ``key`` (see ``daemon.domain.request_key``) makes a second press of the same
+        button within the window return the first invitation instead of sending another.
+        """
         address = normalise_email(email)
-        now = self._clock.now()
         with self._transaction() as s:
             company = self._company_by_name(s, company_name)
-            previous = s.scalar(
+            repeated, first = self._repeated(s, key)
+            if repeated and first is not None:
+                sent = s.get(Invitation, first)
+                if sent is not None:
+                    return self._invitation_view(s, sent)
+            view = self._send_in(s, company, address, channel)
+            self._record_result(s, key, view.id)
+            return view
+
+    def _send_in(
+        self, s: Session, company: Company, address: str, channel: str, replaces: Invitation | None = None
+    ) -> InvitationView:
+        """Send a fresh invitation inside the caller's transaction, superseding the pending one."""
+        now = self._clock.now()
+        previous = replaces or s.scalar(
+            select(Invitation).where(
+                Invitation.company_id == company.id,
+                Invitation.email == address,
+                Invitation.state == InvitationState.PENDING,
+            )
+        )
+        if previous is not None and replaces is None:
+            # Leave the partial unique index free for the new row before inserting it; an accept
+            # or a revoke that got there first wins, and this send says what became of it.
+            try:
+                self._transition(s, Invitation, previous.id, [InvitationState.PENDING], InvitationState.SUPERSEDED,
+                                 decided_at=now)
+            except TransitionLost:
+                raise InvitationUnavailable(self._invitation_view(s, previous)) from None
+        invitation = Invitation(
+            company_id=company.id,
+            email=address,
+            invited_by=company.admin_email,
+            nonce=self._signer.nonce(),
+            state=InvitationState.PENDING,
+            created_at=now,
+            expires_at=now + self._policy.invitation_ttl,
+        )
+        s.add(invitation)
+        try:
+            with s.begin_nested():
+                s.flush()
+        except IntegrityError:
+            # Another send to this address committed first (the one-pending index): show it.
+            other = s.scalar(
                 select(Invitation).where(
                     Invitation.company_id == company.id,
                     Invitation.email == address,
-                    Invitation.state == "pending",
+                    Invitation.state == InvitationState.PENDING,
                 )
             )
-            if previous is not None:
-                # Leave the partial unique index free for the new row before inserting it.
-                previous.state = "superseded"
-                previous.decided_at = now
-                s.flush()
-            invitation = Invitation(
-                company_id=company.id,
-                email=address,
-                invited_by=company.admin_email,
-                nonce=self._signer.nonce(),
-                state="pending",
-                created_at=now,
-                expires_at=now + self._policy.invitation_ttl,
+            current = self._invitation_view(s, other) if other is not None else None
+            raise InvalidState(
+                f"another invitation to {address} was sent at the same moment", current=current
+            ) from None
+        if previous is not None:
+            s.execute(update(Invitation).where(Invitation.id == previous.id).values(superseded_by_id=invitation.id))
+        # Expired invitations to the same address now point to this one too.
+        s.execute(
+            update(Invitation)
+            .where(
+                Invitation.company_id == company.id,
+                Invitation.email == address,
+                Invitation.state == InvitationState.EXPIRED,
+                Invitation.superseded_by_id.is_(None),
             )
-            s.add(invitation)
-            s.flush()
-            if previous is not None:
-                previous.superseded_by_id = invitation.id
-            # Expired invitations to the same address now point to this one too.
-            s.execute(
-                update(Invitation)
-                .where(
-                    Invitation.company_id == company.id,
-                    Invitation.email == address,
-                    Invitation.state == "expired",
-                    Invitation.superseded_by_id.is_(None),
-                )
-                .values(superseded_by_id=invitation.id)
-            )
-            token = self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
-            url = self._links.invitation(token)
-            accountant = s.scalar(select(User).where(User.email == address))
-            self._notifier.queue(
-                s,
-                Notice(
-                    template="invitation",
-                    to=address,
-                    to_name=accountant.name if accountant else "",
-                    locale=accountant.locale if accountant else company.admin_locale,
-                    timezone=accountant.timezone if accountant else company.admin_timezone,
-                    context={
-                        "company": company.name,
-                        "admin_name": company.admin_name,
-                        "admin_email": company.admin_email,
-                        "url": url,
-                        "expires_at": invitation.expires_at,
-                    },
-                    # A person (the client admin) is asking; replies are welcome.
-                    auto_submitted=False,
-                    invitation_id=invitation.id,
-                    company_id=company.id,
-                ),
-            )
-            self._event(
-                s,
-                "invitation.sent",
-                company.admin_email,
-                channel,
-                company_id=company.id,
+            .values(superseded_by_id=invitation.id)
+        )
+        token = self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
+        url = self._links.invitation(token)
+        accountant = s.scalar(select(User).where(User.email == address))
+        self._notifier.queue(
+            s,
+            Notice(
+                template="invitation",
+                to=address,
+                to_name=accountant.name if accountant else "",
+                locale=accountant.locale if accountant else company.admin_locale,
+                timezone=accountant.timezone if accountant else company.admin_timezone,
+                context={
+                    "company": company.name,
+                    "admin_name": company.admin_name,
+                    "admin_email": company.admin_email,
+                    "url": url,
+                    "expires_at": invitation.expires_at,
+                },
+                # A person (the client admin) is asking; replies are welcome.
+                auto_submitted=False,
                 invitation_id=invitation.id,
-                email=address,
-                superseded=previous.id if previous else None,
-            )
-            s.flush()
-            view = self._invitation_view(s, invitation)
-            return InvitationView(**{**view.__dict__, "url": url})
+                company_id=company.id,
+            ),
+        )
+        self._event(
+            s,
+            "invitation.sent",
+            company.admin_email,
+            channel,
+            company_id=company.id,
+            invitation_id=invitation.id,
+            email=address,
+            superseded=previous.id if previous else None,
+        )
+        s.flush()
+        view = self._invitation_view(s, invitation)
+        return InvitationView(**{**view.__dict__, "url": url})
 
     def revoke_invitation(self, invitation_id: int, channel: str = "cli") -> InvitationView:
+        now = self._clock.now()
         with self._transaction() as s:
             invitation = s.get(Invitation, invitation_id)
             if invitation is None:
@@ -300,8 +338,11 @@ class Roster(DomainService):
             view = self._invitation_view(s, invitation)
             if view.status != "pending":
                 raise InvitationUnavailable(view)
-            invitation.state = "revoked"
-            invitation.decided_at = self._clock.now()
+            try:
+                self._transition(s, Invitation, invitation.id, [InvitationState.PENDING], InvitationState.REVOKED,
+                                 where=[Invitation.expires_at > now], decided_at=now)
+            except TransitionLost:
+                raise InvitationUnavailable(self._invitation_view(s, invitation)) from None
             self._event(
                 s,
                 "invitation.revoked",
@@ -344,18 +385,10 @@ class Roster(DomainService):
 
     def _invitation_from_token(self, s: Session, token: str) -> Invitation:
         """The row an invitation link names; an expired signature still names it."""
-        try:
-            payload = self._signer.verify(Purpose.INVITE, token, max_age=self._policy.invitation_ttl)
-        except LinkExpired as exc:
-            payload = exc.payload
-        try:
-            invitation_id, nonce = payload
-        except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
-        invitation = s.get(Invitation, invitation_id) if isinstance(invitation_id, int) else None
-        if invitation is None or invitation.nonce != nonce:
-            raise LinkTampered("this link does not match any invitation")
-        return invitation
+        return self._row_from_token(
+            s, Purpose.INVITE, token, Invitation, what="invitation",
+            max_age=self._policy.invitation_ttl, expired_ok=True,
+        )
 
     def open_invitation(self, token: str) -> InvitationView:
         """What an invitation link shows. Reads only: opening a link changes nothing."""
@@ -374,7 +407,7 @@ class Roster(DomainService):
         now = self._clock.now()
         user = self._invited_user(s, invitation, user_id, "accept")
         firm = self._chosen_firm(s, user, firm_id)
-        self._decide(s, invitation, state="accepted", decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
+        self._decide(s, invitation, InvitationState.ACCEPTED, decided_at=now, firm_id=firm.id, accepted_by_id=user.id)
         company = invitation.company
         client = self._connect(s, firm, company, now)
         self._event(
@@ -416,17 +449,13 @@ class Roster(DomainService):
             raise WrongAccount(invitation.email, user.email)
         return user
 
-    def _decide(self, s: Session, invitation: Invitation, **values: Any) -> None:
+    def _decide(self, s: Session, invitation: Invitation, state: InvitationState, **values: Any) -> None:
         """Leave "pending", once: when two instances race on one link, only one UPDATE matches."""
-        won = rows_changed(
-            s,
-            update(Invitation)
-            .where(Invitation.id == invitation.id, Invitation.state == "pending")
-            .values(**values),
-        )
-        s.refresh(invitation)
-        if won != 1:
-            raise InvitationUnavailable(self._invitation_view(s, invitation))
+        try:
+            self._transition(s, Invitation, invitation.id, [InvitationState.PENDING], state,
+                             where=[Invitation.expires_at > self._clock.now()], **values)
+        except TransitionLost:
+            raise InvitationUnavailable(self._invitation_view(s, invitation)) from None
 
     def decline_invitation(self, token: str, user_id: int, channel: str = "link") -> InvitationView:
         with self._transaction() as s:
@@ -435,7 +464,7 @@ class Roster(DomainService):
     def decline_in(self, s: Session, invitation: Invitation, user_id: int, channel: str) -> InvitationView:
         """Decline inside the caller's transaction (the link and a reply command)."""
         user = self._invited_user(s, invitation, user_id, "decline")
-        self._decide(s, invitation, state="declined", decided_at=self._clock.now(), accepted_by_id=user.id)
+        self._decide(s, invitation, InvitationState.DECLINED, decided_at=self._clock.now(), accepted_by_id=user.id)
         company = invitation.company
         self._event(s, "invitation.declined", user.email, channel, company_id=company.id, invitation_id=invitation.id)
         self._notify_company_admin(
@@ -479,15 +508,10 @@ class Roster(DomainService):
             return RenewalResult(self._invitation_view(s, invitation), already_requested=False)
 
     def _renewal_target(self, s: Session, token: str) -> Invitation:
-        payload = self._signer.verify(Purpose.MANAGE, token, max_age=self._policy.invitation_ttl)
-        try:
-            action, invitation_id, nonce = payload
-        except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
-        invitation = s.get(Invitation, invitation_id) if action == "renew" and isinstance(invitation_id, int) else None
-        if invitation is None or invitation.nonce != nonce:
-            raise LinkTampered("this link does not match any invitation")
-        return invitation
+        return self._row_from_token(
+            s, Purpose.MANAGE, token, Invitation, what="invitation",
+            max_age=self._policy.invitation_ttl, tag="renew",
+        )
 
     def open_renewal(self, token: str) -> InvitationView:
         """The client admin's "send a new invitation" page (reads only)."""
@@ -495,14 +519,36 @@ class Roster(DomainService):
             return self._invitation_view(s, self._renewal_target(s, token))
 
     def renew_invitation(self, token: str, channel: str = "link") -> InvitationView:
-        """The client admin sends a fresh invitation in place of an expired one (once per request)."""
-        with self._sessions() as s:
+        """The client admin sends a fresh invitation in place of an expired one (once per request).
+
+        One transaction: the expired invitation moves to "superseded" with a guarded
+        UPDATE, so of two presses (or two instances) only one sends. The renewal link is
+        the idempotency key: a second press within the window gets the invitation the
+        first one sent, and no second email.
+        """
+        now = self._clock.now()
+        with self._transaction() as s:
             old = self._renewal_target(s, token)
             view = self._invitation_view(s, old)
             if view.status != "expired":
-                raise InvitationUnavailable(view)
-            company, email = old.company.name, old.email
-        return self.send_invitation(company, email, channel=channel)
+                return self._repeat_of_renewal(s, old, view)
+            try:
+                self._transition(
+                    s, Invitation, old.id, [InvitationState.PENDING, InvitationState.EXPIRED],
+                    InvitationState.SUPERSEDED, where=[Invitation.superseded_by_id.is_(None)],
+                    decided_at=old.decided_at or now,
+                )
+            except TransitionLost:
+                # Another press won while this one waited for the row: answer with what it sent.
+                return self._repeat_of_renewal(s, old, self._invitation_view(s, old))
+            return self._send_in(s, old.company, old.email, channel, replaces=old)
+
+    def _repeat_of_renewal(self, s: Session, old: Invitation, view: InvitationView) -> InvitationView:
+        """A renewal that has nothing to do: a repeat of a recent one gets its result, else the refusal."""
+        fresh = s.get(Invitation, old.superseded_by_id) if old.superseded_by_id is not None else None
+        if fresh is not None and self._clock.now() - fresh.created_at < self._policy.repeat_window:
+            return self._invitation_view(s, fresh)
+        raise InvitationUnavailable(view)
 
     def expire_invitations(self) -> dict[str, int]:
         """Record the expiry of invitations past their date, and tell the client admin. Idempotent."""
@@ -510,17 +556,14 @@ class Roster(DomainService):
         expired = 0
         with self._sessions() as s:
             due = s.scalars(
-                select(Invitation.id).where(Invitation.state == "pending", Invitation.expires_at <= now)
+                select(Invitation.id).where(Invitation.state == InvitationState.PENDING, Invitation.expires_at <= now)
             ).all()
         for invitation_id in due:
             with self._transaction() as s:
-                won = rows_changed(
-                    s,
-                    update(Invitation)
-                    .where(Invitation.id == invitation_id, Invitation.state == "pending")
-                    .values(state="expired", decided_at=now)
-                )
-                if won != 1:
+                try:
+                    self._transition(s, Invitation, invitation_id, [InvitationState.PENDING], InvitationState.EXPIRED,
+                                     where=[Invitation.expires_at <= now], decided_at=now)
+                except TransitionLost:
                     continue
                 invitation = s.get(Invitation, invitation_id)
                 assert invitation is not None
@@ -533,19 +576,6 @@ class Roster(DomainService):
         return {"invitations_expired": expired}
 
     # -- the roster ----------------------------------------------------------
-
-    def _chosen_firm(self, s: Session, user: User, firm_id: int | None) -> Firm:
-        firms = s.scalars(select(Firm).join(Membership).where(Membership.user_id == user.id)).all()
-        if not firms:
-            raise NotAllowed(f"{user.email} is not a member of any firm")
-        if firm_id is None:
-            if len(firms) > 1:
-                raise InvalidInput("you belong to several firms: choose the firm to connect this client to")
-            return firms[0]
-        for firm in firms:
-            if firm.id == firm_id:
-                return firm
-        raise NotAllowed("you can only connect a client to a firm you belong to")
 
     def _connect(self, s: Session, firm: Firm, company: Company, now: Any) -> Client:
         """Put the company on the firm's roster, or update the entry it already has."""
@@ -566,7 +596,7 @@ class Roster(DomainService):
                 name_key=company.name_key,
                 email=company.admin_email,
                 billing=SUBSCRIPTION_BILLING[company.subscription],
-                status="active",
+                status=ClientStatus.ACTIVE,
                 connected_at=now,
                 created_at=now,
             )
@@ -579,11 +609,10 @@ class Roster(DomainService):
                     f"{firm.name}'s roster already has a client named {company.name!r} for another company"
                 ) from None
         else:
-            client.company_id = company.id
-            client.billing = SUBSCRIPTION_BILLING[company.subscription]
-            client.status = "active"
-            client.connected_at = client.connected_at or now
-            s.flush()
+            self._transition(
+                s, Client, client.id, list(ClientStatus), ClientStatus.ACTIVE, company_id=company.id,
+                billing=SUBSCRIPTION_BILLING[company.subscription], connected_at=client.connected_at or now,
+            )
         return client
 
     def list_clients(self, firm_name: str) -> list[ClientView]:

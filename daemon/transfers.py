@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from daemon.db import rows_changed
 from daemon.domain import DomainService, normalise_email
-from daemon.errors import InvalidState, LinkExpired, LinkTampered, NotAllowed, NotFound
-from daemon.models import BillingTransfer, Client, Company, Firm, User
+from daemon.errors import InvalidState, NotAllowed, NotFound
+from daemon.models import BillingTransfer, Client, ClientStatus, Company, Firm, TransferState, User
 from daemon.tokens import Purpose
+from daemon.transitions import TransitionLost, transition_all
 
 # Why a transfer is not possible, in words (the pages and emails translate the codes).
 REASONS = {
@@ -87,7 +87,16 @@ class TransferView:
 
 class TransferUnavailable(InvalidState):
     def __init__(self, view: TransferView) -> None:
-        super().__init__(f"this billing transfer is {view.status}")
+        super().__init__(f"this billing transfer is {view.status}", current=view)
+        self.view = view
+
+
+class TransferChanged(InvalidState):
+    """The company's billing transfer changed while this request was being made; ``view`` is what it is now."""
+
+    def __init__(self, view: TransferView | None) -> None:
+        now = f" (it is now {view.status}, for {view.firm})" if view else ""
+        super().__init__(f"the billing transfer changed at the same moment{now}: look again and retry", current=view)
         self.view = view
 
 
@@ -150,24 +159,34 @@ class BillingTransfers(DomainService):
             if reasons:
                 raise TransferRefused(Eligibility(firm.id, firm.name, reasons))
             previous = s.scalar(
-                select(BillingTransfer).where(BillingTransfer.company_id == company.id, BillingTransfer.state == "pending")
+                select(BillingTransfer).where(
+                    BillingTransfer.company_id == company.id, BillingTransfer.state == TransferState.PENDING
+                )
             )
             if previous is not None:
-                # Allowing again replaces the pending permission with a fresh 48-hour window.
-                previous.state = "superseded"
-                previous.decided_at = now
-                s.flush()
+                # Allowing again replaces the pending permission with a fresh 48-hour window;
+                # if another allow, a completion or a revoke got there first, this one says so.
+                try:
+                    self._transition(s, BillingTransfer, previous.id, [TransferState.PENDING], TransferState.SUPERSEDED,
+                                     decided_at=now)
+                except TransitionLost:
+                    raise self._changed(s, company.id, previous) from None
             transfer = BillingTransfer(
                 company_id=company.id,
                 firm_id=firm.id,
                 authorized_by=normalise_email(actor_email),
                 authorized_at=now,
                 expires_at=now + self._policy.transfer_window,
-                state="pending",
+                state=TransferState.PENDING,
                 nonce=self._signer.nonce(),
             )
             s.add(transfer)
-            s.flush()
+            try:
+                with s.begin_nested():
+                    s.flush()
+            except IntegrityError:
+                # Another permission was given at the same moment (one pending per company).
+                raise self._changed(s, company.id, None) from None
             url = self._url(transfer)
             self._notify_staff(s, firm, "transfer_allowed", self._mail_context(company, transfer, url), company.id)
             self._event(
@@ -186,14 +205,29 @@ class BillingTransfers(DomainService):
             if normalise_email(actor_email) != company.admin_email:
                 raise NotAllowed(REASONS["not_primary_admin"])
             transfer = s.scalar(
-                select(BillingTransfer).where(BillingTransfer.company_id == company.id, BillingTransfer.state == "pending")
+                select(BillingTransfer).where(
+                    BillingTransfer.company_id == company.id, BillingTransfer.state == TransferState.PENDING
+                )
             )
             if transfer is None:
                 raise InvalidState("there is no pending billing transfer to revoke")
-            self._decide(s, transfer, "revoked", actor_email)
+            self._decide(s, transfer, TransferState.REVOKED, actor_email)
             self._notify_staff(s, transfer.firm, "transfer_revoked", self._mail_context(company, transfer, None), company.id)
             self._event(s, "transfer.revoked", actor_email, channel, firm_id=transfer.firm_id, company_id=company.id)
             return self._view(transfer)
+
+    def _changed(self, s: Session, company_id: int, previous: BillingTransfer | None) -> TransferChanged:
+        """The answer to an allow that lost a race: what the company's transfer is now."""
+        pending = s.scalar(
+            select(BillingTransfer)
+            .where(BillingTransfer.company_id == company_id, BillingTransfer.state == TransferState.PENDING)
+            .execution_options(populate_existing=True)
+        )
+        if pending is not None:
+            return TransferChanged(self._view(pending))
+        if previous is not None:
+            return TransferChanged(self._view(previous))
+        return TransferChanged(None)
 
     def revoke_by_name(self, company_name: str, channel: str = "cli") -> TransferView:
         with self._sessions() as s:
@@ -204,34 +238,26 @@ class BillingTransfers(DomainService):
     # -- the firm completes or declines -------------------------------------------
 
     def _from_token(self, s: Session, token: str) -> BillingTransfer:
-        try:
-            payload = self._signer.verify(Purpose.TRANSFER, token, max_age=self._policy.transfer_window)
-        except LinkExpired as exc:
-            payload = exc.payload
-        try:
-            transfer_id, nonce = payload
-        except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
-        transfer = s.get(BillingTransfer, transfer_id) if isinstance(transfer_id, int) else None
-        if transfer is None or transfer.nonce != nonce:
-            raise LinkTampered("this link does not match any billing transfer")
-        return transfer
+        return self._row_from_token(
+            s, Purpose.TRANSFER, token, BillingTransfer, what="billing transfer",
+            max_age=self._policy.transfer_window, expired_ok=True,
+        )
 
     def open(self, token: str) -> TransferView:
         """What a Complete transfer link shows (reads only)."""
         with self._sessions() as s:
             return self._view(self._from_token(s, token))
 
-    def _decide(self, s: Session, transfer: BillingTransfer, state: str, by: str) -> None:
-        won = rows_changed(
-            s,
-            update(BillingTransfer)
-            .where(BillingTransfer.id == transfer.id, BillingTransfer.state == "pending")
-            .values(state=state, decided_at=self._now(), decided_by=by)
-        )
-        s.refresh(transfer)
-        if won != 1:
-            raise TransferUnavailable(self._view(transfer))
+    def _decide(self, s: Session, transfer: BillingTransfer, state: TransferState, by: str) -> None:
+        """Leave "pending", once. Completing, declining and revoking must do it before the
+        deadline; the sweep's expiry only after it (so the two never both happen)."""
+        now = self._now()
+        deadline = BillingTransfer.expires_at <= now if state == TransferState.EXPIRED else BillingTransfer.expires_at > now
+        try:
+            self._transition(s, BillingTransfer, transfer.id, [TransferState.PENDING], state, where=[deadline],
+                             decided_at=now, decided_by=by)
+        except TransitionLost:
+            raise TransferUnavailable(self._view(transfer)) from None
 
     def _pending_for_member(self, s: Session, token: str, user_id: int) -> tuple[BillingTransfer, User]:
         transfer = self._from_token(s, token)
@@ -251,14 +277,11 @@ class BillingTransfers(DomainService):
             reasons = self._reasons(s, company, firm, None)
             if reasons:
                 raise TransferRefused(Eligibility(firm.id, firm.name, reasons))
-            self._decide(s, transfer, "completed", user.email)
+            self._decide(s, transfer, TransferState.COMPLETED, user.email)
             company.subscription = "wholesale"
             company.billing_firm_id = firm.id
-            s.execute(
-                update(Client)
-                .where(Client.company_id == company.id, Client.firm_id == firm.id)
-                .values(billing="wholesale", status="active")
-            )
+            transition_all(s, Client, [Client.company_id == company.id, Client.firm_id == firm.id], list(ClientStatus),
+                           ClientStatus.ACTIVE, billing="wholesale")
             self._notify_company_admin(
                 s, company, "transfer_completed",
                 {"firm": firm.name, "completed_by": user.name, "completed_at": transfer.decided_at},
@@ -270,7 +293,7 @@ class BillingTransfers(DomainService):
     def decline(self, token: str, user_id: int, channel: str = "link") -> TransferView:
         with self._transaction() as s:
             transfer, user = self._pending_for_member(s, token, user_id)
-            self._decide(s, transfer, "declined", user.email)
+            self._decide(s, transfer, TransferState.DECLINED, user.email)
             self._notify_company_admin(
                 s, transfer.company, "transfer_declined", {"firm": transfer.firm.name, "declined_by": user.name},
                 firm_id=transfer.firm_id,
@@ -289,7 +312,7 @@ class BillingTransfers(DomainService):
         with self._sessions() as s:
             due = s.scalars(
                 select(BillingTransfer.id).where(
-                    BillingTransfer.state == "pending",
+                    BillingTransfer.state == TransferState.PENDING,
                     BillingTransfer.expires_at <= now + self._policy.transfer_reminder_before,
                 )
             ).all()
@@ -305,11 +328,11 @@ class BillingTransfers(DomainService):
 
     def _sweep_one(self, s: Session, transfer_id: int, now: datetime) -> str:
         transfer = s.get(BillingTransfer, transfer_id)
-        if transfer is None or transfer.state != "pending":
+        if transfer is None or transfer.state != TransferState.PENDING:
             raise _NothingDue()
         company, firm = transfer.company, transfer.firm
         if now >= transfer.expires_at:
-            self._decide(s, transfer, "expired", "scheduler")
+            self._decide(s, transfer, TransferState.EXPIRED, "scheduler")
             context = self._mail_context(company, transfer, None)
             self._notify_staff(s, firm, "transfer_expired_firm", context, company.id)
             self._notify_company_admin(s, company, "transfer_expired_client", context, firm_id=firm.id)
@@ -330,7 +353,9 @@ class BillingTransfers(DomainService):
     def pending_for_company(self, company_id: int) -> TransferView | None:
         with self._sessions() as s:
             transfer = s.scalar(
-                select(BillingTransfer).where(BillingTransfer.company_id == company_id, BillingTransfer.state == "pending")
+                select(BillingTransfer).where(
+                    BillingTransfer.company_id == company_id, BillingTransfer.state == TransferState.PENDING
+                )
             )
             return self._view(transfer) if transfer else None
 

@@ -33,7 +33,7 @@ def list_(state: CliState, firm: str, as_json: bool) -> None:
 
 
 @client.command("add")
-@click.option("--firm", required=True, help="The firm adding the client.")
+@click.option("--firm", help="The firm adding the client (required when there are several).")
 @click.option("--kind", type=click.Choice(["business", "individual"]), required=True)
 @click.option("--name", required=True, help="Business or person's name, as on the roster.")
 @click.option("--email", help="The client's contact address.")
@@ -45,7 +45,7 @@ def list_(state: CliState, firm: str, as_json: bool) -> None:
 @click.option("--locale", type=click.Choice(["en", "fr"]), help="The client's language for emails.")
 @pass_state
 def add(
-    state: CliState, firm: str, kind: str, name: str, email: str | None, phone: str | None, billing: str,
+    state: CliState, firm: str | None, kind: str, name: str, email: str | None, phone: str | None, billing: str,
     products: tuple[str, ...], primary_admin: str | None, locale: str | None,
 ) -> None:
     """Add a client to a firm's roster (the Add client page does the same).
@@ -57,10 +57,10 @@ def add(
       cabinet client add --firm "Tremblay CPA" --kind individual --name "Anne Roy" --billing none
     """
     roster = state.cabinet.roster
-    firm_view = roster.find_firm(firm)
+    firm_id = roster.find_firm(firm).id if firm else None
     admin_id = roster.find_staff(primary_admin).id if primary_admin else None
     new = NewClient(kind=kind, name=name, billing=billing, email=email, phone=phone, products=products, locale=locale)
-    added = state.cabinet.onboarding.add_client(firm_view.id, new, admin_id, actor="operator", channel="cli")
+    added = state.cabinet.onboarding.add_client(firm_id, new, admin_id, actor="operator", channel="cli")
     click.echo(f"Added {added.name} to {added.firm}'s roster (billing {added.billing}, status {added.status}).")
 
 

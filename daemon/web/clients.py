@@ -6,7 +6,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from daemon.errors import CabinetError, LinkTampered
+from daemon.errors import CabinetError, InvalidInput, LinkTampered
 from daemon.onboarding import NewClient
 from daemon.web.context import CABINET, form, page, redirect, run, visitor
 
@@ -35,15 +35,19 @@ async def add_client(request: web.Request) -> web.Response:
     chosen = [str(p) for p in data.getall("product", [])]
     make_me_admin = data.get("primary_admin") == "me"
     try:
-        # With one firm the form has no firm field; the domain checks membership either way.
-        firm_id = int(values["firm_id"]) if values["firm_id"].isdigit() else v.user.firms[0].id if v.user.firms else 0
+        # With one firm the form has no firm field: the domain takes the only firm, and refuses to
+        # guess among several (as the CLI and a reply do). Products go through as chosen: the domain
+        # refuses products for a client with no subscription rather than this page dropping them.
+        raw_firm = values["firm_id"].strip()
+        if raw_firm and not raw_firm.isdigit():
+            raise InvalidInput("choose a firm from the list")
         new = NewClient(
             kind=values["kind"], name=values["name"], billing=values["billing"], email=values["email"] or None,
-            phone=values["phone"] or None, products=tuple(chosen) if values["billing"] != "none" else (),
+            phone=values["phone"] or None, products=tuple(chosen),
         )
         added = await run(
-            cabinet.onboarding.add_client, firm_id, new, v.user.id if make_me_admin else None, v.user.email, "link",
-            v.user.id,
+            cabinet.onboarding.add_client, int(raw_firm) if raw_firm else None, new,
+            v.user.id if make_me_admin else None, v.user.email, "link", v.user.id,
         )
     except CabinetError as exc:
         products = await run(cabinet.onboarding.products)

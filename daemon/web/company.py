@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from daemon.domain import request_key
 from daemon.errors import CabinetError, InvalidInput
 from daemon.web.context import CABINET, form, page, redirect, run
 
@@ -38,7 +39,10 @@ async def act(request: web.Request) -> web.Response:
     try:
         if action == "invite":
             company = await run(cabinet.company_admin.view, company_id)
-            await run(cabinet.roster.send_invitation, company.company, str(data.get("email", "")), "link")
+            email = str(data.get("email", ""))
+            # A second press of the same form (same link, same address) within the window sends nothing more.
+            key = request_key("invite", token, email.strip().lower())
+            await run(cabinet.roster.send_invitation, company.company, email, "link", key)
         elif action == "transfer":
             firm = str(data.get("firm_id", ""))
             if not firm.isdigit():

@@ -1,0 +1,120 @@
+"""The one writer of states: a guarded UPDATE whose row count says who won.
+
+Every state in ``daemon.models`` (invitations, billing transfers, client setup
+invitations, a client's status) changes here and nowhere else: ``UPDATE …
+WHERE id = :id AND state IN (:expected…)``. On PostgreSQL two transactions that
+both read "pending" both reach their UPDATE; the second waits for the first's
+row lock, re-reads the row and matches nothing, so exactly one wins. The loser
+gets ``TransitionLost`` carrying what the row is now, which the domain turns
+into the error its adapters show. A test (tests/test_rules.py) checks that no
+other code assigns a state.
+
+``Checkpoint`` is the seam the race tests use: it is called between a
+transition's read and its write. In production it does nothing; a test passes
+one that holds both contenders at that point and releases them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from daemon.db import rows_changed
+from daemon.errors import InvalidState
+from daemon.models import BillingTransfer, Client, Invitation, SetupInvitation
+
+#: Called with (table, row id, wanted state) just before a transition's UPDATE.
+Checkpoint = Callable[[str, int, str], None]
+
+Row = TypeVar("Row", Invitation, BillingTransfer, SetupInvitation, Client)
+
+# The column each stateful model keeps its state in.
+STATE_COLUMNS: dict[type[Any], InstrumentedAttribute[str]] = {
+    Invitation: Invitation.state,
+    BillingTransfer: BillingTransfer.state,
+    SetupInvitation: SetupInvitation.state,
+    Client: Client.status,
+}
+
+
+def no_checkpoint(table: str, row_id: int, wanted: str) -> None:
+    """Production's checkpoint: nothing waits."""
+
+
+class TransitionLost(InvalidState):
+    """The row was not in an expected state when the UPDATE ran: someone else changed it first."""
+
+    def __init__(self, table: str, row_id: int, wanted: str, expected: tuple[str, ...], current: str | None) -> None:
+        super().__init__(
+            f"{table} {row_id} is {current or 'gone'}, not {' or '.join(expected)}: cannot make it {wanted}",
+            current=current,
+        )
+        self.table = table
+        self.row_id = row_id
+        self.wanted = wanted
+        self.expected = expected
+
+
+def state_column(model: type[Any]) -> InstrumentedAttribute[str]:
+    return STATE_COLUMNS[model]
+
+
+def transition(
+    s: Session,
+    model: type[Row],
+    row_id: int,
+    expected: Iterable[StrEnum],
+    to: StrEnum,
+    *,
+    where: Iterable[ColumnElement[bool]] = (),
+    checkpoint: Checkpoint = no_checkpoint,
+    **values: Any,
+) -> None:
+    """Move one row from one of ``expected`` to ``to`` (setting ``values`` too), or raise ``TransitionLost``.
+
+    ``where`` adds conditions the row must still meet (an expiry date, a column
+    still empty). A row loaded in ``s`` is refreshed, so callers read the new state.
+    """
+    column = state_column(model)
+    table = model.__tablename__
+    expected_values = tuple(str(state) for state in expected)
+    checkpoint(table, row_id, str(to))
+    won = rows_changed(
+        s,
+        update(model)
+        .where(model.id == row_id, column.in_(expected_values), *where)
+        .values({column.key: str(to), **values})
+        .execution_options(synchronize_session=False),
+    )
+    # Re-read the row (and refresh the caller's loaded copy): after a loss, it says who won.
+    row = s.get(model, row_id, populate_existing=True)
+    if won != 1:
+        raise TransitionLost(table, row_id, str(to), expected_values, getattr(row, column.key, None))
+
+
+def transition_all(
+    s: Session,
+    model: type[Row],
+    where: Iterable[ColumnElement[bool]],
+    expected: Iterable[StrEnum],
+    to: StrEnum,
+    **values: Any,
+) -> int:
+    """Move every row matching ``where`` and in one of ``expected`` to ``to``; returns how many moved.
+
+    For changes that follow from another transition (a company's clients become
+    active when its transfer completes): rows already elsewhere are left alone.
+    """
+    column = state_column(model)
+    expected_values = tuple(str(state) for state in expected)
+    return rows_changed(
+        s,
+        update(model)
+        .where(column.in_(expected_values), *where)
+        .values({column.key: str(to), **values})
+        .execution_options(synchronize_session="fetch"),
+    )
