@@ -109,6 +109,11 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class TemplatesConfig:
+    dir: Path | None  # the operator's override folder; None: built-in templates only
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -127,6 +132,7 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    templates: TemplatesConfig = TemplatesConfig(dir=None)
 
     @property
     def database_url(self) -> str:
@@ -315,4 +321,5 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        templates=TemplatesConfig(dir=r.path("templates", "dir", Path()) if r.text("templates", "dir", "") else None),
     )
