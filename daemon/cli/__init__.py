@@ -22,6 +22,7 @@ from daemon.cli import (
     products,
     service,
     staff,
+    templates,
     transfers,
 )
 from daemon.cli.state import CliState
@@ -69,7 +70,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.call_on_close(state.close)
 
 
-for module in (service, database, firms, staff, companies, invitations, clients, transfers, products, mail, inbound):
+for module in (service, database, firms, staff, companies, invitations, clients, transfers, products, mail, templates, inbound):
     module.register(cli)
 
 
