@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,7 @@ from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
 from mailer.render import EmailRenderer
 from mailer.transports import MaildirTransport, SmtpTransport, Transport
+
 
 @dataclass
 class Cabinet:
