@@ -44,7 +44,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     built = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     assert built.returncode == 0, f"building failed:\n{built.stdout}\n{built.stderr}"
     return out
@@ -115,6 +115,6 @@ def test_installed_layout_finds_its_templates_without_the_checkout(wheel: Path, 
     )
     # -S: no site-packages, so the editable install's path hook cannot answer instead.
     found = subprocess.run([sys.executable, "-S", "-c", probe, str(site)], cwd=elsewhere,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()) == site / "daemon" / "templates"
