@@ -27,9 +27,9 @@ finish() {
     kill -TERM "$SERVE_PID" 2>/dev/null || true
     wait "$SERVE_PID" 2>/dev/null || true
   fi
-  if [ "$status" -ne 0 ] && [ -s "$SERVE_LOG" ]; then
+  if [ "$status" -ne 0 ] && [ -f "$SERVE_LOG" ]; then
     echo "----- cabinet serve's output -----" >&2
-    cat "$SERVE_LOG" >&2
+    if [ -s "$SERVE_LOG" ]; then cat "$SERVE_LOG" >&2; else echo "(nothing)" >&2; fi
     echo "----------------------------------" >&2
   fi
   if [ "${KEEP:-}" = 1 ]; then
