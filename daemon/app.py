@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,13 +25,12 @@ from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
 from daemon.roster import Roster
+from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
 from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
 from mailer.render import EmailRenderer
 from mailer.transports import MaildirTransport, SmtpTransport, Transport
-
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
 @dataclass
@@ -51,7 +49,8 @@ class Cabinet:
     inbound: Inbound
     outbox: Outbox
     worker: OutboxWorker
-    templates_dir: Path
+    templates: TemplateFolders
+    renderer: EmailRenderer
 
     def close(self) -> None:
         db.close_sessions(self.sessions)
@@ -95,7 +94,7 @@ def initialise(config: Config) -> list[str]:
     return done
 
 
-def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMPLATES_DIR) -> Cabinet:
+def build(config: Config, clock: Clock | None = None) -> Cabinet:
     """Wire Cabinet together. ``clock`` is the system clock unless a caller (a test) passes one."""
     clock = clock or SystemClock()
     try:
@@ -104,6 +103,7 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         raise ConfigError(f"[general] timezone: {exc}") from None
     if config.is_sqlite and not config.storage.data_dir.exists():
         raise ConfigError(f"data folder {config.storage.data_dir} does not exist; run `cabinet init` first")
+    templates = template_folders(config.templates.dir)
     keys = SecretKeys.load(config.security.secret_keys_file)
     engine = db.make_engine(config.database_url)
     # Links carry the public URL recorded with the instance, whichever command queues them.
@@ -112,7 +112,7 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
     signer = LinkSigner(keys, clock)
     links = Links(config.http.public_url)
     passwords = Passwords()
-    renderer = EmailRenderer(templates_dir)
+    renderer = EmailRenderer(templates.search_path("email"))
     outbox = Outbox(renderer, signer, clock, config.mail.from_address, config.smtp.domain)
     ctx = DomainContext(
         sessions=sessions,
@@ -151,5 +151,6 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address),
         outbox=outbox,
         worker=worker,
-        templates_dir=templates_dir,
+        templates=templates,
+        renderer=renderer,
     )

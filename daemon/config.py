@@ -132,6 +132,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dkim_verify": Key(False, "flag", "verify DKIM in Cabinet itself"),
         "firm_addresses": Key([], "strings", "extra inbox addresses accepted"),
     },
+    "templates": {
+        "dir": Key("", "path", "folder whose files replace the built-in templates, file by file"),
+    },
 }
 
 
@@ -237,6 +240,11 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class TemplatesConfig:
+    dir: Path | None  # the operator's override folder; None: built-in templates only
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -255,6 +263,7 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    templates: TemplatesConfig = TemplatesConfig(dir=None)
     # Every key of SCHEMA, (section, key) -> its effective value and origin (for `cabinet config check`).
     settings: Mapping[tuple[str, str], Setting] = field(default_factory=dict, repr=False, compare=False)
     # CABINET_* environment variables that name no section: not refused (the environment is
@@ -530,6 +539,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        templates=TemplatesConfig(dir=r.get("templates", "dir")),
         settings=r.settings,
         warnings=warnings,
     )

@@ -84,7 +84,7 @@ class Service:
 
     def __init__(self, cabinet: Cabinet) -> None:
         self.cabinet = cabinet
-        self.pages = Pages(cabinet.templates_dir)
+        self.pages = Pages(cabinet.templates)
         self.web_sessions = WebSessions(
             cabinet.sessions, cabinet.clock, timedelta(hours=cabinet.config.security.session_hours)
         )
@@ -181,4 +181,5 @@ class Service:
 
     def reload(self) -> None:
         self.pages.reload()
+        self.cabinet.renderer.reload()
         log.info("templates reloaded")

@@ -1,20 +1,25 @@
-"""Rendering emails from jinja2 templates in ``templates/email/<locale>/``.
+"""Rendering emails from jinja2 templates in ``email/<locale>/`` of the template folders.
 
 Each email is three files: ``NAME.subject``, ``NAME.txt`` and ``NAME.html``
-(the HTML extends ``templates/email/layout.html``). Autoescaping is on for
-HTML; undefined variables are errors, so a missing fact fails loudly in tests
-instead of producing an email with a blank in it.
+(the HTML extends ``email/layout.html``). The folders are searched in order,
+file by file: the operator's override folder, then the built-in templates.
+Autoescaping is on for HTML; undefined variables are errors, so a missing fact
+fails loudly in tests instead of producing an email with a blank in it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from daemon.i18n import date_filters
+
+EMAIL_PARTS = ("subject", "txt", "html")
+# Shared by every email's HTML part.
+EMAIL_LAYOUTS = ("layout.html", "macros.html")
 
 
 @dataclass(frozen=True)
@@ -24,25 +29,38 @@ class RenderedEmail:
     html: str
 
 
+def email_names(folder: Path) -> list[str]:
+    """The emails Cabinet sends: one per ``NAME.subject`` in ``folder`` (a built-in ``email/en``)."""
+    return sorted(path.stem for path in folder.glob("*.subject"))
+
+
 class EmailRenderer:
-    def __init__(self, templates_dir: Path) -> None:
-        self._env = Environment(
-            loader=FileSystemLoader(templates_dir / "email"),
+    def __init__(self, search_path: Sequence[Path]) -> None:
+        self._search_path = list(search_path)
+        self._env = self._environment()
+
+    def _environment(self) -> Environment:
+        env = Environment(
+            loader=FileSystemLoader(self._search_path),
             autoescape=select_autoescape(["html"]),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
         )
-        self._env.filters.update(date_filters())
+        env.filters.update(date_filters())
+        return env
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> RenderedEmail:
         values = {**context, "locale": locale, "timezone": timezone}
-        subject = self._env.get_template(f"{locale}/{name}.subject").render(values)
+        env = self._env
+        subject = env.get_template(f"{locale}/{name}.subject").render(values)
         return RenderedEmail(
             # A subject is one line: newlines in it would be header injection.
             subject=" ".join(subject.split()),
-            text=self._env.get_template(f"{locale}/{name}.txt").render(values),
-            html=self._env.get_template(f"{locale}/{name}.html").render(values),
+            text=env.get_template(f"{locale}/{name}.txt").render(values),
+            html=env.get_template(f"{locale}/{name}.html").render(values),
         )
 
     def reload(self) -> None:
-        self._env.cache = {} if self._env.cache is not None else None
+        """Forget compiled templates (SIGHUP): jinja2 notices edited files by itself, but not
+        a new override file hiding a built-in one it has already loaded."""
+        self._env = self._environment()

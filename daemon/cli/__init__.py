@@ -23,6 +23,7 @@ from daemon.cli import (
     products,
     service,
     staff,
+    templates,
     transfers,
 )
 from daemon.cli.state import CliState
@@ -91,7 +92,8 @@ def add_config_option(command: click.Command) -> None:
 
 
 for module in (
-    service, database, config, firms, staff, companies, invitations, clients, transfers, products, mail, inbound
+    service, database, config, firms, staff, companies, invitations, clients, transfers, products, mail, templates,
+    inbound,
 ):
     module.register(cli)
 for command in cli.commands.values():

@@ -145,6 +145,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def static(request: web.Request) -> web.StreamResponse:
+    """A file from ``web/static``: the operator's override folder first, then the built-in one."""
+    found = request.app[CABINET].templates.find("web/static/" + request.match_info["name"])
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(found)
+
+
 def make_app(
     cabinet: Cabinet,
     sessions: WebSessions,
@@ -161,7 +169,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_static("/static/", cabinet.templates_dir / "web" / "static")
+    app.router.add_get("/static/{name:.+}", static)
     account.setup(app)
     invitations.setup(app)
     company.setup(app)

@@ -1,8 +1,10 @@
-"""Rendering pages from ``templates/web`` in the reader's language.
+"""Rendering pages from ``web/`` of the template folders in the reader's language.
 
 Page strings are written in English in the templates and translated with
-gettext; the French catalogue is ``templates/web/locale/fr.po``, compiled in
-memory at start-up with Babel, so there is no build step to forget.
+gettext; the French catalogue is ``web/locale/fr.po``, compiled in memory at
+start-up with Babel, so there is no build step to forget (and no ``.mo`` file
+to ship). Templates and catalogues are looked up file by file: the operator's
+override folder first, then the built-in templates.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from daemon.config import LOCALES
 from daemon.i18n import date_filters
+from daemon.template_folders import TemplateFolders
 
 
-def load_translations(locale_dir: Path, locale: str) -> NullTranslations:
-    po = locale_dir / f"{locale}.po"
-    if not po.exists():
+def load_translations(po: Path | None, locale: str) -> NullTranslations:
+    if po is None:
         return NullTranslations()
     with po.open("rb") as handle:
         catalog = read_po(handle, locale=locale)
@@ -34,8 +36,8 @@ def load_translations(locale_dir: Path, locale: str) -> NullTranslations:
 
 
 class Pages:
-    def __init__(self, templates_dir: Path) -> None:
-        self._dir = templates_dir / "web"
+    def __init__(self, folders: TemplateFolders) -> None:
+        self._folders = folders
         self._envs: dict[str, Environment] = {}
         self.reload()
 
@@ -44,12 +46,13 @@ class Pages:
         envs = {}
         for locale in LOCALES:
             env = Environment(
-                loader=FileSystemLoader(self._dir),
+                loader=FileSystemLoader(self._folders.search_path("web")),
                 autoescape=True,
                 undefined=StrictUndefined,
                 extensions=["jinja2.ext.i18n"],
             )
-            env.install_gettext_translations(load_translations(self._dir / "locale", locale), newstyle=True)  # type: ignore[attr-defined]
+            catalogue = load_translations(self._folders.find(f"web/locale/{locale}.po"), locale)
+            env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
             env.filters.update(date_filters())
             envs[locale] = env
         self._envs = envs
