@@ -50,6 +50,7 @@ class StorageConfig:
 class HttpConfig:
     listen: str
     public_url: str
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,19 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9108"  # empty: no /metrics at all
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    manage_invitations_per_day: int = 5
+    sign_in_failures_per_address: int = 10
+    sign_in_failures_per_ip: int = 50
+    sign_in_window_minutes: int = 15
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -127,6 +141,8 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @property
     def database_url(self) -> str:
@@ -251,7 +267,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     public_url = r.text("http", "public_url", "") or f"http://{host}:{port}"
     if not public_url.startswith(("http://", "https://")):
         raise ConfigError(f"[http] public_url must start with http:// or https://, got {public_url!r}")
-    http = HttpConfig(listen=http_listen, public_url=public_url.rstrip("/"))
+    http = HttpConfig(listen=http_listen, public_url=public_url.rstrip("/"),
+                      trusted_proxies=r.strings("http", "trusted_proxies"))
 
     smtp_listen = r.text("smtp", "listen", "127.0.0.1:8025")
     _split_listen(smtp_listen, "[smtp] listen")
@@ -304,6 +321,15 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         timezone=r.text("general", "timezone", "UTC"),
         log_level=r.choice("general", "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
     )
+    metrics = MetricsConfig(listen=r.text("metrics", "listen", MetricsConfig.listen))
+    if metrics.listen:
+        _split_listen(metrics.listen, "[metrics] listen")
+    limits = LimitsConfig(
+        manage_invitations_per_day=r.integer("limits", "manage_invitations_per_day", 5, minimum=1),
+        sign_in_failures_per_address=r.integer("limits", "sign_in_failures_per_address", 10, minimum=1),
+        sign_in_failures_per_ip=r.integer("limits", "sign_in_failures_per_ip", 50, minimum=1),
+        sign_in_window_minutes=r.integer("limits", "sign_in_window_minutes", 15, minimum=1),
+    )
     return Config(
         general=general,
         storage=storage,
@@ -315,4 +341,6 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        metrics=metrics,
+        limits=limits,
     )

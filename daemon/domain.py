@@ -45,6 +45,8 @@ class Policy:
     trial_reminders_before: tuple[timedelta, ...] = (timedelta(days=7), timedelta(days=1))
     manage_link_ttl: timedelta = timedelta(hours=24)
     setup_ttl: timedelta = timedelta(days=14)
+    # Invitations a primary admin may send from a manage link per company per 24 hours.
+    manage_invitations_per_day: int = 5
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ never touch the tables themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -212,12 +212,19 @@ class Roster(DomainService):
 
     # -- invitations (flow 1) ---------------------------------------------
 
-    def send_invitation(self, company_name: str, email: str, channel: str = "cli") -> InvitationView:
-        """The client invites an accountant; a pending invitation to the same address is superseded."""
+    def send_invitation(
+        self, company_name: str, email: str, channel: str = "cli",
+        check: Callable[[Session, Company], None] | None = None,
+    ) -> InvitationView:
+        """The client invites an accountant; a pending invitation to the same address is superseded.
+
+        ``check`` runs first inside the same transaction (a limit that must hold when two race)."""
         address = normalise_email(email)
         now = self._clock.now()
         with self._transaction() as s:
             company = self._company_by_name(s, company_name)
+            if check is not None:
+                check(s, company)
             previous = s.scalar(
                 select(Invitation).where(
                     Invitation.company_id == company.id,

@@ -213,6 +213,9 @@ poll_interval = 0.2
 
 [scheduler]
 interval = 0.2
+
+[metrics]
+listen = "127.0.0.1:0"
 """,
         encoding="utf-8",
     )

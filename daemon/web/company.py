@@ -37,8 +37,7 @@ async def act(request: web.Request) -> web.Response:
     data = form(request)
     try:
         if action == "invite":
-            company = await run(cabinet.company_admin.view, company_id)
-            await run(cabinet.roster.send_invitation, company.company, str(data.get("email", "")), "link")
+            await run(cabinet.company_admin.invite, company_id, str(data.get("email", "")))
         elif action == "transfer":
             firm = str(data.get("firm_id", ""))
             if not firm.isdigit():
