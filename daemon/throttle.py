@@ -1,10 +1,12 @@
 """Sign-in throttling, per address and per client IP, counted in the database.
 
-A few failures are free (typos). After that each further attempt must wait
-twice as long as the one before (1 s, 2 s, 4 s, …); an attempt made too early
-is refused without checking the password and is not counted. After
-``lock_after`` failures within the window the key is locked until the oldest
-of them leaves the window. The same rule applies to every address, existing
+Per address, a few failures are free (typos); after that each further attempt
+must wait twice as long as the one before (1 s, 2 s, 4 s, …), and an attempt
+made too early is refused without checking the password and is not counted.
+After ``per_address`` failures within the window the address is locked until
+the oldest of them leaves the window. Per client IP there is no delay (an
+office behind one NAT shares it) but a higher lock threshold, ``per_ip``, so
+one client cannot try many addresses either. The same rule applies to every address, existing
 or not, so the answers never tell whether an account exists.
 
 The rows live in the database so that several instances on PostgreSQL share
@@ -64,9 +66,9 @@ class SignInThrottle:
         now = self._clock.now()
         since = now - self._policy.window
         with self._sessions() as s:
-            for key, lock_after, what in (
-                (address_key(email), self._policy.per_address, "this address"),
-                (ip_key(ip), self._policy.per_ip, "your network address"),
+            for key, lock_after, what, slowed in (
+                (address_key(email), self._policy.per_address, "this address", True),
+                (ip_key(ip), self._policy.per_ip, "your network address", False),
             ):
                 times = list(
                     s.scalars(
@@ -76,9 +78,11 @@ class SignInThrottle:
                         .limit(lock_after)
                     )
                 )
-                self._refuse_if_needed(times, lock_after, now, what)
+                self._refuse_if_needed(times, lock_after, now, what, slowed)
 
-    def _refuse_if_needed(self, recent_first: list[datetime], lock_after: int, now: datetime, what: str) -> None:
+    def _refuse_if_needed(
+        self, recent_first: list[datetime], lock_after: int, now: datetime, what: str, slowed: bool
+    ) -> None:
         count = len(recent_first)
         if count >= lock_after:
             # Locked until the oldest of the last `lock_after` failures leaves the window.
@@ -89,7 +93,7 @@ class SignInThrottle:
                 f"Try again in {minutes} minute{'s' if minutes != 1 else ''}, or ask your firm's admin for help.",
                 retry_after=_seconds(until - now),
             )
-        if count >= FREE_FAILURES:
+        if slowed and count >= FREE_FAILURES:
             delay = min(timedelta(seconds=2 ** (count - FREE_FAILURES)), MAX_DELAY)
             ready = recent_first[0] + delay
             if now < ready:
