@@ -15,10 +15,9 @@ from daemon.web.context import (
     page,
     redirect,
     run,
-    safe_next,
     visitor,
 )
-from daemon.web.security import SECURITY, client_ip
+from daemon.web.security import SECURITY, client_ip, safe_next
 
 
 async def home(request: web.Request) -> web.Response:

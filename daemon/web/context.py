@@ -18,7 +18,7 @@ from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
 from daemon.web.pages import Pages
-from daemon.web.security import SECURITY, safe_next  # noqa: F401  (pages import safe_next from here)
+from daemon.web.security import SECURITY
 
 CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
