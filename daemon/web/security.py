@@ -31,8 +31,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    # Links carry tokens: never leak them to another site through Referer.
-    "Referrer-Policy": "no-referrer",
+    # Links carry tokens: never leak them to another site through Referer. Not "no-referrer":
+    # with it browsers send "Origin: null" on our own form posts, which must be refused.
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
     "Cache-Control": "no-store",
