@@ -36,7 +36,7 @@ async def sign_in_form(request: web.Request) -> web.Response:
 async def sign_in(request: web.Request) -> web.StreamResponse:
     data = form(request)
     email = str(data.get("email", ""))[:320]
-    password = str(data.get("password", ""))[:1024]
+    password = str(data.get("password", ""))  # bounded by client_max_size
     target = safe_next(str(data.get("next", "/")))
     cabinet = request.app[CABINET]
     security = request.app[SECURITY]
