@@ -289,3 +289,15 @@ def test_tokens_of_every_purpose_are_shortened_in_the_real_log(env: Env, cli: Cl
     for prefix, token in tokens.items():
         assert token not in output, f"{prefix} token logged whole"
         assert token[:20] not in output, f"{prefix} token logged nearly whole"
+
+
+@pytest.mark.parametrize(
+    "public_url, origin",
+    [("https://cabinet.example:443", "https://cabinet.example"), ("https://Cabinet.Example/base", "https://cabinet.example"),
+     ("http://127.0.0.1:8080", "http://127.0.0.1:8080"), ("http://[::1]:8080", "http://[::1]:8080")],
+)
+def test_the_expected_origin_is_public_url_as_a_browser_writes_it(public_url: str, origin: str):
+    from daemon.config import HttpConfig
+    from daemon.web.security import WebSecurity
+
+    assert WebSecurity.from_config(HttpConfig("127.0.0.1:8080", public_url), None, "en", "UTC").origin == origin  # type: ignore[arg-type]

@@ -67,8 +67,11 @@ class WebSecurity:
         url = urlsplit(http.public_url)
         https = url.scheme == "https"
         prefix = "__Host-" if https else ""
+        # As a browser serialises it: no default port, no path, no user info.
+        port = "" if url.port in (None, 443 if https else 80) else f":{url.port}"
+        host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else (url.hostname or "")
         return cls(
-            origin=f"{url.scheme}://{url.netloc}".lower(),
+            origin=f"{url.scheme}://{host}{port}".lower(),
             https=https,
             browser_cookie=prefix + "cabinet_browser",
             session_cookie=prefix + "cabinet_session",
