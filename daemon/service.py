@@ -107,8 +107,6 @@ class Service:
             await metrics_site.start()
             self.metrics_port = cast(asyncio.Server, metrics_site._server).sockets[0].getsockname()[1]
             log.info("metrics on http://%s:%s/metrics", metrics_host, self.metrics_port)
-        # The decoy hash for unknown sign-in addresses, made now rather than on the first attempt.
-        await self.cabinet.passwords.executor.run(self.cabinet.passwords.warm)
 
         worker = self.cabinet.worker
         wake_worker: Callable[[Any], None] = lambda result: worker.wake() if result else None
@@ -133,6 +131,9 @@ class Service:
             host, self.http_port, config.http.public_url, config.inbound.protocol.upper(), smtp_host, self.smtp_port,
             config.mail.transport,
         )
+        # The decoy hash for unknown sign-in addresses, made now on the password pool (start-up
+        # does not wait for it) rather than on the first attempt, which would take longer than the rest.
+        self.cabinet.passwords.executor.submit(self.cabinet.passwords.warm)
 
     def _readiness(self) -> dict[str, bool]:
         return {
