@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import db, instance
+from daemon.auth import SignIn
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
 from daemon.errors import ConfigError
@@ -27,6 +28,7 @@ from daemon.onboarding import Onboarding
 from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
+from daemon.throttle import SignInThrottle, ThrottlePolicy
 from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
 from mailer.render import EmailRenderer
@@ -51,8 +53,10 @@ class Cabinet:
     worker: OutboxWorker
     templates: TemplateFolders
     renderer: EmailRenderer
+    sign_in: SignIn
 
     def close(self) -> None:
+        self.passwords.close()
         db.close_sessions(self.sessions)
         self.engine.dispose()
 
@@ -125,6 +129,7 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
             invitation_ttl=timedelta(days=config.invitations.ttl_days),
             default_locale=config.general.default_locale,
             default_timezone=config.general.timezone,
+            manage_invitations_per_day=config.limits.manage_invitations_per_day,
         ),
     )
     roster = Roster(ctx)
@@ -135,6 +140,15 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         max_attempts=config.mail.max_attempts,
         poll_interval=config.mail.poll_interval,
         lease=timedelta(seconds=config.mail.claim_lease),
+    )
+    throttle = SignInThrottle(
+        sessions,
+        clock,
+        ThrottlePolicy(
+            window=timedelta(minutes=config.limits.sign_in_window_minutes),
+            per_address=config.limits.sign_in_failures_per_address,
+            per_ip=config.limits.sign_in_failures_per_ip,
+        ),
     )
     return Cabinet(
         config=config,
@@ -147,10 +161,11 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         roster=roster,
         transfers=BillingTransfers(ctx),
         onboarding=Onboarding(ctx),
-        company_admin=CompanyAdmin(ctx),
+        company_admin=CompanyAdmin(ctx, roster),
         inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address),
         outbox=outbox,
         worker=worker,
         templates=templates,
         renderer=renderer,
+        sign_in=SignIn(sessions, roster, passwords, throttle),
     )

@@ -1,21 +1,33 @@
-"""Signed-in browser sessions for firm staff.
+"""Staff sign-in and signed-in browser sessions.
 
-The cookie carries a random token; the table keeps only its SHA-256, so a
-leaked database does not hand out live sessions. Signing out deletes the row.
+The session cookie carries a random token; the table keeps only its SHA-256,
+so a leaked database does not hand out live sessions. Signing out deletes the
+row. Signing in is throttled (``daemon.throttle``) and the password check runs
+on the password pool, never on the threads the database calls use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
 from daemon.db import write_transaction
-from daemon.models import WebSession
+from daemon.domain import normalise_email
+from daemon.errors import AuthenticationFailed, InvalidInput
+from daemon.models import User, WebSession
+from daemon.passwords import Passwords
+from daemon.roster import Roster
+from daemon.throttle import SignInThrottle
+from daemon.views import UserView
+
+T = TypeVar("T")
 
 
 def _digest(token: str) -> str:
@@ -52,3 +64,39 @@ class WebSessions:
             return
         with write_transaction(self._sessions) as s:
             s.execute(delete(WebSession).where(WebSession.id == _digest(token)))
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+class SignIn:
+    """Email and password to a staff member, or a refusal that reads the same for every address."""
+
+    def __init__(self, sessions: sessionmaker[Session], roster: Roster, passwords: Passwords, throttle: SignInThrottle) -> None:
+        self._sessions = sessions
+        self._roster = roster
+        self._passwords = passwords
+        self._throttle = throttle
+
+    def _stored_hash(self, email: str) -> tuple[int | None, str | None]:
+        try:
+            address = normalise_email(email)
+        except InvalidInput:
+            return None, None
+        with self._sessions() as s:
+            row = s.execute(select(User.id, User.password_hash).where(User.email == address)).first()
+            return (row[0], row[1]) if row else (None, None)
+
+    async def attempt(self, email: str, password: str, client_ip: str) -> UserView:
+        """Raises ``LimitReached`` (throttled, password not checked), ``Busy`` (password pool full)
+        or ``AuthenticationFailed`` (wrong address or password: one message for both)."""
+        await _off_loop(self._throttle.check, email, client_ip)
+        user_id, stored = await _off_loop(self._stored_hash, email)
+        # Unknown addresses are verified against a decoy hash: same work, same time.
+        ok = await self._passwords.verify_async(stored, password)
+        if not ok or user_id is None:
+            await _off_loop(self._throttle.record_failure, email, client_ip)
+            raise AuthenticationFailed("The email or password is incorrect.")
+        await _off_loop(self._throttle.succeeded, email)
+        return await _off_loop(self._roster.get_user, user_id)

@@ -9,13 +9,15 @@ longer the company's primary admin.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from daemon.domain import DomainService, clean_name, normalise_email
-from daemon.errors import NotAllowed
-from daemon.models import Client, Company, Firm, Invitation, InvitationState
+from daemon.domain import DomainContext, DomainService, clean_name, normalise_email
+from daemon.errors import LimitReached, LinkTampered, NotAllowed
+from daemon.models import Client, Company, Event, Firm, Invitation, InvitationState
+from daemon.roster import Roster
 from daemon.tokens import Purpose
 from daemon.transfers import REASONS
 
@@ -35,6 +37,44 @@ class CompanyAdminView:
 
 
 class CompanyAdmin(DomainService):
+    def __init__(self, ctx: DomainContext, roster: Roster) -> None:
+        super().__init__(ctx)
+        self._roster = roster
+
+    def invite(self, company_id: int, email: str, key: str | None = None) -> None:
+        """The primary admin invites an accountant from a manage link, within the daily limit.
+
+        A manage link can be forwarded; the limit keeps a leaked one from
+        becoming a way to send Cabinet's email to anyone, as often as wanted.
+        """
+        with self._sessions() as s:
+            company = s.get(Company, company_id)
+            if company is None:
+                raise LinkTampered("this link does not match any company")
+            name = company.name
+        self._roster.send_invitation(name, email, "link", key, check=self._within_daily_invitations)
+
+    def _within_daily_invitations(self, s: Session, company: Company) -> None:
+        limit = self._policy.manage_invitations_per_day
+        # Lock the company row (PostgreSQL) so two posts at once cannot both pass; SQLite's
+        # write transaction already serialises them.
+        s.execute(select(Company.id).where(Company.id == company.id).with_for_update())
+        since = self._now() - timedelta(days=1)
+        sent = s.scalar(
+            select(func.count(Event.id)).where(
+                Event.company_id == company.id,
+                Event.kind == "invitation.sent",
+                Event.channel == "link",
+                Event.at > since,
+            )
+        )
+        if (sent or 0) >= limit:
+            raise LimitReached(
+                f"{company.name} has already sent {limit} invitations from a manage link in the last 24 hours, "
+                "the most allowed. Try again tomorrow, or ask your accounting firm to send this one.",
+                retry_after=86400,
+            )
+
     def send_link(self, company_name: str, channel: str = "cli") -> str:
         """Email the primary admin a link to manage the company; returns the link."""
         with self._transaction() as s:

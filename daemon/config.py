@@ -91,6 +91,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "http": {
         "listen": Key("127.0.0.1:8080", "listen", "where the link handler listens"),
         "public_url": Key("", doc="base of emailed links; empty: http://<listen>; recorded by `cabinet init`"),
+        "trusted_proxies": Key([], "strings", "reverse proxies whose X-Forwarded-For is believed"),
     },
     "smtp": {
         "listen": Key("127.0.0.1:8025", "listen", "where the inbound SMTP/LMTP listener listens"),
@@ -134,6 +135,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "templates": {
         "dir": Key("", "path", "folder whose files replace the built-in templates, file by file"),
+    },
+    "metrics": {
+        "listen": Key("127.0.0.1:9108", "text", "where /metrics is served (its own listener); empty: nowhere"),
+    },
+    "limits": {
+        "manage_invitations_per_day": Key(5, "integer", "invitations per company per day from a manage link", minimum=1),
+        "sign_in_failures_per_address": Key(10, "integer", "failures in the window before an address is locked",
+                                            minimum=1),
+        "sign_in_failures_per_ip": Key(50, "integer", "failures in the window before a client IP is locked",
+                                       minimum=1),
+        "sign_in_window_minutes": Key(15, "integer", "the sign-in failure window", minimum=1),
     },
 }
 
@@ -181,6 +193,7 @@ class StorageConfig:
 class HttpConfig:
     listen: str
     public_url: str
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
 
 
 @dataclass(frozen=True)
@@ -245,6 +258,19 @@ class TemplatesConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9108"  # empty: no /metrics at all
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    manage_invitations_per_day: int = 5
+    sign_in_failures_per_address: int = 10
+    sign_in_failures_per_ip: int = 50
+    sign_in_window_minutes: int = 15
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -263,6 +289,8 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
     templates: TemplatesConfig = TemplatesConfig(dir=None)
     # Every key of SCHEMA, (section, key) -> its effective value and origin (for `cabinet config check`).
     settings: Mapping[tuple[str, str], Setting] = field(default_factory=dict, repr=False, compare=False)
@@ -467,7 +495,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"[http] public_url must start with http:// or https://, got {public_url!r}")
     public_url = public_url.rstrip("/")
     r.settle("http", "public_url", public_url)
-    http = HttpConfig(listen=http_listen, public_url=public_url)
+    http = HttpConfig(listen=http_listen, public_url=public_url, trusted_proxies=r.get("http", "trusted_proxies"))
 
     smtp_listen = r.get("smtp", "listen")
     domain = r.get("smtp", "domain").lower()
@@ -524,6 +552,15 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         timezone=r.get("general", "timezone"),
         log_level=r.get("general", "log_level"),
     )
+    metrics = MetricsConfig(listen=r.get("metrics", "listen"))
+    if metrics.listen:
+        _split_listen(metrics.listen, "[metrics] listen")
+    limits = LimitsConfig(
+        manage_invitations_per_day=r.get("limits", "manage_invitations_per_day"),
+        sign_in_failures_per_address=r.get("limits", "sign_in_failures_per_address"),
+        sign_in_failures_per_ip=r.get("limits", "sign_in_failures_per_ip"),
+        sign_in_window_minutes=r.get("limits", "sign_in_window_minutes"),
+    )
     for section, keys in SCHEMA.items():  # keys without a dataclass field, read by config.value()
         for key in keys:
             if (section, key) not in r.settings:
@@ -539,6 +576,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        metrics=metrics,
+        limits=limits,
         templates=TemplatesConfig(dir=r.get("templates", "dir")),
         settings=r.settings,
         warnings=warnings,

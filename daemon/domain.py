@@ -54,6 +54,8 @@ class Policy:
     setup_ttl: timedelta = timedelta(days=14)
     # A second press of the same button (same link, same fields) this soon gets the first result.
     repeat_window: timedelta = timedelta(minutes=10)
+    # Invitations a primary admin may send from a manage link per company per 24 hours.
+    manage_invitations_per_day: int = 5
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,19 @@ class LinkExpired(LinkError):
     def __init__(self, message: str, payload: object) -> None:
         super().__init__(message)
         self.payload = payload
+
+
+class LimitReached(CabinetError):
+    """Too many of something in too short a time; ``retry_after`` says when it may work again."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Busy(CabinetError):
+    """A bounded resource is full; the request was refused rather than queued."""
+
+    http_status = 503

@@ -13,14 +13,28 @@ import re
 import sys
 from datetime import datetime, timezone
 
+# A token is everything after its prefix up to the next character no token uses. Any length
+# counts: a payment token for company 5 starts "WzVd." (4 characters, then a dot), and a
+# shorter-looking token is still a credential. Prefixes are matched percent-encoded too, as
+# they appear inside a logged `next=` query string.
 TOKEN = re.compile(
-    r"(?P<prefix>/(?:invitations(?:/renew)?|company|transfers|setup|payment)/|(?:reply|bounce)\+)"
-    r"(?P<token>[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-.]{10,}"
+    r"(?P<prefix>(?:/|%2F)(?:invitations(?:/|%2F)renew|invitations|company|transfers|setup|payment)(?:/|%2F)"
+    r"|(?:reply|bounce)\+)"
+    r"(?P<token>[A-Za-z0-9_\-.]+)",
+    re.IGNORECASE,
 )
+KEEP = 6  # characters shown, enough to tell two tokens apart in a log, far too few to use
+
+
+def _shorten(match: re.Match[str]) -> str:
+    token = match.group("token")
+    if token.lower() in ("renew", "renew%2f"):
+        return match.group(0)
+    return f"{match.group('prefix')}{token[: min(KEEP, len(token) // 4)]}…"
 
 
 def redact(text: str) -> str:
-    return TOKEN.sub(lambda m: f"{m.group('prefix')}{m.group('token')}…", text)
+    return TOKEN.sub(_shorten, text)
 
 
 class RedactTokens(logging.Filter):

@@ -428,3 +428,18 @@ class RequestKey(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex
     result_id: Mapped[int | None] = mapped_column(Integer)  # the row the first press made
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class SignInFailure(Base):
+    """One failed sign-in, keyed by address ("email:…") and by client IP ("ip:…").
+
+    Kept in the database, not in memory, so every instance of a PostgreSQL
+    deployment counts the same failures; rows older than the window are swept.
+    """
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(400))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

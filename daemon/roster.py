@@ -10,7 +10,7 @@ never touch the tables themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -213,12 +213,15 @@ class Roster(DomainService):
     # -- invitations (flow 1) ---------------------------------------------
 
     def send_invitation(
-        self, company_name: str, email: str, channel: str = "cli", key: str | None = None
+        self, company_name: str, email: str, channel: str = "cli", key: str | None = None,
+        check: Callable[[Session, Company], None] | None = None,
     ) -> InvitationView:
         """The client invites an accountant; a pending invitation to the same address is superseded.
 
         ``key`` (see ``daemon.domain.request_key``) makes a second press of the same
         button within the window return the first invitation instead of sending another.
+        ``check`` runs inside the same transaction before anything is sent (a limit
+        that must hold when two race); a repeated press is not checked again.
         """
         address = normalise_email(email)
         with self._transaction() as s:
@@ -228,6 +231,8 @@ class Roster(DomainService):
                 sent = s.get(Invitation, first)
                 if sent is not None:
                     return self._invitation_view(s, sent)
+            if check is not None:
+                check(s, company)
             view = self._send_in(s, company, address, channel)
             self._record_result(s, key, view.id)
             return view

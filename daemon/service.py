@@ -24,7 +24,7 @@ from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
 from daemon.smtp import InboundHandler, make_protocol_factory
-from daemon.web import make_app
+from daemon.web import make_app, make_metrics_app
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class Service:
             cabinet.sessions, cabinet.clock, timedelta(hours=cabinet.config.security.session_hours)
         )
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.metrics_port = 0
         self._smtp: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: InstanceLock | None = None
@@ -120,6 +122,15 @@ class Service:
             await site.start()
         server = cast(asyncio.Server, site._server)  # aiohttp keeps the bound asyncio server here
         self.http_port = server.sockets[0].getsockname()[1]
+        if config.metrics.listen:
+            # Metrics on a listener of their own (loopback by default), never next to the links.
+            self._metrics_runner = web.AppRunner(make_metrics_app(self.metrics), access_log=None)
+            await self._metrics_runner.setup()
+            metrics_host, metrics_port = listen_address(config.metrics.listen, "[metrics] listen")
+            metrics_site = web.TCPSite(self._metrics_runner, metrics_host, metrics_port)
+            await metrics_site.start()
+            self.metrics_port = cast(asyncio.Server, metrics_site._server).sockets[0].getsockname()[1]
+            log.info("metrics on http://%s:%s/metrics", metrics_host, self.metrics_port)
 
         worker = self.cabinet.worker
         wake_worker: Callable[[Any], None] = lambda result: worker.wake() if result else None
@@ -152,6 +163,9 @@ class Service:
                         "links carry the same one")
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
+        # The decoy hash for unknown sign-in addresses, made now on the password pool (start-up
+        # does not wait for it) rather than on the first attempt, which would take longer than the rest.
+        self.cabinet.passwords.executor.submit(self.cabinet.passwords.warm)
 
     def _readiness(self) -> dict[str, bool]:
         return {
@@ -165,6 +179,8 @@ class Service:
             self._smtp.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         for stop in self._stoppers:
             stop()
         if self._tasks:

@@ -35,6 +35,7 @@ class Purpose(Enum):
     BOUNCE = "bounce"
     SESSION = "session"
     CSRF = "csrf"
+    BROWSER = "browser"
 
     @property
     def salt(self) -> str:

@@ -48,10 +48,16 @@ class FakeClock:
     def __init__(self) -> None:
         self._offset = timedelta()
         self._lock = threading.Lock()
+        self._frozen: datetime | None = None
 
     def now(self) -> datetime:
         with self._lock:
-            return datetime.now(timezone.utc) + self._offset
+            return (self._frozen or datetime.now(timezone.utc)) + self._offset
+
+    def freeze(self) -> None:
+        """Stop the clock where it is (``advance`` still moves it): for rules measured in seconds."""
+        with self._lock:
+            self._frozen = datetime.now(timezone.utc)
 
     def advance(self, **delta: float) -> None:
         with self._lock:
@@ -213,6 +219,9 @@ poll_interval = 0.2
 
 [scheduler]
 interval = 0.2
+
+[metrics]
+listen = "127.0.0.1:0"
 """,
         encoding="utf-8",
     )

@@ -68,7 +68,7 @@ def test_opening_the_link_changes_nothing(server, browser, cli, seed, mailbox, e
 def test_link_pages_do_not_leak_the_token(server, browser, cli, seed, mailbox):
     link = invite(cli, mailbox, seed)
     page = browser.get(link)
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"  # no Referer to any other site
     assert page.headers["Cache-Control"] == "no-store"
     cookie = page.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie

@@ -41,7 +41,9 @@ def test_health_readiness_and_metrics(server, cli: Cli, seed: Seed, mailbox: Mai
     cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
     link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[0])
     Browser(env.base_url).get(link)
-    metrics = httpx.get(f"{env.base_url}/metrics")
+    # Not on the public listener: on [metrics] listen only.
+    assert httpx.get(f"{env.base_url}/metrics").status_code == 404
+    metrics = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert 'cabinet_emails{state="sent"} 1.0' in text

@@ -19,9 +19,9 @@ from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError
 from daemon.metrics import Metrics
-from daemon.web import account, clients, company, invitations, transfers
+from daemon.tokens import Purpose
+from daemon.web import account, clients, company, invitations, security, transfers
 from daemon.web.context import (
-    BROWSER_COOKIE,
     CABINET,
     FORM,
     PAGES,
@@ -42,17 +42,6 @@ READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    # Links carry tokens: never leak them to another site through Referer.
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
-    "Cache-Control": "no-store",
-}
-
-
 LINK_PURPOSES = {"invitations": "invite", "company": "manage", "transfers": "transfer", "setup": "setup", "payment": "payment"}
 
 
@@ -69,14 +58,6 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
         purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
         if purpose and request.method in ("GET", "POST"):
             metrics.links.labels(purpose, "opened" if request.method == "GET" else "acted").inc()
-
-
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
 
 
 @web.middleware
@@ -98,7 +79,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/metrics"):
+    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz"):
         return await handler(request)
     v = await load_visitor(request)
     request[VISITOR] = v
@@ -110,15 +91,10 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
     elif request.method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
     response = await handler(request)
-    if v.new_browser:
-        response.set_cookie(
-            BROWSER_COOKIE,
-            v.browser_id,
-            httponly=True,
-            samesite="Lax",
-            secure=request.app[CABINET].config.http.public_url.startswith("https://"),
-            path="/",
-        )
+    cookies = request.app[security.SECURITY]
+    # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
+    if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
+        cookies.set_cookie(response, cookies.browser_cookie, request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id))
     return response
 
 
@@ -153,6 +129,14 @@ async def static(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(found)
 
 
+def make_metrics_app(metrics_registry: Metrics) -> web.Application:
+    """``/metrics`` alone, for its own listener (``[metrics] listen``), never the public one."""
+    app = web.Application()
+    app[METRICS] = metrics_registry
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
 def make_app(
     cabinet: Cabinet,
     sessions: WebSessions,
@@ -160,7 +144,10 @@ def make_app(
     metrics_registry: Metrics,
     readiness: Callable[[], dict[str, bool]],
 ) -> web.Application:
-    app = web.Application(middlewares=[measure, security_headers, errors, visitors], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[measure, errors, security.same_origin_posts, visitors], client_max_size=64 * 1024
+    )
+    security.install(app, cabinet.config.http, pages, cabinet.config.general.default_locale, cabinet.config.general.timezone)
     app[CABINET] = cabinet
     app[SESSIONS] = sessions
     app[PAGES] = pages
@@ -168,7 +155,6 @@ def make_app(
     app[READINESS] = readiness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/static/{name:.+}", static)
     account.setup(app)
     invitations.setup(app)

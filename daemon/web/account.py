@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
+
 from aiohttp import web
 
+from daemon.errors import AuthenticationFailed, Busy, LimitReached
+from daemon.tokens import Purpose
 from daemon.web.context import (
     CABINET,
-    SESSION_COOKIE,
     SESSIONS,
     form,
     page,
     redirect,
     run,
-    safe_next,
     visitor,
 )
+from daemon.web.security import SECURITY, client_ip, safe_next
 
 
 async def home(request: web.Request) -> web.Response:
@@ -32,32 +35,37 @@ async def sign_in_form(request: web.Request) -> web.Response:
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
     data = form(request)
-    email = str(data.get("email", ""))
-    password = str(data.get("password", ""))
+    email = str(data.get("email", ""))[:320]
+    password = str(data.get("password", ""))  # bounded by client_max_size
     target = safe_next(str(data.get("next", "/")))
     cabinet = request.app[CABINET]
-    # argon2 verification is deliberately slow: run it off the event loop.
-    user = await run(cabinet.roster.authenticate, email, password)
-    if user is None:
+    security = request.app[SECURITY]
+    try:
+        user = await cabinet.sign_in.attempt(email, password, client_ip(request))
+    except AuthenticationFailed:
+        # One answer whether or not the address has an account.
         return page(request, "sign_in.html", status=401, next=target, email=email, failed=True)
+    except (LimitReached, Busy) as exc:
+        response = page(request, "error.html", status=exc.http_status, message=str(exc))
+        retry_after = exc.retry_after if isinstance(exc, LimitReached) else 5
+        if retry_after:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
     token = await run(request.app[SESSIONS].start, user.id)
     response = redirect(target)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        httponly=True,
-        samesite="Lax",
-        secure=cabinet.config.http.public_url.startswith("https://"),
-        path="/",
-        max_age=cabinet.config.security.session_hours * 3600,
+    security.set_cookie(
+        response, security.session_cookie, token, max_age=cabinet.config.security.session_hours * 3600
     )
+    # A new browser id at sign-in: a CSRF token obtained before (or planted) stops working.
+    security.set_cookie(response, security.browser_cookie, cabinet.signer.sign(Purpose.BROWSER, secrets.token_urlsafe(32)))
     return response
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
     await run(request.app[SESSIONS].end, visitor(request).session_token)
     response = redirect(safe_next(str(form(request).get("next", "/"))))
-    response.del_cookie(SESSION_COOKIE, path="/")
+    security = request.app[SECURITY]
+    security.delete_cookie(response, security.session_cookie)
     return response
 
 

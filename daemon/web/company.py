@@ -38,11 +38,10 @@ async def act(request: web.Request) -> web.Response:
     data = form(request)
     try:
         if action == "invite":
-            company = await run(cabinet.company_admin.view, company_id)
             email = str(data.get("email", ""))
             # A second press of the same form (same link, same address) within the window sends nothing more.
             key = request_key("invite", token, email.strip().lower())
-            await run(cabinet.roster.send_invitation, company.company, email, "link", key)
+            await run(cabinet.company_admin.invite, company_id, email, key)
         elif action == "transfer":
             firm = str(data.get("firm_id", ""))
             if not firm.isdigit():

@@ -15,16 +15,14 @@ from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError, LinkError
 from daemon.i18n import negotiate
-from daemon.tokens import Purpose
+from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
 from daemon.web.pages import Pages
+from daemon.web.security import SECURITY
 
 CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
 SESSIONS = web.AppKey("web_sessions", WebSessions)
-
-BROWSER_COOKIE = "cabinet_browser"
-SESSION_COOKIE = "cabinet_session"
 
 T = TypeVar("T")
 
@@ -33,15 +31,38 @@ class CsrfFailed(CabinetError):
     http_status = 403
 
 
+class CsrfToken:
+    """The page's CSRF token, signed only when a page shows a form.
+
+    Whether a page used it decides whether the browser gets a cookie at all:
+    an anonymous GET of a page without a form sets none.
+    """
+
+    def __init__(self, sign: Callable[[], str]) -> None:
+        self._sign = sign
+        self._value: str | None = None
+
+    @property
+    def used(self) -> bool:
+        return self._value is not None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            self._value = self._sign()
+        return self._value
+
+    __html__ = __str__  # jinja's autoescape asks for this; a token needs no escaping
+
+
 @dataclass
 class Visitor:
     browser_id: str
-    new_browser: bool
+    new_browser: bool  # not signed by us yet: the cookie is set if the page needs it
     session_token: str | None
     user: UserView | None
     locale: str
     timezone: str
-    csrf_token: str
+    csrf_token: CsrfToken
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -67,13 +88,25 @@ def _signed_in_user(sessions: WebSessions, cabinet: Cabinet, token: str) -> User
     return cabinet.roster.get_user(user_id) if user_id is not None else None
 
 
+def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
+    """The id inside a browser cookie Cabinet issued; None for a missing, chosen or forged one."""
+    if not cookie:
+        return None
+    try:
+        value = signer.verify(Purpose.BROWSER, cookie, max_age=None)
+    except LinkError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 async def load_visitor(request: web.Request) -> Visitor:
     cabinet = request.app[CABINET]
-    browser_id = request.cookies.get(BROWSER_COOKIE, "")
-    new_browser = len(browser_id) < 32
-    if new_browser:
+    security = request.app[SECURITY]
+    browser_id = _browser_id(cabinet.signer, request.cookies.get(security.browser_cookie))
+    new_browser = browser_id is None
+    if browser_id is None:
         browser_id = secrets.token_urlsafe(32)
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(security.session_cookie)
     user = await run(_signed_in_user, request.app[SESSIONS], cabinet, token) if token else None
     default = cabinet.config.general.default_locale
     locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
@@ -85,7 +118,7 @@ async def load_visitor(request: web.Request) -> Visitor:
         user=user,
         locale=locale,
         timezone=timezone,
-        csrf_token=cabinet.signer.sign(Purpose.CSRF, browser_id),
+        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, browser_id)),
     )
 
 
@@ -97,7 +130,7 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
         bound = cabinet.signer.verify(Purpose.CSRF, submitted or "", max_age=max_age)
     except LinkError:
         raise CsrfFailed("this form has expired or did not come from this site; reload the page and try again") from None
-    current = request.cookies.get(BROWSER_COOKIE, "")
+    current = _browser_id(cabinet.signer, request.cookies.get(request.app[SECURITY].browser_cookie))
     if not current or not secrets.compare_digest(str(bound), current):
         raise CsrfFailed("this form did not come from this browser; reload the page and try again")
 
@@ -123,10 +156,3 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
 def redirect(location: str) -> web.Response:
     """Post/Redirect/Get: 303 so a reload never re-submits the form."""
     return web.Response(status=303, headers={"Location": location})
-
-
-def safe_next(value: str | None) -> str:
-    """Only same-site relative paths: an open redirect would help phishing."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/"
