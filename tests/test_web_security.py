@@ -202,6 +202,7 @@ def test_every_response_carries_the_security_headers_and_no_version(server, env:
 def https_server(env: Env, cli: Cli, clock: FakeClock) -> Iterator[RunningServer]:
     text = env.config_path.read_text(encoding="utf-8")
     env.config_path.write_text(text.replace("[http]\n", '[http]\npublic_url = "https://cabinet.example"\n', 1))
+    cli("config", "set-public-url", "https://cabinet.example")  # the instance's links move there too
     running = RunningServer(env, clock)
     running.start()
     yield running
