@@ -27,8 +27,10 @@ from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
 from daemon.roster import Roster
 from daemon.transfers import BillingTransfers
+from daemon.undeliverable import Undeliverable
 from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
+from mailer.queue import OutboxQueue
 from mailer.render import EmailRenderer
 from mailer.transports import MaildirTransport, SmtpTransport, Transport
 
@@ -51,6 +53,7 @@ class Cabinet:
     inbound: Inbound
     outbox: Outbox
     worker: OutboxWorker
+    mail_queue: OutboxQueue
     templates_dir: Path
 
     def close(self) -> None:
@@ -63,7 +66,7 @@ class Cabinet:
 
 def make_transport(config: Config) -> Transport:
     if config.mail.transport == "smtp":
-        return SmtpTransport(config.mail.relay)
+        return SmtpTransport(config.mail.relay, config.mail.relay_timeout)
     return MaildirTransport(config.mail.maildir)
 
 
@@ -128,7 +131,8 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         sessions,
         make_transport(config),
         clock,
-        max_attempts=config.mail.max_attempts,
+        on_bounce=Undeliverable(ctx).bounced,
+        give_up_after=timedelta(seconds=config.mail.give_up_after),
         poll_interval=config.mail.poll_interval,
         lease=timedelta(seconds=config.mail.claim_lease),
     )
@@ -147,5 +151,6 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address),
         outbox=outbox,
         worker=worker,
+        mail_queue=OutboxQueue(sessions, clock),
         templates_dir=templates_dir,
     )

@@ -74,7 +74,8 @@ class MailConfig:
     maildir: Path
     relay: RelayConfig
     poll_interval: float
-    max_attempts: int
+    give_up_after: float  # seconds an email is retried after a temporary failure
+    relay_timeout: float  # seconds one whole SMTP conversation with the relay may take
     claim_lease: float
 
 
@@ -278,7 +279,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         maildir=r.path("mail", "maildir", data_dir / "maildir"),
         relay=relay,
         poll_interval=r.number("mail", "poll_interval", 2.0),
-        max_attempts=r.integer("mail", "max_attempts", 8, minimum=1),
+        give_up_after=r.number("mail", "give_up_after", 5 * 24 * 3600.0),
+        relay_timeout=r.number("mail", "relay_timeout", 30.0),
         claim_lease=r.number("mail", "claim_lease", 120.0),
     )
     security = SecurityConfig(

@@ -84,7 +84,7 @@ class Service:
         if config.is_sqlite:
             self._lock = InstanceLock(config.storage.data_dir / "serve.lock")
             self._lock.acquire(config.database_url)
-        self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock)
+        self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock, self.cabinet.worker.stats)
         app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
         self._runner = web.AppRunner(
             app, access_log=logging.getLogger("aiohttp.access"), shutdown_timeout=5.0,
@@ -136,8 +136,9 @@ class Service:
         for stop in self._stoppers:
             stop()
         if self._tasks:
-            # In-flight work finishes its current step; what is still running after that is cancelled.
-            _, pending = await asyncio.wait(self._tasks, timeout=4.0)
+            # In-flight work finishes its current step (an email being sent: up to the relay timeout);
+            # what is still running after that is cancelled.
+            _, pending = await asyncio.wait(self._tasks, timeout=max(4.0, self.cabinet.worker.drain_timeout))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
