@@ -127,6 +127,9 @@ def build(config: Config, clock: Clock | None = None, templates_dir: Path = TEMP
         ),
     )
     roster = Roster(ctx)
+    for key in ("relay_timeout", "give_up_after", "claim_lease"):
+        if getattr(config.mail, key) <= 0:
+            raise ConfigError(f"[mail] {key} must be a number of seconds above 0")
     worker = OutboxWorker(
         sessions,
         make_transport(config),

@@ -20,13 +20,12 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import rows_changed
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User

@@ -13,7 +13,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
@@ -58,13 +58,12 @@ class OutboxEntry:
         }
 
 
-def _columns() -> Select[Any]:
-    # Everything but the message bytes: a listing never reads every stored body.
-    return select(
-        OutboxMessage.id, OutboxMessage.message_id, OutboxMessage.state, OutboxMessage.kind, OutboxMessage.recipient,
-        OutboxMessage.subject, OutboxMessage.attempts, OutboxMessage.created_at, OutboxMessage.next_attempt_at,
-        OutboxMessage.sent_at, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
-    )
+# Everything but the message bytes: a listing never reads every stored body.
+_COLUMNS = (
+    OutboxMessage.id, OutboxMessage.message_id, OutboxMessage.state, OutboxMessage.kind, OutboxMessage.recipient,
+    OutboxMessage.subject, OutboxMessage.attempts, OutboxMessage.created_at, OutboxMessage.next_attempt_at,
+    OutboxMessage.sent_at, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
+)
 
 
 def _entry(row: Any) -> OutboxEntry:
@@ -82,9 +81,9 @@ class OutboxQueue:
         self._sessions = sessions
         self._clock = clock
 
-    def list(self, to: str | None = None, state: str | None = None) -> list[OutboxEntry]:
+    def listing(self, to: str | None = None, state: str | None = None) -> list[OutboxEntry]:
         """Every email in the outbox, oldest first; ``to`` matches part of the address."""
-        query = _columns().order_by(OutboxMessage.id)
+        query = select(*_COLUMNS).order_by(OutboxMessage.id)
         if to:
             query = query.where(OutboxMessage.recipient.contains(to.strip().lower(), autoescape=True))
         if state:
@@ -102,7 +101,7 @@ class OutboxQueue:
         else:
             raise InvalidInput("give an email's id (see `cabinet mail list`) or its Message-ID")
         with self._sessions() as s:
-            row = s.execute(_columns().add_columns(OutboxMessage.raw).where(condition)).first()
+            row = s.execute(select(*_COLUMNS, OutboxMessage.raw).where(condition)).first()
         if row is None:
             raise NotFound(f"no message {ref!r} in the outbox (see `cabinet mail list`)")
         return _entry(row), row.raw

@@ -68,7 +68,7 @@ def _answer(code: int, message: str) -> str:
     return " ".join(f"{code} {message}".split())
 
 
-def _refusal(exc: BaseException) -> BaseException:
+def _refusal(exc: Exception) -> TransportError:
     """The ``TransportError`` for what went wrong after the connection was up."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         refusal = exc.recipients[0]
@@ -77,9 +77,7 @@ def _refusal(exc: BaseException) -> BaseException:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         # SMTPSenderRefused (MAIL) and SMTPDataError (DATA) carry the relay's reply.
         return TransportError(_answer(exc.code, exc.message), 500 <= exc.code < 600)
-    if isinstance(exc, (aiosmtplib.SMTPException, OSError)):
-        return TransportError(f"connection lost: {exc}")
-    return exc  # cancellation and programming errors go on as they are
+    return TransportError(f"connection lost: {exc}")
 
 
 class SmtpTransport:
@@ -118,9 +116,12 @@ class SmtpTransport:
             raise TransportError(f"relay unreachable: {exc}") from None
         try:
             errors, message = await client.sendmail(envelope_from, recipients, raw)
-        except BaseException as exc:
-            client.close()  # a failed or cancelled conversation ends at once, without QUIT
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()  # a failed conversation ends at once, without QUIT
             raise _refusal(exc) from None
+        except asyncio.CancelledError:
+            client.close()  # timed out, or the claim passed to another worker
+            raise
         try:
             await client.quit()
         except (aiosmtplib.SMTPException, OSError):

@@ -147,8 +147,7 @@ def test_the_retry_budget_is_a_time_not_a_count(tmp_path: Path) -> None:
         for _ in range(40):
             asyncio.run(cabinet.worker.send_due())
             clock.advance(hours=1)
-        (state, attempts, next_at), = env.sql("SELECT state, attempts, next_attempt_at FROM outbox")
-        assert (state, attempts) == ("pending", 40)
+        assert env.sql("SELECT state, attempts FROM outbox") == [("pending", 40)]
         # Past the default budget (5 days since it was queued), it is given up on.
         clock.advance(days=5)
         asyncio.run(cabinet.worker.send_due())

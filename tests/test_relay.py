@@ -183,7 +183,7 @@ def test_a_451_then_250_is_delivered_once(env: Env, cli: Cli, cabinet: Cabinet, 
     relay.script["DATA"] = ["451 4.3.0 Temporary lookup failure"]
     invite(cli)
     assert send_due(cabinet) == 0
-    (state, attempts, answer, due), = env.sql("SELECT state, attempts, last_answer, next_attempt_at FROM outbox")
+    (state, attempts, answer), = env.sql("SELECT state, attempts, last_answer FROM outbox")
     assert (state, attempts, answer) == ("pending", 1, "451 4.3.0 Temporary lookup failure")
     assert send_due(cabinet) == 0  # not due before its backoff
     clock.advance(minutes=1)
@@ -302,9 +302,8 @@ def test_a_result_is_recorded_only_by_the_claims_owner(env: Env, cli: Cli, cabin
     claim = cabinet.worker._claim()
     assert claim is not None
     # The lease ran out and another worker claimed the email: the first one's answer is not recorded.
-    env_engine_sql = "UPDATE outbox SET claim_token = 'someone-else'"
     with cabinet.engine.begin() as conn:
-        conn.exec_driver_sql(env_engine_sql)
+        conn.exec_driver_sql("UPDATE outbox SET claim_token = 'someone-else'")
     assert cabinet.worker._record_sent(claim, "250 OK") is False
     assert cabinet.worker._renew(claim) is False
     assert env.sql("SELECT state, attempts, claim_token FROM outbox") == [("pending", 0, "someone-else")]
@@ -351,3 +350,11 @@ def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("key", ["relay_timeout", "give_up_after", "claim_lease"])
+def test_outbox_timings_must_be_positive(tmp_path: Path, relay: Relay, key: str) -> None:
+    env = relay_env(tmp_path, relay, f"{key} = 0\n")
+    assert CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "init"]).exit_code == 0
+    result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "flush"])
+    assert result.exit_code == 78 and f"[mail] {key} must be a number of seconds above 0" in result.output

@@ -48,7 +48,7 @@ def list_(state: CliState, to: str | None, only: str | None, maildir: bool, as_j
         else:
             print_table([[m.id, m.date[:16], m.to, m.subject] for m in files], ["ID", "DATE", "TO", "SUBJECT"])
         return
-    items = state.cabinet.mail_queue.list(to, only)
+    items = state.cabinet.mail_queue.listing(to, only)
     if as_json:
         print_json(items)
         return
