@@ -263,7 +263,12 @@ class OutboxWorker:
         interval = self._lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
-            if not await asyncio.to_thread(self._renew, claim):
+            try:
+                mine = await asyncio.to_thread(self._renew, claim)
+            except Exception:  # the database may be back before the lease runs out: keep sending
+                log.exception("outbox message %s: could not renew the lease", claim.id)
+                continue
+            if not mine:
                 lost.set()
                 sending.cancel()
                 return
