@@ -84,7 +84,7 @@ class SmtpTransport:
     """Relays through an SMTP server (the firm's MTA) with aiosmtplib.
 
     ``timeout`` bounds the whole conversation, not each command, so a stop
-    waits for a send at most that long and a claim's lease is sized from it.
+    waits for a send in flight at most that long.
     """
 
     def __init__(self, relay: RelayConfig, timeout: float = 30.0) -> None:
