@@ -107,10 +107,12 @@ class OutboxQueue:
         return _entry(row), row.raw
 
     def requeue(self, ids: list[int] | None) -> list[int]:
-        """Queue failed emails again, due now, with a fresh retry budget; ``None`` means every failed one.
+        """Queue emails again, due now, with a fresh retry budget; ``None`` means every failed one.
 
-        Only a failed email can be retried: a sent one went out, a bounced one
-        was refused for good (its invitation says so), a queued one is queued.
+        A failed email is queued again; a queued one waiting for its next
+        attempt is tried now (after a relay outage, as ``postqueue -f`` would).
+        A sent one went out and a bounced one was refused for good (its
+        invitation says so): those are refused.
         """
         now = self._clock.now()
         with write_transaction(self._sessions) as s:
@@ -121,16 +123,16 @@ class OutboxQueue:
                 changed = rows_changed(
                     s,
                     update(OutboxMessage)
-                    .where(OutboxMessage.id == outbox_id, OutboxMessage.state == "failed")
-                    .values(state="pending", next_attempt_at=now, queued_at=now, claimed_until=None,
-                            claim_token=None)
+                    .where(OutboxMessage.id == outbox_id, OutboxMessage.state.in_(("failed", "pending")))
+                    # The claim stays: an email being sent right now is not sent twice.
+                    .values(state="pending", next_attempt_at=now, queued_at=now)
                 )
                 if changed != 1:
                     current = s.scalar(select(OutboxMessage.state).where(OutboxMessage.id == outbox_id))
                     if current is None:
                         raise NotFound(f"no message {outbox_id} in the outbox (see `cabinet mail list`)")
-                    raise InvalidState(f"email {outbox_id} is {_SHOWN.get(current, current)}; only a failed "
-                                       "email can be retried")
+                    raise InvalidState(f"email {outbox_id} is {_SHOWN.get(current, current)}; only a failed or "
+                                       "queued email can be retried")
                 done.append(outbox_id)
             return done
 

@@ -242,15 +242,32 @@ def test_mail_retry_requeues_what_was_given_up(tmp_path: Path, relay: Relay, clo
         assert "no message 99" in cli("mail", "retry", "99", expect=3).output
         relay.start()
         assert "Queued 1 email(s) again: 1." in cli("mail", "retry", "1").output
-        assert "is queued; only a failed email can be retried" in cli("mail", "retry", "1", expect=1).output
         assert send_due(cabinet) == 1
         assert "Queued 1 email(s) again: 2." in cli("mail", "retry", "--failed").output
+        assert "Queued 0 email(s) again." in cli("mail", "retry", "--failed").output
         assert send_due(cabinet) == 1
-        assert "is sent; only a failed" in cli("mail", "retry", "2", expect=1).output
+        assert "email 2 is sent; only a failed or queued email can be retried" in cli(
+            "mail", "retry", "2", expect=1).output
     finally:
         cabinet.close()
     assert env.sql("SELECT state FROM outbox ORDER BY id") == [("sent",), ("sent",)]
     assert sorted(relay.message_ids()) == sorted(r[0] for r in env.sql("SELECT message_id FROM outbox"))
+
+
+def test_mail_retry_sends_a_deferred_email_now_and_never_a_bounced_one(
+    env: Env, cli: Cli, cabinet: Cabinet, relay: Relay
+) -> None:
+    relay.script["RCPT"] = ["451 4.7.1 Greylisted", "550 5.1.1 User unknown"]
+    invite(cli)
+    invite(cli, "paul@tremblay.example")
+    assert send_due(cabinet) == 1  # the bounce notice to the inviter
+    assert env.sql("SELECT state FROM outbox ORDER BY id") == [("pending",), ("bounced",), ("sent",)]
+    assert send_due(cabinet) == 0  # the deferred email waits for its backoff
+    assert "Queued 1 email(s) again: 1." in cli("mail", "retry", "1").output
+    assert send_due(cabinet) == 1  # due now, not in a minute
+    assert "email 2 is bounced" in cli("mail", "retry", "2", expect=1).output
+    assert env.sql("SELECT state FROM outbox ORDER BY id") == [("sent",), ("bounced",), ("sent",)]
+    assert Counter(relay.message_ids()) == Counter(r[0] for r in env.sql("SELECT message_id FROM outbox WHERE state = 'sent'"))
 
 
 def test_mail_list_and_show_read_the_outbox_with_an_smtp_relay(

@@ -118,7 +118,9 @@ def flush(state: CliState) -> None:
 @click.option("--failed", "every_failed", is_flag=True, help="Every failed email.")
 @pass_state
 def retry(state: CliState, ids: tuple[int, ...], every_failed: bool) -> None:
-    """Queue failed emails again (due now, with a fresh retry budget), e.g. after a relay outage.
+    """Queue failed emails again, or try queued ones now, with a fresh retry budget (e.g. after a relay outage).
+
+    Sent and bounced emails are refused: one went out, the other was refused for good.
 
     Example: cabinet mail retry --failed   or   cabinet mail retry 12 13
     """
