@@ -136,9 +136,15 @@ class Service:
         for stop in self._stoppers:
             stop()
         if self._tasks:
-            # In-flight work finishes its current step (an email being sent: up to the relay timeout);
-            # what is still running after that is cancelled.
-            _, pending = await asyncio.wait(self._tasks, timeout=max(4.0, self.cabinet.worker.drain_timeout))
+            # In-flight work finishes its current step; what is still running after that is cancelled,
+            # except an email being sent, which gets up to the relay timeout to finish and be recorded.
+            _, pending = await asyncio.wait(self._tasks, timeout=4.0)
+            worker = self.cabinet.worker
+            sending = [task for task in pending if task.get_name() == "outbox-worker" and worker.sending]
+            if sending:
+                log.info("waiting up to %.0f s for the email being sent", worker.drain_timeout)
+                await asyncio.wait(sending, timeout=worker.drain_timeout)
+                pending = {task for task in pending if not task.done()}
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -152,7 +152,13 @@ class OutboxWorker:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._sending = False
         self.stats = OutboxStats()
+
+    @property
+    def sending(self) -> bool:
+        """An email is being sent right now."""
+        return self._sending
 
     @property
     def drain_timeout(self) -> float:
@@ -277,6 +283,13 @@ class OutboxWorker:
         """Send one claimed email and record the result; True if it was sent."""
         if claim.attempts:
             self.stats.retries += 1
+        self._sending = True
+        try:
+            return await self._send_claimed(claim)
+        finally:
+            self._sending = False
+
+    async def _send_claimed(self, claim: _Claim) -> bool:
         lost = asyncio.Event()
         sending = asyncio.create_task(self._transport.send(claim.envelope_from, [claim.recipient], claim.raw))
         keeper = asyncio.create_task(self._keep_lease(claim, sending, lost))
