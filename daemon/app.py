@@ -29,8 +29,10 @@ from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
 from daemon.throttle import SignInThrottle, ThrottlePolicy
+from daemon.undeliverable import Undeliverable
 from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
+from mailer.queue import OutboxQueue
 from mailer.render import EmailRenderer
 from mailer.transports import MaildirTransport, SmtpTransport, Transport
 
@@ -54,6 +56,7 @@ class Cabinet:
     templates: TemplateFolders
     renderer: EmailRenderer
     sign_in: SignIn
+    mail_queue: OutboxQueue
 
     def close(self) -> None:
         self.passwords.close()
@@ -67,7 +70,7 @@ class Cabinet:
 
 def make_transport(config: Config) -> Transport:
     if config.mail.transport == "smtp":
-        return SmtpTransport(config.mail.relay)
+        return SmtpTransport(config.mail.relay, config.mail.relay_timeout)
     return MaildirTransport(config.mail.maildir)
 
 
@@ -133,11 +136,15 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         ),
     )
     roster = Roster(ctx)
+    for key in ("relay_timeout", "give_up_after", "claim_lease"):
+        if getattr(config.mail, key) <= 0:
+            raise ConfigError(f"[mail] {key} must be a number of seconds above 0")
     worker = OutboxWorker(
         sessions,
         make_transport(config),
         clock,
-        max_attempts=config.mail.max_attempts,
+        on_bounce=Undeliverable(ctx).bounced,
+        give_up_after=timedelta(seconds=config.mail.give_up_after),
         poll_interval=config.mail.poll_interval,
         lease=timedelta(seconds=config.mail.claim_lease),
     )
@@ -168,4 +175,5 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         templates=templates,
         renderer=renderer,
         sign_in=SignIn(sessions, roster, passwords, throttle),
+        mail_queue=OutboxQueue(sessions, clock),
     )

@@ -108,7 +108,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "relay_password": Key("", doc="relay password (prefer relay_password_file)", secret=True),
         "relay_password_file": Key("", "path", "file holding the relay password"),
         "poll_interval": Key(2.0, "number", "seconds between outbox passes"),
-        "max_attempts": Key(8, "integer", "attempts before an email is marked failed", minimum=1),
+        "give_up_after": Key(432000.0, "number", "seconds an email is retried (4xx, relay down) before it is failed"),
+        "relay_timeout": Key(30.0, "number", "seconds for one whole conversation with the relay"),
         "claim_lease": Key(120.0, "number", "seconds an instance holds the emails it sends"),
     },
     "security": {
@@ -218,7 +219,8 @@ class MailConfig:
     maildir: Path
     relay: RelayConfig
     poll_interval: float
-    max_attempts: int
+    give_up_after: float  # seconds an email is retried after a temporary failure
+    relay_timeout: float  # seconds one whole SMTP conversation with the relay may take
     claim_lease: float
 
 
@@ -526,7 +528,8 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         maildir=r.get("mail", "maildir", derived=data_dir / "maildir"),
         relay=relay,
         poll_interval=r.get("mail", "poll_interval"),
-        max_attempts=r.get("mail", "max_attempts"),
+        give_up_after=r.get("mail", "give_up_after"),
+        relay_timeout=r.get("mail", "relay_timeout"),
         claim_lease=r.get("mail", "claim_lease"),
     )
     security = SecurityConfig(

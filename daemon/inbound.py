@@ -20,13 +20,12 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import rows_changed
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User
@@ -35,6 +34,7 @@ from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
 from daemon.senders import prove_sender
 from daemon.tokens import Purpose
+from daemon.undeliverable import Undeliverable
 
 EXCERPT = 4000  # characters of a reply kept in events and forwards
 
@@ -89,6 +89,7 @@ class Inbound(DomainService):
         self._config = config
         self._domain = domain.lower()
         self._own = _address(from_address)
+        self._undeliverable = Undeliverable(ctx)
 
     # -- receiving -----------------------------------------------------------------
 
@@ -222,37 +223,7 @@ class Inbound(DomainService):
             raise _Done("unknown", "message to a bounce address that is not a bounce: ignored")
         if not bounce.permanent:
             raise _Done("bounce", f"delivery of {outbox.recipient} delayed ({bounce.reason}); still trying")
-        now = self._now()
-        won = rows_changed(
-            s,
-            update(OutboxMessage)
-            .where(OutboxMessage.id == outbox.id, OutboxMessage.bounced_at.is_(None))
-            .values(state="bounced", bounced_at=now, bounce_reason=bounce.reason[:2000])
-        )
-        if won != 1:
-            raise _Done("bounce", f"bounce of {outbox.recipient} already recorded")
-        invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
-        if invitation is not None and outbox.kind == "invitation":
-            bounced = rows_changed(
-                s,
-                update(Invitation)
-                .where(Invitation.id == invitation.id, Invitation.state == "pending")
-                .values(state="bounced", decided_at=now, bounce_reason=bounce.reason[:2000])
-            )
-            if bounced == 1:
-                s.refresh(invitation)
-                self._notify_company_admin(
-                    s, invitation.company, "invitation_bounced",
-                    {"email": invitation.email, "reason": bounce.reason, "bounced_at": now},
-                )
-            self._event(
-                s, "invitation.bounced", outbox.recipient, "bounce", company_id=invitation.company_id,
-                invitation_id=invitation.id, reason=bounce.reason[:500],
-            )
-            raise _Done("bounce", f"invitation {invitation.id} to {invitation.email} bounced: {bounce.reason}")
-        self._event(s, "email.bounced", outbox.recipient, "bounce", company_id=outbox.company_id,
-                    firm_id=outbox.firm_id, template=outbox.kind, reason=bounce.reason[:500])
-        raise _Done("bounce", f"{outbox.kind} email to {outbox.recipient} bounced: {bounce.reason}")
+        raise _Done("bounce", self._undeliverable.bounced(s, outbox, bounce.reason))
 
     # -- replies ------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Prometheus metrics (prometheus-client), in a registry of this process's own.
 
-Latency and link clicks are counted where they happen (the HTTP adapter).
+Latency and link clicks are counted where they happen (the HTTP adapter), send
+attempts and retries where they happen (the outbox worker, per process).
 Everything about mail, invitations and transfers is read from the database at
 scrape time, so the figures are the same whichever instance is scraped and
 survive restarts.
@@ -12,13 +13,14 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock, as_utc
 from daemon.models import BillingTransfer, InboundMessage, Invitation, OutboxMessage
+from mailer.outbox import OutboxStats
 
 
 class DatabaseCollector(Collector):
@@ -58,8 +60,29 @@ class DatabaseCollector(Collector):
             yield transfers
 
 
+class OutboxStatsCollector(Collector):
+    """This process's send attempts and retries, counted by the worker as it goes (no table scan)."""
+
+    def __init__(self, stats: OutboxStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        attempts = CounterMetricFamily(
+            "cabinet_outbox_attempts", "Send attempts by this instance, by outcome "
+            "(sent, deferred = will retry, bounced = refused for good, failed = gave up, lost = claim lost)",
+            labels=["outcome"],
+        )
+        for outcome in ("sent", "deferred", "bounced", "failed", "lost"):
+            attempts.add_metric([outcome], self._stats.attempts[outcome])
+        yield attempts
+        yield CounterMetricFamily(
+            "cabinet_outbox_retries", "Send attempts by this instance at an email tried before",
+            value=self._stats.retries,
+        )
+
+
 class Metrics:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, outbox: OutboxStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Histogram(
             "cabinet_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
@@ -70,3 +93,5 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(DatabaseCollector(sessions, clock))
+        if outbox is not None:
+            self.registry.register(OutboxStatsCollector(outbox))

@@ -359,8 +359,14 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
-    # A worker's lease on this row while it sends it (see mailer.outbox.OutboxWorker._claim).
+    # A worker's lease on this row while it sends it (see mailer.outbox.OutboxWorker._claim): the
+    # token names the claim, so only its holder renews the lease or records the result.
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    # When the email (re)entered the queue: the retry budget ([mail] give_up_after) counts from here.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The relay's (or the Maildir's) last answer, success or failure, as an operator reads it.
+    last_answer: Mapped[str | None] = mapped_column(Text)
     # What the email is about, so a bounce or a reply finds its way back.
     invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), index=True)
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))

@@ -109,7 +109,7 @@ class Service:
         if config.is_sqlite:
             self._lock = InstanceLock(config.storage.data_dir / "serve.lock")
             self._lock.acquire(config.database_url)
-        self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock)
+        self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock, self.cabinet.worker.stats)
         app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
         self._runner = web.AppRunner(
             app, access_log=logging.getLogger("aiohttp.access"), shutdown_timeout=5.0,
@@ -184,8 +184,15 @@ class Service:
         for stop in self._stoppers:
             stop()
         if self._tasks:
-            # In-flight work finishes its current step; what is still running after that is cancelled.
+            # In-flight work finishes its current step; what is still running after that is cancelled,
+            # except an email being sent, which gets up to the relay timeout to finish and be recorded.
             _, pending = await asyncio.wait(self._tasks, timeout=4.0)
+            worker = self.cabinet.worker
+            sending = [task for task in pending if task.get_name() == "outbox-worker" and worker.sending]
+            if sending:
+                log.info("waiting up to %.0f s for the email being sent", worker.drain_timeout)
+                await asyncio.wait(sending, timeout=worker.drain_timeout)
+                pending = {task for task in pending if not task.done()}
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -2,24 +2,30 @@
 
 ``Outbox.queue`` renders and serialises a notice once and inserts it in the
 caller's transaction, so an email exists if and only if its change committed.
-``OutboxWorker`` sends what is due, with retries and exponential backoff; the
+``OutboxWorker`` sends what is due, one claimed email at a time; the
 ``Message-ID`` is fixed at queue time, so a resend after a crash is the same
-message to every receiver.
+message to every receiver. What the relay answers decides what happens next,
+as an MTA's queue would: a 5xx is final (the email bounced), a 4xx or a lost
+connection is retried with backoff and jitter until ``give_up_after`` has
+passed since the email was queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import write_transaction
+from daemon.db import rows_changed, write_transaction
 from daemon.models import OutboxMessage
 from daemon.notices import Notice
 from daemon.tokens import LinkSigner, Purpose
@@ -78,6 +84,7 @@ class Outbox:
                 state="pending",
                 attempts=0,
                 created_at=now,
+                queued_at=now,
                 next_attempt_at=now,
                 invitation_id=notice.invitation_id,
                 company_id=notice.company_id,
@@ -87,17 +94,40 @@ class Outbox:
 
 
 @dataclass(frozen=True)
-class _Due:
+class _Claim:
+    """One email this worker holds: only the holder of ``token`` renews the lease or records a result."""
+
     id: int
+    token: str
     envelope_from: str
     recipient: str
     raw: bytes
     attempts: int
+    queued_at: datetime
+
+
+@dataclass
+class OutboxStats:
+    """What this process's worker did since it started, for /metrics (counters, not table scans)."""
+
+    # Send attempts by outcome: "sent", "deferred" (will retry), "bounced", "failed" (gave up), "lost" (claim lost).
+    attempts: Counter[str] = field(default_factory=Counter)
+    # Attempts at an email that had been tried before.
+    retries: int = 0
+
+
+# Marks an email bounced and acts on it (``daemon.undeliverable.Undeliverable.bounced``); returns what it did.
+OnBounce = Callable[[Session, OutboxMessage, str], str]
 
 
 def backoff(attempts: int) -> timedelta:
     """30 s, 1 min, 2 min, … capped at an hour."""
     return min(timedelta(seconds=30 * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+def jittered(delay: timedelta, rng: random.Random) -> timedelta:
+    """Between half and all of ``delay``: instances that failed together do not retry together."""
+    return delay * rng.uniform(0.5, 1.0)
 
 
 class OutboxWorker:
@@ -106,23 +136,37 @@ class OutboxWorker:
         sessions: sessionmaker[Session],
         transport: Transport,
         clock: Clock,
-        max_attempts: int,
+        on_bounce: OnBounce,
+        give_up_after: timedelta,
         poll_interval: float,
         lease: timedelta = timedelta(minutes=2),
-        batch: int = 50,
+        rng: random.Random | None = None,
     ) -> None:
         self._sessions = sessions
         self._transport = transport
         self._clock = clock
-        self._max_attempts = max_attempts
+        self._on_bounce = on_bounce
+        self._give_up_after = give_up_after
         self._poll_interval = poll_interval
-        self._batch = batch
         self._lease = lease
+        self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._sending = False
+        self.stats = OutboxStats()
+
+    @property
+    def sending(self) -> bool:
+        """An email is being sent right now."""
+        return self._sending
+
+    @property
+    def drain_timeout(self) -> float:
+        """How long ``stop`` may take: the send in flight, bounded by the transport, then its record."""
+        return self._transport.timeout + 5.0
 
     def stop(self) -> None:
-        """Finish sending the current batch, then return from ``run``."""
+        """Finish the send in flight (at most the transport's timeout), then return from ``run``."""
         self._stopping = True
         self._wake.set()
 
@@ -130,80 +174,157 @@ class OutboxWorker:
         """Called after a commit that queued mail, so it goes out now, not at the next poll."""
         self._wake.set()
 
-    def _claim(self) -> list[_Due]:
-        """Claim a batch of due messages for this worker, with a lease.
+    def _claim(self) -> _Claim | None:
+        """Claim the next due email for this worker, with a token and a lease of its own.
 
-        Claimed, not shared: on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets
-        several instances take disjoint batches; on SQLite the write lock does
-        the same. The lease (``claimed_until``) expires if this instance dies
-        mid-send, and another instance then sends the message again with the
-        same Message-ID (at least once, recognisably the same).
+        One email per claim, so no claimed email waits behind others while its
+        lease runs out; the lease is renewed while it is being sent
+        (``_renew``). On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several
+        instances claim different rows at once; on SQLite the write lock does
+        the same. If this instance dies mid-send, the lease expires and another
+        instance sends the email again with the same Message-ID (at least
+        once, recognisably the same).
         """
         now = self._clock.now()
+        free = or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now)
         with write_transaction(self._sessions) as session:
-            rows = session.scalars(
+            row = session.scalars(
                 select(OutboxMessage)
-                .where(
-                    OutboxMessage.state == "pending",
-                    OutboxMessage.next_attempt_at <= now,
-                    or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-                )
-                .order_by(OutboxMessage.id)
-                .limit(self._batch)
+                .where(OutboxMessage.state == "pending", OutboxMessage.next_attempt_at <= now, free)
+                .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+                .limit(1)
                 .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.claimed_until = now + self._lease
-            return [_Due(r.id, r.envelope_from, r.recipient, r.raw, r.attempts) for r in rows]
-
-    def _record(self, due: _Due, error: TransportError | None) -> None:
-        now = self._clock.now()
-        with write_transaction(self._sessions) as session:
-            if error is None:
-                values: dict[str, object] = {"state": "sent", "sent_at": now, "attempts": due.attempts + 1}
-            else:
-                attempts = due.attempts + 1
-                failed = error.permanent or attempts >= self._max_attempts
-                values = {
-                    "state": "failed" if failed else "pending",
-                    "attempts": attempts,
-                    "last_error": str(error),
-                    "next_attempt_at": now + backoff(attempts),
-                }
-            values["claimed_until"] = None
-            session.execute(
+            ).first()
+            if row is None:
+                return None
+            token = secrets.token_hex(16)
+            claimed = rows_changed(
+                session,
                 update(OutboxMessage)
-                .where(OutboxMessage.id == due.id, OutboxMessage.state == "pending")
-                .values(**values)
+                .where(OutboxMessage.id == row.id, OutboxMessage.state == "pending", free)
+                .values(claimed_until=now + self._lease, claim_token=token)
             )
+            if claimed != 1:
+                return None
+            return _Claim(row.id, token, row.envelope_from, row.recipient, row.raw, row.attempts,
+                          row.queued_at or row.created_at)
 
-    def _release(self, ids: list[int]) -> None:
-        """Give back claims this worker will not use (stopping), so a restart sends them at once."""
+    def _mine(self, claim: _Claim) -> ColumnElement[bool]:
+        return and_(OutboxMessage.id == claim.id, OutboxMessage.claim_token == claim.token,
+                    OutboxMessage.state == "pending")
+
+    def _renew(self, claim: _Claim) -> bool:
+        """Extend the lease; False when the claim is no longer this worker's."""
         with write_transaction(self._sessions) as session:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(claimed_until=None))
+            return rows_changed(
+                session,
+                update(OutboxMessage).where(self._mine(claim)).values(claimed_until=self._clock.now() + self._lease)
+            ) == 1
+
+    def _record_sent(self, claim: _Claim, answer: str) -> bool:
+        with write_transaction(self._sessions) as session:
+            return rows_changed(
+                session,
+                update(OutboxMessage).where(self._mine(claim)).values(
+                    state="sent", sent_at=self._clock.now(), attempts=OutboxMessage.attempts + 1,
+                    last_answer=answer[:2000], last_error=None, claimed_until=None, claim_token=None,
+                )
+            ) == 1
+
+    def _record_failure(self, claim: _Claim, error: TransportError) -> str | None:
+        """Record a failed attempt if the claim is still ours; returns the outcome, None if it was not."""
+        now = self._clock.now()
+        reason = str(error)[:2000]
+        values: dict[str, object] = {
+            "attempts": OutboxMessage.attempts + 1, "last_error": reason, "last_answer": reason,
+            "claimed_until": None, "claim_token": None,
+        }
+        deadline = claim.queued_at + self._give_up_after
+        if error.permanent:
+            outcome = "bounced"
+        elif now >= deadline:
+            outcome, values["state"] = "failed", "failed"
+        else:
+            outcome = "deferred"
+            values["next_attempt_at"] = min(now + jittered(backoff(claim.attempts + 1), self._rng), deadline)
+        with write_transaction(self._sessions) as session:
+            if rows_changed(session, update(OutboxMessage).where(self._mine(claim)).values(**values)) != 1:
+                return None
+            if error.permanent:
+                row = session.get(OutboxMessage, claim.id)
+                assert row is not None
+                log.warning("outbox message %s refused by the relay: %s", claim.id,
+                            self._on_bounce(session, row, reason))
+            elif outcome == "failed":
+                log.error("outbox message %s to %s failed: still undelivered after %s (%s); "
+                          "`cabinet mail retry %s` queues it again", claim.id, claim.recipient,
+                          self._give_up_after, reason, claim.id)
+            else:
+                log.warning("outbox message %s not sent (attempt %s), will retry: %s",
+                            claim.id, claim.attempts + 1, reason)
+        return outcome
+
+    async def _keep_lease(self, claim: _Claim, sending: asyncio.Task[str], lost: asyncio.Event) -> None:
+        """Renew the lease while ``sending`` runs; if another worker has the email now, stop sending."""
+        interval = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                mine = await asyncio.to_thread(self._renew, claim)
+            except Exception:  # the database may be back before the lease runs out: keep sending
+                log.exception("outbox message %s: could not renew the lease", claim.id)
+                continue
+            if not mine:
+                lost.set()
+                sending.cancel()
+                return
+
+    async def _send(self, claim: _Claim) -> bool:
+        """Send one claimed email and record the result; True if it was sent."""
+        if claim.attempts:
+            self.stats.retries += 1
+        self._sending = True
+        try:
+            return await self._send_claimed(claim)
+        finally:
+            self._sending = False
+
+    async def _send_claimed(self, claim: _Claim) -> bool:
+        lost = asyncio.Event()
+        sending = asyncio.create_task(self._transport.send(claim.envelope_from, [claim.recipient], claim.raw))
+        keeper = asyncio.create_task(self._keep_lease(claim, sending, lost))
+        error: TransportError | None = None
+        try:
+            answer = await sending
+        except TransportError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                raise
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        if lost.is_set():
+            outcome: str | None = None
+        elif error is None:
+            outcome = "sent" if await asyncio.to_thread(self._record_sent, claim, answer) else None
+        else:
+            outcome = await asyncio.to_thread(self._record_failure, claim, error)
+        if outcome is None:
+            log.warning("outbox message %s: the claim passed to another worker; it records the result", claim.id)
+            outcome = "lost"
+        self.stats.attempts[outcome] += 1
+        return outcome == "sent"
 
     async def send_due(self) -> int:
-        """Send everything due now; returns how many were sent."""
+        """Send everything due now, one email at a time; returns how many were sent."""
         sent = 0
-        while True:
-            batch = await asyncio.to_thread(self._claim)
-            if not batch:
-                return sent
-            for n, due in enumerate(batch):
-                if self._stopping:
-                    await asyncio.to_thread(self._release, [d.id for d in batch[n:]])
-                    return sent
-                error: TransportError | None = None
-                try:
-                    await self._transport.send(due.envelope_from, [due.recipient], due.raw)
-                except TransportError as exc:
-                    error = exc
-                    log.warning("outbox message %s not sent (attempt %s): %s", due.id, due.attempts + 1, exc)
-                await asyncio.to_thread(self._record, due, error)
-                if error is None:
-                    sent += 1
-            if len(batch) < self._batch:
-                return sent
+        while not self._stopping:
+            claim = await asyncio.to_thread(self._claim)
+            if claim is None:
+                break
+            sent += await self._send(claim)
+        return sent
 
     async def run(self) -> None:
         """Send until stopped, waking on ``wake()`` or every poll interval."""

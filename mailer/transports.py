@@ -1,4 +1,10 @@
-"""Where outbound mail goes: a local Maildir (embedded default) or an SMTP relay."""
+"""Where outbound mail goes: a local Maildir (embedded default) or an SMTP relay.
+
+``send`` returns the receiver's answer (the relay's reply, or the Maildir file
+it wrote) so the outbox can show it; a failure raises ``TransportError`` saying
+whether the receiver refused the email for good (a 5xx at MAIL, RCPT or DATA:
+a bounce) or retrying can help (a 4xx, a dropped connection, a timeout).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from daemon.config import RelayConfig
 
 
 class TransportError(Exception):
-    """Sending failed; ``permanent`` says whether retrying can help."""
+    """Sending failed; ``permanent`` says the receiver refused the email itself (retrying cannot help)."""
 
     def __init__(self, message: str, permanent: bool = False) -> None:
         super().__init__(message)
@@ -22,16 +28,23 @@ class TransportError(Exception):
 
 
 class Transport(Protocol):
-    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None: ...
+    @property
+    def timeout(self) -> float:
+        """The longest one ``send`` can take, all steps together."""
+        ...
+
+    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str: ...
 
 
 class MaildirTransport:
     """Delivers into a Maildir, as a local delivery agent would."""
 
+    timeout = 30.0  # a local write; only a stuck disk takes this long
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _deliver(self, envelope_from: str, raw: bytes) -> None:
+    def _deliver(self, envelope_from: str, raw: bytes) -> str:
         box = mailbox.Maildir(self.path, create=True)
         # A delivery agent records the envelope sender as Return-Path.
         key = box.add(b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw)
@@ -42,37 +55,78 @@ class MaildirTransport:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return f"maildir {key}"
 
-    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
-        await asyncio.to_thread(self._deliver, envelope_from, raw)
+    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
+        try:
+            return await asyncio.to_thread(self._deliver, envelope_from, raw)
+        except OSError as exc:
+            raise TransportError(f"maildir not writable: {exc}") from None
+
+
+def _answer(code: int, message: str) -> str:
+    return " ".join(f"{code} {message}".split())
+
+
+def _refusal(exc: Exception) -> TransportError:
+    """The ``TransportError`` for what went wrong after the connection was up."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refusal = exc.recipients[0]
+        permanent = all(500 <= r.code < 600 for r in exc.recipients)
+        return TransportError(_answer(refusal.code, refusal.message), permanent)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        # SMTPSenderRefused (MAIL) and SMTPDataError (DATA) carry the relay's reply.
+        return TransportError(_answer(exc.code, exc.message), 500 <= exc.code < 600)
+    return TransportError(f"connection lost: {exc}")
 
 
 class SmtpTransport:
-    """Relays through an SMTP server (the firm's MTA) with aiosmtplib."""
+    """Relays through an SMTP server (the firm's MTA) with aiosmtplib.
+
+    ``timeout`` bounds the whole conversation, not each command, so a stop
+    waits for a send in flight at most that long.
+    """
 
     def __init__(self, relay: RelayConfig, timeout: float = 30.0) -> None:
         self._relay = relay
-        self._timeout = timeout
+        self.timeout = timeout
 
-    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
-        relay = self._relay
+    async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
         try:
-            await aiosmtplib.send(
-                raw,
-                sender=envelope_from,
-                recipients=recipients,
-                hostname=relay.host,
-                port=relay.port,
-                use_tls=relay.tls == "tls",
-                start_tls=True if relay.tls == "starttls" else False,
-                username=relay.user or None,
-                password=relay.password.reveal() or None,
-                timeout=self._timeout,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            permanent = all(500 <= r.code < 600 for r in exc.recipients)
-            raise TransportError(f"recipient refused: {exc.recipients[0].message}", permanent) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            raise TransportError(f"relay answered {exc.code} {exc.message}", 500 <= exc.code < 600) from None
+            return await asyncio.wait_for(self._send(envelope_from, recipients, raw), self.timeout)
+        except TimeoutError:
+            raise TransportError(f"relay did not answer within {self.timeout:g} s") from None
+
+    async def _send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
+        relay = self._relay
+        client = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            use_tls=relay.tls == "tls",
+            start_tls=True if relay.tls == "starttls" else False,
+            username=relay.user or None,
+            password=relay.password.reveal() or None,
+            timeout=self.timeout,
+        )
+        try:
+            # Connecting, EHLO, STARTTLS and AUTH say nothing about the recipient: any
+            # failure there (even a 5xx such as a refused login) is the relay's, retried.
+            await client.connect()
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TransportError(f"relay unreachable: {exc}") from None
+        try:
+            errors, message = await client.sendmail(envelope_from, recipients, raw)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()  # a failed conversation ends at once, without QUIT
+            raise _refusal(exc) from None
+        except asyncio.CancelledError:
+            client.close()  # timed out, or the claim passed to another worker
+            raise
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            pass  # the email is accepted; a goodbye that goes wrong changes nothing
+        if errors:  # several recipients, some refused: Cabinet sends one recipient per email
+            refusal = next(iter(errors.values()))
+            raise TransportError(_answer(refusal.code, refusal.message), 500 <= refusal.code < 600)
+        return _answer(250, message)

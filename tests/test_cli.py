@@ -19,7 +19,7 @@ COMMANDS = [
     [], ["init"], ["serve"], ["demo"], ["firm"], ["firm", "add"], ["firm", "list"], ["staff"], ["staff", "add"],
     ["staff", "list"], ["company"], ["company", "add"], ["company", "list"], ["invitation"],
     ["invitation", "send"], ["invitation", "revoke"], ["invitation", "list"], ["client"], ["client", "list"],
-    ["mail"], ["mail", "list"], ["mail", "show"], ["mail", "flush"],
+    ["mail"], ["mail", "list"], ["mail", "show"], ["mail", "flush"], ["mail", "retry"],
 ]
 
 
@@ -111,20 +111,30 @@ def test_names_and_addresses_are_normalised(cli: Cli, seed: Seed, env: Env) -> N
     assert env.sql("SELECT email FROM invitations") == [("marie@tremblay.example",)]
 
 
-def test_mail_list_and_show_read_the_maildir(cli: Cli, seed: Seed) -> None:
+def test_mail_list_and_show_read_the_outbox_and_the_maildir(cli: Cli, seed: Seed) -> None:
     cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
-    assert json.loads(cli("mail", "list", "--json").output) == []  # queued, not yet sent
+    (queued,) = json.loads(cli("mail", "list", "--json").output)
+    assert queued["state"] == "queued" and queued["attempts"] == 0 and queued["sent_at"] is None
+    assert json.loads(cli("mail", "list", "--maildir", "--json").output) == []  # queued, not yet delivered
     assert "Sent 1 email(s)." in cli("mail", "flush").output
     (mail,) = json.loads(cli("mail", "list", "--json").output)
+    assert mail["id"] == queued["id"] and mail["state"] == "sent" and mail["attempts"] == 1
     assert seed.accountant in mail["to"] and mail["subject"].startswith("Invitation")
-    shown = cli("mail", "show", mail["id"]).output
-    assert "Accept invitation" in shown and "/invitations/" in shown
-    raw = cli("mail", "show", mail["id"], "--raw").output
+    shown = cli("mail", "show", str(mail["id"])).output
+    assert "Accept invitation" in shown and "/invitations/" in shown and "sent, 1 attempt(s)" in shown
+    assert cli("mail", "show", mail["message_id"]).output == shown
+    # The Maildir keeps its own files: the copy as delivered, with the envelope sender.
+    (delivered,) = json.loads(cli("mail", "list", "--maildir", "--json").output)
+    assert delivered["message_id"] == mail["message_id"] and delivered["id"] in mail["last_answer"]
+    raw = cli("mail", "show", "--maildir", delivered["id"], "--raw").output
     # The Maildir records the VERP envelope sender, as a delivery agent would.
     assert re.search(r"Return-Path: <bounce\+[\w.-]+@cabinet\.example>", raw)
     assert re.search(r"Reply-To:\s*reply\+[\w.-]+@cabinet\.example", raw)
+    assert re.search(r"Reply-To:\s*reply\+[\w.-]+@cabinet\.example", cli("mail", "show", "--raw", "1").output)
     missing = cli("mail", "show", "nope", expect=3)
     assert "no message" in missing.output
+    assert "no message" in cli("mail", "show", "--maildir", "nope", expect=3).output
+    assert "no message" in cli("mail", "show", "999", expect=3).output
 
 
 def test_config_from_environment_variable_and_bad_config(env: Env, tmp_path) -> None:

@@ -7,6 +7,7 @@ here); everything on Cabinet's side is real.
 from __future__ import annotations
 
 import asyncio
+import random
 from email import message_from_bytes
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from aiosmtpd.smtp import Envelope, Session, SMTP
 
 from daemon.app import build
 from daemon.config import load_config
-from mailer.outbox import backoff
+from mailer.outbox import backoff, jittered
 from tests.conftest import Cli, Env, FakeClock, free_port, write_config
 
 
@@ -109,7 +110,8 @@ def test_a_refusing_relay_is_retried_with_backoff_and_the_same_message_id(smtp_e
 
 
 def test_an_unreachable_relay_loses_nothing(tmp_path: Path) -> None:
-    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {free_port()}\nrelay_tls = "none"\nmax_attempts = 2\n')
+    # Retried for an hour (the queue lifetime), then failed: kept, visible and requeueable.
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {free_port()}\nrelay_tls = "none"\ngive_up_after = 3600\n')
     from click.testing import CliRunner
 
     from daemon.cli import cli as cabinet_cli
@@ -129,6 +131,34 @@ def test_an_unreachable_relay_loses_nothing(tmp_path: Path) -> None:
     assert (state, attempts) == ("failed", 2) and "unreachable" in error
 
 
-def test_backoff_grows_and_is_capped() -> None:
+def test_the_retry_budget_is_a_time_not_a_count(tmp_path: Path) -> None:
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {free_port()}\nrelay_tls = "none"\n')
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
+                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
+        assert CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args]).exit_code == 0
+    clock = FakeClock()
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        # A relay down for a day: retried all day long (far past the old 8 attempts), still queued.
+        for _ in range(40):
+            asyncio.run(cabinet.worker.send_due())
+            clock.advance(hours=1)
+        assert env.sql("SELECT state, attempts FROM outbox") == [("pending", 40)]
+        # Past the default budget (5 days since it was queued), it is given up on.
+        clock.advance(days=5)
+        asyncio.run(cabinet.worker.send_due())
+    finally:
+        cabinet.close()
+    assert env.sql("SELECT state, attempts FROM outbox") == [("failed", 41)]
+
+
+def test_backoff_grows_and_is_capped_and_jitter_spreads_it() -> None:
     assert [backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
     assert backoff(30).total_seconds() == 3600
+    rng = random.Random(7)
+    delays = {jittered(backoff(3), rng).total_seconds() for _ in range(20)}
+    assert all(60 <= d <= 120 for d in delays) and len(delays) > 1

@@ -1,0 +1,56 @@
+"""An email that cannot be delivered, for good: what Cabinet does about it.
+
+One rule whoever finds out: a delivery report (DSN) arriving at a ``bounce+``
+address (``daemon.inbound``) and the relay refusing the email outright with a
+5xx (``mailer.outbox``) both call ``Undeliverable.bounced``, in the transaction
+that records how they found out.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from daemon.db import rows_changed
+from daemon.domain import DomainService
+from daemon.models import Invitation, OutboxMessage
+
+
+class Undeliverable(DomainService):
+    def bounced(self, s: Session, outbox: OutboxMessage, reason: str, channel: str = "bounce") -> str:
+        """Mark ``outbox`` bounced; an invitation that bounced is ``bounced`` and its inviter told.
+
+        Returns what happened, in a sentence for the log. A second report of
+        the same failure changes nothing.
+        """
+        now = self._now()
+        won = rows_changed(
+            s,
+            update(OutboxMessage)
+            .where(OutboxMessage.id == outbox.id, OutboxMessage.bounced_at.is_(None))
+            .values(state="bounced", bounced_at=now, bounce_reason=reason[:2000])
+        )
+        if won != 1:
+            return f"bounce of {outbox.recipient} already recorded"
+        invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
+        if invitation is not None and outbox.kind == "invitation":
+            bounced = rows_changed(
+                s,
+                update(Invitation)
+                .where(Invitation.id == invitation.id, Invitation.state == "pending")
+                .values(state="bounced", decided_at=now, bounce_reason=reason[:2000])
+            )
+            if bounced == 1:
+                s.refresh(invitation)
+                self._notify_company_admin(
+                    s, invitation.company, "invitation_bounced",
+                    {"email": invitation.email, "reason": reason, "bounced_at": now},
+                )
+            self._event(
+                s, "invitation.bounced", outbox.recipient, channel, company_id=invitation.company_id,
+                invitation_id=invitation.id, reason=reason[:500],
+            )
+            return f"invitation {invitation.id} to {invitation.email} bounced: {reason}"
+        self._event(s, "email.bounced", outbox.recipient, channel, company_id=outbox.company_id,
+                    firm_id=outbox.firm_id, template=outbox.kind, reason=reason[:500])
+        return f"{outbox.kind} email to {outbox.recipient} bounced: {reason}"
