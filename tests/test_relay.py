@@ -341,7 +341,7 @@ def test_sigterm_waits_for_the_send_in_flight_and_metrics_count_attempts(
         wait_for(lambda: env.sql("SELECT last_answer FROM outbox")[0][0] is not None, "the first attempt")
         clock.advance(minutes=1)
         wait_for(lambda: env.sql("SELECT state FROM outbox") == [("sent",)], "the retry")
-        metrics = httpx.get(f"http://127.0.0.1:{service.http_port}/metrics", timeout=30).text
+        metrics = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=30).text
         assert 'cabinet_outbox_attempts_total{outcome="deferred"} 1.0' in metrics
         assert 'cabinet_outbox_attempts_total{outcome="sent"} 1.0' in metrics
         assert "cabinet_outbox_retries_total 1.0" in metrics
