@@ -17,7 +17,6 @@ from daemon.domain import DomainService, clean_name, normalise_email
 from daemon.errors import LinkTampered, NotAllowed
 from daemon.models import Client, Company, Firm, Invitation
 from daemon.tokens import Purpose
-from daemon.transfers import REASONS
 
 
 @dataclass(frozen=True)
@@ -66,15 +65,15 @@ class CompanyAdmin(DomainService):
         try:
             kind, company_id, email = payload
         except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
+            raise LinkTampered("link.invalid") from None
         if kind != "company" or not isinstance(company_id, int):
-            raise LinkTampered("this link is not valid")
+            raise LinkTampered("link.invalid")
         with self._sessions() as s:
             company = s.get(Company, company_id)
             if company is None:
-                raise LinkTampered("this link does not match any company")
+                raise LinkTampered("link.no_company")
             if company.admin_email != email:
-                raise NotAllowed(REASONS["not_primary_admin"] + f"; {email} is no longer the primary admin of {company.name}")
+                raise NotAllowed("transfer.no_longer_primary_admin", email=email, company=company.name)
         return company_id, email
 
     def view(self, company_id: int) -> CompanyAdminView:

@@ -63,7 +63,7 @@ def normalise_email(address: str) -> str:
     try:
         result = validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput(f"{address!r} is not a valid email address: {exc}") from None
+        raise InvalidInput("email.invalid", address=address, detail=str(exc)) from None
     return result.normalized.lower()
 
 
@@ -71,16 +71,16 @@ def name_key(name: str) -> str:
     """The form names are compared on: case and inner spacing do not make a new entry."""
     key = " ".join(name.split()).casefold()
     if not key:
-        raise InvalidInput("a name cannot be empty")
+        raise InvalidInput("name.empty")
     return key
 
 
 def clean_name(name: str) -> str:
     cleaned = " ".join(name.split())
     if not cleaned:
-        raise InvalidInput("a name cannot be empty")
+        raise InvalidInput("name.empty")
     if len(cleaned) > 200:
-        raise InvalidInput("a name can have at most 200 characters")
+        raise InvalidInput("name.too_long")
     return cleaned
 
 
@@ -183,19 +183,19 @@ class DomainService:
     def _firm_by_name(self, s: Session, name: str) -> Firm:
         firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
         if firm is None:
-            raise NotFound(f"no firm named {name!r} (see `cabinet firm list`)")
+            raise NotFound("firm.not_found", name=name)
         return firm
 
     def _company_by_name(self, s: Session, name: str) -> Company:
         company = s.scalar(select(Company).where(Company.name_key == name_key(name)))
         if company is None:
-            raise NotFound(f"no company named {name!r} (see `cabinet company list`)")
+            raise NotFound("company.not_found", name=name)
         return company
 
     def _user_by_email(self, s: Session, email: str) -> User:
         user = s.scalar(select(User).where(User.email == normalise_email(email)))
         if user is None:
-            raise NotFound(f"no staff member with the address {email!r} (see `cabinet staff list`)")
+            raise NotFound("staff.not_found", email=email)
         return user
 
     def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:

@@ -21,7 +21,7 @@ BABEL_LOCALE = {"en": "en_CA", "fr": "fr_CA"}
 def check_locale(locale: str) -> str:
     locale = locale.strip().lower()
     if locale not in LOCALES:
-        raise InvalidInput(f"language must be one of {', '.join(LOCALES)}; got {locale!r}")
+        raise InvalidInput("locale.unknown", choices=", ".join(LOCALES), locale=locale)
     return locale
 
 
@@ -29,7 +29,7 @@ def check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(f"unknown time zone {name!r} (use a name like America/Montreal)") from None
+        raise InvalidInput("timezone.unknown", timezone=name) from None
     return name
 
 

@@ -30,7 +30,6 @@ from daemon.views import ClientView
 
 BILLING = ("wholesale", "direct", "none")
 SUBSCRIPTION_OF = {"wholesale": "wholesale", "direct": "direct-discount"}
-PAYROLL_RULE = "a client who needs payroll must be on the wholesale billing plan"
 
 
 @dataclass(frozen=True)
@@ -85,20 +84,20 @@ class Onboarding(DomainService):
         found = {p.id: p for p in s.scalars(select(Product).where(Product.id.in_(wanted)))} if wanted else {}
         unknown = [pid for pid in wanted if pid not in found]
         if unknown:
-            raise InvalidInput(f"unknown product {unknown[0]!r} (see `cabinet product list`)")
+            raise InvalidInput("product.unknown", product=unknown[0])
         products = [found[pid] for pid in wanted]
         if new.billing == "none":
             if products:
-                raise InvalidInput("a client with no subscription has no products")
+                raise InvalidInput("products.none_for_no_subscription")
             return []
         quickbooks = [p for p in products if p.kind == "quickbooks"]
         payroll = [p for p in products if p.kind == "payroll"]
         if payroll and new.billing != "wholesale":
-            raise NotAllowed(PAYROLL_RULE)
+            raise NotAllowed("payroll.requires_wholesale")
         if len(quickbooks) != 1:
-            raise InvalidInput("choose one QuickBooks product for the client's subscription")
+            raise InvalidInput("products.one_quickbooks")
         if len(payroll) > 1:
-            raise InvalidInput("choose at most one Payroll product")
+            raise InvalidInput("products.one_payroll")
         return products
 
     def add_client(
@@ -116,33 +115,33 @@ class Onboarding(DomainService):
         at the CLI); only a member of the firm adds clients to its roster.
         """
         if new.kind not in KINDS:
-            raise InvalidInput(f"kind must be business or individual, got {new.kind!r}")
+            raise InvalidInput("kind.unknown", kind=new.kind)
         if new.billing not in BILLING:
-            raise InvalidInput(f"billing must be wholesale, direct or none, got {new.billing!r}")
+            raise InvalidInput("billing.unknown", billing=new.billing)
         name = clean_name(new.name)
         email = normalise_email(new.email) if new.email else None
         phone = " ".join(new.phone.split())[:50] if new.phone else None
         locale = check_locale(new.locale or self._policy.default_locale)
         if new.billing == "none" and primary_admin_user_id is not None:
-            raise InvalidInput("a client with no subscription has no company, so no primary admin")
+            raise InvalidInput("client.no_subscription_no_admin")
         if new.billing != "none" and primary_admin_user_id is None and email is None:
-            raise InvalidInput("give the client's email (they will be invited to be primary admin), or make yourself the primary admin")
+            raise InvalidInput("client.email_or_admin")
         now = self._now()
         with self._transaction() as s:
             firm = s.get(Firm, firm_id)
             if firm is None:
-                raise NotFound("no such firm")
+                raise NotFound("firm.missing")
             if acting_user_id is not None and not self._is_member(s, acting_user_id, firm.id):
-                raise NotAllowed(f"only a member of {firm.name} can add clients to its roster")
+                raise NotAllowed("firm.not_member_add_client", firm=firm.name)
             existing = s.scalar(select(Client).where(Client.firm_id == firm.id, Client.name_key == name_key(name)))
             if existing is not None:
-                raise AlreadyExists(f"{firm.name} already has a client named {existing.name!r} on its roster")
+                raise AlreadyExists("client.exists", firm=firm.name, name=existing.name)
             products = self._check_products(s, new)
             admin: User | None = None
             if primary_admin_user_id is not None:
                 admin = s.get(User, primary_admin_user_id)
                 if admin is None or not self._is_member(s, admin.id, firm.id):
-                    raise NotAllowed(f"only a member of {firm.name} can be made primary admin by this firm")
+                    raise NotAllowed("firm.not_member_primary_admin", firm=firm.name)
             client = Client(
                 firm_id=firm.id, kind=new.kind, name=name, name_key=name_key(name), email=email, phone=phone,
                 billing=new.billing, status="active", connected_at=None, created_at=now,
@@ -159,7 +158,7 @@ class Onboarding(DomainService):
                 with s.begin_nested():
                     s.flush()
             except IntegrityError:
-                raise AlreadyExists(f"{firm.name} already has a client named {name!r} on its roster") from None
+                raise AlreadyExists("client.exists", firm=firm.name, name=name) from None
             if company is not None:
                 self._welcome(s, firm, company, client, admin)
             self._event(
@@ -175,7 +174,7 @@ class Onboarding(DomainService):
     ) -> Company:
         taken = s.scalar(select(Company).where(Company.name_key == name_key(name)))
         if taken is not None:
-            raise AlreadyExists(f"a QuickBooks company named {taken.name!r} already exists; invite its admin to connect it instead")
+            raise AlreadyExists("company.exists_invite_admin", name=taken.name)
         company = Company(
             name=name, name_key=name_key(name), kind=new.kind,
             admin_email=admin.email if admin else str(email),
@@ -235,10 +234,10 @@ class Onboarding(DomainService):
         try:
             setup_id, nonce = payload
         except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
+            raise LinkTampered("link.invalid") from None
         setup = s.get(SetupInvitation, setup_id) if isinstance(setup_id, int) else None
         if setup is None or setup.nonce != nonce:
-            raise LinkTampered("this link does not match any invitation")
+            raise LinkTampered("link.no_invitation")
         return setup
 
     def _setup_view(self, setup: SetupInvitation) -> SetupView:
@@ -258,7 +257,7 @@ class Onboarding(DomainService):
             setup = self._setup_from_token(s, token)
             view = self._setup_view(setup)
             if view.status != "pending":
-                raise InvalidState(f"this invitation is {view.status}")
+                raise InvalidState("invitation.unavailable", status=view.status)
             won = rows_changed(
                 s,
                 update(SetupInvitation)
@@ -266,7 +265,7 @@ class Onboarding(DomainService):
                 .values(state="accepted", decided_at=self._now())
             )
             if won != 1:
-                raise InvalidState("this invitation was already accepted")
+                raise InvalidState("invitation.already_accepted")
             s.refresh(setup)
             company = setup.company
             company.admin_email = setup.email
@@ -290,10 +289,10 @@ class Onboarding(DomainService):
         try:
             (company_id,) = payload
         except (TypeError, ValueError):
-            raise LinkTampered("this link is not valid") from None
+            raise LinkTampered("link.invalid") from None
         company = s.get(Company, company_id) if isinstance(company_id, int) else None
         if company is None or company.subscription != "direct-discount":
-            raise LinkTampered("this link does not match any trial")
+            raise LinkTampered("link.no_trial")
         return company
 
     def _payment_view(self, company: Company) -> PaymentView:
@@ -316,10 +315,7 @@ class Onboarding(DomainService):
             company = self._company_from_payment_token(s, token)
             view = self._payment_view(company)
             if view.status != "needed":
-                raise InvalidState(
-                    "payment details are already on file" if view.status == "on file"
-                    else "the trial has ended and the discount has lapsed"
-                )
+                raise InvalidState("payment.on_file" if view.status == "on file" else "payment.lapsed")
             won = rows_changed(
                 s,
                 update(Company)
@@ -327,7 +323,7 @@ class Onboarding(DomainService):
                 .values(payment_details_at=self._now(), payment_name=name)
             )
             if won != 1:
-                raise InvalidState("payment details are already on file")
+                raise InvalidState("payment.on_file")
             s.refresh(company)
             s.execute(update(Client).where(Client.company_id == company.id, Client.billing == "direct").values(status="active"))
             for client in s.scalars(select(Client).where(Client.company_id == company.id)):

@@ -30,6 +30,7 @@ from daemon.web.context import (
     check_csrf,
     run,
     load_visitor,
+    message,
     page,
 )
 from daemon.web.pages import Pages
@@ -88,7 +89,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except CabinetError as exc:
         if VISITOR not in request:
             return web.Response(text=str(exc), status=exc.http_status)
-        return page(request, "error.html", status=exc.http_status, message=str(exc))
+        return page(request, "error.html", status=exc.http_status, message=message(request, exc))
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         if VISITOR not in request:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from daemon.errors import CabinetError, LinkTampered
 from daemon.onboarding import NewClient
-from daemon.web.context import CABINET, form, page, redirect, run, visitor
+from daemon.web.context import CABINET, form, message, page, redirect, run, visitor
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -48,7 +48,7 @@ async def add_client(request: web.Request) -> web.Response:
     except CabinetError as exc:
         products = await run(cabinet.onboarding.products)
         return page(request, "client_add.html", status=exc.http_status, products=products,
-                    values={**values, "products": chosen, "primary_admin": make_me_admin}, error=str(exc))
+                    values={**values, "products": chosen, "primary_admin": make_me_admin}, error=message(request, exc))
     cabinet.worker.wake()
     return page(request, "client_added.html", client=added)
 
@@ -78,7 +78,7 @@ def _single_form_link(
             return page(request, "link_invalid.html", status=404)
         except CabinetError as exc:
             state = await run(getattr(cabinet.onboarding, opener), token)
-            return page(request, template, status=exc.http_status, error=str(exc), **{name: state})
+            return page(request, template, status=exc.http_status, error=message(request, exc), **{name: state})
         cabinet.worker.wake()
         return redirect(f"{path}/{token}")
 

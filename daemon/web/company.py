@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.errors import CabinetError, InvalidInput
-from daemon.web.context import CABINET, form, page, redirect, run
+from daemon.web.context import CABINET, form, message, page, redirect, run
 
 
 async def _page(request: web.Request, status: int = 200, error: str | None = None, notice: str | None = None) -> web.Response:
@@ -42,14 +42,14 @@ async def act(request: web.Request) -> web.Response:
         elif action == "transfer":
             firm = str(data.get("firm_id", ""))
             if not firm.isdigit():
-                raise InvalidInput("choose the firm to transfer billing to")
+                raise InvalidInput("firm.choose_for_transfer")
             await run(cabinet.transfers.allow_for, company_id, int(firm), email, "link")
         elif action == "revoke-transfer":
             await run(cabinet.transfers.revoke, company_id, email, "link")
         else:
             raise web.HTTPNotFound()
     except CabinetError as exc:
-        return await _page(request, status=exc.http_status, error=str(exc))
+        return await _page(request, status=exc.http_status, error=message(request, exc))
     cabinet.worker.wake()
     return redirect(f"/company/{token}?done={action}")
 

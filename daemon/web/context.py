@@ -96,10 +96,10 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
     try:
         bound = cabinet.signer.verify(Purpose.CSRF, submitted or "", max_age=max_age)
     except LinkError:
-        raise CsrfFailed("this form has expired or did not come from this site; reload the page and try again") from None
+        raise CsrfFailed("csrf.expired") from None
     current = request.cookies.get(BROWSER_COOKIE, "")
     if not current or not secrets.compare_digest(str(bound), current):
-        raise CsrfFailed("this form did not come from this browser; reload the page and try again")
+        raise CsrfFailed("csrf.other_browser")
 
 
 def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -118,6 +118,11 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
         },
     )
     return web.Response(text=html, status=status, content_type="text/html")
+
+
+def message(request: web.Request, error: CabinetError) -> str:
+    """What a visitor reads for a domain error: its code in their language, never the exception's text."""
+    return request.app[PAGES].error_message(error, visitor(request).locale)
 
 
 def redirect(location: str) -> web.Response:

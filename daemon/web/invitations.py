@@ -12,7 +12,7 @@ from aiohttp import web
 from daemon.errors import InvalidInput, LinkTampered
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
-from daemon.web.context import CABINET, form, page, redirect, run, visitor
+from daemon.web.context import CABINET, form, message, page, redirect, run, visitor
 
 
 def _token(request: web.Request) -> str:
@@ -66,7 +66,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
         if action == "accept":
             raw_firm = str(form(request).get("firm_id", "")).strip()
             if raw_firm and not raw_firm.isdigit():
-                raise InvalidInput("choose a firm from the list")
+                raise InvalidInput("firm.choose")
             await run(cabinet.roster.accept_invitation, token, v.user.id, int(raw_firm) if raw_firm else None)
         else:
             await run(cabinet.roster.decline_invitation, token, v.user.id)
@@ -81,7 +81,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
         return _invitation_page(request, invitation, status=403)
     except InvalidInput as exc:
         invitation = await run(cabinet.roster.open_invitation, token)
-        return _invitation_page(request, invitation, status=400, error=str(exc))
+        return _invitation_page(request, invitation, status=400, error=message(request, exc))
 
 
 async def accept(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from daemon.config import LOCALES
+from daemon.errors import CabinetError, render
 from daemon.i18n import date_filters
 
 
@@ -37,11 +38,13 @@ class Pages:
     def __init__(self, templates_dir: Path) -> None:
         self._dir = templates_dir / "web"
         self._envs: dict[str, Environment] = {}
+        self._translations: dict[str, NullTranslations] = {}
         self.reload()
 
     def reload(self) -> None:
         """Re-read templates and catalogues (SIGHUP)."""
         envs = {}
+        translations = {}
         for locale in LOCALES:
             env = Environment(
                 loader=FileSystemLoader(self._dir),
@@ -49,11 +52,19 @@ class Pages:
                 undefined=StrictUndefined,
                 extensions=["jinja2.ext.i18n"],
             )
-            env.install_gettext_translations(load_translations(self._dir / "locale", locale), newstyle=True)  # type: ignore[attr-defined]
+            translations[locale] = load_translations(self._dir / "locale", locale)
+            env.install_gettext_translations(translations[locale], newstyle=True)  # type: ignore[attr-defined]
             env.filters.update(date_filters())
             envs[locale] = env
         self._envs = envs
+        self._translations = translations
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
         env = self._envs[locale]
         return env.get_template(name).render({**context, "locale": locale, "timezone": timezone})
+
+    def error_message(self, error: CabinetError, locale: str) -> str:
+        """An error's code in the reader's language, as a sentence (the domain only gives codes)."""
+        text = render(error.code, error.params, self._translations[locale].pgettext)
+        text = text[:1].upper() + text[1:]
+        return text if text.endswith((".", "!", "?", "»")) else text + "."
