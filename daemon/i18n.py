@@ -73,6 +73,14 @@ def _date_filter(ctx: Context, value: datetime) -> str:
     return format_date(value, ctx["locale"], ctx["timezone"])
 
 
+ELIDING = tuple("aeiouyhàâäéèêëîïôöùûüœæ")
+
+
+def of_name(name: str) -> str:
+    """French "de" before a name, elided before a vowel or h: "d'Érablière Roy", "de Boulangerie Roy"."""
+    return f"d'{name}" if name[:1].lower() in ELIDING else f"de {name}"
+
+
 def date_filters() -> dict[str, Callable[..., Any]]:
-    """``|datetime`` and ``|date`` for templates whose context has ``locale`` and ``timezone``."""
-    return {"datetime": _datetime_filter, "date": _date_filter}
+    """``|datetime``, ``|date`` (the context has ``locale`` and ``timezone``) and ``|de`` (French elision)."""
+    return {"datetime": _datetime_filter, "date": _date_filter, "de": of_name}

@@ -86,7 +86,7 @@ def test_pages_translate_codes_and_their_reasons() -> None:
     assert pages.error_message(error, "en") == "'luc@' is not a valid email address."
     refused = NotAllowed("transfer.refused", firm="Tremblay CPA", reasons=("transfer.reason.not_connected",))
     french = pages.error_message(refused, "fr")
-    assert french.startswith("Le transfert de la facturation à Tremblay CPA n'est pas possible")
+    assert french.startswith("Le transfert de la facturation au cabinet Tremblay CPA n'est pas possible")
     assert "Invitez d'abord son comptable" in french and "not connected" not in french
 
 
