@@ -48,7 +48,9 @@ class Outbox:
 
     def queue(self, session: Session, notice: Notice) -> None:
         now = self._clock.now()
-        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, notice.context)
+        # ``now`` for deadlines ("in 47 hours"), ``to_name`` for the greeting.
+        context = {"now": now, "to_name": notice.to_name, **notice.context}
+        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, context)
         ref = secrets.token_hex(6)
         message_id = new_message_id(self._domain)
         # A reply makes sense when the email is about something (an invitation, a company).

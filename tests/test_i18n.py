@@ -103,3 +103,27 @@ def test_a_french_page_shows_a_french_error(server, cli, seed, env) -> None:
     assert "Un client qui a besoin de la paie doit faire partie de votre forfait" in refused.text
     assert "must be on the wholesale" not in refused.text
     client.close()
+
+
+def test_dates_to_the_minute_with_french_ordinals_and_hours() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from daemon.i18n import format_date, format_datetime, format_deadline
+
+    first = datetime(2026, 12, 1, 10, 59, 35, tzinfo=timezone.utc)
+    assert format_datetime(first, "fr", "America/Montreal") == "1er décembre 2026 à 5 h 59 HNE"
+    assert format_datetime(first, "en", "America/Montreal") == "December 1, 2026 at 5:59 a.m. EST"
+    assert format_datetime(datetime(2026, 12, 2, 23, 0, tzinfo=timezone.utc), "fr", "America/Montreal") == (
+        "2 décembre 2026 à 18 h HNE"
+    )
+    assert format_date(first, "fr", "America/Vancouver") == "1er décembre 2026"
+    deadline = format_deadline(first, "fr", "America/Vancouver", now=first - timedelta(hours=47))
+    assert deadline == "1er décembre 2026 à 2 h 59 HNP (dans 47 heures)"
+    assert format_deadline(first, "en", "America/Montreal", now=first - timedelta(hours=47)).endswith("(in 47 hours)")
+
+
+def test_french_elision_before_a_name() -> None:
+    from daemon.i18n import of_name
+
+    assert of_name("Érablière Roy") == "d'Érablière Roy"
+    assert of_name("Boulangerie Roy") == "de Boulangerie Roy"

@@ -115,6 +115,7 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
             "csrf_token": v.csrf_token,
             "path": request.path,
             "public_url": cabinet.config.http.public_url,
+            "now": cabinet.clock.now(),
         },
     )
     return web.Response(text=html, status=status, content_type="text/html")
