@@ -31,6 +31,9 @@ class CompanyAdminView:
     pending_invitations: tuple[str, ...]
     trial_ends_at: datetime | None
     payment_details_at: datetime | None
+    # The primary admin's recorded language and zone: the manage page speaks as the email did.
+    locale: str = ""
+    timezone: str = ""
 
 
 class CompanyAdmin(DomainService):
@@ -102,6 +105,8 @@ class CompanyAdmin(DomainService):
                 pending_invitations=tuple(invited),
                 trial_ends_at=company.trial_ends_at,
                 payment_details_at=company.payment_details_at,
+                locale=company.admin_locale,
+                timezone=company.admin_timezone,
             )
 
     def payment_link(self, company_id: int) -> str | None:

@@ -113,6 +113,7 @@ class GeneralConfig:
     default_locale: str
     timezone: str
     log_level: str
+    product_name: str = "Cabinet"  # the name pages and emails show, and the From: name's "via …"
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         default_locale=r.choice("general", "default_locale", "en", LOCALES),
         timezone=r.text("general", "timezone", "UTC"),
         log_level=r.choice("general", "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        product_name=r.text("general", "product_name", "Cabinet"),
     )
     return Config(
         general=general,

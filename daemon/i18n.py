@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any, Callable
+import unicodedata
+from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_date as babel_format_date
@@ -130,6 +131,18 @@ def of_name(name: str) -> str:
     return f"d'{name}" if name[:1].lower() in ELIDING else f"de {name}"
 
 
+def collation_key(text: str) -> tuple[str, str]:
+    """Sort as a dictionary does: accents and case matter only between otherwise equal words
+    ("Ébénisterie" < "Érablière" < "Zoé"), not by code point (which puts "É" after "Z")."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in folded if not unicodedata.combining(c)), text
+
+
+def collate(items: Iterable[Any], attribute: str | None = None) -> list[Any]:
+    """``|collate`` / ``|collate("name")``: a list in dictionary order."""
+    return sorted(items, key=lambda item: collation_key(str(getattr(item, attribute) if attribute else item)))
+
+
 def date_filters() -> dict[str, Callable[..., Any]]:
     """``|datetime``, ``|date``, ``|deadline``, ``|remaining`` (the context has ``locale`` and ``timezone``, and
     may have ``now``) and ``|de`` (French elision)."""
@@ -139,4 +152,5 @@ def date_filters() -> dict[str, Callable[..., Any]]:
         "deadline": _deadline_filter,
         "remaining": _remaining_filter,
         "de": of_name,
+        "collate": collate,
     }

@@ -63,6 +63,9 @@ class SetupView:
     state: str
     status: str
     expires_at: datetime
+    # The recipient's recorded language and zone: the page speaks as the email did.
+    locale: str = ""
+    timezone: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class PaymentView:
     status: str  # "needed" | "on file" | "lapsed"
     trial_ends_at: datetime | None
     payment_details_at: datetime | None
+    locale: str = ""
+    timezone: str = ""
 
 
 class Onboarding(DomainService):
@@ -244,7 +249,10 @@ class Onboarding(DomainService):
         status = setup.state
         if status == "pending" and self._now() >= setup.expires_at:
             status = "expired"
-        return SetupView(setup.company.name, setup.firm.name, setup.email, setup.state, status, setup.expires_at)
+        return SetupView(
+            setup.company.name, setup.firm.name, setup.email, setup.state, status, setup.expires_at,
+            setup.company.admin_locale, setup.company.admin_timezone,
+        )
 
     def open_setup(self, token: str) -> SetupView:
         with self._sessions() as s:
@@ -302,7 +310,10 @@ class Onboarding(DomainService):
             status = "lapsed"
         else:
             status = "needed"
-        return PaymentView(company.name, company.id, status, company.trial_ends_at, company.payment_details_at)
+        return PaymentView(
+            company.name, company.id, status, company.trial_ends_at, company.payment_details_at,
+            company.admin_locale, company.admin_timezone,
+        )
 
     def open_payment(self, token: str) -> PaymentView:
         with self._sessions() as s:

@@ -84,6 +84,14 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # aiohttp's own "404: Not Found" is plain text: show the site's page, in the visitor's language.
+        if VISITOR not in request:
+            raise
+        response = page(request, "not_found.html", status=exc.status, method_not_allowed=exc.status == 405)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except web.HTTPException:
         raise
     except CabinetError as exc:
@@ -99,7 +107,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/metrics"):
+    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/metrics", "/favicon.ico"):
         return await handler(request)
     v = await load_visitor(request)
     request[VISITOR] = v
@@ -121,6 +129,11 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
             path="/",
         )
     return response
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    """Browsers ask for /favicon.ico on every page whatever the HTML says."""
+    return web.FileResponse(request.app[CABINET].templates_dir / "web" / "static" / "favicon.ico")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -162,6 +175,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", cabinet.templates_dir / "web" / "static")
     account.setup(app)
     invitations.setup(app)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from daemon.errors import CabinetError, LinkTampered
 from daemon.onboarding import NewClient
-from daemon.web.context import CABINET, form, message, page, redirect, run, visitor
+from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to, visitor
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -67,6 +67,7 @@ def _single_form_link(
             state = await run(getattr(onboarding, opener), request.match_info["token"])
         except LinkTampered:
             return page(request, "link_invalid.html", status=404)
+        speak_to(request, state.locale, state.timezone)
         return page(request, template, error=None, **{name: state})
 
     async def act(request: web.Request) -> web.Response:
@@ -78,6 +79,7 @@ def _single_form_link(
             return page(request, "link_invalid.html", status=404)
         except CabinetError as exc:
             state = await run(getattr(cabinet.onboarding, opener), token)
+            speak_to(request, state.locale, state.timezone)
             return page(request, template, status=exc.http_status, error=message(request, exc), **{name: state})
         cabinet.worker.wake()
         return redirect(f"{path}/{token}")

@@ -6,17 +6,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.errors import CabinetError, InvalidInput
-from daemon.web.context import CABINET, form, message, page, redirect, run
+from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to
 
 
 async def _page(request: web.Request, status: int = 200, error: str | None = None, notice: str | None = None) -> web.Response:
     cabinet = request.app[CABINET]
     company_id, email = await run(cabinet.company_admin.resolve, request.match_info["token"])
+    company = await run(cabinet.company_admin.view, company_id)
+    speak_to(request, company.locale, company.timezone)
     return page(
         request,
         "company.html",
         status=status,
-        company=await run(cabinet.company_admin.view, company_id),
+        company=company,
         options=await run(cabinet.transfers.options, company_id, email),
         pending=await run(cabinet.transfers.pending_for_company, company_id),
         payment_link=await run(cabinet.company_admin.payment_link, company_id),

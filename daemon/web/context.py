@@ -14,6 +14,7 @@ from multidict import MultiDictProxy
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError, LinkError
+from daemon.config import LOCALES
 from daemon.i18n import negotiate
 from daemon.tokens import Purpose
 from daemon.views import UserView
@@ -25,6 +26,8 @@ SESSIONS = web.AppKey("web_sessions", WebSessions)
 
 BROWSER_COOKIE = "cabinet_browser"
 SESSION_COOKIE = "cabinet_session"
+#: The language a visitor chose with the switch on every page; it wins over everything else.
+LANGUAGE_COOKIE = "cabinet_lang"
 
 T = TypeVar("T")
 
@@ -42,6 +45,7 @@ class Visitor:
     locale: str
     timezone: str
     csrf_token: str
+    chosen_locale: bool = False  # from the language switch's cookie
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -76,7 +80,11 @@ async def load_visitor(request: web.Request) -> Visitor:
     token = request.cookies.get(SESSION_COOKIE)
     user = await run(_signed_in_user, request.app[SESSIONS], cabinet, token) if token else None
     default = cabinet.config.general.default_locale
-    locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
+    chosen = request.cookies.get(LANGUAGE_COOKIE, "")
+    if chosen in LOCALES:
+        locale = chosen
+    else:
+        locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
     timezone = user.timezone if user else cabinet.config.general.timezone
     return Visitor(
         browser_id=browser_id,
@@ -86,7 +94,18 @@ async def load_visitor(request: web.Request) -> Visitor:
         locale=locale,
         timezone=timezone,
         csrf_token=cabinet.signer.sign(Purpose.CSRF, browser_id),
+        chosen_locale=chosen in LOCALES,
     )
+
+
+def speak_to(request: web.Request, locale: str, timezone: str) -> None:
+    """A link's page speaks to the person it was sent to: their recorded language (unless this browser
+    chose one with the switch) and time zone, as their email did, signed in or not."""
+    v = visitor(request)
+    if locale in LOCALES and not v.chosen_locale:
+        v.locale = locale
+    if timezone:
+        v.timezone = timezone
 
 
 def check_csrf(request: web.Request, submitted: str | None) -> None:
@@ -116,6 +135,7 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
             "path": request.path,
             "public_url": cabinet.config.http.public_url,
             "now": cabinet.clock.now(),
+            "product_name": cabinet.config.general.product_name,
         },
     )
     return web.Response(text=html, status=status, content_type="text/html")
