@@ -84,6 +84,12 @@ def clean_name(name: str) -> str:
     return cleaned
 
 
+# Emails to a client admin that ask them to act (invite again, allow again): they carry a fresh manage link.
+ASK_COMPANY_ADMIN = frozenset(
+    {"invitation_declined", "invitation_expired", "invitation_bounced", "transfer_expired_client", "transfer_declined"}
+)
+
+
 class DomainService:
     def __init__(self, ctx: DomainContext) -> None:
         self._ctx = ctx
@@ -133,6 +139,9 @@ class DomainService:
         auto: bool = True,
         firm_id: int | None = None,
     ) -> None:
+        if template in ASK_COMPANY_ADMIN and "manage_url" not in context:
+            token = self._signer.sign(Purpose.MANAGE, ["company", company.id, company.admin_email])
+            context = {**context, "manage_url": self._links.manage(token)}
         self._notifier.queue(
             s,
             Notice(
@@ -161,7 +170,7 @@ class DomainService:
                     to_name=member.name,
                     locale=member.locale,
                     timezone=member.timezone,
-                    context={"firm": firm.name, **context},
+                    context={"firm": firm.name, "roster_url": self._links.home(), **context},
                     company_id=company_id,
                     firm_id=firm.id,
                 ),

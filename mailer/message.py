@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -30,7 +31,12 @@ def build_message(
     message["From"] = from_address
     local, _, domain = to.partition("@")
     message["To"] = Address(display_name=to_name, username=local, domain=domain)
-    message["Subject"] = subject
+    if subject.isascii():
+        message["Subject"] = subject
+    else:
+        # Folded as encoded words by hand: the email package's own folding can double a space before an
+        # accented word at a fold ("Garage  Lévesque"); adjacent encoded words decode with no gap.
+        message.set_raw("Subject", Header(subject, "utf-8", header_name="Subject").encode())
     message["Date"] = format_datetime(date)
     message["Message-ID"] = message_id
     if reply_to:

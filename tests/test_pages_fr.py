@@ -61,3 +61,19 @@ def test_the_french_roster_shows_words_not_codes_sorted_as_french_sorts(server, 
     assert "Aucun abonnement" in home and ">none<" not in home
     assert home.index("Ébénisterie Roy") < home.index("Érablière Roy") < home.index("Zoé Roy")
     client.close()
+
+
+def test_french_emails_name_the_sender_greet_by_name_and_carry_the_next_link(server, cli, seed, mailbox, env):
+    from email.utils import parseaddr
+
+    from mailer.maildir import text_body
+
+    cli("client", "add", "--firm", seed.firm, "--kind", "business", "--name", "Garage Lévesque",
+        "--email", "marc@garage.example", "--billing", "direct", "--product", "qbo-simple-start", "--locale", "fr")
+    setup = mailbox.wait("marc@garage.example", subject="Administrateur principal")[0]
+    assert parseaddr(str(setup["From"]))[0] == "Tremblay CPA via Cabinet"
+    payment = mailbox.wait("marc@garage.example", subject="renseignements de paiement")[0]
+    subject = str(payment["Subject"])
+    assert "  " not in subject and "Garage Lévesque" in subject
+    body = text_body(payment)
+    assert body.startswith("Bonjour") and "(dans " in body and "Cabinet" in body.splitlines()[-1]
