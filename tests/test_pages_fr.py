@@ -77,3 +77,54 @@ def test_french_emails_name_the_sender_greet_by_name_and_carry_the_next_link(ser
     assert "  " not in subject and "Garage Lévesque" in subject
     body = text_body(payment)
     assert body.startswith("Bonjour") and "(dans " in body and "Cabinet" in body.splitlines()[-1]
+
+
+def test_add_client_prevents_errors_and_ties_them_to_their_field(server, cli, seed, mailbox, env):
+    cli("staff", "add", "luc@tremblay.example", "--name", "Luc Gagnon", "--firm", seed.firm, "--firm", seed.other_firm,
+        "--locale", "fr", "--password-stdin", input=PASSWORD + "\n")
+    client = Browser(env.base_url)
+    client.post("/sign-in", email="luc@tremblay.example", password=PASSWORD, next="/clients/new")
+    form = client.get("/clients/new").text
+    # Radios where one is required, required fields marked, the firm has no silent default, language defaults
+    # to the firm's (its staff member's), Payroll explained under Direct discount.
+    assert 'type="radio" id="product-qbo-plus" name="quickbooks_product"' in form
+    assert 'name="payroll_product"' in form and 'type="checkbox" id="product-' not in form
+    assert form.count('class="required"') >= 4 and "Choisissez un cabinet" in form
+    assert 'id="language-fr" name="locale" value="fr" checked' in form
+    assert "La paie n'est pas offerte avec le rabais direct." in form
+    fields = {"csrf_token": csrf_of(form), "kind": "business", "name": "Garage Lévesque", "email": "marc@garage.example",
+              "billing": "wholesale", "quickbooks_product": "qbo-plus", "payroll_product": "", "locale": "en"}
+    no_firm = client.http.post("/clients/new", data=fields)
+    assert no_firm.status_code == 400
+    assert 'id="firm" name="firm_id" required aria-invalid="true" aria-describedby="firm-error"' in no_firm.text
+    assert 'id="firm-error">Vous faites partie de plusieurs cabinets' in no_firm.text
+    firm_id = str(env.sql("SELECT id FROM firms WHERE name = :n", n=seed.firm)[0][0])
+    payroll_direct = client.http.post("/clients/new", data={**fields, "firm_id": firm_id, "billing": "direct",
+                                                            "payroll_product": "payroll-core"})
+    assert payroll_direct.status_code == 403  # still refused on the server
+    assert 'aria-invalid="true" aria-describedby="payroll-error"' in payroll_direct.text
+    assert 'id="payroll-error">Un client qui a besoin de la paie' in payroll_direct.text
+    saved = client.http.post("/clients/new", data={**fields, "firm_id": firm_id})
+    assert saved.status_code == 200
+    # The client's language was chosen on the form: its email is in English though the firm works in French.
+    setup = mailbox.wait("marc@garage.example", subject="primary admin")[0]
+    assert str(setup["Subject"]).startswith("Tremblay CPA invites you")
+    assert env.sql("SELECT admin_locale FROM companies WHERE name = 'Garage Lévesque'") == [("en",)]
+    client.close()
+
+
+def test_irreversible_actions_ask_for_confirmation_first(server, cli, seed, mailbox, env):
+    from tests.conftest import link_in
+
+    cli("staff", "add", "luc@tremblay.example", "--name", "Luc Gagnon", "--firm", seed.firm, "--locale", "fr",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("invitation", "send", "--company", seed.company, "--email", "luc@tremblay.example")
+    link = link_in(mailbox.wait("luc@tremblay.example")[-1])
+    client = Browser(env.base_url)
+    client.sign_in(link, "luc@tremblay.example")
+    page = client.get(link).text
+    assert page.split("Refuser l'invitation")[0].rsplit("<form", 1)[1].startswith(' method="get"')  # a GET
+    confirm = client.get(link + "?confirm=decline").text
+    assert "Refuser cette invitation?" in confirm and "Oui, refuser l'invitation" in confirm and "Annuler" in confirm
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]  # showing the question changed nothing
+    client.close()

@@ -48,7 +48,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     # Links carry tokens: never leak them to another site through Referer.
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
     "Cache-Control": "no-store",
 }

@@ -6,15 +6,35 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from daemon.errors import CabinetError, LinkTampered
+from daemon.errors import CabinetError, InvalidInput, LinkTampered
 from daemon.onboarding import NewClient
 from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to, visitor
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
-FIELDS = ("firm_id", "kind", "name", "email", "phone", "billing")
+FIELDS = ("firm_id", "kind", "name", "email", "phone", "billing", "locale")
 EMPTY_FORM = {**{key: "" for key in FIELDS}, "products": [], "primary_admin": False}
+
+# Which form field an error is about, so the page shows it there (aria-invalid, aria-describedby).
+FIELD_OF_ERROR = {
+    "firm.choose_for_client": "firm",
+    "firm.missing": "firm",
+    "firm.not_member_add_client": "firm",
+    "kind.unknown": "kind",
+    "name.empty": "name",
+    "name.too_long": "name",
+    "client.exists": "name",
+    "company.exists_invite_admin": "name",
+    "email.invalid": "email",
+    "client.email_or_admin": "email",
+    "billing.unknown": "billing",
+    "product.unknown": "quickbooks",
+    "products.one_quickbooks": "quickbooks",
+    "products.none_for_no_subscription": "quickbooks",
+    "products.one_payroll": "payroll",
+    "payroll.requires_wholesale": "payroll",
+}
 
 
 async def new_client_form(request: web.Request) -> web.Response:
@@ -22,7 +42,9 @@ async def new_client_form(request: web.Request) -> web.Response:
     if v.user is None:
         return redirect("/sign-in?next=/clients/new")
     products = await run(request.app[CABINET].onboarding.products)
-    return page(request, "client_add.html", products=products, values=EMPTY_FORM, error=None)
+    # The client's language starts as the firm's: the language its staff member works in.
+    values = {**EMPTY_FORM, "locale": v.user.locale}
+    return page(request, "client_add.html", products=products, values=values, error=None, error_field=None)
 
 
 async def add_client(request: web.Request) -> web.Response:
@@ -32,14 +54,22 @@ async def add_client(request: web.Request) -> web.Response:
     cabinet = request.app[CABINET]
     data = form(request)
     values = {key: str(data.get(key, "")) for key in FIELDS}
-    chosen = [str(p) for p in data.getall("product", [])]
+    # One QuickBooks product and at most one Payroll product (radios); "product" is the CLI-like list form.
+    picked = [str(data.get("quickbooks_product", "")), str(data.get("payroll_product", ""))]
+    chosen = [str(p) for p in data.getall("product", [])] + [p for p in picked if p]
     make_me_admin = data.get("primary_admin") == "me"
     try:
-        # With one firm the form has no firm field; the domain checks membership either way.
-        firm_id = int(values["firm_id"]) if values["firm_id"].isdigit() else v.user.firms[0].id if v.user.firms else 0
+        # With one firm the form has no firm field; with several, one must be chosen (never a silent default).
+        if values["firm_id"].isdigit():
+            firm_id = int(values["firm_id"])
+        elif len(v.user.firms) > 1:
+            raise InvalidInput("firm.choose_for_client")
+        else:
+            firm_id = v.user.firms[0].id if v.user.firms else 0
         new = NewClient(
             kind=values["kind"], name=values["name"], billing=values["billing"], email=values["email"] or None,
             phone=values["phone"] or None, products=tuple(chosen) if values["billing"] != "none" else (),
+            locale=values["locale"] or v.user.locale,
         )
         added = await run(
             cabinet.onboarding.add_client, firm_id, new, v.user.id if make_me_admin else None, v.user.email, "link",
@@ -48,7 +78,8 @@ async def add_client(request: web.Request) -> web.Response:
     except CabinetError as exc:
         products = await run(cabinet.onboarding.products)
         return page(request, "client_add.html", status=exc.http_status, products=products,
-                    values={**values, "products": chosen, "primary_admin": make_me_admin}, error=message(request, exc))
+                    values={**values, "products": chosen, "primary_admin": make_me_admin},
+                    error=message(request, exc), error_field=FIELD_OF_ERROR.get(exc.code))
     cabinet.worker.wake()
     return page(request, "client_added.html", client=added)
 

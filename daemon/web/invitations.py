@@ -34,6 +34,8 @@ def _invitation_page(
         failed=False,
         email=invitation.email,
         next=request.path,
+        # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
+        confirm=request.query.get("confirm", "") if request.method == "GET" else "",
     )
 
 

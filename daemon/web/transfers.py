@@ -15,6 +15,8 @@ def _page(request: web.Request, transfer: TransferView, status: int = 200, error
     return page(
         request, "transfer.html", status=status, transfer=transfer, member=member, error=error,
         next=request.path, email="", failed=False,
+        # "?confirm=complete|decline": the confirmation step before an action that cannot be undone.
+        confirm=request.query.get("confirm", "") if request.method == "GET" else "",
     )
 
 
