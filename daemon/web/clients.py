@@ -37,6 +37,12 @@ FIELD_OF_ERROR = {
 }
 
 
+def _field_of(error: CabinetError, firm_field: bool) -> str | None:
+    """The field to show ``error`` beside; None (top of the form) when the form has no such field."""
+    field = FIELD_OF_ERROR.get(error.code)
+    return None if field == "firm" and not firm_field else field
+
+
 async def new_client_form(request: web.Request) -> web.Response:
     v = visitor(request)
     if v.user is None:
@@ -79,7 +85,7 @@ async def add_client(request: web.Request) -> web.Response:
         products = await run(cabinet.onboarding.products)
         return page(request, "client_add.html", status=exc.http_status, products=products,
                     values={**values, "products": chosen, "primary_admin": make_me_admin},
-                    error=message(request, exc), error_field=FIELD_OF_ERROR.get(exc.code))
+                    error=message(request, exc), error_field=_field_of(exc, len(v.user.firms) > 1))
     cabinet.worker.wake()
     return page(request, "client_added.html", client=added)
 
