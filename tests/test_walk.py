@@ -177,6 +177,13 @@ def test_every_page_and_email_in_one_language(chromium, server, cli: Cli, mailbo
         walk.button(w["save"])
         walk.check("client added", "client-added")
         walk.goto("/", "client list", "client-list")
+        # A phone: the header wraps and the client list scrolls in its box; the page never scrolls sideways.
+        for width in (375, 320):
+            walk.page.set_viewport_size({"width": width, "height": 700})
+            for path in ("/", "/clients/new"):
+                walk.page.goto(server.env.base_url + path)
+                assert walk.page.evaluate("document.documentElement.scrollWidth") <= width, (path, width)
+        walk.page.set_viewport_size({"width": 1024, "height": 800})
 
         # Flow 2: the client admin's manage page, then the firm completes the transfer.
         cli("company", "send-link", "Érablière Roy")
