@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.errors import InvalidInput, LinkTampered
+from daemon.errors import InvalidInput, LinkTampered, NotFound
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
-from daemon.web.context import CABINET, form, message, page, redirect, run, visitor
+from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to, visitor
 
 
 def _token(request: web.Request) -> str:
@@ -49,6 +49,14 @@ async def show(request: web.Request) -> web.Response:
         invitation = await run(cabinet.roster.open_invitation, _token(request))
     except LinkTampered:
         return _invalid_link(request)
+    if visitor(request).user is None:
+        # Signed out: speak as the invitation email did, in the invited accountant's recorded language and zone.
+        try:
+            invited = await run(cabinet.roster.find_staff, invitation.email)
+        except NotFound:
+            pass
+        else:
+            speak_to(request, invited.locale, invited.timezone)
     return _invitation_page(request, invitation)
 
 
