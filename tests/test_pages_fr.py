@@ -130,12 +130,12 @@ def test_irreversible_actions_ask_for_confirmation_first(server, cli, seed, mail
     client.close()
 
 
-def test_a_signed_out_invitation_page_speaks_as_its_email_did(server, cli, seed, mailbox, env):
+def test_a_signed_out_invitation_page_dates_in_the_invited_zone(server, cli, seed, mailbox, env):
     from tests.conftest import link_in
 
     cli("staff", "add", "luc@tremblay.example", "--name", "Luc Gagnon", "--firm", seed.firm, "--locale", "fr",
         "--timezone", "America/Vancouver", "--password-stdin", input=PASSWORD + "\n")
     cli("invitation", "send", "--company", seed.company, "--email", "luc@tremblay.example")
     link = link_in(mailbox.wait("luc@tremblay.example")[-1])
-    page = Browser(env.base_url, accept_language="en-US").get(link).text
-    assert 'lang="fr"' in page and "Se connecter" in page and " HNP " in page  # Luc's language and zone
+    page = Browser(env.base_url, accept_language="fr-CA").get(link).text
+    assert 'lang="fr"' in page and "Se connecter" in page and " HNP " in page  # Luc's zone, not the server's

@@ -50,13 +50,14 @@ async def show(request: web.Request) -> web.Response:
     except LinkTampered:
         return _invalid_link(request)
     if visitor(request).user is None:
-        # Signed out: speak as the invitation email did, in the invited accountant's recorded language and zone.
+        # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the language
+        # stays the browser's, or the switch's, until they sign in).
         try:
             invited = await run(cabinet.roster.find_staff, invitation.email)
         except NotFound:
             pass
         else:
-            speak_to(request, invited.locale, invited.timezone)
+            speak_to(request, "", invited.timezone)
     return _invitation_page(request, invitation)
 
 
