@@ -120,7 +120,9 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
     links = Links(config.http.public_url)
     passwords = Passwords()
     renderer = EmailRenderer(templates.search_path("email"))
-    outbox = Outbox(renderer, signer, clock, config.mail.from_address, config.smtp.domain)
+    outbox = Outbox(
+        renderer, signer, clock, config.mail.from_address, config.smtp.domain, config.general.product_name
+    )
     ctx = DomainContext(
         sessions=sessions,
         notifier=outbox,

@@ -19,7 +19,6 @@ from daemon.errors import LimitReached, LinkTampered, NotAllowed
 from daemon.models import Client, Company, Event, Firm, Invitation, InvitationState
 from daemon.roster import Roster
 from daemon.tokens import Purpose
-from daemon.transfers import REASONS
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,9 @@ class CompanyAdminView:
     pending_invitations: tuple[str, ...]
     trial_ends_at: datetime | None
     payment_details_at: datetime | None
+    # The primary admin's recorded language and zone: the manage page speaks as the email did.
+    locale: str = ""
+    timezone: str = ""
 
 
 class CompanyAdmin(DomainService):
@@ -104,7 +106,7 @@ class CompanyAdmin(DomainService):
         """The company and address a manage link speaks for; refused if that address is no longer primary admin."""
 
         def no_longer_admin(company: Company, email: object) -> NotAllowed:
-            return NotAllowed(REASONS["not_primary_admin"] + f"; {email} is no longer the primary admin of {company.name}")
+            return NotAllowed("transfer.no_longer_primary_admin", email=email, company=company.name)
 
         with self._sessions() as s:
             company = self._row_from_token(
@@ -139,6 +141,8 @@ class CompanyAdmin(DomainService):
                 pending_invitations=tuple(invited),
                 trial_ends_at=company.trial_ends_at,
                 payment_details_at=company.payment_details_at,
+                locale=company.admin_locale,
+                timezone=company.admin_timezone,
             )
 
     def payment_link(self, company_id: int) -> str | None:

@@ -277,6 +277,7 @@ class GeneralConfig:
     default_locale: str
     timezone: str
     log_level: str
+    product_name: str = "Cabinet"  # the name pages and emails show, and the From: name's "via …"
 
 
 @dataclass(frozen=True)
@@ -554,6 +555,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         default_locale=r.get("general", "default_locale"),
         timezone=r.get("general", "timezone"),
         log_level=r.get("general", "log_level"),
+        product_name=r.get("general", "product_name"),
     )
     metrics = MetricsConfig(listen=r.get("metrics", "listen"))
     if metrics.listen:

@@ -80,7 +80,7 @@ class FirmRequired(InvalidInput):
     """The person belongs to several firms and did not say which one: Cabinet does not guess."""
 
     def __init__(self, firms: tuple[str, ...]) -> None:
-        super().__init__(f"several firms are possible ({', '.join(firms)}): choose the firm to connect this client to")
+        super().__init__("firm.choose_for_client", firms=", ".join(firms))
         self.firms = firms
 
 
@@ -89,7 +89,7 @@ def normalise_email(address: str) -> str:
     try:
         result = validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput(f"{address!r} is not a valid email address: {exc}") from None
+        raise InvalidInput("email.invalid", address=address, detail=str(exc)) from None
     return result.normalized.lower()
 
 
@@ -97,17 +97,23 @@ def name_key(name: str) -> str:
     """The form names are compared on: case and inner spacing do not make a new entry."""
     key = " ".join(name.split()).casefold()
     if not key:
-        raise InvalidInput("a name cannot be empty")
+        raise InvalidInput("name.empty")
     return key
 
 
 def clean_name(name: str) -> str:
     cleaned = " ".join(name.split())
     if not cleaned:
-        raise InvalidInput("a name cannot be empty")
+        raise InvalidInput("name.empty")
     if len(cleaned) > 200:
-        raise InvalidInput("a name can have at most 200 characters")
+        raise InvalidInput("name.too_long")
     return cleaned
+
+
+# Emails to a client admin that ask them to act (invite again, allow again): they carry a fresh manage link.
+ASK_COMPANY_ADMIN = frozenset(
+    {"invitation_declined", "invitation_expired", "invitation_bounced", "transfer_expired_client", "transfer_declined"}
+)
 
 
 class DomainService:
@@ -245,6 +251,9 @@ class DomainService:
         auto: bool = True,
         firm_id: int | None = None,
     ) -> None:
+        if template in ASK_COMPANY_ADMIN and "manage_url" not in context:
+            token = self._signer.sign(Purpose.MANAGE, ["company", company.id, company.admin_email])
+            context = {**context, "manage_url": self._links.manage(token)}
         self._notifier.queue(
             s,
             Notice(
@@ -273,7 +282,7 @@ class DomainService:
                     to_name=member.name,
                     locale=member.locale,
                     timezone=member.timezone,
-                    context={"firm": firm.name, **context},
+                    context={"firm": firm.name, "roster_url": self._links.home(), **context},
                     company_id=company_id,
                     firm_id=firm.id,
                 ),
@@ -295,19 +304,19 @@ class DomainService:
     def _firm_by_name(self, s: Session, name: str) -> Firm:
         firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
         if firm is None:
-            raise NotFound(f"no firm named {name!r} (see `cabinet firm list`)")
+            raise NotFound("firm.not_found", name=name)
         return firm
 
     def _company_by_name(self, s: Session, name: str) -> Company:
         company = s.scalar(select(Company).where(Company.name_key == name_key(name)))
         if company is None:
-            raise NotFound(f"no company named {name!r} (see `cabinet company list`)")
+            raise NotFound("company.not_found", name=name)
         return company
 
     def _user_by_email(self, s: Session, email: str) -> User:
         user = s.scalar(select(User).where(User.email == normalise_email(email)))
         if user is None:
-            raise NotFound(f"no staff member with the address {email!r} (see `cabinet staff list`)")
+            raise NotFound("staff.not_found", email=email)
         return user
 
     def _chosen_firm(self, s: Session, user: User | None, firm_id: int | None) -> Firm:

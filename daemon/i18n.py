@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Callable
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+import unicodedata
+from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.dates import format_date as babel_format_date
 from jinja2 import pass_context
 from jinja2.runtime import Context
 from babel.dates import format_datetime as babel_format_datetime
+from babel.dates import format_timedelta as babel_format_timedelta
 
 from daemon.config import LOCALES
 from daemon.errors import InvalidInput
@@ -21,7 +24,7 @@ BABEL_LOCALE = {"en": "en_CA", "fr": "fr_CA"}
 def check_locale(locale: str) -> str:
     locale = locale.strip().lower()
     if locale not in LOCALES:
-        raise InvalidInput(f"language must be one of {', '.join(LOCALES)}; got {locale!r}")
+        raise InvalidInput("locale.unknown", choices=", ".join(LOCALES), locale=locale)
     return locale
 
 
@@ -29,18 +32,49 @@ def check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(f"unknown time zone {name!r} (use a name like America/Montreal)") from None
+        raise InvalidInput("timezone.unknown", timezone=name) from None
     return name
 
 
+def _local(value: datetime, timezone: str) -> datetime:
+    return value.astimezone(ZoneInfo(timezone))
+
+
+def _french_day(local: datetime) -> str:
+    # French writes the first of the month as an ordinal: "1er décembre".
+    day = "1er" if local.day == 1 else str(local.day)
+    return f"{day} {babel_format_datetime(local, 'MMMM', locale=BABEL_LOCALE['fr'])} {local.year}"
+
+
 def format_datetime(value: datetime, locale: str, timezone: str) -> str:
-    """A date and time as the reader expects it, in their zone, with the zone named."""
-    local = value.astimezone(ZoneInfo(timezone))
-    return babel_format_datetime(local, "long", tzinfo=ZoneInfo(timezone), locale=BABEL_LOCALE[locale])
+    """A date and time to the minute, in the reader's zone, with the zone named.
+
+    fr: "1er décembre 2026 à 5 h 59 HNE" (Québec's hours: "18 h", "5 h 05"); en: "December 1, 2026 at 5:59 a.m. EST".
+    """
+    local = _local(value, timezone)
+    zone = babel_format_datetime(local, "zzz", tzinfo=ZoneInfo(timezone), locale=BABEL_LOCALE[locale])
+    if locale == "fr":
+        minutes = f" {local.minute:02d}" if local.minute else ""
+        return f"{_french_day(local)} à {local.hour} h{minutes} {zone}"
+    english = babel_format_datetime(local, "MMMM d, y 'at' h:mm a", locale=BABEL_LOCALE[locale])
+    return f"{english} {zone}"
 
 
 def format_date(value: datetime, locale: str, timezone: str) -> str:
-    return babel_format_date(value.astimezone(ZoneInfo(timezone)).date(), "long", locale=BABEL_LOCALE[locale])
+    local = _local(value, timezone)
+    if locale == "fr":
+        return _french_day(local)
+    return babel_format_date(local.date(), "long", locale=BABEL_LOCALE[locale])
+
+
+def format_duration(delta: timedelta, locale: str, direction: bool = False) -> str:
+    """ "47 heures", "dans 47 heures", "in 2 days": hours stay hours up to two and a half days."""
+    return babel_format_timedelta(delta, threshold=2.5, add_direction=direction, locale=BABEL_LOCALE[locale])
+
+
+def format_deadline(value: datetime, locale: str, timezone: str, now: datetime) -> str:
+    """A deadline with how far it is: "1er décembre 2026 à 5 h 59 HNE (dans 47 heures)"."""
+    return f"{format_datetime(value, locale, timezone)} ({format_duration(value - now, locale, direction=True)})"
 
 
 def negotiate(accept_language: str | None, default: str) -> str:
@@ -68,11 +102,55 @@ def _datetime_filter(ctx: Context, value: datetime) -> str:
     return format_datetime(value, ctx["locale"], ctx["timezone"])
 
 
+def _now(ctx: Context) -> datetime:
+    now = ctx.get("now")
+    return now if isinstance(now, datetime) else datetime.now(dt_timezone.utc)
+
+
+@pass_context
+def _deadline_filter(ctx: Context, value: datetime) -> str:
+    return format_deadline(value, ctx["locale"], ctx["timezone"], _now(ctx))
+
+
+@pass_context
+def _remaining_filter(ctx: Context, value: datetime) -> str:
+    """How long until ``value``, rounded to what a reader says ("12 heures", "12 hours")."""
+    return format_duration(value - _now(ctx), ctx["locale"])
+
+
 @pass_context
 def _date_filter(ctx: Context, value: datetime) -> str:
     return format_date(value, ctx["locale"], ctx["timezone"])
 
 
+ELIDING = tuple("aeiouyhàâäéèêëîïôöùûüœæ")
+
+
+def of_name(name: str) -> str:
+    """French "de" before a name, elided before a vowel or h: "d'Érablière Roy", "de Boulangerie Roy"."""
+    return f"d'{name}" if name[:1].lower() in ELIDING else f"de {name}"
+
+
+def collation_key(text: str) -> tuple[str, str]:
+    """Sort as a dictionary does: accents and case matter only between otherwise equal words
+    ("Ébénisterie" < "Érablière" < "Zoé"), not by code point (which puts "É" after "Z")."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in folded if not unicodedata.combining(c)), text
+
+
+def collate(items: Iterable[Any], attribute: str | None = None) -> list[Any]:
+    """``|collate`` / ``|collate("name")``: a list in dictionary order."""
+    return sorted(items, key=lambda item: collation_key(str(getattr(item, attribute) if attribute else item)))
+
+
 def date_filters() -> dict[str, Callable[..., Any]]:
-    """``|datetime`` and ``|date`` for templates whose context has ``locale`` and ``timezone``."""
-    return {"datetime": _datetime_filter, "date": _date_filter}
+    """``|datetime``, ``|date``, ``|deadline``, ``|remaining`` (the context has ``locale`` and ``timezone``, and
+    may have ``now``) and ``|de`` (French elision)."""
+    return {
+        "datetime": _datetime_filter,
+        "date": _date_filter,
+        "deadline": _deadline_filter,
+        "remaining": _remaining_filter,
+        "de": of_name,
+        "collate": collate,
+    }

@@ -330,7 +330,7 @@ class Inbound(DomainService):
         with self._sessions() as s:
             row = s.get(InboundMessage, inbound_id)
             if row is None:
-                raise NotFound(f"no inbound message {inbound_id} (see `cabinet inbound list`)")
+                raise NotFound("inbound.not_found", id=inbound_id)
             return self._view(row), row.raw
 
     def retry(self, inbound_id: int) -> InboundView:
@@ -338,9 +338,9 @@ class Inbound(DomainService):
         with self._transaction() as s:
             row = s.get(InboundMessage, inbound_id)
             if row is None:
-                raise NotFound(f"no inbound message {inbound_id} (see `cabinet inbound list`)")
+                raise NotFound("inbound.not_found", id=inbound_id)
             if row.state not in ("quarantined", "received"):
-                raise InvalidState(f"inbound message {inbound_id} is {row.state}; only a quarantined one can be retried")
+                raise InvalidState("inbound.not_retryable", id=inbound_id, state=row.state)
             row.state, row.attempts, row.next_attempt_at, row.last_error = "received", 0, self._now(), None
             return self._view(row)
 

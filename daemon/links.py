@@ -27,6 +27,10 @@ class Links:
     def invitation_renewal(self, token: str) -> str:
         return self._url(self.INVITATION_RENEWAL, token)
 
+    def home(self) -> str:
+        """The signed-in start page: the firm's client list."""
+        return self._base + "/"
+
     def manage(self, token: str) -> str:
         return self._url(self.MANAGE, token)
 

@@ -31,7 +31,6 @@ from daemon.views import ClientView
 
 BILLING = ("wholesale", "direct", "none")
 SUBSCRIPTION_OF = {"wholesale": "wholesale", "direct": "direct-discount"}
-PAYROLL_RULE = "a client who needs payroll must be on the wholesale billing plan"
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,9 @@ class SetupView:
     state: str
     status: str
     expires_at: datetime
+    # The recipient's recorded language and zone: the page speaks as the email did.
+    locale: str = ""
+    timezone: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class PaymentView:
     status: str  # "needed" | "on file" | "lapsed"
     trial_ends_at: datetime | None
     payment_details_at: datetime | None
+    locale: str = ""
+    timezone: str = ""
 
 
 class Onboarding(DomainService):
@@ -86,20 +90,20 @@ class Onboarding(DomainService):
         found = {p.id: p for p in s.scalars(select(Product).where(Product.id.in_(wanted)))} if wanted else {}
         unknown = [pid for pid in wanted if pid not in found]
         if unknown:
-            raise InvalidInput(f"unknown product {unknown[0]!r} (see `cabinet product list`)")
+            raise InvalidInput("product.unknown", product=unknown[0])
         products = [found[pid] for pid in wanted]
         if new.billing == "none":
             if products:
-                raise InvalidInput("a client with no subscription has no products")
+                raise InvalidInput("products.none_for_no_subscription")
             return []
         quickbooks = [p for p in products if p.kind == "quickbooks"]
         payroll = [p for p in products if p.kind == "payroll"]
         if payroll and new.billing != "wholesale":
-            raise NotAllowed(PAYROLL_RULE)
+            raise NotAllowed("payroll.requires_wholesale")
         if len(quickbooks) != 1:
-            raise InvalidInput("choose one QuickBooks product for the client's subscription")
+            raise InvalidInput("products.one_quickbooks")
         if len(payroll) > 1:
-            raise InvalidInput("choose at most one Payroll product")
+            raise InvalidInput("products.one_payroll")
         return products
 
     def add_client(
@@ -119,40 +123,40 @@ class Onboarding(DomainService):
         request is refused (``FirmRequired``), on every channel.
         """
         if new.kind not in KINDS:
-            raise InvalidInput(f"kind must be business or individual, got {new.kind!r}")
+            raise InvalidInput("kind.unknown", kind=new.kind)
         if new.billing not in BILLING:
-            raise InvalidInput(f"billing must be wholesale, direct or none, got {new.billing!r}")
+            raise InvalidInput("billing.unknown", billing=new.billing)
         name = clean_name(new.name)
         email = normalise_email(new.email) if new.email else None
         phone = " ".join(new.phone.split())[:50] if new.phone else None
         locale = check_locale(new.locale or self._policy.default_locale)
         if new.billing == "none" and primary_admin_user_id is not None:
-            raise InvalidInput("a client with no subscription has no company, so no primary admin")
+            raise InvalidInput("client.no_subscription_no_admin")
         if new.billing != "none" and primary_admin_user_id is None and email is None:
-            raise InvalidInput("give the client's email (they will be invited to be primary admin), or make yourself the primary admin")
+            raise InvalidInput("client.email_or_admin")
         now = self._now()
         with self._transaction() as s:
             acting = s.get(User, acting_user_id) if acting_user_id is not None else None
             if acting_user_id is not None and acting is None:
-                raise NotAllowed("sign in to add a client")
+                raise NotAllowed("invitation.sign_in_add_client")
             if firm_id is None:
                 firm = self._chosen_firm(s, acting, None)
             else:
                 found = s.get(Firm, firm_id)
                 if found is None:
-                    raise NotFound("no such firm")
+                    raise NotFound("firm.missing")
                 firm = found
             if acting is not None and not self._is_member(s, acting.id, firm.id):
-                raise NotAllowed(f"only a member of {firm.name} can add clients to its roster")
+                raise NotAllowed("firm.not_member_add_client", firm=firm.name)
             existing = s.scalar(select(Client).where(Client.firm_id == firm.id, Client.name_key == name_key(name)))
             if existing is not None:
-                raise AlreadyExists(f"{firm.name} already has a client named {existing.name!r} on its roster")
+                raise AlreadyExists("client.exists", firm=firm.name, name=existing.name)
             products = self._check_products(s, new)
             admin: User | None = None
             if primary_admin_user_id is not None:
                 admin = s.get(User, primary_admin_user_id)
                 if admin is None or not self._is_member(s, admin.id, firm.id):
-                    raise NotAllowed(f"only a member of {firm.name} can be made primary admin by this firm")
+                    raise NotAllowed("firm.not_member_primary_admin", firm=firm.name)
             company = None
             status = ClientStatus.ACTIVE
             if new.billing != "none":
@@ -171,7 +175,7 @@ class Onboarding(DomainService):
                 with s.begin_nested():
                     s.flush()
             except IntegrityError:
-                raise AlreadyExists(f"{firm.name} already has a client named {name!r} on its roster") from None
+                raise AlreadyExists("client.exists", firm=firm.name, name=name) from None
             if company is not None:
                 self._welcome(s, firm, company, client, admin)
             self._event(
@@ -187,7 +191,7 @@ class Onboarding(DomainService):
     ) -> Company:
         taken = s.scalar(select(Company).where(Company.name_key == name_key(name)))
         if taken is not None:
-            raise AlreadyExists(f"a QuickBooks company named {taken.name!r} already exists; invite its admin to connect it instead")
+            raise AlreadyExists("company.exists_invite_admin", name=taken.name)
         company = Company(
             name=name, name_key=name_key(name), kind=new.kind,
             admin_email=admin.email if admin else str(email),
@@ -248,7 +252,10 @@ class Onboarding(DomainService):
         status = setup.state
         if status == "pending" and self._now() >= setup.expires_at:
             status = "expired"
-        return SetupView(setup.company.name, setup.firm.name, setup.email, setup.state, status, setup.expires_at)
+        return SetupView(
+            setup.company.name, setup.firm.name, setup.email, setup.state, status, setup.expires_at,
+            setup.company.admin_locale, setup.company.admin_timezone,
+        )
 
     def open_setup(self, token: str) -> SetupView:
         with self._sessions() as s:
@@ -261,12 +268,12 @@ class Onboarding(DomainService):
             setup = self._setup_from_token(s, token)
             view = self._setup_view(setup)
             if view.status != "pending":
-                raise InvalidState(f"this invitation is {view.status}", current=view)
+                raise InvalidState("invitation.unavailable", current=view, status=view.status)
             try:
                 self._transition(s, SetupInvitation, setup.id, [SetupState.PENDING], SetupState.ACCEPTED,
                                  where=[SetupInvitation.expires_at > self._now()], decided_at=self._now())
             except TransitionLost as lost:
-                raise InvalidState("this invitation was already accepted", current=lost.current) from None
+                raise InvalidState("invitation.already_accepted", current=lost.current) from None
             company = setup.company
             company.admin_email = setup.email
             company.admin_name = name
@@ -286,7 +293,7 @@ class Onboarding(DomainService):
             max_age=self._policy.trial_length + timedelta(days=1), bound=None,
         )
         if company.subscription != "direct-discount":
-            raise LinkTampered("this link does not match any trial")
+            raise LinkTampered("link.no_trial")
         return company
 
     def _payment_view(self, company: Company) -> PaymentView:
@@ -296,7 +303,10 @@ class Onboarding(DomainService):
             status = "lapsed"
         else:
             status = "needed"
-        return PaymentView(company.name, company.id, status, company.trial_ends_at, company.payment_details_at)
+        return PaymentView(
+            company.name, company.id, status, company.trial_ends_at, company.payment_details_at,
+            company.admin_locale, company.admin_timezone,
+        )
 
     def open_payment(self, token: str) -> PaymentView:
         with self._sessions() as s:
@@ -309,10 +319,7 @@ class Onboarding(DomainService):
             company = self._company_from_payment_token(s, token)
             view = self._payment_view(company)
             if view.status != "needed":
-                raise InvalidState(
-                    "payment details are already on file" if view.status == "on file"
-                    else "the trial has ended and the discount has lapsed"
-                )
+                raise InvalidState("payment.on_file" if view.status == "on file" else "payment.lapsed")
             won = rows_changed(
                 s,
                 update(Company)
@@ -320,7 +327,7 @@ class Onboarding(DomainService):
                 .values(payment_details_at=self._now(), payment_name=name)
             )
             if won != 1:
-                raise InvalidState("payment details are already on file")
+                raise InvalidState("payment.on_file")
             s.refresh(company)
             transition_all(s, Client, [Client.company_id == company.id, Client.billing == "direct"], list(ClientStatus),
                            ClientStatus.ACTIVE)

@@ -69,7 +69,7 @@ class Passwords:
 
     def hash(self, password: str) -> str:
         if len(password) < MIN_LENGTH:
-            raise InvalidInput(f"a password needs at least {MIN_LENGTH} characters")
+            raise InvalidInput("password.too_short", minimum=MIN_LENGTH)
         return self._hasher.hash(password)
 
     def verify(self, stored_hash: str | None, password: str) -> bool:

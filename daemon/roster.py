@@ -49,7 +49,7 @@ class InvitationUnavailable(InvalidState):
     """The invitation can no longer be acted on; ``view`` says what happened to it."""
 
     def __init__(self, view: InvitationView) -> None:
-        super().__init__(f"this invitation is {view.status}", current=view)
+        super().__init__("invitation.unavailable", current=view, status=view.status)
         self.view = view
 
 
@@ -57,7 +57,7 @@ class WrongAccount(NotAllowed):
     """Signed in as someone other than the invited address."""
 
     def __init__(self, invited: str, signed_in: str) -> None:
-        super().__init__(f"this invitation was sent to {invited}, but you are signed in as {signed_in}")
+        super().__init__("invitation.wrong_account", invited=invited, signed_in=signed_in)
         self.invited = invited
         self.signed_in = signed_in
 
@@ -85,7 +85,7 @@ class Roster(DomainService):
         with self._transaction() as s:
             existing = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
             if existing:
-                raise AlreadyExists(f"a firm named {existing.name!r} already exists")
+                raise AlreadyExists("firm.exists", name=existing.name)
             firm = Firm(name=name, name_key=name_key(name), email=address, created_at=self._clock.now())
             s.add(firm)
             s.flush()
@@ -119,14 +119,14 @@ class Roster(DomainService):
         address = normalise_email(email)
         name = clean_name(name)
         if not firm_names:
-            raise InvalidInput("a staff member belongs to at least one firm (--firm)")
+            raise InvalidInput("staff.needs_firm")
         locale = check_locale(locale or self._policy.default_locale)
         timezone = check_timezone(timezone or self._policy.default_timezone)
         password_hash = self._passwords.hash(password)
         with self._transaction() as s:
             firms = [self._firm_by_name(s, firm_name) for firm_name in dict.fromkeys(firm_names)]
             if s.scalar(select(User).where(User.email == address)):
-                raise AlreadyExists(f"a staff member with the address {address} already exists")
+                raise AlreadyExists("staff.exists", email=address)
             user = User(
                 email=address,
                 name=name,
@@ -147,7 +147,7 @@ class Roster(DomainService):
         with self._sessions() as s:
             user = s.get(User, user_id)
             if user is None:
-                raise NotFound("no such staff member")
+                raise NotFound("staff.missing")
             return self._user_view(s, user)
 
     def list_staff(self) -> list[UserView]:
@@ -184,11 +184,11 @@ class Roster(DomainService):
         name = clean_name(name)
         address = normalise_email(admin_email)
         if kind not in KINDS:
-            raise InvalidInput(f"kind must be business or individual, got {kind!r}")
+            raise InvalidInput("kind.unknown", kind=kind)
         with self._transaction() as s:
             existing = s.scalar(select(Company).where(Company.name_key == name_key(name)))
             if existing:
-                raise AlreadyExists(f"a company named {existing.name!r} already exists")
+                raise AlreadyExists("company.exists", name=existing.name)
             company = Company(
                 name=name,
                 name_key=name_key(name),
@@ -339,7 +339,7 @@ class Roster(DomainService):
         with self._transaction() as s:
             invitation = s.get(Invitation, invitation_id)
             if invitation is None:
-                raise NotFound(f"no invitation {invitation_id} (see `cabinet invitation list`)")
+                raise NotFound("invitation.not_found", id=invitation_id)
             view = self._invitation_view(s, invitation)
             if view.status != "pending":
                 raise InvitationUnavailable(view)
@@ -449,7 +449,7 @@ class Roster(DomainService):
             raise InvitationUnavailable(view)
         user = s.get(User, user_id)
         if user is None:
-            raise NotAllowed(f"sign in to {verb} this invitation")
+            raise NotAllowed(f"invitation.sign_in_{verb}")
         if user.email != invitation.email:
             raise WrongAccount(invitation.email, user.email)
         return user
@@ -610,9 +610,7 @@ class Roster(DomainService):
                 with s.begin_nested():
                     s.flush()
             except IntegrityError:
-                raise AlreadyExists(
-                    f"{firm.name}'s roster already has a client named {company.name!r} for another company"
-                ) from None
+                raise AlreadyExists("client.exists_other_company", firm=firm.name, name=company.name) from None
         else:
             self._transition(
                 s, Client, client.id, list(ClientStatus), ClientStatus.ACTIVE, company_id=company.id,

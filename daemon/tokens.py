@@ -97,9 +97,9 @@ class LinkSigner:
             return serializer.loads(token, max_age=seconds)
         except SignatureExpired as exc:
             payload = serializer.load_payload(exc.payload) if exc.payload is not None else None
-            raise LinkExpired("this link has expired", payload) from None
+            raise LinkExpired("link.expired", payload) from None
         except BadSignature:
-            raise LinkTampered("this link is not valid") from None
+            raise LinkTampered("link.invalid") from None
 
     def sign_address(self, purpose: Purpose, ref: str) -> str:
         """A short signed reference for an email address's local part (reply+…, bounce+…).
@@ -113,9 +113,9 @@ class LinkSigner:
         try:
             ref = self._address_serializer(purpose).loads(token)
         except BadSignature:
-            raise LinkTampered("this address is not one of ours") from None
+            raise LinkTampered("address.not_ours") from None
         if not isinstance(ref, str):
-            raise LinkTampered("this address is not one of ours")
+            raise LinkTampered("address.not_ours")
         return ref
 
     def _address_serializer(self, purpose: Purpose) -> URLSafeSerializer:

@@ -19,19 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.domain import DomainService, normalise_email
-from daemon.errors import InvalidState, NotAllowed, NotFound
+from daemon.errors import MESSAGES, InvalidState, NotAllowed, NotFound
 from daemon.models import BillingTransfer, Client, ClientStatus, Company, Firm, TransferState, User
 from daemon.tokens import Purpose
 from daemon.transitions import TransitionLost, transition_all
 
-# Why a transfer is not possible, in words (the pages and emails translate the codes).
-REASONS = {
-    "quickbooks_time": "QuickBooks Time is attached to this subscription, and a company with QuickBooks Time "
-    "cannot be added to a wholesale billing plan",
-    "not_connected": "this firm is not connected to the company (invite its accountant first)",
-    "already_wholesale": "the company is already on this firm's wholesale billing plan",
-    "not_primary_admin": "only the company's primary admin can allow a billing transfer",
-}
+# Why a transfer is not possible: codes, whose words are in daemon/errors.py (pages and emails translate them).
+REASONS = {r: MESSAGES[f"transfer.reason.{r}"] for r in ("quickbooks_time", "not_connected", "already_wholesale", "not_primary_admin")}
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,9 @@ class Eligibility:
 
 class TransferRefused(NotAllowed):
     def __init__(self, eligibility: Eligibility) -> None:
-        super().__init__(f"billing transfer to {eligibility.firm} is not possible: {eligibility.explanation}")
+        super().__init__(
+            "transfer.refused", firm=eligibility.firm, reasons=tuple(f"transfer.reason.{r}" for r in eligibility.reasons)
+        )
         self.eligibility = eligibility
 
 
@@ -129,7 +125,7 @@ class BillingTransfers(DomainService):
         with self._sessions() as s:
             company = s.get(Company, company_id)
             if company is None:
-                raise NotFound("no such company")
+                raise NotFound("company.missing")
             firms = s.scalars(
                 select(Firm)
                 .join(Client, Client.firm_id == Firm.id)
@@ -154,7 +150,7 @@ class BillingTransfers(DomainService):
             company = s.get(Company, company_id)
             firm = s.get(Firm, firm_id)
             if company is None or firm is None:
-                raise NotFound("no such company or firm")
+                raise NotFound("company_or_firm.missing")
             reasons = self._reasons(s, company, firm, actor_email)
             if reasons:
                 raise TransferRefused(Eligibility(firm.id, firm.name, reasons))
@@ -201,16 +197,16 @@ class BillingTransfers(DomainService):
         with self._transaction() as s:
             company = s.get(Company, company_id)
             if company is None:
-                raise NotFound("no such company")
+                raise NotFound("company.missing")
             if normalise_email(actor_email) != company.admin_email:
-                raise NotAllowed(REASONS["not_primary_admin"])
+                raise NotAllowed("transfer.not_primary_admin")
             transfer = s.scalar(
                 select(BillingTransfer).where(
                     BillingTransfer.company_id == company.id, BillingTransfer.state == TransferState.PENDING
                 )
             )
             if transfer is None:
-                raise InvalidState("there is no pending billing transfer to revoke")
+                raise InvalidState("transfer.nothing_to_revoke")
             self._decide(s, transfer, TransferState.REVOKED, actor_email)
             self._notify_staff(s, transfer.firm, "transfer_revoked", self._mail_context(company, transfer, None), company.id)
             self._event(s, "transfer.revoked", actor_email, channel, firm_id=transfer.firm_id, company_id=company.id)
@@ -266,7 +262,7 @@ class BillingTransfers(DomainService):
             raise TransferUnavailable(view)
         user = s.get(User, user_id)
         if user is None or not self._is_member(s, user.id, transfer.firm_id):
-            raise NotAllowed(f"only a member of {transfer.firm.name} can act on this billing transfer")
+            raise NotAllowed("firm.not_member_transfer", firm=transfer.firm.name)
         return transfer, user
 
     def complete(self, token: str, user_id: int, channel: str = "link") -> TransferView:

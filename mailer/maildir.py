@@ -81,7 +81,7 @@ def read_raw(path: Path, key: str) -> bytes:
     """The message exactly as delivered."""
     box = mailbox.Maildir(path, create=False) if path.exists() else None
     if box is None or key not in box:
-        raise NotFound(f"no message {key!r} in {path}")
+        raise NotFound("mail.not_found", key=key, path=path)
     with box.get_file(key) as handle:
         return handle.read()
 

@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.headerregistry import Address
+from email.utils import parseaddr
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,12 +39,36 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=1)
 
+# Whose words each email carries (a context key naming the firm, the company or a person); the rest are the
+# product's own notices ("Cabinet").
+SPEAKS_FOR = {
+    "invitation": "company",
+    "invitation_accepted": "firm",
+    "invitation_declined": "accountant_name",
+    "client_added": "company",
+    "client_setup": "firm",
+    "client_setup_completed": "company",
+    "payment_details_request": "firm",
+    "trial_reminder": "firm",
+    "payment_details_added": "company",
+    "discount_lapsed_client": "firm",
+    "transfer_allowed": "company",
+    "transfer_completed": "firm",
+    "transfer_declined": "firm",
+    "transfer_revoked": "company",
+    "reply_forwarded": "sender",
+}
+
 
 class Outbox:
     """Implements ``daemon.notices.Notifier``."""
 
-    def __init__(self, renderer: EmailRenderer, signer: LinkSigner, clock: Clock, from_address: str, domain: str) -> None:
+    def __init__(
+        self, renderer: EmailRenderer, signer: LinkSigner, clock: Clock, from_address: str, domain: str,
+        product_name: str = "Cabinet",
+    ) -> None:
         self._renderer = renderer
+        self._product = product_name
         self._signer = signer
         self._clock = clock
         self._from = from_address
@@ -52,15 +78,25 @@ class Outbox:
         """``reply+…@domain`` or ``bounce+…@domain`` for the email with reference ``ref``."""
         return f"{purpose.value}+{self._signer.sign_address(purpose, ref)}@{self._domain}"
 
+    def _from_header(self, notice: Notice) -> str:
+        """From: names who the email speaks for: "Tremblay CPA via Cabinet", "Boulangerie Roy via Cabinet"."""
+        party = SPEAKS_FOR.get(notice.template)
+        who = notice.context.get(party) if party else None
+        name = f"{who} via {self._product}" if isinstance(who, str) and who and "@" not in who else self._product
+        return str(Address(display_name=name, addr_spec=parseaddr(self._from)[1]))
+
     def queue(self, session: Session, notice: Notice) -> None:
         now = self._clock.now()
-        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, notice.context)
+        # ``now`` for deadlines ("in 47 hours"), ``to_name`` for the greeting (a name, never an address).
+        greeting = notice.to_name if notice.to_name and "@" not in notice.to_name else ""
+        context = {"now": now, "to_name": greeting, "product_name": self._product, **notice.context}
+        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, context)
         ref = secrets.token_hex(6)
         message_id = new_message_id(self._domain)
         # A reply makes sense when the email is about something (an invitation, a company).
         reply_to = self.address(Purpose.REPLY, ref) if notice.invitation_id or notice.company_id else None
         message = build_message(
-            from_address=self._from,
+            from_address=self._from_header(notice),
             to=notice.to,
             to_name=notice.to_name,
             subject=rendered.subject,

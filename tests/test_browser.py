@@ -72,7 +72,7 @@ def test_french_pages_in_a_real_browser(chromium, server, cli: Cli, seed: Seed, 
     page.goto(link)
     page.get_by_label("Courriel").fill(seed.accountant)
     page.get_by_label("Mot de passe").fill(PASSWORD)
-    page.get_by_role("button", name="Ouvrir une session").click()
+    page.get_by_role("button", name="Se connecter").click()
     # Signed in, the page follows Marie's own language (en): the button is in English.
     page.get_by_role("button", name="Accept invitation").click()
     page.wait_for_url(link)
@@ -89,7 +89,7 @@ def test_add_client_page_in_a_real_browser(chromium, server, cli: Cli, seed: See
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_label("Business").check()
-    page.get_by_label("Name", exact=True).fill("Garage Lévesque")
+    page.locator("#name").fill("Garage Lévesque")  # its label ends with the required mark
     page.get_by_label("Email").fill("marc@garage.example")
     page.get_by_label("Wholesale billing discount (billed to the firm)").check()
     page.get_by_label("QuickBooks Online Plus").check()
@@ -124,6 +124,7 @@ def test_allow_and_complete_transfer_in_a_real_browser(chromium, server, cli: Cl
     staff.get_by_label("Password").fill(PASSWORD)
     staff.get_by_role("button", name="Sign in").click()
     staff.get_by_role("button", name="Complete transfer").click()
+    staff.get_by_role("button", name="Yes, complete the transfer").click()  # the confirmation step
     staff.get_by_text("Completed by").wait_for()
     staff.context.close()
     (client,) = json.loads(cli("client", "list", "--firm", seed.firm, "--json").output)

@@ -186,5 +186,5 @@ def test_only_a_member_of_the_firm_adds_to_its_roster(server, browser: Browser, 
     forced = browser.http.post("/clients/new", data={
         "csrf_token": csrf_of(page.text), "firm_id": str(other_firm), "kind": "individual", "name": "Intrus",
         "billing": "none"})
-    assert forced.status_code == 403 and "only a member of" in forced.text
+    assert forced.status_code == 403 and "Only a member of" in forced.text
     assert roster_of(cli, seed.other_firm) == []

@@ -37,7 +37,8 @@ class DomainError(click.ClickException):
     """A domain error, shown as one line on stderr with its documented exit code."""
 
     def __init__(self, error: CabinetError) -> None:
-        super().__init__(str(error))
+        # English, with the code the pages translate, so an operator and a user can name the same error.
+        super().__init__(str(error) if error.code == "error.unexpected" else f"{error} [{error.code}]")
         code = next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
         self.exit_code = code  # type: ignore[misc]
 

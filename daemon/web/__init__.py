@@ -30,6 +30,7 @@ from daemon.web.context import (
     check_csrf,
     run,
     load_visitor,
+    message,
     page,
 )
 from daemon.web.pages import Pages
@@ -64,12 +65,20 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # aiohttp's own "404: Not Found" is plain text: show the site's page, in the visitor's language.
+        if VISITOR not in request:
+            raise
+        response = page(request, "not_found.html", status=exc.status, method_not_allowed=exc.status == 405)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except web.HTTPException:
         raise
     except CabinetError as exc:
         if VISITOR not in request:
             return web.Response(text=str(exc), status=exc.http_status)
-        return page(request, "error.html", status=exc.http_status, message=str(exc))
+        return page(request, "error.html", status=exc.http_status, message=message(request, exc))
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         if VISITOR not in request:
@@ -79,7 +88,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz"):
+    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/favicon.ico"):
         return await handler(request)
     v = await load_visitor(request)
     request[VISITOR] = v
@@ -96,6 +105,11 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
     if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
         cookies.set_cookie(response, cookies.browser_cookie, request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id))
     return response
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    """Browsers ask for /favicon.ico on every page whatever the HTML says."""
+    return web.FileResponse(request.app[CABINET].templates_dir / "web" / "static" / "favicon.ico")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -155,6 +169,7 @@ def make_app(
     app[READINESS] = readiness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/static/{name:.+}", static)
     account.setup(app)
     invitations.setup(app)

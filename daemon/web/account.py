@@ -6,10 +6,12 @@ import secrets
 
 from aiohttp import web
 
+from daemon.config import LOCALES
 from daemon.errors import AuthenticationFailed, Busy, LimitReached
 from daemon.tokens import Purpose
 from daemon.web.context import (
     CABINET,
+    LANGUAGE_COOKIE,
     SESSIONS,
     form,
     page,
@@ -69,8 +71,27 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def choose_language(request: web.Request) -> web.StreamResponse:
+    """The language switch on every page: remembered in a cookie for a year, for anyone, signed in or not."""
+    data = form(request)
+    chosen = str(data.get("language", ""))
+    response = redirect(safe_next(str(data.get("next", "/"))))
+    if chosen in LOCALES:
+        response.set_cookie(
+            LANGUAGE_COOKIE,
+            chosen,
+            httponly=True,
+            samesite="Lax",
+            secure=request.app[CABINET].config.http.public_url.startswith("https://"),
+            path="/",
+            max_age=365 * 24 * 3600,
+        )
+    return response
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/sign-in", sign_in_form)
     app.router.add_post("/sign-in", sign_in)
     app.router.add_post("/sign-out", sign_out)
+    app.router.add_post("/language", choose_language)

@@ -7,17 +7,19 @@ from aiohttp import web
 
 from daemon.domain import request_key
 from daemon.errors import CabinetError, InvalidInput
-from daemon.web.context import CABINET, form, page, redirect, run
+from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to
 
 
 async def _page(request: web.Request, status: int = 200, error: str | None = None, notice: str | None = None) -> web.Response:
     cabinet = request.app[CABINET]
     company_id, email = await run(cabinet.company_admin.resolve, request.match_info["token"])
+    company = await run(cabinet.company_admin.view, company_id)
+    speak_to(request, company.locale, company.timezone)
     return page(
         request,
         "company.html",
         status=status,
-        company=await run(cabinet.company_admin.view, company_id),
+        company=company,
         options=await run(cabinet.transfers.options, company_id, email),
         pending=await run(cabinet.transfers.pending_for_company, company_id),
         payment_link=await run(cabinet.company_admin.payment_link, company_id),
@@ -45,14 +47,14 @@ async def act(request: web.Request) -> web.Response:
         elif action == "transfer":
             firm = str(data.get("firm_id", ""))
             if not firm.isdigit():
-                raise InvalidInput("choose the firm to transfer billing to")
+                raise InvalidInput("firm.choose_for_transfer")
             await run(cabinet.transfers.allow_for, company_id, int(firm), email, "link")
         elif action == "revoke-transfer":
             await run(cabinet.transfers.revoke, company_id, email, "link")
         else:
             raise web.HTTPNotFound()
     except CabinetError as exc:
-        return await _page(request, status=exc.http_status, error=str(exc))
+        return await _page(request, status=exc.http_status, error=message(request, exc))
     cabinet.worker.wake()
     return redirect(f"/company/{token}?done={action}")
 

@@ -14,6 +14,7 @@ from multidict import MultiDictProxy
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError, LinkError
+from daemon.config import LOCALES
 from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
@@ -23,6 +24,9 @@ from daemon.web.security import SECURITY
 CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
 SESSIONS = web.AppKey("web_sessions", WebSessions)
+
+#: The language a visitor chose with the switch on every page; it wins over everything else.
+LANGUAGE_COOKIE = "cabinet_lang"
 
 T = TypeVar("T")
 
@@ -63,6 +67,7 @@ class Visitor:
     locale: str
     timezone: str
     csrf_token: CsrfToken
+    chosen_locale: bool = False  # from the language switch's cookie
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -109,7 +114,11 @@ async def load_visitor(request: web.Request) -> Visitor:
     token = request.cookies.get(security.session_cookie)
     user = await run(_signed_in_user, request.app[SESSIONS], cabinet, token) if token else None
     default = cabinet.config.general.default_locale
-    locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
+    chosen = request.cookies.get(LANGUAGE_COOKIE, "")
+    if chosen in LOCALES:
+        locale = chosen
+    else:
+        locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
     timezone = user.timezone if user else cabinet.config.general.timezone
     return Visitor(
         browser_id=browser_id,
@@ -119,7 +128,18 @@ async def load_visitor(request: web.Request) -> Visitor:
         locale=locale,
         timezone=timezone,
         csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, browser_id)),
+        chosen_locale=chosen in LOCALES,
     )
+
+
+def speak_to(request: web.Request, locale: str, timezone: str) -> None:
+    """A link's page speaks to the person it was sent to: their recorded language (unless this browser
+    chose one with the switch) and time zone, as their email did, signed in or not."""
+    v = visitor(request)
+    if locale in LOCALES and not v.chosen_locale:
+        v.locale = locale
+    if timezone:
+        v.timezone = timezone
 
 
 def check_csrf(request: web.Request, submitted: str | None) -> None:
@@ -129,10 +149,10 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
     try:
         bound = cabinet.signer.verify(Purpose.CSRF, submitted or "", max_age=max_age)
     except LinkError:
-        raise CsrfFailed("this form has expired or did not come from this site; reload the page and try again") from None
+        raise CsrfFailed("csrf.expired") from None
     current = _browser_id(cabinet.signer, request.cookies.get(request.app[SECURITY].browser_cookie))
     if not current or not secrets.compare_digest(str(bound), current):
-        raise CsrfFailed("this form did not come from this browser; reload the page and try again")
+        raise CsrfFailed("csrf.other_browser")
 
 
 def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -148,9 +168,16 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
             "csrf_token": v.csrf_token,
             "path": request.path,
             "public_url": cabinet.config.http.public_url,
+            "now": cabinet.clock.now(),
+            "product_name": cabinet.config.general.product_name,
         },
     )
     return web.Response(text=html, status=status, content_type="text/html")
+
+
+def message(request: web.Request, error: CabinetError) -> str:
+    """What a visitor reads for a domain error: its code in their language, never the exception's text."""
+    return request.app[PAGES].error_message(error, visitor(request).locale)
 
 
 def redirect(location: str) -> web.Response:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.errors import InvalidInput, LinkTampered
+from daemon.errors import InvalidInput, LinkTampered, NotFound
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
-from daemon.web.context import CABINET, form, page, redirect, run, visitor
+from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to, visitor
 
 
 def _token(request: web.Request) -> str:
@@ -34,6 +34,8 @@ def _invitation_page(
         failed=False,
         email=invitation.email,
         next=request.path,
+        # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
+        confirm=request.query.get("confirm", "") if request.method == "GET" else "",
     )
 
 
@@ -47,6 +49,15 @@ async def show(request: web.Request) -> web.Response:
         invitation = await run(cabinet.roster.open_invitation, _token(request))
     except LinkTampered:
         return _invalid_link(request)
+    if visitor(request).user is None:
+        # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the language
+        # stays the browser's, or the switch's, until they sign in).
+        try:
+            invited = await run(cabinet.roster.find_staff, invitation.email)
+        except NotFound:
+            pass
+        else:
+            speak_to(request, "", invited.timezone)
     return _invitation_page(request, invitation)
 
 
@@ -66,7 +77,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
         if action == "accept":
             raw_firm = str(form(request).get("firm_id", "")).strip()
             if raw_firm and not raw_firm.isdigit():
-                raise InvalidInput("choose a firm from the list")
+                raise InvalidInput("firm.choose")
             await run(cabinet.roster.accept_invitation, token, v.user.id, int(raw_firm) if raw_firm else None)
         else:
             await run(cabinet.roster.decline_invitation, token, v.user.id)
@@ -81,7 +92,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
         return _invitation_page(request, invitation, status=403)
     except InvalidInput as exc:
         invitation = await run(cabinet.roster.open_invitation, token)
-        return _invitation_page(request, invitation, status=400, error=str(exc))
+        return _invitation_page(request, invitation, status=400, error=message(request, exc))
 
 
 async def accept(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from daemon.config import LOCALES
+from daemon.errors import CabinetError, render
 from daemon.i18n import date_filters
 from daemon.template_folders import TemplateFolders
 
@@ -39,11 +40,13 @@ class Pages:
     def __init__(self, folders: TemplateFolders) -> None:
         self._folders = folders
         self._envs: dict[str, Environment] = {}
+        self._translations: dict[str, NullTranslations] = {}
         self.reload()
 
     def reload(self) -> None:
         """Re-read templates and catalogues (SIGHUP)."""
         envs = {}
+        translations = {}
         for locale in LOCALES:
             env = Environment(
                 loader=FileSystemLoader(self._folders.search_path("web")),
@@ -56,7 +59,14 @@ class Pages:
             env.filters.update(date_filters())
             envs[locale] = env
         self._envs = envs
+        self._translations = translations
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
         env = self._envs[locale]
         return env.get_template(name).render({**context, "locale": locale, "timezone": timezone})
+
+    def error_message(self, error: CabinetError, locale: str) -> str:
+        """An error's code in the reader's language, as a sentence (the domain only gives codes)."""
+        text = render(error.code, error.params, self._translations[locale].pgettext)
+        text = text[:1].upper() + text[1:]
+        return text if text.endswith((".", "!", "?", "»")) else text + "."

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from daemon.errors import LinkTampered, NotAllowed
 from daemon.transfers import TransferRefused, TransferUnavailable, TransferView
-from daemon.web.context import CABINET, page, redirect, run, visitor
+from daemon.web.context import CABINET, message, page, redirect, run, visitor
 
 
 def _page(request: web.Request, transfer: TransferView, status: int = 200, error: str | None = None) -> web.Response:
@@ -15,6 +15,8 @@ def _page(request: web.Request, transfer: TransferView, status: int = 200, error
     return page(
         request, "transfer.html", status=status, transfer=transfer, member=member, error=error,
         next=request.path, email="", failed=False,
+        # "?confirm=complete|decline": the confirmation step before an action that cannot be undone.
+        confirm=request.query.get("confirm", "") if request.method == "GET" else "",
     )
 
 
@@ -41,7 +43,7 @@ async def act(request: web.Request) -> web.Response:
     except TransferUnavailable as exc:
         return _page(request, exc.view, status=409)
     except (TransferRefused, NotAllowed) as exc:
-        return _page(request, await run(cabinet.transfers.open, token), status=403, error=str(exc))
+        return _page(request, await run(cabinet.transfers.open, token), status=403, error=message(request, exc))
     cabinet.worker.wake()
     return redirect(link)
 
