@@ -97,6 +97,6 @@ class SignIn:
         ok = await self._passwords.verify_async(stored, password)
         if not ok or user_id is None:
             await _off_loop(self._throttle.record_failure, email, client_ip)
-            raise AuthenticationFailed("The email or password is incorrect.")
+            raise AuthenticationFailed("auth.failed")
         await _off_loop(self._throttle.succeeded, email)
         return await _off_loop(self._roster.get_user, user_id)

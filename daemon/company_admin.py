@@ -52,7 +52,7 @@ class CompanyAdmin(DomainService):
         with self._sessions() as s:
             company = s.get(Company, company_id)
             if company is None:
-                raise LinkTampered("this link does not match any company")
+                raise LinkTampered("link.no_company")
             name = company.name
         self._roster.send_invitation(name, email, "link", key, check=self._within_daily_invitations)
 
@@ -71,11 +71,7 @@ class CompanyAdmin(DomainService):
             )
         )
         if (sent or 0) >= limit:
-            raise LimitReached(
-                f"{company.name} has already sent {limit} invitations from a manage link in the last 24 hours, "
-                "the most allowed. Try again tomorrow, or ask your accounting firm to send this one.",
-                retry_after=86400,
-            )
+            raise LimitReached("invite.daily_limit", retry_after=86400, company=company.name, limit=limit)
 
     def send_link(self, company_name: str, channel: str = "cli") -> str:
         """Email the primary admin a link to manage the company; returns the link."""

@@ -83,6 +83,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "default_locale": Key("en", "choice", "language when nothing better is known", choices=LOCALES),
         "timezone": Key("UTC", doc="time zone for people whose own is not recorded"),
         "log_level": Key("INFO", "choice", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        "product_name": Key("Cabinet", doc="the name pages and emails show (the From: name's \"via …\")"),
     },
     "storage": {
         "data_dir": Key("cabinet-data", "path", "database, signing keys and Maildir"),

@@ -76,6 +76,15 @@ def request_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
 
 
+# What a link names, as the code of "this link does not match any …".
+_NO_ROW = {
+    "invitation": "link.no_invitation",
+    "company": "link.no_company",
+    "trial": "link.no_trial",
+    "billing transfer": "link.no_transfer",
+}
+
+
 class FirmRequired(InvalidInput):
     """The person belongs to several firms and did not say which one: Cabinet does not guess."""
 
@@ -179,17 +188,17 @@ class DomainService:
         parts = list(payload) if isinstance(payload, list) else []
         if tag is not None:
             if not parts or parts[0] != tag:
-                raise LinkTampered("this link is not valid")
+                raise LinkTampered("link.invalid")
             parts = parts[1:]
         if len(parts) != (2 if bound else 1) or not isinstance(parts[0], int) or isinstance(parts[0], bool):
-            raise LinkTampered("this link is not valid")
+            raise LinkTampered("link.invalid")
         row = s.get(model, parts[0])
         if row is None:
-            raise LinkTampered(f"this link does not match any {what}")
+            raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
         if bound is not None and getattr(row, bound) != parts[1]:
             if mismatch is not None:
                 raise mismatch(row, parts[1])
-            raise LinkTampered(f"this link does not match any {what}")
+            raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
         return row
 
     def _repeated(self, s: Session, key: str | None) -> tuple[bool, int | None]:
@@ -331,7 +340,9 @@ class DomainService:
             query = query.join(Membership).where(Membership.user_id == user.id)
         firms = s.scalars(query).all()
         if not firms:
-            raise NotAllowed(f"{user.email} is not a member of any firm" if user else "there is no firm yet")
+            if user is not None:
+                raise NotAllowed("staff.no_firm", email=user.email)
+            raise NotFound("firm.none_yet")
         if firm_id is None:
             if len(firms) > 1:
                 raise FirmRequired(tuple(f.name for f in firms))
@@ -340,8 +351,8 @@ class DomainService:
             if firm.id == firm_id:
                 return firm
         if user is None:
-            raise NotFound("no such firm")
-        raise NotAllowed("you can only connect a client to a firm you belong to")
+            raise NotFound("firm.missing")
+        raise NotAllowed("firm.not_member_connect")
 
     def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:
         yield from s.scalars(select(User).join(Membership).where(Membership.firm_id == firm.id).order_by(User.id))

@@ -18,6 +18,19 @@ from typing import Any, Callable
 #: This is the registry: tests check that the French catalogue has each code.
 MESSAGES: dict[str, str] = {
     "error.unexpected": "this could not be done",
+    "signin.busy": 'the server is busy checking other sign-ins; try again in a moment',
+    "signin.locked_address": "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
+    "signin.locked_network": "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
+    "signin.wait": 'Too many failed sign-in attempts. Wait {seconds} second(s) and try again',
+    "invite.daily_limit": '{company} has already sent {limit} invitations from a manage link in the last 24 hours, the most allowed. Try again tomorrow, or ask your accounting firm to send this one',
+    "invitation.sent_concurrently": 'another invitation to {email} was sent at the same moment',
+    "invitation.sign_in_add_client": 'sign in to add a client',
+    "firm.none_yet": 'there is no firm yet (see `cabinet firm add`)',
+    "outbox.id_required": "give an email's id (see `cabinet mail list`) or its Message-ID",
+    "outbox.not_found": 'no message {id} in the outbox (see `cabinet mail list`)',
+    "outbox.state_unknown": "unknown state '{state}'; one of {choices}",
+    "outbox.not_retryable": 'email {id} is {state}; only a failed or queued email can be retried',
+    "preview.bad_date": "{key} must be a date like 2026-03-02T14:30:00+00:00, got '{value}'",
     # Input
     "email.invalid": "'{address}' is not a valid email address",
     "name.empty": "a name cannot be empty",
@@ -213,8 +226,8 @@ class LimitReached(CabinetError):
 
     http_status = 429
 
-    def __init__(self, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, /, retry_after: int | None = None, **params: Any) -> None:
+        super().__init__(code, **params)
         self.retry_after = retry_after
 
 

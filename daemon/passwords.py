@@ -33,7 +33,7 @@ class PasswordExecutor:
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         if not self._slots.acquire(blocking=False):
-            raise Busy("the server is busy checking other sign-ins; try again in a moment")
+            raise Busy("signin.busy")
         try:
             future = self._pool.submit(fn, *args)
         except BaseException:

@@ -280,9 +280,7 @@ class Roster(DomainService):
                 )
             )
             current = self._invitation_view(s, other) if other is not None else None
-            raise InvalidState(
-                f"another invitation to {address} was sent at the same moment", current=current
-            ) from None
+            raise InvalidState("invitation.sent_concurrently", current=current, email=address) from None
         if previous is not None:
             s.execute(update(Invitation).where(Invitation.id == previous.id).values(superseded_by_id=invitation.id))
         # Expired invitations to the same address now point to this one too.

@@ -67,8 +67,8 @@ class SignInThrottle:
         since = now - self._policy.window
         with self._sessions() as s:
             for key, lock_after, what, slowed in (
-                (address_key(email), self._policy.per_address, "this address", True),
-                (ip_key(ip), self._policy.per_ip, "your network address", False),
+                (address_key(email), self._policy.per_address, "signin.locked_address", True),
+                (ip_key(ip), self._policy.per_ip, "signin.locked_network", False),
             ):
                 times = list(
                     s.scalars(
@@ -88,20 +88,13 @@ class SignInThrottle:
             # Locked until the oldest of the last `lock_after` failures leaves the window.
             until = recent_first[lock_after - 1] + self._policy.window
             minutes = math.ceil((until - now).total_seconds() / 60) or 1
-            raise LimitReached(
-                f"Sign-in for {what} is locked after too many failed attempts. "
-                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}, or ask your firm's admin for help.",
-                retry_after=_seconds(until - now),
-            )
+            raise LimitReached(what, retry_after=_seconds(until - now), minutes=minutes)
         if slowed and count >= FREE_FAILURES:
             delay = min(timedelta(seconds=2 ** (count - FREE_FAILURES)), MAX_DELAY)
             ready = recent_first[0] + delay
             if now < ready:
                 wait = _seconds(ready - now)
-                raise LimitReached(
-                    f"Too many failed sign-in attempts. Wait {wait} second{'s' if wait != 1 else ''} and try again.",
-                    retry_after=wait,
-                )
+                raise LimitReached("signin.wait", retry_after=wait, seconds=wait)
 
     def record_failure(self, email: str, ip: str) -> None:
         now = self._clock.now()

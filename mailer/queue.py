@@ -99,11 +99,11 @@ class OutboxQueue:
         elif ref:
             condition = OutboxMessage.message_id == (ref if ref.startswith("<") else f"<{ref}>")
         else:
-            raise InvalidInput("give an email's id (see `cabinet mail list`) or its Message-ID")
+            raise InvalidInput("outbox.id_required")
         with self._sessions() as s:
             row = s.execute(select(*_COLUMNS, OutboxMessage.raw).where(condition)).first()
         if row is None:
-            raise NotFound(f"no message {ref!r} in the outbox (see `cabinet mail list`)")
+            raise NotFound("outbox.not_found", id=ref)
         return _entry(row), row.raw
 
     def requeue(self, ids: list[int] | None) -> list[int]:
@@ -130,16 +130,15 @@ class OutboxQueue:
                 if changed != 1:
                     current = s.scalar(select(OutboxMessage.state).where(OutboxMessage.id == outbox_id))
                     if current is None:
-                        raise NotFound(f"no message {outbox_id} in the outbox (see `cabinet mail list`)")
-                    raise InvalidState(f"email {outbox_id} is {_SHOWN.get(current, current)}; only a failed or "
-                                       "queued email can be retried")
+                        raise NotFound("outbox.not_found", id=outbox_id)
+                    raise InvalidState("outbox.not_retryable", id=outbox_id, state=_SHOWN.get(current, current))
                 done.append(outbox_id)
             return done
 
 
 def _stored_state(state: str) -> str:
     if state not in STATES:
-        raise InvalidInput(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        raise InvalidInput("outbox.state_unknown", state=state, choices=", ".join(STATES))
     return STATES[state]
 
 

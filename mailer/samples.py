@@ -67,7 +67,7 @@ def sample_context(name: str, overrides: dict[str, Any] | None = None) -> dict[s
             try:
                 value = datetime.fromisoformat(value)
             except ValueError:
-                raise InvalidInput(f"{key} must be a date like 2026-03-02T14:30:00+00:00, got {value!r}") from None
+                raise InvalidInput("preview.bad_date", key=key, value=value) from None
             if value.tzinfo is None:
                 value = value.replace(tzinfo=timezone.utc)
         context[key] = value

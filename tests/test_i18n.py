@@ -11,6 +11,7 @@ from babel.messages.pofile import read_po
 
 from daemon import errors
 from daemon.errors import MESSAGES, CabinetError, InvalidInput, NotAllowed
+from daemon.template_folders import template_folders
 from daemon.web.pages import Pages
 from tests.conftest import PASSWORD, Browser, csrf_of
 
@@ -80,7 +81,7 @@ def test_english_rendering_for_the_cli_and_logs() -> None:
 
 
 def test_pages_translate_codes_and_their_reasons() -> None:
-    pages = Pages(ROOT / "templates")
+    pages = Pages(template_folders(None))
     error = InvalidInput("email.invalid", address="luc@", detail="There must be something after the @-sign.")
     assert pages.error_message(error, "fr") == "« luc@ » n'est pas une adresse courriel valide."
     assert pages.error_message(error, "en") == "'luc@' is not a valid email address."

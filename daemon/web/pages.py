@@ -55,6 +55,7 @@ class Pages:
                 extensions=["jinja2.ext.i18n"],
             )
             catalogue = load_translations(self._folders.find(f"web/locale/{locale}.po"), locale)
+            translations[locale] = catalogue
             env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
             env.filters.update(date_filters())
             envs[locale] = env
