@@ -80,8 +80,11 @@ def instances(env: Env, cli: Cli, sink) -> Iterator[list[Instance]]:
     _, sink_port = sink
     text = env.config_path.read_text()
     text = text.replace("[mail]\n", f'[mail]\ntransport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {sink_port}\nrelay_tls = "none"\n'
-        # A short lease: mail a killed instance had claimed is sent by the other within seconds.
-        "claim_lease = 3.0\n", 1)
+        # A lease short enough that mail a killed instance had claimed is sent by the other within the
+        # test, and long enough that a live instance always finishes sending a claimed batch (up to
+        # 50 emails) first, even on a loaded machine: a 3 s lease ran out mid-batch there, and the
+        # other instance sent those emails again with no crash at all.
+        "claim_lease = 60.0\n", 1)
     env.config_path.write_text(text)
     pair = [Instance(env, "serve-a", env.http_port, env.smtp_port), Instance(env, "serve-b", *free_ports(2))]
     try:
