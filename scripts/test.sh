@@ -131,8 +131,10 @@ PG_URL="postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres"
 workers="${CABINET_TEST_WORKERS:-2}"
 xdist=()
 if [ "$workers" != "0" ]; then
-  # --dist loadfile: a file's tests stay on one worker (they share its fixtures' set-up cost).
-  xdist=(-n "$workers" --dist loadfile)
+  # worksteal: each worker starts on a contiguous share (a file's module fixtures, such as the
+  # browser, mostly start once) and an idle one takes tests from a busy one (the kill tests
+  # take minutes, most others seconds).
+  xdist=(-n "$workers" --dist worksteal)
 fi
 
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cabinet-test-runs.XXXXXX")"

@@ -38,6 +38,7 @@ from sqlalchemy.pool import NullPool
 from daemon.app import build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
+from daemon.scheduler import Scheduler
 from daemon.service import Service
 from mailer.maildir import list_mail, read_mail, text_body
 
@@ -328,6 +329,15 @@ class RunningServer:
     def start(self) -> None:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(START_TIMEOUT)
+
+    def settle(self, sweep: bool = True) -> None:
+        """What the server would have done by its next passes, without waiting for them: one
+        scheduler pass now on its clock (``sweep``), then until no email is waiting to be sent.
+        After this, "nothing more was sent" is a fact, not a hope that a sleep was long enough."""
+        if sweep:
+            Scheduler(self.cabinet).run_due()  # a second pass alongside the server's: sweeps are idempotent
+        wait_until(lambda: self.env.sql("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(0,)],
+                   what="the outbox to have sent everything queued")
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(WAIT_TIMEOUT)
