@@ -33,6 +33,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
+POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
 MASTER_CF = next((p for p in (Path("/usr/share/postfix/master.cf.dist"), Path("/etc/postfix/master.cf")) if p.exists()), None)
 OUTSIDE = "127.0.0.3"  # a loopback address outside this Postfix's mynetworks
 DOMAIN = "cabinet.example"  # the test config's [smtp] domain, in place of deploy/'s cabinet.firm.example
@@ -72,6 +73,7 @@ class Sink:
 class PrivatePostfix:
     root: Path
     port: int
+    cabinet_port: int  # where the Cabinet of the test at hand listens for LMTP
 
     @property
     def etc(self) -> Path:
@@ -95,8 +97,8 @@ def deploy_file(name: str, *, cabinet_port: int, etc: Path) -> str:
             .replace("127.0.0.1:8025", f"127.0.0.1:{cabinet_port}"))
 
 
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
+@pytest.fixture(scope="module")
+def module_sink() -> Iterator[tuple[Sink, int]]:
     handler = Sink()
     (port,) = free_ports(1)
     controller = Controller(handler, hostname="127.0.0.1", port=port)
@@ -106,13 +108,22 @@ def sink() -> Iterator[tuple[Sink, int]]:
 
 
 @pytest.fixture
-def postfix(env: Env, sink: tuple[Sink, int]) -> Iterator[PrivatePostfix]:
-    _, sink_port = sink
+def sink(module_sink: tuple[Sink, int]) -> tuple[Sink, int]:
+    handler, _ = module_sink
+    with handler.lock:
+        handler.received.clear()
+    return module_sink
+
+
+@pytest.fixture(scope="module")
+def postfix(module_sink: tuple[Sink, int]) -> Iterator[PrivatePostfix]:
+    """One Postfix for the module (starting one takes a while); each test's Cabinet listens on its LMTP port."""
+    _, sink_port = module_sink
     # Not under pytest's tmp_path (mode 0700 folders): Postfix's own user must reach its data folder.
     root = Path(tempfile.mkdtemp(prefix="cabinet-postfix-", dir="/tmp"))
     root.chmod(0o755)
-    (port,) = free_ports(1)
-    instance = PrivatePostfix(root, port)
+    port, cabinet_port = free_ports(2)
+    instance = PrivatePostfix(root, port, cabinet_port)
     etc = instance.etc
     for folder in ("etc", "queue", "data"):
         (root / folder).mkdir()
@@ -120,6 +131,7 @@ def postfix(env: Env, sink: tuple[Sink, int]) -> Iterator[PrivatePostfix]:
     assert MASTER_CF is not None
     shutil.copy(MASTER_CF, etc / "master.cf")
     # What makes it private and testable, then deploy/'s settings exactly as an operator adds them.
+    cabinet = {"cabinet_port": cabinet_port, "etc": etc}
     (etc / "main.cf").write_text(
         f"""compatibility_level = 3.6
 queue_directory = {root}/queue
@@ -140,12 +152,12 @@ queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 
-""" + deploy_file("postfix-main.cf.example", cabinet_port=env.smtp_port, etc=etc),
+""" + deploy_file("postfix-main.cf.example", **cabinet),
         encoding="utf-8",
     )
-    (etc / "transport").write_text(deploy_file("postfix-transport.example", cabinet_port=env.smtp_port, etc=etc))
-    (etc / "recipient_access").write_text(deploy_file("postfix-recipient-access.example", cabinet_port=env.smtp_port, etc=etc))
-    (etc / "header_checks").write_text(deploy_file("postfix-header_checks", cabinet_port=env.smtp_port, etc=etc))
+    (etc / "transport").write_text(deploy_file("postfix-transport.example", **cabinet))
+    (etc / "recipient_access").write_text(deploy_file("postfix-recipient-access.example", **cabinet))
+    (etc / "header_checks").write_text(deploy_file("postfix-header_checks", **cabinet))
     conf = ("-c", str(etc))
     # Only Cabinet (127.0.0.1) is "ours" here, so that 127.0.0.3 can play an outside sender.
     instance.run(POSTCONF, *conf, "-e", "mynetworks = 127.0.0.1/32")
@@ -182,8 +194,11 @@ def cabinet(env: Env, cli: Cli, postfix: PrivatePostfix) -> Iterator[ServeProces
     env.config_path.write_text(text)
     cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
     cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example")
-    process = ServeProcess(env).start()
+    process = ServeProcess(env, environ={"CABINET_SMTP_LISTEN": f"127.0.0.1:{postfix.cabinet_port}"}).start()
     yield process
+    # Nothing left in Postfix's queue for the next test's Cabinet.
+    wait_until(lambda: postfix.run(POSTQUEUE, "-c", str(postfix.etc), "-j").strip() == "",
+               what="Postfix's queue to be empty", detail=postfix.log_tail)
     process.stop()
 
 
