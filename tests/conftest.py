@@ -65,8 +65,8 @@ class FakeClock:
 # Waits are bounded, not timed: each returns as soon as its condition holds, and the bound only turns
 # a hang into a failure that says what it waited for. They are generous because a 2-core CI machine
 # shared with other jobs runs everything many times slower than a laptop (`cabinet serve` takes
-# about 2 s to come up when idle and has taken over 15 s there).
-START_TIMEOUT = 120.0  # a child process (`cabinet serve`) answering /readyz
+# about 2 s to come up when idle; at a load average of 60 a test that starts two took 3 minutes).
+START_TIMEOUT = 300.0  # a child process (`cabinet serve`) answering /readyz, or refusing to start
 WAIT_TIMEOUT = 60.0  # anything else: an email, a row, a state
 
 T = TypeVar("T")
