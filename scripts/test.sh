@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run the whole suite twice:
-# on SQLite (the embedded default), then on a real PostgreSQL server.
+# on SQLite (the embedded default) and on a real PostgreSQL server.
 #   ./scripts/test.sh            the whole suite, on both databases
 #   ./scripts/test.sh -k accept  extra arguments go to pytest, in both runs
+#   ./scripts/test.sh -m 'not slow'   without the kill/crash/instances tests
 # Debian packages (chromium for the browser tests, postgresql for the second
-# run) are installed with apt-get when missing; that needs root or sudo.
+# run, postfix for tests/test_postfix.py) are installed with apt-get when
+# missing; that needs root or sudo.
 # Python packages go into ./.venv. The PostgreSQL server is a throwaway
 # cluster in a temporary folder, on a free loopback port, with trust
 # authentication on loopback only; it is stopped and removed on exit.
+# Both runs go at once, each spread over CABINET_TEST_WORKERS pytest-xdist
+# workers (default: 2); most of a test's time is spent waiting for a daemon,
+# so this is what finishes soonest on 2 cores. CABINET_TEST_WORKERS=0 and
+# CABINET_TEST_SEQUENTIAL=1 give one process, one run after the other (and
+# live output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,9 +48,20 @@ pg_bin >/dev/null || need+=(postgresql)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The DKIM tests make their keys with openssl (through dkimpy).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# tests/test_postfix.py runs a private Postfix built from deploy/. Installed only where no mail
+# server is (installing postfix would replace another MTA); the system's own Postfix is left
+# unconfigured and stopped ("No configuration"): the test runs its own instance.
+postfix_preseed=0
+if ! command -v postfix >/dev/null 2>&1 && [ ! -e /usr/sbin/sendmail ]; then
+  need+=(postfix)
+  postfix_preseed=1
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need[*]}"
   as_root apt-get update -qq
+  if [ "$postfix_preseed" -eq 1 ]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 PG_BIN="$(pg_bin)" || { echo "test.sh: PostgreSQL's initdb not found under /usr/lib/postgresql/*/bin" >&2; exit 1; }
@@ -110,15 +128,66 @@ done
 PG_URL="postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/postgres"
 
 # --- the two runs: both must pass -------------------------------------------
-echo
-echo "===== Tests on SQLite ====="
-sqlite_status=0
-env -u CABINET_TEST_DATABASE_URL .venv/bin/python -m pytest "$@" || sqlite_status=$?
+workers="${CABINET_TEST_WORKERS:-2}"
+xdist=()
+if [ "$workers" != "0" ]; then
+  # worksteal: each worker starts on a contiguous share (a file's module fixtures, such as the
+  # browser, mostly start once) and an idle one takes tests from a busy one (the kill tests
+  # take minutes, most others seconds).
+  xdist=(-n "$workers" --dist worksteal)
+fi
 
-echo
-echo "===== Tests on PostgreSQL $(basename "$(dirname "$PG_BIN")") at $PG_URL (SQLite run exited $sqlite_status) ====="
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cabinet-test-runs.XXXXXX")"
+run_pids=()
+# Background runs ignore Ctrl-C (no job control in a script): stop them here.
+stop_runs() {
+  local pid
+  for pid in "${run_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${run_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap 'stop_runs; stop_postgres; rm -rf "$RUN_DIR"' EXIT
+
+# run_suite DATABASE_URL [pytest arguments]: one run of pytest (empty URL: SQLite). It execs
+# pytest, so call it in a subshell: ( run_suite … ), whose pid is then pytest's.
+run_suite() {
+  local url="$1"
+  shift
+  if [ -n "$url" ]; then
+    CABINET_TEST_DATABASE_URL="$url" exec .venv/bin/python -m pytest "${xdist[@]}" "$@"
+  else
+    exec env -u CABINET_TEST_DATABASE_URL .venv/bin/python -m pytest "${xdist[@]}" "$@"
+  fi
+}
+
+sqlite_title="===== Tests on SQLite ====="
+pg_title="===== Tests on PostgreSQL $(basename "$(dirname "$PG_BIN")") at $PG_URL ====="
+sqlite_status=0
 pg_status=0
-CABINET_TEST_DATABASE_URL="$PG_URL" .venv/bin/python -m pytest "$@" || pg_status=$?
+if [ "${CABINET_TEST_SEQUENTIAL:-0}" = "1" ]; then
+  echo; echo "$sqlite_title"
+  ( run_suite "" "$@" ) || sqlite_status=$?
+  echo; echo "$pg_title (SQLite run exited $sqlite_status)"
+  ( run_suite "$PG_URL" "$@" ) || pg_status=$?
+else
+  echo "Running the suite on SQLite and on PostgreSQL at once; each run's output follows when both are done."
+  ( run_suite "" "$@" ) >"$RUN_DIR/sqlite.out" 2>&1 &
+  sqlite_pid=$!
+  run_pids+=("$sqlite_pid")
+  ( run_suite "$PG_URL" "$@" ) >"$RUN_DIR/postgresql.out" 2>&1 &
+  pg_pid=$!
+  run_pids+=("$pg_pid")
+  wait "$sqlite_pid" || sqlite_status=$?
+  wait "$pg_pid" || pg_status=$?
+  run_pids=()
+  echo; echo "$sqlite_title"
+  cat "$RUN_DIR/sqlite.out"
+  echo; echo "$pg_title (SQLite run exited $sqlite_status)"
+  cat "$RUN_DIR/postgresql.out"
+fi
 
 # Nothing printed after this point, so the output ends with the last run's pytest summary.
 if [ "$sqlite_status" -ne 0 ]; then

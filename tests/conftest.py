@@ -17,14 +17,17 @@ import asyncio
 import os
 import re
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 import pytest
@@ -35,6 +38,7 @@ from sqlalchemy.pool import NullPool
 from daemon.app import build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
+from daemon.scheduler import Scheduler
 from daemon.service import Service
 from mailer.maildir import list_mail, read_mail, text_body
 
@@ -64,10 +68,76 @@ class FakeClock:
             self._offset += timedelta(**delta)
 
 
+# Waits are bounded, not timed: each returns as soon as its condition holds, and the bound only turns
+# a hang into a failure that says what it waited for. They are generous because a 2-core CI machine
+# shared with other jobs runs everything many times slower than a laptop (`cabinet serve` takes
+# about 2 s to come up when idle; at a load average of 60 a test that starts two took 3 minutes).
+START_TIMEOUT = 300.0  # a child process (`cabinet serve`) answering /readyz, or refusing to start
+WAIT_TIMEOUT = 60.0  # anything else: an email, a row, a state
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = WAIT_TIMEOUT, what: str = "the condition",
+    detail: Callable[[], str] | None = None, interval: float = 0.05,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Fails after ``timeout`` seconds saying ``what`` it waited for, followed by ``detail()`` (e.g. a
+    child process's last lines of output) when given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+def _test_port_range() -> range:
+    """Loopback ports this test process may listen on.
+
+    Below the kernel's ephemeral range, so an outgoing connection (the load tests open thousands)
+    never takes a port a test chose but has not bound yet, or one a killed server is about to bind
+    again; and a slice of its own for each pytest-xdist worker, so parallel workers never collide."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, min(ephemeral_low, 65536)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    size = (high - low) // workers
+    if size < 100:
+        return range(0)  # no room below the ephemeral range: let the kernel choose
+    return range(low + index * size, low + (index + 1) * size)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that are free now (see _test_port_range)."""
+    candidates = _test_port_range()
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", secrets.choice(candidates) if candidates else 0))
+            except OSError:
+                sock.close()  # taken (perhaps by another test run on this machine): draw again
+                continue
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 TEST_DATABASE_URL = os.environ.get("CABINET_TEST_DATABASE_URL", "").strip()
@@ -196,7 +266,7 @@ class Env:
 
 
 def write_config(root: Path, extra: str = "") -> Env:
-    http_port, smtp_port = free_port(), free_port()
+    http_port, smtp_port = free_ports(2)
     config_path = root / "cabinet.toml"
     # On a PostgreSQL test run, a database of the test's own; otherwise the embedded SQLite default.
     database_url = SERVER_DATABASES.create() if SERVER_DATABASES is not None else ""
@@ -267,13 +337,109 @@ class RunningServer:
 
     def start(self) -> None:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(START_TIMEOUT)
+
+    def settle(self, sweep: bool = True) -> None:
+        """What the server would have done by its next passes, without waiting for them: one
+        scheduler pass now on its clock (``sweep``), then until no email is waiting to be sent.
+        After this, "nothing more was sent" is a fact, not a hope that a sleep was long enough."""
+        if sweep:
+            Scheduler(self.cabinet).run_due()  # a second pass alongside the server's: sweeps are idempotent
+        wait_until(lambda: self.env.sql("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(0,)],
+                   what="the outbox to have sent everything queued")
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(15)
+        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(WAIT_TIMEOUT)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.thread.join(WAIT_TIMEOUT)
         self.cabinet.close()
+
+
+class ServeProcess:
+    """`cabinet serve` as a real child process.
+
+    Its output (stdout and stderr) goes to a log file in the test's folder, never to DEVNULL or an
+    unread pipe (which blocks the child once full); every failure about it ends with its last lines.
+    Restarting appends to the same file."""
+
+    def __init__(self, env: Env, *args: str, name: str = "serve", http_port: int | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        self.env = env
+        self.args = args
+        self.http_port = http_port or env.http_port
+        self.environ = {**os.environ, **(environ or {})}
+        self.log_path = env.root / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = START_TIMEOUT) -> ServeProcess:
+        """Start it and wait until /readyz says ready (HTTP, SMTP listener and workers all up)."""
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "--config", str(self.env.config_path), "serve", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=self.environ,
+            )
+        wait_until(self._ready, timeout, f"cabinet serve (pid {self.process.pid}) to answer {self.base_url}/readyz",
+                   self.tail, interval=0.1)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"cabinet serve exited {self.process.returncode} before it was ready\n{self.tail()}")
+        try:
+            # A generous per-request timeout too: a new instance under load can be slow to answer.
+            return httpx.get(f"{self.base_url}/readyz", timeout=30).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return f"last {lines} lines of {self.log_path}:\n" + "\n".join(self.output().splitlines()[-lines:])
+
+    def send_signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT_TIMEOUT) -> int:
+        """Its exit status, once it has exited (fails with its output if it has not within ``timeout``)."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"cabinet serve (pid {self.process.pid}) still running after {timeout:.0f} s\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.send_signal(signal.SIGKILL)
+        self.wait()
+
+    def stop(self, timeout: float = WAIT_TIMEOUT) -> int | None:
+        """SIGTERM if it still runs, then its exit status; SIGKILL if it does not stop (a test's cleanup)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
 
 
 @pytest.fixture
@@ -298,7 +464,7 @@ class Mailbox:
     def messages(self, to: str | None = None) -> list[EmailMessage]:
         return [read_mail(self.path, m.id) for m in list_mail(self.path, to)]
 
-    def wait(self, to: str, count: int = 1, subject: str = "", timeout: float = 10.0) -> list[EmailMessage]:
+    def wait(self, to: str, count: int = 1, subject: str = "", timeout: float = WAIT_TIMEOUT) -> list[EmailMessage]:
         """Wait until ``to`` has at least ``count`` messages whose subject contains ``subject``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -435,3 +601,29 @@ def any_link_in(message: EmailMessage) -> str:
     match = LINK_ANY.search(text_body(message))
     assert match, f"no link in:\n{text_body(message)}"
     return match.group(0)
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a line of what a test measured; the run's summary prints it (pytest-xdist workers'
+    own output is not shown, but their reports' user_properties are)."""
+
+    def record(line: str) -> None:
+        request.node.user_properties.append(("figures", line))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = [
+        f"{report.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for key, value in getattr(report, "user_properties", ())
+        if key == "figures"
+    ]
+    if lines:
+        terminalreporter.section("figures measured by the tests")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -101,7 +101,7 @@ def execute(env: Env, statement: str) -> None:
         engine.dispose()
 
 
-def wait_processed(env: Env, count: int, timeout: float = 15.0, states: tuple[str, ...] = ("processed", "duplicate")) -> list[Any]:
+def wait_processed(env: Env, count: int, timeout: float = 60.0, states: tuple[str, ...] = ("processed", "duplicate")) -> list[Any]:
     """Wait until ``count`` inbound messages reached a final state; return all rows."""
     deadline = time.monotonic() + timeout
     marks = ", ".join(f"'{s}'" for s in states)

@@ -134,17 +134,17 @@ def test_the_primary_admin_allows_on_the_manage_page(connected: Seed, cli, mailb
     assert seed.company in told.get_body(("plain",)).get_content()
 
 
-def test_reminder_12_hours_before_then_expiry_both_sides_told(connected: Seed, cli, mailbox, browser, clock: FakeClock):
+def test_reminder_12_hours_before_then_expiry_both_sides_told(connected: Seed, cli, mailbox, browser, clock: FakeClock, server):
     seed = connected
     cli("transfer", "allow", "--company", seed.company, "--firm", seed.firm)
     link = any_link_in(mailbox.wait(seed.accountant, subject="transfer")[-1])
     clock.advance(hours=35)
-    time.sleep(1)  # several scheduler passes: nothing is due yet
+    server.settle()  # a scheduler pass: nothing is due yet
     assert len(mailbox.messages(seed.accountant)) == 3  # invitation, client added, transfer allowed
     clock.advance(hours=1, minutes=1)
     (reminder,) = mailbox.wait(seed.accountant, subject="Reminder")
     assert "Complete transfer" in reminder.get_body(("plain",)).get_content()
-    time.sleep(1)  # more passes: the reminder is not sent twice
+    server.settle()  # another pass: the reminder is not sent twice
     assert len([m for m in mailbox.messages(seed.accountant) if "Reminder" in str(m["Subject"])]) == 1
     clock.advance(hours=12)
     mailbox.wait(seed.accountant, subject="expired")

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from email.utils import parseaddr
+from typing import Callable
 
-from tests.conftest import Cli, Env, Mailbox, Seed
+import pytest
+
+from tests.conftest import Cli, Env, Mailbox, Seed, ServeProcess, wait_until
 from tests.inbound_helpers import deliver, reply, wait_processed
-from tests.test_serve import wait_until_up
+
+pytestmark = pytest.mark.slow
 
 
-def start(env: Env) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "serve"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
-    )
-    wait_until_up(f"{env.base_url}/healthz", process)
-    return process
-
-
-def test_sigkill_mid_stream_loses_no_acknowledged_message_and_doubles_none(env: Env, cli: Cli, seed: Seed, mailbox: Mailbox, capsys):
-    daemon = start(env)
+def test_sigkill_mid_stream_loses_no_acknowledged_message_and_doubles_none(
+    env: Env, cli: Cli, seed: Seed, mailbox: Mailbox, figures: Callable[[str], None],
+):
+    daemon = ServeProcess(env).start()
+    sender: threading.Thread | None = None
+    stop = threading.Event()
     try:
         cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
         invitation = mailbox.wait(seed.accountant, subject="Invitation")[0]
@@ -34,7 +29,6 @@ def test_sigkill_mid_stream_loses_no_acknowledged_message_and_doubles_none(env: 
 
         acknowledged: list[str] = []
         refused: list[str] = []
-        stop = threading.Event()
 
         def stream() -> None:
             for n in range(400):
@@ -46,23 +40,26 @@ def test_sigkill_mid_stream_loses_no_acknowledged_message_and_doubles_none(env: 
                     acknowledged.append(str(message["Message-ID"]))
                 except (OSError, smtplib.SMTPException):
                     refused.append(str(message["Message-ID"]))
-                    time.sleep(0.02)
+                    time.sleep(0.02)  # pacing the retries while the daemon is down, not a wait
 
         sender = threading.Thread(target=stream)
         sender.start()
-        while len(acknowledged) < 40:
-            time.sleep(0.01)
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait()
+        wait_until(lambda: len(acknowledged) >= 40 or not sender.is_alive(), what="40 acknowledged deliveries",
+                   detail=daemon.tail)
+        assert len(acknowledged) >= 40, f"the stream ended early: {len(refused)} refused\n{daemon.tail()}"
+        daemon.kill()
         killed_after = len(acknowledged)
-        time.sleep(0.3)
+        # Deliveries keep coming while it is down: at least one is refused (or the stream has ended).
+        wait_until(lambda: refused or not sender.is_alive(), what="a delivery refused while the daemon is down")
         stop.set()
-        sender.join(30)
-        daemon = start(env)
-        rows = wait_processed(env, len(acknowledged), timeout=60)
+        sender.join(60)
+        daemon.start()
+        rows = wait_processed(env, len(acknowledged), timeout=120)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(10)
+        stop.set()
+        if sender is not None:
+            sender.join(60)
+        daemon.stop()
 
     stored = env.sql("SELECT message_id, state FROM inbound")
     by_id: dict[str, list[str]] = {}
@@ -73,14 +70,12 @@ def test_sigkill_mid_stream_loses_no_acknowledged_message_and_doubles_none(env: 
     unprocessed = [m for m, states in by_id.items() if states != ["processed"]]
     forwards = env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'")[0][0]
     recorded = env.sql("SELECT count(*) FROM events WHERE kind = 'reply.received'")[0][0]
-    figures = (
-        f"\nSIGKILL after {killed_after} acknowledged deliveries; {len(acknowledged)} acknowledged in all, "
+    figures(
+        f"SIGKILL after {killed_after} acknowledged deliveries; {len(acknowledged)} acknowledged in all, "
         f"{len(refused)} refused while down, {len(stored)} stored, "
         f"{sum(s == ['processed'] for s in by_id.values())} processed, {forwards} forwarded, "
         f"lost {len(lost)}, doubled {len(doubled)}"
     )
-    with capsys.disabled():  # the figures belong in the CI log
-        print(figures)
     assert not lost and not doubled and not unprocessed
     # Exactly one effect per stored message: one recorded reply and one forward each.
     assert forwards == recorded == len(stored)

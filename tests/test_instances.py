@@ -9,12 +9,8 @@ start, which test_operations covers).
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import smtplib
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,16 +19,17 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import parseaddr
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.conftest import PASSWORD, Browser, Cli, Env, csrf_of, free_port
+from tests.conftest import PASSWORD, Browser, Cli, Env, ServeProcess, csrf_of, free_port, free_ports, wait_until
 from tests.inbound_helpers import reply
-from tests.test_serve import wait_until_up
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
@@ -67,40 +64,15 @@ def sink() -> Iterator[tuple[Sink, int]]:
     controller.stop()
 
 
-@dataclass
-class Instance:
-    env: Env
-    http_port: int
-    smtp_port: int
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
+class Instance(ServeProcess):
+    """One `cabinet serve` of several on the same config, on listen ports of its own."""
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self) -> None:
-        environment = {
-            **os.environ,
-            "CABINET_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
-            "CABINET_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "--config", str(self.env.config_path), "serve"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
-        )
-        wait_until_up(f"{self.base_url}/healthz", self.process)
-        self.starts += 1
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(15)
+    def __init__(self, env: Env, name: str, http_port: int, smtp_port: int) -> None:
+        super().__init__(env, name=name, http_port=http_port, environ={
+            "CABINET_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+            "CABINET_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
+        })
+        self.smtp_port = smtp_port
 
 
 @pytest.fixture
@@ -108,15 +80,20 @@ def instances(env: Env, cli: Cli, sink) -> Iterator[list[Instance]]:
     _, sink_port = sink
     text = env.config_path.read_text()
     text = text.replace("[mail]\n", f'[mail]\ntransport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {sink_port}\nrelay_tls = "none"\n'
-        # A short lease: mail a killed instance had claimed is sent by the other within seconds.
-        "claim_lease = 3.0\n", 1)
+        # A lease short enough that mail a killed instance had claimed is sent by the other within the
+        # test, and long enough that a live instance always finishes sending a claimed batch (up to
+        # 50 emails) first, even on a loaded machine: a 3 s lease ran out mid-batch there, and the
+        # other instance sent those emails again with no crash at all.
+        "claim_lease = 60.0\n", 1)
     env.config_path.write_text(text)
-    pair = [Instance(env, env.http_port, env.smtp_port), Instance(env, free_port(), free_port())]
-    for instance in pair:
-        instance.start()
-    yield pair
-    for instance in pair:
-        instance.stop()
+    pair = [Instance(env, "serve-a", env.http_port, env.smtp_port), Instance(env, "serve-b", *free_ports(2))]
+    try:
+        for instance in pair:
+            instance.start()
+        yield pair
+    finally:
+        for instance in pair:
+            instance.stop()
 
 
 def seed(cli: Cli) -> None:
@@ -124,14 +101,6 @@ def seed(cli: Cli) -> None:
     cli("staff", "add", "marie@tremblay.example", "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
         "--password-stdin", input=PASSWORD + "\n")
     cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example")
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def invitation_link_and_reply_to(env: Env, cli: Cli, email: str) -> tuple[str, str]:
@@ -142,7 +111,8 @@ def invitation_link_and_reply_to(env: Env, cli: Cli, email: str) -> tuple[str, s
     return link, parseaddr(str(message_from_bytes(bytes(raw))["Reply-To"]))[1]
 
 
-def test_fifty_concurrent_accepts_over_two_instances_accept_once(env: Env, cli: Cli, instances, sink):
+def test_fifty_concurrent_accepts_over_two_instances_accept_once(env: Env, cli: Cli, instances, sink,
+                                                                figures: Callable[[str], None]):
     seed(cli)
     link, _ = invitation_link_and_reply_to(env, cli, "marie@tremblay.example")
     path = "/" + link.split("/", 3)[3]
@@ -158,7 +128,7 @@ def test_fifty_concurrent_accepts_over_two_instances_accept_once(env: Env, cli: 
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         codes = Counter(pool.map(press, range(50)))
-    print(f"\n50 concurrent accepts over two instances: {dict(codes)}")
+    figures(f"50 concurrent accepts over two instances: {dict(codes)}")
     assert codes[303] == 1 and codes[409] == 49
     assert env.sql("SELECT count(*) FROM clients") == [(1,)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
@@ -223,10 +193,10 @@ def env_sql_execute(env: Env, statement: str) -> None:
 
 def settle(env: Env) -> None:
     # Inbound first (processing queues forwards), then the outbox those forwards went to.
-    wait_for(lambda: env.sql("SELECT count(*) FROM inbound WHERE state = 'received'") == [(0,)],
-             timeout=180, what="inbound to be processed")
-    wait_for(lambda: env.sql("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(0,)],
-             timeout=180, what="the outbox to drain")
+    wait_until(lambda: env.sql("SELECT count(*) FROM inbound WHERE state = 'received'") == [(0,)],
+               timeout=180, what="inbound to be processed", interval=0.2)
+    wait_until(lambda: env.sql("SELECT count(*) FROM outbox WHERE state = 'pending'") == [(0,)],
+               timeout=180, what="the outbox to drain", interval=0.2)
 
 
 def check(env: Env, sink: Sink, acknowledged: list[str], transfers: int, crashes: int) -> dict[str, int]:
@@ -276,18 +246,23 @@ def stop_load(load: Load, threads: list[threading.Thread]) -> None:
         thread.join(30)
 
 
-def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, instances, sink, capsys):
+def test_two_instances_under_mixed_load_do_everything_once(env: Env, cli: Cli, instances, sink,
+                                                           figures: Callable[[str], None]):
     handler, _ = sink
     load, threads = start_load(env, cli, instances)
-    time.sleep(4)
-    stop_load(load, threads)
+    try:
+        # Load for as long as it takes both senders to get a good number of replies through.
+        wait_until(lambda: len(load.acknowledged_mail) >= 100 or not any(t.is_alive() for t in threads[:2]),
+                   timeout=180, what="100 replies acknowledged", detail=lambda: instances[0].tail() + "\n" + instances[1].tail())
+    finally:
+        stop_load(load, threads)
     settle(env)
-    figures = check(env, handler, load.acknowledged_mail, transfers=5, crashes=0)
-    with capsys.disabled():
-        print(f"\ntwo instances, mixed load: {json.dumps(figures)}")
+    measured = check(env, handler, load.acknowledged_mail, transfers=5, crashes=0)
+    figures(f"two instances, mixed load: {json.dumps(measured)}")
 
 
-def test_sigkill_twenty_times_under_load_loses_nothing_and_doubles_nothing(env: Env, cli: Cli, instances, sink, capsys):
+def test_sigkill_twenty_times_under_load_loses_nothing_and_doubles_nothing(env: Env, cli: Cli, instances, sink,
+                                                                          figures: Callable[[str], None]):
     handler, _ = sink
     load, threads = start_load(env, cli, instances)
     link = load.link
@@ -310,9 +285,8 @@ def test_sigkill_twenty_times_under_load_loses_nothing_and_doubles_nothing(env: 
     finally:
         stop_load(load, threads)
     settle(env)
-    figures = check(env, handler, load.acknowledged_mail, transfers=5, crashes=crashes)
+    measured = check(env, handler, load.acknowledged_mail, transfers=5, crashes=crashes)
     assert accepted == 303
     assert env.sql("SELECT state FROM invitations") == [("accepted",)]
     assert env.sql("SELECT count(*) FROM clients WHERE name = 'Boulangerie Roy'") == [(1,)]
-    with capsys.disabled():
-        print(f"\n{crashes} SIGKILLs under load: {json.dumps(figures)}")
+    figures(f"{crashes} SIGKILLs under load: {json.dumps(measured)}")

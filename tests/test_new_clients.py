@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -44,7 +43,7 @@ def test_wholesale_with_payroll_and_make_me_the_primary_admin(server, cli: Cli, 
     assert client["primary_admin"] == seed.accountant
     assert env.sql("SELECT admin_email, subscription FROM companies WHERE name = 'Garage Lévesque'") == [
         (seed.accountant, "wholesale")]
-    time.sleep(0.5)
+    server.settle(sweep=False)
     assert mailbox.messages("marc@garage.example") == []  # nobody to invite: the accountant is primary admin
 
 
@@ -127,13 +126,13 @@ def test_direct_discount_reminds_at_7_and_1_days_then_lapses(server, cli, seed, 
     (seven,) = mailbox.wait("lea@cafe.example", subject="7")
     clock.advance(days=6)
     mailbox.wait("lea@cafe.example", count=3)
-    time.sleep(1)
+    server.settle()
     assert len(mailbox.messages("lea@cafe.example")) == 3  # each reminder once
     clock.advance(days=1)
     mailbox.wait("lea@cafe.example", count=4)
     mailbox.wait(seed.accountant, subject="lapsed")
     assert roster_of(cli, seed.firm)[0]["status"] == "discount lapsed"
-    time.sleep(1)
+    server.settle()
     assert len(mailbox.messages("lea@cafe.example")) == 4
 
 
@@ -149,7 +148,7 @@ def test_payment_details_before_the_end_keep_the_discount(server, cli, seed, mai
     assert "on file" in client.get(link).text
     mailbox.wait(seed.accountant, subject="payment")
     clock.advance(days=31)
-    time.sleep(1)
+    server.settle()
     assert roster_of(cli, seed.firm)[0]["status"] == "active"
     assert not [m for m in mailbox.messages() if "lapsed" in str(m["Subject"]).lower()]
     # No card data is stored: only the fact and the name.

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
 
 from daemon.app import build
 from daemon.config import load_config
-from tests.conftest import Browser, Cli, Env, Mailbox, Seed, link_in
-from tests.test_serve import wait_until_up
+from tests.conftest import START_TIMEOUT, Browser, Cli, Env, Mailbox, Seed, ServeProcess, link_in, wait_until
 
 
-def serve(env: Env, *args: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "serve", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
-    )
-    wait_until_up(f"{env.base_url}/healthz", process)
-    return process
+def serve(env: Env, *args: str) -> ServeProcess:
+    return ServeProcess(env, *args).start()
 
 
 def sqlite_only(env: Env) -> None:
@@ -61,14 +53,13 @@ def test_a_second_serve_on_the_same_sqlite_file_refuses(env: Env, cli: Cli):
     try:
         second = subprocess.run(
             [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "serve"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True, text=True, timeout=START_TIMEOUT,
         )
         assert second.returncode == 78
         assert "another `cabinet serve`" in second.stderr and f"pid {first.pid}" in second.stderr
         assert httpx.get(f"{env.base_url}/healthz").status_code == 200  # the first one is unharmed
     finally:
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(10) == 0
+        assert first.stop() == 0, first.tail()
 
 
 def test_json_logs_never_carry_a_full_token_and_sighup_reloads(env: Env, cli: Cli, seed: Seed, mailbox: Mailbox):
@@ -79,13 +70,12 @@ def test_json_logs_never_carry_a_full_token_and_sighup_reloads(env: Env, cli: Cl
         token = link.rsplit("/", 1)[1]
         assert httpx.get(link).status_code == 200
         daemon.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        wait_until(lambda: "reloaded" in daemon.output(), what="the SIGHUP reload to be logged", detail=daemon.tail)
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(10) == 0
+        assert daemon.wait() == 0, daemon.tail()
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-    lines = [line for line in daemon.stdout.read().decode().splitlines() if line.strip()]
+        daemon.stop()
+    lines = [line for line in daemon.output().splitlines() if line.strip() and not line.startswith("--- start")]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     messages = " ".join(r["message"] for r in records)
     assert token not in messages and token[:20] not in messages
@@ -100,26 +90,28 @@ def test_backup_is_consistent_while_serving(env: Env, cli: Cli, tmp_path):
     stop = threading.Event()
 
     writer_cabinet = build(load_config(env.config_path))
+    written: list[int] = []
 
     def write() -> None:  # writes keep landing while the backup copies
         n = 0
         while not stop.is_set():
             writer_cabinet.roster.add_firm(f"Firm {n}", f"f{n}@firms.example")
             n += 1
+            written.append(n)
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: len(written) >= 5 or not writer.is_alive(), what="the writer to be writing")
+        assert writer.is_alive(), "the writer stopped"
         backup = tmp_path / "backup.sqlite3"
         result = cli("db", "backup", str(backup))
         assert "Backed up" in result.output
     finally:
         stop.set()
-        writer.join(30)
+        writer.join(60)
         writer_cabinet.close()
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(10)
+        daemon.stop()
     copy = sqlite3.connect(backup)
     try:
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
