@@ -163,11 +163,22 @@ run_suite() {
   fi
 }
 
+# The wheel as operators install it (outside the checkout, from an empty folder): alongside the
+# suites, since most of its time is pip fetching packages.
+smoke_title="===== The installed wheel (scripts/smoke_wheel.sh) ====="
+smoke_status=0
+./scripts/smoke_wheel.sh >"$RUN_DIR/smoke.out" 2>&1 &
+smoke_pid=$!
+run_pids+=("$smoke_pid")
+
 sqlite_title="===== Tests on SQLite ====="
 pg_title="===== Tests on PostgreSQL $(basename "$(dirname "$PG_BIN")") at $PG_URL ====="
 sqlite_status=0
 pg_status=0
 if [ "${CABINET_TEST_SEQUENTIAL:-0}" = "1" ]; then
+  wait "$smoke_pid" || smoke_status=$?
+  echo; echo "$smoke_title (exited $smoke_status)"
+  cat "$RUN_DIR/smoke.out"
   echo; echo "$sqlite_title"
   ( run_suite "" "$@" ) || sqlite_status=$?
   echo; echo "$pg_title (SQLite run exited $sqlite_status)"
@@ -183,13 +194,22 @@ else
   wait "$sqlite_pid" || sqlite_status=$?
   wait "$pg_pid" || pg_status=$?
   run_pids=()
+  wait "$smoke_pid" || smoke_status=$?
+  echo; echo "$smoke_title (exited $smoke_status)"
+  cat "$RUN_DIR/smoke.out"
   echo; echo "$sqlite_title"
   cat "$RUN_DIR/sqlite.out"
   echo; echo "$pg_title (SQLite run exited $sqlite_status)"
   cat "$RUN_DIR/postgresql.out"
 fi
 
+run_pids=()
+
 # Nothing printed after this point, so the output ends with the last run's pytest summary.
+if [ "$smoke_status" -ne 0 ]; then
+  echo "test.sh: the installed-wheel smoke test failed (exit $smoke_status); its output is above" >&2
+  exit "$smoke_status"
+fi
 if [ "$sqlite_status" -ne 0 ]; then
   exit "$sqlite_status"
 fi
