@@ -16,15 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
-from daemon.bounces import parse_bounce
+from daemon.bounces import UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
 from daemon.db import rows_changed
 from daemon.domain import DomainContext, DomainService, name_key
@@ -117,8 +119,10 @@ class Inbound(DomainService):
         retry after a lost 250); the first copy's id is returned.
         """
         digest = hashlib.sha256(raw).hexdigest()
-        headers = BytesHeaderParser(policy=policy.default).parsebytes(raw)
-        message_id = str(headers.get("Message-ID", "") or "").strip()[:255] or None
+        # Nothing here may raise on odd bytes (a raise is a 451 and the same bytes again, forever):
+        # the Message-ID is read defensively and the envelope sender kept storable; processing judges the rest.
+        message_id = rawmail.message_id(raw)
+        mail_from = rawmail.storable(mail_from, 320)
         now = self._now()
         with self._transaction() as s:
             same = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
@@ -167,9 +171,29 @@ class Inbound(DomainService):
                 row.processed_at = self._now()
                 row.attempts += 1
                 return 1
-        except Exception as exc:  # the whole attempt rolled back; record it and retry later
+        except (SQLAlchemyError, OSError) as exc:  # the whole attempt rolled back; record it and retry later
             self._failed(inbound_id, exc)
             return 0
+        except Exception as exc:  # the bytes themselves (a parser raised): retrying cannot help
+            return self._unparseable(inbound_id, exc)
+
+    def _unparseable(self, inbound_id: int, exc: Exception) -> int:
+        """Classify a message the parsers choke on: kept, listed, not acted on, not retried.
+
+        Its attempt rolled back whole, so nothing of it is half-done; ``cabinet inbound retry``
+        puts it back in line (after a fix, should the fault have been Cabinet's).
+        """
+        reason = str(exc) if isinstance(exc, UnreadableBounce) else f"{type(exc).__name__}: {exc}"
+        with self._transaction() as s:
+            won = rows_changed(
+                s,
+                update(InboundMessage)
+                .where(InboundMessage.id == inbound_id, InboundMessage.state == "received")
+                .values(state="processed", kind="unparseable", processed_at=self._now(),
+                        attempts=InboundMessage.attempts + 1, last_error=reason[:2000],
+                        outcome="could not be read (see last_error): kept, not acted on"),
+            )
+        return won
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         with self._transaction() as s:
@@ -368,9 +392,10 @@ class Inbound(DomainService):
             row = s.get(InboundMessage, inbound_id)
             if row is None:
                 raise NotFound(f"no inbound message {inbound_id} (see `cabinet inbound list`)")
-            if row.state not in ("quarantined", "received"):
+            if row.state not in ("quarantined", "received") and row.kind != "unparseable":
                 raise InvalidState(f"inbound message {inbound_id} is {row.state}; only a quarantined one can be retried")
             row.state, row.attempts, row.next_attempt_at, row.last_error = "received", 0, self._now(), None
+            row.kind = row.outcome = None
             return self._view(row)
 
     def _view(self, row: InboundMessage) -> InboundView:
