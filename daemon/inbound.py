@@ -21,7 +21,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from daemon import rawmail
@@ -166,15 +166,17 @@ class Inbound(DomainService):
                 try:
                     self._understand(s, row)
                 except _Done as done:
-                    row.kind, row.outcome = done.kind, done.outcome
+                    # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
+                    row.kind, row.outcome = done.kind, rawmail.storable(done.outcome, 10000)
                 row.state = "duplicate" if row.kind == "duplicate" else "processed"
                 row.processed_at = self._now()
                 row.attempts += 1
                 return 1
-        except (SQLAlchemyError, OSError) as exc:  # the whole attempt rolled back; record it and retry later
-            self._failed(inbound_id, exc)
-            return 0
-        except Exception as exc:  # the bytes themselves (a parser raised): retrying cannot help
+        except Exception as exc:  # the whole attempt rolled back
+            if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
+                self._failed(inbound_id, exc)  # the database or the disk: retry later
+                return 0
+            # The bytes themselves (a parser raised, or text the database refuses): retrying cannot help.
             return self._unparseable(inbound_id, exc)
 
     def _unparseable(self, inbound_id: int, exc: Exception) -> int:
@@ -184,13 +186,14 @@ class Inbound(DomainService):
         puts it back in line (after a fix, should the fault have been Cabinet's).
         """
         reason = str(exc) if isinstance(exc, UnreadableBounce) else f"{type(exc).__name__}: {exc}"
+        reason = rawmail.storable(reason, 2000)  # it may quote the message's own NULs and control characters
         with self._transaction() as s:
             won = rows_changed(
                 s,
                 update(InboundMessage)
                 .where(InboundMessage.id == inbound_id, InboundMessage.state == "received")
                 .values(state="processed", kind="unparseable", processed_at=self._now(),
-                        attempts=InboundMessage.attempts + 1, last_error=reason[:2000],
+                        attempts=InboundMessage.attempts + 1, last_error=reason,
                         outcome="could not be read (see last_error): kept, not acted on"),
             )
         return won
