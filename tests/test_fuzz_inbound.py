@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import smtplib
+import time
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 
@@ -227,3 +228,33 @@ def test_a_report_the_bounce_detectors_choke_on_is_classified_unparseable(server
     [(attempts, error)] = env.sql("SELECT attempts, last_error FROM inbound")
     assert attempts == 1 and error
     assert env.sql("SELECT state FROM invitations") == [("pending",)]
+
+
+def test_an_unparseable_message_can_be_retried_by_the_operator(server, cli, seed, mailbox, env: Env):
+    bounce = addresses(cli, mailbox, seed)[1]
+    raw = (f"From: \r\nTo: {bounce}\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: text/plain; charset=\"x\x00y\"\r\n\r\nThe message could not be delivered.\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as smtp:
+        assert smtp.sendmail("", [bounce], raw) == {}
+    [(inbound_id, *_)] = wait_processed(env, 1)
+    [(first,)] = env.sql("SELECT processed_at FROM inbound")
+    cli("inbound", "retry", str(inbound_id))  # back in line: processing runs again in the background
+    deadline = time.monotonic() + 30
+    while env.sql("SELECT processed_at FROM inbound WHERE state = 'processed'") in ([], [(first,)]):
+        assert time.monotonic() < deadline, "the retried message was not processed again"
+        time.sleep(0.05)
+    assert env.sql("SELECT state, kind, attempts FROM inbound") == [("processed", "unparseable", 1)]
+
+
+def test_an_overlong_or_control_character_sender_is_stored(server, cli, seed, mailbox, env: Env):
+    reply_to = addresses(cli, mailbox, seed)[0]
+    sender = "x" * 400 + "@elsewhere.example"  # longer than the column (320): stored cut, raw intact
+    raw = f"From: someone@elsewhere.example\r\nTo: {reply_to}\r\nSubject: Hello\r\n\r\nHello\r\n".encode()
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as smtp:
+        smtp.ehlo("mta.example")
+        assert smtp.docmd(f"MAIL FROM:<{sender}>")[0] == 250
+        assert smtp.rcpt(reply_to)[0] == 250
+        assert smtp.data(raw)[0] == 250
+    wait_processed(env, 1)
+    [(mail_from,)] = env.sql("SELECT mail_from FROM inbound")
+    assert mail_from == sender[:320]
