@@ -21,8 +21,8 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
@@ -188,15 +188,14 @@ class Inbound(DomainService):
         reason = str(exc) if isinstance(exc, UnreadableBounce) else f"{type(exc).__name__}: {exc}"
         reason = rawmail.storable(reason, 2000)  # it may quote the message's own NULs and control characters
         with self._transaction() as s:
-            won = rows_changed(
-                s,
-                update(InboundMessage)
-                .where(InboundMessage.id == inbound_id, InboundMessage.state == "received")
-                .values(state="processed", kind="unparseable", processed_at=self._now(),
-                        attempts=InboundMessage.attempts + 1, last_error=reason,
-                        outcome="could not be read (see last_error): kept, not acted on"),
-            )
-        return won
+            row = s.get(InboundMessage, inbound_id, with_for_update=True)  # checked and changed under its lock
+            if row is None or row.state != "received":
+                return 0
+            row.state, row.kind, row.processed_at = "processed", "unparseable", self._now()
+            row.attempts += 1
+            row.last_error = reason
+            row.outcome = "could not be read (see last_error): kept, not acted on"
+            return 1
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         with self._transaction() as s:
