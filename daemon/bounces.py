@@ -39,8 +39,31 @@ class Bounce:
     original_message_id: str | None
 
 
+class UnreadableBounce(Exception):
+    """A detector (or the standard library under it) raised on this message: not a bounce we can read.
+
+    flufl.bounce's detectors and the email package raise on hostile input
+    (IndexError on an empty From, ValueError on a NUL charset, AttributeError
+    on a group address); processing classifies the message ``unparseable``.
+    """
+
+
 def parse_bounce(message: Message) -> Bounce | None:
-    """The failure ``message`` reports, or None when it reports none (not a bounce, or a success DSN)."""
+    """The failure ``message`` reports, or None when it reports none (not a bounce, or a success DSN).
+
+    Raises ``UnreadableBounce`` (and nothing else) when the report cannot be read.
+    """
+    try:
+        return _parse_bounce(message)
+    except Exception as exc:
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        module = where.tb_frame.f_globals.get("__name__", "?") if where is not None else "?"
+        raise UnreadableBounce(f"{type(exc).__name__} in {module}: {exc}"[:500]) from exc
+
+
+def _parse_bounce(message: Message) -> Bounce | None:
     temporary, permanent = all_failures(message)  # flufl.bounce returns (temporary, permanent)
     failed = permanent or temporary
     if not failed:

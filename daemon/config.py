@@ -130,6 +130,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_line_length": Key(1001, "integer", "longest SMTP line", minimum=80),
         "timeout": Key(300.0, "number", "idle seconds per connection"),
         "max_connections": Key(100, "integer", "connections at once", minimum=1),
+        "max_connections_per_ip": Key(20, "integer", "connections at once from one client address", minimum=1),
+        "max_idle_commands": Key(10, "integer", "commands without a message before 421", minimum=1),
         "max_attempts": Key(5, "integer", "processing attempts before quarantine", minimum=1),
         "trusted_authserv_ids": Key([], "strings", "MTAs whose Authentication-Results are believed"),
         "dkim_verify": Key(False, "flag", "verify DKIM in Cabinet itself"),

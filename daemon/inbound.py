@@ -16,15 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
+from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
-from daemon.bounces import parse_bounce
+from daemon.bounces import UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
@@ -118,8 +120,10 @@ class Inbound(DomainService):
         retry after a lost 250); the first copy's id is returned.
         """
         digest = hashlib.sha256(raw).hexdigest()
-        headers = BytesHeaderParser(policy=policy.default).parsebytes(raw)
-        message_id = str(headers.get("Message-ID", "") or "").strip()[:255] or None
+        # Nothing here may raise on odd bytes (a raise is a 451 and the same bytes again, forever):
+        # the Message-ID is read defensively and the envelope sender kept storable; processing judges the rest.
+        message_id = rawmail.message_id(raw)
+        mail_from = rawmail.storable(mail_from, 320)
         now = self._now()
         with self._transaction() as s:
             same = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
@@ -163,14 +167,36 @@ class Inbound(DomainService):
                 try:
                     self._understand(s, row)
                 except _Done as done:
-                    row.kind, row.outcome = done.kind, done.outcome
+                    # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
+                    row.kind, row.outcome = done.kind, rawmail.storable(done.outcome, 10000)
                 row.state = "duplicate" if row.kind == "duplicate" else "processed"
                 row.processed_at = self._now()
                 row.attempts += 1
                 return 1
-        except Exception as exc:  # the whole attempt rolled back; record it and retry later
-            self._failed(inbound_id, exc)
-            return 0
+        except Exception as exc:  # the whole attempt rolled back
+            if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
+                self._failed(inbound_id, exc)  # the database or the disk: retry later
+                return 0
+            # The bytes themselves (a parser raised, or text the database refuses): retrying cannot help.
+            return self._unparseable(inbound_id, exc)
+
+    def _unparseable(self, inbound_id: int, exc: Exception) -> int:
+        """Classify a message the parsers choke on: kept, listed, not acted on, not retried.
+
+        Its attempt rolled back whole, so nothing of it is half-done; ``cabinet inbound retry``
+        puts it back in line (after a fix, should the fault have been Cabinet's).
+        """
+        reason = str(exc) if isinstance(exc, UnreadableBounce) else f"{type(exc).__name__}: {exc}"
+        reason = rawmail.storable(reason, 2000)  # it may quote the message's own NULs and control characters
+        with self._transaction() as s:
+            row = s.get(InboundMessage, inbound_id, with_for_update=True)  # checked and changed under its lock
+            if row is None or row.state != "received":
+                return 0
+            row.state, row.kind, row.processed_at = "processed", "unparseable", self._now()
+            row.attempts += 1
+            row.last_error = reason
+            row.outcome = "could not be read (see last_error): kept, not acted on"
+            return 1
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         with self._transaction() as s:
@@ -339,9 +365,10 @@ class Inbound(DomainService):
             row = s.get(InboundMessage, inbound_id)
             if row is None:
                 raise NotFound("inbound.not_found", id=inbound_id)
-            if row.state not in ("quarantined", "received"):
+            if row.state not in ("quarantined", "received") and row.kind != "unparseable":
                 raise InvalidState("inbound.not_retryable", id=inbound_id, state=row.state)
             row.state, row.attempts, row.next_attempt_at, row.last_error = "received", 0, self._now(), None
+            row.kind = row.outcome = None
             return self._view(row)
 
     def _view(self, row: InboundMessage) -> InboundView:

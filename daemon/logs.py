@@ -69,3 +69,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # flufl.bounce logs each of its detectors' runs at INFO and a traceback for each that raises;
+    # daemon.bounces reports what matters (an unreadable report is classified, not retried).
+    logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)

@@ -142,7 +142,7 @@ class Service:
         loop = asyncio.get_running_loop()
         with _listening(smtp_host, smtp_port, "[smtp] listen"):
             self._smtp = await loop.create_server(
-                make_protocol_factory(handler, config.inbound, config.smtp.domain), smtp_host, smtp_port
+                make_protocol_factory(handler, config), smtp_host, smtp_port
             )
         self.smtp_port = self._smtp.sockets[0].getsockname()[1]
         self._stoppers = [worker.stop, processor.stop, scheduler.stop]

@@ -5,21 +5,40 @@ never accept-then-bounce), enforce the limits, store the message, answer.
 A message is committed to the database before the 250 (or, over LMTP, the
 per-recipient 250s); if storing fails the answer is 451 and the sending MTA
 retries. Understanding the message happens later, in ``daemon.inbound``.
+
+Every limit answers with a status code and words a sending MTA (or the person
+reading its bounce) understands, then closes the connection if it must:
+connections at once (``max_connections``), connections from one client
+address (``max_connections_per_ip``), and commands without a message
+(``max_idle_commands``) so that clients sending NOOP every few seconds cannot
+hold every slot while real mail waits. The greeting names no software version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session as SmtpSession
 
-from daemon.config import InboundConfig
+from daemon.config import Config, InboundConfig
 from daemon.inbound import Inbound
 
 log = logging.getLogger(__name__)
+
+# The greeting's words after the host name: no library or Python version for scanners to match.
+IDENT = "Cabinet ESMTP"
+TOO_MANY = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_FROM_YOU = "421 4.7.0 Too many connections from your address"
+TOO_IDLE = "421 4.7.0 Too many commands without a message; closing the connection"
+# Commands that move a transaction forward; every other one counts towards max_idle_commands.
+TRANSACTION = frozenset({"RCPT", "DATA", "QUIT"})
+
+Command = Callable[[str | None], Awaitable[None]]
 
 
 class InboundHandler:
@@ -55,45 +74,105 @@ class InboundHandler:
             return "\r\n".join([status] * len(recipients))
         return status
 
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's own answer would quote the exception's text to the client.
+        log.error("inbound SMTP command failed", exc_info=error)
+        return "451 4.3.0 Local error, please try again later"
 
+
+@dataclass
 class ConnectionLimit:
-    """Counts open connections; shared by the listener's protocol instances."""
+    """Open connections, in all and per client address; shared by the listener's protocol instances."""
 
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.open = 0
+    maximum: int
+    per_address: int
+    open: int = 0
+    by_address: Counter[str] = field(default_factory=Counter)
+
+    def refusal(self, address: str) -> str | None:
+        """The 421 a new connection from ``address`` gets, or None when it may open (and is counted)."""
+        if self.open >= self.maximum:
+            return TOO_MANY
+        if self.by_address[address] >= self.per_address:
+            return TOO_MANY_FROM_YOU
+        self.open += 1
+        self.by_address[address] += 1
+        return None
+
+    def closed(self, address: str) -> None:
+        self.open -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]
 
 
-def make_protocol_factory(handler: InboundHandler, config: InboundConfig, hostname: str) -> Callable[[], SMTP]:
-    base: type[SMTP] = LMTP if config.protocol == "lmtp" else SMTP
-    limit = ConnectionLimit(config.max_connections)
+def _client_address(transport: Any) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, (tuple, list)) and peer else str(peer or "")
+
+
+def make_protocol_factory(handler: InboundHandler, config: Config) -> Callable[[], SMTP]:
+    inbound = config.inbound
+    base: type[SMTP] = LMTP if inbound.protocol == "lmtp" else SMTP
+    limit = ConnectionLimit(inbound.max_connections, config.value("inbound", "max_connections_per_ip"))
+    max_idle = int(config.value("inbound", "max_idle_commands"))
 
     class Listener(base):  # type: ignore[valid-type, misc]
-        line_length_limit = config.max_line_length
-        _counted = False
+        line_length_limit = inbound.max_line_length
+        _address: str | None = None  # set once counted (STARTTLS calls connection_made again)
+        _idle = 0  # commands since the last message, accepted RCPT and DATA aside
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # aiosmtpd dispatches through this table (built from the smtp_* methods, LHLO included):
+            # wrapping it counts every command, whatever the protocol.
+            self._smtp_methods = {name: self._counted(name, method) for name, method in self._smtp_methods.items()}
 
         def connection_made(self, transport: Any) -> None:
-            if limit.open >= limit.maximum:
-                transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
-                transport.close()
-                return
-            limit.open += 1
-            self._counted = True
+            if self._address is None:
+                address = _client_address(transport)
+                refusal = limit.refusal(address)
+                if refusal is not None:
+                    log.warning("inbound connection from %s refused: %s", address, refusal)
+                    transport.write(refusal.encode("ascii") + b"\r\n")
+                    transport.close()
+                    return
+                self._address = address
             super().connection_made(transport)
 
         def connection_lost(self, error: Exception | None) -> None:
-            if not self._counted:
+            if self._address is None:
                 return
-            limit.open -= 1
+            limit.closed(self._address)
             super().connection_lost(error)
+
+        def _counted(self, command: str, method: Command) -> Command:
+            async def run(arg: str | None) -> None:
+                if command not in TRANSACTION:
+                    self._idle += 1
+                if self._idle > max_idle:
+                    log.warning("inbound connection from %s closed after %d commands without a message",
+                                self._address, max_idle)
+                    await self.push(TOO_IDLE)
+                    self.transport.close()
+                    return
+                envelope = self.envelope
+                recipients = len(envelope.rcpt_tos) if envelope is not None else 0
+                await method(arg)
+                if command == "DATA" and self.envelope is not envelope:
+                    self._idle = 0  # a message went through (stored, or refused with its reason)
+                elif command in ("RCPT", "DATA") and envelope is not None and self.envelope is envelope \
+                        and len(envelope.rcpt_tos) == recipients:
+                    self._idle += 1  # refused: no further on the way to a message
+            return run
 
     def factory() -> SMTP:
         return Listener(
             handler,
-            hostname=hostname,
-            ident="Cabinet",
-            data_size_limit=config.max_message_size,
-            timeout=config.timeout,
+            hostname=config.smtp.domain,
+            ident=IDENT,
+            data_size_limit=inbound.max_message_size,
+            timeout=inbound.timeout,
         )
 
     return factory
