@@ -145,6 +145,7 @@ class DomainService:
                 auto_submitted=auto,
                 company_id=company.id,
                 firm_id=firm_id,
+                audience="company_admin",
             ),
         )
 
@@ -164,6 +165,7 @@ class DomainService:
                     context={"firm": firm.name, **context},
                     company_id=company_id,
                     firm_id=firm.id,
+                    audience="firm_staff",
                 ),
             )
 

@@ -222,6 +222,7 @@ class Onboarding(DomainService):
                 auto_submitted=template != "payment_details_request",
                 company_id=company.id,
                 firm_id=client.firm_id,
+                audience="company_admin",
             ),
         )
 

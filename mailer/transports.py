@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import mailbox
-import os
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
 from daemon.config import RelayConfig
+from mailer.maildir import deliver
 
 
 class TransportError(Exception):
@@ -32,19 +31,16 @@ class MaildirTransport:
         self.path = path
 
     def _deliver(self, envelope_from: str, raw: bytes) -> None:
-        box = mailbox.Maildir(self.path, create=True)
-        # A delivery agent records the envelope sender as Return-Path.
-        key = box.add(b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw)
-        # mailbox does not fsync; the outbox marks the row sent right after
-        # this returns, so the file must be on disk first.
-        fd = os.open(self.path / "new" / key, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # A delivery agent records the envelope sender as Return-Path. The outbox marks
+        # the row sent right after this returns, so ``deliver`` puts the file on disk first.
+        deliver(self.path, b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw)
 
     async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
-        await asyncio.to_thread(self._deliver, envelope_from, raw)
+        try:
+            await asyncio.to_thread(self._deliver, envelope_from, raw)
+        except OSError as exc:
+            # A full or read-only disk: a failed attempt like a relay's 4xx, counted and retried.
+            raise TransportError(f"maildir delivery failed: {exc.strerror or exc}") from None
 
 
 class SmtpTransport:

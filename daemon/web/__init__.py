@@ -8,6 +8,7 @@ nowhere else.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Awaitable, Callable
 
@@ -18,6 +19,10 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError
+from daemon.faults import storage_fault
+from daemon.health import Health
+from daemon.i18n import negotiate
+from daemon.tokens import Purpose
 from daemon.metrics import Metrics
 from daemon.web import account, clients, company, invitations, transfers
 from daemon.web.context import (
@@ -27,6 +32,7 @@ from daemon.web.context import (
     PAGES,
     SESSIONS,
     VISITOR,
+    Visitor,
     check_csrf,
     run,
     load_visitor,
@@ -52,6 +58,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+
+PLAIN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 LINK_PURPOSES = {"invitations": "invite", "company": "manage", "transfers": "transfer", "setup": "setup", "payment": "payment"}
 
@@ -79,6 +87,20 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+def anonymous_visitor(request: web.Request) -> Visitor:
+    """A visitor known without the database, for the error page when the database is down."""
+    cabinet = request.app[CABINET]
+    browser_id = request.cookies.get(BROWSER_COOKIE, "")
+    new_browser = len(browser_id) < 32
+    if new_browser:
+        browser_id = secrets.token_urlsafe(32)
+    return Visitor(
+        browser_id=browser_id, new_browser=new_browser, session_token=None, user=None,
+        locale=negotiate(request.headers.get("Accept-Language"), cabinet.config.general.default_locale),
+        timezone=cabinet.config.general.timezone, csrf_token=cabinet.signer.sign(Purpose.CSRF, browser_id),
+    )
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -89,16 +111,24 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if VISITOR not in request:
             return web.Response(text=str(exc), status=exc.http_status)
         return page(request, "error.html", status=exc.http_status, message=str(exc))
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+    except Exception as exc:
+        fault = storage_fault(exc)
+        if fault is not None:  # temporary, not a bug: one line in the log, "try again" on the page
+            log.error("%s %s: %s", request.method, request.path, fault)
+        else:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+        status = 503 if fault is not None else 500
+        if request.path in PLAIN_PATHS or request.path.startswith("/static/"):
+            return web.Response(text="temporarily unavailable\n" if fault else "internal error\n", status=status)
         if VISITOR not in request:
-            return web.Response(text="internal error", status=500)
-        return page(request, "error.html", status=500, message=None)
+            # The fault came before the visitor was known (loading the session needs the database).
+            request[VISITOR] = anonymous_visitor(request)
+        return page(request, "error.html", status=status, message=None)
 
 
 @web.middleware
 async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/metrics"):
+    if request.path.startswith("/static/") or request.path in PLAIN_PATHS:
         return await handler(request)
     v = await load_visitor(request)
     request[VISITOR] = v
@@ -128,12 +158,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: the database answers and the listeners are up."""
+    """Ready for traffic: the listeners are up, the database takes a write, the outbox is moving."""
     problems = [name for name, ok in request.app[READINESS]().items() if not ok]
-    try:
-        await run(request.app[CABINET].ping_database)
-    except Exception as exc:
-        problems.append(f"database: {type(exc).__name__}")
+    cabinet = request.app[CABINET]
+    problems += await run(Health(cabinet.sessions, cabinet.clock).problems)
     if problems:
         return web.Response(text="not ready: " + ", ".join(problems) + "\n", status=503)
     return web.Response(text="ready\n")
