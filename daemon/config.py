@@ -109,6 +109,12 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    inbound_days: int  # 0: keep forever
+    outbox_days: int
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -127,6 +133,7 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    retention: RetentionConfig = RetentionConfig(inbound_days=180, outbox_days=180)
 
     @property
     def database_url(self) -> str:
@@ -315,4 +322,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        retention=RetentionConfig(
+            inbound_days=r.integer("retention", "inbound_days", 180), outbox_days=r.integer("retention", "outbox_days", 180)
+        ),
     )

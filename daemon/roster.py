@@ -10,6 +10,7 @@ never touch the tables themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -508,30 +509,35 @@ class Roster(DomainService):
     def expire_invitations(self) -> dict[str, int]:
         """Record the expiry of invitations past their date, and tell the client admin. Idempotent."""
         now = self._clock.now()
-        expired = 0
-        with self._sessions() as s:
-            due = s.scalars(
-                select(Invitation.id).where(Invitation.state == "pending", Invitation.expires_at <= now)
-            ).all()
-        for invitation_id in due:
-            with self._transaction() as s:
-                won = rows_changed(
-                    s,
-                    update(Invitation)
-                    .where(Invitation.id == invitation_id, Invitation.state == "pending")
-                    .values(state="expired", decided_at=now)
-                )
-                if won != 1:
-                    continue
-                invitation = s.get(Invitation, invitation_id)
-                assert invitation is not None
-                company = invitation.company
-                self._notify_company_admin(
-                    s, company, "invitation_expired", {"email": invitation.email, "expired_at": invitation.expires_at}
-                )
-                self._event(s, "invitation.expired", "scheduler", "scheduler", company_id=company.id, invitation_id=invitation.id)
-                expired += 1
+        expired = sum(self.expire_one(invitation_id, now) is not None for invitation_id in self.due_expiries(now))
         return {"invitations_expired": expired}
+
+    def due_expiries(self, now: datetime) -> list[int]:
+        """Pending invitations past their date (an expired one is no longer pending: it leaves the query)."""
+        with self._sessions() as s:
+            return list(s.scalars(
+                select(Invitation.id).where(Invitation.state == "pending", Invitation.expires_at <= now)
+            ).all())
+
+    def expire_one(self, invitation_id: int, now: datetime) -> str | None:
+        """Expire one invitation in its own transaction; None if it was no longer pending."""
+        with self._transaction() as s:
+            won = rows_changed(
+                s,
+                update(Invitation)
+                .where(Invitation.id == invitation_id, Invitation.state == "pending")
+                .values(state="expired", decided_at=now)
+            )
+            if won != 1:
+                return None
+            invitation = s.get(Invitation, invitation_id)
+            assert invitation is not None
+            company = invitation.company
+            self._notify_company_admin(
+                s, company, "invitation_expired", {"email": invitation.email, "expired_at": invitation.expires_at}
+            )
+            self._event(s, "invitation.expired", "scheduler", "scheduler", company_id=company.id, invitation_id=invitation.id)
+            return "invitations_expired"
 
     # -- the roster ----------------------------------------------------------
 
