@@ -62,7 +62,7 @@ class FailureView:
 
 
 def retry_delay(attempts: int) -> timedelta:
-    return min(RETRY_BASE * 2 ** max(attempts - 1, 0), RETRY_MAX)
+    return min(RETRY_BASE * (1 << max(attempts - 1, 0)), RETRY_MAX)
 
 
 class Scheduler:
