@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import write_transaction
+from daemon.db import dialect_insert, rows_changed, write_transaction
 from daemon.errors import InvalidInput, NotFound
 from daemon.links import Links
 from daemon.models import Client, Company, Event, Firm, Membership, SentReminder, User
@@ -173,14 +173,10 @@ class DomainService:
         """Record that reminder ``kind`` for ``ref_id`` is sent; False if it already was.
 
         The unique (kind, ref_id) key makes a sweep idempotent across restarts
-        and instances: a second insert fails and nothing is sent twice.
+        and instances: a second insert (even a concurrent one) inserts nothing, so nothing is sent twice.
         """
-        exists = s.scalar(select(SentReminder.id).where(SentReminder.kind == kind, SentReminder.ref_id == ref_id))
-        if exists is not None:
-            return False
-        s.add(SentReminder(kind=kind, ref_id=ref_id, sent_at=self._clock.now()))
-        s.flush()
-        return True
+        statement = dialect_insert(s)(SentReminder).values(kind=kind, ref_id=ref_id, sent_at=self._clock.now())
+        return rows_changed(s, statement.on_conflict_do_nothing(index_elements=["kind", "ref_id"])) == 1
 
     def _firm_by_name(self, s: Session, name: str) -> Firm:
         firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))

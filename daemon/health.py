@@ -10,11 +10,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock, as_utc
-from daemon.db import write_transaction
+from daemon.db import dialect_insert, write_transaction
 from daemon.faults import storage_fault
 from daemon.models import Heartbeat, OutboxMessage
 
@@ -52,6 +51,5 @@ class Health:
     def _write_heartbeat(self) -> None:
         now = self._clock.now()
         with write_transaction(self._sessions) as s:
-            insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-            statement = insert(Heartbeat).values(id=1, beat_at=now)
+            statement = dialect_insert(s)(Heartbeat).values(id=1, beat_at=now)
             s.execute(statement.on_conflict_do_update(index_elements=["id"], set_={"beat_at": statement.excluded.beat_at}))

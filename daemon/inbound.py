@@ -23,13 +23,12 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import rows_changed
+from daemon.db import dialect_insert, rows_changed
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User
@@ -136,8 +135,7 @@ class Inbound(DomainService):
         with self._transaction() as s:
             # The unique digest decides, not a check before the insert: two sessions storing the
             # same bytes at once end with one row, and neither fails.
-            insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-            s.execute(insert(InboundMessage).values(**values).on_conflict_do_nothing(index_elements=["digest"]))
+            s.execute(dialect_insert(s)(InboundMessage).values(**values).on_conflict_do_nothing(index_elements=["digest"]))
             stored = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
             assert stored is not None
             return stored

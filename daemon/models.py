@@ -304,7 +304,6 @@ class OutboxMessage(Base):
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipient: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(500))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)  # serialised once, at enqueue time
     state: Mapped[str] = mapped_column(String(20))  # "pending" | "sent" | "failed" | "bounced"
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -322,6 +321,9 @@ class OutboxMessage(Base):
     # Who the email was for when it was queued ("company_admin" | "firm_staff" | "accountant"):
     # a reply is forwarded to the other side from this, never from addresses that changed since.
     audience: Mapped[str | None] = mapped_column(String(20))
+    # Serialised once, at enqueue time. The last column: SQLite keeps a big value in overflow pages,
+    # and a column after it could only be read by walking them.
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class WebSession(Base):
@@ -347,7 +349,6 @@ class InboundMessage(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     mail_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[str] = mapped_column(Text)  # JSON list
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     # received -> processed | duplicate | quarantined; processing is retried until quarantined.
     state: Mapped[str] = mapped_column(String(20), index=True)
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
@@ -359,6 +360,8 @@ class InboundMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The message as received; last, after its metadata (see OutboxMessage.raw).
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Heartbeat(Base):

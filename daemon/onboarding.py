@@ -343,10 +343,7 @@ class Onboarding(DomainService):
         now = self._now()
         counts = {"trial_reminders": 0, "discounts_lapsed": 0}
         for company_id in self.due_trials(now):
-            try:
-                done = self.sweep_trial(company_id, now)
-            except IntegrityError:
-                continue  # another instance sent this one
+            done = self.sweep_trial(company_id, now)
             if done:
                 counts[done] += 1
         return counts

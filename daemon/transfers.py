@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.db import rows_changed
@@ -287,10 +286,7 @@ class BillingTransfers(DomainService):
         now = self._now()
         counts = {"transfer_reminders": 0, "transfers_expired": 0}
         for transfer_id in self.due_transfers(now):
-            try:
-                done = self.sweep_transfer(transfer_id, now)
-            except IntegrityError:
-                continue  # another instance sent this reminder
+            done = self.sweep_transfer(transfer_id, now)
             if done:
                 counts[done] += 1
         return counts

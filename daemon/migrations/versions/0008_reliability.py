@@ -51,6 +51,19 @@ def upgrade() -> None:
     with op.batch_alter_table("inbound", schema=None) as batch_op:
         batch_op.drop_index("ix_inbound_digest")
         batch_op.create_unique_constraint(op.f("uq_inbound_digest"), ["digest"])
+    # Stored bodies move to the last column: on SQLite a big value lives in overflow pages, and
+    # every column after it (state, digest…) could only be read by walking them.
+    for table in ("inbound", "outbox"):
+        _move_raw_last(table)
+
+
+def _move_raw_last(table: str) -> None:
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        batch_op.add_column(sa.Column("raw_last", sa.LargeBinary(), nullable=True))
+    op.execute(f"UPDATE {table} SET raw_last = raw")
+    with op.batch_alter_table(table, schema=None) as batch_op:
+        batch_op.drop_column("raw")
+        batch_op.alter_column("raw_last", new_column_name="raw", existing_type=sa.LargeBinary(), nullable=False)
 
 
 def downgrade() -> None:
