@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import dialect_insert, rows_changed, write_transaction
+from daemon.db import dialect_insert, write_transaction
 from daemon.errors import InvalidInput, NotFound
 from daemon.links import Links
 from daemon.models import Client, Company, Event, Firm, Membership, SentReminder, User
@@ -176,7 +176,9 @@ class DomainService:
         and instances: a second insert (even a concurrent one) inserts nothing, so nothing is sent twice.
         """
         statement = dialect_insert(s)(SentReminder).values(kind=kind, ref_id=ref_id, sent_at=self._clock.now())
-        return rows_changed(s, statement.on_conflict_do_nothing(index_elements=["kind", "ref_id"])) == 1
+        # RETURNING names the new row, or nothing when the key existed (row counts vary by driver).
+        inserted = s.scalar(statement.on_conflict_do_nothing(index_elements=["kind", "ref_id"]).returning(SentReminder.id))
+        return inserted is not None
 
     def _firm_by_name(self, s: Session, name: str) -> Firm:
         firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))
