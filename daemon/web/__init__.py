@@ -22,8 +22,8 @@ from daemon.errors import CabinetError
 from daemon.faults import storage_fault
 from daemon.health import Health
 from daemon.i18n import negotiate
-from daemon.tokens import Purpose
 from daemon.metrics import Metrics
+from daemon.tokens import Purpose
 from daemon.web import account, clients, company, invitations, transfers
 from daemon.web.context import (
     BROWSER_COOKIE,
