@@ -6,14 +6,14 @@ what they need from a ``Cabinet`` instance passed to them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon import db, instance
+from daemon import db, durable, instance
 from daemon.auth import SignIn
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
@@ -81,16 +81,20 @@ def initialise(config: Config) -> list[str]:
     keys_file = config.security.secret_keys_file
     if not keys_file.exists():
         keys_file.parent.mkdir(parents=True, exist_ok=True)
-        # 0600 from the start: the key must never be readable by other users.
-        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("# Cabinet signing keys, oldest first. Append a new line to rotate;\n")
-            handle.write("# the last key signs, every key listed verifies.\n")
-            handle.write(SecretKeys.generate() + "\n")
+        # Durable before any link is signed with it (0600 from the start: never readable by others).
+        text = (
+            "# Cabinet signing keys, oldest first. Append a new line to rotate;\n"
+            "# the last key signs, every key listed verifies.\n"
+            + SecretKeys.generate() + "\n"
+        )
+        durable.write_file(keys_file, text.encode("utf-8"), 0o600, exclusive=True)
+        durable.fsync_dir(keys_file.parent.parent)
         done.append(f"created signing key {keys_file}")
     if config.mail.transport == "maildir":
         for sub in ("cur", "new", "tmp"):
             (config.mail.maildir / sub).mkdir(parents=True, exist_ok=True)
+        for folder in (config.mail.maildir, config.mail.maildir.parent):
+            durable.fsync_dir(folder)
     engine = db.make_engine(config.database_url)
     try:
         db.upgrade(engine)
@@ -101,8 +105,9 @@ def initialise(config: Config) -> list[str]:
     return done
 
 
-def build(config: Config, clock: Clock | None = None) -> Cabinet:
-    """Wire Cabinet together. ``clock`` is the system clock unless a caller (a test) passes one."""
+def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any] | None = None) -> Cabinet:
+    """Wire Cabinet together. ``clock`` is the system clock unless a caller (a test) passes one;
+    ``dns_txt`` looks up DKIM keys (dkimpy's DNS resolver unless a test passes a stand-in)."""
     clock = clock or SystemClock()
     try:
         check_timezone(config.general.timezone)
@@ -171,7 +176,7 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         transfers=BillingTransfers(ctx),
         onboarding=Onboarding(ctx),
         company_admin=CompanyAdmin(ctx, roster),
-        inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address),
+        inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address, dns_txt),
         outbox=outbox,
         worker=worker,
         templates=templates,

@@ -137,6 +137,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dkim_verify": Key(False, "flag", "verify DKIM in Cabinet itself"),
         "firm_addresses": Key([], "strings", "extra inbox addresses accepted"),
     },
+    "retention": {
+        "inbound_days": Key(180, "integer", "days stored inbound mail is kept (0: forever)"),
+        "outbox_days": Key(180, "integer", "days sent or failed emails are kept (0: forever)"),
+    },
     "templates": {
         "dir": Key("", "path", "folder whose files replace the built-in templates, file by file"),
     },
@@ -276,6 +280,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    inbound_days: int  # 0: keep forever
+    outbox_days: int
+
+
+@dataclass(frozen=True)
 class GeneralConfig:
     default_locale: str
     timezone: str
@@ -295,6 +305,7 @@ class Config:
     scheduler: SchedulerConfig
     inbound: InboundConfig
     source: Path | None  # the file it was read from, if any
+    retention: RetentionConfig = RetentionConfig(inbound_days=180, outbox_days=180)
     metrics: MetricsConfig = MetricsConfig()
     limits: LimitsConfig = LimitsConfig()
     templates: TemplatesConfig = TemplatesConfig(dir=None)
@@ -584,6 +595,9 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         scheduler=scheduler,
         inbound=inbound,
         source=source,
+        retention=RetentionConfig(
+            inbound_days=r.get("retention", "inbound_days"), outbox_days=r.get("retention", "outbox_days")
+        ),
         metrics=metrics,
         limits=limits,
         templates=TemplatesConfig(dir=r.get("templates", "dir")),

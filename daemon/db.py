@@ -30,6 +30,7 @@ from typing import Any, Iterator, cast
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -239,6 +240,12 @@ def rows_changed(session: Session, statement: Executable) -> int:
     """Run an UPDATE and say how many rows it changed: the guard of every single-use transition."""
     result = session.execute(statement)
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+def dialect_insert(session: Session) -> Any:
+    """The database's own INSERT, which has ``on_conflict_do_nothing``/``_do_update`` (SQLite, PostgreSQL):
+    a unique key decides between racing inserts, with no check-then-insert and no IntegrityError."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def alembic_config(url: str) -> AlembicConfig:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import write_transaction
+from daemon.db import dialect_insert, write_transaction
 from daemon.errors import CabinetError, InvalidInput, LinkExpired, LinkTampered, NotAllowed, NotFound
 from daemon.links import Links
 from daemon.models import Client, Company, Event, Firm, Membership, RequestKey, SentReminder, User
@@ -275,6 +275,7 @@ class DomainService:
                 auto_submitted=auto,
                 company_id=company.id,
                 firm_id=firm_id,
+                audience="company_admin",
             ),
         )
 
@@ -294,6 +295,7 @@ class DomainService:
                     context={"firm": firm.name, "roster_url": self._links.home(), **context},
                     company_id=company_id,
                     firm_id=firm.id,
+                    audience="firm_staff",
                 ),
             )
 
@@ -301,14 +303,12 @@ class DomainService:
         """Record that reminder ``kind`` for ``ref_id`` is sent; False if it already was.
 
         The unique (kind, ref_id) key makes a sweep idempotent across restarts
-        and instances: a second insert fails and nothing is sent twice.
+        and instances: a second insert (even a concurrent one) inserts nothing, so nothing is sent twice.
         """
-        exists = s.scalar(select(SentReminder.id).where(SentReminder.kind == kind, SentReminder.ref_id == ref_id))
-        if exists is not None:
-            return False
-        s.add(SentReminder(kind=kind, ref_id=ref_id, sent_at=self._clock.now()))
-        s.flush()
-        return True
+        statement = dialect_insert(s)(SentReminder).values(kind=kind, ref_id=ref_id, sent_at=self._clock.now())
+        # RETURNING names the new row, or nothing when the key existed (row counts vary by driver).
+        inserted = s.scalar(statement.on_conflict_do_nothing(index_elements=["kind", "ref_id"]).returning(SentReminder.id))
+        return inserted is not None
 
     def _firm_by_name(self, s: Session, name: str) -> Firm:
         firm = s.scalar(select(Firm).where(Firm.name_key == name_key(name)))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -20,7 +22,7 @@ from email.parser import BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -28,15 +30,18 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
+from daemon.db import dialect_insert
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
 from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
-from daemon.senders import prove_sender
+from daemon.senders import SenderVerdict, prove_sender
 from daemon.tokens import Purpose
 from daemon.undeliverable import Undeliverable
+
+log = logging.getLogger(__name__)
 
 EXCERPT = 4000  # characters of a reply kept in events and forwards
 
@@ -85,13 +90,17 @@ def _address(header_value: str | None) -> str:
 
 
 class Inbound(DomainService):
-    def __init__(self, ctx: DomainContext, roster: Roster, config: InboundConfig, domain: str, from_address: str) -> None:
+    def __init__(
+        self, ctx: DomainContext, roster: Roster, config: InboundConfig, domain: str, from_address: str,
+        dnsfunc: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__(ctx)
         self._roster = roster
         self._config = config
         self._domain = domain.lower()
         self._own = _address(from_address)
         self._undeliverable = Undeliverable(ctx)
+        self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
 
     # -- receiving -----------------------------------------------------------------
 
@@ -125,17 +134,17 @@ class Inbound(DomainService):
         message_id = rawmail.message_id(raw)
         mail_from = rawmail.storable(mail_from, 320)
         now = self._now()
+        values = dict(
+            received_at=now, mail_from=mail_from, recipients=json.dumps(recipients), raw=raw,
+            state="received", message_id=message_id, digest=digest, attempts=0, next_attempt_at=now,
+        )
         with self._transaction() as s:
-            same = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
-            if same is not None:
-                return same
-            row = InboundMessage(
-                received_at=now, mail_from=mail_from, recipients=json.dumps(recipients), raw=raw,
-                state="received", message_id=message_id, digest=digest, attempts=0, next_attempt_at=now,
-            )
-            s.add(row)
-            s.flush()
-            return row.id
+            # The unique digest decides, not a check before the insert: two sessions storing the
+            # same bytes at once end with one row, and neither fails.
+            s.execute(dialect_insert(s)(InboundMessage).values(**values).on_conflict_do_nothing(index_elements=["digest"]))
+            stored = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
+            assert stored is not None
+            return stored
 
     # -- processing --------------------------------------------------------------------
 
@@ -155,6 +164,8 @@ class Inbound(DomainService):
 
     def process(self, inbound_id: int) -> int:
         try:
+            # DNS lookups (DKIM keys) happen here, before any transaction: nobody waits on them.
+            proof = self._prove(inbound_id)
             with self._transaction() as s:
                 # Locked for this transaction: another instance skips it rather than processing it too.
                 row = s.scalar(
@@ -165,7 +176,7 @@ class Inbound(DomainService):
                 if row is None:
                     return 0
                 try:
-                    self._understand(s, row)
+                    self._understand(s, row, proof)
                 except _Done as done:
                     # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
                     row.kind, row.outcome = done.kind, rawmail.storable(done.outcome, 10000)
@@ -198,19 +209,45 @@ class Inbound(DomainService):
             row.outcome = "could not be read (see last_error): kept, not acted on"
             return 1
 
+    def _prove(self, inbound_id: int) -> SenderVerdict | None:
+        """Whether the sender of a reply command is who From: says; None when the message holds no command."""
+        with self._sessions() as s:
+            row = s.get(InboundMessage, inbound_id)
+            if row is None or row.state != "received":
+                return None
+            raw, recipients = row.raw, json.loads(row.recipients)
+        if not any(ref[0] is Purpose.REPLY for ref in map(self.recipient_ref, recipients) if ref):
+            return None
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(message, EmailMessage)
+        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+        if len(senders) != 1 or parse_command(reply_text(message)) is None:
+            return None
+        return prove_sender(
+            raw, message, senders[0], self._config.trusted_authserv_ids, self._config.dkim_verify, self._dnsfunc
+        )
+
     def _failed(self, inbound_id: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
         with self._transaction() as s:
             row = s.get(InboundMessage, inbound_id)
             if row is None or row.state != "received":
+                log.warning("inbound message %s: processing failed: %s", inbound_id, error, exc_info=exc)
                 return
             row.attempts += 1
-            row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            row.last_error = error
             if row.attempts >= self._config.max_attempts:
                 row.state = "quarantined"
             else:
                 row.next_attempt_at = self._now() + timedelta(seconds=30 * 2 ** (row.attempts - 1))
+            log.warning(
+                "inbound message %s (Message-ID %s): processing failed, attempt %s%s: %s",
+                row.id, row.message_id or "none", row.attempts,
+                " (quarantined; `cabinet inbound retry` after fixing the cause)" if row.state == "quarantined" else "",
+                error, exc_info=exc,
+            )
 
-    def _understand(self, s: Session, row: InboundMessage) -> None:
+    def _understand(self, s: Session, row: InboundMessage, proof: SenderVerdict | None) -> None:
         if row.message_id:
             earlier = s.scalar(
                 select(InboundMessage.id).where(
@@ -232,7 +269,7 @@ class Inbound(DomainService):
         if verdict.auto:
             raise _Done("auto-reply", f"automatic reply ({verdict.reason}): recorded, not acted on, not answered")
         if reply_refs:
-            self._reply(s, row, message, reply_refs[0])
+            self._reply(s, row, message, reply_refs[0], proof)
         raise _Done("unrouted", "message to a firm address: kept for the firm's staff")
 
     # -- bounces -----------------------------------------------------------------------
@@ -253,7 +290,9 @@ class Inbound(DomainService):
 
     # -- replies ------------------------------------------------------------------------
 
-    def _reply(self, s: Session, row: InboundMessage, message: EmailMessage, ref: str) -> None:
+    def _reply(
+        self, s: Session, row: InboundMessage, message: EmailMessage, ref: str, proof: SenderVerdict | None
+    ) -> None:
         outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
         if outbox is None:
             raise _Done("reply", "reply to an email Cabinet no longer knows")
@@ -265,12 +304,12 @@ class Inbound(DomainService):
         command = parse_command(text)
         invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
         if command is not None and invitation is not None:
-            self._command(s, row, message, sender, invitation, command)
+            self._command(s, row, sender, invitation, command, proof)
         self._forward(s, outbox, sender, str(message.get("Subject", "")), text)
 
     def _command(
-        self, s: Session, row: InboundMessage, message: EmailMessage, sender: str, invitation: Invitation,
-        command: Command,
+        self, s: Session, row: InboundMessage, sender: str, invitation: Invitation, command: Command,
+        proof: SenderVerdict | None,
     ) -> None:
         company = invitation.company
         if sender != invitation.email:
@@ -278,7 +317,8 @@ class Inbound(DomainService):
                         invitation_id=invitation.id, reason="sender is not the invited address")
             raise _Done("command", f"{command.action} from {sender or 'an unknown sender'}, not the invited "
                                    f"address {invitation.email}: not executed")
-        proof = prove_sender(row.raw, message, sender, self._config.trusted_authserv_ids, self._config.dkim_verify)
+        # Proven (or not) by ``_prove`` before this transaction began.
+        proof = proof or SenderVerdict(False, "none", "sender not checked")
         user = s.scalar(select(User).where(User.email == sender))
         link = self._links.invitation(self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce]))
         if not proof.proven or user is None:
@@ -321,6 +361,7 @@ class Inbound(DomainService):
                 locale=accountant.locale if accountant else company.admin_locale,
                 timezone=accountant.timezone if accountant else company.admin_timezone,
                 context={"company": company.name, **context}, invitation_id=invitation.id, company_id=company.id,
+                audience="accountant",
             ),
         )
 
@@ -333,7 +374,12 @@ class Inbound(DomainService):
         if company is None or not excerpt:
             raise _Done("reply", "reply recorded (nobody to forward it to)")
         context = {"sender": sender, "subject": subject[:200], "text": excerpt, "received_at": self._now()}
-        if outbox.recipient == company.admin_email:
+        # Who the answered email was for, as recorded when it was queued; rows queued before
+        # that was recorded fall back to comparing addresses.
+        from_client = (
+            outbox.audience == "company_admin" if outbox.audience else outbox.recipient == company.admin_email
+        )
+        if from_client:
             # The client answered: their firm's staff hear it.
             firm = s.get(Firm, outbox.firm_id) if outbox.firm_id else None
             if firm is None:
@@ -346,11 +392,19 @@ class Inbound(DomainService):
     # -- operators ------------------------------------------------------------------------
 
     def list(self, state: str | None = None) -> list[InboundView]:
+        """Every message's metadata; the stored bodies are not read (only their length)."""
+        columns = [c for c in InboundMessage.__table__.columns if c.key != "raw"]
         with self._sessions() as s:
-            query = select(InboundMessage).order_by(InboundMessage.id)
+            query = select(*columns, func.length(InboundMessage.raw).label("size")).order_by(InboundMessage.id)
             if state:
                 query = query.where(InboundMessage.state == state)
-            return [self._view(r) for r in s.scalars(query)]
+            return [
+                InboundView(
+                    r.id, r.received_at, r.mail_from, tuple(json.loads(r.recipients)), r.message_id, r.state,
+                    r.kind, r.outcome, r.attempts, r.last_error, int(r.size or 0),
+                )
+                for r in s.execute(query)
+            ]
 
     def show(self, inbound_id: int) -> tuple[InboundView, bytes]:
         with self._sessions() as s:

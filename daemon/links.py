@@ -42,6 +42,3 @@ class Links:
 
     def payment(self, token: str) -> str:
         return self._url(self.PAYMENT, token)
-
-    def home(self) -> str:
-        return self._base + "/"

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Any, Callable
 
+from daemon.faults import storage_fault
+
 log = logging.getLogger(__name__)
 
 
@@ -43,8 +45,12 @@ class Repeater:
                     self._after(result)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a database hiccup must not stop the loop for good
-                log.exception("%s failed; retrying", self.name)
+            except Exception as exc:  # a database hiccup must not stop the loop for good
+                fault = storage_fault(exc)
+                if fault is not None:  # expected while storage is down: one line, not a traceback a pass
+                    log.error("%s: %s; retrying", self.name, fault)
+                else:
+                    log.exception("%s failed; retrying", self.name)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             except TimeoutError:

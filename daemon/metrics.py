@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock, as_utc
-from daemon.models import BillingTransfer, InboundMessage, Invitation, OutboxMessage
+from daemon.models import BillingTransfer, InboundMessage, Invitation, JobFailure, OutboxMessage
 from mailer.outbox import OutboxStats
 
 
@@ -54,6 +54,15 @@ class DatabaseCollector(Collector):
             for state, count in s.execute(select(Invitation.state, func.count()).group_by(Invitation.state)):
                 invitations.add_metric([state], count)
             yield invitations
+            failures = GaugeMetricFamily(
+                "cabinet_job_failures", "Scheduled-job rows that failed, by job and state (retrying or parked)",
+                labels=["job", "state"],
+            )
+            for job, parked, count in s.execute(
+                select(JobFailure.job, JobFailure.parked, func.count()).group_by(JobFailure.job, JobFailure.parked)
+            ):
+                failures.add_metric([job, "parked" if parked else "retrying"], count)
+            yield failures
             transfers = GaugeMetricFamily("cabinet_billing_transfers", "Billing transfers by state", labels=["state"])
             for state, count in s.execute(select(BillingTransfer.state, func.count()).group_by(BillingTransfer.state)):
                 transfers.add_metric([state], count)

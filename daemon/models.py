@@ -352,7 +352,6 @@ class OutboxMessage(Base):
     envelope_from: Mapped[str] = mapped_column(String(320))
     recipient: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(500))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)  # serialised once, at enqueue time
     state: Mapped[str] = mapped_column(String(20))  # "pending" | "sent" | "failed" | "bounced"
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -373,6 +372,12 @@ class OutboxMessage(Base):
     firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"))
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     bounce_reason: Mapped[str | None] = mapped_column(Text)
+    # Who the email was for when it was queued ("company_admin" | "firm_staff" | "accountant"):
+    # a reply is forwarded to the other side from this, never from addresses that changed since.
+    audience: Mapped[str | None] = mapped_column(String(20))
+    # Serialised once, at enqueue time. The last column: SQLite keeps a big value in overflow pages,
+    # and a column after it could only be read by walking them.
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class WebSession(Base):
@@ -398,17 +403,19 @@ class InboundMessage(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     mail_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[str] = mapped_column(Text)  # JSON list
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     # received -> processed | duplicate | quarantined; processing is retried until quarantined.
     state: Mapped[str] = mapped_column(String(20), index=True)
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
-    digest: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the bytes
+    # sha256 of the bytes; unique, so the same delivery stored twice (a lost 250) is one row.
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str | None] = mapped_column(String(20))  # bounce | auto-reply | reply | command | unknown
     outcome: Mapped[str | None] = mapped_column(Text)  # what processing did, in words
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The message as received; last, after its metadata (see OutboxMessage.raw).
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class InstanceSetting(Base):
@@ -449,3 +456,32 @@ class SignInFailure(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(400))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Heartbeat(Base):
+    """One row that `/readyz` rewrites: proof that the database accepts a write right now."""
+
+    __tablename__ = "heartbeat"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JobFailure(Base):
+    """A scheduled job's row that failed: retried later, parked after too many tries.
+
+    The rest of the sweep goes on; a parked row is skipped until an operator
+    retries it (`cabinet jobs retry`). Deleted when the row succeeds.
+    """
+
+    __tablename__ = "job_failures"
+    __table_args__ = (UniqueConstraint("job", "ref_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(String(40))
+    ref_id: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    parked: Mapped[bool] = mapped_column(default=False)

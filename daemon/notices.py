@@ -27,6 +27,9 @@ class Notice:
     invitation_id: int | None = None
     company_id: int | None = None
     firm_id: int | None = None
+    # Who reads it: "company_admin" (the client side), "firm_staff" or "accountant" (the firm side).
+    # Stored on the outbox row; a reply to this email is forwarded to the other side.
+    audience: str | None = None
 
 
 class Notifier(Protocol):

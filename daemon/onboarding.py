@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from daemon.db import rows_changed
 from daemon.domain import KINDS, DomainService, clean_name, client_view, name_key, normalise_email
 from daemon.errors import AlreadyExists, InvalidInput, InvalidState, LinkTampered, NotAllowed, NotFound
 from daemon.i18n import check_locale
-from daemon.models import Client, ClientStatus, Company, Firm, Product, SetupInvitation, SetupState, User
+from daemon.models import Client, ClientStatus, Company, Firm, Product, SentReminder, SetupInvitation, SetupState, User
 from daemon.notices import Notice
 from daemon.tokens import Purpose
 from daemon.transitions import TransitionLost, transition_all
@@ -238,6 +238,7 @@ class Onboarding(DomainService):
                 auto_submitted=template != "payment_details_request",
                 company_id=company.id,
                 firm_id=client.firm_id,
+                audience="company_admin",
             ),
         )
 
@@ -342,24 +343,42 @@ class Onboarding(DomainService):
         """Remind 7 days and 1 day before a trial ends; lapse the discount at the end. Idempotent."""
         now = self._now()
         counts = {"trial_reminders": 0, "discounts_lapsed": 0}
-        horizon = now + max(self._policy.trial_reminders_before)
+        for company_id in self.due_trials(now):
+            done = self.sweep_trial(company_id, now)
+            if done:
+                counts[done] += 1
+        return counts
+
+    def due_trials(self, now: datetime) -> list[int]:
+        """Trials whose next step (a reminder, the lapse) is due and not yet recorded.
+
+        A lapsed trial has its "trial_lapsed" record and leaves the query; a reminded
+        one waits for its next step. An idle pass selects nothing.
+        """
+        def done(kind: str) -> Any:
+            return ~select(SentReminder.id).where(SentReminder.kind == kind, SentReminder.ref_id == Company.id).exists()
+
+        steps = [and_(Company.trial_ends_at <= now, done("trial_lapsed"))]
+        later = now
+        for before in sorted(self._policy.trial_reminders_before):
+            steps.append(and_(Company.trial_ends_at > later, Company.trial_ends_at <= now + before,
+                              done(f"trial_reminder_{before.days}d")))
+            later = now + before
+        direct = select(Client.id).where(Client.company_id == Company.id, Client.billing == "direct").exists()
         with self._sessions() as s:
-            due = s.scalars(
+            return list(s.scalars(
                 select(Company.id).where(
                     Company.subscription == "direct-discount",
                     Company.payment_details_at.is_(None),
-                    Company.trial_ends_at <= horizon,
+                    direct,
+                    or_(*steps),
                 )
-            ).all()
-        for company_id in due:
-            try:
-                with self._transaction() as s:
-                    done = self._sweep_trial(s, company_id, now)
-                    if done:
-                        counts[done] += 1
-            except IntegrityError:
-                continue  # another instance sent this one
-        return counts
+            ).all())
+
+    def sweep_trial(self, company_id: int, now: datetime) -> str | None:
+        """One trial's reminder or lapse, in its own transaction; None if nothing was due."""
+        with self._transaction() as s:
+            return self._sweep_trial(s, company_id, now)
 
     def _sweep_trial(self, s: Session, company_id: int, now: datetime) -> str | None:
         company = s.get(Company, company_id)

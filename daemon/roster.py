@@ -10,6 +10,7 @@ never touch the tables themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable
 
 from sqlalchemy import select, update
@@ -31,7 +32,6 @@ from daemon.errors import (
     AlreadyExists,
     InvalidInput,
     InvalidState,
-    LinkTampered,
     NotAllowed,
     NotFound,
 )
@@ -556,27 +556,32 @@ class Roster(DomainService):
     def expire_invitations(self) -> dict[str, int]:
         """Record the expiry of invitations past their date, and tell the client admin. Idempotent."""
         now = self._clock.now()
-        expired = 0
-        with self._sessions() as s:
-            due = s.scalars(
-                select(Invitation.id).where(Invitation.state == InvitationState.PENDING, Invitation.expires_at <= now)
-            ).all()
-        for invitation_id in due:
-            with self._transaction() as s:
-                try:
-                    self._transition(s, Invitation, invitation_id, [InvitationState.PENDING], InvitationState.EXPIRED,
-                                     where=[Invitation.expires_at <= now], decided_at=now)
-                except TransitionLost:
-                    continue
-                invitation = s.get(Invitation, invitation_id)
-                assert invitation is not None
-                company = invitation.company
-                self._notify_company_admin(
-                    s, company, "invitation_expired", {"email": invitation.email, "expired_at": invitation.expires_at}
-                )
-                self._event(s, "invitation.expired", "scheduler", "scheduler", company_id=company.id, invitation_id=invitation.id)
-                expired += 1
+        expired = sum(self.expire_one(invitation_id, now) is not None for invitation_id in self.due_expiries(now))
         return {"invitations_expired": expired}
+
+    def due_expiries(self, now: datetime) -> list[int]:
+        """Pending invitations past their date (an expired one is no longer pending: it leaves the query)."""
+        with self._sessions() as s:
+            return list(s.scalars(
+                select(Invitation.id).where(Invitation.state == InvitationState.PENDING, Invitation.expires_at <= now)
+            ).all())
+
+    def expire_one(self, invitation_id: int, now: datetime) -> str | None:
+        """Expire one invitation in its own transaction; None if it was no longer pending."""
+        with self._transaction() as s:
+            try:
+                self._transition(s, Invitation, invitation_id, [InvitationState.PENDING], InvitationState.EXPIRED,
+                                 where=[Invitation.expires_at <= now], decided_at=now)
+            except TransitionLost:
+                return None
+            invitation = s.get(Invitation, invitation_id)
+            assert invitation is not None
+            company = invitation.company
+            self._notify_company_admin(
+                s, company, "invitation_expired", {"email": invitation.email, "expired_at": invitation.expires_at}
+            )
+            self._event(s, "invitation.expired", "scheduler", "scheduler", company_id=company.id, invitation_id=invitation.id)
+            return "invitations_expired"
 
     # -- the roster ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ Two things can prove it, as the config chooses:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -22,6 +23,11 @@ from typing import Any
 
 import authres
 import dkim
+
+# DKIM verification looks public keys up in DNS, which can be slow or down: a message is
+# worth at most this many signatures and this many seconds of lookups, then it is unproven.
+MAX_DKIM_SIGNATURES = 3
+DKIM_TIME_BUDGET = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,15 @@ def prove_sender(
     trusted_authserv_ids: Sequence[str],
     dkim_verify: bool,
     dnsfunc: Callable[..., Any] | None = None,
+    max_signatures: int = MAX_DKIM_SIGNATURES,
+    time_budget: float = DKIM_TIME_BUDGET,
 ) -> SenderVerdict:
     """Whether ``claimed_from`` is proven to be the sender of ``message`` (whose bytes are ``raw``).
 
     ``dnsfunc`` is passed to dkimpy to look up public keys (dkimpy's own DNS
-    resolver when None).
+    resolver when None). Call it outside any database transaction: lookups
+    take time. At most ``max_signatures`` signatures are tried, within
+    ``time_budget`` seconds of lookups in all.
     """
     claimed = parseaddr(claimed_from)[1].lower()
     senders = [address.lower() for _, address in getaddresses([str(v) for v in message.get_all("From", [])])]
@@ -56,7 +66,7 @@ def prove_sender(
         if verdict:
             return verdict
     if dkim_verify:
-        verdict = _verify_dkim(raw, domain, dnsfunc)
+        verdict = _verify_dkim(raw, domain, _budgeted(dnsfunc or dkim.get_txt, time_budget), max_signatures)
         if verdict:
             return verdict
     return SenderVerdict(False, "none", f"no trusted DKIM or DMARC pass for {domain}")
@@ -85,13 +95,26 @@ def _from_authentication_results(value: str, trusted: set[str], domain: str) -> 
     return None
 
 
-def _verify_dkim(raw: bytes, domain: str, dnsfunc: Callable[..., Any] | None) -> SenderVerdict | None:
-    lookup = {"dnsfunc": dnsfunc} if dnsfunc else {}
+def _budgeted(dnsfunc: Callable[..., Any], budget: float) -> Callable[..., Any]:
+    """``dnsfunc`` whose lookups together never take more than ``budget`` seconds."""
+    deadline = time.monotonic() + budget
+
+    def lookup(name: Any, timeout: float = 5) -> Any:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise dkim.DnsTimeoutError("DKIM lookup time budget spent")
+        return dnsfunc(name, timeout=min(timeout, remaining))
+
+    return lookup
+
+
+def _verify_dkim(raw: bytes, domain: str, dnsfunc: Callable[..., Any], max_signatures: int) -> SenderVerdict | None:
+    lookup = {"dnsfunc": dnsfunc}
     try:
         signatures = sum(1 for name, _ in dkim.DKIM(raw).headers if name.lower() == b"dkim-signature")
     except dkim.DKIMException:
         return None  # a message dkimpy cannot even split into headers and body
-    for index in range(signatures):
+    for index in range(min(signatures, max_signatures)):
         signed = dkim.DKIM(raw)
         try:
             if not signed.verify(idx=index, **lookup):

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.domain import DomainService, normalise_email
 from daemon.errors import MESSAGES, InvalidState, NotAllowed, NotFound
-from daemon.models import BillingTransfer, Client, ClientStatus, Company, Firm, TransferState, User
+from daemon.models import BillingTransfer, Client, ClientStatus, Company, Firm, SentReminder, TransferState, User
 from daemon.tokens import Purpose
 from daemon.transitions import TransitionLost, transition_all
 
@@ -305,22 +305,40 @@ class BillingTransfers(DomainService):
         """Remind 12 hours before the deadline; expire at the deadline. Idempotent."""
         now = self._now()
         counts = {"transfer_reminders": 0, "transfers_expired": 0}
+        for transfer_id in self.due_transfers(now):
+            done = self.sweep_transfer(transfer_id, now)
+            if done:
+                counts[done] += 1
+        return counts
+
+    def due_transfers(self, now: datetime) -> list[int]:
+        """Pending permissions past their deadline, or in the reminder window and not yet reminded.
+
+        A decided permission (expired, completed…) is no longer pending and a reminded one waits
+        for its deadline, so an idle pass selects nothing.
+        """
+        reminded = select(SentReminder.id).where(
+            SentReminder.kind == "transfer_reminder", SentReminder.ref_id == BillingTransfer.id
+        ).exists()
         with self._sessions() as s:
-            due = s.scalars(
+            return list(s.scalars(
                 select(BillingTransfer.id).where(
                     BillingTransfer.state == TransferState.PENDING,
                     BillingTransfer.expires_at <= now + self._policy.transfer_reminder_before,
+                    or_(BillingTransfer.expires_at <= now, ~reminded),
                 )
-            ).all()
-        for transfer_id in due:
-            # One transaction per permission: another instance racing on the same
-            # row loses cleanly (its conditional update or reminder key fails).
-            try:
-                with self._transaction() as s:
-                    counts[self._sweep_one(s, transfer_id, now)] += 1
-            except (TransferUnavailable, IntegrityError, _NothingDue):
-                continue
-        return counts
+            ).all())
+
+    def sweep_transfer(self, transfer_id: int, now: datetime) -> str | None:
+        """One permission's reminder or expiry, in its own transaction; None if nothing was due.
+
+        Another instance racing on the same row loses cleanly (its conditional update or reminder key fails).
+        """
+        try:
+            with self._transaction() as s:
+                return self._sweep_one(s, transfer_id, now)
+        except (TransferUnavailable, _NothingDue):
+            return None
 
     def _sweep_one(self, s: Session, transfer_id: int, now: datetime) -> str:
         transfer = s.get(BillingTransfer, transfer_id)

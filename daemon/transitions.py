@@ -25,7 +25,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from daemon.db import rows_changed
 from daemon.errors import InvalidState
-from daemon.models import BillingTransfer, Client, Invitation, SetupInvitation
+from daemon.models import BillingTransfer, Client, Invitation, OutboxMessage, SetupInvitation
 
 #: Called with (table, row id, wanted state) just before a transition's UPDATE.
 Checkpoint = Callable[[str, int, str], None]
@@ -38,6 +38,9 @@ STATE_COLUMNS: dict[type[Any], InstrumentedAttribute[str]] = {
     BillingTransfer: BillingTransfer.state,
     SetupInvitation: SetupInvitation.state,
     Client: Client.status,
+    # Outbox rows also change state under a worker's claim token (mailer/outbox.py); these are the
+    # changes made outside that claim (a bounce report, an operator's retry).
+    OutboxMessage: OutboxMessage.state,
 }
 
 

@@ -8,12 +8,11 @@ that records how they found out.
 
 from __future__ import annotations
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from daemon.db import rows_changed
+from daemon.transitions import TransitionLost, transition
 from daemon.domain import DomainService
-from daemon.models import Invitation, OutboxMessage
+from daemon.models import Invitation, InvitationState, OutboxMessage
 
 
 class Undeliverable(DomainService):
@@ -24,24 +23,20 @@ class Undeliverable(DomainService):
         the same failure changes nothing.
         """
         now = self._now()
-        won = rows_changed(
-            s,
-            update(OutboxMessage)
-            .where(OutboxMessage.id == outbox.id, OutboxMessage.bounced_at.is_(None))
-            .values(state="bounced", bounced_at=now, bounce_reason=reason[:2000])
-        )
-        if won != 1:
+        try:
+            transition(s, OutboxMessage, outbox.id, ("pending", "sent", "failed"), "bounced",
+                       where=[OutboxMessage.bounced_at.is_(None)], bounced_at=now, bounce_reason=reason[:2000])
+        except TransitionLost:
             return f"bounce of {outbox.recipient} already recorded"
         invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
         if invitation is not None and outbox.kind == "invitation":
-            bounced = rows_changed(
-                s,
-                update(Invitation)
-                .where(Invitation.id == invitation.id, Invitation.state == "pending")
-                .values(state="bounced", decided_at=now, bounce_reason=reason[:2000])
-            )
-            if bounced == 1:
-                s.refresh(invitation)
+            try:
+                self._transition(s, Invitation, invitation.id, [InvitationState.PENDING], InvitationState.BOUNCED,
+                                 decided_at=now, bounce_reason=reason[:2000])
+                bounced = True
+            except TransitionLost:
+                bounced = False
+            if bounced:
                 self._notify_company_admin(
                     s, invitation.company, "invitation_bounced",
                     {"email": invitation.email, "reason": reason, "bounced_at": now},

@@ -1,9 +1,13 @@
-"""Reading the local Maildir, for `cabinet mail list` and `cabinet mail show`."""
+"""The local Maildir: durable delivery, and reading for `cabinet mail list` and `cabinet mail show`."""
 
 from __future__ import annotations
 
+import itertools
 import mailbox
+import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -11,7 +15,10 @@ from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from daemon import durable
 from daemon.errors import NotFound
+
+_DELIVERIES = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,23 @@ class StoredMail:
             "subject": self.subject,
             "message_id": self.message_id,
         }
+
+
+def deliver(path: Path, raw: bytes) -> str:
+    """Deliver ``raw`` into the Maildir at ``path`` and return its key.
+
+    The file is written and fsynced in ``tmp/``, renamed into ``new/`` and both
+    folders fsynced: once this returns (and the outbox marks the row sent) the
+    message is on disk, and a reader never sees a partly written one in ``new/``.
+    """
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    # The usual Maildir name: "<seconds>.M<microseconds>P<pid>Q<count>.<host>", unique per delivery.
+    host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+    key = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_DELIVERIES)}.{host}"
+    durable.write_file(path / "new" / key, raw, 0o600, tmp_dir=path / "tmp", exclusive=True)
+    return key
 
 
 def _parse(raw: bytes) -> EmailMessage:

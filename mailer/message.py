@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr

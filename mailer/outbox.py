@@ -125,6 +125,7 @@ class Outbox:
                 invitation_id=notice.invitation_id,
                 company_id=notice.company_id,
                 firm_id=notice.firm_id,
+                audience=notice.audience,
             )
         )
 

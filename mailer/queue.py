@@ -13,13 +13,14 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import rows_changed, write_transaction
+from daemon.db import write_transaction
 from daemon.errors import InvalidInput, InvalidState, NotFound
 from daemon.models import OutboxMessage
+from daemon.transitions import TransitionLost, transition
 
 # The outbox stores "pending"; people (and /metrics) call it "queued".
 STATES = {"queued": "pending", "sent": "sent", "failed": "failed", "bounced": "bounced"}
@@ -120,18 +121,15 @@ class OutboxQueue:
                 ids = list(s.scalars(select(OutboxMessage.id).where(OutboxMessage.state == "failed")))
             done = []
             for outbox_id in ids:
-                changed = rows_changed(
-                    s,
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id == outbox_id, OutboxMessage.state.in_(("failed", "pending")))
+                try:
                     # The claim stays: an email being sent right now is not sent twice.
-                    .values(state="pending", next_attempt_at=now, queued_at=now)
-                )
-                if changed != 1:
-                    current = s.scalar(select(OutboxMessage.state).where(OutboxMessage.id == outbox_id))
-                    if current is None:
-                        raise NotFound("outbox.not_found", id=outbox_id)
-                    raise InvalidState("outbox.not_retryable", id=outbox_id, state=_SHOWN.get(current, current))
+                    transition(s, OutboxMessage, outbox_id, ("failed", "pending"), "pending",
+                               next_attempt_at=now, queued_at=now)
+                except TransitionLost as lost:
+                    if lost.current is None:
+                        raise NotFound("outbox.not_found", id=outbox_id) from None
+                    current = str(lost.current)
+                    raise InvalidState("outbox.not_retryable", id=outbox_id, state=_SHOWN.get(current, current)) from None
                 done.append(outbox_id)
             return done
 

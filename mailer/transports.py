@@ -9,14 +9,13 @@ a bounce) or retrying can help (a 4xx, a dropped connection, a timeout).
 from __future__ import annotations
 
 import asyncio
-import mailbox
-import os
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
 from daemon.config import RelayConfig
+from mailer.maildir import deliver
 
 
 class TransportError(Exception):
@@ -45,23 +44,17 @@ class MaildirTransport:
         self.path = path
 
     def _deliver(self, envelope_from: str, raw: bytes) -> str:
-        box = mailbox.Maildir(self.path, create=True)
-        # A delivery agent records the envelope sender as Return-Path.
-        key = box.add(b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw)
-        # mailbox does not fsync; the outbox marks the row sent right after
-        # this returns, so the file must be on disk first.
-        fd = os.open(self.path / "new" / key, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # A delivery agent records the envelope sender as Return-Path. The outbox marks
+        # the row sent right after this returns, so ``deliver`` puts the file on disk first.
+        key = deliver(self.path, b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw)
         return f"maildir {key}"
 
     async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
         try:
             return await asyncio.to_thread(self._deliver, envelope_from, raw)
         except OSError as exc:
-            raise TransportError(f"maildir not writable: {exc}") from None
+            # A full or read-only disk: a failed attempt like a relay's 4xx, counted and retried.
+            raise TransportError(f"maildir delivery failed: {exc.strerror or exc}") from None
 
 
 def _answer(code: int, message: str) -> str:

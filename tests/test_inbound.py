@@ -8,7 +8,9 @@ which cannot run here.
 from __future__ import annotations
 
 import json
+import logging
 import smtplib
+import threading
 from email.utils import parseaddr
 
 import pytest
@@ -208,7 +210,10 @@ def test_an_ordinary_reply_is_recorded_and_forwarded_once(server, cli, seed, mai
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'reply.received'") == [(1,)]
 
 
-def test_a_message_that_keeps_failing_is_quarantined_and_the_rest_flow(server, cli, seed, mailbox, env, clock: FakeClock):
+def test_a_message_that_keeps_failing_is_quarantined_and_the_rest_flow(
+    server, cli, seed, mailbox, env, clock: FakeClock, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="daemon.inbound")
     _, reply_to = invite(cli, mailbox, seed)
     try:
         execute(env, "CREATE TRIGGER no_accept BEFORE UPDATE ON invitations BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
@@ -225,6 +230,10 @@ def test_a_message_that_keeps_failing_is_quarantined_and_the_rest_flow(server, c
     quarantined = json.loads(cli("inbound", "list", "--status", "quarantined", "--json").output)
     assert len(quarantined) == 1 and "disk on fire" in quarantined[0]["last_error"]
     assert quarantined[0]["attempts"] == 2
+    # Each failure is in the log too, with the message's id and Message-ID, not only in a column.
+    failures = [r.getMessage() for r in caplog.records if "processing failed" in r.getMessage()]
+    assert len(failures) == 2 and all(quarantined[0]["message_id"] in line for line in failures), failures
+    assert "quarantined" in failures[-1]
     assert status(cli) == ["pending"]
     execute(env, drop)
     retried = cli("inbound", "retry", str(quarantined[0]["id"]))
@@ -266,3 +275,149 @@ def seed_lmtp(env: Env, cli: Cli, clock: FakeClock, mailbox: Mailbox, seed: Seed
         yield env, parseaddr(str(message["Reply-To"]))[1], "clients@cabinet.example"
     finally:
         running.stop()
+
+
+def test_a_reply_from_the_previous_admin_goes_to_the_firm_not_to_the_new_admin(server, cli, seed, mailbox, env):
+    """Forwards follow who the answered email was for (recorded when queued), not today's admin address."""
+    _, reply_to = invite(cli, mailbox, seed)
+    deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "Accept"))
+    (accepted,) = mailbox.wait(seed.admin, subject="accepted")
+    cli("company", "set-admin", seed.company, "--admin-email", "nouveau@roy.example", "--admin-name", "Paul Roy")
+    answer_to = parseaddr(str(accepted["Reply-To"]))[1]
+    deliver(env, seed.admin, [answer_to], reply(answer_to, seed.admin, "Merci, see you Monday."))
+    (forwarded,) = mailbox.wait(seed.accountant, subject="Reply from")
+    assert "see you Monday" in forwarded.get_body(("plain",)).get_content()
+    wait_processed(env, 2)
+    assert [m for m in mailbox.messages("nouveau@roy.example") if "Reply from" in str(m["Subject"])] == []
+    audiences = dict(env.sql("SELECT kind, audience FROM outbox WHERE kind IN ('invitation', 'invitation_accepted')"))
+    assert audiences == {"invitation": "accountant", "invitation_accepted": "company_admin"}
+
+
+def test_the_same_bytes_stored_at_once_are_one_row(server, env):
+    """The unique digest decides (no check-then-insert): eight sessions racing store one row."""
+    raw = reply("clients@cabinet.example", "a@b.example", "hello").as_bytes(policy=SMTP_POLICY)
+    barrier = threading.Barrier(8)
+    ids: list[int] = []
+
+    def store() -> None:
+        barrier.wait()
+        ids.append(server.cabinet.inbound.store("a@b.example", ["clients@cabinet.example"], raw))
+
+    threads = [threading.Thread(target=store) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert env.sql("SELECT count(*) FROM inbound") == [(1,)]
+    uniques = inspect_unique_columns(env, "inbound")
+    assert ["digest"] in uniques
+
+
+def inspect_unique_columns(env: Env, table: str) -> list[list[str]]:
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(env.database_url, poolclass=NullPool)
+    try:
+        found = inspect(engine)
+        return [c["column_names"] for c in found.get_unique_constraints(table)] + [
+            i["column_names"] for i in found.get_indexes(table) if i["unique"]
+        ]
+    finally:
+        engine.dispose()
+
+
+def test_listing_inbound_mail_and_scraping_metrics_never_read_stored_bodies(server, cli, seed, mailbox, env):
+    from prometheus_client import generate_latest
+    from sqlalchemy import event
+
+    from daemon.metrics import Metrics
+
+    _, reply_to = invite(cli, mailbox, seed)
+    deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "Thanks, noted."))
+    wait_processed(env, 1)
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    engine = server.cabinet.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        (item,) = server.cabinet.inbound.list()
+        generate_latest(Metrics(server.cabinet.sessions, server.cabinet.clock).registry)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert item.size > 0 and item.state == "processed"
+    selects = [s.replace("length(inbound.raw)", "") for s in statements if s.startswith("select")]
+    assert selects and not [s for s in selects if "inbound.raw" in s or "outbox.raw" in s], selects
+
+
+def test_dkim_lookups_run_outside_any_transaction_and_are_capped(tmp_path, env, cli, seed, clock: FakeClock):
+    """Cabinet's own DKIM check, with a stand-in for the internet's DNS passed in through the
+    composition root (``build(dns_txt=...)``; DNS itself is outside the project).
+
+    While a key is looked up, the app holds no database connection at all; a message with more
+    signatures than the cap is judged on the first ``MAX_DKIM_SIGNATURES`` only.
+    """
+    import dataclasses
+    from email import message_from_bytes
+    from email.utils import format_datetime, make_msgid
+    from datetime import datetime, timezone
+
+    import dkim
+    from dkim import dknewkey
+
+    from daemon.app import build
+    from daemon.config import load_config
+    from daemon.senders import MAX_DKIM_SIGNATURES
+
+    dknewkey.GenRSAKeys(str(tmp_path / "key"), verbose=False)
+    dknewkey.ExtractRSADnsPublicKey(str(tmp_path / "key"), str(tmp_path / "dns"), verbose=False)
+    private, public = (tmp_path / "key").read_bytes(), (tmp_path / "dns").read_bytes()
+    config = load_config(env.config_path)
+    config = dataclasses.replace(config, inbound=dataclasses.replace(config.inbound, trusted_authserv_ids=(), dkim_verify=True))
+    lookups: list[tuple[bytes, int]] = []
+    cabinet = None
+
+    def dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
+        assert cabinet is not None
+        lookups.append((name, cabinet.engine.pool.checkedout()))
+        return public if name.startswith(b"good.") else None
+
+    cabinet = build(config, clock=clock, dns_txt=dns_txt)
+    try:
+        cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+        (raw_invitation,) = env.sql("SELECT raw FROM outbox WHERE kind = 'invitation'")[0]
+        reply_to = parseaddr(str(message_from_bytes(bytes(raw_invitation), policy=SMTP_POLICY)["Reply-To"]))[1]
+        headers = [b"from", b"to", b"subject", b"date", b"message-id"]
+
+        def signed(selectors: list[bytes]) -> bytes:
+            data = (
+                f"From: Marie Tremblay <{seed.accountant}>\r\nTo: {reply_to}\r\nSubject: Re: Invitation\r\n"
+                f"Date: {format_datetime(datetime.now(timezone.utc))}\r\n"
+                f"Message-ID: {make_msgid(domain='tremblay.example')}\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nAccept\r\n"
+            ).encode()
+            for selector in selectors:
+                data = bytes(dkim.sign(data, selector, b"tremblay.example", private, include_headers=headers)) + data
+            return data
+
+        # Five signatures, only the last one good: past the cap, so unproven; the link is emailed instead.
+        too_many = signed([b"good", b"bad1", b"bad2", b"bad3", b"bad4"])  # the last added is the first header
+        inbound_id = cabinet.inbound.store(seed.accountant, [reply_to], too_many)
+        cabinet.inbound.process(inbound_id)
+        assert len(lookups) == MAX_DKIM_SIGNATURES, (reply_to, env.sql("SELECT state, kind, outcome, last_error FROM inbound"))
+        assert all(held == 0 for _, held in lookups), lookups
+        assert status(cli) == ["pending"]
+        assert "unverified" in env.sql("SELECT outcome FROM inbound WHERE id = :i", i=inbound_id)[0][0]
+
+        # One good signature: proven, and the command runs.
+        lookups.clear()
+        proven = signed([b"good"])
+        cabinet.inbound.process(cabinet.inbound.store(seed.accountant, [reply_to], proven))
+        assert status(cli) == ["accepted"]
+        assert lookups and all(held == 0 for _, held in lookups)
+    finally:
+        cabinet.close()

@@ -193,3 +193,17 @@ def test_a_body_length_limit_is_refused(keys: tuple[bytes, bytes], dns: Callable
 def test_no_key_in_dns(keys: tuple[bytes, bytes]) -> None:
     data = _signed(keys[0], b"tremblay-cpa.ca")
     assert prove_sender(data, parse(data), "marie@tremblay-cpa.ca", [], True, dnsfunc=_dns({})) == UNPROVEN_TREMBLAY
+
+
+def test_dkim_lookups_stop_when_their_time_budget_is_spent(keys: tuple[bytes, bytes], dns: Callable[..., bytes | None]) -> None:
+    calls: list[bytes] = []
+
+    def counting(name: bytes, timeout: float = 5) -> bytes | None:
+        calls.append(name)
+        return dns(name, timeout)
+
+    data = _signed(keys[0], b"tremblay-cpa.ca")
+    verdict = prove_sender(data, parse(data), "marie@tremblay-cpa.ca", [], True, dnsfunc=counting, time_budget=0)
+    assert not verdict.proven and calls == []
+    assert prove_sender(data, parse(data), "marie@tremblay-cpa.ca", [], True, dnsfunc=counting) == VERIFIED
+    assert len(calls) == 1

@@ -28,6 +28,7 @@ from daemon.cli import (
 )
 from daemon.cli.state import CliState
 from daemon.errors import AlreadyExists, CabinetError, ConfigError, NotFound
+from daemon.faults import EX_TEMPFAIL, storage_fault
 
 # Exit codes, documented in README.md.
 EXIT_CODES: list[tuple[type[CabinetError], int]] = [(ConfigError, 78), (NotFound, 3), (AlreadyExists, 4)]
@@ -43,12 +44,26 @@ class DomainError(click.ClickException):
         self.exit_code = code  # type: ignore[misc]
 
 
+class StorageFault(click.ClickException):
+    """The database or the disk is unavailable: one line, exit 75 (EX_TEMPFAIL), try again later."""
+
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; nothing was changed, try again when it is back")
+
+
 class CabinetGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CabinetError as exc:
             raise DomainError(exc) from exc
+        except Exception as exc:
+            reason = storage_fault(exc)
+            if reason is None:
+                raise
+            raise StorageFault(reason) from None
 
 
 @click.group(cls=CabinetGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

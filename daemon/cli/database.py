@@ -10,6 +10,7 @@ import click
 from daemon import db
 from daemon.cli.state import CliState, pass_state
 from daemon.errors import ConfigError
+from daemon.retention import Retention
 
 
 @click.group("db")
@@ -59,6 +60,19 @@ def backup(state: CliState, path: Path) -> None:
     if check != "ok":
         raise ConfigError(f"the backup failed its integrity check: {check}")
     click.echo(f"Backed up {source_path} to {path}.")
+
+
+@database.command("prune")
+@pass_state
+def prune(state: CliState) -> None:
+    """Delete stored mail past [retention] (inbound_days, outbox_days), now.
+
+    The scheduler does the same on each pass. Rows an open invitation, billing
+    transfer or client setup still refers to are kept whatever their age.
+    """
+    cabinet = state.cabinet
+    counts = Retention(cabinet.sessions, cabinet.clock, cabinet.config).prune()
+    click.echo(f"Pruned {counts['inbound_pruned']} inbound message(s) and {counts['outbox_pruned']} sent email(s).")
 
 
 def register(cli: click.Group) -> None:

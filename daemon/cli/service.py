@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import signal
 
 import click
 
+from daemon import durable
 from daemon.app import initialise
 from daemon.cli.state import CliState, pass_state
 from daemon.config import load_config
@@ -87,9 +87,8 @@ def demo(state: CliState) -> None:
     roster = state.cabinet.roster
     credentials = state.config.storage.data_dir / "demo-password"
     if not credentials.exists():
-        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(12) + "\n")
+        # The demo account's password hash is in the database: the file must outlive a crash too.
+        durable.write_file(credentials, (secrets.token_urlsafe(12) + "\n").encode(), 0o600, exclusive=True)
     password = credentials.read_text().strip()
     for create in (
         lambda: roster.add_firm(DEMO_FIRM, "office@example.com"),

@@ -8,6 +8,7 @@ nowhere else.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Awaitable, Callable
 
@@ -18,15 +19,22 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError
+from daemon.faults import storage_fault
+from daemon.health import Health
+from daemon.i18n import negotiate
 from daemon.metrics import Metrics
 from daemon.tokens import Purpose
 from daemon.web import account, clients, company, invitations, security, transfers
+from daemon.config import LOCALES
 from daemon.web.context import (
     CABINET,
     FORM,
+    LANGUAGE_COOKIE,
     PAGES,
     SESSIONS,
     VISITOR,
+    CsrfToken,
+    Visitor,
     check_csrf,
     run,
     load_visitor,
@@ -42,6 +50,8 @@ Readiness = Callable[[], dict[str, bool]]
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PLAIN_PATHS = ("/healthz", "/readyz", "/favicon.ico")
 
 LINK_PURPOSES = {"invitations": "invite", "company": "manage", "transfers": "transfer", "setup": "setup", "payment": "payment"}
 
@@ -59,6 +69,21 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
         purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
         if purpose and request.method in ("GET", "POST"):
             metrics.links.labels(purpose, "opened" if request.method == "GET" else "acted").inc()
+
+
+def anonymous_visitor(request: web.Request) -> Visitor:
+    """A visitor known without the database, for the error page when the database is down."""
+    cabinet = request.app[CABINET]
+    browser_id = secrets.token_urlsafe(32)
+    chosen = request.cookies.get(LANGUAGE_COOKIE, "")
+    locale = chosen if chosen in LOCALES else negotiate(
+        request.headers.get("Accept-Language"), cabinet.config.general.default_locale
+    )
+    return Visitor(
+        browser_id=browser_id, new_browser=True, session_token=None, user=None, locale=locale,
+        timezone=cabinet.config.general.timezone,
+        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, browser_id)),
+    )
 
 
 @web.middleware
@@ -79,16 +104,24 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if VISITOR not in request:
             return web.Response(text=str(exc), status=exc.http_status)
         return page(request, "error.html", status=exc.http_status, message=message(request, exc))
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+    except Exception as exc:
+        fault = storage_fault(exc)
+        if fault is not None:  # temporary, not a bug: one line in the log, "try again" on the page
+            log.error("%s %s: %s", request.method, request.path, fault)
+        else:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+        status = 503 if fault is not None else 500
+        if request.path in PLAIN_PATHS or request.path.startswith("/static/"):
+            return web.Response(text="temporarily unavailable\n" if fault else "internal error\n", status=status)
         if VISITOR not in request:
-            return web.Response(text="internal error", status=500)
-        return page(request, "error.html", status=500, message=None)
+            # The fault came before the visitor was known (loading the session needs the database).
+            request[VISITOR] = anonymous_visitor(request)
+        return page(request, "error.html", status=status, message=None)
 
 
 @web.middleware
 async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in ("/healthz", "/readyz", "/favicon.ico"):
+    if request.path.startswith("/static/") or request.path in PLAIN_PATHS:
         return await handler(request)
     v = await load_visitor(request)
     request[VISITOR] = v
@@ -109,7 +142,10 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
 
 async def favicon(request: web.Request) -> web.FileResponse:
     """Browsers ask for /favicon.ico on every page whatever the HTML says."""
-    return web.FileResponse(request.app[CABINET].templates_dir / "web" / "static" / "favicon.ico")
+    found = request.app[CABINET].templates.find("web/static/favicon.ico")
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(found)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -118,12 +154,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: the database answers and the listeners are up."""
+    """Ready for traffic: the listeners are up, the database takes a write, the outbox is moving."""
     problems = [name for name, ok in request.app[READINESS]().items() if not ok]
-    try:
-        await run(request.app[CABINET].ping_database)
-    except Exception as exc:
-        problems.append(f"database: {type(exc).__name__}")
+    cabinet = request.app[CABINET]
+    problems += await run(Health(cabinet.sessions, cabinet.clock).problems)
     if problems:
         return web.Response(text="not ready: " + ", ".join(problems) + "\n", status=503)
     return web.Response(text="ready\n")

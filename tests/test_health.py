@@ -1,0 +1,127 @@
+"""Honest health: a database that cannot take a write is reported, not hidden.
+
+The database is really taken away: on SQLite its files are made immutable
+(`chattr +i`, which even root cannot write through; chmod would not stop
+root), on PostgreSQL the test's database stops accepting connections and its
+sessions are terminated. Then `/readyz` says why it is not ready, a POST gets
+the styled error page (503), and the CLI prints one line and exits 75.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, make_url
+from sqlalchemy.pool import NullPool
+
+from daemon.app import build
+from daemon.cli import cli as cabinet_cli
+from daemon.config import load_config
+from daemon.faults import EX_TEMPFAIL
+from daemon.health import Health
+from tests.conftest import PASSWORD, SERVER_DATABASES, Browser, Cli, Env, FakeClock, RunningServer, free_port
+
+
+def _chattr(flag: str, paths: list[Path]) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+@contextmanager
+def database_down(env: Env) -> Iterator[None]:
+    """The database refuses every write until the block ends."""
+    if env.is_sqlite:
+        if shutil.which("chattr") is None:
+            pytest.skip("needs chattr to make the SQLite files unwritable (chmod does not stop root)")
+        database = Path(env.database)
+        files = [p for p in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), database.parent) if p.exists()]
+        try:
+            _chattr("+i", files)
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"this file system does not support chattr +i: {exc.stderr!r}")
+        try:
+            yield
+        finally:
+            _chattr("-i", files)
+        return
+    name = make_url(env.database_url).database
+    assert SERVER_DATABASES is not None
+    admin = create_engine(SERVER_DATABASES.url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.dispose()
+
+
+def test_readyz_post_and_cli_when_the_database_takes_no_writes(server: RunningServer, env: Env, cli: Cli) -> None:
+    cli("firm", "add", "Gagnon", "--email", "info@gagnon.example")
+    cli("staff", "add", "marie@gagnon.example", "--name", "Marie", "--firm", "Gagnon", "--password-stdin",
+        input=PASSWORD + "\n")
+    browser = Browser(env.base_url)
+    try:
+        assert browser.get("/readyz").status_code == 200
+        token = browser.csrf()
+        with database_down(env):
+            ready = browser.get("/readyz")
+            assert ready.status_code == 503
+            assert "database does not accept writes" in ready.text and "database is unavailable" in ready.text
+
+            # Signing in writes a session row.
+            response = browser.http.post(
+                "/sign-in", data={"csrf_token": token, "email": "marie@gagnon.example", "password": PASSWORD}
+            )
+            assert response.status_code == 503
+            assert response.headers["Content-Type"].startswith("text/html")
+            assert "Something went wrong" in response.text and "Nothing was changed" in response.text
+            assert "Traceback" not in response.text and "Error" not in response.text.replace("error", "")
+
+            result = CliRunner().invoke(
+                cabinet_cli, ["--config", str(env.config_path), "firm", "add", "Tremblay CPA", "--email", "b@t.example"]
+            )
+            assert result.exit_code == EX_TEMPFAIL, result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and "database is unavailable" in lines[0] and "nothing was changed" in lines[0]
+        # Back: ready again, and the same command works.
+        assert browser.get("/readyz").status_code == 200
+        cli("firm", "add", "Tremblay CPA", "--email", "b@t.example")
+    finally:
+        browser.close()
+
+
+def test_cli_against_a_database_server_that_is_not_there_exits_75_with_one_line(tmp_path: Path) -> None:
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/cabinet"
+    config_path = tmp_path / "cabinet.toml"
+    config_path.write_text(f'[storage]\ndata_dir = "data"\ndatabase_url = "{dead}"\n', encoding="utf-8")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "secret_keys").write_text("k" * 48 + "\n", encoding="utf-8")
+    result = CliRunner().invoke(cabinet_cli, ["--config", str(config_path), "firm", "list"])
+    assert result.exit_code == EX_TEMPFAIL, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the database is unavailable"), result.output
+
+
+def test_readyz_reports_an_outbox_that_is_not_moving(env: Env, cli: Cli, clock: FakeClock) -> None:
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example", "--admin-name", "Julie Roy")
+    cli("invitation", "send", "--company", "Boulangerie Roy", "--email", "marie@tremblay.example")
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        health = Health(cabinet.sessions, cabinet.clock, outbox_max_delay=timedelta(minutes=15))
+        assert health.problems() == []  # just queued: due, but not late
+        clock.advance(minutes=16)
+        (problem,) = health.problems()
+        assert problem.startswith("outbox: an email has been due for")
+        assert env.sql("SELECT id FROM heartbeat") != []  # the check wrote its row
+    finally:
+        cabinet.close()
