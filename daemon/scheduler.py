@@ -137,5 +137,5 @@ class Scheduler:
         with write_transaction(self._sessions) as s:
             failure = s.scalar(select(JobFailure).where(JobFailure.job == job, JobFailure.ref_id == ref_id))
             if failure is None:
-                raise NotFound(f"no failed {job} row {ref_id} (see `cabinet jobs list --failed`)")
+                raise NotFound("job.failure_not_found", job=job, ref=ref_id)
             failure.parked, failure.attempts, failure.next_attempt_at = False, 0, self._clock.now()
