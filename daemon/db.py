@@ -150,6 +150,11 @@ class GroupWriter:
             if self._connection is not None:
                 self._connection.invalidate()  # a connection that failed to commit is not reused
                 self._connection = None
+        else:
+            # Back to the pool between groups: no connection is held while nothing is written.
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
         finally:
             group.done.set()
 
@@ -175,6 +180,9 @@ class GroupWriter:
                 connection, group = self._begin()
             except BaseException:
                 self._transaction, self._group = None, None
+                if self._connection is not None:  # a connection that cannot begin is not reused
+                    self._connection.invalidate()
+                    self._connection = None
                 raise
             session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
             try:

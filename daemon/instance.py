@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from daemon.config import DEFAULT, Config, Setting
 from daemon.db import WRITE
 from daemon.errors import ConfigError
+from daemon.faults import storage_fault
 from daemon.models import InstanceSetting
 
 PUBLIC_URL = "public_url"
@@ -45,6 +46,10 @@ def recorded_public_url(engine: Engine, config: Config) -> str | None:
         with engine.connect() as connection:
             return _read(connection, PUBLIC_URL)
     except SQLAlchemyError as exc:
+        # A database server that does not answer is a temporary fault (exit 75, try again later);
+        # an SQLite file that cannot be opened is a setting to fix (exit 78).
+        if not config.is_sqlite and storage_fault(exc) is not None:
+            raise
         raise _database_error(config, exc) from None
 
 

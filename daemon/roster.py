@@ -316,6 +316,7 @@ class Roster(DomainService):
                 auto_submitted=False,
                 invitation_id=invitation.id,
                 company_id=company.id,
+                audience="accountant",
             ),
         )
         self._event(

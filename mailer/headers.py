@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from email import policy
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Callable
@@ -118,6 +119,14 @@ def set_header(message: EmailMessage, name: str, value: str | Address) -> None:
     """
     if not isinstance(value, Address):  # an Address's display name is cleaned by its maker
         value = header_text(value)
+        if not value.isascii():
+            # Encoded-words made here, from text already cleaned: the email package's own folding
+            # can double a space before an accented word at a fold ("Garage  Lévesque").
+            raw = Header(value, "utf-8", header_name=name).encode()
+            if not _folded_lines_are_continuations(raw):
+                raise ValueError(f"refusing to write a {name} header that would not stay one header")
+            message.set_raw(name, raw)
+            return
     message[name] = value
     folded = message.policy.fold(name, message[name])
     if not _folded_lines_are_continuations(folded):

@@ -15,6 +15,8 @@ from daemon.errors import InvalidInput
 _AT = datetime(2026, 3, 2, 14, 30, tzinfo=timezone.utc)
 _LATER = datetime(2026, 4, 1, 14, 30, tzinfo=timezone.utc)
 _URL = "https://cabinet.example/invitations/SAMPLE-TOKEN"
+_MANAGE = {"manage_url": "https://cabinet.example/company/SAMPLE-TOKEN"}  # the next step, for the client admin
+_ROSTER = {"roster_url": "https://cabinet.example/"}  # the firm's client list, for its staff
 
 _COMPANY = {"company": "Boulangerie Roy"}
 _FIRM = {"firm": "Tremblay CPA"}
@@ -23,18 +25,18 @@ _ACCOUNTANT = {"accountant_name": "Marie Tremblay", "accountant_email": "marie@t
 _AUTHORISED = {"authorized_at": _AT, "authorized_by": "Olivia Roy", "expires_at": _LATER}
 
 SAMPLES: dict[str, dict[str, Any]] = {
-    "client_added": {**_COMPANY, **_FIRM, "accepted_at": _AT, "accepted_by": "Marie Tremblay",
+    "client_added": {**_ROSTER, **_COMPANY, **_FIRM, "accepted_at": _AT, "accepted_by": "Marie Tremblay",
                      "accepted_by_email": "marie@tremblay-cpa.example"},
     "client_setup": {**_COMPANY, **_FIRM, "url": _URL, "expires_at": _LATER},
     "client_setup_completed": {**_COMPANY, **_FIRM, **_ADMIN},
     "discount_lapsed_client": {**_COMPANY, "trial_ends_at": _AT},
-    "discount_lapsed_firm": {**_COMPANY, **_FIRM, "trial_ends_at": _AT},
+    "discount_lapsed_firm": {**_ROSTER, **_COMPANY, **_FIRM, "trial_ends_at": _AT},
     "invitation": {**_COMPANY, **_ADMIN, "url": _URL, "expires_at": _LATER},
     "invitation_accepted": {**_COMPANY, **_FIRM, **_ACCOUNTANT, "accepted_at": _AT},
-    "invitation_bounced": {**_COMPANY, "email": "marie@tremblay-cpa.example", "bounced_at": _AT,
+    "invitation_bounced": {**_MANAGE, **_COMPANY, "email": "marie@tremblay-cpa.example", "bounced_at": _AT,
                            "reason": "550 5.1.1 <marie@tremblay-cpa.example>: Recipient address rejected"},
-    "invitation_declined": {**_COMPANY, **_ACCOUNTANT},
-    "invitation_expired": {**_COMPANY, "email": "marie@tremblay-cpa.example", "expired_at": _AT},
+    "invitation_declined": {**_MANAGE, **_COMPANY, **_ACCOUNTANT},
+    "invitation_expired": {**_MANAGE, **_COMPANY, "email": "marie@tremblay-cpa.example", "expired_at": _AT},
     "invitation_renewal_requested": {**_COMPANY, "email": "marie@tremblay-cpa.example", "expired_at": _AT,
                                      "url": _URL},
     "manage_link": {**_COMPANY, "url": _URL, "expires_at": _LATER},
@@ -46,8 +48,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "reply_needs_link": {**_COMPANY, "url": _URL, "action": "accept", "reason": "unverified"},
     "transfer_allowed": {**_COMPANY, **_FIRM, **_AUTHORISED, "url": _URL},
     "transfer_completed": {**_COMPANY, **_FIRM, "completed_at": _AT, "completed_by": "Marie Tremblay"},
-    "transfer_declined": {**_COMPANY, **_FIRM, "declined_by": "Marie Tremblay"},
-    "transfer_expired_client": {**_COMPANY, **_FIRM, **_AUTHORISED},
+    "transfer_declined": {**_MANAGE, **_COMPANY, **_FIRM, "declined_by": "Marie Tremblay"},
+    "transfer_expired_client": {**_MANAGE, **_COMPANY, **_FIRM, **_AUTHORISED},
     "transfer_expired_firm": {**_COMPANY, **_FIRM, **_AUTHORISED},
     "transfer_reminder": {**_COMPANY, **_FIRM, **_AUTHORISED, "url": _URL},
     "transfer_revoked": {**_COMPANY, **_FIRM, "authorized_at": _AT, "authorized_by": "Olivia Roy"},

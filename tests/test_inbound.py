@@ -338,9 +338,11 @@ def test_listing_inbound_mail_and_scraping_metrics_never_read_stored_bodies(serv
     deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, "Thanks, noted."))
     wait_processed(env, 1)
     statements: list[str] = []
+    me = threading.get_ident()  # the server's own workers use the same engine meanwhile: not ours to judge
 
     def record(conn, cursor, statement, *args) -> None:
-        statements.append(" ".join(statement.split()).lower())
+        if threading.get_ident() == me:
+            statements.append(" ".join(statement.split()).lower())
 
     engine = server.cabinet.engine
     event.listen(engine, "before_cursor_execute", record)

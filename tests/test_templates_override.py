@@ -173,14 +173,14 @@ def test_pages_static_files_and_catalogues_follow_the_override(server: RunningSe
 
         put(overrides, "web/link_invalid.html", "<p>Tremblay CPA: this link no longer works.</p>\n")
         fr_po = (BUILTIN_EMAILS.parent / "web" / "locale" / "fr.po").read_text(encoding="utf-8")
-        assert 'msgstr "Ouvrir une session"' in fr_po
-        put(overrides, "web/locale/fr.po", fr_po.replace('msgstr "Ouvrir une session"', 'msgstr "Entrer au cabinet"'))
+        assert 'msgstr "Se connecter"' in fr_po
+        put(overrides, "web/locale/fr.po", fr_po.replace('msgstr "Se connecter"', 'msgstr "Entrer au cabinet"'))
         # Pages are compiled at start-up: the SIGHUP path makes new files count.
         server.service.reload()
         invalid = http.get("/invitations/not-a-token")
         assert invalid.status_code == 404 and "Tremblay CPA: this link no longer works." in invalid.text
         sign_in = http.get("/sign-in", headers={"Accept-Language": "fr"})
-        assert "Entrer au cabinet" in sign_in.text and "Ouvrir une session" not in sign_in.text
+        assert "Entrer au cabinet" in sign_in.text and "Se connecter<" not in sign_in.text
 
 
 # --- SIGHUP in a real `cabinet serve` ------------------------------------------------

@@ -249,7 +249,7 @@ def sample_context() -> dict[str, Any]:
 @pytest.mark.parametrize("locale", ["fr", "en"])
 def test_all_emails_read_in_one_language(chromium, locale: str) -> None:
     """All 25 emails, not only those a walk happens to send: subject, text and HTML in Chromium."""
-    renderer = EmailRenderer(ROOT / "templates")
+    renderer = EmailRenderer([ROOT / "templates" / "email"])
     names = sorted(p.stem for p in (ROOT / "templates" / "email" / locale).glob("*.subject"))
     assert len(names) >= 25
     page = chromium.new_page()

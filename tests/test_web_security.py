@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +15,7 @@ from daemon.app import build
 from daemon.config import load_config
 from daemon.tokens import Purpose
 from tests.conftest import (
+    ServeProcess,
     PASSWORD,
     Browser,
     Cli,
@@ -28,7 +27,6 @@ from tests.conftest import (
     any_link_in,
     csrf_of,
 )
-from tests.test_serve import wait_until_up
 
 SECURITY_HEADERS = ("X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy", "Content-Security-Policy")
 
@@ -274,18 +272,15 @@ def test_tokens_of_every_purpose_are_shortened_in_the_real_log(env: Env, cli: Cl
         }
     finally:
         cabinet.close()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--config", str(env.config_path), "serve"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    wait_until_up(f"{env.base_url}/healthz", process, timeout=120)  # a loaded machine starts slowly
+    process = ServeProcess(env).start()  # its output goes to a log file we read below
     try:
         for prefix, token in tokens.items():
             httpx.get(f"{env.base_url}{prefix}{token}")
         httpx.get(f"{env.base_url}/sign-in", params={"next": "/payment/" + tokens["/payment/"]})
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
+        process.wait()
+    output = process.output()
     assert "/payment/" in output  # the requests were logged
     for prefix, token in tokens.items():
         assert token not in output, f"{prefix} token logged whole"

@@ -195,7 +195,8 @@ def make_app(
     app = web.Application(
         middlewares=[measure, errors, security.same_origin_posts, visitors], client_max_size=64 * 1024
     )
-    security.install(app, cabinet.config.http, pages, cabinet.config.general.default_locale, cabinet.config.general.timezone)
+    security.install(app, cabinet.config.http, pages, cabinet.config.general.default_locale,
+                     cabinet.config.general.timezone, cabinet.config.general.product_name)
     app[CABINET] = cabinet
     app[SESSIONS] = sessions
     app[PAGES] = pages

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class WebSecurity:
     pages: Pages
     default_locale: str
     timezone: str
+    product_name: str = "Cabinet"  # the refusal page is drawn before any visitor is loaded
 
     @classmethod
     def from_config(cls, http: HttpConfig, pages: Pages, default_locale: str, timezone: str) -> WebSecurity:
@@ -164,7 +166,7 @@ async def same_origin_posts(request: web.Request, handler: Handler) -> web.Strea
                 locale,
                 security.timezone,
                 {"message": CROSS_SITE_MESSAGE, "user": None, "csrf_token": "", "path": request.path,
-                 "public_url": security.origin},
+                 "public_url": security.origin, "product_name": security.product_name},
             )
             return web.Response(text=html, status=403, content_type="text/html")
     return await handler(request)
@@ -179,7 +181,12 @@ async def _add_headers(request: web.BaseRequest, response: web.StreamResponse) -
     response.headers["Server"] = SERVER
 
 
-def install(app: web.Application, http: HttpConfig, pages: Pages, default_locale: str, timezone: str) -> None:
+def install(
+    app: web.Application, http: HttpConfig, pages: Pages, default_locale: str, timezone: str,
+    product_name: str = "Cabinet",
+) -> None:
     """Headers on every response this app prepares (errors included) and the settings the checks use."""
-    app[SECURITY] = WebSecurity.from_config(http, pages, default_locale, timezone)
+    app[SECURITY] = dataclasses.replace(
+        WebSecurity.from_config(http, pages, default_locale, timezone), product_name=product_name
+    )
     app.on_response_prepare.append(_add_headers)
