@@ -44,7 +44,8 @@ from daemon.undeliverable import Undeliverable
 log = logging.getLogger(__name__)
 
 EXCERPT = 4000  # characters of a reply kept in events and forwards
-# An unproven reply command is answered (with the link) at most once per invitation in this time.
+# An unproven reply command is answered (with the link) at most once per invitation in this time
+# (``[limits] unproven_reply_answer_minutes``).
 ANSWER_INTERVAL = timedelta(hours=1)
 
 
@@ -104,7 +105,7 @@ def _address(header_value: str | None) -> str:
 class Inbound(DomainService):
     def __init__(
         self, ctx: DomainContext, roster: Roster, config: InboundConfig, domain: str, from_address: str,
-        dnsfunc: Callable[..., Any] | None = None,
+        dnsfunc: Callable[..., Any] | None = None, answer_interval: timedelta = ANSWER_INTERVAL,
     ) -> None:
         super().__init__(ctx)
         self._roster = roster
@@ -113,6 +114,7 @@ class Inbound(DomainService):
         self._own = _address(from_address)
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
+        self._answer_interval = answer_interval
 
     # -- receiving -----------------------------------------------------------------
 
@@ -348,7 +350,7 @@ class Inbound(DomainService):
             reason = "unverified" if not proof.proven else "no_account"
             if self._answered_lately(s, invitation):
                 raise _Done("command", f"{command.action} not executed ({reason}: {proof.detail}); the link was "
-                                       f"already emailed within the last {ANSWER_INTERVAL}: not emailed again")
+                                       f"already emailed within the last {self._answer_interval}: not emailed again")
             self._tell_sender(s, invitation, "reply_needs_link", {"url": link, "action": command.action, "reason": reason})
             raise _Done("command", f"{command.action} not executed ({reason}: {proof.detail}); the link was emailed")
         firm_id = None
@@ -378,7 +380,7 @@ class Inbound(DomainService):
         raise _Done("command", outcome)
 
     def _answered_lately(self, s: Session, invitation: Invitation) -> bool:
-        """Whether an unproven command about ``invitation`` was already answered within ``ANSWER_INTERVAL``.
+        """Whether an unproven command about ``invitation`` was already answered within the answer interval.
 
         Forged replies cost their sender nothing; each answer is an email from Cabinet to the
         invitee. The invitation row is locked first, so two instances counting at once do not
@@ -389,7 +391,7 @@ class Inbound(DomainService):
             select(func.count(OutboxMessage.id)).where(
                 OutboxMessage.invitation_id == invitation.id,
                 OutboxMessage.kind == "reply_needs_link",
-                OutboxMessage.created_at > self._now() - ANSWER_INTERVAL,
+                OutboxMessage.created_at > self._now() - self._answer_interval,
             )
         )
         return bool(answered)
