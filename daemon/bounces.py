@@ -164,6 +164,7 @@ def _text_reason(message: Message) -> str:
 
 
 def _original_message_id(message: Message) -> str | None:
+    """The Message-ID of the email the report is about: the returned copy's, else an Original-Message-ID field."""
     for part in message.walk():
         content_type = part.get_content_type()
         if content_type == "message/rfc822" and part.is_multipart():
@@ -172,6 +173,13 @@ def _original_message_id(message: Message) -> str | None:
         if content_type in _HEADERS_TYPES:
             headers = HeaderParser().parsestr(_decoded(part))
             return _message_id(headers.get("Message-ID"))
+    for part in message.walk():
+        # Some MTAs (and RFC 8098 reports) name the original by an Original-Message-ID field in a report block.
+        if part.get_content_type() in ("message/delivery-status", "message/disposition-notification"):
+            blocks = part.get_payload() if part.is_multipart() else [HeaderParser().parsestr(_decoded(part))]
+            for block in cast(list[Message], blocks):
+                if named := _message_id(block.get("Original-Message-ID")):
+                    return named
     for text in _text_parts(message):
         if match := _INLINE_MESSAGE_ID.search(text):
             return match.group(1)

@@ -132,3 +132,14 @@ def test_text_bounce_for_a_hyphenated_domain() -> None:
 def test_what_people_are_told_is_chosen_from_the_status_code(text: str, status: str | None, why: str) -> None:
     assert status_in(text) == status
     assert cause(status) == why
+
+
+def test_an_original_message_id_field_names_the_email_when_nothing_is_returned() -> None:
+    """Without the returned message or its headers, a report block's Original-Message-ID is what it names."""
+    data = raw("dsn_postfix_failed.eml")
+    returned = data.index(b"Content-Type: text/rfc822-headers") if b"text/rfc822-headers" in data else data.index(b"Content-Type: message/rfc822")
+    boundary = data.rindex(b"\n--", 0, returned)
+    report = data[:boundary] + data[data.rindex(b"\n--"):]  # the returned part left out
+    report = report.replace(b"Reporting-MTA:", b"Original-Message-ID: <named.1@cabinet.example>\nReporting-MTA:", 1)
+    bounce = parse_bounce(parse(report))
+    assert bounce is not None and bounce.original_message_id == "<named.1@cabinet.example>"
