@@ -35,8 +35,38 @@ class Bounce:
 
     recipients: tuple[str, ...]
     permanent: bool
-    reason: str
+    reason: str  # the remote server's own words: for operators (stored rows, logs), never shown to people
     original_message_id: str | None
+    status: str | None = None  # the RFC 3463 status code ("5.1.1"), when the report gives one
+
+
+# What people are told about a failed delivery is Cabinet's own wording chosen from the status code
+# (the remote text is anyone's words: it can carry links); the templates word each cause per language.
+CAUSES = {
+    "5.1.1": "no_such_address", "5.1.10": "no_such_address", "5.1.6": "no_such_address",
+    "5.1.2": "no_such_domain", "5.4.4": "no_such_domain",
+    "5.2.2": "mailbox_full", "4.2.2": "mailbox_full",
+    "5.2.1": "mailbox_disabled",
+}
+CAUSE_WORDING = {
+    "no_such_address": "the address does not exist",
+    "no_such_domain": "the address's domain does not receive email",
+    "mailbox_full": "the mailbox is full",
+    "mailbox_disabled": "the mailbox is disabled",
+    "refused": "the receiving server refused it",
+}
+_STATUS = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def status_in(text: str | None) -> str | None:
+    """The first RFC 3463 status code written in ``text`` ("550 5.1.1 <x>: …" → "5.1.1"), if any."""
+    match = _STATUS.search(text or "")
+    return match.group(1) if match else None
+
+
+def cause(status: str | None) -> str:
+    """Cabinet's name for why an email could not be delivered (a key of ``CAUSE_WORDING``)."""
+    return CAUSES.get(status or "", "refused")
 
 
 class UnreadableBounce(Exception):
@@ -70,12 +100,27 @@ def _parse_bounce(message: Message) -> Bounce | None:
         return None
     # Addresses come back as bytes; Cabinet compares addresses case-insensitively throughout.
     recipients = tuple(sorted({address.decode("ascii").lower() for address in failed}))
+    reason = _dsn_reason(message, permanent=bool(permanent)) or _text_reason(message) or "delivery failed"
     return Bounce(
         recipients=recipients,
         permanent=bool(permanent),
-        reason=_dsn_reason(message, permanent=bool(permanent)) or _text_reason(message) or "delivery failed",
+        reason=reason,
         original_message_id=_original_message_id(message),
+        status=_dsn_status(message, permanent=bool(permanent)) or status_in(reason),
     )
+
+
+def _dsn_status(message: Message, permanent: bool) -> str | None:
+    """The Status of the first RFC 3464 per-recipient block of the reported kind."""
+    wanted = ("failed", "error") if permanent else ("delayed",)
+    for part in message.walk():
+        if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
+            continue
+        for block in cast(list[Message], part.get_payload())[1:]:
+            if str(block.get("Action", "")).strip().lower().startswith(wanted):
+                if status := status_in(str(block.get("Status", ""))):
+                    return status
+    return None
 
 
 def _dsn_reason(message: Message, permanent: bool) -> str:
@@ -119,6 +164,7 @@ def _text_reason(message: Message) -> str:
 
 
 def _original_message_id(message: Message) -> str | None:
+    """The Message-ID of the email the report is about: the returned copy's, else an Original-Message-ID field."""
     for part in message.walk():
         content_type = part.get_content_type()
         if content_type == "message/rfc822" and part.is_multipart():
@@ -127,6 +173,13 @@ def _original_message_id(message: Message) -> str | None:
         if content_type in _HEADERS_TYPES:
             headers = HeaderParser().parsestr(_decoded(part))
             return _message_id(headers.get("Message-ID"))
+    for part in message.walk():
+        # Some MTAs (and RFC 8098 reports) name the original by an Original-Message-ID field in a report block.
+        if part.get_content_type() in ("message/delivery-status", "message/disposition-notification"):
+            blocks = part.get_payload() if part.is_multipart() else [HeaderParser().parsestr(_decoded(part))]
+            for block in cast(list[Message], blocks):
+                if named := _message_id(block.get("Original-Message-ID")):
+                    return named
     for text in _text_parts(message):
         if match := _INLINE_MESSAGE_ID.search(text):
             return match.group(1)

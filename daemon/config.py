@@ -154,6 +154,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sign_in_failures_per_ip": Key(50, "integer", "failures in the window before a client IP is locked",
                                        minimum=1),
         "sign_in_window_minutes": Key(15, "integer", "the sign-in failure window", minimum=1),
+        "unproven_reply_answer_minutes": Key(60, "integer", "an unproven reply command is answered at most once per "
+                                             "invitation in this many minutes", minimum=1),
     },
 }
 
@@ -277,6 +279,7 @@ class LimitsConfig:
     sign_in_failures_per_address: int = 10
     sign_in_failures_per_ip: int = 50
     sign_in_window_minutes: int = 15
+    unproven_reply_answer_minutes: int = 60
 
 
 @dataclass(frozen=True)
@@ -579,6 +582,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         sign_in_failures_per_address=r.get("limits", "sign_in_failures_per_address"),
         sign_in_failures_per_ip=r.get("limits", "sign_in_failures_per_ip"),
         sign_in_window_minutes=r.get("limits", "sign_in_window_minutes"),
+        unproven_reply_answer_minutes=r.get("limits", "unproven_reply_answer_minutes"),
     )
     for section, keys in SCHEMA.items():  # keys without a dataclass field, read by config.value()
         for key in keys:

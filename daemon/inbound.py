@@ -28,7 +28,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
-from daemon.bounces import UnreadableBounce, parse_bounce
+from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
 from daemon.db import dialect_insert
 from daemon.domain import DomainContext, DomainService, name_key
@@ -44,6 +44,9 @@ from daemon.undeliverable import Undeliverable
 log = logging.getLogger(__name__)
 
 EXCERPT = 4000  # characters of a reply kept in events and forwards
+# An unproven reply command is answered (with the link) at most once per invitation in this time
+# (``[limits] unproven_reply_answer_minutes``).
+ANSWER_INTERVAL = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,16 @@ class _Done(Exception):
         self.outcome = outcome
 
 
+def _mismatch(bounce: Bounce, outbox: OutboxMessage) -> str:
+    """Why ``bounce`` is not a report about ``outbox`` ("" when it is)."""
+    if outbox.recipient.lower() not in bounce.recipients:
+        return f"it reports {', '.join(bounce.recipients) or 'no recipient'}, not {outbox.recipient}"
+    reported = (bounce.original_message_id or "").strip()
+    if reported and reported.strip("<>") != outbox.message_id.strip().strip("<>"):
+        return f"it reports Message-ID {reported[:200]}, not {outbox.message_id}"
+    return ""
+
+
 def _address(header_value: str | None) -> str:
     return parseaddr(header_value or "")[1].strip().lower()
 
@@ -92,7 +105,7 @@ def _address(header_value: str | None) -> str:
 class Inbound(DomainService):
     def __init__(
         self, ctx: DomainContext, roster: Roster, config: InboundConfig, domain: str, from_address: str,
-        dnsfunc: Callable[..., Any] | None = None,
+        dnsfunc: Callable[..., Any] | None = None, answer_interval: timedelta = ANSWER_INTERVAL,
     ) -> None:
         super().__init__(ctx)
         self._roster = roster
@@ -101,6 +114,7 @@ class Inbound(DomainService):
         self._own = _address(from_address)
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
+        self._answer_interval = answer_interval
 
     # -- receiving -----------------------------------------------------------------
 
@@ -284,9 +298,14 @@ class Inbound(DomainService):
             if verdict.auto:
                 raise _Done("auto-reply", f"automatic reply to a bounce address ({verdict.reason}): ignored")
             raise _Done("unknown", "message to a bounce address that is not a bounce: ignored")
+        # Anyone can write to a bounce+ address (it is every email's envelope sender): a report acts
+        # only when it is about the very email its address names, recipient and Message-ID alike.
+        mismatch = _mismatch(bounce, outbox)
+        if mismatch:
+            raise _Done("bounce", f"did not match the message its address names ({mismatch}): nothing changed")
         if not bounce.permanent:
             raise _Done("bounce", f"delivery of {outbox.recipient} delayed ({bounce.reason}); still trying")
-        raise _Done("bounce", self._undeliverable.bounced(s, outbox, bounce.reason))
+        raise _Done("bounce", self._undeliverable.bounced(s, outbox, bounce.reason, status=bounce.status))
 
     # -- replies ------------------------------------------------------------------------
 
@@ -300,6 +319,12 @@ class Inbound(DomainService):
         sender = senders[0] if len(senders) == 1 else ""
         if sender == self._own:
             raise _Done("reply", "message from Cabinet itself: ignored (no loops)")
+        if sender != outbox.recipient.lower():
+            # A reply+ address is in every email's Reply-To, so anyone can write to it: only the party
+            # it was issued to may speak through it. Kept and listed for operators; nobody is told.
+            raise _Done("unverified reply", f"From: {sender or 'missing or several addresses'} is not "
+                                            f"{outbox.recipient}, to whom this reply address was issued: "
+                                            "recorded, not forwarded, not acted on")
         text = reply_text(message)
         command = parse_command(text)
         invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None
@@ -323,6 +348,9 @@ class Inbound(DomainService):
         link = self._links.invitation(self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce]))
         if not proof.proven or user is None:
             reason = "unverified" if not proof.proven else "no_account"
+            if self._answered_lately(s, invitation):
+                raise _Done("command", f"{command.action} not executed ({reason}: {proof.detail}); the link was "
+                                       f"already emailed within the last {self._answer_interval}: not emailed again")
             self._tell_sender(s, invitation, "reply_needs_link", {"url": link, "action": command.action, "reason": reason})
             raise _Done("command", f"{command.action} not executed ({reason}: {proof.detail}); the link was emailed")
         firm_id = None
@@ -350,6 +378,23 @@ class Inbound(DomainService):
         except CabinetError as exc:
             raise _Done("command", f"{command.action} not executed: {exc}") from None
         raise _Done("command", outcome)
+
+    def _answered_lately(self, s: Session, invitation: Invitation) -> bool:
+        """Whether an unproven command about ``invitation`` was already answered within the answer interval.
+
+        Forged replies cost their sender nothing; each answer is an email from Cabinet to the
+        invitee. The invitation row is locked first, so two instances counting at once do not
+        both answer.
+        """
+        s.get(Invitation, invitation.id, with_for_update=True)
+        answered = s.scalar(
+            select(func.count(OutboxMessage.id)).where(
+                OutboxMessage.invitation_id == invitation.id,
+                OutboxMessage.kind == "reply_needs_link",
+                OutboxMessage.created_at > self._now() - self._answer_interval,
+            )
+        )
+        return bool(answered)
 
     def _tell_sender(self, s: Session, invitation: Invitation, template: str, context: dict[str, Any]) -> None:
         company = invitation.company

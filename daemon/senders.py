@@ -6,9 +6,12 @@ Two things can prove it, as the config chooses:
 - ``Authentication-Results`` (RFC 8601) written by an MTA the config trusts
   (by authserv-id) saying DKIM passed for the From: domain or a parent of it,
   or DMARC passed for exactly that domain. Headers with other authserv-ids
-  are anyone's words and are ignored. The trusted MTA must remove copies of
-  its own header from incoming mail (Postfix milters, rspamd and Exchange do),
-  or a sender could write one.
+  are anyone's words and are ignored. Only the headers *above the topmost
+  ``Received:``* count (RFC 8601 §5, §7.1): Cabinet sits behind one trusted
+  MTA, which adds its ``Received:`` at the top and whose milters add their
+  results above it; everything below that line came from the sender, who can
+  type any authserv-id. The trusted MTA should still remove copies of its own
+  header from incoming mail (Postfix milters, rspamd and Exchange do).
 - Cabinet's own DKIM verification (dkimpy), when ``dkim_verify`` is set.
 """
 
@@ -61,7 +64,7 @@ def prove_sender(
         return SenderVerdict(False, "none", f"From: {', '.join(senders) or 'missing'} is not {claimed or 'an address'}")
     domain = _domain(claimed)
     trusted = {authserv_id.lower() for authserv_id in trusted_authserv_ids}
-    for header in message.get_all("Authentication-Results", []):
+    for header in added_by_trusted_mta(message):
         verdict = _from_authentication_results(str(header), trusted, domain)
         if verdict:
             return verdict
@@ -70,6 +73,25 @@ def prove_sender(
         if verdict:
             return verdict
     return SenderVerdict(False, "none", f"no trusted DKIM or DMARC pass for {domain}")
+
+
+def added_by_trusted_mta(message: EmailMessage) -> list[str]:
+    """The Authentication-Results headers above the topmost ``Received:`` (all of them if there is none).
+
+    The MTA in front of Cabinet prepends its ``Received:``; results its milters
+    add go above it. A header below that line was in the message as the sender
+    handed it over, whatever authserv-id it names. A message with no
+    ``Received:`` at all did not come through an MTA (a test, or a local
+    injection): its headers are taken as they are.
+    """
+    found: list[str] = []
+    for name, value in message.items():
+        name = name.lower()
+        if name == "received":
+            break
+        if name == "authentication-results":
+            found.append(str(value))
+    return found
 
 
 def _from_authentication_results(value: str, trusted: set[str], domain: str) -> SenderVerdict | None:

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from daemon.bounces import cause, status_in
 from daemon.transitions import TransitionLost, transition
 from daemon.domain import DomainService
 from daemon.models import Invitation, InvitationState, OutboxMessage
 
 
 class Undeliverable(DomainService):
-    def bounced(self, s: Session, outbox: OutboxMessage, reason: str, channel: str = "bounce") -> str:
+    def bounced(
+        self, s: Session, outbox: OutboxMessage, reason: str, channel: str = "bounce", status: str | None = None,
+    ) -> str:
         """Mark ``outbox`` bounced; an invitation that bounced is ``bounced`` and its inviter told.
 
+        ``reason`` is the remote server's text: it is kept on the outbox row and
+        in the event for operators, never shown to people — it is anyone's
+        words and can carry links. People are told Cabinet's own wording for
+        the ``status`` code (read from ``reason`` when not given) and the code.
         Returns what happened, in a sentence for the log. A second report of
         the same failure changes nothing.
         """
+        status = status or status_in(reason)
+        why = cause(status)
         now = self._now()
         try:
             transition(s, OutboxMessage, outbox.id, ("pending", "sent", "failed"), "bounced",
@@ -39,11 +48,11 @@ class Undeliverable(DomainService):
             if bounced:
                 self._notify_company_admin(
                     s, invitation.company, "invitation_bounced",
-                    {"email": invitation.email, "reason": reason, "bounced_at": now},
+                    {"email": invitation.email, "cause": why, "status": status or "", "bounced_at": now},
                 )
             self._event(
                 s, "invitation.bounced", outbox.recipient, channel, company_id=invitation.company_id,
-                invitation_id=invitation.id, reason=reason[:500],
+                invitation_id=invitation.id, reason=reason[:500], status=status or "",
             )
             return f"invitation {invitation.id} to {invitation.email} bounced: {reason}"
         self._event(s, "email.bounced", outbox.recipient, channel, company_id=outbox.company_id,

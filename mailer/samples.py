@@ -34,7 +34,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "invitation": {**_COMPANY, **_ADMIN, "url": _URL, "expires_at": _LATER},
     "invitation_accepted": {**_COMPANY, **_FIRM, **_ACCOUNTANT, "accepted_at": _AT},
     "invitation_bounced": {**_MANAGE, **_COMPANY, "email": "marie@tremblay-cpa.example", "bounced_at": _AT,
-                           "reason": "550 5.1.1 <marie@tremblay-cpa.example>: Recipient address rejected"},
+                           "cause": "no_such_address", "status": "5.1.1"},
     "invitation_declined": {**_MANAGE, **_COMPANY, **_ACCOUNTANT},
     "invitation_expired": {**_MANAGE, **_COMPANY, "email": "marie@tremblay-cpa.example", "expired_at": _AT},
     "invitation_renewal_requested": {**_COMPANY, "email": "marie@tremblay-cpa.example", "expired_at": _AT,

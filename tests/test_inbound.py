@@ -114,9 +114,11 @@ def test_a_command_without_proof_is_not_executed_and_the_link_is_emailed(server,
     rows = wait_processed(env, 2)
     assert all("not executed" in r[3] for r in rows)
     assert status(cli) == ["pending"] and roster(cli, seed.firm) == []
-    notices = mailbox.wait(seed.accountant, count=3)
+    notices = mailbox.wait(seed.accountant, count=2)
     texts = [m.get_body(("plain",)).get_content() for m in notices[1:]]
-    assert all("/invitations/" in t and "could not verify" in t for t in texts)
+    assert len(texts) == 1 and "/invitations/" in texts[0] and "could not verify" in texts[0]
+    # The second unproven command within the hour is not answered again (issue #11).
+    assert "not emailed again" in rows[1][3]
 
 
 def test_a_forged_sender_changes_nothing(server, cli, seed, mailbox, env):
@@ -125,7 +127,8 @@ def test_a_forged_sender_changes_nothing(server, cli, seed, mailbox, env):
     forged = reply(reply_to, "mallory@attacker.example", "accept")
     deliver(env, "mallory@attacker.example", [reply_to], forged)
     (row,) = wait_processed(env, 1)
-    assert "not the invited address" in row[3]
+    # Not the party this reply address was issued to: recorded, not acted on, not forwarded (issue #11).
+    assert row[2] == "unverified reply" and "to whom this reply address was issued" in row[3]
     assert status(cli) == ["pending"] and roster(cli, seed.firm) == []
     server.settle(sweep=False)
     assert mailbox.messages("mallory@attacker.example") == []
@@ -167,7 +170,9 @@ def test_a_bounced_invitation_is_marked_and_the_inviter_told(server, cli, seed, 
     assert status(cli) == ["bounced"]
     (told,) = mailbox.wait(seed.admin, subject="delivered")
     body = told.get_body(("plain",)).get_content()
-    assert "nobody@remote.example" in body and "User unknown" in body
+    # Cabinet's own words for the status code, never the remote server's text (issue #11).
+    assert "nobody@remote.example" in body and "the address does not exist (status 5.1.1)" in body
+    assert "User unknown" not in body
     assert env.sql("SELECT state FROM outbox WHERE recipient = 'nobody@remote.example'") == [("bounced",)]
     assert "could not be delivered" in Browser(env.base_url).get(link_in(sent)).text
 

@@ -9,7 +9,7 @@ import dkim
 import pytest
 from dkim import dknewkey
 
-from daemon.senders import SenderVerdict, prove_sender
+from daemon.senders import SenderVerdict, added_by_trusted_mta, prove_sender
 from tests.mail_corpus import load, parse, raw
 
 TRUSTED = ["mx.tremblay-cpa.ca"]
@@ -42,9 +42,19 @@ def test_authentication_results(name: str, dkim_verify: bool) -> None:
     assert result == verdict
 
 
-def test_the_forged_header_parses_it_is_only_not_trusted() -> None:
+def test_a_header_below_the_mtas_received_line_is_not_counted_even_with_a_trusted_id() -> None:
+    """RFC 8601 §5: only results above the trusted MTA's own Received: are its words (issue #11)."""
     name = "sender_forged_untrusted_authserv.eml"
-    verdict = prove_sender(raw(name), load(name), "marie@tremblay-cpa.ca", ["mx.attacker.example"], False)
+    message = load(name)
+    assert added_by_trusted_mta(message) == [str(message.get_all("Authentication-Results")[0])]
+    verdict = prove_sender(raw(name), message, "marie@tremblay-cpa.ca", ["mx.attacker.example"], False)
+    assert verdict == SenderVerdict(False, "none", "no trusted DKIM or DMARC pass for tremblay-cpa.ca")
+    # Moved above the Received: line, the very same header would count: it parses, it was only placed.
+    data = raw(name)
+    start = data.index(b"Authentication-Results: mx.attacker.example;")
+    end = data.index(b"\nFrom:", start) + 1
+    lifted = data[start:end] + data[:start] + data[end:]
+    verdict = prove_sender(lifted, parse(lifted), "marie@tremblay-cpa.ca", ["mx.attacker.example"], False)
     assert verdict == SenderVerdict(True, "dkim", "dkim=pass header.d=tremblay-cpa.ca from mx.attacker.example")
 
 
