@@ -175,6 +175,7 @@ def test_pending_shows_invitations_to_me_and_transfers_with_time_left(server, cl
     mailbox.wait(seed.accountant, subject="Invitation")
     pending = marie.get("/pending").text
     assert "Boulangerie Roy invites you to be its accountant (sent by julie@roy.example" in pending
+    assert '<span data-delivery="sent">(email: sent (accepted by the mail relay))</span>' in pending
     link = re.search(r'href="(http[^"]+/invitations/[^"]+)">Open the invitation', pending)
     assert link and '<span class="count">1</span>' in pending  # the navigation counts it
     # The link on Pending is the invitation's own: accepting there connects the firm.
@@ -225,15 +226,19 @@ def test_team_shows_my_firms_staff_and_profile_changes_name_language_zone_and_pa
     short = marie.http.post("/profile/password", data={"csrf_token": token, "current_password": PASSWORD,
                                                         "new_password": "short", "confirm_password": "short"})
     assert short.status_code == 400 and "au moins 10 caractères" in short.text
+    elsewhere = signed_in(env, seed.accountant)
+    assert elsewhere.get("/profile").status_code == 200
     changed = marie.http.post("/profile/password", data={"csrf_token": token, "current_password": PASSWORD,
                                                           "new_password": new, "confirm_password": new})
     assert changed.status_code == 303 and changed.headers["Location"] == "/profile?done=password"
 
+    # The change ends every other session of this user, not this one.
+    assert marie.get("/profile").status_code == 200 and elsewhere.get("/profile").status_code == 303
     old = Browser(env.base_url)
     assert old.post("/sign-in", email=seed.accountant, password=PASSWORD, next="/").status_code == 401
     fresh = Browser(env.base_url)
     assert fresh.post("/sign-in", email=seed.accountant, password=new, next="/").status_code == 303
-    for browser in (marie, old, fresh):
+    for browser in (marie, elsewhere, old, fresh):
         browser.close()
 
 

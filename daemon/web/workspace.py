@@ -9,7 +9,7 @@ from aiohttp import web
 
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, InvalidInput
-from daemon.web.context import CABINET, form, message, page, redirect, run, visitor
+from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect, run, visitor
 from daemon.workspace import BILLINGS, STATUSES, RosterQuery
 
 # The zones offered on the profile page: the IANA names people pick from (not the "Etc/" offsets).
@@ -98,6 +98,7 @@ async def change_password(request: web.Request) -> web.Response:
             raise InvalidInput("password.current_wrong")
         new_hash = await cabinet.passwords.executor.run(cabinet.passwords.hash, new)
         await run(cabinet.roster.change_password, user.id, str(stored), new_hash)
+        await run(request.app[SESSIONS].end_others, user.id, visitor(request).session_token)
     except CabinetError as exc:
         return await _page(request, "profile.html", status=exc.http_status, values=_profile_values(user),
                            zones=ZONES, locales=LOCALES, error=message(request, exc), error_form="password", done="")
