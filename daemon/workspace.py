@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import aliased
@@ -84,8 +85,6 @@ class RosterQuery:
         values.update(changes)
         if values.get("page") == 1:
             values["page"] = ""
-        from urllib.parse import urlencode
-
         return "/clients?" + urlencode({k: v for k, v in values.items() if v not in ("", None)})
 
 
@@ -319,8 +318,8 @@ class Workspace(DomainService):
         entries = [TimelineEntry(at=e.at, kind=e.kind, actor=e.actor, channel=e.channel) for e in events]
         if company is not None:
             emails = s.execute(
-                select(OutboxMessage.created_at, OutboxMessage.kind, OutboxMessage.subject, OutboxMessage.recipient, OutboxMessage.state,
-                       OutboxMessage.attempts, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
+                select(OutboxMessage.created_at, OutboxMessage.kind, OutboxMessage.subject, OutboxMessage.recipient,
+                       OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
                        OutboxMessage.sent_at)
                 .outerjoin(Invitation, Invitation.id == OutboxMessage.invitation_id)
                 .where(

@@ -123,8 +123,10 @@ def test_the_client_list_searches_filters_sorts_pages_and_keeps_to_my_firms(serv
     assert names(pierre.get("/clients").text) == ["Érablière Secrète"]
     # Signed out: the sign-in page, then back here.
     anonymous = Browser(env.base_url)
-    away = anonymous.get("/clients?q=roy")
-    assert away.status_code == 303 and away.headers["Location"] == "/sign-in?next=/clients?q=roy"
+    away = anonymous.get("/clients?q=roy&billing=none")
+    assert away.status_code == 303 and away.headers["Location"] == "/sign-in?next=/clients?q%3Droy%26billing%3Dnone"
+    back = anonymous.post("/sign-in", email=seed.accountant, password=PASSWORD, next="/clients?q=roy&billing=none")
+    assert back.headers["Location"] == "/clients?q=roy&billing=none"
     for browser in (marie, pierre, anonymous):
         browser.close()
 

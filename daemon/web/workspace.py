@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import available_timezones
 
 from aiohttp import web
@@ -13,13 +14,17 @@ from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect,
 from daemon.workspace import BILLINGS, STATUSES, RosterQuery
 
 # The zones offered on the profile page: the IANA names people pick from (not the "Etc/" offsets).
-ZONES = tuple(sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/", "posix/", "right/"))))
+ZONES = ("UTC", *sorted(
+    zone for zone in available_timezones()
+    if "/" in zone and not zone.startswith(("Etc/", "SystemV/", "posix/", "right/"))
+))
 
 
 def _signed_in(request: web.Request) -> Any:
     v = visitor(request)
     if v.user is None:
-        raise web.HTTPSeeOther(f"/sign-in?next={request.path_qs}" if request.method == "GET" else "/sign-in")
+        back = quote(request.path_qs, safe="/")
+        raise web.HTTPSeeOther(f"/sign-in?next={back}" if request.method == "GET" else "/sign-in")
     return v.user
 
 
