@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from daemon.domain import DomainService
 from daemon.models import (
@@ -301,7 +301,7 @@ class Workspace(DomainService):
             products=products, connected_firms=connected, timeline=timeline,
         )
 
-    def _timeline(self, s: Any, client: Client, company: Company | None) -> tuple[TimelineEntry, ...]:
+    def _timeline(self, s: Session, client: Client, company: Company | None) -> tuple[TimelineEntry, ...]:
         """Events on this client (and on its company, unless another firm's), and the emails about it.
 
         Emails sent to another firm about the same company (an invitation it received) stay that firm's.

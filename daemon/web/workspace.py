@@ -10,6 +10,7 @@ from aiohttp import web
 
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, InvalidInput
+from daemon.views import UserView
 from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect, run, visitor
 from daemon.workspace import BILLINGS, STATUSES, RosterQuery
 
@@ -20,7 +21,7 @@ ZONES = ("UTC", *sorted(
 ))
 
 
-def _signed_in(request: web.Request) -> Any:
+def _signed_in(request: web.Request) -> UserView:
     v = visitor(request)
     if v.user is None:
         back = quote(request.path_qs, safe="/")
@@ -30,7 +31,7 @@ def _signed_in(request: web.Request) -> Any:
 
 async def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     """A workspace page, with the navigation's counts."""
-    user = visitor(request).user
+    user = _signed_in(request)
     counts = await run(request.app[CABINET].workspace.counts, user.id, user.email)
     return page(request, template, status=status, nav=counts, **context)
 
@@ -64,7 +65,7 @@ async def team(request: web.Request) -> web.Response:
     return await _page(request, "team.html", members=members)
 
 
-def _profile_values(user: Any) -> dict[str, str]:
+def _profile_values(user: UserView) -> dict[str, str]:
     return {"name": user.name, "locale": user.locale, "timezone": user.timezone}
 
 
