@@ -15,8 +15,9 @@ from typing import Any, Iterator
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, text
 
+from daemon import db
 from daemon.cli import cli as cabinet_cli
 from daemon.models import Client, search_key
 from tests.conftest import (
@@ -27,6 +28,7 @@ from tests.conftest import (
     RunningServer,
     Seed,
     csrf_of,
+    fresh_database_url,
     write_config,
 )
 from tests.inbound_helpers import deliver, dsn, wait_processed
@@ -242,6 +244,24 @@ def test_team_shows_my_firms_staff_and_profile_changes_name_language_zone_and_pa
     assert fresh.post("/sign-in", email=seed.accountant, password=new, next="/").status_code == 303
     for browser in (marie, elsewhere, old, fresh):
         browser.close()
+
+
+def test_the_migration_folds_the_names_of_clients_already_on_a_roster(tmp_path: Path) -> None:
+    engine = db.make_engine(fresh_database_url(tmp_path))
+    try:
+        db.upgrade(engine, "0007")
+        now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO firms (id, name, name_key, email, created_at) "
+                              "VALUES (1, 'Tremblay CPA', 'tremblay cpa', 'b@t.example', :now)"), {"now": now})
+            conn.execute(text("INSERT INTO clients (firm_id, kind, name, name_key, billing, status, created_at) "
+                              "VALUES (1, 'individual', 'Érablière ROY', 'érablière roy', 'none', 'active', :now)"),
+                         {"now": now})
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT search_key FROM clients")).all() == [("erabliere roy",)]
+    finally:
+        engine.dispose()
 
 
 # -- the number of statements a page costs ------------------------------------------------------------
