@@ -30,6 +30,7 @@ from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
 from daemon.throttle import SignInThrottle, ThrottlePolicy
 from daemon.undeliverable import Undeliverable
+from daemon.workspace import Workspace
 from daemon.tokens import LinkSigner, SecretKeys
 from mailer.outbox import Outbox, OutboxWorker
 from mailer.queue import OutboxQueue
@@ -50,6 +51,7 @@ class Cabinet:
     transfers: BillingTransfers
     onboarding: Onboarding
     company_admin: CompanyAdmin
+    workspace: Workspace
     inbound: Inbound
     outbox: Outbox
     worker: OutboxWorker
@@ -176,6 +178,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         transfers=BillingTransfers(ctx),
         onboarding=Onboarding(ctx),
         company_admin=CompanyAdmin(ctx, roster),
+        workspace=Workspace(ctx),
         inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address, dns_txt,
                         answer_interval=timedelta(minutes=config.limits.unproven_reply_answer_minutes)),
         outbox=outbox,

@@ -59,6 +59,11 @@ class WebSessions:
                 return None
             return row.user_id
 
+    def end_others(self, user_id: int, token: str | None) -> None:
+        """After a password change: every other browser signed in as this user must sign in again."""
+        with write_transaction(self._sessions) as s:
+            s.execute(delete(WebSession).where(WebSession.user_id == user_id, WebSession.id != _digest(token or "")))
+
     def end(self, token: str | None) -> None:
         if not token:
             return

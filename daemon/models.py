@@ -8,6 +8,7 @@ too (so two instances racing cannot both win).
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
@@ -190,6 +191,17 @@ class CompanyProduct(Base):
     product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), primary_key=True)
 
 
+def search_key(*parts: str | None) -> str:
+    """What the roster's search compares: case and accents folded away ("Érablière" finds "erabl")."""
+    folded = unicodedata.normalize("NFKD", " ".join(p for p in parts if p).casefold())
+    return "".join(c for c in folded if not unicodedata.combining(c))
+
+
+def _client_search_key(context: Any) -> str:
+    params = context.get_current_parameters()
+    return search_key(params.get("name"))
+
+
 class Client(Base):
     """An entry on a firm's client roster."""
 
@@ -198,6 +210,9 @@ class Client(Base):
         UniqueConstraint("firm_id", "company_id"),
         UniqueConstraint("firm_id", "name_key"),
         one_of("status", ClientStatus),
+        # The roster page sorts a firm's clients by name as a dictionary does, or by date added.
+        Index("ix_clients_firm_search", "firm_id", "search_key"),
+        Index("ix_clients_firm_created", "firm_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -214,6 +229,8 @@ class Client(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # A staff member who is the company's primary admin ("Make me the primary admin").
     primary_admin_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # The name folded (case, accents) for the roster's search and sort (set on insert; nothing renames a client).
+    search_key: Mapped[str] = mapped_column(String(600), default=_client_search_key)
 
     firm: Mapped[Firm] = relationship()
     company: Mapped[Company | None] = relationship()

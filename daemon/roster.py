@@ -150,6 +150,40 @@ class Roster(DomainService):
                 raise NotFound("staff.missing")
             return self._user_view(s, user)
 
+    def update_profile(self, user_id: int, name: str, locale: str, timezone: str, channel: str = "link") -> UserView:
+        """A staff member's own name, language and time zone."""
+        name = clean_name(name)
+        locale = check_locale(locale)
+        timezone = check_timezone(timezone)
+        with self._transaction() as s:
+            changed = rows_changed(
+                s, update(User).where(User.id == user_id).values(name=name, locale=locale, timezone=timezone)
+            )
+            if not changed:
+                raise NotFound("staff.missing")
+            user = s.get(User, user_id)
+            assert user is not None
+            self._event(s, "staff.profile_changed", user.email, channel)
+            return self._user_view(s, user)
+
+    def password_hash(self, user_id: int) -> str | None:
+        """The stored hash, for the caller to verify the current password off the event loop."""
+        with self._sessions() as s:
+            return s.scalar(select(User.password_hash).where(User.id == user_id))
+
+    def change_password(self, user_id: int, verified_hash: str, new_hash: str, channel: str = "link") -> None:
+        """Replace the hash the caller verified the current password against; refuses if it changed since."""
+        with self._transaction() as s:
+            changed = rows_changed(
+                s,
+                update(User).where(User.id == user_id, User.password_hash == verified_hash)
+                .values(password_hash=new_hash),
+            )
+            if not changed:
+                raise InvalidState("password.changed_meanwhile")
+            email = s.scalar(select(User.email).where(User.id == user_id))
+            self._event(s, "staff.password_changed", str(email), channel)
+
     def list_staff(self) -> list[UserView]:
         with self._sessions() as s:
             return [self._user_view(s, u) for u in s.scalars(select(User).order_by(User.email))]

@@ -184,6 +184,12 @@ def test_every_page_and_email_in_one_language(chromium, server, cli: Cli, mailbo
                 walk.page.goto(server.env.base_url + path)
                 assert walk.page.evaluate("document.documentElement.scrollWidth") <= width, (path, width)
         walk.page.set_viewport_size({"width": 1024, "height": 800})
+        # The staff workspace: the client list searched, a client's page and its timeline, Pending, Team, Profile.
+        walk.goto("/clients?q=garage", "client list searched")
+        walk.page.get_by_role("link", name="Garage Lévesque").click()
+        walk.check("client page", "client")
+        for path in ("/pending", "/team", "/profile"):
+            walk.goto(path, path[1:], path[1:])
 
         # Flow 2: the client admin's manage page, then the firm completes the transfer.
         cli("company", "send-link", "Érablière Roy")

@@ -24,7 +24,7 @@ from daemon.health import Health
 from daemon.i18n import negotiate
 from daemon.metrics import Metrics
 from daemon.tokens import Purpose
-from daemon.web import account, clients, company, invitations, security, transfers
+from daemon.web import account, clients, company, invitations, security, transfers, workspace
 from daemon.config import LOCALES
 from daemon.web.context import (
     CABINET,
@@ -211,4 +211,5 @@ def make_app(
     company.setup(app)
     transfers.setup(app)
     clients.setup(app)
+    workspace.setup(app)
     return app

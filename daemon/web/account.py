@@ -19,6 +19,7 @@ from daemon.web.context import (
     run,
     visitor,
 )
+from daemon.web import workspace
 from daemon.web.security import SECURITY, client_ip, safe_next
 
 
@@ -26,9 +27,8 @@ async def home(request: web.Request) -> web.Response:
     v = visitor(request)
     if v.user is None:
         return page(request, "sign_in.html", next="/", email="", failed=False)
-    cabinet = request.app[CABINET]
-    rosters = {firm.name: await run(cabinet.roster.list_clients, firm.name) for firm in v.user.firms}
-    return page(request, "home.html", rosters=rosters)
+    # Signed-in staff land on their client list.
+    return await workspace.clients(request)
 
 
 async def sign_in_form(request: web.Request) -> web.Response:

@@ -1,0 +1,121 @@
+"""Signed-in staff's workspace: the client list, a client's page, what is pending, the team, the profile."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import available_timezones
+
+from aiohttp import web
+
+from daemon.config import LOCALES
+from daemon.errors import CabinetError, InvalidInput
+from daemon.views import UserView
+from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect, run, visitor
+from daemon.workspace import BILLINGS, STATUSES, RosterQuery
+
+# The zones offered on the profile page: the IANA names people pick from (not the "Etc/" offsets).
+ZONES = ("UTC", *sorted(
+    zone for zone in available_timezones()
+    if "/" in zone and not zone.startswith(("Etc/", "SystemV/", "posix/", "right/"))
+))
+
+
+def _signed_in(request: web.Request) -> UserView:
+    v = visitor(request)
+    if v.user is None:
+        back = quote(request.path_qs, safe="/")
+        raise web.HTTPSeeOther(f"/sign-in?next={back}" if request.method == "GET" else "/sign-in")
+    return v.user
+
+
+async def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    """A workspace page, with the navigation's counts."""
+    user = _signed_in(request)
+    counts = await run(request.app[CABINET].workspace.counts, user.id, user.email)
+    return page(request, template, status=status, nav=counts, **context)
+
+
+async def clients(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    query = RosterQuery.parse(request.query)
+    if query.firm_id is not None and query.firm_id not in {f.id for f in user.firms}:
+        query = RosterQuery(query.text, query.status, query.billing, None, query.sort, query.page)
+    roster = await run(request.app[CABINET].workspace.clients, user.id, query)
+    return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS)
+
+
+async def client(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    detail = await run(request.app[CABINET].workspace.client, user.id, int(request.match_info["id"]))
+    if detail is None:
+        raise web.HTTPNotFound()  # another firm's client or none: the same answer
+    return await _page(request, "client.html", client=detail)
+
+
+async def pending(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    found = await run(request.app[CABINET].workspace.pending, user.id, user.email)
+    return await _page(request, "pending.html", pending=found)
+
+
+async def team(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    members = await run(request.app[CABINET].workspace.team, user.id)
+    return await _page(request, "team.html", members=members)
+
+
+def _profile_values(user: UserView) -> dict[str, str]:
+    return {"name": user.name, "locale": user.locale, "timezone": user.timezone}
+
+
+async def profile(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    done = request.query.get("done", "")
+    return await _page(request, "profile.html", values=_profile_values(user), zones=ZONES, locales=LOCALES,
+                       error=None, error_form=None, done=done if done in ("profile", "password") else "")
+
+
+async def update_profile(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    data = form(request)
+    values = {key: str(data.get(key, "")).strip() for key in ("name", "locale", "timezone")}
+    try:
+        await run(request.app[CABINET].roster.update_profile, user.id, values["name"], values["locale"],
+                  values["timezone"])
+    except CabinetError as exc:
+        return await _page(request, "profile.html", status=exc.http_status, values=values, zones=ZONES,
+                           locales=LOCALES, error=message(request, exc), error_form="profile", done="")
+    return redirect("/profile?done=profile")
+
+
+async def change_password(request: web.Request) -> web.Response:
+    user = _signed_in(request)
+    cabinet = request.app[CABINET]
+    data = form(request)
+    current = str(data.get("current_password", ""))
+    new = str(data.get("new_password", ""))
+    try:
+        if new != str(data.get("confirm_password", "")):
+            raise InvalidInput("password.mismatch")
+        stored = await run(cabinet.roster.password_hash, user.id)
+        # argon2 on the password pool, as sign-in does: never on the event loop.
+        if not await cabinet.passwords.verify_async(stored, current):
+            raise InvalidInput("password.current_wrong")
+        new_hash = await cabinet.passwords.executor.run(cabinet.passwords.hash, new)
+        await run(cabinet.roster.change_password, user.id, str(stored), new_hash)
+        await run(request.app[SESSIONS].end_others, user.id, visitor(request).session_token)
+    except CabinetError as exc:
+        return await _page(request, "profile.html", status=exc.http_status, values=_profile_values(user),
+                           zones=ZONES, locales=LOCALES, error=message(request, exc), error_form="password", done="")
+    return redirect("/profile?done=password")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/clients", clients)
+    app.router.add_get("/clients/{id:[0-9]{1,18}}", client)
+    app.router.add_get("/pending", pending)
+    app.router.add_get("/team", team)
+    app.router.add_get("/profile", profile)
+    app.router.add_post("/profile", update_profile)
+    app.router.add_post("/profile/password", change_password)

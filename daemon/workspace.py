@@ -1,0 +1,457 @@
+"""What a signed-in staff member's pages read: the roster, one client, what is pending, the team.
+
+Read-only. Every method is scoped to the firms the user is a member of *in the
+statement itself* (a membership subquery), so a client of another firm is never
+read, and issues a fixed number of statements whatever the size of the roster
+(Core selects with joins; no lazy loading), so a page costs the same at 10 and
+at 100,000 clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from daemon.domain import DomainService
+from daemon.models import (
+    BillingTransfer,
+    Client,
+    ClientStatus,
+    Company,
+    CompanyProduct,
+    Event,
+    Firm,
+    Invitation,
+    InvitationState,
+    Membership,
+    OutboxMessage,
+    Product,
+    SetupInvitation,
+    SetupState,
+    TransferState,
+    User,
+    search_key,
+)
+from daemon.tokens import Purpose
+
+PAGE_SIZE = 50
+STATUSES = tuple(s.value for s in ClientStatus)
+BILLINGS = ("self-paid", "wholesale", "direct", "none")
+SORTS = {
+    "name": (Client.search_key.asc(), Client.name.asc(), Client.id.asc()),
+    "-name": (Client.search_key.desc(), Client.name.desc(), Client.id.desc()),
+    "added": (Client.created_at.asc(), Client.id.asc()),
+    "-added": (Client.created_at.desc(), Client.id.desc()),
+}
+
+
+@dataclass(frozen=True)
+class RosterQuery:
+    """The roster page's search box, filters, sort and page, as the URL gives them (unknown values ignored)."""
+
+    text: str = ""
+    status: str = ""
+    billing: str = ""
+    firm_id: int | None = None
+    sort: str = "name"
+    page: int = 1
+
+    @classmethod
+    def parse(cls, args: Any) -> RosterQuery:
+        def pick(key: str, allowed: tuple[str, ...] | dict[str, Any]) -> str:
+            value = str(args.get(key, "")).strip()
+            return value if value in allowed else ""
+
+        firm = str(args.get("firm", "")).strip()
+        page = str(args.get("page", "1")).strip()
+        return cls(
+            text=str(args.get("q", "")).strip()[:200],
+            status=pick("status", STATUSES),
+            billing=pick("billing", BILLINGS),
+            firm_id=int(firm) if firm.isdigit() else None,
+            sort=pick("sort", SORTS) or "name",
+            page=max(1, min(int(page), 1_000_000)) if page.isdigit() else 1,
+        )
+
+    def url(self, **changes: Any) -> str:
+        """This query's URL with ``changes`` (a new page, a new sort), for the page's links."""
+        values = {"q": self.text, "status": self.status, "billing": self.billing,
+                  "firm": self.firm_id or "", "sort": "" if self.sort == "name" else self.sort, "page": self.page}
+        values.update(changes)
+        if values.get("page") == 1:
+            values["page"] = ""
+        return "/clients?" + urlencode({k: v for k, v in values.items() if v not in ("", None)})
+
+
+@dataclass(frozen=True)
+class RosterRow:
+    id: int
+    firm: str
+    name: str
+    kind: str
+    email: str | None
+    billing: str
+    status: str
+    connected_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RosterPage:
+    rows: tuple[RosterRow, ...]
+    total: int
+    query: RosterQuery
+    pages: int
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of a client's activity: an event (who, which channel) or an email (its delivery state)."""
+
+    at: datetime
+    kind: str  # an event kind ("client.added") or "email"
+    actor: str | None = None
+    channel: str | None = None
+    email_kind: str | None = None  # the email's template
+    subject: str | None = None
+    recipient: str | None = None
+    state: str | None = None  # queued | sent | failed | bounced
+    attempts: int = 0
+    answer: str | None = None  # the relay's last answer, or the bounce's reason
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ClientDetail:
+    id: int
+    firm: str
+    name: str
+    kind: str
+    email: str | None
+    phone: str | None
+    billing: str
+    status: str
+    connected_at: datetime | None
+    created_at: datetime
+    company: str | None
+    primary_admin_name: str | None
+    primary_admin_email: str | None
+    trial_ends_at: datetime | None
+    payment_details_at: datetime | None
+    products: tuple[str, ...] = ()
+    connected_firms: tuple[str, ...] = ()
+    timeline: tuple[TimelineEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class PendingInvitation:
+    company: str
+    invited_by: str
+    created_at: datetime
+    expires_at: datetime
+    url: str
+    delivery: str | None
+
+
+@dataclass(frozen=True)
+class PendingTransfer:
+    company: str
+    firm: str
+    authorized_by: str
+    expires_at: datetime
+    url: str
+    client_id: int | None
+
+
+@dataclass(frozen=True)
+class PendingSetup:
+    client_id: int | None
+    company: str
+    firm: str
+    email: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingTrial:
+    client_id: int
+    name: str
+    firm: str
+    trial_ends_at: datetime | None
+    payment_details_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Pending:
+    invitations: tuple[PendingInvitation, ...] = ()
+    transfers: tuple[PendingTransfer, ...] = ()
+    setups: tuple[PendingSetup, ...] = ()
+    trials: tuple[PendingTrial, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.invitations) + len(self.transfers) + len(self.setups) + len(self.trials)
+
+
+@dataclass(frozen=True)
+class TeamMember:
+    name: str
+    email: str
+    firms: tuple[tuple[str, str], ...] = field(default=())  # (firm, role)
+
+
+@dataclass(frozen=True)
+class NavCounts:
+    clients: int
+    pending: int
+    team: int
+
+
+def delivery_state(state: str) -> str:
+    """The outbox's state as staff read it: "pending" is still queued."""
+    return "queued" if state == "pending" else state
+
+
+class Workspace(DomainService):
+    @staticmethod
+    def _my_firms(user_id: int) -> Select[tuple[int]]:
+        return select(Membership.firm_id).where(Membership.user_id == user_id)
+
+    def _roster_filter(self, user_id: int, query: RosterQuery) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [Client.firm_id.in_(self._my_firms(user_id))]
+        if query.firm_id is not None:
+            where.append(Client.firm_id == query.firm_id)
+        if query.status:
+            where.append(Client.status == query.status)
+        if query.billing:
+            where.append(Client.billing == query.billing)
+        for word in search_key(query.text).split():
+            escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            # Addresses are stored normalised (lower-case), so the folded word compares with them as is.
+            where.append(or_(Client.search_key.like(pattern, escape="\\"), Client.email.like(pattern, escape="\\")))
+        return where
+
+    def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
+        """One page of the user's firms' clients: two statements (the count, the page)."""
+        where = self._roster_filter(user_id, query)
+        with self._sessions() as s:
+            total = s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+            pages = max(1, -(-total // PAGE_SIZE))
+            page = min(query.page, pages)
+            rows = s.execute(
+                select(Client.id, Firm.name, Client.name, Client.kind, Client.email, Client.billing,
+                       Client.status, Client.connected_at, Client.created_at)
+                .join(Firm, Firm.id == Client.firm_id)
+                .where(*where)
+                .order_by(*SORTS[query.sort])
+                .limit(PAGE_SIZE)
+                .offset((page - 1) * PAGE_SIZE)
+            ).all()
+        return RosterPage(
+            rows=tuple(RosterRow(*row) for row in rows), total=total,
+            query=RosterQuery(query.text, query.status, query.billing, query.firm_id, query.sort, page), pages=pages,
+        )
+
+    def client(self, user_id: int, client_id: int) -> ClientDetail | None:
+        """A client of one of the user's firms, with its timeline; None for any other (the page says 404)."""
+        admin = aliased(User)
+        with self._sessions() as s:
+            row = s.execute(
+                select(Client, Firm.name, Company, admin)
+                .join(Firm, Firm.id == Client.firm_id)
+                .outerjoin(Company, Company.id == Client.company_id)
+                .outerjoin(admin, admin.id == Client.primary_admin_id)
+                .where(Client.id == client_id, Client.firm_id.in_(self._my_firms(user_id)))
+            ).first()
+            if row is None:
+                return None
+            client, firm_name, company, staff_admin = row
+            products: tuple[str, ...] = ()
+            connected: tuple[str, ...] = ()
+            if company is not None:
+                products = tuple(s.scalars(
+                    select(Product.name).join(CompanyProduct, CompanyProduct.product_id == Product.id)
+                    .where(CompanyProduct.company_id == company.id).order_by(Product.position)
+                ))
+                connected = tuple(s.scalars(
+                    select(Firm.name).join(Client, Client.firm_id == Firm.id)
+                    .where(Client.company_id == company.id).order_by(Firm.name_key)
+                ))
+            timeline = self._timeline(s, client, company)
+        if staff_admin is not None:
+            admin_name, admin_email = staff_admin.name, staff_admin.email
+        elif company is not None:
+            admin_name, admin_email = company.admin_name, company.admin_email
+        else:
+            admin_name = admin_email = None
+        return ClientDetail(
+            id=client.id, firm=firm_name, name=client.name, kind=client.kind, email=client.email, phone=client.phone,
+            billing=client.billing, status=client.status, connected_at=client.connected_at,
+            created_at=client.created_at, company=company.name if company else None,
+            primary_admin_name=admin_name, primary_admin_email=admin_email,
+            trial_ends_at=company.trial_ends_at if company else None,
+            payment_details_at=company.payment_details_at if company else None,
+            products=products, connected_firms=connected, timeline=timeline,
+        )
+
+    def _timeline(self, s: Session, client: Client, company: Company | None) -> tuple[TimelineEntry, ...]:
+        """Events on this client (and on its company, unless another firm's), and the emails about it.
+
+        Emails sent to another firm about the same company (an invitation it received) stay that firm's.
+        """
+        about_client: ColumnElement[bool] = Event.client_id == client.id
+        if company is not None:
+            about_client = or_(
+                about_client,
+                and_(Event.company_id == company.id, or_(Event.firm_id.is_(None), Event.firm_id == client.firm_id)),
+            )
+        events = s.execute(
+            select(Event.at, Event.kind, Event.actor, Event.channel).where(about_client).order_by(Event.id)
+        ).all()
+        entries = [TimelineEntry(at=e.at, kind=e.kind, actor=e.actor, channel=e.channel) for e in events]
+        if company is not None:
+            emails = s.execute(
+                select(OutboxMessage.created_at, OutboxMessage.kind, OutboxMessage.subject, OutboxMessage.recipient,
+                       OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
+                       OutboxMessage.sent_at)
+                .outerjoin(Invitation, Invitation.id == OutboxMessage.invitation_id)
+                .where(
+                    OutboxMessage.company_id == company.id,
+                    or_(
+                        OutboxMessage.firm_id == client.firm_id,
+                        and_(OutboxMessage.firm_id.is_(None),
+                             or_(OutboxMessage.invitation_id.is_(None), Invitation.firm_id == client.firm_id)),
+                    ),
+                )
+                .order_by(OutboxMessage.id)
+            ).all()
+            entries += [
+                TimelineEntry(
+                    at=m.created_at, kind="email", email_kind=m.kind, subject=m.subject, recipient=m.recipient,
+                    state=delivery_state(m.state), attempts=m.attempts,
+                    answer=m.bounce_reason if m.state == "bounced" and m.bounce_reason else m.last_answer,
+                    sent_at=m.sent_at,
+                )
+                for m in emails
+            ]
+        # Newest first; an email queued by an event sorts after it (same instant).
+        return tuple(sorted(entries, key=lambda e: (e.at, e.kind == "email"), reverse=True))
+
+    def pending(self, user_id: int, email: str) -> Pending:
+        """Invitations to the user not yet answered, and their firms' transfers, setups and trials under way."""
+        now = self._now()
+        mine = self._my_firms(user_id)
+        with self._sessions() as s:
+            latest = (
+                select(OutboxMessage.state)
+                .where(OutboxMessage.invitation_id == Invitation.id)
+                .order_by(OutboxMessage.id.desc()).limit(1).correlate(Invitation).scalar_subquery()
+            )
+            invitations = s.execute(
+                select(Invitation, Company.name, latest)
+                .join(Company, Company.id == Invitation.company_id)
+                .where(Invitation.email == email, Invitation.state == InvitationState.PENDING,
+                       Invitation.expires_at > now)
+                .order_by(Invitation.expires_at)
+            ).all()
+            transfers = s.execute(
+                select(BillingTransfer, Company.name, Firm.name, Client.id)
+                .join(Company, Company.id == BillingTransfer.company_id)
+                .join(Firm, Firm.id == BillingTransfer.firm_id)
+                .outerjoin(Client, and_(Client.company_id == Company.id, Client.firm_id == Firm.id))
+                .where(BillingTransfer.firm_id.in_(mine), BillingTransfer.state == TransferState.PENDING,
+                       BillingTransfer.expires_at > now)
+                .order_by(BillingTransfer.expires_at)
+            ).all()
+            setups = s.execute(
+                select(SetupInvitation, Company.name, Firm.name, Client.id)
+                .join(Company, Company.id == SetupInvitation.company_id)
+                .join(Firm, Firm.id == SetupInvitation.firm_id)
+                .outerjoin(Client, and_(Client.company_id == Company.id, Client.firm_id == Firm.id))
+                .where(SetupInvitation.firm_id.in_(mine), SetupInvitation.state == SetupState.PENDING,
+                       SetupInvitation.expires_at > now)
+                .order_by(SetupInvitation.expires_at)
+            ).all()
+            trials = s.execute(
+                select(Client.id, Client.name, Firm.name, Company.trial_ends_at, Company.payment_details_at)
+                .join(Firm, Firm.id == Client.firm_id)
+                .join(Company, Company.id == Client.company_id)
+                .where(Client.firm_id.in_(mine), Client.status == ClientStatus.TRIAL)
+                .order_by(Company.trial_ends_at)
+            ).all()
+        return Pending(
+            invitations=tuple(
+                PendingInvitation(
+                    company=name, invited_by=inv.invited_by, created_at=inv.created_at, expires_at=inv.expires_at,
+                    url=self._links.invitation(self._signer.sign(Purpose.INVITE, [inv.id, inv.nonce])),
+                    delivery=delivery_state(state) if state else None,
+                )
+                for inv, name, state in invitations
+            ),
+            transfers=tuple(
+                PendingTransfer(
+                    company=company, firm=firm, authorized_by=t.authorized_by, expires_at=t.expires_at,
+                    url=self._links.transfer(self._signer.sign(Purpose.TRANSFER, [t.id, t.nonce])), client_id=cid,
+                )
+                for t, company, firm, cid in transfers
+            ),
+            setups=tuple(
+                PendingSetup(client_id=cid, company=company, firm=firm, email=setup.email,
+                             created_at=setup.created_at, expires_at=setup.expires_at)
+                for setup, company, firm, cid in setups
+            ),
+            trials=tuple(PendingTrial(*row) for row in trials),
+        )
+
+    def team(self, user_id: int) -> list[TeamMember]:
+        """Everyone who shares a firm with the user, with their firms among the user's (one statement)."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(User.id, User.name, User.email, Firm.name, Membership.role)
+                .join(Membership, Membership.user_id == User.id)
+                .join(Firm, Firm.id == Membership.firm_id)
+                .where(Membership.firm_id.in_(self._my_firms(user_id)))
+                .order_by(User.name, User.email, Firm.name_key)
+            ).all()
+        members: dict[int, TeamMember] = {}
+        for uid, name, email, firm, role in rows:
+            known = members.get(uid)
+            firms = (known.firms if known else ()) + ((firm, role),)
+            members[uid] = TeamMember(name, email, firms)
+        return list(members.values())
+
+    def counts(self, user_id: int, email: str) -> NavCounts:
+        """The numbers in the navigation, in one statement of COUNT subqueries."""
+        now = self._now()
+        mine = self._my_firms(user_id)
+
+        def count(statement: Select[Any]) -> Any:
+            return statement.scalar_subquery()
+
+        row = self._read(select(
+            count(select(func.count()).select_from(Client).where(Client.firm_id.in_(mine))),
+            count(select(func.count()).select_from(Invitation).where(
+                Invitation.email == email, Invitation.state == InvitationState.PENDING, Invitation.expires_at > now)),
+            count(select(func.count()).select_from(BillingTransfer).where(
+                BillingTransfer.firm_id.in_(mine), BillingTransfer.state == TransferState.PENDING,
+                BillingTransfer.expires_at > now)),
+            count(select(func.count()).select_from(SetupInvitation).where(
+                SetupInvitation.firm_id.in_(mine), SetupInvitation.state == SetupState.PENDING,
+                SetupInvitation.expires_at > now)),
+            count(select(func.count()).select_from(Client).join(Company, Company.id == Client.company_id).where(
+                Client.firm_id.in_(mine), Client.status == ClientStatus.TRIAL)),
+            count(select(func.count(func.distinct(Membership.user_id))).where(Membership.firm_id.in_(mine))),
+        ))
+        clients, invitations, transfers, setups, trials, team = (int(n or 0) for n in row)
+        return NavCounts(clients=clients, pending=invitations + transfers + setups + trials, team=team)
+
+    def _read(self, statement: Select[Any]) -> Any:
+        with self._sessions() as s:
+            return s.execute(statement).one()
