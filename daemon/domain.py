@@ -374,6 +374,7 @@ class DomainService:
             user.locale,
             user.timezone,
             tuple(FirmView(f.id, f.name, f.email) for f in firms),
+            disabled_at=user.disabled_at,
         )
 
     def _payment_url(self, company_id: int) -> str:
