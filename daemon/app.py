@@ -25,6 +25,8 @@ from daemon.company_admin import CompanyAdmin
 from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
+from daemon.links_explained import LinkExplainer
+from daemon.password_resets import PasswordResets
 from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
@@ -57,6 +59,8 @@ class Cabinet:
     renderer: EmailRenderer
     sign_in: SignIn
     mail_queue: OutboxQueue
+    link_explainer: LinkExplainer
+    password_resets: PasswordResets
 
     def close(self) -> None:
         self.passwords.close()
@@ -178,4 +182,6 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         renderer=renderer,
         sign_in=SignIn(sessions, roster, passwords, throttle),
         mail_queue=OutboxQueue(sessions, clock),
+        link_explainer=LinkExplainer(ctx),
+        password_resets=PasswordResets(ctx),
     )

@@ -102,6 +102,7 @@ MESSAGES: dict[str, str] = {
     "(add another firm first, or disable the account)",
     "staff.already_disabled": "the account {email} is already disabled",
     "link.used": "this link has already been used",
+    "link.replaced": "this link was replaced by a newer one, or the address it was sent to changed",
     "inbound.not_retryable": "inbound message {id} is {state}; only a quarantined one can be retried",
     # Links and forms
     "link.invalid": "this link is not valid",

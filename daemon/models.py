@@ -136,6 +136,11 @@ class User(Base):
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
 
+    @property
+    def password_stamp(self) -> str:
+        """What a password reset link is bound to: it changes with the password, so a link works once."""
+        return self.password_changed_at.isoformat() if self.password_changed_at else ""
+
 
 class Membership(Base):
     __tablename__ = "memberships"
