@@ -20,7 +20,7 @@ from daemon.auth import WebSessions
 from daemon.errors import CabinetError
 from daemon.metrics import Metrics
 from daemon.tokens import Purpose
-from daemon.web import account, clients, company, invitations, security, transfers
+from daemon.web import account, clients, company, invitations, password_reset, security, transfers
 from daemon.web.context import (
     CABINET,
     FORM,
@@ -176,4 +176,5 @@ def make_app(
     company.setup(app)
     transfers.setup(app)
     clients.setup(app)
+    password_reset.setup(app)
     return app
