@@ -421,6 +421,26 @@ class Roster(DomainService):
         view = self._invitation_view(s, invitation)
         return InvitationView(**{**view.__dict__, "url": url})
 
+    def pending_invitation(self, company_name: str, email: str) -> InvitationView | None:
+        """The usable invitation from the company to ``email``, with its link signed afresh (nothing is
+        sent: the link names the same row and nonce as the emailed one), or None."""
+        address = normalise_email(email)
+        with self._sessions() as s:
+            company = self._company_by_name(s, company_name)
+            invitation = s.scalar(
+                select(Invitation).where(
+                    Invitation.company_id == company.id,
+                    Invitation.email == address,
+                    Invitation.state == InvitationState.PENDING,
+                    Invitation.expires_at > self._clock.now(),
+                )
+            )
+            if invitation is None:
+                return None
+            url = self._links.invitation(self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce]))
+            view = self._invitation_view(s, invitation)
+            return InvitationView(**{**view.__dict__, "url": url})
+
     def revoke_invitation(self, invitation_id: int, channel: str = "cli") -> InvitationView:
         now = self._clock.now()
         with self._transaction() as s:
