@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from email.message import EmailMessage
 
@@ -45,7 +46,7 @@ def test_known_and_unknown_addresses_get_the_same_answer(
 
 
 def test_the_link_sets_a_password_once_and_ends_every_session(
-    seed: Seed, server: RunningServer, make_browser, mailbox: Mailbox, env: Env
+    cli, seed: Seed, server: RunningServer, make_browser, mailbox: Mailbox, env: Env
 ) -> None:
     elsewhere = make_browser()
     assert elsewhere.sign_in("/", seed.accountant).status_code == 303 and signed_in(elsewhere)
@@ -77,6 +78,10 @@ def test_the_link_sets_a_password_once_and_ends_every_session(
     assert make_browser().sign_in("/", seed.accountant, PASSWORD).status_code == 401
     fresh = make_browser()
     assert fresh.sign_in("/", seed.accountant, NEW_PASSWORD).status_code == 303 and signed_in(fresh)
+    explained = json.loads(cli("link", "explain", link, "--json").output)
+    assert (explained["purpose"], explained["issued_to"], explained["current"]) == ("password reset", seed.accountant, False)
+    assert explained["state"].startswith("used")
+    assert explained["used"]["kind"] == "staff.password_reset"
 
 
 def test_a_link_expires_after_an_hour_and_a_tampered_one_is_refused(
