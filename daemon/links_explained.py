@@ -131,7 +131,7 @@ class LinkExplainer(DomainService):
         else:
             raise LinkTampered("link.invalid")
         token = match.group(1)
-        _, issued_at = self._signer.inspect(route.purpose, token)
+        payload, issued_at = self._signer.inspect(route.purpose, token)
         max_age = self._max_age(route.purpose, route.tag)
         with self._sessions() as s:
             current = True
@@ -142,7 +142,6 @@ class LinkExplainer(DomainService):
                 )
             except _Replaced as replaced:
                 row, current = replaced.row, False
-            payload, _ = self._signer.inspect(route.purpose, token)
             issued_to, state, detail = self._describe(s, route, row, payload, issued_at)
             return LinkExplanation(
                 purpose=route.label,
@@ -197,7 +196,7 @@ class LinkExplainer(DomainService):
         raise CabinetError("error.unexpected")  # pragma: no cover - every route names one of the above
 
     def _events(self, s: Session, route: _Route, row: Any, issued_at: datetime) -> list[LinkEvent]:
-        # Events keep whole seconds of the token in mind: the token's time is truncated to the second.
+        # The token's time is whole seconds (earlier than or equal to its real issue): nothing after it is missed.
         query = select(Event).where(Event.at >= issued_at).order_by(Event.at, Event.id).limit(200)
         key: tuple[str, int] | None = None
         if isinstance(row, Invitation):

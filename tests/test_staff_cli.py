@@ -90,3 +90,17 @@ def test_a_disabled_account_cannot_sign_in_and_its_sessions_end(
     assert staff_entry(cli, seed.accountant)["disabled_at"] is not None
     assert "[staff.already_disabled]" in cli("staff", "disable", seed.accountant, expect=1).output
     assert "disabled" in cli("staff", "list").output
+
+
+def test_a_disabled_member_is_no_longer_emailed_about_the_firm(
+    cli: Cli, seed: Seed, server, browser: Browser, mailbox
+) -> None:
+    from tests.conftest import accept_invitation
+
+    cli("staff", "add", "paul@tremblay.example", "--name", "Paul Roy", "--firm", seed.firm, "--password-stdin",
+        input=PASSWORD + "\n")
+    cli("staff", "disable", "paul@tremblay.example")
+    accept_invitation(browser, cli, mailbox, seed.company, seed.accountant)
+    server.settle()
+    assert mailbox.wait(seed.accountant, subject="added")
+    assert mailbox.messages("paul@tremblay.example") == []
