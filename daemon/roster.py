@@ -233,7 +233,8 @@ class Roster(DomainService):
         with self._transaction() as s:
             user = self._user_by_email(s, email)
             firm = self._firm_by_name(s, firm_name)
-            memberships = s.scalars(select(Membership).where(Membership.user_id == user.id)).all()
+            # Locked (PostgreSQL): two removals of different firms at once must not leave none.
+            memberships = s.scalars(select(Membership).where(Membership.user_id == user.id).with_for_update()).all()
             mine = [m for m in memberships if m.firm_id == firm.id]
             if not mine:
                 raise NotFound("staff.not_member", email=user.email, firm=firm.name)
