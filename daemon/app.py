@@ -26,6 +26,7 @@ from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
 from daemon.links_explained import LinkExplainer
+from daemon.new_accounts import NewAccounts
 from daemon.password_resets import PasswordResets
 from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
@@ -61,6 +62,7 @@ class Cabinet:
     mail_queue: OutboxQueue
     link_explainer: LinkExplainer
     password_resets: PasswordResets
+    new_accounts: NewAccounts
 
     def close(self) -> None:
         self.passwords.close()
@@ -184,4 +186,5 @@ def build(config: Config, clock: Clock | None = None) -> Cabinet:
         mail_queue=OutboxQueue(sessions, clock),
         link_explainer=LinkExplainer(ctx),
         password_resets=PasswordResets(ctx),
+        new_accounts=NewAccounts(ctx),
     )

@@ -67,6 +67,8 @@ MESSAGES: dict[str, str] = {
     # Already exists
     "firm.exists": "a firm named '{name}' already exists",
     "staff.exists": "a staff member with the address {email} already exists",
+    "account.firm_exists": "a firm named '{name}' already uses Cabinet: ask its administrator to add you, "
+    "then open your invitation again",
     "staff.already_member": "{email} is already a member of {firm}",
     "company.exists": "a company named '{name}' already exists",
     "company.exists_invite_admin": "a QuickBooks company named '{name}' already exists; "

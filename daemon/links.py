@@ -15,6 +15,7 @@ class Links:
     SETUP = "/setup/{token}"
     PAYMENT = "/payment/{token}"
     PASSWORD_RESET = "/password-reset/{token}"
+    NEW_ACCOUNT = "/accounts/new/{token}"
 
     def __init__(self, public_url: str) -> None:
         self._base = public_url.rstrip("/")
@@ -46,6 +47,9 @@ class Links:
 
     def password_reset(self, token: str) -> str:
         return self._url(self.PASSWORD_RESET, token)
+
+    def new_account(self, token: str) -> str:
+        return self._url(self.NEW_ACCOUNT, token)
 
     def home(self) -> str:
         return self._base + "/"

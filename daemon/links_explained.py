@@ -24,6 +24,7 @@ from daemon.domain import DomainService
 from daemon.errors import CabinetError, LinkTampered
 from daemon.models import BillingTransfer, Company, Event, Invitation, SetupInvitation, User
 from daemon.tokens import Purpose
+from daemon.new_accounts import NEW_ACCOUNT_TTL
 from daemon.password_resets import PASSWORD_RESET_TTL
 
 
@@ -45,6 +46,7 @@ _ROUTES: list[tuple[re.Pattern[str], _Route]] = [
     (re.compile(r"^/transfers/([^/]+)"), _Route(Purpose.TRANSFER, BillingTransfer, "billing transfer", "billing transfer")),
     (re.compile(r"^/setup/([^/]+)"), _Route(Purpose.SETUP, SetupInvitation, "invitation", "client setup")),
     (re.compile(r"^/payment/([^/]+)"), _Route(Purpose.PAYMENT, Company, "trial", "payment details", bound=None)),
+    (re.compile(r"^/accounts/new/([^/]+)"), _Route(Purpose.NEW_ACCOUNT, Invitation, "invitation", "account creation")),
     (re.compile(r"^/password-reset/([^/]+)"), _Route(Purpose.PASSWORD_RESET, User, "user", "password reset", bound="password_stamp")),
 ]
 
@@ -119,6 +121,7 @@ class LinkExplainer(DomainService):
             Purpose.SETUP: policy.setup_ttl,
             Purpose.PAYMENT: policy.trial_length + timedelta(days=1),
             Purpose.PASSWORD_RESET: PASSWORD_RESET_TTL,
+            Purpose.NEW_ACCOUNT: NEW_ACCOUNT_TTL,
         }[purpose]
 
     def explain(self, url: str) -> LinkExplanation:
@@ -164,7 +167,7 @@ class LinkExplainer(DomainService):
             state = row.state
             if state == "pending" and now >= row.expires_at:
                 state = "expired"
-            to = row.email if route.purpose is Purpose.INVITE else row.company.admin_email
+            to = row.company.admin_email if route.purpose is Purpose.MANAGE else row.email
             return to, state, {
                 "company": row.company.name, "invitation_expires_at": row.expires_at.isoformat(),
                 "firm": row.firm.name if row.firm else None,

@@ -37,6 +37,7 @@ class Purpose(Enum):
     CSRF = "csrf"
     BROWSER = "browser"
     PASSWORD_RESET = "password-reset"
+    NEW_ACCOUNT = "new-account"
 
     @property
     def salt(self) -> str:

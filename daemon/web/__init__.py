@@ -20,7 +20,7 @@ from daemon.auth import WebSessions
 from daemon.errors import CabinetError
 from daemon.metrics import Metrics
 from daemon.tokens import Purpose
-from daemon.web import account, clients, company, invitations, password_reset, security, transfers
+from daemon.web import account, clients, company, invitations, new_account, password_reset, security, transfers
 from daemon.web.context import (
     CABINET,
     FORM,
@@ -177,4 +177,5 @@ def make_app(
     transfers.setup(app)
     clients.setup(app)
     password_reset.setup(app)
+    new_account.setup(app)
     return app
