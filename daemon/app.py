@@ -25,6 +25,9 @@ from daemon.company_admin import CompanyAdmin
 from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
+from daemon.links_explained import LinkExplainer
+from daemon.new_accounts import NewAccounts
+from daemon.password_resets import PasswordResets
 from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
@@ -59,6 +62,9 @@ class Cabinet:
     renderer: EmailRenderer
     sign_in: SignIn
     mail_queue: OutboxQueue
+    link_explainer: LinkExplainer
+    password_resets: PasswordResets
+    new_accounts: NewAccounts
 
     def close(self) -> None:
         self.passwords.close()
@@ -187,4 +193,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         renderer=renderer,
         sign_in=SignIn(sessions, roster, passwords, throttle),
         mail_queue=OutboxQueue(sessions, clock),
+        link_explainer=LinkExplainer(ctx),
+        password_resets=PasswordResets(ctx),
+        new_accounts=NewAccounts(ctx),
     )

@@ -54,7 +54,9 @@ class WebSessions:
         if not token:
             return None
         with self._sessions() as s:
-            row = s.scalar(select(WebSession).where(WebSession.id == _digest(token)))
+            row = s.scalar(
+                select(WebSession).join(User).where(WebSession.id == _digest(token), User.disabled_at.is_(None))
+            )
             if row is None or row.expires_at <= self._clock.now():
                 return None
             return row.user_id
@@ -90,7 +92,10 @@ class SignIn:
         except InvalidInput:
             return None, None
         with self._sessions() as s:
-            row = s.execute(select(User.id, User.password_hash).where(User.email == address)).first()
+            # A disabled account reads as no account: the decoy is checked and the answer is the same.
+            row = s.execute(
+                select(User.id, User.password_hash).where(User.email == address, User.disabled_at.is_(None))
+            ).first()
             return (row[0], row[1]) if row else (None, None)
 
     async def attempt(self, email: str, password: str, client_ip: str) -> UserView:

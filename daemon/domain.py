@@ -355,7 +355,12 @@ class DomainService:
         raise NotAllowed("firm.not_member_connect")
 
     def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:
-        yield from s.scalars(select(User).join(Membership).where(Membership.firm_id == firm.id).order_by(User.id))
+        # A disabled account is no longer told about the firm's clients.
+        yield from s.scalars(
+            select(User).join(Membership)
+            .where(Membership.firm_id == firm.id, User.disabled_at.is_(None))
+            .order_by(User.id)
+        )
 
     def _is_member(self, s: Session, user_id: int, firm_id: int) -> bool:
         return (
@@ -374,6 +379,7 @@ class DomainService:
             user.locale,
             user.timezone,
             tuple(FirmView(f.id, f.name, f.email) for f in firms),
+            disabled_at=user.disabled_at,
         )
 
     def _payment_url(self, company_id: int) -> str:

@@ -64,12 +64,16 @@ MESSAGES: dict[str, str] = {
     "company_or_firm.missing": "no such company or firm",
     "staff.not_found": "no staff member with the address '{email}' (see `cabinet staff list`)",
     "staff.missing": "no such staff member",
+    "staff.not_member": "{email} is not a member of {firm}",
     "invitation.not_found": "no invitation {id} (see `cabinet invitation list`)",
     "inbound.not_found": "no inbound message {id} (see `cabinet inbound list`)",
     "mail.not_found": "no message '{key}' in {path}",
     # Already exists
     "firm.exists": "a firm named '{name}' already exists",
     "staff.exists": "a staff member with the address {email} already exists",
+    "account.firm_exists": "a firm named '{name}' already uses Cabinet: ask its administrator to add you, "
+    "then open your invitation again",
+    "staff.already_member": "{email} is already a member of {firm}",
     "company.exists": "a company named '{name}' already exists",
     "company.exists_invite_admin": "a QuickBooks company named '{name}' already exists; "
     "invite its admin to connect it instead",
@@ -100,6 +104,11 @@ MESSAGES: dict[str, str] = {
     "transfer.nothing_to_revoke": "there is no pending billing transfer to revoke",
     "payment.on_file": "payment details are already on file",
     "payment.lapsed": "the trial has ended and the discount has lapsed",
+    "staff.last_firm": "{firm} is the only firm of {email}: a staff member belongs to at least one firm "
+    "(add another firm first, or disable the account)",
+    "staff.already_disabled": "the account {email} is already disabled",
+    "link.used": "this link has already been used",
+    "link.replaced": "this link was replaced by a newer one, or the address it was sent to changed",
     "inbound.not_retryable": "inbound message {id} is {state}; only a quarantined one can be retried",
     # Links and forms
     "link.invalid": "this link is not valid",
@@ -112,6 +121,7 @@ MESSAGES: dict[str, str] = {
     "csrf.expired": "this form has expired or did not come from this site; reload the page and try again",
     "csrf.other_browser": "this form did not come from this browser; reload the page and try again",
     "auth.failed": "the email or password is incorrect",
+    "password.mismatch": "the two passwords are not the same",
 }
 
 

@@ -14,6 +14,8 @@ class Links:
     TRANSFER = "/transfers/{token}"
     SETUP = "/setup/{token}"
     PAYMENT = "/payment/{token}"
+    PASSWORD_RESET = "/password-reset/{token}"
+    NEW_ACCOUNT = "/accounts/new/{token}"
 
     def __init__(self, public_url: str) -> None:
         self._base = public_url.rstrip("/")
@@ -42,3 +44,9 @@ class Links:
 
     def payment(self, token: str) -> str:
         return self._url(self.PAYMENT, token)
+
+    def password_reset(self, token: str) -> str:
+        return self._url(self.PASSWORD_RESET, token)
+
+    def new_account(self, token: str) -> str:
+        return self._url(self.NEW_ACCOUNT, token)

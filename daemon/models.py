@@ -130,8 +130,17 @@ class User(Base):
     locale: Mapped[str] = mapped_column(String(8))
     timezone: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A disabled account cannot sign in; its row stays for the history that names it.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A password reset link issued before this moment is spent (single use without a token table).
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
+
+    @property
+    def password_stamp(self) -> str:
+        """What a password reset link is bound to: it changes with the password, so a link works once."""
+        return self.password_changed_at.isoformat() if self.password_changed_at else ""
 
 
 class Membership(Base):

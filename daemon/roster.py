@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,7 +36,17 @@ from daemon.errors import (
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
-from daemon.models import Client, ClientStatus, Company, Firm, Invitation, InvitationState, Membership, User
+from daemon.models import (
+    Client,
+    ClientStatus,
+    Company,
+    Firm,
+    Invitation,
+    InvitationState,
+    Membership,
+    User,
+    WebSession,
+)
 from daemon.notices import Notice
 from daemon.tokens import Purpose
 from daemon.views import ClientView, CompanyView, FirmView, InvitationView, UserView
@@ -197,9 +207,89 @@ class Roster(DomainService):
         with self._sessions() as s:
             user = s.scalar(select(User).where(User.email == address)) if address else None
             # Verify even when there is no such user, so timing does not reveal accounts.
+            if user is not None and user.disabled_at is not None:
+                user = None  # a disabled account signs in as no account: same work, same answer
             ok = self._passwords.verify(user.password_hash if user else None, password)
             if not ok or user is None:
                 return None
+            return self._user_view(s, user)
+
+    # -- staff accounts -----------------------------------------------------
+
+    def set_password(self, email: str, password: str, channel: str = "cli", actor: str = "operator") -> UserView:
+        """A new password; every session of the account ends and earlier reset links are spent."""
+        password_hash = self._passwords.hash(password)  # slow: adapters on the event loop call this off it
+        with self._transaction() as s:
+            user = self._user_by_email(s, email)
+            self._store_password(s, user, password_hash)
+            self._event(s, "staff.password_set", actor, channel, email=user.email)
+            return self._user_view(s, user)
+
+    def _store_password(self, s: Session, user: User, password_hash: str) -> None:
+        s.execute(
+            update(User).where(User.id == user.id).values(password_hash=password_hash, password_changed_at=self._now())
+        )
+        s.execute(delete(WebSession).where(WebSession.user_id == user.id))
+        s.refresh(user)
+
+    def edit_staff(
+        self, email: str, name: str | None = None, locale: str | None = None, timezone: str | None = None,
+        channel: str = "cli",
+    ) -> UserView:
+        values: dict[str, Any] = {}
+        if name is not None:
+            values["name"] = clean_name(name)
+        if locale is not None:
+            values["locale"] = check_locale(locale)
+        if timezone is not None:
+            values["timezone"] = check_timezone(timezone)
+        with self._transaction() as s:
+            user = self._user_by_email(s, email)
+            if values:
+                s.execute(update(User).where(User.id == user.id).values(**values))
+                s.refresh(user)
+                self._event(s, "staff.edited", "operator", channel, email=user.email, fields=sorted(values))
+            return self._user_view(s, user)
+
+    def add_staff_to_firm(self, email: str, firm_name: str, role: str = "staff") -> UserView:
+        with self._transaction() as s:
+            user = self._user_by_email(s, email)
+            firm = self._firm_by_name(s, firm_name)
+            if self._is_member(s, user.id, firm.id):
+                raise AlreadyExists("staff.already_member", email=user.email, firm=firm.name)
+            s.add(Membership(user_id=user.id, firm_id=firm.id, role=role))
+            self._event(s, "staff.added", "operator", "cli", firm_id=firm.id, email=user.email)
+            s.flush()
+            return self._user_view(s, user)
+
+    def remove_staff_from_firm(self, email: str, firm_name: str) -> UserView:
+        """Refuses to remove the last firm: a staff member belongs to at least one (disable instead)."""
+        with self._transaction() as s:
+            user = self._user_by_email(s, email)
+            firm = self._firm_by_name(s, firm_name)
+            # Locked (PostgreSQL): two removals of different firms at once must not leave none.
+            memberships = s.scalars(select(Membership).where(Membership.user_id == user.id).with_for_update()).all()
+            mine = [m for m in memberships if m.firm_id == firm.id]
+            if not mine:
+                raise NotFound("staff.not_member", email=user.email, firm=firm.name)
+            # Guarded: the delete also checks another membership still exists when it runs.
+            others = select(Membership.id).where(Membership.user_id == user.id, Membership.firm_id != firm.id)
+            if not rows_changed(s, delete(Membership).where(Membership.id == mine[0].id, others.exists())):
+                raise InvalidState("staff.last_firm", email=user.email, firm=firm.name)
+            self._event(s, "staff.removed", "operator", "cli", firm_id=firm.id, email=user.email)
+            s.flush()
+            return self._user_view(s, user)
+
+    def disable_staff(self, email: str, channel: str = "cli") -> UserView:
+        """The account can no longer sign in and its sessions end now; its history stays."""
+        with self._transaction() as s:
+            user = self._user_by_email(s, email)
+            disable = update(User).where(User.id == user.id, User.disabled_at.is_(None)).values(disabled_at=self._now())
+            if not rows_changed(s, disable):
+                raise InvalidState("staff.already_disabled", email=user.email)
+            s.execute(delete(WebSession).where(WebSession.user_id == user.id))
+            s.refresh(user)
+            self._event(s, "staff.disabled", "operator", channel, email=user.email)
             return self._user_view(s, user)
 
     # -- companies --------------------------------------------------------
@@ -366,6 +456,26 @@ class Roster(DomainService):
         s.flush()
         view = self._invitation_view(s, invitation)
         return InvitationView(**{**view.__dict__, "url": url})
+
+    def pending_invitation(self, company_name: str, email: str) -> InvitationView | None:
+        """The usable invitation from the company to ``email``, with its link signed afresh (nothing is
+        sent: the link names the same row and nonce as the emailed one), or None."""
+        address = normalise_email(email)
+        with self._sessions() as s:
+            company = self._company_by_name(s, company_name)
+            invitation = s.scalar(
+                select(Invitation).where(
+                    Invitation.company_id == company.id,
+                    Invitation.email == address,
+                    Invitation.state == InvitationState.PENDING,
+                    Invitation.expires_at > self._clock.now(),
+                )
+            )
+            if invitation is None:
+                return None
+            url = self._links.invitation(self._signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce]))
+            view = self._invitation_view(s, invitation)
+            return InvitationView(**{**view.__dict__, "url": url})
 
     def revoke_invitation(self, invitation_id: int, channel: str = "cli") -> InvitationView:
         now = self._clock.now()

@@ -33,6 +33,7 @@ class UserView:
     locale: str
     timezone: str
     firms: tuple[FirmView, ...] = field(default=())
+    disabled_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class UserView:
             "locale": self.locale,
             "timezone": self.timezone,
             "firms": [firm.name for firm in self.firms],
+            "disabled_at": self.disabled_at.isoformat() if self.disabled_at else None,
         }
 
 

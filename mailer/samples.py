@@ -40,6 +40,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "invitation_renewal_requested": {**_COMPANY, "email": "marie@tremblay-cpa.example", "expired_at": _AT,
                                      "url": _URL},
     "manage_link": {**_COMPANY, "url": _URL, "expires_at": _LATER},
+    "account_setup": {**_COMPANY, "email": "marie@tremblay-cpa.example", "url": _URL, "expires_at": _LATER},
+    "password_reset": {"email": "marie@tremblay-cpa.example", "url": _URL, "expires_at": _LATER},
     "payment_details_added": {**_COMPANY, **_FIRM},
     "payment_details_request": {**_COMPANY, "url": _URL, "trial_ends_at": _LATER},
     "reply_choose_firm": {**_COMPANY, "url": _URL, "firms": ["Gagnon & Associés", "Tremblay CPA"]},

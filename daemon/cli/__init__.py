@@ -19,6 +19,7 @@ from daemon.cli import (
     firms,
     inbound,
     invitations,
+    links,
     mail,
     products,
     service,
@@ -109,7 +110,7 @@ def add_config_option(command: click.Command) -> None:
 
 for module in (
     service, database, config, firms, staff, companies, invitations, clients, transfers, products, mail, templates,
-    inbound,
+    inbound, links,
 ):
     module.register(cli)
 for command in cli.commands.values():

@@ -81,7 +81,9 @@ DEMO_COMPANY = "Demo Bakery"
 def demo(state: CliState) -> None:
     """Seed a firm, an accountant, a company and one invitation; print the link and sign-in.
 
-    Safe to run again: what exists is kept and a fresh invitation link is printed.
+    Safe to run again: what exists is kept. A pending invitation's link is printed
+    again without a new email; once the company is on the firm's client list,
+    nothing is sent at all.
     """
     initialise(state.config)
     roster = state.cabinet.roster
@@ -99,10 +101,18 @@ def demo(state: CliState) -> None:
             create()
         except AlreadyExists:
             pass
-    invitation = roster.send_invitation(DEMO_COMPANY, DEMO_STAFF)
+    connected = any(c.company == DEMO_COMPANY for c in roster.list_clients(DEMO_FIRM))
+    invitation = None if connected else roster.pending_invitation(DEMO_COMPANY, DEMO_STAFF)
+    reused = invitation is not None
+    if not connected and invitation is None:
+        invitation = roster.send_invitation(DEMO_COMPANY, DEMO_STAFF)
     click.echo(f"Demo data is ready in {state.config.storage.data_dir}.")
     click.echo("")
-    click.echo(f"  Invitation link:  {invitation.url}")
+    if invitation is not None:
+        note = "  (the invitation already sent; no new email)" if reused else ""
+        click.echo(f"  Invitation link:  {invitation.url}{note}")
+    else:
+        click.echo(f"  {DEMO_COMPANY} is already on {DEMO_FIRM}'s client list: nothing to send.")
     click.echo(f"  Sign in as:       {DEMO_STAFF}")
     click.echo(f"  Password:         {password}")
     click.echo("")

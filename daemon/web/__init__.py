@@ -24,7 +24,9 @@ from daemon.health import Health
 from daemon.i18n import negotiate
 from daemon.metrics import Metrics
 from daemon.tokens import Purpose
-from daemon.web import account, clients, company, invitations, security, transfers, workspace
+from daemon.web import (
+    account, clients, company, invitations, new_account, password_reset, security, transfers, workspace,
+)
 from daemon.config import LOCALES
 from daemon.web.context import (
     CABINET,
@@ -212,4 +214,6 @@ def make_app(
     transfers.setup(app)
     clients.setup(app)
     workspace.setup(app)
+    password_reset.setup(app)
+    new_account.setup(app)
     return app

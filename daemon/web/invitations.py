@@ -20,7 +20,8 @@ def _token(request: web.Request) -> str:
 
 
 def _invitation_page(
-    request: web.Request, invitation: InvitationView, status: int = 200, error: str | None = None
+    request: web.Request, invitation: InvitationView, status: int = 200, error: str | None = None,
+    has_account: bool = True,
 ) -> web.Response:
     v = visitor(request)
     wrong_account = v.user is not None and v.user.email != invitation.email
@@ -31,6 +32,7 @@ def _invitation_page(
         invitation=invitation,
         wrong_account=wrong_account,
         error=error,
+        has_account=has_account,
         failed=False,
         email=invitation.email,
         next=request.path,
@@ -49,16 +51,17 @@ async def show(request: web.Request) -> web.Response:
         invitation = await run(cabinet.roster.open_invitation, _token(request))
     except LinkTampered:
         return _invalid_link(request)
+    has_account = True
     if visitor(request).user is None:
         # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the language
         # stays the browser's, or the switch's, until they sign in).
         try:
             invited = await run(cabinet.roster.find_staff, invitation.email)
         except NotFound:
-            pass
+            has_account = False  # offer "Create your account"
         else:
             speak_to(request, "", invited.timezone)
-    return _invitation_page(request, invitation)
+    return _invitation_page(request, invitation, has_account=has_account)
 
 
 async def _act(request: web.Request, action: str) -> web.Response:
