@@ -65,7 +65,9 @@ def test_every_email_has_sample_facts_and_renders_in_both_languages(env: Env) ->
     for name in names:
         for locale in LOCALES:
             output = run_cli("--config", str(env.config_path), "mail", "preview", name, "--locale", locale)
-            assert output.startswith("Subject: ") and "Boulangerie Roy" in output, (name, locale, output)
+            # Emails about a company name it (accounts emails, like a password reset, have none).
+            named = "Boulangerie Roy" in output or "company" not in SAMPLES[name]
+            assert output.startswith("Subject: ") and named, (name, locale, output)
 
 
 def test_an_override_replaces_one_file_of_a_sent_email(cli: Cli, seed: Seed, overrides: Path, env: Env,
