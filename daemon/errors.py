@@ -121,7 +121,7 @@ MESSAGES: dict[str, str] = {
     "csrf.expired": "this form has expired or did not come from this site; reload the page and try again",
     "csrf.other_browser": "this form did not come from this browser; reload the page and try again",
     "auth.failed": "the email or password is incorrect",
-    "password.mismatch": "the two passwords are not the same",
+    "password.not_same": "the two passwords are not the same",
 }
 
 

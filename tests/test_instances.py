@@ -178,8 +178,9 @@ def make_reminders_due(env: Env, cli: Cli, companies: int) -> None:
     for n in range(companies):
         cli("company", "add", f"Client {n}", "--admin-email", f"owner{n}@clients.example")
         env_sql_execute(env, f"""
-            INSERT INTO clients (firm_id, company_id, kind, name, name_key, billing, status, connected_at, created_at)
-            SELECT f.id, c.id, 'business', c.name, c.name_key, 'self-paid', 'active', now(), now()
+            INSERT INTO clients (firm_id, company_id, kind, name, name_key, search_key, billing, status, connected_at,
+                                 created_at)
+            SELECT f.id, c.id, 'business', c.name, c.name_key, c.name_key, 'self-paid', 'active', now(), now()
             FROM firms f, companies c WHERE c.name = 'Client {n}'""")
         cli("transfer", "allow", "--company", f"Client {n}", "--firm", "Tremblay CPA")
     env_sql_execute(env, "UPDATE billing_transfers SET expires_at = now() + interval '11 hours'")

@@ -241,7 +241,7 @@ def sample_context() -> dict[str, Any]:
     return {
         "company": "Érablière Roy", "firm": "Tremblay CPA", "to_name": "Julie Roy", "product_name": "Cabinet",
         "now": now, "expires_at": now + timedelta(hours=47), "expired_at": now, "authorized_at": now,
-        "trial_ends_at": now + timedelta(days=7), "accepted_at": now, "completed_at": now, "bounced_at": now,
+        "trial_ends_at": now + timedelta(days=7), "accepted_at": now, "completed_at": now, "bounced_at": now, "cause": "no_such_address", "status": "5.1.1",
         "received_at": now, "email": "luc@tremblay.example", "url": "https://cabinet.example/x/token",
         "manage_url": "https://cabinet.example/company/token", "roster_url": "https://cabinet.example/",
         "authorized_by": "Julie Roy", "accountant_name": "Luc Gagnon", "accountant_email": "luc@tremblay.example",

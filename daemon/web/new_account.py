@@ -41,7 +41,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     password = str(data.get("password", ""))
     try:
         if password != str(data.get("confirm", "")):
-            raise InvalidInput("password.mismatch")
+            raise InvalidInput("password.not_same")
         password_hash = await cabinet.passwords.executor.run(cabinet.passwords.hash, password)
         user, invitation = await run(
             cabinet.new_accounts.create, token, values["name"], values["locale"], values["firm"], password_hash

@@ -38,7 +38,7 @@ async def reset(request: web.Request) -> web.Response:
     password = str(data.get("password", ""))
     try:
         if password != str(data.get("confirm", "")):
-            raise InvalidInput("password.mismatch")
+            raise InvalidInput("password.not_same")
         password_hash = await cabinet.passwords.executor.run(cabinet.passwords.hash, password)
     except InvalidInput as exc:
         return page(request, "password_reset.html", status=400, account=user.email, error=message(request, exc),
