@@ -32,6 +32,7 @@ from daemon.passwords import Passwords
 from daemon.tokens import LinkSigner, Purpose
 from daemon.transitions import Checkpoint, Row, no_checkpoint, transition
 from daemon.views import ClientView, CompanyView, FirmView, UserView
+from mailer.headers import describe_character, unsafe_character
 
 Linked = TypeVar("Linked")
 
@@ -111,6 +112,15 @@ def name_key(name: str) -> str:
 
 
 def clean_name(name: str) -> str:
+    """A name as people typed it, refused if it holds what must never reach a header or a screen.
+
+    Line breaks, tabs, NUL, ESC and other control characters, and bidi overrides
+    are refused here, at input, with the character named; see ``mailer.headers``
+    for the defence at output.
+    """
+    unsafe = unsafe_character(name)
+    if unsafe is not None:
+        raise InvalidInput("name.unsafe_character", character=describe_character(unsafe))
     cleaned = " ".join(name.split())
     if not cleaned:
         raise InvalidInput("name.empty")

@@ -35,6 +35,7 @@ MESSAGES: dict[str, str] = {
     # Input
     "email.invalid": "'{address}' is not a valid email address",
     "name.empty": "a name cannot be empty",
+    "name.unsafe_character": "a name cannot contain {character} (line breaks, control characters and text-direction overrides are refused)",
     "name.too_long": "a name can have at most 200 characters",
     "password.too_short": "a password needs at least {minimum} characters",
     "password.current_wrong": "the current password is incorrect",
