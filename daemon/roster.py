@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from daemon.db import rows_changed
 from daemon.transitions import TransitionLost
@@ -40,10 +40,12 @@ from daemon.models import (
     Client,
     ClientStatus,
     Company,
+    CompanyProduct,
     Firm,
     Invitation,
     InvitationState,
     Membership,
+    Product,
     User,
     WebSession,
 )
@@ -767,7 +769,57 @@ class Roster(DomainService):
         return client
 
     def list_clients(self, firm_name: str) -> list[ClientView]:
+        return list(self.iter_clients(firm_name))
+
+    def iter_clients(self, firm_name: str, chunk: int = 1000) -> Iterator[ClientView]:
+        """A firm's roster in name order, streamed: three statements whatever its size.
+
+        One query reads each client with its company and primary admin (outer joins),
+        a second reads the products in the same order, and the two are merged as they
+        stream, so memory stays flat at any roster size. The firm is checked before
+        the first item, so an unknown firm raises on the first ``next()``.
+        """
         with self._sessions() as s:
             firm = self._firm_by_name(s, firm_name)
-            clients = s.scalars(select(Client).where(Client.firm_id == firm.id).order_by(Client.name_key))
-            return [client_view(c, firm) for c in clients]
+            admin = aliased(User)
+            rows = s.execute(
+                select(
+                    Client.id, Client.name, Client.kind, Client.status, Client.billing, Client.email, Client.phone,
+                    Client.connected_at, Company.name, Company.trial_ends_at, Company.admin_email, admin.email,
+                )
+                .outerjoin(Company, Company.id == Client.company_id)
+                .outerjoin(admin, admin.id == Client.primary_admin_id)
+                .where(Client.firm_id == firm.id)
+                .order_by(Client.name_key)
+                .execution_options(yield_per=chunk)
+            )
+            products = s.execute(
+                select(Client.id, CompanyProduct.product_id)
+                .join(CompanyProduct, CompanyProduct.company_id == Client.company_id)
+                .join(Product, Product.id == CompanyProduct.product_id)
+                .where(Client.firm_id == firm.id)
+                .order_by(Client.name_key, Product.position)
+                .execution_options(yield_per=chunk)
+            )
+            pending = next(products, None)
+            for (client_id, name, kind, status, billing, email, phone, connected_at,
+                 company, trial_ends_at, company_admin, staff_admin) in rows:
+                owned: list[str] = []
+                while pending is not None and pending[0] == client_id:
+                    owned.append(pending[1])
+                    pending = next(products, None)
+                yield ClientView(
+                    id=client_id,
+                    firm=firm.name,
+                    name=name,
+                    kind=kind,
+                    status=status,
+                    billing=billing,
+                    company=company,
+                    email=email,
+                    phone=phone,
+                    connected_at=connected_at,
+                    products=tuple(owned),
+                    trial_ends_at=trial_ends_at if billing == "direct" else None,
+                    primary_admin=staff_admin or company_admin,
+                )

@@ -160,3 +160,50 @@ def test_demo_seeds_and_prints_a_working_link(env: Env) -> None:
     again = subprocess.run(run, capture_output=True, text=True, check=True, env={**os.environ})
     password_line = [line for line in first.stdout.splitlines() if "Password:" in line]
     assert password_line and password_line[0] in again.stdout  # same sign-in, fresh link
+
+
+def _client_list_statements(cli: Cli, firm: str) -> tuple[int, list[dict[str, object]]]:
+    """Run `client list --json` and count the SQL statements every engine executed for it."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        output = cli("client", "list", "--firm", firm, "--json").output
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    return len(statements), json.loads(output)
+
+
+def test_client_list_statement_count_does_not_grow_with_the_roster(cli: Cli, seed: Seed) -> None:
+    def add(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            products = ["--product", "qbo-plus", "--product", "payroll-core"] if i % 2 == 0 else []
+            extra = ["--primary-admin", seed.accountant] if i % 4 == 0 else []
+            billing = "wholesale" if products else "none"
+            cli("client", "add", "--firm", seed.firm, "--kind", "business", "--name", f"Client {i:03d}",
+                "--email", f"owner{i}@client{i}.example", "--billing", billing, *products, *extra)
+
+    add(0, 5)
+    small, five = _client_list_statements(cli, seed.firm)
+    add(5, 50)
+    large, fifty = _client_list_statements(cli, seed.firm)
+    assert len(five) == 5 and len(fifty) == 50
+    assert small == large, (small, large)
+    # The streamed rows carry what the lazy loads used to fetch, in roster order.
+    assert [c["name"] for c in fifty] == sorted(c["name"] for c in fifty)
+    by_name = {c["name"]: c for c in fifty}
+    assert by_name["Client 000"]["products"] == ["qbo-plus", "payroll-core"]
+    assert by_name["Client 000"]["primary_admin"] == seed.accountant
+    assert by_name["Client 001"]["products"] == [] and by_name["Client 001"]["primary_admin"] is None
+
+
+def test_client_list_of_an_unknown_firm_prints_no_json(cli: Cli, seed: Seed) -> None:
+    result = cli("client", "list", "--firm", "Nobody CPA", "--json", expect=3)
+    assert not result.output.lstrip().startswith("[")
+    assert json.loads(cli("client", "list", "--firm", seed.other_firm, "--json").output) == []

@@ -22,10 +22,10 @@ def list_(state: CliState, firm: str, as_json: bool) -> None:
 
     Example: cabinet client list --firm "Tremblay CPA" --json
     """
-    items = state.cabinet.roster.list_clients(firm)
     if as_json:
-        print_json(items)
+        print_json(state.cabinet.roster.iter_clients(firm))
     else:
+        items = state.cabinet.roster.list_clients(firm)
         print_table(
             [[c.name, c.kind, c.billing, c.status, f"{c.connected_at:%Y-%m-%d}" if c.connected_at else ""] for c in items],
             ["CLIENT", "KIND", "BILLING", "STATUS", "CONNECTED"],

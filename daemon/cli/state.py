@@ -47,8 +47,31 @@ class CliState:
 pass_state = click.make_pass_decorator(CliState)
 
 
-def print_json(items: Iterable[Any]) -> None:
-    click.echo(json.dumps([item.as_dict() for item in items], indent=2, ensure_ascii=False))
+def print_json(items: Iterable[Any], chunk: int = 500) -> None:
+    """Print ``items`` as one indented JSON array, streamed a chunk at a time.
+
+    The output is byte-for-byte what ``json.dumps(list, indent=2)`` gives, but only
+    ``chunk`` items are held at once, so a 100k-client roster prints in flat memory.
+    The first item is fetched before anything is printed, so an error (an unknown
+    firm) leaves stdout empty.
+    """
+    iterator = iter(items)
+    first = next(iterator, None)
+    if first is None:
+        click.echo("[]")
+        return
+    parts = ["[\n" + _indented(first)]
+    for item in iterator:
+        parts.append(",\n" + _indented(item))
+        if len(parts) >= chunk:
+            click.echo("".join(parts), nl=False)
+            parts = []
+    parts.append("\n]")
+    click.echo("".join(parts))
+
+
+def _indented(item: Any) -> str:
+    return "  " + json.dumps(item.as_dict(), indent=2, ensure_ascii=False).replace("\n", "\n  ")
 
 
 def print_table(rows: list[list[str]], headers: list[str]) -> None:
