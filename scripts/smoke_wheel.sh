@@ -77,6 +77,7 @@ free_port() {
 }
 export CABINET_HTTP_LISTEN="127.0.0.1:$(free_port)"
 export CABINET_SMTP_LISTEN="127.0.0.1:$(free_port)"
+export CABINET_METRICS_LISTEN="127.0.0.1:$(free_port)"
 export CABINET_MAIL_POLL_INTERVAL=0.5
 BASE="http://$CABINET_HTTP_LISTEN"
 
