@@ -64,6 +64,8 @@ class Instance:
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\npublic_url = "{self.base_url}"\n'
             f'[smtp]\nlisten = "127.0.0.1:{self.smtp_port}"\ndomain = "{self.domain}"\n'
             f"[mail]\n{mail}"
+            # Its own port: two benches (or a bench beside a test run) must not fight over 9108.
+            f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
             '[general]\nlog_level = "WARNING"\n',
             encoding="utf-8",
         )
