@@ -129,7 +129,8 @@ class Relay:
         return answer
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message_id = str(message_from_bytes(envelope.original_content or b"")["Message-ID"])
+        # A long Message-ID is folded onto its own line: the ID is what is left without the whitespace.
+        message_id = "".join(str(message_from_bytes(envelope.original_content or b"")["Message-ID"]).split())
         with self._lock:
             self.received[message_id] += 1
             self.arrived_at.setdefault(message_id, time.monotonic())
