@@ -193,7 +193,7 @@ class Load:
                     if code >= 500:
                         break
                 except (OSError, smtplib.SMTPException):
-                    self._count("no answer")
+                    self._count("no connection")
                     smtp = self._drop(smtp)
                 time.sleep(0.2)  # a sender's retry, not a measurement
         if smtp is not None:
