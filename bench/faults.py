@@ -62,8 +62,9 @@ WAIT = 900.0  # seconds any one condition may take on a loaded machine before th
 
 def configure(inst: Instance, mail: str = "") -> None:
     """Faster outbox passes than production's default, so a recovery is measured, not a poll interval."""
-    config = inst.config.read_text(encoding="utf-8")
-    inst.config.write_text(config.replace("[mail]\n", f"[mail]\npoll_interval = 1\n{mail}", 1), encoding="utf-8")
+    config = inst.config.read_text(encoding="utf-8").replace("[mail]\n", f"[mail]\npoll_interval = 1\n{mail}", 1)
+    # No /metrics listener: its default port is shared by every instance on the machine.
+    inst.config.write_text(config.replace("[general]\n", '[metrics]\nlisten = ""\n[general]\n', 1), encoding="utf-8")
 
 
 def query(inst: Instance, sql: str) -> list[Any]:
@@ -151,6 +152,7 @@ class Load:
     accepted: set[str] = field(default_factory=set)  # Message-IDs that got a 250
     codes: Counter[str] = field(default_factory=Counter)  # every answer to DATA (or the failure seen)
     last_250: float = 0.0
+    abandoned: threading.Event = field(default_factory=threading.Event)  # the scenario failed: stop sending
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
@@ -169,7 +171,7 @@ class Load:
                     break
                 job = queue.pop()
             message_id = job["data"].split("Message-ID: ", 1)[1].split("\n", 1)[0]
-            while True:  # as an MTA does: the same bytes again until a 250
+            while not self.abandoned.is_set():  # as an MTA does: the same bytes again until a 250
                 try:
                     if smtp is None:
                         smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=60)
@@ -314,7 +316,7 @@ def relay_scenario(work: Path, args: argparse.Namespace) -> Result:
     doubled = sum(n - 1 for n in relay.received.values() if n > 1)
     told = [r for r in rows if r[0] == "invitation_bounced" and relay.received[r[3]] == 1]
     last = max(relay.arrived_at.values(), default=healed)
-    detail = (f"{len(sent)} emails sent, relay answers {dict(relay.answers)}; the 550 invitation is "
+    detail = (f"{len(sent)} emails delivered ({len(sent) - len(told)} invitations, {len(told)} notice), relay answers {dict(relay.answers)}; the 550 invitation is "
               f"{bounced[0][1] if bounced else 'missing'}, its inviter told: {'yes' if len(told) == 1 else 'NO'}")
     return Result(name, once and len(told) == 1, lost, doubled, last - healed, detail)
 
@@ -336,6 +338,9 @@ def _run_load(inst: Instance, load: Load, fault: Callable[[], float]) -> float:
     try:
         wait_until(lambda: len(load.accepted) >= 10, WAIT, "the first replies accepted", inst.log)
         recovered = fault()
+    except BaseException:
+        load.abandoned.set()
+        raise
     finally:
         loader.join()
     return recovered
