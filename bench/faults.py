@@ -29,7 +29,6 @@ Nothing here waits for a fixed time except the faults themselves.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import email.utils
 import json
 import os
@@ -151,7 +150,6 @@ class Load:
     threads: int = 4
     accepted: set[str] = field(default_factory=set)  # Message-IDs that got a 250
     codes: Counter[str] = field(default_factory=Counter)  # every answer to DATA (or the failure seen)
-    last_250: float = 0.0
     abandoned: threading.Event = field(default_factory=threading.Event)  # the scenario failed: stop sending
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -181,7 +179,6 @@ class Load:
                     with self._lock:
                         self.codes["250"] += 1
                         self.accepted.add(message_id)
-                        self.last_250 = time.monotonic()
                     break
                 except smtplib.SMTPResponseException as exc:
                     self._count(str(exc.smtp_code))
