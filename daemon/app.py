@@ -154,11 +154,13 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
     for key in ("relay_timeout", "give_up_after", "claim_lease"):
         if getattr(config.mail, key) <= 0:
             raise ConfigError(f"[mail] {key} must be a number of seconds above 0")
+    undeliverable = Undeliverable(ctx)
     worker = OutboxWorker(
         sessions,
         make_transport(config),
         clock,
-        on_bounce=Undeliverable(ctx).bounced,
+        on_bounce=undeliverable.bounced,
+        on_give_up=undeliverable.gave_up,
         give_up_after=timedelta(seconds=config.mail.give_up_after),
         poll_interval=config.mail.poll_interval,
         lease=timedelta(seconds=config.mail.claim_lease),

@@ -54,6 +54,8 @@ CAUSE_WORDING = {
     "mailbox_full": "the mailbox is full",
     "mailbox_disabled": "the mailbox is disabled",
     "refused": "the receiving server refused it",
+    # Not a status a server gives: the relay kept deferring it until ``[mail] give_up_after`` passed.
+    "unreachable": "no server accepted it in the time Cabinet keeps trying",
 }
 _STATUS = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 

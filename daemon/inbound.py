@@ -33,12 +33,13 @@ from daemon.config import InboundConfig
 from daemon.db import dialect_insert
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
-from daemon.models import Company, Firm, InboundMessage, Invitation, Membership, OutboxMessage, User
+from daemon.models import Company, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
 from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
 from daemon.senders import SenderVerdict, prove_sender
 from daemon.tokens import Purpose
+from daemon.transitions import TransitionLost, transition
 from daemon.undeliverable import Undeliverable
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Inbound(DomainService):
         now = self._now()
         values = dict(
             received_at=now, mail_from=mail_from, recipients=json.dumps(recipients), raw=raw,
-            state="received", message_id=message_id, digest=digest, attempts=0, next_attempt_at=now,
+            state=InboundState.RECEIVED.value, message_id=message_id, digest=digest, attempts=0, next_attempt_at=now,
         )
         with self._transaction() as s:
             # The unique digest decides, not a check before the insert: two sessions storing the
@@ -167,7 +168,7 @@ class Inbound(DomainService):
         with self._sessions() as s:
             due = s.scalars(
                 select(InboundMessage.id)
-                .where(InboundMessage.state == "received", InboundMessage.next_attempt_at <= self._now())
+                .where(InboundMessage.state == InboundState.RECEIVED, InboundMessage.next_attempt_at <= self._now())
                 .order_by(InboundMessage.id)
                 .limit(limit)
             ).all()
@@ -184,19 +185,23 @@ class Inbound(DomainService):
                 # Locked for this transaction: another instance skips it rather than processing it too.
                 row = s.scalar(
                     select(InboundMessage)
-                    .where(InboundMessage.id == inbound_id, InboundMessage.state == "received")
+                    .where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.RECEIVED)
                     .with_for_update(skip_locked=True)
                 )
                 if row is None:
                     return 0
+                kind, outcome = row.kind, row.outcome
                 try:
                     self._understand(s, row, proof)
                 except _Done as done:
                     # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
-                    row.kind, row.outcome = done.kind, rawmail.storable(done.outcome, 10000)
-                row.state = "duplicate" if row.kind == "duplicate" else "processed"
-                row.processed_at = self._now()
-                row.attempts += 1
+                    kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
+                # Under the row lock taken above, so the guard cannot lose: it only says so if it did.
+                transition(
+                    s, InboundMessage, row.id, [InboundState.RECEIVED],
+                    InboundState.DUPLICATE if kind == "duplicate" else InboundState.PROCESSED,
+                    kind=kind, outcome=outcome, processed_at=self._now(), attempts=InboundMessage.attempts + 1,
+                )
                 return 1
         except Exception as exc:  # the whole attempt rolled back
             if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
@@ -214,20 +219,21 @@ class Inbound(DomainService):
         reason = str(exc) if isinstance(exc, UnreadableBounce) else f"{type(exc).__name__}: {exc}"
         reason = rawmail.storable(reason, 2000)  # it may quote the message's own NULs and control characters
         with self._transaction() as s:
-            row = s.get(InboundMessage, inbound_id, with_for_update=True)  # checked and changed under its lock
-            if row is None or row.state != "received":
+            try:
+                transition(
+                    s, InboundMessage, inbound_id, [InboundState.RECEIVED], InboundState.PROCESSED,
+                    kind="unparseable", processed_at=self._now(), attempts=InboundMessage.attempts + 1,
+                    last_error=reason, outcome="could not be read (see last_error): kept, not acted on",
+                )
+            except TransitionLost:  # gone, or another process classified it first
                 return 0
-            row.state, row.kind, row.processed_at = "processed", "unparseable", self._now()
-            row.attempts += 1
-            row.last_error = reason
-            row.outcome = "could not be read (see last_error): kept, not acted on"
             return 1
 
     def _prove(self, inbound_id: int) -> SenderVerdict | None:
         """Whether the sender of a reply command is who From: says; None when the message holds no command."""
         with self._sessions() as s:
             row = s.get(InboundMessage, inbound_id)
-            if row is None or row.state != "received":
+            if row is None or row.state != InboundState.RECEIVED:
                 return None
             raw, recipients = row.raw, json.loads(row.recipients)
         if not any(ref[0] is Purpose.REPLY for ref in map(self.recipient_ref, recipients) if ref):
@@ -244,16 +250,19 @@ class Inbound(DomainService):
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]
         with self._transaction() as s:
-            row = s.get(InboundMessage, inbound_id)
-            if row is None or row.state != "received":
+            row = s.get(InboundMessage, inbound_id, with_for_update=True)  # read and counted under its lock
+            if row is None or row.state != InboundState.RECEIVED:
                 log.warning("inbound message %s: processing failed: %s", inbound_id, error, exc_info=exc)
                 return
-            row.attempts += 1
-            row.last_error = error
-            if row.attempts >= self._config.max_attempts:
-                row.state = "quarantined"
-            else:
-                row.next_attempt_at = self._now() + timedelta(seconds=30 * 2 ** (row.attempts - 1))
+            attempts = row.attempts + 1
+            if attempts >= self._config.max_attempts:
+                to = InboundState.QUARANTINED
+                values: dict[str, Any] = {}
+            else:  # still received: the same state, a later attempt
+                to = InboundState.RECEIVED
+                values = {"next_attempt_at": self._now() + timedelta(seconds=30 * 2 ** (attempts - 1))}
+            transition(s, InboundMessage, row.id, [InboundState.RECEIVED], to,
+                       attempts=attempts, last_error=error, **values)
             log.warning(
                 "inbound message %s (Message-ID %s): processing failed, attempt %s%s: %s",
                 row.id, row.message_id or "none", row.attempts,
@@ -267,7 +276,8 @@ class Inbound(DomainService):
                 select(InboundMessage.id).where(
                     InboundMessage.message_id == row.message_id,
                     InboundMessage.id < row.id,
-                    InboundMessage.state.in_(("processed", "received", "quarantined")),
+                    InboundMessage.state.in_(
+                        (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)),
                 )
             )
             if earlier is not None:
@@ -464,10 +474,15 @@ class Inbound(DomainService):
             row = s.get(InboundMessage, inbound_id)
             if row is None:
                 raise NotFound("inbound.not_found", id=inbound_id)
-            if row.state not in ("quarantined", "received") and row.kind != "unparseable":
-                raise InvalidState("inbound.not_retryable", id=inbound_id, state=row.state)
-            row.state, row.attempts, row.next_attempt_at, row.last_error = "received", 0, self._now(), None
-            row.kind = row.outcome = None
+            retryable = [InboundState.QUARANTINED, InboundState.RECEIVED]
+            if row.kind == "unparseable":  # read again after a fix: processed, but never acted on
+                retryable.append(InboundState.PROCESSED)
+            try:
+                transition(s, InboundMessage, row.id, retryable, InboundState.RECEIVED,
+                           where=[InboundMessage.kind == row.kind] if row.kind else [InboundMessage.kind.is_(None)],
+                           attempts=0, next_attempt_at=self._now(), last_error=None, kind=None, outcome=None)
+            except TransitionLost as lost:
+                raise InvalidState("inbound.not_retryable", id=inbound_id, state=lost.current) from None
             return self._view(row)
 
     def _view(self, row: InboundMessage) -> InboundView:

@@ -93,6 +93,15 @@ class SetupState(StrEnum):
     ACCEPTED = "accepted"
 
 
+class InboundState(StrEnum):
+    """A received message: processed once, or quarantined after repeated failures (retry puts it back)."""
+
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+
+
 class ClientStatus(StrEnum):
     ACTIVE = "active"
     TRIAL = "trial"

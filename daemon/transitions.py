@@ -25,12 +25,12 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from daemon.db import rows_changed
 from daemon.errors import InvalidState
-from daemon.models import BillingTransfer, Client, Invitation, OutboxMessage, SetupInvitation
+from daemon.models import BillingTransfer, Client, InboundMessage, Invitation, OutboxMessage, SetupInvitation
 
 #: Called with (table, row id, wanted state) just before a transition's UPDATE.
 Checkpoint = Callable[[str, int, str], None]
 
-Row = TypeVar("Row", Invitation, BillingTransfer, SetupInvitation, Client)
+Row = TypeVar("Row", Invitation, BillingTransfer, SetupInvitation, Client, InboundMessage, OutboxMessage)
 
 # The column each stateful model keeps its state in.
 STATE_COLUMNS: dict[type[Any], InstrumentedAttribute[str]] = {
@@ -41,6 +41,7 @@ STATE_COLUMNS: dict[type[Any], InstrumentedAttribute[str]] = {
     # Outbox rows also change state under a worker's claim token (mailer/outbox.py); these are the
     # changes made outside that claim (a bounce report, an operator's retry).
     OutboxMessage: OutboxMessage.state,
+    InboundMessage: InboundMessage.state,
 }
 
 

@@ -178,11 +178,13 @@ class OutboxWorker:
         poll_interval: float,
         lease: timedelta = timedelta(minutes=2),
         rng: random.Random | None = None,
+        on_give_up: OnBounce | None = None,
     ) -> None:
         self._sessions = sessions
         self._transport = transport
         self._clock = clock
         self._on_bounce = on_bounce
+        self._on_give_up = on_give_up
         self._give_up_after = give_up_after
         self._poll_interval = poll_interval
         self._lease = lease
@@ -296,6 +298,10 @@ class OutboxWorker:
                 log.error("outbox message %s to %s failed: still undelivered after %s (%s); "
                           "`cabinet mail retry %s` queues it again", claim.id, claim.recipient,
                           self._give_up_after, reason, claim.id)
+                if self._on_give_up is not None:  # its inviter is told, as for a bounce
+                    row = session.get(OutboxMessage, claim.id)
+                    assert row is not None
+                    log.warning("outbox message %s given up: %s", claim.id, self._on_give_up(session, row, reason))
             else:
                 log.warning("outbox message %s not sent (attempt %s), will retry: %s",
                             claim.id, claim.attempts + 1, reason)

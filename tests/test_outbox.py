@@ -127,8 +127,10 @@ def test_an_unreachable_relay_loses_nothing(tmp_path: Path) -> None:
         asyncio.run(cabinet.worker.send_due())
     finally:
         cabinet.close()
-    (state, attempts, error), = env.sql("SELECT state, attempts, last_error FROM outbox")
+    (state, attempts, error), = env.sql("SELECT state, attempts, last_error FROM outbox WHERE kind = 'invitation'")
     assert (state, attempts) == ("failed", 2) and "unreachable" in error
+    # Its inviter is told, as for a bounce (the notice waits for the relay too).
+    assert env.sql("SELECT kind, state FROM outbox WHERE kind != 'invitation'") == [("invitation_bounced", "pending")]
 
 
 def test_the_retry_budget_is_a_time_not_a_count(tmp_path: Path) -> None:
@@ -153,7 +155,7 @@ def test_the_retry_budget_is_a_time_not_a_count(tmp_path: Path) -> None:
         asyncio.run(cabinet.worker.send_due())
     finally:
         cabinet.close()
-    assert env.sql("SELECT state, attempts FROM outbox") == [("failed", 41)]
+    assert env.sql("SELECT state, attempts FROM outbox WHERE kind = 'invitation'") == [("failed", 41)]
 
 
 def test_backoff_grows_and_is_capped_and_jitter_spreads_it() -> None:
