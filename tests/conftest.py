@@ -231,6 +231,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"database: {SERVER_DATABASES.url.render_as_string()}, one fresh database per test"
 
 
+# Longest first (a list scheduler's best simple order): under `--dist worksteal` an idle worker takes
+# queued tests from a busy one, but a test already running cannot move, so a minutes-long kill test
+# started last keeps the run waiting alone.
+HEAVY_FIRST = ("slow", "browser", "postfix")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def weight(item: pytest.Item) -> int:
+        return next((i for i, marker in enumerate(HEAVY_FIRST) if item.get_closest_marker(marker)), len(HEAVY_FIRST))
+
+    items.sort(key=weight)  # stable: within each group, the usual order (a file's tests together)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if SERVER_DATABASES is not None:
         SERVER_DATABASES.close()
