@@ -37,8 +37,8 @@ def imported_by(env: Env, *args: str) -> dict[str, object]:
 
 def test_everyday_commands_do_not_import_what_only_serve_needs(env: Env, cli: Cli) -> None:
     cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
-    for args in (["firm", "list"], ["client", "list", "--firm", "Tremblay CPA", "--json"], ["--help"]):
-        assert imported_by(env, *args) == {"exit": 0, "loaded": []}, args
+    # Every command module is imported whatever the command; this one also builds Cabinet and reads.
+    assert imported_by(env, "client", "list", "--firm", "Tremblay CPA", "--json") == {"exit": 0, "loaded": []}
 
 
 def test_the_probe_sees_what_a_command_imports(env: Env, cli: Cli) -> None:
