@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
+from argon2 import PasswordHasher
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -131,7 +132,10 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
     sessions = db.make_sessionmaker(engine)
     signer = LinkSigner(keys, clock)
     links = Links(config.http.public_url)
-    passwords = Passwords()
+    passwords = Passwords(PasswordHasher(
+        time_cost=config.value("security", "password_time_cost"),
+        memory_cost=config.value("security", "password_memory_kib"),
+    ))
     renderer = EmailRenderer(templates.search_path("email"))
     outbox = Outbox(
         renderer, signer, clock, config.mail.from_address, config.smtp.domain, config.general.product_name

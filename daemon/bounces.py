@@ -19,8 +19,6 @@ from email.message import Message
 from email.parser import HeaderParser
 from typing import cast
 
-from flufl.bounce import all_failures
-
 # A line of an SMTP error reply quoted in a text bounce: "550-5.1.1 The email account…" (more
 # lines follow) or "550 5.1.1 <jane@…>: User unknown" (the last line).
 _SMTP_LINE = re.compile(r"\s*(?P<code>[45]\d\d)(?P<more>[ -])(?:(?P<status>[45]\.\d{1,3}\.\d{1,3})\s)?\s*(?P<text>.*)")
@@ -96,6 +94,10 @@ def parse_bounce(message: Message) -> Bounce | None:
 
 
 def _parse_bounce(message: Message) -> Bounce | None:
+    # Imported on the first bounce, not by every command that builds Cabinet (its detectors compile
+    # many patterns).
+    from flufl.bounce import all_failures
+
     temporary, permanent = all_failures(message)  # flufl.bounce returns (temporary, permanent)
     failed = permanent or temporary
     if not failed:

@@ -116,6 +116,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "security": {
         "secret_keys_file": Key("", "path", "signing keys; empty: data_dir/secret_keys"),
         "session_hours": Key(12, "integer", "how long a staff sign-in lasts", minimum=1),
+        # argon2id's cost per password hash (RFC 9106's second recommended setting by default).
+        "password_time_cost": Key(3, "integer", "argon2id passes over memory per password hash", minimum=1),
+        "password_memory_kib": Key(65536, "integer", "argon2id memory per password hash, in KiB", minimum=8192),
     },
     "invitations": {
         "ttl_days": Key(30, "integer", "how long an invitation link stays valid", minimum=1),

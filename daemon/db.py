@@ -25,13 +25,14 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -257,6 +258,10 @@ def dialect_insert(session: Session) -> Any:
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    # Alembic is imported only where migrations run (`cabinet init`, `serve`, `db` commands): it is
+    # a large share of every other command's start-up.
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -265,6 +270,8 @@ def alembic_config(url: str) -> AlembicConfig:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (idempotent)."""
+    from alembic import command
+
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:

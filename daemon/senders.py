@@ -25,7 +25,6 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 import authres
-import dkim
 
 # DKIM verification looks public keys up in DNS, which can be slow or down: a message is
 # worth at most this many signatures and this many seconds of lookups, then it is unproven.
@@ -69,6 +68,9 @@ def prove_sender(
         if verdict:
             return verdict
     if dkim_verify:
+        # dkimpy (and dnspython under it) only where DKIM is verified: most commands never need it.
+        import dkim
+
         verdict = _verify_dkim(raw, domain, _budgeted(dnsfunc or dkim.get_txt, time_budget), max_signatures)
         if verdict:
             return verdict
@@ -124,6 +126,8 @@ def _budgeted(dnsfunc: Callable[..., Any], budget: float) -> Callable[..., Any]:
     def lookup(name: Any, timeout: float = 5) -> Any:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            import dkim
+
             raise dkim.DnsTimeoutError("DKIM lookup time budget spent")
         return dnsfunc(name, timeout=min(timeout, remaining))
 
@@ -131,6 +135,8 @@ def _budgeted(dnsfunc: Callable[..., Any], budget: float) -> Callable[..., Any]:
 
 
 def _verify_dkim(raw: bytes, domain: str, dnsfunc: Callable[..., Any], max_signatures: int) -> SenderVerdict | None:
+    import dkim
+
     lookup = {"dnsfunc": dnsfunc}
     try:
         signatures = sum(1 for name, _ in dkim.DKIM(raw).headers if name.lower() == b"dkim-signature")

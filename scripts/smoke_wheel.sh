@@ -77,6 +77,8 @@ free_port() {
 }
 export CABINET_HTTP_LISTEN="127.0.0.1:$(free_port)"
 export CABINET_SMTP_LISTEN="127.0.0.1:$(free_port)"
+# /metrics too: its default port (9108) may be taken by any other Cabinet on the machine (a CI run
+# failed on it: "address already in use" while another run's serve held it).
 export CABINET_METRICS_LISTEN="127.0.0.1:$(free_port)"
 export CABINET_MAIL_POLL_INTERVAL=0.5
 BASE="http://$CABINET_HTTP_LISTEN"

@@ -66,9 +66,22 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 PG_BIN="$(pg_bin)" || { echo "test.sh: PostgreSQL's initdb not found under /usr/lib/postgresql/*/bin" >&2; exit 1; }
 
-python3 -m venv .venv
-.venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[test]'
+# pip takes half a minute on a busy machine even when everything is installed (it rebuilds the
+# editable wheel): skip it when .venv was made from this pyproject.toml by this Python and runs
+# this checkout's code. CABINET_TEST_REINSTALL=1 installs anyway.
+install_stamp=".venv/.cabinet-test-install"
+wanted_install="$(sha256sum pyproject.toml | cut -d' ' -f1) $(python3 -c 'import sys; print(sys.version.split()[0])')"
+if [ "${CABINET_TEST_REINSTALL:-0}" = "1" ] || [ "$(cat "$install_stamp" 2>/dev/null)" != "$wanted_install" ] \
+    || ! .venv/bin/python -c 'import sys, daemon, pytest; sys.exit(not daemon.__file__.startswith(sys.argv[1]))' \
+      "$(pwd -P)/" 2>/dev/null; then
+  rm -f "$install_stamp"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[test]'
+  echo "$wanted_install" >"$install_stamp"
+else
+  echo "Python packages: .venv is up to date with pyproject.toml (CABINET_TEST_REINSTALL=1 reinstalls)"
+fi
 
 export CABINET_CHROMIUM="${CABINET_CHROMIUM:-$(command -v chromium)}"
 

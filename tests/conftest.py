@@ -14,11 +14,14 @@ afterwards. ``scripts/test.sh`` runs the suite both ways.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -35,6 +38,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
 from sqlalchemy.pool import NullPool
 
+from daemon import db
 from daemon.app import build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
@@ -76,6 +80,16 @@ START_TIMEOUT = 300.0  # a child process (`cabinet serve`) answering /readyz, or
 WAIT_TIMEOUT = 60.0  # anything else: an email, a row, a state
 
 T = TypeVar("T")
+
+
+@functools.cache
+def shared_tls() -> ssl.SSLContext:
+    """One TLS context for the tests' HTTP clients. Each httpx client otherwise builds its own and
+    loads the CA bundle into it: ~45 ms of CPU per client (0.35 s at a load average of 15), for
+    requests that are plain HTTP on loopback anyway."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def wait_until(
@@ -152,6 +166,7 @@ class ServerDatabases:
             raise pytest.UsageError(f"CABINET_TEST_DATABASE_URL must be a postgresql+psycopg:// URL, got {url!r}")
         self._admin: Engine | None = None
         self.created: list[str] = []
+        self.templates: list[str] = []
 
     def _engine(self) -> Engine:
         # CREATE and DROP DATABASE cannot run inside a transaction.
@@ -167,6 +182,27 @@ class ServerDatabases:
         self.created.append(name)
         return self.url.set(database=name).render_as_string(hide_password=False)
 
+    def create_migrated_template(self) -> str:
+        """A database migrated to head, for ``replace_with_copy``; returns its name (dropped by ``close``)."""
+        name = f"cabinet_template_{secrets.token_hex(8)}"
+        with self._engine().connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        self.templates.append(name)
+        engine = create_engine(self.url.set(database=name), poolclass=NullPool)
+        try:
+            db.upgrade(engine)
+        finally:
+            engine.dispose()  # CREATE DATABASE … TEMPLATE needs the template without connections
+        return name
+
+    def replace_with_copy(self, database_url: str, template: str) -> None:
+        """Make the (still unused) test database ``database_url`` names a copy of ``template``."""
+        name = make_url(database_url).database
+        assert name in self.created, f"{name} is not a test database"
+        with self._engine().connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}"')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
     def drop_created(self) -> None:
         """Drop this test's databases, disconnecting whatever is still connected to them."""
         while self.created:
@@ -176,6 +212,10 @@ class ServerDatabases:
 
     def close(self) -> None:
         self.drop_created()
+        while self.templates:
+            name = self.templates.pop()
+            with self._engine().connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if self._admin is not None:
             self._admin.dispose()
 
@@ -201,6 +241,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     if SERVER_DATABASES is None:
         return "database: SQLite, one file per test"
     return f"database: {SERVER_DATABASES.url.render_as_string()}, one fresh database per test"
+
+
+# Longest first (a list scheduler's best simple order): under `--dist worksteal` an idle worker takes
+# queued tests from a busy one, but a test already running cannot move, so a minutes-long kill test
+# started last keeps the run waiting alone.
+HEAVY_FIRST = ("slow", "browser", "postfix")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def weight(item: pytest.Item) -> int:
+        return next((i for i, marker in enumerate(HEAVY_FIRST) if item.get_closest_marker(marker)), len(HEAVY_FIRST))
+
+    items.sort(key=weight)  # stable: within each group, the usual order (a file's tests together)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -290,6 +343,11 @@ poll_interval = 0.2
 [scheduler]
 interval = 0.2
 
+[security]
+# argon2id still, at its cheapest accepted cost: the suite hashes and checks hundreds of passwords.
+password_time_cost = 1
+password_memory_kib = 8192
+
 [metrics]
 listen = "127.0.0.1:0"
 """,
@@ -303,12 +361,63 @@ def env(tmp_path: Path) -> Env:
     return write_config(tmp_path)
 
 
+class MigratedSchema:
+    """The schema at head, migrated once per test process and copied into each test's database.
+
+    Running the migrations costs 1–2 s per test on a loaded machine (most of a simple test's time);
+    copying a migrated SQLite file or cloning a PostgreSQL template database (CREATE DATABASE …
+    TEMPLATE) gives the same schema in a fraction of that. `cabinet init` then still runs on
+    it (key, Maildir, public URL; the migrations find nothing to do). Migrating an empty
+    database is tested where it is the subject: tests/test_migrations.py, and every test that
+    runs `cabinet init` on a database of its own (`write_config` without this fixture)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._sqlite: Path | None = None
+        self._server_template: str | None = None
+
+    def copy_into(self, env: Env) -> None:
+        """Give ``env``'s still unused database the migrated schema."""
+        if not env.is_sqlite:
+            assert SERVER_DATABASES is not None
+            if self._server_template is None:
+                self._server_template = SERVER_DATABASES.create_migrated_template()
+            SERVER_DATABASES.replace_with_copy(env.database_url, self._server_template)
+            return
+        target = Path(env.database)
+        assert not target.exists(), f"{target} is already in use"
+        if self._sqlite is None:
+            self._sqlite = self._migrate_sqlite()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._sqlite, target)
+
+    def _migrate_sqlite(self) -> Path:
+        path = self._folder / "cabinet.sqlite3"
+        engine = db.make_engine(f"sqlite:///{path}")
+        try:
+            db.upgrade(engine)
+            with engine.connect() as conn:
+                # Everything in the main file, so copying that one file copies the whole database.
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            engine.dispose()
+        for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            assert not leftover.exists() or leftover.stat().st_size == 0, f"{leftover} holds data the copy would miss"
+        return path
+
+
+@pytest.fixture(scope="session")
+def migrated_schema(tmp_path_factory: pytest.TempPathFactory) -> MigratedSchema:
+    return MigratedSchema(tmp_path_factory.mktemp("migrated-schema"))
+
+
 Cli = Callable[..., Result]
 
 
 @pytest.fixture
-def cli(env: Env) -> Cli:
-    """Run the real `cabinet` command against this test's config; fails the test on a bad exit."""
+def cli(env: Env, migrated_schema: MigratedSchema) -> Cli:
+    """Run the real `cabinet` command against this test's config (initialised: `cabinet init` on a
+    copy of the migrated schema); fails the test on a bad exit."""
     runner = CliRunner()
 
     def run(*args: str, input: str | None = None, expect: int = 0) -> Result:
@@ -320,6 +429,7 @@ def cli(env: Env) -> Cli:
             )
         return result
 
+    migrated_schema.copy_into(env)
     run("init")
     return run
 
@@ -391,17 +501,20 @@ class ServeProcess:
                 [sys.executable, "-m", "daemon.cli", "--config", str(self.env.config_path), "serve", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.environ,
             )
-        wait_until(self._ready, timeout, f"cabinet serve (pid {self.process.pid}) to answer {self.base_url}/readyz",
-                   self.tail, interval=0.1)
+        # One client for all the polls: httpx.get() builds a client (and its TLS context) each time,
+        # ~45 ms of CPU per poll, a third of a core taken from the starting server every 0.1 s.
+        # A generous per-request timeout: a new instance under load can be slow to answer.
+        with httpx.Client(timeout=30, verify=shared_tls()) as poller:
+            wait_until(lambda: self._ready(poller), timeout,
+                       f"cabinet serve (pid {self.process.pid}) to answer {self.base_url}/readyz", self.tail, interval=0.1)
         return self
 
-    def _ready(self) -> bool:
+    def _ready(self, poller: httpx.Client) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"cabinet serve exited {self.process.returncode} before it was ready\n{self.tail()}")
         try:
-            # A generous per-request timeout too: a new instance under load can be slow to answer.
-            return httpx.get(f"{self.base_url}/readyz", timeout=30).status_code == 200
+            return poller.get(f"{self.base_url}/readyz").status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -505,7 +618,8 @@ class Browser:
 
     def __init__(self, base_url: str, accept_language: str = "en") -> None:
         self.http = httpx.Client(
-            base_url=base_url, follow_redirects=False, headers={"Accept-Language": accept_language}, timeout=30
+            base_url=base_url, follow_redirects=False, headers={"Accept-Language": accept_language}, timeout=30,
+            verify=shared_tls(),
         )
 
     def get(self, url: str) -> httpx.Response:

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import smtplib
-import time
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 
@@ -29,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 
 from daemon import rawmail
 from daemon.bounces import UnreadableBounce, parse_bounce
-from tests.conftest import Cli, Env, Mailbox, RunningServer, Seed
+from tests.conftest import Cli, Env, Mailbox, RunningServer, Seed, wait_until
 from tests.fuzz_mail import batches
 from tests.inbound_helpers import TRUSTED_MTA, wait_processed
 
@@ -239,10 +238,8 @@ def test_an_unparseable_message_can_be_retried_by_the_operator(server, cli, seed
     [(inbound_id, *_)] = wait_processed(env, 1)
     [(first,)] = env.sql("SELECT processed_at FROM inbound")
     cli("inbound", "retry", str(inbound_id))  # back in line: processing runs again in the background
-    deadline = time.monotonic() + 30
-    while env.sql("SELECT processed_at FROM inbound WHERE state = 'processed'") in ([], [(first,)]):
-        assert time.monotonic() < deadline, "the retried message was not processed again"
-        time.sleep(0.05)
+    wait_until(lambda: env.sql("SELECT processed_at FROM inbound WHERE state = 'processed'") not in ([], [(first,)]),
+               what="the retried message to be processed again")
     assert env.sql("SELECT state, kind, attempts FROM inbound") == [("processed", "unparseable", 1)]
 
 

@@ -49,7 +49,7 @@ def roster(cli: Cli, firm: str) -> list[dict[str, object]]:
 def test_only_our_addresses_are_accepted_at_rcpt(server, cli, seed, mailbox, env: Env):
     _, reply_to = invite(cli, mailbox, seed)
     forged = reply_to.replace("reply+", "reply+x")
-    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as smtp:
         smtp.ehlo("mta.example")
         smtp.mail("someone@elsewhere.example")
         for refused in ("postmaster@cabinet.example", "anyone@other.example", forged,
@@ -68,12 +68,12 @@ def test_limits_answer_with_the_right_codes(server, cli, seed, mailbox, env):
     with pytest.raises(smtplib.SMTPSenderRefused) as declared:
         deliver(env, seed.accountant, [reply_to], big)  # SIZE= announced: refused at MAIL
     assert declared.value.smtp_code == 552
-    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as smtp:
         smtp.ehlo("mta.example")
         assert smtp.mail(seed.accountant)[0] == 250  # no SIZE=: refused after DATA
         assert smtp.rcpt(reply_to)[0] == 250
         assert smtp.data(big.as_bytes(policy=SMTP_POLICY))[0] == 552
-    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=10) as smtp:
+    with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as smtp:
         smtp.ehlo("mta.example")
         code, _ = smtp.docmd("NOOP " + "x" * 2000)
         assert code == 500
@@ -249,7 +249,7 @@ def test_a_message_that_keeps_failing_is_quarantined_and_the_rest_flow(
 def test_lmtp_answers_once_per_recipient(tmp_path, seed_lmtp):
     env, reply_to, firm_address = seed_lmtp
     message = reply(reply_to, "someone@elsewhere.example", "hello").as_bytes(policy=SMTP_POLICY)
-    lmtp = smtplib.LMTP("127.0.0.1", env.smtp_port, timeout=10)
+    lmtp = smtplib.LMTP("127.0.0.1", env.smtp_port, timeout=30)
     try:
         assert lmtp.ehlo_or_helo_if_needed() is None
         assert lmtp.mail("someone@elsewhere.example")[0] == 250

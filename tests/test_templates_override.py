@@ -219,13 +219,16 @@ class ServeProcess:
             time.sleep(0.05)
 
     def wait_ready(self) -> None:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.env.base_url}/readyz", timeout=WAIT).status_code == 200
-            except httpx.TransportError:
-                return False
+        # One client for every poll (httpx.get builds one, TLS context included, each time: CPU the
+        # starting server needs on a loaded machine).
+        with httpx.Client(timeout=WAIT) as poller:
+            def ready() -> bool:
+                try:
+                    return poller.get(f"{self.env.base_url}/readyz").status_code == 200
+                except httpx.TransportError:
+                    return False
 
-        self.wait_for("readiness", ready)
+            self.wait_for("readiness", ready)
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import signal
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,7 +16,9 @@ from daemon.cli.state import CliState, pass_state
 from daemon.config import load_config
 from daemon.errors import AlreadyExists, CabinetError
 from daemon.logs import setup_logging
-from daemon.service import Service
+
+if TYPE_CHECKING:
+    from daemon.service import Service
 
 
 @click.command("init")
@@ -67,6 +70,10 @@ def serve(state: CliState, log_format: str) -> None:
     SIGTERM or Ctrl-C: stop accepting, finish in-flight work, exit 0.
     SIGHUP: reload templates and the log level.
     """
+    # Imported here: the HTTP and SMTP stacks (aiohttp, aiosmtpd) are only for `serve`, and every
+    # other command starts faster without them.
+    from daemon.service import Service
+
     setup_logging(state.config.general.log_level, log_format)
     asyncio.run(_serve(state, Service(state.cabinet)))
 
