@@ -60,6 +60,11 @@ class EmailRenderer:
             html=env.get_template(f"{locale}/{name}.html").render(values),
         )
 
+    def subject(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
+        """The subject line alone (what the outbox lists before the email is rendered)."""
+        values = {**context, "locale": locale, "timezone": timezone}
+        return " ".join(self._env.get_template(f"{locale}/{name}.subject").render(values).split())
+
     def reload(self) -> None:
         """Forget compiled templates (SIGHUP): jinja2 notices edited files by itself, but not
         a new override file hiding a built-in one it has already loaded."""
