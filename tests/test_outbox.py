@@ -162,3 +162,45 @@ def test_backoff_grows_and_is_capped_and_jitter_spreads_it() -> None:
     rng = random.Random(7)
     delays = {jittered(backoff(3), rng).total_seconds() for _ in range(20)}
     assert all(60 <= d <= 120 for d in delays) and len(delays) > 1
+
+
+def test_rendered_by_the_worker_once_and_resent_byte_identical(tmp_path: Path, relay) -> None:
+    # The state change stores what to render; the first attempt renders and keeps the bytes, so a
+    # resend is the same email even after an operator changed the template in between.
+    sink, port = relay
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
+                                 'relay_tls = "none"\n\n[templates]\ndir = "overrides"\n')
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    override = tmp_path / "overrides" / "email" / "en"
+    override.mkdir(parents=True)
+    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
+                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
+        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
+        assert result.exit_code == 0, result.output
+    ((raw, content),) = env.sql("SELECT raw, content FROM outbox")
+    assert raw is None and '"template":"invitation"' in content
+    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1"])
+    assert shown.exit_code == 0 and "Message-ID" in shown.output, shown.output
+    sink.refuse = True
+    clock = FakeClock()
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 0
+    finally:
+        cabinet.close()
+    ((first,),) = env.sql("SELECT raw FROM outbox")
+    assert first is not None and b"Message-ID" in bytes(first)
+    (override / "invitation.subject").write_text("A different subject\n")
+    sink.refuse = False
+    clock.advance(seconds=backoff(1).total_seconds() + 1)
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 1
+    finally:
+        cabinet.close()
+    (envelope,) = sink.received
+    assert envelope.original_content.replace(b"\r\n", b"\n") == bytes(first).replace(b"\r\n", b"\n")
+    assert b"A different subject" not in envelope.original_content
