@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.db import rows_changed
 from daemon.transitions import TransitionLost
@@ -533,17 +534,21 @@ class Roster(DomainService):
             renewal_requested_at=invitation.renewal_requested_at,
         )
 
-    def _invitation_from_token(self, s: Session, token: str) -> Invitation:
+    def _invitation_from_token(self, s: Session, token: str, options: Sequence[ORMOption] = ()) -> Invitation:
         """The row an invitation link names; an expired signature still names it."""
         return self._row_from_token(
             s, Purpose.INVITE, token, Invitation, what="invitation",
-            max_age=self._policy.invitation_ttl, expired_ok=True,
+            max_age=self._policy.invitation_ttl, expired_ok=True, options=options,
         )
 
     def open_invitation(self, token: str) -> InvitationView:
-        """What an invitation link shows. Reads only: opening a link changes nothing."""
+        """What an invitation link shows. Reads only: opening a link changes nothing.
+
+        One statement: the invitation with what its page names (company, firm, who accepted).
+        """
+        shown = (joinedload(Invitation.company), joinedload(Invitation.firm), joinedload(Invitation.accepted_by))
         with self._sessions() as s:
-            return self._invitation_view(s, self._invitation_from_token(s, token))
+            return self._invitation_view(s, self._invitation_from_token(s, token, shown))
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""

@@ -45,6 +45,8 @@ class EmailRenderer:
             autoescape=select_autoescape(["html"]),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
+            # Compiled once: no stat() per template per render. SIGHUP (``reload``) re-reads them.
+            auto_reload=False,
         )
         env.filters.update(date_filters())
         return env
@@ -66,6 +68,5 @@ class EmailRenderer:
         return " ".join(self._env.get_template(f"{locale}/{name}.subject").render(values).split())
 
     def reload(self) -> None:
-        """Forget compiled templates (SIGHUP): jinja2 notices edited files by itself, but not
-        a new override file hiding a built-in one it has already loaded."""
+        """Forget compiled templates (SIGHUP): edited files and new override files are read again."""
         self._env = self._environment()
