@@ -78,7 +78,7 @@ class Cabinet:
 
 def make_transport(config: Config) -> Transport:
     if config.mail.transport == "smtp":
-        return SmtpTransport(config.mail.relay, config.mail.relay_timeout)
+        return SmtpTransport(config.mail.relay, config.mail.relay_timeout, config.mail.relay_connections)
     return MaildirTransport(config.mail.maildir)
 
 
@@ -163,6 +163,8 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         give_up_after=timedelta(seconds=config.mail.give_up_after),
         poll_interval=config.mail.poll_interval,
         lease=timedelta(seconds=config.mail.claim_lease),
+        # One email in flight per relay connection; a Maildir takes them one at a time, in order.
+        concurrency=config.mail.relay_connections if config.mail.transport == "smtp" else 1,
     )
     throttle = SignInThrottle(
         sessions,

@@ -217,6 +217,7 @@ class OutboxWorker:
         poll_interval: float,
         lease: timedelta = timedelta(minutes=2),
         rng: random.Random | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._sessions = sessions
         self._transport = transport
@@ -229,13 +230,14 @@ class OutboxWorker:
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._sending = False
+        self._sending = 0
+        self._concurrency = max(1, concurrency)  # emails in flight at once: one per relay connection
         self.stats = OutboxStats()
 
     @property
     def sending(self) -> bool:
         """An email is being sent right now."""
-        return self._sending
+        return self._sending > 0
 
     @property
     def drain_timeout(self) -> float:
@@ -365,11 +367,11 @@ class OutboxWorker:
         """Send one claimed email and record the result; True if it was sent."""
         if claim.attempts:
             self.stats.retries += 1
-        self._sending = True
+        self._sending += 1
         try:
             return await self._send_claimed(claim)
         finally:
-            self._sending = False
+            self._sending -= 1
 
     async def _send_claimed(self, claim: _Claim) -> bool:
         try:
@@ -407,14 +409,38 @@ class OutboxWorker:
         return outcome == "sent"
 
     async def send_due(self) -> int:
-        """Send everything due now, one email at a time; returns how many were sent."""
+        """Send everything due now, up to ``concurrency`` at a time; returns how many were sent.
+
+        Each email is still claimed on its own, with its own lease and token: a
+        slow one never holds the claim of another.
+        """
         sent = 0
-        while not self._stopping:
-            claim = await asyncio.to_thread(self._claim)
-            if claim is None:
-                break
-            sent += await self._send(claim)
-        return sent
+        in_flight: set[asyncio.Task[bool]] = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and not self._stopping and len(in_flight) < self._concurrency:
+                    claim = await asyncio.to_thread(self._claim)
+                    if claim is None:
+                        exhausted = True
+                    else:
+                        in_flight.add(asyncio.create_task(self._send(claim)))
+                if not in_flight:
+                    return sent
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    sent += task.result()
+                exhausted = False  # recording a result may queue more (a bounce notice): look again
+        finally:
+            if in_flight:  # an error above: let the other sends finish and record their results
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def flush(self) -> int:
+        """``send_due`` then release the relay connections (for a one-shot command)."""
+        try:
+            return await self.send_due()
+        finally:
+            await self._transport.close()
 
     async def run(self) -> None:
         """Send until stopped, waking on ``wake()`` or every poll interval."""
@@ -430,3 +456,4 @@ class OutboxWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
             except TimeoutError:
                 pass
+        await self._transport.close()
