@@ -9,7 +9,7 @@ never touch the tables themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
@@ -548,7 +548,10 @@ class Roster(DomainService):
         """
         shown = (joinedload(Invitation.company), joinedload(Invitation.firm), joinedload(Invitation.accepted_by))
         with self._sessions() as s:
-            return self._invitation_view(s, self._invitation_from_token(s, token, shown))
+            view = self._invitation_view(s, self._invitation_from_token(s, token, shown))
+            # In the same trip: the page's dates are in the invited accountant's zone when signed out.
+            zone = s.scalar(select(User.timezone).where(User.email == normalise_email(view.email)))
+            return replace(view, invited_timezone=zone)
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""
