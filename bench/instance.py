@@ -64,7 +64,9 @@ class Instance:
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\npublic_url = "{self.base_url}"\n'
             f'[smtp]\nlisten = "127.0.0.1:{self.smtp_port}"\ndomain = "{self.domain}"\n'
             f"[mail]\n{mail}"
-            '[general]\nlog_level = "WARNING"\n',
+            '[general]\nlog_level = "WARNING"\n'
+            # No /metrics listener: its fixed port would clash with any other Cabinet on the machine.
+            '[metrics]\nlisten = ""\n',
             encoding="utf-8",
         )
 
