@@ -264,7 +264,8 @@ def outbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
         def run_raw(r: int) -> Sample:
             wait_until(lambda: len(list(saved.glob("*.eml"))) >= args.emails, 600, "the first Cabinet round's emails")
             out = subprocess.run(
-                pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "raw", "127.0.0.1", str(sink.port), str(saved)]),
+                pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "raw", "127.0.0.1", str(sink.port), str(saved),
+                                    str(args.emails)]),
                 capture_output=True, text=True, check=True,
             ).stdout
             result = json.loads(out)
