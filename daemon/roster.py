@@ -556,7 +556,9 @@ class Roster(DomainService):
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""
         with self._transaction() as s:
-            return self.accept_in(s, self._invitation_from_token(s, token), user_id, firm_id, channel)
+            # The company comes in the same statement: an accept always reads it, inside the write lock.
+            invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
+            return self.accept_in(s, invitation, user_id, firm_id, channel)
 
     def accept_in(
         self, s: Session, invitation: Invitation, user_id: int, firm_id: int | None, channel: str
