@@ -1,7 +1,7 @@
 """Outbound drivers, each run pinned to the server core by ``bench.run``.
 
     python -m bench.outbound cabinet CONFIG     send Cabinet's whole outbox, as `cabinet mail flush` does
-    python -m bench.outbound raw HOST PORT DIR  send DIR's *.eml over one persistent aiosmtplib connection
+    python -m bench.outbound raw HOST PORT DIR [N]  send DIR's (first N) *.eml over one persistent aiosmtplib connection
 
 Each prints one JSON line: count and elapsed seconds.
 """
@@ -35,11 +35,13 @@ def cabinet(config_path: str) -> dict[str, float]:
         app.close()
 
 
-async def _raw(host: str, port: int, folder: Path) -> dict[str, float]:
+async def _raw(host: str, port: int, folder: Path, limit: int | None = None) -> dict[str, float]:
     import aiosmtplib
 
     messages = []
-    for path in sorted(folder.glob("*.eml")):
+    # The sink keeps every email it receives (the ceiling's own too): send the first ``limit``, the
+    # same count as a Cabinet round, or each round sent all of the earlier rounds' again.
+    for path in sorted(folder.glob("*.eml"))[:limit]:
         data = path.read_bytes()
         parsed = message_from_bytes(data, policy=policy.default)
         recipients = [address for _, address in getaddresses(parsed.get_all("To", []))]
@@ -58,7 +60,7 @@ def main(argv: list[str]) -> None:
     if argv[0] == "cabinet":
         result = cabinet(argv[1])
     elif argv[0] == "raw":
-        result = asyncio.run(_raw(argv[1], int(argv[2]), Path(argv[3])))
+        result = asyncio.run(_raw(argv[1], int(argv[2]), Path(argv[3]), int(argv[4]) if len(argv) > 4 else None))
     else:
         raise SystemExit(f"unknown driver {argv[0]!r}")
     print(json.dumps(result))

@@ -91,8 +91,9 @@ def wrk(base_url: str, requests_file: Path, connections: int, duration: float) -
         capture_output=True, text=True, env=env, check=True,
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored: the thread stats' "+/- Stdev" column (e.g. "68.50%") also ends in "50%".
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0))
@@ -263,7 +264,8 @@ def outbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
         def run_raw(r: int) -> Sample:
             wait_until(lambda: len(list(saved.glob("*.eml"))) >= args.emails, 600, "the first Cabinet round's emails")
             out = subprocess.run(
-                pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "raw", "127.0.0.1", str(sink.port), str(saved)]),
+                pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "raw", "127.0.0.1", str(sink.port), str(saved),
+                                    str(args.emails)]),
                 capture_output=True, text=True, check=True,
             ).stdout
             result = json.loads(out)

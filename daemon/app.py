@@ -79,7 +79,7 @@ class Cabinet:
 
 def make_transport(config: Config) -> Transport:
     if config.mail.transport == "smtp":
-        return SmtpTransport(config.mail.relay, config.mail.relay_timeout)
+        return SmtpTransport(config.mail.relay, config.mail.relay_timeout, config.mail.relay_connections)
     return MaildirTransport(config.mail.maildir)
 
 
@@ -165,9 +165,12 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         clock,
         on_bounce=undeliverable.bounced,
         on_give_up=undeliverable.gave_up,
+        compose=outbox.compose,
         give_up_after=timedelta(seconds=config.mail.give_up_after),
         poll_interval=config.mail.poll_interval,
         lease=timedelta(seconds=config.mail.claim_lease),
+        # One email in flight per relay connection; a Maildir takes them one at a time, in order.
+        concurrency=config.mail.relay_connections if config.mail.transport == "smtp" else 1,
     )
     throttle = SignInThrottle(
         sessions,
@@ -198,7 +201,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         templates=templates,
         renderer=renderer,
         sign_in=SignIn(sessions, roster, passwords, throttle),
-        mail_queue=OutboxQueue(sessions, clock),
+        mail_queue=OutboxQueue(sessions, clock, outbox.compose),
         link_explainer=LinkExplainer(ctx),
         password_resets=PasswordResets(ctx),
         new_accounts=NewAccounts(ctx),

@@ -111,6 +111,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "poll_interval": Key(2.0, "number", "seconds between outbox passes"),
         "give_up_after": Key(432000.0, "number", "seconds an email is retried (4xx, relay down) before it is failed"),
         "relay_timeout": Key(30.0, "number", "seconds for one whole conversation with the relay"),
+        "relay_connections": Key(2, "integer", "relay connections kept open; emails sent at once", minimum=1),
         "claim_lease": Key(120.0, "number", "seconds an instance holds the emails it sends"),
     },
     "security": {
@@ -233,6 +234,7 @@ class MailConfig:
     poll_interval: float
     give_up_after: float  # seconds an email is retried after a temporary failure
     relay_timeout: float  # seconds one whole SMTP conversation with the relay may take
+    relay_connections: int  # kept-open relay connections, as many emails in flight
     claim_lease: float
 
 
@@ -551,6 +553,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         poll_interval=r.get("mail", "poll_interval"),
         give_up_after=r.get("mail", "give_up_after"),
         relay_timeout=r.get("mail", "relay_timeout"),
+        relay_connections=r.get("mail", "relay_connections"),
         claim_lease=r.get("mail", "claim_lease"),
     )
     security = SecurityConfig(

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ContextManager, Iterator, TypeVar
+from typing import Any, ContextManager, Iterator, Sequence, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.clock import Clock
 from daemon.db import dialect_insert, write_transaction
@@ -180,6 +181,7 @@ class DomainService:
         tag: str | None = None,
         bound: str | None = "nonce",
         mismatch: Callable[[Linked, object], CabinetError] | None = None,
+        options: Sequence[ORMOption] = (),
     ) -> Linked:
         """The row a signed link names: the one resolver from a token to its row.
 
@@ -202,7 +204,7 @@ class DomainService:
             parts = parts[1:]
         if len(parts) != (2 if bound else 1) or not isinstance(parts[0], int) or isinstance(parts[0], bool):
             raise LinkTampered("link.invalid")
-        row = s.get(model, parts[0])
+        row = s.get(model, parts[0], options=options)  # options: eager loads, one statement
         if row is None:
             raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
         if bound is not None and getattr(row, bound) != parts[1]:

@@ -8,6 +8,7 @@ import unicodedata
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale
 from babel.dates import format_date as babel_format_date
 from jinja2 import pass_context
 from jinja2.runtime import Context
@@ -17,8 +18,9 @@ from babel.dates import format_timedelta as babel_format_timedelta
 from daemon.config import LOCALES
 from daemon.errors import InvalidInput
 
-# Babel locales used for formatting: the source document is fr-CA.
-BABEL_LOCALE = {"en": "en_CA", "fr": "fr_CA"}
+# Babel locales used for formatting: the source document is fr-CA. Parsed once: given a string, every
+# babel call parses it into a new Locale (identifier parsing, likely-subtags lookup) on each date shown.
+BABEL_LOCALE = {"en": Locale.parse("en_CA"), "fr": Locale.parse("fr_CA")}
 
 
 def check_locale(locale: str) -> str:

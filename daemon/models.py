@@ -410,9 +410,12 @@ class OutboxMessage(Base):
     # Who the email was for when it was queued ("company_admin" | "firm_staff" | "accountant"):
     # a reply is forwarded to the other side from this, never from addresses that changed since.
     audience: Mapped[str | None] = mapped_column(String(20))
-    # Serialised once, at enqueue time. The last column: SQLite keeps a big value in overflow pages,
-    # and a column after it could only be read by walking them.
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # What to render (template, locale, zone, facts; JSON): the worker renders from it.
+    content: Mapped[str | None] = mapped_column(Text)
+    # The bytes sent: rendered and serialised once, by the worker at the first attempt (every
+    # resend is the same bytes); NULL until then. The last column: SQLite keeps a big value in
+    # overflow pages, and a column after it could only be read by walking them.
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class WebSession(Base):

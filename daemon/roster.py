@@ -9,13 +9,14 @@ never touch the tables themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.db import rows_changed
 from daemon.transitions import TransitionLost
@@ -533,22 +534,31 @@ class Roster(DomainService):
             renewal_requested_at=invitation.renewal_requested_at,
         )
 
-    def _invitation_from_token(self, s: Session, token: str) -> Invitation:
+    def _invitation_from_token(self, s: Session, token: str, options: Sequence[ORMOption] = ()) -> Invitation:
         """The row an invitation link names; an expired signature still names it."""
         return self._row_from_token(
             s, Purpose.INVITE, token, Invitation, what="invitation",
-            max_age=self._policy.invitation_ttl, expired_ok=True,
+            max_age=self._policy.invitation_ttl, expired_ok=True, options=options,
         )
 
     def open_invitation(self, token: str) -> InvitationView:
-        """What an invitation link shows. Reads only: opening a link changes nothing."""
+        """What an invitation link shows. Reads only: opening a link changes nothing.
+
+        One statement: the invitation with what its page names (company, firm, who accepted).
+        """
+        shown = (joinedload(Invitation.company), joinedload(Invitation.firm), joinedload(Invitation.accepted_by))
         with self._sessions() as s:
-            return self._invitation_view(s, self._invitation_from_token(s, token))
+            view = self._invitation_view(s, self._invitation_from_token(s, token, shown))
+            # In the same trip: the page's dates are in the invited accountant's zone when signed out.
+            zone = s.scalar(select(User.timezone).where(User.email == normalise_email(view.email)))
+            return replace(view, invited_timezone=zone)
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""
         with self._transaction() as s:
-            return self.accept_in(s, self._invitation_from_token(s, token), user_id, firm_id, channel)
+            # The company comes in the same statement: an accept always reads it, inside the write lock.
+            invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
+            return self.accept_in(s, invitation, user_id, firm_id, channel)
 
     def accept_in(
         self, s: Session, invitation: Invitation, user_id: int, firm_id: int | None, channel: str

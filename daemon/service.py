@@ -17,7 +17,7 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
-from daemon.db import POSTGRESQL_ENGINE_OPTIONS
+from daemon.db import POSTGRESQL_ENGINE_OPTIONS, SQLITE_THREADS
 from daemon.errors import ConfigError
 from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
@@ -104,7 +104,7 @@ class Service:
         # group writer, so more of them in flight means larger groups (one
         # fsync for more callers); on PostgreSQL more threads than pooled
         # connections would only wait for the pool.
-        threads = 32 if config.is_sqlite else POSTGRESQL_ENGINE_OPTIONS["pool_size"] + POSTGRESQL_ENGINE_OPTIONS["max_overflow"]
+        threads = SQLITE_THREADS if config.is_sqlite else POSTGRESQL_ENGINE_OPTIONS["pool_size"] + POSTGRESQL_ENGINE_OPTIONS["max_overflow"]
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="cabinet-db"))
         if config.is_sqlite:
             self._lock = InstanceLock(config.storage.data_dir / "serve.lock")

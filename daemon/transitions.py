@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, inspect, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from daemon.db import rows_changed
 from daemon.errors import InvalidState
@@ -87,17 +88,35 @@ def transition(
     table = model.__tablename__
     expected_values = tuple(str(state) for state in expected)
     checkpoint(table, row_id, str(to))
-    won = rows_changed(
-        s,
+    # RETURNING the row's columns refreshes the caller's loaded copy in the same statement: a separate
+    # re-read (which also dropped its loaded relationships) was two more trips inside the write lock.
+    fresh = s.execute(
         update(model)
         .where(model.id == row_id, column.in_(expected_values), *where)
         .values({column.key: str(to), **values})
-        .execution_options(synchronize_session=False),
-    )
-    # Re-read the row (and refresh the caller's loaded copy): after a loss, it says who won.
-    row = s.get(model, row_id, populate_existing=True)
-    if won != 1:
+        .returning(*model.__table__.columns)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if len(fresh) != 1:
+        # Re-read the row (and refresh the caller's copy): after a loss, it says who won.
+        row = s.get(model, row_id, populate_existing=True)
         raise TransitionLost(table, row_id, str(to), expected_values, getattr(row, column.key, None))
+    _refresh_loaded(s, model, row_id, fresh[0], values.keys())
+
+
+def _refresh_loaded(s: Session, model: type[Any], row_id: int, fresh: Any, changed: Iterable[str]) -> None:
+    """Give the session's copy of the row (if it holds one) the values the UPDATE returned."""
+    loaded = s.identity_map.get(s.identity_key(model, row_id))
+    if loaded is None:
+        return
+    mapper = inspect(model)
+    for prop in mapper.column_attrs:
+        set_committed_value(loaded, prop.key, fresh._mapping[prop.columns[0]])
+    # A relationship whose foreign key just changed is loaded again when next read.
+    changed = set(changed)
+    stale = [rel.key for rel in mapper.relationships if any(c.key in changed for c in rel.local_columns)]
+    if stale:
+        s.expire(loaded, stale)
 
 
 def transition_all(

@@ -84,6 +84,8 @@ class InvitationView:
     accepted_by_email: str | None
     renewal_requested_at: datetime | None
     url: str | None = None  # only when freshly issued
+    # The invited address's staff time zone, if it is a staff account (the signed-out page's dates).
+    invited_timezone: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,14 @@ def new_message_id(domain: str) -> str:
     return make_msgid(idstring="cabinet", domain=domain)
 
 
+def check_recipient(to: str) -> tuple[str, str]:
+    """The local part and domain of ``to``; ValueError if no email should go there."""
+    local, _, domain = to.partition("@")
+    if unsafe_character(to) is not None or not local or not domain:
+        raise ValueError("refusing to send to an address with control characters or no domain")
+    return local, domain
+
+
 def build_message(
     *,
     from_address: str,
@@ -31,9 +39,7 @@ def build_message(
     message = EmailMessage()
     # Every value from data goes through set_header: see mailer.headers for why.
     set_header(message, "From", from_address)
-    local, _, domain = to.partition("@")
-    if unsafe_character(to) is not None or not local or not domain:
-        raise ValueError("refusing to send to an address with control characters or no domain")
+    local, domain = check_recipient(to)
     set_header(message, "To", Address(display_name=display_name_text(to_name), username=local, domain=domain))
     set_header(message, "Subject", subject)
     message["Date"] = format_datetime(date)

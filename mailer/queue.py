@@ -11,7 +11,7 @@ from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -78,9 +78,12 @@ def _entry(row: Any) -> OutboxEntry:
 
 
 class OutboxQueue:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: Clock, compose: Callable[[OutboxMessage], bytes],
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._compose = compose  # the bytes of an email not rendered yet (``Outbox.compose``)
 
     def listing(self, to: str | None = None, state: str | None = None) -> list[OutboxEntry]:
         """Every email in the outbox, oldest first; ``to`` matches part of the address."""
@@ -102,10 +105,11 @@ class OutboxQueue:
         else:
             raise InvalidInput("outbox.id_required")
         with self._sessions() as s:
-            row = s.execute(select(*_COLUMNS, OutboxMessage.raw).where(condition)).first()
-        if row is None:
+            row = s.execute(select(*_COLUMNS).where(condition)).first()
+            message = s.get(OutboxMessage, row.id) if row is not None else None
+        if row is None or message is None:
             raise NotFound("outbox.not_found", id=ref)
-        return _entry(row), row.raw
+        return _entry(row), self._compose(message)
 
     def requeue(self, ids: list[int] | None) -> list[int]:
         """Queue emails again, due now, with a fresh retry budget; ``None`` means every failed one.

@@ -45,6 +45,8 @@ class EmailRenderer:
             autoescape=select_autoescape(["html"]),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
+            # Compiled once: no stat() per template per render. SIGHUP (``reload``) re-reads them.
+            auto_reload=False,
         )
         env.filters.update(date_filters())
         return env
@@ -60,7 +62,11 @@ class EmailRenderer:
             html=env.get_template(f"{locale}/{name}.html").render(values),
         )
 
+    def subject(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
+        """The subject line alone (what the outbox lists before the email is rendered)."""
+        values = {**context, "locale": locale, "timezone": timezone}
+        return " ".join(self._env.get_template(f"{locale}/{name}.subject").render(values).split())
+
     def reload(self) -> None:
-        """Forget compiled templates (SIGHUP): jinja2 notices edited files by itself, but not
-        a new override file hiding a built-in one it has already loaded."""
+        """Forget compiled templates (SIGHUP): edited files and new override files are read again."""
         self._env = self._environment()

@@ -207,3 +207,30 @@ def test_client_list_of_an_unknown_firm_prints_no_json(cli: Cli, seed: Seed) -> 
     result = cli("client", "list", "--firm", "Nobody CPA", "--json", expect=3)
     assert not result.output.lstrip().startswith("[")
     assert json.loads(cli("client", "list", "--firm", seed.other_firm, "--json").output) == []
+
+
+def test_the_invitation_page_reads_in_two_statements(cli: Cli, seed: Seed, env: Env) -> None:
+    # The link GET: the invitation with its company, firm and acceptor (joined), then the invited zone.
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from daemon.app import build
+    from daemon.config import load_config
+
+    sent = cli("invitation", "send", "--company", seed.company, "--email", seed.accountant).output
+    token = sent.split("/invitations/")[1].split()[0]
+    cabinet = build(load_config(env.config_path))
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if not statement.startswith("PRAGMA"):
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        view = cabinet.roster.open_invitation(token)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+        cabinet.close()
+    assert view.company == seed.company and view.invited_timezone == "UTC"
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2, statements

@@ -132,3 +132,33 @@ def test_db_upgrade_is_idempotent(cli: Cli, env: Env):
 
     head = ScriptDirectory.from_config(alembic_config(env.database_url)).get_current_head()
     assert env.sql("SELECT version_num FROM alembic_version") == [(head,)]
+
+
+def test_metrics_read_the_database_once_per_max_age_not_per_scrape(env: Env, cli: Cli) -> None:
+    from prometheus_client import generate_latest
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from daemon.app import build
+    from daemon.config import load_config
+    from daemon.metrics import Metrics
+
+    cabinet = build(load_config(env.config_path))
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        metrics = Metrics(cabinet.sessions, cabinet.clock, cabinet.worker.stats)
+        assert statements == []  # registering reads nothing
+        first = generate_latest(metrics.registry).decode()
+        read = len(statements)
+        assert read > 0 and "cabinet_outbox_depth 0.0" in first
+        for _ in range(5):
+            generate_latest(metrics.registry)
+        assert len(statements) == read  # later scrapes reuse the snapshot
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+        cabinet.close()

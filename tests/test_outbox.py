@@ -26,12 +26,14 @@ class Sink:
 
     def __init__(self) -> None:
         self.received: list[Envelope] = []
+        self.peers: list[object] = []  # the client end of the connection each email came over
         self.refuse = False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.refuse:
             return "451 4.3.0 try again later"
         self.received.append(envelope)
+        self.peers.append(session.peer)
         return "250 OK"
 
 
@@ -164,3 +166,85 @@ def test_backoff_grows_and_is_capped_and_jitter_spreads_it() -> None:
     rng = random.Random(7)
     delays = {jittered(backoff(3), rng).total_seconds() for _ in range(20)}
     assert all(60 <= d <= 120 for d in delays) and len(delays) > 1
+
+
+def test_rendered_by_the_worker_once_and_resent_byte_identical(tmp_path: Path, relay) -> None:
+    # The state change stores what to render; the first attempt renders and keeps the bytes, so a
+    # resend is the same email even after an operator changed the template in between.
+    sink, port = relay
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
+                                 'relay_tls = "none"\n\n[templates]\ndir = "overrides"\n')
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    override = tmp_path / "overrides" / "email" / "en"
+    override.mkdir(parents=True)
+    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
+                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
+        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
+        assert result.exit_code == 0, result.output
+    ((raw, content),) = env.sql("SELECT raw, content FROM outbox")
+    assert raw is None and '"template":"invitation"' in content
+    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1"])
+    assert shown.exit_code == 0 and "Message-ID" in shown.output, shown.output
+    sink.refuse = True
+    clock = FakeClock()
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 0
+    finally:
+        cabinet.close()
+    ((first,),) = env.sql("SELECT raw FROM outbox")
+    assert first is not None and b"Message-ID" in bytes(first)
+    (override / "invitation.subject").write_text("A different subject\n")
+    sink.refuse = False
+    clock.advance(seconds=backoff(1).total_seconds() + 1)
+    cabinet = build(load_config(env.config_path), clock=clock)
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 1
+    finally:
+        cabinet.close()
+    (envelope,) = sink.received
+    assert envelope.original_content.replace(b"\r\n", b"\n") == bytes(first).replace(b"\r\n", b"\n")
+    assert b"A different subject" not in envelope.original_content
+
+
+def test_relay_connections_are_kept_open_and_replaced_when_the_relay_drops_them(tmp_path: Path) -> None:
+    sink = Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
+                                 'relay_tls = "none"\nrelay_connections = 2\n')
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    def run(*args: str) -> None:
+        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
+        assert result.exit_code == 0, result.output
+
+    run("init")
+    for i in range(6):
+        run("company", "add", f"Company {i}", "--admin-email", f"admin{i}@c{i}.example")
+        run("invitation", "send", "--company", f"Company {i}", "--email", f"staff{i}@firm.example")
+    cabinet = build(load_config(env.config_path))
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(cabinet.worker.send_due()) == 6
+        assert len(sink.received) == 6 and 1 <= len(set(sink.peers)) <= 2  # six emails, at most two connections
+        # The relay restarts: the kept connections are dead; the next emails go over new ones.
+        controller.stop()
+        controller = Controller(sink, hostname="127.0.0.1", port=port)
+        controller.start()
+        run("company", "add", "Company 6", "--admin-email", "admin6@c6.example")
+        run("invitation", "send", "--company", "Company 6", "--email", "staff6@firm.example")
+        assert loop.run_until_complete(cabinet.worker.send_due()) == 1
+        loop.run_until_complete(cabinet.worker.flush())
+    finally:
+        loop.close()
+        cabinet.close()
+        controller.stop()
+    assert len(sink.received) == 7
+    assert env.sql("SELECT count(*) FROM outbox WHERE state = 'sent' AND attempts = 1") == [(7,)]

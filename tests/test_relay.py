@@ -101,7 +101,9 @@ def relay() -> Iterator[Relay]:
 def relay_env(tmp_path: Path, relay: Relay, extra: str = "") -> Env:
     return write_config(
         tmp_path,
-        f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {relay.port}\nrelay_tls = "none"\n{extra}',
+        # One connection: a scripted relay answers in arrival order, so its emails go one at a time.
+        f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {relay.port}\nrelay_tls = "none"\n'
+        f'relay_connections = 1\n{extra}',
     )
 
 

@@ -109,7 +109,7 @@ def _print_message(message: EmailMessage) -> None:
 @pass_state
 def flush(state: CliState) -> None:
     """Send every queued email that is due now, then exit (for use without `cabinet serve`)."""
-    sent = asyncio.run(state.cabinet.worker.send_due())
+    sent = asyncio.run(state.cabinet.worker.flush())
     click.echo(f"Sent {sent} email(s).")
 
 

@@ -8,7 +8,6 @@ nowhere else.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from typing import Awaitable, Callable
 
@@ -76,16 +75,16 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
 def anonymous_visitor(request: web.Request) -> Visitor:
     """A visitor known without the database, for the error page when the database is down."""
     cabinet = request.app[CABINET]
-    browser_id = secrets.token_urlsafe(32)
     chosen = request.cookies.get(LANGUAGE_COOKIE, "")
     locale = chosen if chosen in LOCALES else negotiate(
         request.headers.get("Accept-Language"), cabinet.config.general.default_locale
     )
-    return Visitor(
-        browser_id=browser_id, new_browser=True, session_token=None, user=None, locale=locale,
+    v = Visitor(
+        known_browser=None, session_token=None, user=None, locale=locale,
         timezone=cabinet.config.general.timezone,
-        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, browser_id)),
+        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, v.browser_id)),
     )
+    return v
 
 
 @web.middleware

@@ -60,14 +60,27 @@ class CsrfToken:
 
 @dataclass
 class Visitor:
-    browser_id: str
-    new_browser: bool  # not signed by us yet: the cookie is set if the page needs it
+    known_browser: str | None  # the id in a browser cookie we signed; None: the cookie is set if the page needs it
     session_token: str | None
     user: UserView | None
     locale: str
     timezone: str
     csrf_token: CsrfToken
     chosen_locale: bool = False  # from the language switch's cookie
+    _minted: str | None = None
+
+    @property
+    def new_browser(self) -> bool:
+        return self.known_browser is None
+
+    @property
+    def browser_id(self) -> str:
+        """This browser's id, minted only when a page needs one (a form): most anonymous GETs never do."""
+        if self.known_browser is not None:
+            return self.known_browser
+        if self._minted is None:
+            self._minted = secrets.token_urlsafe(32)
+        return self._minted
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -108,9 +121,6 @@ async def load_visitor(request: web.Request) -> Visitor:
     cabinet = request.app[CABINET]
     security = request.app[SECURITY]
     browser_id = _browser_id(cabinet.signer, request.cookies.get(security.browser_cookie))
-    new_browser = browser_id is None
-    if browser_id is None:
-        browser_id = secrets.token_urlsafe(32)
     token = request.cookies.get(security.session_cookie)
     user = await run(_signed_in_user, request.app[SESSIONS], cabinet, token) if token else None
     default = cabinet.config.general.default_locale
@@ -120,16 +130,16 @@ async def load_visitor(request: web.Request) -> Visitor:
     else:
         locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
     timezone = user.timezone if user else cabinet.config.general.timezone
-    return Visitor(
-        browser_id=browser_id,
-        new_browser=new_browser,
+    v = Visitor(
+        known_browser=browser_id,
         session_token=token if user else None,
         user=user,
         locale=locale,
         timezone=timezone,
-        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, browser_id)),
+        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, v.browser_id)),
         chosen_locale=chosen in LOCALES,
     )
+    return v
 
 
 def speak_to(request: web.Request, locale: str, timezone: str) -> None:

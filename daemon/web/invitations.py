@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.errors import InvalidInput, LinkTampered, NotFound
+from daemon.errors import InvalidInput, LinkTampered
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
 from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to, visitor
@@ -53,14 +53,13 @@ async def show(request: web.Request) -> web.Response:
         return _invalid_link(request)
     has_account = True
     if visitor(request).user is None:
-        # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the language
-        # stays the browser's, or the switch's, until they sign in).
-        try:
-            invited = await run(cabinet.roster.find_staff, invitation.email)
-        except NotFound:
+        # The invited address's staff zone comes with the invitation (None: no account there yet).
+        if invitation.invited_timezone is None:
             has_account = False  # offer "Create your account"
         else:
-            speak_to(request, "", invited.timezone)
+            # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the
+            # language stays the browser's, or the switch's, until they sign in).
+            speak_to(request, "", invitation.invited_timezone)
     return _invitation_page(request, invitation, has_account=has_account)
 
 

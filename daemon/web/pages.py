@@ -53,6 +53,8 @@ class Pages:
                 autoescape=True,
                 undefined=StrictUndefined,
                 extensions=["jinja2.ext.i18n"],
+                # Compiled once: no stat() per template per request. SIGHUP (``reload``) re-reads them.
+                auto_reload=False,
             )
             catalogue = load_translations(self._folders.find(f"web/locale/{locale}.po"), locale)
             translations[locale] = catalogue
