@@ -21,7 +21,7 @@ from daemon.errors import ConfigError
 from daemon.i18n import check_timezone
 from daemon.links import Links
 from daemon.passwords import Passwords
-from daemon.company_admin import CompanyAdmin
+from daemon.company_admin import MANAGE_LINKS_PER_ADDRESS, MANAGE_LINKS_PER_IP, CompanyAdmin
 from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
@@ -31,7 +31,7 @@ from daemon.password_resets import PasswordResets
 from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
-from daemon.throttle import SignInThrottle, ThrottlePolicy
+from daemon.throttle import RequestLimit, SignInThrottle, ThrottlePolicy
 from daemon.undeliverable import Undeliverable
 from daemon.workspace import Workspace
 from daemon.tokens import LinkSigner, SecretKeys
@@ -183,7 +183,12 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         roster=roster,
         transfers=BillingTransfers(ctx),
         onboarding=Onboarding(ctx),
-        company_admin=CompanyAdmin(ctx, roster),
+        company_admin=CompanyAdmin(ctx, roster, RequestLimit(
+            sessions, clock, "manage",
+            # The sign-in window, so that the sign-in's sweep of old rows keeps these right too.
+            ThrottlePolicy(window=timedelta(minutes=config.limits.sign_in_window_minutes),
+                           per_address=MANAGE_LINKS_PER_ADDRESS, per_ip=MANAGE_LINKS_PER_IP),
+        )),
         workspace=Workspace(ctx),
         inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address, dns_txt,
                         answer_interval=timedelta(minutes=config.limits.unproven_reply_answer_minutes)),

@@ -23,6 +23,7 @@ MESSAGES: dict[str, str] = {
     "signin.locked_address": "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
     "signin.locked_network": "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
     "signin.wait": 'Too many failed sign-in attempts. Wait {seconds} second(s) and try again',
+    "manage_link.wait": "Too many requests for a manage link from this address or network. Try again in {minutes} minute(s)",
     "invite.daily_limit": '{company} has already sent {limit} invitations from a manage link in the last 24 hours, the most allowed. Try again tomorrow, or ask your accounting firm to send this one',
     "invitation.sent_concurrently": 'another invitation to {email} was sent at the same moment',
     "invitation.sign_in_add_client": 'sign in to add a client',
@@ -56,6 +57,7 @@ MESSAGES: dict[str, str] = {
     "staff.needs_firm": "a staff member belongs to at least one firm (--firm)",
     "firm.choose": "choose a firm from the list",
     "firm.choose_for_client": "you belong to several firms: choose the firm to connect this client to",
+    "invitation.choose": "choose the invitation to withdraw",
     "firm.choose_for_transfer": "choose the firm to transfer billing to",
     # Not found
     "firm.not_found": "no firm named '{name}' (see `cabinet firm list`)",

@@ -479,11 +479,19 @@ class Roster(DomainService):
             view = self._invitation_view(s, invitation)
             return InvitationView(**{**view.__dict__, "url": url})
 
-    def revoke_invitation(self, invitation_id: int, channel: str = "cli") -> InvitationView:
+    def revoke_invitation(
+        self, invitation_id: int, channel: str = "cli", *, company_id: int | None = None, actor: str | None = None
+    ) -> InvitationView:
+        """Withdraw a pending invitation (CLI, the manage page, a client's page).
+
+        ``company_id``: only one of this company's (a manage link or a client's page speaks for one
+        company; another's invitation is "not found" to it). ``actor``: who withdrew it, when not the
+        company's primary admin.
+        """
         now = self._clock.now()
         with self._transaction() as s:
             invitation = s.get(Invitation, invitation_id)
-            if invitation is None:
+            if invitation is None or (company_id is not None and invitation.company_id != company_id):
                 raise NotFound("invitation.not_found", id=invitation_id)
             view = self._invitation_view(s, invitation)
             if view.status != "pending":
@@ -496,7 +504,7 @@ class Roster(DomainService):
             self._event(
                 s,
                 "invitation.revoked",
-                invitation.company.admin_email,
+                actor or invitation.company.admin_email,
                 channel,
                 company_id=invitation.company_id,
                 invitation_id=invitation.id,
