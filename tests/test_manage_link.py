@@ -140,5 +140,5 @@ def test_a_client_admin_asks_for_a_manage_link_in_french(chromium, server, cli: 
     page.get_by_role("link", name="Gérer mon entreprise").click()
     page.get_by_label("Courriel").fill(seed.admin)
     page.get_by_role("button", name="M'envoyer un lien de gestion par courriel").click()
-    page.get_by_text("Si cette adresse est celle de l'administrateur principal").first.wait_for()
+    page.get_by_text("Si cette adresse est celle de l'Administrateur principal").first.wait_for()
     context.close()
