@@ -21,6 +21,7 @@ from daemon.errors import ConfigError
 from daemon.i18n import check_timezone
 from daemon.links import Links
 from daemon.passwords import Passwords
+from daemon.client_actions import ClientActions
 from daemon.company_admin import MANAGE_LINKS_PER_ADDRESS, MANAGE_LINKS_PER_IP, CompanyAdmin
 from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
@@ -65,6 +66,7 @@ class Cabinet:
     link_explainer: LinkExplainer
     password_resets: PasswordResets
     new_accounts: NewAccounts
+    client_actions: ClientActions
 
     def close(self) -> None:
         self.passwords.close()
@@ -151,6 +153,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         ),
     )
     roster = Roster(ctx)
+    onboarding = Onboarding(ctx)
     for key in ("relay_timeout", "give_up_after", "claim_lease"):
         if getattr(config.mail, key) <= 0:
             raise ConfigError(f"[mail] {key} must be a number of seconds above 0")
@@ -182,7 +185,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         passwords=passwords,
         roster=roster,
         transfers=BillingTransfers(ctx),
-        onboarding=Onboarding(ctx),
+        onboarding=onboarding,
         company_admin=CompanyAdmin(ctx, roster, RequestLimit(
             sessions, clock, "manage",
             # The sign-in window, so that the sign-in's sweep of old rows keeps these right too.
@@ -201,4 +204,5 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         link_explainer=LinkExplainer(ctx),
         password_resets=PasswordResets(ctx),
         new_accounts=NewAccounts(ctx),
+        client_actions=ClientActions(ctx, onboarding, roster),
     )

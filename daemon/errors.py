@@ -64,6 +64,8 @@ MESSAGES: dict[str, str] = {
     "firm.missing": "no such firm",
     "company.not_found": "no company named '{name}' (see `cabinet company list`)",
     "company.missing": "no such company",
+    "client.not_found": "{firm} has no client named '{name}'",
+    "client.missing": "no such client",
     "company_or_firm.missing": "no such company or firm",
     "staff.not_found": "no staff member with the address '{email}' (see `cabinet staff list`)",
     "staff.missing": "no such staff member",
@@ -80,6 +82,9 @@ MESSAGES: dict[str, str] = {
     "company.exists": "a company named '{name}' already exists",
     "company.exists_invite_admin": "a QuickBooks company named '{name}' already exists; "
     "invite its admin to connect it instead",
+    "client.changed_meanwhile": "{name}'s details were changed meanwhile; look at them again",
+    "client.no_setup_link": "{name} has no setup link waiting: the client is already primary admin, or has no subscription",
+    "client.no_payment_link": "{name} has no payment link waiting: only a direct-discount trial without payment details has one",
     "client.exists": "{firm} already has a client named '{name}' on its roster",
     "client.exists_other_company": "{firm}'s roster already has a client named '{name}' for another company",
     # Not allowed

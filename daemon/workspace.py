@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from daemon.client_actions import awaits_payment
 from daemon.domain import DomainService
 from daemon.models import (
     BillingTransfer,
@@ -146,6 +147,18 @@ class ClientDetail:
     products: tuple[str, ...] = ()
     connected_firms: tuple[str, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
+    # Invitations the client's company sent that wait for an answer (staff may withdraw them).
+    invitations: tuple[ClientInvitation, ...] = ()
+    # The links the page's "Resend" buttons send: "setup" (not yet primary admin), "payment"
+    # (a direct-discount trial without payment details).
+    resend: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientInvitation:
+    id: int
+    email: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,13 @@ def delivery_state(state: str) -> str:
     return "queued" if state == "pending" else state
 
 
+def _resendable(client: Client, company: Company | None, setup_pending: bool) -> tuple[str, ...]:
+    """The links the client page may resend (the rules ClientActions.resend_link applies)."""
+    if company is None:
+        return ()
+    return (("setup",) if setup_pending else ()) + (("payment",) if awaits_payment(client, company) else ())
+
+
 class Workspace(DomainService):
     @staticmethod
     def _my_firms(user_id: int) -> Select[tuple[int]]:
@@ -285,6 +305,20 @@ class Workspace(DomainService):
                     .where(Client.company_id == company.id).order_by(Firm.name_key)
                 ))
             timeline = self._timeline(s, client, company)
+            invitations: tuple[ClientInvitation, ...] = ()
+            setup_pending = False
+            if company is not None:
+                invitations = tuple(ClientInvitation(*row) for row in s.execute(
+                    select(Invitation.id, Invitation.email, Invitation.expires_at)
+                    .where(Invitation.company_id == company.id, Invitation.state == InvitationState.PENDING,
+                           Invitation.expires_at > self._now())
+                    .order_by(Invitation.expires_at, Invitation.id)
+                ))
+                setup_pending = s.scalar(
+                    select(func.count()).select_from(SetupInvitation).where(
+                        SetupInvitation.company_id == company.id, SetupInvitation.firm_id == client.firm_id,
+                        SetupInvitation.state == SetupState.PENDING)
+                ) != 0
         if staff_admin is not None:
             admin_name, admin_email = staff_admin.name, staff_admin.email
         elif company is not None:
@@ -298,7 +332,8 @@ class Workspace(DomainService):
             primary_admin_name=admin_name, primary_admin_email=admin_email,
             trial_ends_at=company.trial_ends_at if company else None,
             payment_details_at=company.payment_details_at if company else None,
-            products=products, connected_firms=connected, timeline=timeline,
+            products=products, connected_firms=connected, timeline=timeline, invitations=invitations,
+            resend=_resendable(client, company, setup_pending),
         )
 
     def _timeline(self, s: Session, client: Client, company: Company | None) -> tuple[TimelineEntry, ...]:
