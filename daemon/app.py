@@ -26,6 +26,7 @@ from daemon.company_admin import MANAGE_LINKS_PER_ADDRESS, MANAGE_LINKS_PER_IP, 
 from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
+from daemon.link_opens import LinkOpens
 from daemon.links_explained import LinkExplainer
 from daemon.new_accounts import NewAccounts
 from daemon.password_resets import PasswordResets
@@ -67,6 +68,7 @@ class Cabinet:
     password_resets: PasswordResets
     new_accounts: NewAccounts
     client_actions: ClientActions
+    link_opens: LinkOpens
 
     def close(self) -> None:
         self.passwords.close()
@@ -205,4 +207,5 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         password_resets=PasswordResets(ctx),
         new_accounts=NewAccounts(ctx),
         client_actions=ClientActions(ctx, onboarding, roster),
+        link_opens=LinkOpens(ctx),
     )

@@ -9,7 +9,7 @@ never touch the tables themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from daemon.db import rows_changed
+from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import TransitionLost
 from daemon.domain import (
     KINDS,
@@ -41,10 +42,12 @@ from daemon.models import (
     ClientStatus,
     Company,
     CompanyProduct,
+    Event,
     Firm,
     Invitation,
     InvitationState,
     Membership,
+    OutboxMessage,
     Product,
     User,
     WebSession,
@@ -513,11 +516,28 @@ class Roster(DomainService):
             return self._invitation_view(s, invitation)
 
     def list_invitations(self, company_name: str | None = None) -> list[InvitationView]:
+        """Invitations with their email's delivery state: queued, sent, failed, bounced, opened, acted."""
         with self._sessions() as s:
             query = select(Invitation).order_by(Invitation.id)
+            emails = select(OutboxMessage.invitation_id, OutboxMessage.state, OutboxMessage.created_at).where(
+                OutboxMessage.invitation_id.is_not(None), OutboxMessage.kind == "invitation")
+            facts = select(Event.company_id, Event.at, Event.kind, Event.detail).where(Event.kind.in_(DELIVERY_KINDS))
             if company_name:
-                query = query.where(Invitation.company_id == self._company_by_name(s, company_name).id)
-            return [self._invitation_view(s, i) for i in s.scalars(query)]
+                company_id = self._company_by_name(s, company_name).id
+                query = query.where(Invitation.company_id == company_id)
+                emails = emails.where(OutboxMessage.company_id == company_id)
+                facts = facts.where(Event.company_id == company_id)
+            latest = {row.invitation_id: row for row in s.execute(emails.order_by(OutboxMessage.id))}
+            by_company: dict[int, list[LinkFact]] = {}
+            for company_id, at, kind, detail in s.execute(facts):
+                by_company.setdefault(company_id, []).append(LinkFact(at, kind, None, parse_detail(detail)))
+            views = []
+            for invitation in s.scalars(query):
+                email = latest.get(invitation.id)
+                state = delivery(email.state, "invitation", email.created_at, by_company.get(invitation.company_id, ()),
+                                 invitation.id) if email else None
+                views.append(replace(self._invitation_view(s, invitation), delivery=state))
+            return views
 
     def _invitation_view(self, s: Session, invitation: Invitation) -> InvitationView:
         status = invitation.state

@@ -84,6 +84,8 @@ class InvitationView:
     accepted_by_email: str | None
     renewal_requested_at: datetime | None
     url: str | None = None  # only when freshly issued
+    # The invitation email's delivery state (daemon.deliveries), where a listing reads it.
+    delivery: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class InvitationView:
             "decided_at": _iso(self.decided_at),
             "firm": self.firm,
             "accepted_by": self.accepted_by_email,
+            "delivery": self.delivery,
         }
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from daemon.client_actions import awaits_payment
+from daemon.deliveries import KINDS, OPENED, LinkFact, delivery, parse_detail
 from daemon.domain import DomainService
 from daemon.models import (
     BillingTransfer,
@@ -121,7 +122,7 @@ class TimelineEntry:
     email_kind: str | None = None  # the email's template
     subject: str | None = None
     recipient: str | None = None
-    state: str | None = None  # queued | sent | failed | bounced
+    state: str | None = None  # queued | sent | failed | bounced | opened | acted (daemon.deliveries)
     attempts: int = 0
     answer: str | None = None  # the relay's last answer, or the bounce's reason
     sent_at: datetime | None = None
@@ -224,11 +225,6 @@ class NavCounts:
     clients: int
     pending: int
     team: int
-
-
-def delivery_state(state: str) -> str:
-    """The outbox's state as staff read it: "pending" is still queued."""
-    return "queued" if state == "pending" else state
 
 
 def _resendable(client: Client, company: Company | None, setup_pending: bool) -> tuple[str, ...]:
@@ -348,14 +344,18 @@ class Workspace(DomainService):
                 and_(Event.company_id == company.id, or_(Event.firm_id.is_(None), Event.firm_id == client.firm_id)),
             )
         events = s.execute(
-            select(Event.at, Event.kind, Event.actor, Event.channel).where(about_client).order_by(Event.id)
+            select(Event.at, Event.kind, Event.actor, Event.channel, Event.firm_id, Event.detail)
+            .where(about_client).order_by(Event.id)
         ).all()
-        entries = [TimelineEntry(at=e.at, kind=e.kind, actor=e.actor, channel=e.channel) for e in events]
+        # "Link opened" rows are telemetry for the emails' delivery states, not lines of their own.
+        entries = [TimelineEntry(at=e.at, kind=e.kind, actor=e.actor, channel=e.channel)
+                   for e in events if e.kind != OPENED]
+        facts = [LinkFact(e.at, e.kind, e.firm_id, parse_detail(e.detail)) for e in events if e.kind in KINDS]
         if company is not None:
             emails = s.execute(
                 select(OutboxMessage.created_at, OutboxMessage.kind, OutboxMessage.subject, OutboxMessage.recipient,
                        OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
-                       OutboxMessage.sent_at)
+                       OutboxMessage.sent_at, OutboxMessage.invitation_id, OutboxMessage.firm_id)
                 .outerjoin(Invitation, Invitation.id == OutboxMessage.invitation_id)
                 .where(
                     OutboxMessage.company_id == company.id,
@@ -370,7 +370,8 @@ class Workspace(DomainService):
             entries += [
                 TimelineEntry(
                     at=m.created_at, kind="email", email_kind=m.kind, subject=m.subject, recipient=m.recipient,
-                    state=delivery_state(m.state), attempts=m.attempts,
+                    state=delivery(m.state, m.kind, m.created_at, facts, m.invitation_id, m.firm_id),
+                    attempts=m.attempts,
                     answer=m.bounce_reason if m.state == "bounced" and m.bounce_reason else m.last_answer,
                     sent_at=m.sent_at,
                 )
@@ -385,12 +386,13 @@ class Workspace(DomainService):
         mine = self._my_firms(user_id)
         with self._sessions() as s:
             latest = (
-                select(OutboxMessage.state)
+                select(OutboxMessage.id)
                 .where(OutboxMessage.invitation_id == Invitation.id)
                 .order_by(OutboxMessage.id.desc()).limit(1).correlate(Invitation).scalar_subquery()
             )
             invitations = s.execute(
-                select(Invitation, Company.name, latest)
+                select(Invitation, Company.name, OutboxMessage.state, OutboxMessage.created_at)
+                .outerjoin(OutboxMessage, OutboxMessage.id == latest)
                 .join(Company, Company.id == Invitation.company_id)
                 .where(Invitation.email == email, Invitation.state == InvitationState.PENDING,
                        Invitation.expires_at > now)
@@ -414,6 +416,14 @@ class Workspace(DomainService):
                        SetupInvitation.expires_at > now)
                 .order_by(SetupInvitation.expires_at)
             ).all()
+            opened = [
+                LinkFact(at, OPENED, None, parse_detail(detail)) for at, detail in s.execute(
+                    select(Event.at, Event.detail).where(
+                        Event.kind == OPENED,
+                        Event.company_id.in_({inv.company_id for inv, *_ in invitations}),
+                    )
+                )
+            ] if invitations else []
             trials = s.execute(
                 select(Client.id, Client.name, Firm.name, Company.trial_ends_at, Company.payment_details_at)
                 .join(Firm, Firm.id == Client.firm_id)
@@ -426,9 +436,10 @@ class Workspace(DomainService):
                 PendingInvitation(
                     company=name, invited_by=inv.invited_by, created_at=inv.created_at, expires_at=inv.expires_at,
                     url=self._links.invitation(self._signer.sign(Purpose.INVITE, [inv.id, inv.nonce])),
-                    delivery=delivery_state(state) if state else None,
+                    # Pending, so not acted on yet: queued, sent, bounced or opened.
+                    delivery=delivery(state, "invitation", sent, opened, inv.id) if state else None,
                 )
-                for inv, name, state in invitations
+                for inv, name, state, sent in invitations
             ),
             transfers=tuple(
                 PendingTransfer(
