@@ -4,8 +4,12 @@ withdraw an invitation the client's company sent — and the same through `cabin
 
 from __future__ import annotations
 
-from tests.conftest import Cli, Mailbox, Seed, any_link_in, csrf_of
-from tests.test_workspace import add_staff, client_id, signed_in
+import os
+
+import pytest
+
+from tests.conftest import PASSWORD, Cli, Mailbox, Seed, any_link_in, csrf_of
+from tests.test_workspace import add_staff, client_id, quiet, signed_in  # noqa: F401 - quiet is a fixture
 
 
 def add_business(cli: Cli, firm: str, name: str, email: str, billing: str = "wholesale") -> None:
@@ -131,3 +135,72 @@ def test_the_cli_edits_a_contact_and_resends_a_link(server, cli: Cli, seed: Seed
     assert len(mailbox.wait("marc@garage.example", count=2, subject="primary admin")) == 2
     assert [tuple(r) for r in env.sql("SELECT actor, channel FROM events WHERE kind = 'client.setup_link_resent'")] == [
         ("operator", "cli")]
+
+
+def test_a_client_page_costs_the_same_statements_whatever_the_roster(quiet) -> None:
+    """A client with a company, products, events, emails and a pending invitation: its page, the list,
+    a search and Pending cost the same statements at 1 and at 301 clients."""
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+    from tests.test_workspace import count_statements, firm_id, many_clients
+
+    env = quiet.env
+    runner = CliRunner()
+
+    def run(*args: str) -> None:
+        result = runner.invoke(cabinet_cli, ["--config", str(env.config_path), *args])
+        assert result.exit_code == 0, result.output
+
+    run("client", "add", "--firm", "Tremblay CPA", "--kind", "business", "--name", "Garage Lévesque", "--email",
+        "marc@garage.example", "--billing", "direct", "--product", "qbo-simple-start")
+    run("invitation", "send", "--company", "Garage Lévesque", "--email", "marie@tremblay.example")
+    marie = signed_in(env, "marie@tremblay.example")
+    url = f"/clients/{client_id(env, 'Garage Lévesque')}"
+    pages = (url, "/clients", "/clients?q=garage", "/pending")
+    small = [count_statements(quiet, marie, page) for page in pages]
+    assert small == [count_statements(quiet, marie, page) for page in pages]  # nothing else ran meanwhile
+    many_clients(quiet, firm_id(env, "Tremblay CPA"), 300)
+    assert [count_statements(quiet, marie, page) for page in pages] == small
+    marie.close()
+
+
+# -- in Chromium ----------------------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_staff_edit_resend_and_withdraw_on_a_client_page_in_chromium(server, cli: Cli, seed: Seed, env, mailbox):
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    from tests.test_workspace import CHROMIUM, FLAGS
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}")
+    add_business(cli, seed.firm, "Garage Lévesque", "marc@garage.exmaple")
+    cli("invitation", "send", "--company", "Garage Lévesque", "--email", "luc@cote.example")
+    with playwright_sync.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = chromium.new_context(locale="en-US").new_page()
+            page.goto(env.base_url + "/clients")
+            page.get_by_label("Email").fill(seed.accountant)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(env.base_url + "/clients")
+            page.get_by_role("link", name="Garage Lévesque").click()
+            page.get_by_role("heading", name="Garage Lévesque").wait_for()
+
+            page.get_by_label("Client's email").fill("marc@garage.example")
+            page.get_by_label("Client's phone").fill("514 555 0100")
+            page.get_by_role("button", name="Save contact details").click()
+            page.get_by_text("Contact details saved.").wait_for()
+
+            page.get_by_role("button", name="Resend the setup link").click()
+            page.get_by_text("Setup link emailed again.").wait_for()
+            mailbox.wait("marc@garage.example", subject="primary admin")
+
+            page.get_by_role("button", name="Withdraw the invitation to luc@cote.example").click()
+            page.get_by_text("Invitation withdrawn. Its link no longer works.").wait_for()
+            assert "To luc@cote.example" not in page.content()
+        finally:
+            chromium.close()
+    assert env.sql("SELECT email, phone FROM clients")[0] == ("marc@garage.example", "514 555 0100")
+    assert [r[0] for r in env.sql("SELECT state FROM invitations")] == ["revoked"]
