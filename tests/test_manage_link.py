@@ -87,6 +87,12 @@ def test_the_manage_page_withdraws_a_pending_invitation_and_says_so(
     assert done.status_code == 303 and done.headers["Location"].endswith("?done=withdraw")
     after = admin.get(done.headers["Location"]).text
     assert "Invitation withdrawn. Its link no longer works." in after and "Withdraw the invitation" not in after
+    # Until the client accepts its setup invitation, the company's name is not given as the admin's.
+    cli("client", "add", "--firm", seed.firm, "--kind", "business", "--name", "Boutique Gagné", "--email",
+        "anne@boutique.example", "--billing", "wholesale", "--product", "qbo-plus")
+    cli("company", "send-link", "Boutique Gagné")
+    boutique = admin.get(any_link_in(mailbox.wait("anne@boutique.example", subject="Manage")[-1])).text
+    assert "Primary admin: anne@boutique.example" in boutique and "Primary admin: Boutique" not in boutique
     states = dict(server.env.sql("SELECT company_id, state FROM invitations"))
     assert sorted(states.values()) == ["pending", "revoked"]
     # Withdrawing it again says it is no longer pending, and changes nothing.
