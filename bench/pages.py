@@ -22,7 +22,7 @@ from bench import seed
 from bench.stats import median
 
 HERE = Path(__file__).resolve().parent
-REQUESTS_PER_PAGE = 400
+REQUESTS_PER_PAGE = 200
 
 
 def bulk_roster(config: Path, count: int, chunk: int = 20_000) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from daemon.client_actions import awaits_payment
@@ -44,9 +44,12 @@ from daemon.tokens import Purpose
 PAGE_SIZE = 50
 STATUSES = tuple(s.value for s in ClientStatus)
 BILLINGS = ("self-paid", "wholesale", "direct", "none")
+# Each order is an index's own order, (firm_id, search_key, id) or (firm_id, created_at, id), so a
+# page reads 50 index entries rather than sorting the roster (clients with the same folded name
+# follow in the order they were added).
 SORTS = {
-    "name": (Client.search_key.asc(), Client.name.asc(), Client.id.asc()),
-    "-name": (Client.search_key.desc(), Client.name.desc(), Client.id.desc()),
+    "name": (Client.search_key.asc(), Client.id.asc()),
+    "-name": (Client.search_key.desc(), Client.id.desc()),
     "added": (Client.created_at.asc(), Client.id.asc()),
     "-added": (Client.created_at.desc(), Client.id.desc()),
 }
@@ -239,8 +242,20 @@ class Workspace(DomainService):
     def _my_firms(user_id: int) -> Select[tuple[int]]:
         return select(Membership.firm_id).where(Membership.user_id == user_id)
 
-    def _roster_filter(self, user_id: int, query: RosterQuery) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = [Client.firm_id.in_(self._my_firms(user_id))]
+    def _client_scope(self, s: Session, user_id: int) -> ColumnElement[bool]:
+        """``Client.firm_id`` among the user's firms, as literal ids read first (one statement).
+
+        With the ids in the statement, a one-firm user's roster is ``firm_id = ?``, which the
+        (firm_id, search_key) index answers in order: at 100,000 clients a page reads 50 index
+        entries instead of sorting the roster (an ``IN (subquery)`` made SQLite sort it all).
+        """
+        firms = sorted(s.scalars(self._my_firms(user_id)))
+        if not firms:
+            return false()
+        return Client.firm_id == firms[0] if len(firms) == 1 else Client.firm_id.in_(firms)
+
+    def _roster_filter(self, s: Session, user_id: int, query: RosterQuery) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [self._client_scope(s, user_id)]
         if query.firm_id is not None:
             where.append(Client.firm_id == query.firm_id)
         if query.status:
@@ -255,9 +270,9 @@ class Workspace(DomainService):
         return where
 
     def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
-        """One page of the user's firms' clients: two statements (the count, the page)."""
-        where = self._roster_filter(user_id, query)
+        """One page of the user's firms' clients: three statements (the firms, the count, the page)."""
         with self._sessions() as s:
+            where = self._roster_filter(s, user_id, query)
             total = s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
             pages = max(1, -(-total // PAGE_SIZE))
             page = min(query.page, pages)
@@ -428,7 +443,7 @@ class Workspace(DomainService):
                 select(Client.id, Client.name, Firm.name, Company.trial_ends_at, Company.payment_details_at)
                 .join(Firm, Firm.id == Client.firm_id)
                 .join(Company, Company.id == Client.company_id)
-                .where(Client.firm_id.in_(mine), Client.status == ClientStatus.TRIAL)
+                .where(self._client_scope(s, user_id), Client.status == ClientStatus.TRIAL)
                 .order_by(Company.trial_ends_at)
             ).all()
         return Pending(
@@ -474,15 +489,17 @@ class Workspace(DomainService):
         return list(members.values())
 
     def counts(self, user_id: int, email: str) -> NavCounts:
-        """The numbers in the navigation, in one statement of COUNT subqueries."""
+        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries."""
         now = self._now()
         mine = self._my_firms(user_id)
 
         def count(statement: Select[Any]) -> Any:
             return statement.scalar_subquery()
 
+        with self._sessions() as s:
+            scope = self._client_scope(s, user_id)
         row = self._read(select(
-            count(select(func.count()).select_from(Client).where(Client.firm_id.in_(mine))),
+            count(select(func.count()).select_from(Client).where(scope)),
             count(select(func.count()).select_from(Invitation).where(
                 Invitation.email == email, Invitation.state == InvitationState.PENDING, Invitation.expires_at > now)),
             count(select(func.count()).select_from(BillingTransfer).where(
@@ -492,7 +509,7 @@ class Workspace(DomainService):
                 SetupInvitation.firm_id.in_(mine), SetupInvitation.state == SetupState.PENDING,
                 SetupInvitation.expires_at > now)),
             count(select(func.count()).select_from(Client).join(Company, Company.id == Client.company_id).where(
-                Client.firm_id.in_(mine), Client.status == ClientStatus.TRIAL)),
+                scope, Client.status == ClientStatus.TRIAL)),
             count(select(func.count(func.distinct(Membership.user_id))).where(Membership.firm_id.in_(mine))),
         ))
         clients, invitations, transfers, setups, trials, team = (int(n or 0) for n in row)
