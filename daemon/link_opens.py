@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from daemon.deliveries import OPENED, parse_detail
 from daemon.domain import DomainService
@@ -65,32 +66,46 @@ class LinkOpens(DomainService):
         else:
             return
         token = match.group(1)
+        # Read first, outside any write: a reload, a forged or an expired link writes nothing (on
+        # SQLite a write would queue behind the single writer for every page view).
+        with self._sessions() as s:
+            found = self._opening(s, link, token)
+        if found is None:
+            return
         with self._transaction() as s:
-            try:
-                row = self._row_from_token(
-                    s, link.token_purpose, token, link.model, what=link.what, max_age=self._max_age(link),
-                    tag=link.tag, bound=link.bound,
-                )
-            except CabinetError:
-                return  # expired, replaced or forged: the page said so, nothing was opened
-            company_id = row.id if isinstance(row, Company) else row.company_id
-            firm_id = getattr(row, "firm_id", None)
-            if isinstance(row, Company):
-                to = row.admin_email
-            elif isinstance(row, BillingTransfer):
-                to = "firm staff"  # the link went to every member of the firm: which one opened it is unknown
-            else:
-                to = row.email
-            detail = {"purpose": link.purpose, "ref": row.id}
-            if isinstance(row, Invitation):
-                detail["invitation_id"] = row.id
-            earlier = s.scalars(
-                select(Event.detail).where(Event.kind == OPENED, Event.company_id == company_id)
-            ).all()
-            if any(parse_detail(d).get("purpose") == link.purpose and parse_detail(d).get("ref") == row.id
-                   for d in earlier):
-                return
-            self._event(s, OPENED, to, "link", firm_id=firm_id, company_id=company_id, **detail)
+            # Checked again under the write: SQLite's single writer makes it exact; on PostgreSQL two
+            # first openings at the same instant may both be kept, which changes no delivery state.
+            again = self._opening(s, link, token)
+            if again is not None:
+                to, firm_id, company_id, detail = again
+                self._event(s, OPENED, to, "link", firm_id=firm_id, company_id=company_id, **detail)
+
+    def _opening(self, s: Session, link: _Link, token: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
+        """What a first opening of this link records, or None (not a valid link, or opened before)."""
+        try:
+            row = self._row_from_token(
+                s, link.token_purpose, token, link.model, what=link.what, max_age=self._max_age(link),
+                tag=link.tag, bound=link.bound,
+            )
+        except CabinetError:
+            return None  # expired, replaced or forged: the page said so, nothing was opened
+        company_id = row.id if isinstance(row, Company) else row.company_id
+        firm_id = getattr(row, "firm_id", None)
+        if isinstance(row, Company):
+            to = row.admin_email
+        elif isinstance(row, BillingTransfer):
+            to = "firm staff"  # the link went to every member of the firm: which one opened it is unknown
+        else:
+            to = row.email
+        detail: dict[str, Any] = {"purpose": link.purpose, "ref": row.id}
+        if isinstance(row, Invitation):
+            detail["invitation_id"] = row.id
+        earlier = s.scalars(select(Event.detail).where(Event.kind == OPENED, Event.company_id == company_id)).all()
+        for text in earlier:
+            seen = parse_detail(text)
+            if seen.get("purpose") == link.purpose and seen.get("ref") == row.id:
+                return None
+        return to, firm_id, company_id, detail
 
     def _max_age(self, link: _Link) -> timedelta:
         policy = self._policy
