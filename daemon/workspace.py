@@ -270,39 +270,47 @@ class Workspace(DomainService):
         return where
 
     def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
-        """One page of the user's firms' clients: the firms, then the count and the page.
+        """One page of the user's firms' clients: the firms, the page, and the count when it is not known.
 
-        A search (or a filter) has no index to count with, so it scans the roster: then the page
-        carries the count itself (``count(*) OVER ()``), one scan instead of two. Only a page past
-        the end of the results needs the count on its own, to show the last page instead.
+        A search or a filter has no index to count with: counting scans the roster. So the page
+        comes first, in an index's order: when it is not full it was the last one and says the count
+        itself (one scan, the usual narrow search); when it is full it came quickly (the index gave
+        50 matches early) and only then is the count taken. A page past the end is clamped to the
+        last one. The plain roster is counted on its index, as before.
         """
         columns = (Client.id, Firm.name, Client.name, Client.kind, Client.email, Client.billing,
                    Client.status, Client.connected_at, Client.created_at)
         with self._sessions() as s:
             where = self._roster_filter(s, user_id, query)
 
-            def page_of(number: int, *extra: Any) -> list[Any]:
+            def page_of(number: int) -> list[Any]:
                 return list(s.execute(
-                    select(*columns, *extra).join(Firm, Firm.id == Client.firm_id).where(*where)
+                    select(*columns).join(Firm, Firm.id == Client.firm_id).where(*where)
                     .order_by(*SORTS[query.sort]).limit(PAGE_SIZE).offset((number - 1) * PAGE_SIZE)
                 ).all())
 
+            def count() -> int:
+                return s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+
             page = query.page
-            rows: list[Any] = []
-            total = 0
-            narrowed = bool(query.text or query.status or query.billing)
-            if narrowed:
-                found = page_of(page, func.count().over())
-                rows = [tuple(row)[:-1] for row in found]
-                total = int(found[0][-1]) if found else 0
-            if not rows:
-                total = s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+            if query.text or query.status or query.billing:
+                rows = page_of(page)
+                if 0 < len(rows) < PAGE_SIZE:
+                    total = (page - 1) * PAGE_SIZE + len(rows)
+                else:
+                    total = count()
+                    last = max(1, -(-total // PAGE_SIZE))
+                    if not rows and page > last:
+                        page = last
+                        rows = page_of(page)
+            else:
+                total = count()
                 page = min(page, max(1, -(-total // PAGE_SIZE)))
                 rows = page_of(page)
-        pages = max(1, -(-total // PAGE_SIZE))
         return RosterPage(
             rows=tuple(RosterRow(*row) for row in rows), total=total,
-            query=RosterQuery(query.text, query.status, query.billing, query.firm_id, query.sort, page), pages=pages,
+            query=RosterQuery(query.text, query.status, query.billing, query.firm_id, query.sort, page),
+            pages=max(1, -(-total // PAGE_SIZE)),
         )
 
     def client(self, user_id: int, client_id: int) -> ClientDetail | None:
