@@ -22,17 +22,19 @@ from daemon.errors import ConfigError
 from daemon.i18n import check_timezone
 from daemon.links import Links
 from daemon.passwords import Passwords
-from daemon.company_admin import CompanyAdmin
+from daemon.client_actions import ClientActions
+from daemon.company_admin import MANAGE_LINKS_PER_ADDRESS, MANAGE_LINKS_PER_IP, CompanyAdmin
 from daemon.domain import DomainContext, Policy
 from daemon.inbound import Inbound
 from daemon.onboarding import Onboarding
+from daemon.link_opens import LinkOpens
 from daemon.links_explained import LinkExplainer
 from daemon.new_accounts import NewAccounts
 from daemon.password_resets import PasswordResets
 from daemon.roster import Roster
 from daemon.template_folders import TemplateFolders, template_folders
 from daemon.transfers import BillingTransfers
-from daemon.throttle import SignInThrottle, ThrottlePolicy
+from daemon.throttle import RequestLimit, SignInThrottle, ThrottlePolicy
 from daemon.undeliverable import Undeliverable
 from daemon.workspace import Workspace
 from daemon.tokens import LinkSigner, SecretKeys
@@ -66,6 +68,8 @@ class Cabinet:
     link_explainer: LinkExplainer
     password_resets: PasswordResets
     new_accounts: NewAccounts
+    client_actions: ClientActions
+    link_opens: LinkOpens
 
     def close(self) -> None:
         self.passwords.close()
@@ -155,6 +159,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         ),
     )
     roster = Roster(ctx)
+    onboarding = Onboarding(ctx)
     for key in ("relay_timeout", "give_up_after", "claim_lease"):
         if getattr(config.mail, key) <= 0:
             raise ConfigError(f"[mail] {key} must be a number of seconds above 0")
@@ -191,8 +196,13 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         passwords=passwords,
         roster=roster,
         transfers=BillingTransfers(ctx),
-        onboarding=Onboarding(ctx),
-        company_admin=CompanyAdmin(ctx, roster),
+        onboarding=onboarding,
+        company_admin=CompanyAdmin(ctx, roster, RequestLimit(
+            sessions, clock, "manage",
+            # The sign-in window, so that the sign-in's sweep of old rows keeps these right too.
+            ThrottlePolicy(window=timedelta(minutes=config.limits.sign_in_window_minutes),
+                           per_address=MANAGE_LINKS_PER_ADDRESS, per_ip=MANAGE_LINKS_PER_IP),
+        )),
         workspace=Workspace(ctx),
         inbound=Inbound(ctx, roster, config.inbound, config.smtp.domain, config.mail.from_address, dns_txt,
                         answer_interval=timedelta(minutes=config.limits.unproven_reply_answer_minutes)),
@@ -205,4 +215,6 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         link_explainer=LinkExplainer(ctx),
         password_resets=PasswordResets(ctx),
         new_accounts=NewAccounts(ctx),
+        client_actions=ClientActions(ctx, onboarding, roster),
+        link_opens=LinkOpens(ctx),
     )

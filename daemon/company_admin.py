@@ -15,10 +15,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from daemon.domain import DomainContext, DomainService, clean_name, normalise_email
-from daemon.errors import LimitReached, LinkTampered, NotAllowed
+from daemon.errors import InvalidInput, LimitReached, LinkTampered, NotAllowed
 from daemon.models import Client, Company, Event, Firm, Invitation, InvitationState
 from daemon.roster import Roster
+from daemon.throttle import RequestLimit
 from daemon.tokens import Purpose
+
+# "Manage my company" requests from the start page per sign-in window (15 minutes by default): a few
+# per address (a second try when the first email is slow to come), more per IP (an office shares one).
+MANAGE_LINKS_PER_ADDRESS = 3
+MANAGE_LINKS_PER_IP = 20
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,15 @@ class CompanyAdminView:
     # The primary admin's recorded language and zone: the manage page speaks as the email did.
     locale: str = ""
     timezone: str = ""
+    # (id, address) of each invitation waiting for an answer, for the page's "Withdraw" buttons.
+    withdrawable: tuple[tuple[int, str], ...] = ()
 
 
 class CompanyAdmin(DomainService):
-    def __init__(self, ctx: DomainContext, roster: Roster) -> None:
+    def __init__(self, ctx: DomainContext, roster: Roster, link_requests: RequestLimit | None = None) -> None:
         super().__init__(ctx)
         self._roster = roster
+        self._link_requests = link_requests
 
     def invite(self, company_id: int, email: str, key: str | None = None) -> None:
         """The primary admin invites an accountant from a manage link, within the daily limit.
@@ -76,15 +85,37 @@ class CompanyAdmin(DomainService):
     def send_link(self, company_name: str, channel: str = "cli") -> str:
         """Email the primary admin a link to manage the company; returns the link."""
         with self._transaction() as s:
-            company = self._company_by_name(s, company_name)
-            token = self._signer.sign(Purpose.MANAGE, ["company", company.id, company.admin_email])
-            url = self._links.manage(token)
-            self._notify_company_admin(
-                s, company, "manage_link",
-                {"url": url, "expires_at": self._now() + self._policy.manage_link_ttl}, auto=False,
-            )
-            self._event(s, "company.manage_link_sent", "operator", channel, company_id=company.id)
-            return url
+            return self._send_link(s, self._company_by_name(s, company_name), "operator", channel)
+
+    def _send_link(self, s: Session, company: Company, actor: str, channel: str) -> str:
+        token = self._signer.sign(Purpose.MANAGE, ["company", company.id, company.admin_email])
+        url = self._links.manage(token)
+        self._notify_company_admin(
+            s, company, "manage_link",
+            {"url": url, "expires_at": self._now() + self._policy.manage_link_ttl}, auto=False,
+        )
+        self._event(s, "company.manage_link_sent", actor, channel, company_id=company.id)
+        return url
+
+    def request_link(self, email: str, ip: str, channel: str = "link") -> None:
+        """"Manage my company" on the start page: a manage link to each company ``email`` is primary admin of.
+
+        Says nothing either way (no error for an unknown or malformed address), so
+        the form cannot tell who administers what; counted per address and per
+        client IP before anything is looked up, so it cannot flood a mailbox
+        or probe addresses quickly.
+        """
+        limit = self._link_requests
+        if limit is not None and not limit.take(email, ip):
+            raise LimitReached("manage_link.wait", retry_after=limit.window_seconds, minutes=limit.window_seconds // 60)
+        try:
+            address = normalise_email(email)
+        except InvalidInput:
+            return
+        with self._transaction() as s:
+            companies = s.scalars(select(Company).where(Company.admin_email == address).order_by(Company.id)).all()
+            for company in companies:
+                self._send_link(s, company, address, channel)
 
     def set_primary_admin(self, company_name: str, email: str, name: str | None, channel: str = "cli") -> str:
         """Hand the company to another primary admin; links issued to the previous one stop working."""
@@ -121,10 +152,11 @@ class CompanyAdmin(DomainService):
                 .where(Client.company_id == company.id, Client.connected_at.is_not(None))
                 .order_by(Firm.name_key)
             ).all()
-            invited = s.scalars(
-                select(Invitation.email)
-                .where(Invitation.company_id == company.id, Invitation.state == InvitationState.PENDING)
-                .order_by(Invitation.email)
+            invited = s.execute(
+                select(Invitation.id, Invitation.email)
+                .where(Invitation.company_id == company.id, Invitation.state == InvitationState.PENDING,
+                       Invitation.expires_at > self._now())
+                .order_by(Invitation.email, Invitation.id)
             ).all()
             return CompanyAdminView(
                 company_id=company.id,
@@ -134,11 +166,12 @@ class CompanyAdmin(DomainService):
                 subscription=company.subscription,
                 has_quickbooks_time=company.has_quickbooks_time,
                 connected_firms=tuple(firms),
-                pending_invitations=tuple(invited),
+                pending_invitations=tuple(email for _, email in invited),
                 trial_ends_at=company.trial_ends_at,
                 payment_details_at=company.payment_details_at,
                 locale=company.admin_locale,
                 timezone=company.admin_timezone,
+                withdrawable=tuple((id_, email) for id_, email in invited),
             )
 
     def payment_link(self, company_id: int) -> str | None:

@@ -23,6 +23,7 @@ MESSAGES: dict[str, str] = {
     "signin.locked_address": "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
     "signin.locked_network": "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
     "signin.wait": 'Too many failed sign-in attempts. Wait {seconds} second(s) and try again',
+    "manage_link.wait": "Too many requests for a manage link from this address or network. Try again in {minutes} minute(s)",
     "invite.daily_limit": '{company} has already sent {limit} invitations from a manage link in the last 24 hours, the most allowed. Try again tomorrow, or ask your accounting firm to send this one',
     "invitation.sent_concurrently": 'another invitation to {email} was sent at the same moment',
     "invitation.sign_in_add_client": 'sign in to add a client',
@@ -56,12 +57,15 @@ MESSAGES: dict[str, str] = {
     "staff.needs_firm": "a staff member belongs to at least one firm (--firm)",
     "firm.choose": "choose a firm from the list",
     "firm.choose_for_client": "you belong to several firms: choose the firm to connect this client to",
+    "invitation.choose": "choose the invitation to withdraw",
     "firm.choose_for_transfer": "choose the firm to transfer billing to",
     # Not found
     "firm.not_found": "no firm named '{name}' (see `cabinet firm list`)",
     "firm.missing": "no such firm",
     "company.not_found": "no company named '{name}' (see `cabinet company list`)",
     "company.missing": "no such company",
+    "client.not_found": "{firm} has no client named '{name}'",
+    "client.missing": "no such client",
     "company_or_firm.missing": "no such company or firm",
     "staff.not_found": "no staff member with the address '{email}' (see `cabinet staff list`)",
     "staff.missing": "no such staff member",
@@ -78,6 +82,9 @@ MESSAGES: dict[str, str] = {
     "company.exists": "a company named '{name}' already exists",
     "company.exists_invite_admin": "a QuickBooks company named '{name}' already exists; "
     "invite its admin to connect it instead",
+    "client.changed_meanwhile": "{name}'s details were changed meanwhile; look at them again",
+    "client.no_setup_link": "{name} has no setup link waiting: the client is already primary admin, or has no subscription",
+    "client.no_payment_link": "{name} has no payment link waiting: only a direct-discount trial without payment details has one",
     "client.exists": "{firm} already has a client named '{name}' on its roster",
     "client.exists_other_company": "{firm}'s roster already has a client named '{name}' for another company",
     # Not allowed

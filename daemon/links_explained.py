@@ -4,8 +4,9 @@ Reads only. The token goes through the signer (its issue time) and the one
 resolver from a token to its row (``DomainService._row_from_token``), so the
 answer is what the link's page would see — without opening it, which for a
 support person would be acting on someone else's behalf. What happened since
-comes from the events table: a GET changes nothing and so leaves no event,
-hence "opened" is only known when the person acted.
+comes from the events table: a GET changes no state, but the first fetch of an
+emailed link's page appends a ``link.opened`` event (daemon.link_opens), which
+is shown here as "opened" (a mail scanner's fetch counts too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from daemon.deliveries import OPENED
 from daemon.domain import DomainService
 from daemon.errors import CabinetError, LinkTampered
 from daemon.models import BillingTransfer, Company, Event, Invitation, SetupInvitation, User
@@ -55,6 +57,13 @@ _ACTED = {
     "invitation.accepted", "invitation.declined", "invitation.renewal_requested", "transfer.allowed",
     "transfer.completed", "transfer.declined", "client.setup_completed", "trial.payment_details_added",
     "staff.password_reset",
+}
+
+
+# The purpose a "link.opened" event records (daemon.link_opens) for each kind of link.
+_OPENED_PURPOSE = {
+    Purpose.INVITE: "invitation", Purpose.SETUP: "setup", Purpose.PAYMENT: "payment", Purpose.MANAGE: "manage",
+    Purpose.TRANSFER: "transfer",
 }
 
 
@@ -230,6 +239,15 @@ class LinkExplainer(DomainService):
             if isinstance(row, User) and detail.get("email") != row.email:
                 continue
             found.append(LinkEvent(event.at, event.kind, event.actor, event.channel))
+        purpose = _OPENED_PURPOSE.get(route.purpose) if route.tag != "renew" else None
+        company_id = row.id if isinstance(row, Company) else getattr(row, "company_id", None)
+        if purpose is not None and company_id is not None:
+            opened = select(Event).where(Event.kind == OPENED, Event.company_id == company_id, Event.at >= issued_at)
+            for event in s.scalars(opened):
+                detail = _detail(event)
+                if detail.get("purpose") == purpose and detail.get("ref") == row.id:
+                    found.append(LinkEvent(event.at, event.kind, event.actor, event.channel))
+            found.sort(key=lambda e: e.at)
         return found
 
 

@@ -231,6 +231,8 @@ class Client(Base):
         # The roster page sorts a firm's clients by name as a dictionary does, or by date added.
         Index("ix_clients_firm_search", "firm_id", "search_key"),
         Index("ix_clients_firm_created", "firm_id", "created_at"),
+        # Pending and the navigation count a firm's clients in their trial period (migration 0014).
+        Index("ix_clients_status_firm", "status", "firm_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -224,6 +224,10 @@ class Onboarding(DomainService):
         if company.subscription == "direct-discount":
             self._payment_notice(s, company, client, "payment_details_request", {})
 
+    def queue_payment_notice(self, s: Session, company: Company, client: Client) -> None:
+        """The payment-details request again, in the caller's transaction (a client page's "resend")."""
+        self._payment_notice(s, company, client, "payment_details_request", {})
+
     def _payment_notice(self, s: Session, company: Company, client: Client, template: str, extra: dict[str, Any]) -> None:
         # The client pays: the payment link goes to the client's contact when there is one,
         # else to the primary admin (a staff member who chose "Make me the primary admin").

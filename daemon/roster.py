@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.db import rows_changed
+from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import TransitionLost
 from daemon.domain import (
     KINDS,
@@ -42,10 +43,12 @@ from daemon.models import (
     ClientStatus,
     Company,
     CompanyProduct,
+    Event,
     Firm,
     Invitation,
     InvitationState,
     Membership,
+    OutboxMessage,
     Product,
     User,
     WebSession,
@@ -480,11 +483,19 @@ class Roster(DomainService):
             view = self._invitation_view(s, invitation)
             return InvitationView(**{**view.__dict__, "url": url})
 
-    def revoke_invitation(self, invitation_id: int, channel: str = "cli") -> InvitationView:
+    def revoke_invitation(
+        self, invitation_id: int, channel: str = "cli", *, company_id: int | None = None, actor: str | None = None
+    ) -> InvitationView:
+        """Withdraw a pending invitation (CLI, the manage page, a client's page).
+
+        ``company_id``: only one of this company's (a manage link or a client's page speaks for one
+        company; another's invitation is "not found" to it). ``actor``: who withdrew it, when not the
+        company's primary admin.
+        """
         now = self._clock.now()
         with self._transaction() as s:
             invitation = s.get(Invitation, invitation_id)
-            if invitation is None:
+            if invitation is None or (company_id is not None and invitation.company_id != company_id):
                 raise NotFound("invitation.not_found", id=invitation_id)
             view = self._invitation_view(s, invitation)
             if view.status != "pending":
@@ -497,7 +508,7 @@ class Roster(DomainService):
             self._event(
                 s,
                 "invitation.revoked",
-                invitation.company.admin_email,
+                actor or invitation.company.admin_email,
                 channel,
                 company_id=invitation.company_id,
                 invitation_id=invitation.id,
@@ -506,11 +517,28 @@ class Roster(DomainService):
             return self._invitation_view(s, invitation)
 
     def list_invitations(self, company_name: str | None = None) -> list[InvitationView]:
+        """Invitations with their email's delivery state: queued, sent, failed, bounced, opened, acted."""
         with self._sessions() as s:
             query = select(Invitation).order_by(Invitation.id)
+            emails = select(OutboxMessage.invitation_id, OutboxMessage.state, OutboxMessage.created_at).where(
+                OutboxMessage.invitation_id.is_not(None), OutboxMessage.kind == "invitation")
+            facts = select(Event.company_id, Event.at, Event.kind, Event.detail).where(Event.kind.in_(DELIVERY_KINDS))
             if company_name:
-                query = query.where(Invitation.company_id == self._company_by_name(s, company_name).id)
-            return [self._invitation_view(s, i) for i in s.scalars(query)]
+                company_id = self._company_by_name(s, company_name).id
+                query = query.where(Invitation.company_id == company_id)
+                emails = emails.where(OutboxMessage.company_id == company_id)
+                facts = facts.where(Event.company_id == company_id)
+            latest = {row.invitation_id: row for row in s.execute(emails.order_by(OutboxMessage.id))}
+            by_company: dict[int, list[LinkFact]] = {}
+            for company_id, at, kind, detail in s.execute(facts):
+                by_company.setdefault(company_id, []).append(LinkFact(at, kind, None, parse_detail(detail)))
+            views = []
+            for invitation in s.scalars(query):
+                email = latest.get(invitation.id)
+                state = delivery(email.state, "invitation", email.created_at, by_company.get(invitation.company_id, ()),
+                                 invitation.id) if email else None
+                views.append(replace(self._invitation_view(s, invitation), delivery=state))
+            return views
 
     def _invitation_view(self, s: Session, invitation: Invitation) -> InvitationView:
         status = invitation.state

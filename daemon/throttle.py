@@ -107,3 +107,47 @@ class SignInThrottle:
         """A right password clears the address's failures; the IP's stay (one account must not reset them)."""
         with write_transaction(self._sessions) as s:
             s.execute(delete(SignInFailure).where(SignInFailure.key == address_key(email)))
+
+
+class RequestLimit:
+    """How often a request that emails someone may be made, per address and per client IP.
+
+    For forms anyone may submit (the start page's "Manage my company"): each
+    request is counted, whatever the address, so the limit says nothing about
+    whether the address is known. The rows share ``sign_in_failures`` (their keys
+    carry ``prefix``, never the sign-in's "email:"/"ip:") and its window, so the
+    sign-in's sweep of old rows is right for them too and no table is added.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: Clock, prefix: str, policy: ThrottlePolicy
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._prefix = prefix
+        self._policy = policy
+
+    @property
+    def window_seconds(self) -> int:
+        return _seconds(self._policy.window)
+
+    def take(self, email: str, ip: str) -> bool:
+        """Count one request; False (nothing counted) when the address or the IP has had its share."""
+        now = self._clock.now()
+        keys = ((f"{self._prefix}-{address_key(email)}", self._policy.per_address),
+                (f"{self._prefix}-{ip_key(ip)}", self._policy.per_ip))
+        with write_transaction(self._sessions) as s:
+            for key, limit in keys:
+                recent = s.scalars(
+                    select(SignInFailure.id)
+                    .where(SignInFailure.key == key, SignInFailure.at > now - self._policy.window)
+                    .limit(limit)
+                ).all()
+                if len(recent) >= limit:
+                    return False
+            s.add_all([SignInFailure(key=key, at=now) for key, _ in keys])
+            s.execute(
+                delete(SignInFailure).where(SignInFailure.key.in_([k for k, _ in keys]),
+                                            SignInFailure.at <= now - self._policy.window)
+            )
+            return True

@@ -86,6 +86,8 @@ class InvitationView:
     url: str | None = None  # only when freshly issued
     # The invited address's staff time zone, if it is a staff account (the signed-out page's dates).
     invited_timezone: str | None = None
+    # The invitation email's delivery state (daemon.deliveries), where a listing reads it.
+    delivery: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class InvitationView:
             "decided_at": _iso(self.decided_at),
             "firm": self.firm,
             "accepted_by": self.accepted_by_email,
+            "delivery": self.delivery,
         }
 
 

@@ -14,9 +14,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from daemon.client_actions import awaits_payment
+from daemon.deliveries import KINDS, OPENED, LinkFact, delivery, parse_detail
 from daemon.domain import DomainService
 from daemon.models import (
     BillingTransfer,
@@ -42,9 +44,12 @@ from daemon.tokens import Purpose
 PAGE_SIZE = 50
 STATUSES = tuple(s.value for s in ClientStatus)
 BILLINGS = ("self-paid", "wholesale", "direct", "none")
+# Each order is an index's own order, (firm_id, search_key, id) or (firm_id, created_at, id), so a
+# page reads 50 index entries rather than sorting the roster (clients with the same folded name
+# follow in the order they were added).
 SORTS = {
-    "name": (Client.search_key.asc(), Client.name.asc(), Client.id.asc()),
-    "-name": (Client.search_key.desc(), Client.name.desc(), Client.id.desc()),
+    "name": (Client.search_key.asc(), Client.id.asc()),
+    "-name": (Client.search_key.desc(), Client.id.desc()),
     "added": (Client.created_at.asc(), Client.id.asc()),
     "-added": (Client.created_at.desc(), Client.id.desc()),
 }
@@ -120,7 +125,7 @@ class TimelineEntry:
     email_kind: str | None = None  # the email's template
     subject: str | None = None
     recipient: str | None = None
-    state: str | None = None  # queued | sent | failed | bounced
+    state: str | None = None  # queued | sent | failed | bounced | opened | acted (daemon.deliveries)
     attempts: int = 0
     answer: str | None = None  # the relay's last answer, or the bounce's reason
     sent_at: datetime | None = None
@@ -146,6 +151,18 @@ class ClientDetail:
     products: tuple[str, ...] = ()
     connected_firms: tuple[str, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
+    # Invitations the client's company sent that wait for an answer (staff may withdraw them).
+    invitations: tuple[ClientInvitation, ...] = ()
+    # The links the page's "Resend" buttons send: "setup" (not yet primary admin), "payment"
+    # (a direct-discount trial without payment details).
+    resend: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientInvitation:
+    id: int
+    email: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -213,9 +230,11 @@ class NavCounts:
     team: int
 
 
-def delivery_state(state: str) -> str:
-    """The outbox's state as staff read it: "pending" is still queued."""
-    return "queued" if state == "pending" else state
+def _resendable(client: Client, company: Company | None, setup_pending: bool) -> tuple[str, ...]:
+    """The links the client page may resend (the rules ClientActions.resend_link applies)."""
+    if company is None:
+        return ()
+    return (("setup",) if setup_pending else ()) + (("payment",) if awaits_payment(client, company) else ())
 
 
 class Workspace(DomainService):
@@ -223,8 +242,20 @@ class Workspace(DomainService):
     def _my_firms(user_id: int) -> Select[tuple[int]]:
         return select(Membership.firm_id).where(Membership.user_id == user_id)
 
-    def _roster_filter(self, user_id: int, query: RosterQuery) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = [Client.firm_id.in_(self._my_firms(user_id))]
+    def _client_scope(self, s: Session, user_id: int) -> ColumnElement[bool]:
+        """``Client.firm_id`` among the user's firms, as literal ids read first (one statement).
+
+        With the ids in the statement, a one-firm user's roster is ``firm_id = ?``, which the
+        (firm_id, search_key) index answers in order: at 100,000 clients a page reads 50 index
+        entries instead of sorting the roster (an ``IN (subquery)`` made SQLite sort it all).
+        """
+        firms = sorted(s.scalars(self._my_firms(user_id)))
+        if not firms:
+            return false()
+        return Client.firm_id == firms[0] if len(firms) == 1 else Client.firm_id.in_(firms)
+
+    def _roster_filter(self, s: Session, user_id: int, query: RosterQuery) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [self._client_scope(s, user_id)]
         if query.firm_id is not None:
             where.append(Client.firm_id == query.firm_id)
         if query.status:
@@ -239,24 +270,47 @@ class Workspace(DomainService):
         return where
 
     def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
-        """One page of the user's firms' clients: two statements (the count, the page)."""
-        where = self._roster_filter(user_id, query)
+        """One page of the user's firms' clients: the firms, the page, and the count when it is not known.
+
+        A search or a filter has no index to count with: counting scans the roster. So the page
+        comes first, in an index's order: when it is not full it was the last one and says the count
+        itself (one scan, the usual narrow search); when it is full it came quickly (the index gave
+        50 matches early) and only then is the count taken. A page past the end is clamped to the
+        last one. The plain roster is counted on its index, as before.
+        """
+        columns = (Client.id, Firm.name, Client.name, Client.kind, Client.email, Client.billing,
+                   Client.status, Client.connected_at, Client.created_at)
         with self._sessions() as s:
-            total = s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
-            pages = max(1, -(-total // PAGE_SIZE))
-            page = min(query.page, pages)
-            rows = s.execute(
-                select(Client.id, Firm.name, Client.name, Client.kind, Client.email, Client.billing,
-                       Client.status, Client.connected_at, Client.created_at)
-                .join(Firm, Firm.id == Client.firm_id)
-                .where(*where)
-                .order_by(*SORTS[query.sort])
-                .limit(PAGE_SIZE)
-                .offset((page - 1) * PAGE_SIZE)
-            ).all()
+            where = self._roster_filter(s, user_id, query)
+
+            def page_of(number: int) -> list[Any]:
+                return list(s.execute(
+                    select(*columns).join(Firm, Firm.id == Client.firm_id).where(*where)
+                    .order_by(*SORTS[query.sort]).limit(PAGE_SIZE).offset((number - 1) * PAGE_SIZE)
+                ).all())
+
+            def count() -> int:
+                return s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+
+            page = query.page
+            if query.text or query.status or query.billing:
+                rows = page_of(page)
+                if 0 < len(rows) < PAGE_SIZE:
+                    total = (page - 1) * PAGE_SIZE + len(rows)
+                else:
+                    total = count()
+                    last = max(1, -(-total // PAGE_SIZE))
+                    if not rows and page > last:
+                        page = last
+                        rows = page_of(page)
+            else:
+                total = count()
+                page = min(page, max(1, -(-total // PAGE_SIZE)))
+                rows = page_of(page)
         return RosterPage(
             rows=tuple(RosterRow(*row) for row in rows), total=total,
-            query=RosterQuery(query.text, query.status, query.billing, query.firm_id, query.sort, page), pages=pages,
+            query=RosterQuery(query.text, query.status, query.billing, query.firm_id, query.sort, page),
+            pages=max(1, -(-total // PAGE_SIZE)),
         )
 
     def client(self, user_id: int, client_id: int) -> ClientDetail | None:
@@ -285,6 +339,20 @@ class Workspace(DomainService):
                     .where(Client.company_id == company.id).order_by(Firm.name_key)
                 ))
             timeline = self._timeline(s, client, company)
+            invitations: tuple[ClientInvitation, ...] = ()
+            setup_pending = False
+            if company is not None:
+                invitations = tuple(ClientInvitation(*row) for row in s.execute(
+                    select(Invitation.id, Invitation.email, Invitation.expires_at)
+                    .where(Invitation.company_id == company.id, Invitation.state == InvitationState.PENDING,
+                           Invitation.expires_at > self._now())
+                    .order_by(Invitation.expires_at, Invitation.id)
+                ))
+                setup_pending = s.scalar(
+                    select(func.count()).select_from(SetupInvitation).where(
+                        SetupInvitation.company_id == company.id, SetupInvitation.firm_id == client.firm_id,
+                        SetupInvitation.state == SetupState.PENDING)
+                ) != 0
         if staff_admin is not None:
             admin_name, admin_email = staff_admin.name, staff_admin.email
         elif company is not None:
@@ -298,7 +366,8 @@ class Workspace(DomainService):
             primary_admin_name=admin_name, primary_admin_email=admin_email,
             trial_ends_at=company.trial_ends_at if company else None,
             payment_details_at=company.payment_details_at if company else None,
-            products=products, connected_firms=connected, timeline=timeline,
+            products=products, connected_firms=connected, timeline=timeline, invitations=invitations,
+            resend=_resendable(client, company, setup_pending),
         )
 
     def _timeline(self, s: Session, client: Client, company: Company | None) -> tuple[TimelineEntry, ...]:
@@ -313,14 +382,18 @@ class Workspace(DomainService):
                 and_(Event.company_id == company.id, or_(Event.firm_id.is_(None), Event.firm_id == client.firm_id)),
             )
         events = s.execute(
-            select(Event.at, Event.kind, Event.actor, Event.channel).where(about_client).order_by(Event.id)
+            select(Event.at, Event.kind, Event.actor, Event.channel, Event.firm_id, Event.detail)
+            .where(about_client).order_by(Event.id)
         ).all()
-        entries = [TimelineEntry(at=e.at, kind=e.kind, actor=e.actor, channel=e.channel) for e in events]
+        # "Link opened" rows are telemetry for the emails' delivery states, not lines of their own.
+        entries = [TimelineEntry(at=e.at, kind=e.kind, actor=e.actor, channel=e.channel)
+                   for e in events if e.kind != OPENED]
+        facts = [LinkFact(e.at, e.kind, e.firm_id, parse_detail(e.detail)) for e in events if e.kind in KINDS]
         if company is not None:
             emails = s.execute(
                 select(OutboxMessage.created_at, OutboxMessage.kind, OutboxMessage.subject, OutboxMessage.recipient,
                        OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.last_answer, OutboxMessage.bounce_reason,
-                       OutboxMessage.sent_at)
+                       OutboxMessage.sent_at, OutboxMessage.invitation_id, OutboxMessage.firm_id)
                 .outerjoin(Invitation, Invitation.id == OutboxMessage.invitation_id)
                 .where(
                     OutboxMessage.company_id == company.id,
@@ -335,7 +408,8 @@ class Workspace(DomainService):
             entries += [
                 TimelineEntry(
                     at=m.created_at, kind="email", email_kind=m.kind, subject=m.subject, recipient=m.recipient,
-                    state=delivery_state(m.state), attempts=m.attempts,
+                    state=delivery(m.state, m.kind, m.created_at, facts, m.invitation_id, m.firm_id),
+                    attempts=m.attempts,
                     answer=m.bounce_reason if m.state == "bounced" and m.bounce_reason else m.last_answer,
                     sent_at=m.sent_at,
                 )
@@ -350,12 +424,13 @@ class Workspace(DomainService):
         mine = self._my_firms(user_id)
         with self._sessions() as s:
             latest = (
-                select(OutboxMessage.state)
+                select(OutboxMessage.id)
                 .where(OutboxMessage.invitation_id == Invitation.id)
                 .order_by(OutboxMessage.id.desc()).limit(1).correlate(Invitation).scalar_subquery()
             )
             invitations = s.execute(
-                select(Invitation, Company.name, latest)
+                select(Invitation, Company.name, OutboxMessage.state, OutboxMessage.created_at)
+                .outerjoin(OutboxMessage, OutboxMessage.id == latest)
                 .join(Company, Company.id == Invitation.company_id)
                 .where(Invitation.email == email, Invitation.state == InvitationState.PENDING,
                        Invitation.expires_at > now)
@@ -379,11 +454,19 @@ class Workspace(DomainService):
                        SetupInvitation.expires_at > now)
                 .order_by(SetupInvitation.expires_at)
             ).all()
+            opened = [
+                LinkFact(at, OPENED, None, parse_detail(detail)) for at, detail in s.execute(
+                    select(Event.at, Event.detail).where(
+                        Event.kind == OPENED,
+                        Event.company_id.in_({inv.company_id for inv, *_ in invitations}),
+                    )
+                )
+            ] if invitations else []
             trials = s.execute(
                 select(Client.id, Client.name, Firm.name, Company.trial_ends_at, Company.payment_details_at)
                 .join(Firm, Firm.id == Client.firm_id)
                 .join(Company, Company.id == Client.company_id)
-                .where(Client.firm_id.in_(mine), Client.status == ClientStatus.TRIAL)
+                .where(self._client_scope(s, user_id), Client.status == ClientStatus.TRIAL)
                 .order_by(Company.trial_ends_at)
             ).all()
         return Pending(
@@ -391,9 +474,10 @@ class Workspace(DomainService):
                 PendingInvitation(
                     company=name, invited_by=inv.invited_by, created_at=inv.created_at, expires_at=inv.expires_at,
                     url=self._links.invitation(self._signer.sign(Purpose.INVITE, [inv.id, inv.nonce])),
-                    delivery=delivery_state(state) if state else None,
+                    # Pending, so not acted on yet: queued, sent, bounced or opened.
+                    delivery=delivery(state, "invitation", sent, opened, inv.id) if state else None,
                 )
-                for inv, name, state in invitations
+                for inv, name, state, sent in invitations
             ),
             transfers=tuple(
                 PendingTransfer(
@@ -428,15 +512,17 @@ class Workspace(DomainService):
         return list(members.values())
 
     def counts(self, user_id: int, email: str) -> NavCounts:
-        """The numbers in the navigation, in one statement of COUNT subqueries."""
+        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries."""
         now = self._now()
         mine = self._my_firms(user_id)
 
         def count(statement: Select[Any]) -> Any:
             return statement.scalar_subquery()
 
+        with self._sessions() as s:
+            scope = self._client_scope(s, user_id)
         row = self._read(select(
-            count(select(func.count()).select_from(Client).where(Client.firm_id.in_(mine))),
+            count(select(func.count()).select_from(Client).where(scope)),
             count(select(func.count()).select_from(Invitation).where(
                 Invitation.email == email, Invitation.state == InvitationState.PENDING, Invitation.expires_at > now)),
             count(select(func.count()).select_from(BillingTransfer).where(
@@ -446,7 +532,7 @@ class Workspace(DomainService):
                 SetupInvitation.firm_id.in_(mine), SetupInvitation.state == SetupState.PENDING,
                 SetupInvitation.expires_at > now)),
             count(select(func.count()).select_from(Client).join(Company, Company.id == Client.company_id).where(
-                Client.firm_id.in_(mine), Client.status == ClientStatus.TRIAL)),
+                scope, Client.status == ClientStatus.TRIAL)),
             count(select(func.count(func.distinct(Membership.user_id))).where(Membership.firm_id.in_(mine))),
         ))
         clients, invitations, transfers, setups, trials, team = (int(n or 0) for n in row)

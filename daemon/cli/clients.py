@@ -64,5 +64,41 @@ def add(
     click.echo(f"Added {added.name} to {added.firm}'s roster (billing {added.billing}, status {added.status}).")
 
 
+@client.command("edit")
+@click.option("--firm", required=True, help="The client's firm.")
+@click.option("--name", required=True, help="The client's name, as on the roster.")
+@click.option("--email", help="The new contact address (\"\" removes it).")
+@click.option("--phone", help="The new phone number (\"\" removes it).")
+@pass_state
+def edit(state: CliState, firm: str, name: str, email: str | None, phone: str | None) -> None:
+    """Change a client's contact details (the client's page does the same).
+
+    While the client has not yet become primary admin, a new address also gets
+    the setup invitation: resend it with `cabinet client resend-link`.
+
+    Example: cabinet client edit --firm "Tremblay CPA" --name "Garage Lévesque" --email marc@garage.example
+    """
+    actions = state.cabinet.client_actions
+    edited = actions.edit_contact(actions.find(firm, name), email, phone, "operator", "cli")
+    click.echo(f"{edited.name}: email {edited.email or '-'}, phone {edited.phone or '-'}.")
+
+
+@client.command("resend-link")
+@click.option("--firm", required=True, help="The client's firm.")
+@click.option("--name", required=True, help="The client's name, as on the roster.")
+@click.option("--link", "which", type=click.Choice(["setup", "payment"]), default="setup", show_default=True,
+              help="setup: the link to become primary admin; payment: a direct-discount trial's payment link.")
+@pass_state
+def resend_link(state: CliState, firm: str, name: str, which: str) -> None:
+    """Email a client its setup link again (a new one; the previous stops working) or, on a
+    direct-discount trial without payment details, its payment link (--link payment).
+
+    Example: cabinet client resend-link --firm "Tremblay CPA" --name "Garage Lévesque"
+    """
+    actions = state.cabinet.client_actions
+    sent = actions.resend_link(actions.find(firm, name), which, "operator", "cli")
+    click.echo(f"{'Setup' if sent == 'setup' else 'Payment'} link emailed again to {name}.")
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(client)

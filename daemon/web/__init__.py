@@ -20,6 +20,7 @@ from daemon.auth import WebSessions
 from daemon.errors import CabinetError
 from daemon.faults import storage_fault
 from daemon.health import Health
+from daemon.link_opens import is_emailed_link
 from daemon.i18n import negotiate
 from daemon.metrics import Metrics
 from daemon.tokens import Purpose
@@ -70,6 +71,20 @@ async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
         purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
         if purpose and request.method in ("GET", "POST"):
             metrics.links.labels(purpose, "opened" if request.method == "GET" else "acted").inc()
+
+
+@web.middleware
+async def link_opens(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After an emailed link's page was shown (GET, 200), note that it was opened: an append-only
+    telemetry row that changes nothing the link does (see daemon.link_opens for why this is not a
+    state change). A failure to note it is logged; the visitor still gets the page."""
+    response = await handler(request)
+    if request.method == "GET" and response.status == 200 and is_emailed_link(request.path):
+        try:
+            await run(request.app[CABINET].link_opens.record, request.path)
+        except Exception as exc:  # noqa: BLE001 - telemetry never fails a page
+            log.warning("could not record a link opening: %s", storage_fault(exc) or type(exc).__name__)
+    return response
 
 
 def anonymous_visitor(request: web.Request) -> Visitor:
@@ -194,7 +209,7 @@ def make_app(
     readiness: Callable[[], dict[str, bool]],
 ) -> web.Application:
     app = web.Application(
-        middlewares=[measure, errors, security.same_origin_posts, visitors], client_max_size=64 * 1024
+        middlewares=[measure, errors, security.same_origin_posts, visitors, link_opens], client_max_size=64 * 1024
     )
     security.install(app, cabinet.config.http, pages, cabinet.config.general.default_locale,
                      cabinet.config.general.timezone, cabinet.config.general.product_name)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.domain import request_key
-from daemon.errors import CabinetError, InvalidInput
+from daemon.errors import CabinetError, InvalidInput, LimitReached
 from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to
+from daemon.web.security import client_ip
 
 
 async def _page(request: web.Request, status: int = 200, error: str | None = None, notice: str | None = None) -> web.Response:
@@ -49,6 +50,11 @@ async def act(request: web.Request) -> web.Response:
             if not firm.isdigit():
                 raise InvalidInput("firm.choose_for_transfer")
             await run(cabinet.transfers.allow_for, company_id, int(firm), email, "link")
+        elif action == "withdraw":
+            invitation = str(data.get("invitation_id", ""))
+            if not invitation.isdigit():
+                raise InvalidInput("invitation.choose")
+            await run(cabinet.roster.revoke_invitation, int(invitation), "link", company_id=company_id, actor=email)
         elif action == "revoke-transfer":
             await run(cabinet.transfers.revoke, company_id, email, "link")
         else:
@@ -59,6 +65,26 @@ async def act(request: web.Request) -> web.Response:
     return redirect(f"/company/{token}?done={action}")
 
 
+async def ask_form(request: web.Request) -> web.Response:
+    """"Manage my company", linked from the start page: a client admin asks for a manage link."""
+    return page(request, "company_ask.html", sent=request.query.get("sent") == "1", error=None)
+
+
+async def ask(request: web.Request) -> web.Response:
+    email = str(form(request).get("email", ""))[:320]
+    try:
+        await run(request.app[CABINET].company_admin.request_link, email, client_ip(request))
+    except LimitReached as exc:
+        response = page(request, "company_ask.html", status=exc.http_status, sent=False, error=message(request, exc))
+        response.headers["Retry-After"] = str(exc.retry_after or 60)
+        return response
+    request.app[CABINET].worker.wake()
+    # The same answer for every address, a primary admin's or not.
+    return redirect("/manage?sent=1")
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get("/manage", ask_form)
+    app.router.add_post("/manage", ask)
     app.router.add_get("/company/{token}", show)
     app.router.add_post("/company/{token}/{action}", act)

@@ -9,7 +9,7 @@ from zoneinfo import available_timezones
 from aiohttp import web
 
 from daemon.config import LOCALES
-from daemon.errors import CabinetError, InvalidInput
+from daemon.errors import CabinetError, InvalidInput, NotFound
 from daemon.views import UserView
 from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect, run, visitor
 from daemon.workspace import BILLINGS, STATUSES, RosterQuery
@@ -45,12 +45,62 @@ async def clients(request: web.Request) -> web.Response:
     return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS)
 
 
-async def client(request: web.Request) -> web.Response:
+CLIENT_DONE = ("contact", "setup", "payment", "withdraw")
+
+
+async def _client_page(
+    request: web.Request, status: int = 200, error: str | None = None, values: dict[str, str] | None = None
+) -> web.Response:
     user = _signed_in(request)
     detail = await run(request.app[CABINET].workspace.client, user.id, int(request.match_info["id"]))
     if detail is None:
         raise web.HTTPNotFound()  # another firm's client or none: the same answer
-    return await _page(request, "client.html", client=detail)
+    done = request.query.get("done", "") if error is None else ""
+    contact = values or {"email": detail.email or "", "phone": detail.phone or ""}
+    return await _page(request, "client.html", status=status, client=detail, error=error,
+                       done=done if done in CLIENT_DONE else "", contact=contact)
+
+
+async def client(request: web.Request) -> web.Response:
+    return await _client_page(request)
+
+
+async def client_action(request: web.Request) -> web.Response:
+    """The client page's buttons: edit the contact, resend the setup or payment link, withdraw an
+    invitation — each through ClientActions, as `cabinet client edit`/`resend-link` and
+    `cabinet invitation revoke` do; then back to the page, which says what was done."""
+    user = _signed_in(request)
+    cabinet = request.app[CABINET]
+    client_id = int(request.match_info["id"])
+    action = request.match_info["action"]
+    data = form(request)
+    values = None
+    try:
+        if action == "contact":
+            values = {key: str(data.get(key, "")) for key in ("email", "phone")}
+            await run(cabinet.client_actions.edit_contact, client_id, values["email"], values["phone"],
+                      user.email, "link", user.id)
+            done = "contact"
+        elif action == "resend":
+            done = await run(cabinet.client_actions.resend_link, client_id, str(data.get("link", "")), user.email,
+                             "link", user.id)
+        elif action == "withdraw":
+            invitation = str(data.get("invitation_id", ""))
+            if not invitation.isdigit():
+                raise InvalidInput("invitation.choose")
+            await run(cabinet.client_actions.withdraw_invitation, client_id, int(invitation), user.email, "link",
+                      user.id)
+            done = "withdraw"
+        else:
+            raise web.HTTPNotFound()
+    except NotFound as exc:
+        if exc.code == "client.missing":
+            raise web.HTTPNotFound() from None  # another firm's client: as the page itself answers
+        return await _client_page(request, status=exc.http_status, error=message(request, exc), values=values)
+    except CabinetError as exc:
+        return await _client_page(request, status=exc.http_status, error=message(request, exc), values=values)
+    cabinet.worker.wake()
+    return redirect(f"/clients/{client_id}?done={done}")
 
 
 async def pending(request: web.Request) -> web.Response:
@@ -114,6 +164,7 @@ async def change_password(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_get("/clients", clients)
     app.router.add_get("/clients/{id:[0-9]{1,18}}", client)
+    app.router.add_post("/clients/{id:[0-9]{1,18}}/{action}", client_action)
     app.router.add_get("/pending", pending)
     app.router.add_get("/team", team)
     app.router.add_get("/profile", profile)

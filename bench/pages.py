@@ -1,0 +1,113 @@
+"""The signed-in workspace's pages at a big roster: the client list (first page, a search, a deep page,
+a filter) and a client's page, their p50/p99 latency (budget: p99 < 50 ms at 100,000 clients).
+
+    ./bench/run.sh --only pages [--clients 100000] [--postgres URL]
+
+The roster is bulk rows through Cabinet's own tables (with the folded search key the roster page
+searches and sorts by); the client whose page is read was added through the domain, so its timeline
+has real events and emails. Each page is read by one connection (latency, not throughput: the p99 a
+person waits) and by four at once (the same pages under a little contention).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from bench import seed
+from bench.stats import median
+
+HERE = Path(__file__).resolve().parent
+REQUESTS_PER_PAGE = 200
+
+
+def bulk_roster(config: Path, count: int, chunk: int = 20_000) -> None:
+    """``count`` clients on the bench firm's roster, as the roster page reads them."""
+    from daemon.models import Client, Firm, search_key
+
+    app = seed.app_for(config)
+    try:
+        now = datetime.now(timezone.utc)
+        with app.sessions.begin() as s:
+            firm_id = s.scalar(select(Firm.id).where(Firm.name == seed.FIRM))
+        for base in range(0, count, chunk):
+            rows: list[dict[str, Any]] = []
+            for i in range(base, min(base + chunk, count)):
+                name = f"Roster Client {i:06d}"
+                rows.append({
+                    "firm_id": firm_id, "kind": "individual" if i % 3 else "business", "name": name,
+                    "name_key": name.casefold(), "search_key": search_key(name), "email": f"client{i}@roster.example",
+                    "billing": "none", "status": "active", "connected_at": now, "created_at": now,
+                })
+            with app.sessions.begin() as s:
+                s.execute(insert(Client), rows)
+    finally:
+        app.close()
+
+
+def the_client(config: Path) -> int:
+    """A direct-discount client added through the domain (a company, products, events and emails)."""
+    from daemon.onboarding import NewClient
+
+    app = seed.app_for(config)
+    try:
+        added = app.onboarding.add_client(
+            None, NewClient(kind="business", name="Érablière Lévesque", billing="direct",
+                            email="sirop@levesque.example", phone="514 555 0100", products=("qbo-simple-start",)),
+            None, "operator", "cli",
+        )
+        seed.flush(app)
+        return added.id
+    finally:
+        app.close()
+
+
+def pages(work: Path, dbs: Any, args: argparse.Namespace) -> Any:
+    from bench.instance import Instance
+    from bench.run import Row, Sample, _signed_in, httpload, write_requests
+
+    row = Row(f"workspace pages at {args.clients:,} clients (p99 budget < 50 ms)", "req/s", None)
+    inst = Instance(work / "pages", dbs.new())
+    inst.cli("init")
+    seed.seed_invitations(inst.config, 1)
+    client_id = the_client(inst.config)
+    bulk_roster(inst.config, args.clients)
+    inst.start()
+    try:
+        cookie, _ = _signed_in(inst.base_url)
+        middle = max(1, args.clients // 50 // 2)
+        urls = {
+            "list": "/clients",
+            "search": "/clients?q=client+04217",
+            f"page {middle}": f"/clients?page={middle}",
+            "filter+sort": "/clients?billing=none&sort=-added",
+            "client": f"/clients/{client_id}",
+        }
+        notes = []
+        samples: list[Sample] = []
+        for name, url in urls.items():
+            lines = [("GET", url, "", cookie)] * REQUESTS_PER_PAGE
+            requests = write_requests(work / f"pages-{name.replace(' ', '_').replace('+', '_')}.txt", lines)
+            one = [httpload(inst.base_url, requests, 1) for _ in range(args.rounds)]
+            four = [httpload(inst.base_url, requests, 4) for _ in range(args.rounds)]
+            errors = sum(s.errors for s in one + four)
+            p50, p99 = median([s.p50 for s in one]), median([s.p99 for s in one])
+            p99_four = median([s.p99 for s in four])
+            samples += one
+            print(f"  {name} {url}: 1 connection p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                  f"4 connections p99 {p99_four:.1f} ms, {median([s.rate for s in four]):.0f} req/s; errors {errors}",
+                  flush=True)
+            notes.append(f"{name}: p50 {p50:.1f} / p99 {p99:.1f} ms (4 conn. p99 {p99_four:.1f} ms)"
+                         + (f", {errors} errors" if errors else ""))
+        row.cabinet = samples
+        row.note = "; ".join(notes) + f"; RSS {inst.rss_mb():.0f} MB"
+    finally:
+        inst.stop()
+    return row
+
+
+

@@ -1,0 +1,118 @@
+"""Recording that an emailed link's page was opened, for the "link opened" delivery state.
+
+A GET must never change domain state, and this does not: it appends one
+``link.opened`` row to the events log (telemetry, like a metric) and never
+reads it back to decide what a link does. Links, their pages and their actions
+behave exactly the same whether or not the row was written; the row only lets
+staff see "opened" beside an email (daemon.deliveries) and support see it in
+`cabinet link explain`. Only the first open of a link is kept (a reload or a
+mail scanner's second fetch adds nothing), and a failure to record is logged
+and otherwise ignored by the caller: the page is what matters.
+
+"Opened" means the page was fetched: a mail provider's link scanner can do
+that too, which is why it is never taken as "received" or "acted on".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from daemon.deliveries import OPENED, parse_detail
+from daemon.domain import DomainService
+from daemon.errors import CabinetError
+from daemon.models import BillingTransfer, Company, Event, Invitation, SetupInvitation
+from daemon.tokens import Purpose
+
+
+@dataclass(frozen=True)
+class _Link:
+    purpose: str  # as daemon.deliveries names it
+    token_purpose: Purpose
+    model: type[Any]
+    what: str
+    tag: str | None = None
+    bound: str | None = "nonce"
+
+
+_LINKS: list[tuple[re.Pattern[str], _Link]] = [
+    (re.compile(r"^/invitations/([A-Za-z0-9_\-.]+)$"), _Link("invitation", Purpose.INVITE, Invitation, "invitation")),
+    (re.compile(r"^/setup/([A-Za-z0-9_\-.]+)$"), _Link("setup", Purpose.SETUP, SetupInvitation, "invitation")),
+    (re.compile(r"^/payment/([A-Za-z0-9_\-.]+)$"), _Link("payment", Purpose.PAYMENT, Company, "trial", bound=None)),
+    (re.compile(r"^/company/([A-Za-z0-9_\-.]+)$"),
+     _Link("manage", Purpose.MANAGE, Company, "company", tag="company", bound="admin_email")),
+    (re.compile(r"^/transfers/([A-Za-z0-9_\-.]+)$"),
+     _Link("transfer", Purpose.TRANSFER, BillingTransfer, "billing transfer")),
+]
+
+
+def is_emailed_link(path: str) -> bool:
+    return any(pattern.match(path) for pattern, _ in _LINKS)
+
+
+class LinkOpens(DomainService):
+    def record(self, path: str) -> None:
+        """Append a ``link.opened`` event for the link at ``path``, if it is a valid emailed link opened
+        for the first time; otherwise do nothing."""
+        for pattern, link in _LINKS:
+            match = pattern.match(path)
+            if match:
+                break
+        else:
+            return
+        token = match.group(1)
+        # Read first, outside any write: a reload, a forged or an expired link writes nothing (on
+        # SQLite a write would queue behind the single writer for every page view).
+        with self._sessions() as s:
+            found = self._opening(s, link, token)
+        if found is None:
+            return
+        with self._transaction() as s:
+            # Checked again under the write: SQLite's single writer makes it exact; on PostgreSQL two
+            # first openings at the same instant may both be kept, which changes no delivery state.
+            again = self._opening(s, link, token)
+            if again is not None:
+                to, firm_id, company_id, detail = again
+                self._event(s, OPENED, to, "link", firm_id=firm_id, company_id=company_id, **detail)
+
+    def _opening(self, s: Session, link: _Link, token: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
+        """What a first opening of this link records, or None (not a valid link, or opened before)."""
+        try:
+            row = self._row_from_token(
+                s, link.token_purpose, token, link.model, what=link.what, max_age=self._max_age(link),
+                tag=link.tag, bound=link.bound,
+            )
+        except CabinetError:
+            return None  # expired, replaced or forged: the page said so, nothing was opened
+        company_id = row.id if isinstance(row, Company) else row.company_id
+        firm_id = getattr(row, "firm_id", None)
+        if isinstance(row, Company):
+            to = row.admin_email
+        elif isinstance(row, BillingTransfer):
+            to = "firm staff"  # the link went to every member of the firm: which one opened it is unknown
+        else:
+            to = row.email
+        detail: dict[str, Any] = {"purpose": link.purpose, "ref": row.id}
+        if isinstance(row, Invitation):
+            detail["invitation_id"] = row.id
+        earlier = s.scalars(select(Event.detail).where(Event.kind == OPENED, Event.company_id == company_id)).all()
+        for text in earlier:
+            seen = parse_detail(text)
+            if seen.get("purpose") == link.purpose and seen.get("ref") == row.id:
+                return None
+        return to, firm_id, company_id, detail
+
+    def _max_age(self, link: _Link) -> timedelta:
+        policy = self._policy
+        return {
+            Purpose.INVITE: policy.invitation_ttl,
+            Purpose.SETUP: policy.setup_ttl,
+            Purpose.PAYMENT: policy.trial_length + timedelta(days=1),  # as Onboarding reads it
+            Purpose.MANAGE: policy.manage_link_ttl,
+            Purpose.TRANSFER: policy.transfer_window,
+        }[link.token_purpose]
