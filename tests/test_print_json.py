@@ -80,3 +80,16 @@ def test_print_json_chunks_join_into_one_array(count: int, capsys: pytest.Captur
     views = [ClientView(i, "F", f"c{i}", "business", "active", "none", None, None, None, None, ("p",)) for i in range(count)]
     print_json(views, chunk=2, encode=client_json)  # chunk boundaries fall on and off the end
     assert capsys.readouterr().out == json.dumps([v.as_dict() for v in views], indent=2, ensure_ascii=False) + "\n"
+
+
+def test_client_view_init_takes_every_field_in_order() -> None:
+    # ClientView writes its own __init__ (speed); a field added to the class must be added there too.
+    import dataclasses
+    import inspect
+
+    params = list(inspect.signature(ClientView.__init__).parameters)[1:]
+    assert params == [f.name for f in dataclasses.fields(ClientView)]
+    view = ClientView(*range(len(params)))
+    assert [getattr(view, name) for name in params] == list(range(len(params)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.name = "changed"  # type: ignore[misc]
