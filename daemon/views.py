@@ -106,7 +106,7 @@ class InvitationView:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ClientView:
     id: int
     firm: str
@@ -121,6 +121,20 @@ class ClientView:
     products: tuple[str, ...] = ()
     trial_ends_at: datetime | None = None
     primary_admin: str | None = None
+
+    def __init__(
+        self, id: int, firm: str, name: str, kind: str, status: str, billing: str, company: str | None,
+        email: str | None, phone: str | None, connected_at: datetime | None, products: tuple[str, ...] = (),
+        trial_ends_at: datetime | None = None, primary_admin: str | None = None,
+    ) -> None:
+        # A roster streams 100k of these: the generated frozen __init__ (a call to
+        # object.__setattr__ per field) took a third of the time of reading the rows.
+        # Filling __dict__ at once is what it does, in one call; still frozen after.
+        self.__dict__.update(
+            id=id, firm=firm, name=name, kind=kind, status=status, billing=billing, company=company, email=email,
+            phone=phone, connected_at=connected_at, products=products, trial_ends_at=trial_ends_at,
+            primary_admin=primary_admin,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses: C where available
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -48,27 +48,30 @@ class CliState:
 pass_state = click.make_pass_decorator(CliState)
 
 
-def print_json(items: Iterable[Any], chunk: int = 500) -> None:
+def print_json(items: Iterable[Any], chunk: int = 2000, encode: Callable[[Any], str] | None = None) -> None:
     """Print ``items`` as one indented JSON array, streamed a chunk at a time.
 
     The output is byte-for-byte what ``json.dumps(list, indent=2)`` gives, but only
     ``chunk`` items are held at once, so a 100k-client roster prints in flat memory.
     The first item is fetched before anything is printed, so an error (an unknown
-    firm) leaves stdout empty.
+    firm) leaves stdout empty. ``encode`` gives one item's text, indented as an array
+    element (default: its ``as_dict()`` through ``pretty_json``); a list with a fixed
+    shape passes a faster one of its own.
     """
+    encode = encode or _indented
     iterator = iter(items)
     first = next(iterator, None)
     if first is None:
         click.echo("[]")
         return
-    parts = ["[\n" + _indented(first)]
+    parts = ["[\n" + encode(first)]
+    lead = ""  # what joins this chunk to the one printed before it
     for item in iterator:
-        parts.append(",\n" + _indented(item))
+        parts.append(encode(item))
         if len(parts) >= chunk:
-            click.echo("".join(parts), nl=False)
-            parts = []
-    parts.append("\n]")
-    click.echo("".join(parts))
+            click.echo(lead + ",\n".join(parts), nl=False)
+            parts, lead = [], ",\n"
+    click.echo((lead + ",\n".join(parts) if parts else "") + "\n]")
 
 
 def _indented(item: Any) -> str:
