@@ -85,6 +85,22 @@ SQLITE_THREADS = 32
 SQLITE_ENGINE_OPTIONS: dict[str, Any] = {"pool_size": SQLITE_THREADS, "max_overflow": 8}
 
 
+SQLITE_READONLY = 8  # sqlite3's primary result code; extended codes carry it in their low byte
+
+
+def _sqlite_read_only_connection(context: Any) -> None:
+    """A write refused as read-only: drop the pool's connections instead of keeping them.
+
+    SQLite opens a file it cannot write (read-only mount, immutable file, full permissions
+    fault) read-only, silently, and such a connection stays read-only after the file is
+    writable again. Pooled, it would refuse writes until a restart; treated as a lost
+    connection, the pool is emptied and the next use opens the file afresh.
+    """
+    code = getattr(context.original_exception, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == SQLITE_READONLY:
+        context.is_disconnect = True
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         in_memory = make_url(url).database in (None, "", ":memory:")  # one connection, no pool to size
@@ -92,6 +108,7 @@ def make_engine(url: str) -> Engine:
                                **({} if in_memory else SQLITE_ENGINE_OPTIONS))
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "handle_error", _sqlite_read_only_connection)
         return engine
     if url.startswith("postgresql"):
         return create_engine(url, **POSTGRESQL_ENGINE_OPTIONS)

@@ -28,7 +28,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -593,6 +595,16 @@ class Mailbox:
 @pytest.fixture
 def mailbox(env: Env) -> Mailbox:
     return Mailbox(env.maildir)
+
+
+def queued_email(env: Env, cli: Cli, where: str, **params: Any) -> EmailMessage:
+    """The newest outbox email matching ``where`` (SQL on the outbox table), as `cabinet mail show --raw`
+    prints it: the worker stores an email's bytes only when it first sends it, so ``raw`` may still be
+    NULL while the email is queued (the command renders it from what was recorded, byte for byte)."""
+    rows = env.sql(f"SELECT id FROM outbox WHERE {where} ORDER BY id DESC LIMIT 1", **params)
+    assert rows, f"no outbox email where {where} {params}"
+    shown = cli("mail", "show", str(rows[0][0]), "--raw")
+    return BytesParser(policy=policy.default).parsebytes(shown.stdout_bytes)  # type: ignore[return-value]
 
 
 LINK = re.compile(r"https?://\S+/invitations/(?:renew/)?[A-Za-z0-9_\-.]+")

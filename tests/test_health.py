@@ -93,7 +93,8 @@ def test_readyz_post_and_cli_when_the_database_takes_no_writes(server: RunningSe
             lines = result.output.strip().splitlines()
             assert len(lines) == 1 and "database is unavailable" in lines[0] and "nothing was changed" in lines[0]
         # Back: ready again, and the same command works.
-        assert browser.get("/readyz").status_code == 200
+        ready = browser.get("/readyz")
+        assert ready.status_code == 200, ready.text
         cli("firm", "add", "Tremblay CPA", "--email", "b@t.example")
     finally:
         browser.close()

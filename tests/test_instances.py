@@ -26,7 +26,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.conftest import PASSWORD, Browser, Cli, Env, ServeProcess, csrf_of, free_port, free_ports, wait_until
+from tests.conftest import (PASSWORD, Browser, Cli, Env, ServeProcess, csrf_of, free_port, free_ports, queued_email,
+                            wait_until)
 from tests.inbound_helpers import reply
 
 pytestmark = pytest.mark.slow
@@ -107,8 +108,7 @@ def invitation_link_and_reply_to(env: Env, cli: Cli, email: str) -> tuple[str, s
     """Send an invitation and read its link and Reply-To from the outbox row (the sink may be slow)."""
     out = cli("invitation", "send", "--company", "Boulangerie Roy", "--email", email).output
     link = out.split("Link: ")[1].strip()
-    raw = env.sql("SELECT raw FROM outbox WHERE kind = 'invitation' ORDER BY id DESC LIMIT 1")[0][0]
-    return link, parseaddr(str(message_from_bytes(bytes(raw))["Reply-To"]))[1]
+    return link, parseaddr(str(queued_email(env, cli, "kind = 'invitation'")["Reply-To"]))[1]
 
 
 def test_fifty_concurrent_accepts_over_two_instances_accept_once(env: Env, cli: Cli, instances, sink,

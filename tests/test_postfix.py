@@ -27,7 +27,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.conftest import START_TIMEOUT, Cli, Env, ServeProcess, free_ports, wait_until
+from tests.conftest import START_TIMEOUT, Cli, Env, ServeProcess, free_ports, queued_email, wait_until
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -235,8 +235,7 @@ def simple_message(recipient: str, body: str = "accept") -> EmailMessage:
 
 def reply_to_of_invitation(env: Env, cli: Cli, email: str) -> str:
     cli("invitation", "send", "--company", "Boulangerie Roy", "--email", email)
-    raw = env.sql("SELECT raw FROM outbox WHERE kind = 'invitation' AND recipient = :r", r=email)[0][0]
-    return parseaddr(str(message_from_bytes(bytes(raw))["Reply-To"]))[1]
+    return parseaddr(str(queued_email(env, cli, "kind = 'invitation' AND recipient = :r", r=email)["Reply-To"]))[1]
 
 
 def test_outbound_mail_leaves_through_postfix_with_cabinets_from_and_bounces_come_back(
