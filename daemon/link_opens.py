@@ -15,12 +15,13 @@ that too, which is why it is never taken as "received" or "acted on".
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from daemon.deliveries import OPENED, parse_detail
@@ -55,6 +56,21 @@ def is_emailed_link(path: str) -> bool:
     return any(pattern.match(path) for pattern, _ in _LINKS)
 
 
+def invitation_detail(invitation_id: int) -> dict[str, Any]:
+    """The ``link.opened`` detail of an invitation link (the one shape ``record`` writes for it)."""
+    return {"purpose": "invitation", "ref": invitation_id, "invitation_id": invitation_id}
+
+
+def opened_before(company_id: ColumnElement[Any], detail: dict[str, Any]) -> ColumnElement[bool]:
+    """Whether this link's opening is already recorded, as a clause a page's own read can carry.
+
+    The row's detail text is compared whole: ``_event`` writes it with sorted keys, so one opening
+    always has the same text (``_opening`` below parses it instead, for every kind of link)."""
+    return exists().where(
+        Event.kind == OPENED, Event.company_id == company_id, Event.detail == json.dumps(detail, sort_keys=True)
+    )
+
+
 class LinkOpens(DomainService):
     def record(self, path: str) -> None:
         """Append a ``link.opened`` event for the link at ``path``, if it is a valid emailed link opened
@@ -65,20 +81,30 @@ class LinkOpens(DomainService):
                 break
         else:
             return
-        token = match.group(1)
         # Read first, outside any write: a reload, a forged or an expired link writes nothing (on
         # SQLite a write would queue behind the single writer for every page view).
         with self._sessions() as s:
-            found = self._opening(s, link, token)
-        if found is None:
-            return
+            found = self._opening(s, link, match.group(1))
+        if found is not None:
+            self.record_first(path)
+
+    def record_first(self, path: str) -> None:
+        """Append the ``link.opened`` event for ``path`` once a read found none (``record``, or the
+        page's own read with ``opened_before``)."""
         with self._transaction() as s:
             # Checked again under the write: SQLite's single writer makes it exact; on PostgreSQL two
             # first openings at the same instant may both be kept, which changes no delivery state.
-            again = self._opening(s, link, token)
+            again = self._opening_from(s, path)
             if again is not None:
                 to, firm_id, company_id, detail = again
                 self._event(s, OPENED, to, "link", firm_id=firm_id, company_id=company_id, **detail)
+
+    def _opening_from(self, s: Session, path: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
+        for pattern, link in _LINKS:
+            match = pattern.match(path)
+            if match:
+                return self._opening(s, link, match.group(1))
+        return None
 
     def _opening(self, s: Session, link: _Link, token: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
         """What a first opening of this link records, or None (not a valid link, or opened before)."""
@@ -97,9 +123,10 @@ class LinkOpens(DomainService):
             to = "firm staff"  # the link went to every member of the firm: which one opened it is unknown
         else:
             to = row.email
-        detail: dict[str, Any] = {"purpose": link.purpose, "ref": row.id}
         if isinstance(row, Invitation):
-            detail["invitation_id"] = row.id
+            detail = invitation_detail(row.id)
+        else:
+            detail = {"purpose": link.purpose, "ref": row.id}
         earlier = s.scalars(select(Event.detail).where(Event.kind == OPENED, Event.company_id == company_id)).all()
         for text in earlier:
             seen = parse_detail(text)

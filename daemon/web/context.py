@@ -85,6 +85,9 @@ class Visitor:
 
 VISITOR = web.RequestKey("visitor", Visitor)
 FORM = web.RequestKey("form", MultiDictProxy)
+# Set by a link's page whose own read checked its "link opened" record: True for a first opening (the
+# link_opens middleware writes it), False for none to write; unset, the middleware reads the link itself.
+FIRST_OPENING = web.RequestKey("first_opening", bool)
 
 
 def visitor(request: web.Request) -> Visitor:
