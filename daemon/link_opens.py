@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, select
+from sqlalchemy import ColumnElement, exists, insert, literal, select
 from sqlalchemy.orm import Session
 
 from daemon.deliveries import OPENED, parse_detail
@@ -56,6 +56,16 @@ def is_emailed_link(path: str) -> bool:
     return any(pattern.match(path) for pattern, _ in _LINKS)
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What a first opening of a link records (a ``link.opened`` event)."""
+
+    to: str
+    firm_id: int | None
+    company_id: int
+    detail: dict[str, Any]
+
+
 def invitation_detail(invitation_id: int) -> dict[str, Any]:
     """The ``link.opened`` detail of an invitation link (the one shape ``record`` writes for it)."""
     return {"purpose": "invitation", "ref": invitation_id, "invitation_id": invitation_id}
@@ -84,29 +94,28 @@ class LinkOpens(DomainService):
         # Read first, outside any write: a reload, a forged or an expired link writes nothing (on
         # SQLite a write would queue behind the single writer for every page view).
         with self._sessions() as s:
-            found = self._opening(s, link, match.group(1))
-        if found is not None:
-            self.record_first(path)
+            opening = self._opening(s, link, match.group(1))
+        if opening is not None:
+            self.record_opening(opening)
 
-    def record_first(self, path: str) -> None:
-        """Append the ``link.opened`` event for ``path`` once a read found none (``record``, or the
-        page's own read with ``opened_before``)."""
+    def record_opening(self, opening: Opening) -> None:
+        """Append the ``link.opened`` event a read found missing (``record``, or a page's own read with
+        ``opened_before``), in one conditional statement: checked again under the write, SQLite's single
+        writer keeps one of two first openings at once; on PostgreSQL two at the same instant may both
+        be kept, which changes no delivery state."""
+        events = Event.__table__
+        values = {
+            "at": self._clock.now(), "kind": OPENED, "actor": opening.to, "channel": "link",
+            "firm_id": opening.firm_id, "company_id": opening.company_id,
+            "detail": json.dumps(opening.detail, sort_keys=True),
+        }
+        first = select(*(literal(value, events.c[name].type) for name, value in values.items())).where(
+            ~opened_before(literal(opening.company_id, events.c.company_id.type), opening.detail)
+        )
         with self._transaction() as s:
-            # Checked again under the write: SQLite's single writer makes it exact; on PostgreSQL two
-            # first openings at the same instant may both be kept, which changes no delivery state.
-            again = self._opening_from(s, path)
-            if again is not None:
-                to, firm_id, company_id, detail = again
-                self._event(s, OPENED, to, "link", firm_id=firm_id, company_id=company_id, **detail)
+            s.execute(insert(events).from_select(list(values), first))
 
-    def _opening_from(self, s: Session, path: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
-        for pattern, link in _LINKS:
-            match = pattern.match(path)
-            if match:
-                return self._opening(s, link, match.group(1))
-        return None
-
-    def _opening(self, s: Session, link: _Link, token: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
+    def _opening(self, s: Session, link: _Link, token: str) -> Opening | None:
         """What a first opening of this link records, or None (not a valid link, or opened before)."""
         try:
             row = self._row_from_token(
@@ -132,7 +141,7 @@ class LinkOpens(DomainService):
             seen = parse_detail(text)
             if seen.get("purpose") == link.purpose and seen.get("ref") == row.id:
                 return None
-        return to, firm_id, company_id, detail
+        return Opening(to, firm_id, company_id, detail)
 
     def _max_age(self, link: _Link) -> timedelta:
         policy = self._policy

@@ -39,7 +39,7 @@ from daemon.errors import (
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
-from daemon.link_opens import invitation_detail, opened_before
+from daemon.link_opens import Opening, invitation_detail, opened_before
 from daemon.models import (
     Client,
     ClientStatus,
@@ -575,9 +575,9 @@ class Roster(DomainService):
         """What an invitation link shows. Reads only: opening a link changes nothing."""
         return self.open_invitation_link(token)[0]
 
-    def open_invitation_link(self, token: str) -> tuple[InvitationView, bool]:
-        """What an invitation link shows, and whether this is its first opening (a valid, unexpired link
-        whose ``link.opened`` event is not recorded yet: daemon.link_opens then writes it).
+    def open_invitation_link(self, token: str) -> tuple[InvitationView, Opening | None]:
+        """What an invitation link shows, and what its first opening records (a valid, unexpired link
+        whose ``link.opened`` event is not there yet; daemon.link_opens writes it), else None.
 
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
@@ -587,7 +587,7 @@ class Roster(DomainService):
         invited = User.__table__
         statement = (
             select(
-                inv.c.id, inv.c.nonce, inv.c.email, inv.c.invited_by, inv.c.state, inv.c.created_at,
+                inv.c.id, inv.c.nonce, inv.c.company_id, inv.c.firm_id, inv.c.email, inv.c.invited_by, inv.c.state, inv.c.created_at,
                 inv.c.expires_at, inv.c.decided_at, inv.c.superseded_by_id, inv.c.renewal_requested_at,
                 company.c.name.label("company"), firm.c.name.label("firm"),
                 accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
@@ -615,7 +615,9 @@ class Roster(DomainService):
             firm=row.firm, accepted_by=row.accepted_by, accepted_by_email=row.accepted_by_email,
             renewal_requested_at=row.renewal_requested_at, invited_timezone=row.zone,
         )
-        return view, not ref.expired and not row.opened
+        if ref.expired or row.opened:
+            return view, None
+        return view, Opening(row.email, row.firm_id, row.company_id, invitation_detail(row.id))
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""

@@ -82,14 +82,14 @@ async def link_opens(request: web.Request, handler: Handler) -> web.StreamRespon
     response = await handler(request)
     if request.method != "GET" or response.status != 200:
         return response
-    first = request.get(FIRST_OPENING)
-    if first is not None or is_emailed_link(request.path):
+    checked = FIRST_OPENING in request  # the page's own read looked for an earlier opening
+    if checked or is_emailed_link(request.path):
         opens = request.app[CABINET].link_opens
         try:
-            if first is None:
+            if not checked:
                 await run(opens.record, request.path)
-            elif first:  # the page's read found no opening yet: only the write is left
-                await run(opens.record_first, request.path)
+            elif (opening := request[FIRST_OPENING]) is not None:  # none yet: only the write is left
+                await run(opens.record_opening, opening)
         except Exception as exc:  # noqa: BLE001 - telemetry never fails a page
             log.warning("could not record a link opening: %s", storage_fault(exc) or type(exc).__name__)
     return response
