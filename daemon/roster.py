@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
-from daemon.db import rows_changed
+from daemon.db import SINGLE_READ, rows_changed
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import TransitionLost
 from daemon.domain import (
@@ -601,7 +601,7 @@ class Roster(DomainService):
             .where(inv.c.id == ref.id)
         )
         with self._sessions() as s:
-            row = s.connection().execute(statement).one_or_none()
+            row = s.connection(execution_options=SINGLE_READ).execute(statement).one_or_none()
         if row is None or row.nonce != ref.bound:
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
         status = row.state
