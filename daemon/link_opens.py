@@ -71,14 +71,17 @@ def invitation_detail(invitation_id: int) -> dict[str, Any]:
     return {"purpose": "invitation", "ref": invitation_id, "invitation_id": invitation_id}
 
 
-def opened_before(company_id: ColumnElement[Any], detail: dict[str, Any]) -> ColumnElement[bool]:
+def detail_text(detail: dict[str, Any]) -> str:
+    """A ``link.opened`` event's detail as ``_event`` stores it (sorted keys: one opening, one text)."""
+    return json.dumps(detail, sort_keys=True)
+
+
+def opened_before(company_id: ColumnElement[Any], detail: ColumnElement[Any]) -> ColumnElement[bool]:
     """Whether this link's opening is already recorded, as a clause a page's own read can carry.
 
-    The row's detail text is compared whole: ``_event`` writes it with sorted keys, so one opening
-    always has the same text (``_opening`` below parses it instead, for every kind of link)."""
-    return exists().where(
-        Event.kind == OPENED, Event.company_id == company_id, Event.detail == json.dumps(detail, sort_keys=True)
-    )
+    ``detail`` is the event's whole detail text (``detail_text``): ``_opening`` below parses it instead,
+    for every kind of link."""
+    return exists().where(Event.kind == OPENED, Event.company_id == company_id, Event.detail == detail)
 
 
 class LinkOpens(DomainService):
@@ -107,11 +110,10 @@ class LinkOpens(DomainService):
         values = {
             "at": self._clock.now(), "kind": OPENED, "actor": opening.to, "channel": "link",
             "firm_id": opening.firm_id, "company_id": opening.company_id,
-            "detail": json.dumps(opening.detail, sort_keys=True),
+            "detail": detail_text(opening.detail),
         }
-        first = select(*(literal(value, events.c[name].type) for name, value in values.items())).where(
-            ~opened_before(literal(opening.company_id, events.c.company_id.type), opening.detail)
-        )
+        literals = {name: literal(value, events.c[name].type) for name, value in values.items()}
+        first = select(*literals.values()).where(~opened_before(literals["company_id"], literals["detail"]))
         with self._transaction() as s:
             s.execute(insert(events).from_select(list(values), first))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, Text, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
@@ -39,7 +39,7 @@ from daemon.errors import (
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
-from daemon.link_opens import Opening, invitation_detail, opened_before
+from daemon.link_opens import Opening, detail_text, invitation_detail, opened_before
 from daemon.models import (
     Client,
     ClientStatus,
@@ -91,6 +91,32 @@ class RenewalResult:
     invitation: InvitationView
     already_requested: bool
 
+
+
+def _invitation_page() -> Select[Any]:
+    """The invitation link's page in one statement of plain rows: the invitation, the names it shows,
+    the invited address's staff zone, and whether its opening is recorded (binds: ``id``,
+    ``opened_detail``). Built once: an execution only binds (no construction, no cache key)."""
+    inv, company, firm = Invitation.__table__, Company.__table__, Firm.__table__
+    accepted, invited = User.__table__.alias("accepted_by"), User.__table__
+    return (
+        select(
+            inv.c.id, inv.c.nonce, inv.c.company_id, inv.c.firm_id, inv.c.email, inv.c.invited_by, inv.c.state,
+            inv.c.created_at, inv.c.expires_at, inv.c.decided_at, inv.c.superseded_by_id, inv.c.renewal_requested_at,
+            company.c.name.label("company"), firm.c.name.label("firm"),
+            accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
+            # The page's dates are in the invited accountant's zone when signed out.
+            select(invited.c.timezone).where(invited.c.email == inv.c.email).scalar_subquery().label("zone"),
+            opened_before(inv.c.company_id, bindparam("opened_detail", type_=Text)).label("opened"),
+        )
+        .join(company, company.c.id == inv.c.company_id)
+        .outerjoin(firm, firm.c.id == inv.c.firm_id)
+        .outerjoin(accepted, accepted.c.id == inv.c.accepted_by_id)
+        .where(inv.c.id == bindparam("id"))
+    )
+
+
+_INVITATION_PAGE = _invitation_page()
 
 class Roster(DomainService):
     """Firms, staff, companies, invitations (flow 1) and the roster itself."""
@@ -582,26 +608,10 @@ class Roster(DomainService):
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
-        inv, company, firm = Invitation.__table__, Company.__table__, Firm.__table__
-        accepted = User.__table__.alias("accepted_by")
-        invited = User.__table__
-        statement = (
-            select(
-                inv.c.id, inv.c.nonce, inv.c.company_id, inv.c.firm_id, inv.c.email, inv.c.invited_by, inv.c.state, inv.c.created_at,
-                inv.c.expires_at, inv.c.decided_at, inv.c.superseded_by_id, inv.c.renewal_requested_at,
-                company.c.name.label("company"), firm.c.name.label("firm"),
-                accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
-                # The page's dates are in the invited accountant's zone when signed out.
-                select(invited.c.timezone).where(invited.c.email == inv.c.email).scalar_subquery().label("zone"),
-                opened_before(inv.c.company_id, invitation_detail(ref.id)).label("opened"),
-            )
-            .join(company, company.c.id == inv.c.company_id)
-            .outerjoin(firm, firm.c.id == inv.c.firm_id)
-            .outerjoin(accepted, accepted.c.id == inv.c.accepted_by_id)
-            .where(inv.c.id == ref.id)
-        )
         with self._sessions() as s:
-            row = s.connection(execution_options=SINGLE_READ).execute(statement).one_or_none()
+            row = s.connection(execution_options=SINGLE_READ).execute(
+                _INVITATION_PAGE, {"id": ref.id, "opened_detail": detail_text(invitation_detail(ref.id))}
+            ).one_or_none()
         if row is None or row.nonce != ref.bound:
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
         status = row.state
