@@ -608,8 +608,9 @@ class Roster(DomainService):
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
-        with self._sessions() as s:
-            row = s.connection(execution_options=SINGLE_READ).execute(
+        # A connection of the sessions' engine, no Session: plain rows need no identity map or unit of work.
+        with self._sessions.kw["bind"].connect() as connection:
+            row = connection.execution_options(**SINGLE_READ).execute(
                 _INVITATION_PAGE, {"id": ref.id, "opened_detail": detail_text(invitation_detail(ref.id))}
             ).one_or_none()
         if row is None or row.nonce != ref.bound:
