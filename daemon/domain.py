@@ -47,6 +47,7 @@ class LinkRef:
     bound: object
     expired: bool
 
+
 KINDS = ("business", "individual")
 
 

@@ -92,7 +92,6 @@ class RenewalResult:
     already_requested: bool
 
 
-
 def _invitation_page() -> Select[Any]:
     """The invitation link's page in one statement of plain rows: the invitation, the names it shows,
     the invited address's staff zone, and whether its opening is recorded (binds: ``id``,
@@ -117,6 +116,7 @@ def _invitation_page() -> Select[Any]:
 
 
 _INVITATION_PAGE = _invitation_page()
+
 
 class Roster(DomainService):
     """Firms, staff, companies, invitations (flow 1) and the roster itself."""
