@@ -37,6 +37,17 @@ from mailer.headers import describe_character, unsafe_character
 
 Linked = TypeVar("Linked")
 
+
+@dataclass(frozen=True)
+class LinkRef:
+    """A verified link's payload: the row id it names, the value bound to it, and whether its
+    signature is past its age (a page may still show what became of the row)."""
+
+    id: int
+    bound: object
+    expired: bool
+
+
 KINDS = ("business", "individual")
 
 
@@ -191,12 +202,35 @@ class DomainService:
         to). With ``expired_ok`` an expired signature still names its row, so the
         page can say what became of it.
         """
+        ref = self._link_ref(purpose, token, max_age=max_age, expired_ok=expired_ok, tag=tag, bound=bound)
+        row = s.get(model, ref.id, options=options)  # options: eager loads, one statement
+        if row is None:
+            raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
+        if bound is not None and getattr(row, bound) != ref.bound:
+            if mismatch is not None:
+                raise mismatch(row, ref.bound)
+            raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
+        return row
+
+    def _link_ref(
+        self,
+        purpose: Purpose,
+        token: str,
+        *,
+        max_age: timedelta,
+        expired_ok: bool = False,
+        tag: str | None = None,
+        bound: str | None = "nonce",
+    ) -> LinkRef:
+        """What a signed link names, checked once: a read that fetches plain rows (a hot page) compares
+        ``bound`` itself, as ``_row_from_token`` does."""
+        expired = False
         try:
             payload = self._signer.verify(purpose, token, max_age=max_age)
         except LinkExpired as exc:
             if not expired_ok:
                 raise
-            payload = exc.payload
+            payload, expired = exc.payload, True
         parts = list(payload) if isinstance(payload, list) else []
         if tag is not None:
             if not parts or parts[0] != tag:
@@ -204,14 +238,7 @@ class DomainService:
             parts = parts[1:]
         if len(parts) != (2 if bound else 1) or not isinstance(parts[0], int) or isinstance(parts[0], bool):
             raise LinkTampered("link.invalid")
-        row = s.get(model, parts[0], options=options)  # options: eager loads, one statement
-        if row is None:
-            raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
-        if bound is not None and getattr(row, bound) != parts[1]:
-            if mismatch is not None:
-                raise mismatch(row, parts[1])
-            raise LinkTampered(_NO_ROW.get(what, "link.invalid"))
-        return row
+        return LinkRef(id=parts[0], bound=parts[1] if bound else None, expired=expired)
 
     def _repeated(self, s: Session, key: str | None) -> tuple[bool, int | None]:
         """Claim an idempotency key: (False, None) for a first press, (True, result id) for a repeat.

@@ -15,12 +15,13 @@ that too, which is why it is never taken as "received" or "acted on".
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, insert, literal, select
 from sqlalchemy.orm import Session
 
 from daemon.deliveries import OPENED, parse_detail
@@ -55,6 +56,34 @@ def is_emailed_link(path: str) -> bool:
     return any(pattern.match(path) for pattern, _ in _LINKS)
 
 
+@dataclass(frozen=True)
+class Opening:
+    """What a first opening of a link records (a ``link.opened`` event)."""
+
+    to: str
+    firm_id: int | None
+    company_id: int
+    detail: dict[str, Any]
+
+
+def invitation_detail(invitation_id: int) -> dict[str, Any]:
+    """The ``link.opened`` detail of an invitation link (the one shape ``record`` writes for it)."""
+    return {"purpose": "invitation", "ref": invitation_id, "invitation_id": invitation_id}
+
+
+def detail_text(detail: dict[str, Any]) -> str:
+    """A ``link.opened`` event's detail as ``_event`` stores it (sorted keys: one opening, one text)."""
+    return json.dumps(detail, sort_keys=True)
+
+
+def opened_before(company_id: ColumnElement[Any], detail: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether this link's opening is already recorded, as a clause a page's own read can carry.
+
+    ``detail`` is the event's whole detail text (``detail_text``): ``_opening`` below parses it instead,
+    for every kind of link."""
+    return exists().where(Event.kind == OPENED, Event.company_id == company_id, Event.detail == detail)
+
+
 class LinkOpens(DomainService):
     def record(self, path: str) -> None:
         """Append a ``link.opened`` event for the link at ``path``, if it is a valid emailed link opened
@@ -65,22 +94,30 @@ class LinkOpens(DomainService):
                 break
         else:
             return
-        token = match.group(1)
         # Read first, outside any write: a reload, a forged or an expired link writes nothing (on
         # SQLite a write would queue behind the single writer for every page view).
         with self._sessions() as s:
-            found = self._opening(s, link, token)
-        if found is None:
-            return
-        with self._transaction() as s:
-            # Checked again under the write: SQLite's single writer makes it exact; on PostgreSQL two
-            # first openings at the same instant may both be kept, which changes no delivery state.
-            again = self._opening(s, link, token)
-            if again is not None:
-                to, firm_id, company_id, detail = again
-                self._event(s, OPENED, to, "link", firm_id=firm_id, company_id=company_id, **detail)
+            opening = self._opening(s, link, match.group(1))
+        if opening is not None:
+            self.record_opening(opening)
 
-    def _opening(self, s: Session, link: _Link, token: str) -> tuple[str, int | None, int, dict[str, Any]] | None:
+    def record_opening(self, opening: Opening) -> None:
+        """Append the ``link.opened`` event a read found missing (``record``, or a page's own read with
+        ``opened_before``), in one conditional statement: checked again under the write, SQLite's single
+        writer keeps one of two first openings at once; on PostgreSQL two at the same instant may both
+        be kept, which changes no delivery state."""
+        events = Event.__table__
+        values = {
+            "at": self._clock.now(), "kind": OPENED, "actor": opening.to, "channel": "link",
+            "firm_id": opening.firm_id, "company_id": opening.company_id,
+            "detail": detail_text(opening.detail),
+        }
+        literals = {name: literal(value, events.c[name].type) for name, value in values.items()}
+        first = select(*literals.values()).where(~opened_before(literals["company_id"], literals["detail"]))
+        with self._transaction() as s:
+            s.execute(insert(events).from_select(list(values), first))
+
+    def _opening(self, s: Session, link: _Link, token: str) -> Opening | None:
         """What a first opening of this link records, or None (not a valid link, or opened before)."""
         try:
             row = self._row_from_token(
@@ -97,15 +134,16 @@ class LinkOpens(DomainService):
             to = "firm staff"  # the link went to every member of the firm: which one opened it is unknown
         else:
             to = row.email
-        detail: dict[str, Any] = {"purpose": link.purpose, "ref": row.id}
         if isinstance(row, Invitation):
-            detail["invitation_id"] = row.id
+            detail = invitation_detail(row.id)
+        else:
+            detail = {"purpose": link.purpose, "ref": row.id}
         earlier = s.scalars(select(Event.detail).where(Event.kind == OPENED, Event.company_id == company_id)).all()
         for text in earlier:
             seen = parse_detail(text)
             if seen.get("purpose") == link.purpose and seen.get("ref") == row.id:
                 return None
-        return to, firm_id, company_id, detail
+        return Opening(to, firm_id, company_id, detail)
 
     def _max_age(self, link: _Link) -> timedelta:
         policy = self._policy

@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, Text, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
-from daemon.db import rows_changed
+from daemon.db import SINGLE_READ, rows_changed
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import TransitionLost
 from daemon.domain import (
@@ -35,9 +35,11 @@ from daemon.errors import (
     InvalidInput,
     InvalidState,
     NotAllowed,
+    LinkTampered,
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
+from daemon.link_opens import Opening, detail_text, invitation_detail, opened_before
 from daemon.models import (
     Client,
     ClientStatus,
@@ -88,6 +90,32 @@ class AcceptResult:
 class RenewalResult:
     invitation: InvitationView
     already_requested: bool
+
+
+def _invitation_page() -> Select[Any]:
+    """The invitation link's page in one statement of plain rows: the invitation, the names it shows,
+    the invited address's staff zone, and whether its opening is recorded (binds: ``id``,
+    ``opened_detail``). Built once: an execution only binds (no construction, no cache key)."""
+    inv, company, firm = Invitation.__table__, Company.__table__, Firm.__table__
+    accepted, invited = User.__table__.alias("accepted_by"), User.__table__
+    return (
+        select(
+            inv.c.id, inv.c.nonce, inv.c.company_id, inv.c.firm_id, inv.c.email, inv.c.invited_by, inv.c.state,
+            inv.c.created_at, inv.c.expires_at, inv.c.decided_at, inv.c.superseded_by_id, inv.c.renewal_requested_at,
+            company.c.name.label("company"), firm.c.name.label("firm"),
+            accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
+            # The page's dates are in the invited accountant's zone when signed out.
+            select(invited.c.timezone).where(invited.c.email == inv.c.email).scalar_subquery().label("zone"),
+            opened_before(inv.c.company_id, bindparam("opened_detail", type_=Text)).label("opened"),
+        )
+        .join(company, company.c.id == inv.c.company_id)
+        .outerjoin(firm, firm.c.id == inv.c.firm_id)
+        .outerjoin(accepted, accepted.c.id == inv.c.accepted_by_id)
+        .where(inv.c.id == bindparam("id"))
+    )
+
+
+_INVITATION_PAGE = _invitation_page()
 
 
 class Roster(DomainService):
@@ -570,16 +598,37 @@ class Roster(DomainService):
         )
 
     def open_invitation(self, token: str) -> InvitationView:
-        """What an invitation link shows. Reads only: opening a link changes nothing.
+        """What an invitation link shows. Reads only: opening a link changes nothing."""
+        return self.open_invitation_link(token)[0]
 
-        One statement: the invitation with what its page names (company, firm, who accepted).
+    def open_invitation_link(self, token: str) -> tuple[InvitationView, Opening | None]:
+        """What an invitation link shows, and what its first opening records (a valid, unexpired link
+        whose ``link.opened`` event is not there yet; daemon.link_opens writes it), else None.
+
+        The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
-        shown = (joinedload(Invitation.company), joinedload(Invitation.firm), joinedload(Invitation.accepted_by))
-        with self._sessions() as s:
-            view = self._invitation_view(s, self._invitation_from_token(s, token, shown))
-            # In the same trip: the page's dates are in the invited accountant's zone when signed out.
-            zone = s.scalar(select(User.timezone).where(User.email == normalise_email(view.email)))
-            return replace(view, invited_timezone=zone)
+        ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
+        # A connection of the sessions' engine, no Session: plain rows need no identity map or unit of work.
+        with self._sessions.kw["bind"].connect() as connection:
+            row = connection.execution_options(**SINGLE_READ).execute(
+                _INVITATION_PAGE, {"id": ref.id, "opened_detail": detail_text(invitation_detail(ref.id))}
+            ).one_or_none()
+        if row is None or row.nonce != ref.bound:
+            raise LinkTampered("link.no_invitation")  # as _row_from_token says it
+        status = row.state
+        if status == "pending" and self._clock.now() >= row.expires_at:
+            status = "expired"
+        if status == "expired" and row.superseded_by_id is not None:
+            status = "superseded"  # a fresh invitation went out since: point to it
+        view = InvitationView(
+            id=row.id, company=row.company, email=row.email, invited_by=row.invited_by, state=row.state,
+            status=status, created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
+            firm=row.firm, accepted_by=row.accepted_by, accepted_by_email=row.accepted_by_email,
+            renewal_requested_at=row.renewal_requested_at, invited_timezone=row.zone,
+        )
+        if ref.expired or row.opened:
+            return view, None
+        return view, Opening(row.email, row.firm_id, row.company_id, invitation_detail(row.id))
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""

@@ -94,3 +94,18 @@ def test_a_client_page_shows_the_setup_email_opened_then_acted_on(server, cli: C
     assert "acted on" in marie.get(url).text
     marie.close()
     visitor.close()
+
+
+def test_an_expired_invitation_link_shows_its_page_and_records_no_opening(
+    server, cli: Cli, seed: Seed, env, mailbox: Mailbox, clock
+) -> None:
+    """The page's own read decides whether an opening is recorded: a link past its age still says what
+    became of the invitation (200) but was not opened in time, so nothing is written."""
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[-1])
+    clock.advance(days=31)
+    stranger = Browser(env.base_url)
+    page = stranger.get(link)
+    assert page.status_code == 200 and "expired" in page.text
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'link.opened'") == [(0,)]
+    stranger.close()

@@ -30,6 +30,7 @@ from daemon.web import (
 from daemon.config import LOCALES
 from daemon.web.context import (
     CABINET,
+    FIRST_OPENING,
     FORM,
     LANGUAGE_COOKIE,
     PAGES,
@@ -79,9 +80,16 @@ async def link_opens(request: web.Request, handler: Handler) -> web.StreamRespon
     telemetry row that changes nothing the link does (see daemon.link_opens for why this is not a
     state change). A failure to note it is logged; the visitor still gets the page."""
     response = await handler(request)
-    if request.method == "GET" and response.status == 200 and is_emailed_link(request.path):
+    if request.method != "GET" or response.status != 200:
+        return response
+    checked = FIRST_OPENING in request  # the page's own read looked for an earlier opening
+    if checked or is_emailed_link(request.path):
+        opens = request.app[CABINET].link_opens
         try:
-            await run(request.app[CABINET].link_opens.record, request.path)
+            if not checked:
+                await run(opens.record, request.path)
+            elif (opening := request[FIRST_OPENING]) is not None:  # none yet: only the write is left
+                await run(opens.record_opening, opening)
         except Exception as exc:  # noqa: BLE001 - telemetry never fails a page
             log.warning("could not record a link opening: %s", storage_fault(exc) or type(exc).__name__)
     return response

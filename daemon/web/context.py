@@ -18,6 +18,7 @@ from daemon.config import LOCALES
 from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
+from daemon.link_opens import Opening
 from daemon.web.pages import Pages
 from daemon.web.security import SECURITY
 
@@ -85,6 +86,9 @@ class Visitor:
 
 VISITOR = web.RequestKey("visitor", Visitor)
 FORM = web.RequestKey("form", MultiDictProxy)
+# Set by a link's page whose own read checked its "link opened" record: what a first opening records
+# (the link_opens middleware writes it), or None; unset, the middleware reads the link itself.
+FIRST_OPENING = web.RequestKey("first_opening", Opening | None)  # type: ignore[arg-type]
 
 
 def visitor(request: web.Request) -> Visitor:
