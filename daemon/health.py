@@ -31,8 +31,15 @@ class Health:
         """What keeps this instance from being ready, one phrase each; empty when ready."""
         try:
             self._write_heartbeat()
-        except Exception as exc:
-            return [f"database does not accept writes: {storage_fault(exc) or type(exc).__name__}"]
+        except Exception as first:
+            # A pooled connection found dead (or opened read-only while the store was away) is
+            # dropped with every connection as old as it; the next write proves the database itself.
+            try:
+                if not getattr(first, "connection_invalidated", False):
+                    raise
+                self._write_heartbeat()
+            except Exception as exc:
+                return [f"database does not accept writes: {storage_fault(exc) or type(exc).__name__}"]
         now = self._clock.now()
         with self._sessions() as s:
             oldest = s.scalar(
