@@ -5,11 +5,10 @@ appends a telemetry event, changing nothing the link does."""
 from __future__ import annotations
 
 import json
-import time
 from email.utils import parseaddr
 from typing import Any
 
-from tests.conftest import Browser, Cli, Mailbox, Seed, any_link_in, csrf_of, link_in
+from tests.conftest import Browser, Cli, Mailbox, Seed, any_link_in, csrf_of, link_in, wait_until
 from tests.inbound_helpers import deliver, dsn, wait_processed
 from tests.test_workspace import client_id, signed_in
 
@@ -20,10 +19,8 @@ def deliveries(cli: Cli) -> dict[str, Any]:
 
 def wait_delivery(cli: Cli, email: str, wanted: str) -> None:
     """The worker records "sent" just after the Maildir file appears: wait for that, not for time."""
-    deadline = time.monotonic() + 60
-    while deliveries(cli).get(email) != wanted:
-        assert time.monotonic() < deadline, deliveries(cli)
-        time.sleep(0.05)
+    wait_until(lambda: deliveries(cli).get(email) == wanted, what=f"{email} {wanted}",
+               detail=lambda: str(deliveries(cli)))
 
 
 def test_an_invitation_goes_sent_opened_acted_and_a_bad_address_bounced(
@@ -79,10 +76,7 @@ def test_a_client_page_shows_the_setup_email_opened_then_acted_on(server, cli: C
         line = next(li for li in html.split('<li class="email">')[1:] if "marc@garage.example" in li)
         return line.split('data-delivery="')[1].split('"')[0]
 
-    deadline = time.monotonic() + 60
-    while setup_state() == "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: setup_state() != "queued", what="the setup email to leave the outbox")
     assert setup_state() == "sent"
     visitor = Browser(env.base_url)
     page = visitor.get(setup)
