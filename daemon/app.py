@@ -7,11 +7,13 @@ what they need from a ``Cabinet`` instance passed to them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 from typing import Any, Callable
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import db, durable, instance
@@ -87,11 +89,39 @@ def make_transport(config: Config) -> Transport:
     return MaildirTransport(config.mail.maildir)
 
 
-def initialise(config: Config) -> list[str]:
-    """Create the data folder, the signing key and the schema; safe to run again."""
+def _holds_signed_work(config: Config) -> bool:
+    """Whether the database already has firms: links signed with some key may be out there."""
+    if config.is_sqlite:
+        path = make_url(config.database_url).database
+        if not path or path == ":memory:" or not Path(path).exists():
+            return False  # not created yet (and connecting would create it)
+    engine = db.make_engine(config.database_url)
+    try:
+        with engine.connect() as connection:
+            if not sa_inspect(connection).has_table("firms"):
+                return False
+            return connection.exec_driver_sql("SELECT 1 FROM firms LIMIT 1").first() is not None
+    finally:
+        engine.dispose()
+
+
+def initialise(config: Config, new_signing_key: bool = False) -> list[str]:
+    """Create the data folder, the signing key and the schema; safe to run again.
+
+    A missing key file next to a database that already has firms is a lost key (or a second
+    instance set up without a copy of the first one's keys), not a first start: a new key would
+    silently break every link already sent, so that needs ``new_signing_key``.
+    """
     done: list[str] = []
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     keys_file = config.security.secret_keys_file
+    if not keys_file.exists() and not new_signing_key and _holds_signed_work(config):
+        raise ConfigError(
+            f"signing keys file {keys_file} does not exist, but the database already has firms: links "
+            "already sent were signed with the missing key. Restore the file from a backup (or copy it "
+            "from another instance on this database); to make a new key anyway, and have every link "
+            "already sent stop working, run `cabinet init --new-signing-key`"
+        )
     if not keys_file.exists():
         keys_file.parent.mkdir(parents=True, exist_ok=True)
         # Durable before any link is signed with it (0600 from the start: never readable by others).

@@ -41,6 +41,20 @@ def test_init_is_idempotent_and_keeps_the_key(env: Env, cli: Cli) -> None:
     assert json.loads(cli("firm", "list", "--json").output)[0]["name"] == "Tremblay CPA"
 
 
+def test_init_refuses_a_new_key_when_the_database_has_firms(env: Env, cli: Cli) -> None:
+    keys = env.root / "data" / "secret_keys"
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    sent_with = keys.read_text()
+    keys.unlink()  # lost: links already sent were signed with it
+    refused = cli("init", expect=78)
+    assert "--new-signing-key" in refused.output and "Traceback" not in refused.output
+    assert not keys.exists()
+    made = cli("init", "--new-signing-key")
+    assert "created signing key" in made.output
+    assert keys.exists() and keys.read_text() != sent_with
+    assert json.loads(cli("firm", "list", "--json").output)[0]["name"] == "Tremblay CPA"
+
+
 def test_lists_print_json_arrays(cli: Cli, seed: Seed) -> None:
     for command in (["firm", "list"], ["staff", "list"], ["company", "list"], ["invitation", "list"],
                     ["client", "list", "--firm", seed.firm], ["mail", "list"]):

@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 
 
 @click.command("init")
+@click.option("--new-signing-key", is_flag=True,
+              help="Make a new signing key even though the database has firms (every link already sent stops working).")
 @pass_state
-def init(state: CliState) -> None:
-    """Create the data folder, the database schema and a signing key (safe to run again)."""
-    for line in initialise(state.config):
+def init(state: CliState, new_signing_key: bool) -> None:
+    """Create the data folder, the database schema and a signing key (safe to run again).
+
+    Refuses to make a new key when the key file is missing but the database already has firms
+    (a lost key, or a second instance without a copy of the keys): restore the file instead.
+    """
+    for line in initialise(state.config, new_signing_key=new_signing_key):
         click.echo(line)
     click.echo(f"Cabinet is ready in {state.config.storage.data_dir}. Next: cabinet serve")
 
