@@ -753,3 +753,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("figures measured by the tests")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Headless Chromium, one per test module (tests open their own contexts)."""
+    from tests.browser import chromium_browser
+
+    with chromium_browser() as browser:
+        yield browser

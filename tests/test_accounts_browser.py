@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from typing import Iterator
 
 import pytest
 
 from tests.conftest import Mailbox, Seed, link_in, roster_of
-from tests.test_browser import CHROMIUM, FLAGS
 from mailer.maildir import text_body
 from tests.test_new_account import ACCOUNT_LINK
 from tests.test_password_reset import NEW_PASSWORD, reset_link
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")  # every test here drives a browser
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}; ./scripts/test.sh installs Debian's chromium package")
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 def test_forgot_password_in_a_real_browser(chromium, server, seed: Seed, mailbox: Mailbox, env) -> None:

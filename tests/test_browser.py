@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from typing import Iterator
 
 import pytest
 
 from tests.conftest import PASSWORD, Cli, Mailbox, Seed, link_in
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = os.environ.get("CABINET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Chromium must not reach out to the internet (none here): these flags keep it quiet.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+pytest.importorskip("playwright.sync_api")  # every test here drives a browser
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}; ./scripts/test.sh installs Debian's chromium package")
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 def test_accountant_accepts_in_a_real_browser(chromium, server, cli: Cli, seed: Seed, mailbox: Mailbox):

@@ -4,13 +4,10 @@ HTTP server and the real Maildir, then in headless Chromium."""
 
 from __future__ import annotations
 
-import os
-from typing import Iterator
 
 import pytest
 
-from tests.conftest import Browser, Cli, Mailbox, Seed, any_link_in, csrf_of
-from tests.test_browser import CHROMIUM, FLAGS
+from tests.conftest import Browser, Cli, Mailbox, Seed, any_link_in
 
 
 def ask(browser: Browser, email: str) -> "object":
@@ -103,16 +100,6 @@ def test_the_manage_page_withdraws_a_pending_invitation_and_says_so(
 
 
 # -- in Chromium ----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    playwright_sync = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}")
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 @pytest.mark.browser

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -17,14 +16,11 @@ from mailer.maildir import text_body
 from mailer.render import EmailRenderer
 from tests.conftest import PASSWORD, Cli, Mailbox, any_link_in, link_in
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")  # every test here drives a browser
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CABINET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 SHOTS = os.environ.get("CABINET_SCREENSHOTS", "")
 
 # Words of one language that are not words of the other (short, common, unambiguous), lower-case.
@@ -65,16 +61,6 @@ def foreign_words(text: str, locale: str) -> list[str]:
         if bare.lower() in other or word.lower() in other:
             found.append(word)
     return found
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}; ./scripts/test.sh installs Debian's chromium package")
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 class Walk:
