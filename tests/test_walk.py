@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from mailer.maildir import text_body
 from mailer.render import EmailRenderer
+from mailer.samples import sample_context
 from tests.conftest import PASSWORD, Cli, Mailbox, any_link_in, link_in
 
 pytest.importorskip("playwright.sync_api")  # every test here drives a browser
@@ -40,7 +40,7 @@ bonjour cabinet comptable forfait groupée heures jusqu'au jours nous aucun aucu
 # Names the walk's data uses: people, firms, companies, products, and the product itself.
 NAMES = set("""
 Tremblay CPA Marie Luc Gagnon Julie Roy Érablière Boulangerie Garage Lévesque Marc Léa Café Direct Cabinet QuickBooks
-Time Plus Simple Start Essentials Advanced Payroll Core Premium Elite Anne Associés Français English
+Time Plus Simple Start Essentials Advanced Payroll Core Premium Elite Anne Associés Français English Olivia
 """.split())
 WORD = re.compile(r"[A-Za-zÀ-ÿ]+(?:'[A-Za-zÀ-ÿ]+)?")
 NOT_WORDS = re.compile(r"\S+@\S+|https?://\S+|\S+\.example\S*|/\S+")
@@ -221,26 +221,10 @@ def test_every_page_and_email_in_one_language(chromium, server, cli: Cli, mailbo
     assert not walk.problems, walk.problems
 
 
-def sample_context() -> dict[str, Any]:
-    """Every variable any email template uses, with values like the real ones."""
-    now = datetime(2026, 12, 1, 10, 59, tzinfo=timezone.utc)
-    return {
-        "company": "Érablière Roy", "firm": "Tremblay CPA", "to_name": "Julie Roy", "product_name": "Cabinet",
-        "now": now, "expires_at": now + timedelta(hours=47), "expired_at": now, "authorized_at": now,
-        "trial_ends_at": now + timedelta(days=7), "accepted_at": now, "completed_at": now, "bounced_at": now, "cause": "no_such_address", "status": "5.1.1",
-        "received_at": now, "email": "luc@tremblay.example", "url": "https://cabinet.example/x/token",
-        "manage_url": "https://cabinet.example/company/token", "roster_url": "https://cabinet.example/",
-        "authorized_by": "Julie Roy", "accountant_name": "Luc Gagnon", "accountant_email": "luc@tremblay.example",
-        "admin_name": "Julie Roy", "admin_email": "julie@erabliere.example", "sender": "Julie Roy",
-        "firms": ["Tremblay CPA", "Gagnon & Associés"], "days_left": 7, "action": "accept", "text": "Merci!",
-        "subject": "Érablière Roy", "reason": "unverified", "declined_by": "Luc Gagnon", "completed_by": "Luc Gagnon",
-        "accepted_by": "Luc Gagnon", "accepted_by_email": "luc@tremblay.example",
-    }
-
-
 @pytest.mark.parametrize("locale", ["fr", "en"])
 def test_all_emails_read_in_one_language(chromium, locale: str) -> None:
-    """All 25 emails, not only those a walk happens to send: subject, text and HTML in Chromium."""
+    """All 25 emails, not only those a walk happens to send: subject, text and HTML in Chromium, each with
+    the sample facts `cabinet templates preview` shows (mailer/samples.py)."""
     renderer = EmailRenderer([ROOT / "templates" / "email"])
     names = sorted(p.stem for p in (ROOT / "templates" / "email" / locale).glob("*.subject"))
     assert len(names) >= 25
@@ -248,7 +232,9 @@ def test_all_emails_read_in_one_language(chromium, locale: str) -> None:
     problems = []
     try:
         for name in names:
-            rendered = renderer.render(name, locale, "America/Montreal", sample_context())
+            # A forwarded reply quotes the client's own words, in whatever language they wrote: not Cabinet's.
+            facts = sample_context(name, {"text": "Merci!"} if name == "reply_forwarded" else None)
+            rendered = renderer.render(name, locale, "America/Montreal", facts)
             assert "  " not in rendered.subject
             page.set_content(rendered.html)
             assert page.evaluate("document.documentElement.lang") == locale
