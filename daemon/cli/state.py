@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses: C where available
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
-from daemon.app import Cabinet, build
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from daemon.app import Cabinet
 
 
 class CliState:
@@ -18,6 +22,7 @@ class CliState:
         self._config_path = config_path
         self._config: Config | None = None
         self._cabinet: Cabinet | None = None
+        self._engine: Engine | None = None
 
     def use_config(self, path: str) -> None:
         """``--config`` given after the command name (read before the config is first used)."""
@@ -34,15 +39,34 @@ class CliState:
     @property
     def cabinet(self) -> Cabinet:
         if self._cabinet is None:
+            from daemon.app import build  # imported when a command needs it: it loads every part of Cabinet
+
             try:
                 self._cabinet = build(self.config)
             except OSError as exc:  # e.g. an unreadable data folder or key file: one line, exit 78
                 raise ConfigError(f"cannot read {exc.filename or 'a file Cabinet needs'}: {exc.strerror}") from None
         return self._cabinet
 
+    @property
+    def engine(self) -> Engine:
+        """The database alone, for a command that only reads (`client list`): building the whole
+        Cabinet (ORM models, mail, templates, password hasher) was a third of a 100k roster's time."""
+        if self._cabinet is not None:
+            return self._cabinet.engine
+        if self._engine is None:
+            from daemon import db
+
+            config = self.config
+            if config.is_sqlite and not config.storage.data_dir.exists():  # as daemon.app.build says it
+                raise ConfigError(f"data folder {config.storage.data_dir} does not exist; run `cabinet init` first")
+            self._engine = db.make_engine(config.database_url)
+        return self._engine
+
     def close(self) -> None:
         if self._cabinet is not None:
             self._cabinet.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 pass_state = click.make_pass_decorator(CliState)

@@ -1,0 +1,128 @@
+"""A firm's client roster as one streamed read: the query behind ``Roster.list_clients`` and
+`cabinet client list` (table and ``--json``).
+
+Two statements whatever the roster's size: one reads each client with its company and primary
+admin (outer joins), a second the products in the same order, and the two are merged as they
+stream, so memory stays flat at 100k clients.
+
+Core only, on lightweight table stubs: `cabinet client list --json` imports SQLAlchemy's core and
+none of the ORM models, the domain or the mail stack (start-up was a third of its time at 100k
+clients). The roster's rules live here once: a trial's end shows only on direct billing, and the
+primary admin is the staff member who took the role, else the company's admin address. Dates come
+back from the database as ISO 8601 UTC text (``2026-11-30T08:01:16.022852+00:00``, what
+``datetime.isoformat()`` writes), so the JSON path never builds a datetime.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterator, NamedTuple
+
+from sqlalchemy import Connection, Integer, Row, String, case, column, func, select, table
+from sqlalchemy.sql.elements import ColumnElement
+
+from daemon.errors import NotFound
+from daemon.names import name_key
+from daemon.views import ClientView
+
+# The columns this read needs, by name; tests/test_client_list.py holds them to daemon.models.
+firms = table("firms", column("id", Integer), column("name", String), column("name_key", String))
+clients = table(
+    "clients", column("id", Integer), column("firm_id", Integer), column("company_id", Integer),
+    column("kind", String), column("name", String), column("name_key", String), column("email", String),
+    column("phone", String), column("billing", String), column("status", String), column("connected_at", String),
+    column("primary_admin_id", Integer),
+)
+companies = table(
+    "companies", column("id", Integer), column("name", String), column("trial_ends_at", String),
+    column("admin_email", String),
+)
+users = table("users", column("id", Integer), column("email", String))
+company_products = table("company_products", column("company_id", Integer), column("product_id", String))
+products = table("products", column("id", String), column("position", Integer))
+
+# (id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at, primary_admin):
+# ClientView's fields without the firm and the products, dates as ISO text.
+ClientRow = Row[tuple[int, str, str, str, str, "str | None", "str | None", "str | None", "str | None",
+                      "str | None", "str | None"]]
+
+
+class RosterRead(NamedTuple):
+    firm: str  # the firm's name as registered (the lookup ignores case and spacing)
+    entries: Iterator[tuple[ClientRow, tuple[str, ...]]]  # each client's row and its product ids, in order
+
+
+def read_roster(connection: Connection, firm_name: str, chunk: int = 1000) -> RosterRead:
+    """The firm's roster in name order, streamed from ``connection`` (which must stay open while
+    ``entries`` is read). An unknown firm raises ``NotFound`` here, before any entry."""
+    firm = connection.execute(select(firms.c.id, firms.c.name).where(firms.c.name_key == name_key(firm_name))).first()
+    if firm is None:
+        raise NotFound("firm.not_found", name=firm_name)
+    return RosterRead(firm.name, _entries(connection, firm.id, chunk))
+
+
+def _entries(connection: Connection, firm_id: int, chunk: int) -> Iterator[tuple[ClientRow, tuple[str, ...]]]:
+    dialect = connection.dialect.name
+    company = companies.c
+    rows = connection.execute(
+        select(
+            clients.c.id, clients.c.name, clients.c.kind, clients.c.status, clients.c.billing, company.name,
+            clients.c.email, clients.c.phone, iso_utc(clients.c.connected_at, dialect),
+            case((clients.c.billing == "direct", iso_utc(company.trial_ends_at, dialect))),
+            func.coalesce(users.c.email, company.admin_email),
+        )
+        .select_from(clients)
+        .outerjoin(companies, company.id == clients.c.company_id)
+        .outerjoin(users, users.c.id == clients.c.primary_admin_id)
+        .where(clients.c.firm_id == firm_id)
+        .order_by(clients.c.name_key)
+        .execution_options(yield_per=chunk)
+    )
+    owned_rows = connection.execute(
+        select(clients.c.id, company_products.c.product_id)
+        .join(company_products, company_products.c.company_id == clients.c.company_id)
+        .join(products, products.c.id == company_products.c.product_id)
+        .where(clients.c.firm_id == firm_id)
+        .order_by(clients.c.name_key, products.c.position)
+        .execution_options(yield_per=chunk)
+    )
+    pending = next(owned_rows, None)
+    for batch in rows.partitions():  # a list per fetch: no per-row call into the result
+        for row in batch:
+            owned: tuple[str, ...] = ()
+            if pending is not None and pending[0] == row[0]:
+                found = []
+                while pending is not None and pending[0] == row[0]:
+                    found.append(pending[1])
+                    pending = next(owned_rows, None)
+                owned = tuple(found)
+            yield row, owned
+
+
+def iso_utc(value: ColumnElement[str], dialect: str) -> ColumnElement[str]:
+    """A UTC timestamp column as ``datetime.isoformat()`` writes it, computed by the database
+    (NULL stays NULL): seconds, then ``.ffffff`` only when there are microseconds, then ``+00:00``."""
+    if dialect == "postgresql":
+        utc = func.timezone("UTC", value)  # timestamptz → the UTC wall time, whatever the session's zone
+        micro = func.to_char(utc, "US", type_=String)
+        return (func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS', type_=String)
+                + case((micro == "000000", ""), else_="." + micro) + "+00:00")
+    # SQLite: SQLAlchemy stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC, see daemon.models.UTCDateTime).
+    fraction = func.substr(value, 20, type_=String)
+    return (func.substr(value, 1, 10, type_=String) + "T" + func.substr(value, 12, 8, type_=String)
+            + case((fraction.in_(["", ".000000"]), ""), else_=fraction) + "+00:00")
+
+
+def client_views(connection: Connection, firm_name: str, chunk: int = 1000) -> Iterator[ClientView]:
+    """The roster as ``ClientView``s (aware UTC datetimes). Lazy: the firm is looked up on the
+    first ``next()``."""
+    read = read_roster(connection, firm_name, chunk)
+    when = _datetime
+    for (client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at,
+         primary_admin), owned in read.entries:
+        yield ClientView(client_id, read.firm, name, kind, status, billing, company, email, phone, when(connected_at),
+                         owned, when(trial_ends_at), primary_admin)
+
+
+def _datetime(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
