@@ -25,7 +25,7 @@ from daemon.errors import NotFound
 from daemon.names import name_key
 from daemon.views import ClientView
 
-# The columns this read needs, by name; tests/test_client_list.py holds them to daemon.models.
+# The columns this read needs, by name; tests/test_cli_startup.py holds them to daemon.models.
 firms = table("firms", column("id", Integer), column("name", String), column("name_key", String))
 clients = table(
     "clients", column("id", Integer), column("firm_id", Integer), column("company_id", Integer),
