@@ -47,9 +47,12 @@ ClientRow = Row[tuple[int, str, str, str, str, "str | None", "str | None", "str 
                       "str | None", "str | None"]]
 
 
+Entry = tuple[ClientRow, tuple[str, ...]]  # a client's row and its product ids
+
+
 class RosterRead(NamedTuple):
     firm: str  # the firm's name as registered (the lookup ignores case and spacing)
-    entries: Iterator[tuple[ClientRow, tuple[str, ...]]]  # each client's row and its product ids, in order
+    batches: Iterator[list[Entry]]  # the entries in roster order, a database fetch at a time
 
 
 def read_roster(connection: Connection, firm_name: str, chunk: int = 1000) -> RosterRead:
@@ -58,10 +61,10 @@ def read_roster(connection: Connection, firm_name: str, chunk: int = 1000) -> Ro
     firm = connection.execute(select(firms.c.id, firms.c.name).where(firms.c.name_key == name_key(firm_name))).first()
     if firm is None:
         raise NotFound("firm.not_found", name=firm_name)
-    return RosterRead(firm.name, _entries(connection, firm.id, chunk))
+    return RosterRead(firm.name, _batches(connection, firm.id, chunk))
 
 
-def _entries(connection: Connection, firm_id: int, chunk: int) -> Iterator[tuple[ClientRow, tuple[str, ...]]]:
+def _batches(connection: Connection, firm_id: int, chunk: int) -> Iterator[list[Entry]]:
     dialect = connection.dialect.name
     company = companies.c
     rows = connection.execute(
@@ -87,7 +90,8 @@ def _entries(connection: Connection, firm_id: int, chunk: int) -> Iterator[tuple
         .execution_options(yield_per=chunk)
     )
     pending = next(owned_rows, None)
-    for batch in rows.partitions():  # a list per fetch: no per-row call into the result
+    for batch in rows.partitions():  # a list per fetch: no per-row call into the result or generator
+        entries: list[Entry] = []
         for row in batch:
             owned: tuple[str, ...] = ()
             if pending is not None and pending[0] == row[0]:
@@ -96,7 +100,8 @@ def _entries(connection: Connection, firm_id: int, chunk: int) -> Iterator[tuple
                     found.append(pending[1])
                     pending = next(owned_rows, None)
                 owned = tuple(found)
-            yield row, owned
+            entries.append((row, owned))
+        yield entries
 
 
 def iso_utc(value: ColumnElement[str], dialect: str) -> ColumnElement[str]:
@@ -118,10 +123,11 @@ def client_views(connection: Connection, firm_name: str, chunk: int = 1000) -> I
     first ``next()``."""
     read = read_roster(connection, firm_name, chunk)
     when = _datetime
-    for (client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at,
-         primary_admin), owned in read.entries:
-        yield ClientView(client_id, read.firm, name, kind, status, billing, company, email, phone, when(connected_at),
-                         owned, when(trial_ends_at), primary_admin)
+    for batch in read.batches:
+        for (client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at,
+             primary_admin), owned in batch:
+            yield ClientView(client_id, read.firm, name, kind, status, billing, company, email, phone,
+                             when(connected_at), owned, when(trial_ends_at), primary_admin)
 
 
 def _datetime(text: str | None) -> datetime | None:

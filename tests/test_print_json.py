@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session, selectinload  # noqa: E402
 
 from daemon.app import build  # noqa: E402
 from daemon.cli.clients import client_json  # noqa: E402
-from daemon.cli.state import print_json  # noqa: E402
+from daemon.cli.state import print_json, print_json_chunks  # noqa: E402
 from daemon.config import load_config  # noqa: E402
 from daemon.models import Client, Company, CompanyProduct, Firm, Product, User  # noqa: E402
 from daemon.views import ClientView  # noqa: E402
@@ -81,15 +81,18 @@ def _view(firm: str, row: tuple, products: tuple[str, ...]) -> ClientView:  # ty
 
 @given(_text, _rows, st.lists(_text, max_size=3).map(tuple))
 def test_client_json_is_the_generic_encoding(firm: str, row: tuple, products: tuple[str, ...]) -> None:  # type: ignore[type-arg]
-    assert client_json(firm)((row, products)) == "  " + pretty_json(_view(firm, row, products).as_dict(), "  ")
+    assert client_json(firm)([(row, products)]) == ["  " + pretty_json(_view(firm, row, products).as_dict(), "  ")]
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 5, 7])
 def test_print_json_chunks_join_into_one_array(count: int, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [((i, f"c{i}", "business", "active", "none", None, None, None, None, None, None), ("p",)) for i in range(count)]
-    print_json(rows, chunk=2, encode=client_json("F"))  # chunk boundaries fall on and off the end
-    expected = [_view("F", row, products).as_dict() for row, products in rows]
-    assert capsys.readouterr().out == json.dumps(expected, indent=2, ensure_ascii=False) + "\n"
+    views = [_view("F", row, products) for row, products in rows]
+    expected = json.dumps([v.as_dict() for v in views], indent=2, ensure_ascii=False) + "\n"
+    print_json(views, chunk=2)  # chunk boundaries fall on and off the end
+    assert capsys.readouterr().out == expected
+    print_json_chunks(map(client_json("F"), [rows[:2], [], rows[2:5], rows[5:]]))  # an empty batch too
+    assert capsys.readouterr().out == expected
 
 
 def test_client_view_init_takes_every_field_in_order() -> None:

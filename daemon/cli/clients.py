@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Callable
 
 import click
 
-from daemon.cli.state import CliState, pass_state, print_json, print_table
+from daemon.cli.state import CliState, pass_state, print_json_chunks, print_table
 
 if TYPE_CHECKING:
-    from daemon.client_list import ClientRow
+    from daemon.client_list import Entry
 
 
 @click.group("client")
@@ -34,7 +34,7 @@ def list_(state: CliState, firm: str, as_json: bool) -> None:
 
         with state.engine.connect() as connection:
             roster = read_roster(connection, firm, chunk=2000)
-            print_json(roster.entries, encode=client_json(roster.firm))
+            print_json_chunks(map(client_json(roster.firm), roster.batches))
     else:
         items = state.cabinet.roster.list_clients(firm)
         print_table(
@@ -43,34 +43,34 @@ def list_(state: CliState, firm: str, as_json: bool) -> None:
         )
 
 
-def client_json(firm: str) -> Callable[[tuple[ClientRow, tuple[str, ...]]], str]:
-    """One roster entry of ``firm`` (a row and its products, from ``daemon.client_list``) as
-    ``print_json`` prints it: ``pretty_json(ClientView(...).as_dict())`` byte for byte
+def client_json(firm: str) -> Callable[[list[Entry]], list[str]]:
+    """A batch of ``firm``'s roster entries (rows and products, from ``daemon.client_list``), each
+    as ``print_json`` prints it: ``pretty_json(ClientView(...).as_dict())`` byte for byte
     (tests/test_print_json.py holds them equal), laid out in one expression.
 
     The shape is fixed, so each string is one call to json's C encoder and nothing else is
-    encoded: dates come from the database as ISO text, ids are integers."""
+    encoded: dates come from the database as ISO text, ids are integers. One comprehension per
+    batch: a call per entry was a sixth of a 100k roster's time."""
     firm_text = encode_basestring(firm)
     q = encode_basestring
+    Q = '"'  # around the ISO dates (nothing in them to escape)
 
-    def entry(item: tuple[ClientRow, tuple[str, ...]]) -> str:
-        (client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at,
-         primary_admin), products = item
-        connected = "null" if connected_at is None else '"' + connected_at + '"'  # ISO text: nothing to escape
-        trial = "null" if trial_ends_at is None else '"' + trial_ends_at + '"'
-        return (
+    def entries(batch: list[Entry]) -> list[str]:
+        return [
             f'  {{\n    "id": {client_id},\n    "firm": {firm_text},\n    "name": {q(name)},\n    "kind": {q(kind)},'
             f'\n    "status": {q(status)},\n    "billing": {q(billing)},'
             f'\n    "company": {"null" if company is None else q(company)},'
             f'\n    "email": {"null" if email is None else q(email)},'
             f'\n    "phone": {"null" if phone is None else q(phone)},'
-            f'\n    "connected_at": {connected},\n    "products": '
+            f'\n    "connected_at": {"null" if connected_at is None else Q + connected_at + Q},\n    "products": '
             + ("[\n      " + ",\n      ".join(map(q, products)) + "\n    ]" if products else "[]")
-            + f',\n    "trial_ends_at": {trial},'
+            + f',\n    "trial_ends_at": {"null" if trial_ends_at is None else Q + trial_ends_at + Q},'
             f'\n    "primary_admin": {"null" if primary_admin is None else q(primary_admin)}\n  }}'
-        )
+            for (client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at,
+                 primary_admin), products in batch
+        ]
 
-    return entry
+    return entries
 
 
 @client.command("add")

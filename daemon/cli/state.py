@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses: C where available
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
@@ -72,30 +73,24 @@ class CliState:
 pass_state = click.make_pass_decorator(CliState)
 
 
-def print_json(items: Iterable[Any], chunk: int = 2000, encode: Callable[[Any], str] | None = None) -> None:
-    """Print ``items`` as one indented JSON array, streamed a chunk at a time.
-
-    The output is byte-for-byte what ``json.dumps(list, indent=2)`` gives, but only
-    ``chunk`` items are held at once, so a 100k-client roster prints in flat memory.
-    The first item is fetched before anything is printed, so an error (an unknown
-    firm) leaves stdout empty. ``encode`` gives one item's text, indented as an array
-    element (default: its ``as_dict()`` through ``pretty_json``); a list with a fixed
-    shape passes a faster one of its own.
-    """
-    encode = encode or _indented
+def print_json(items: Iterable[Any], chunk: int = 2000) -> None:
+    """Print ``items`` (each through its ``as_dict()``) as one indented JSON array, streamed
+    ``chunk`` items at a time: byte for byte what ``json.dumps(list, indent=2)`` gives, in flat
+    memory whatever the list's length."""
     iterator = iter(items)
-    first = next(iterator, None)
-    if first is None:
-        click.echo("[]")
-        return
-    parts = ["[\n" + encode(first)]
-    lead = ""  # what joins this chunk to the one printed before it
-    for item in iterator:
-        parts.append(encode(item))
-        if len(parts) >= chunk:
-            click.echo(lead + ",\n".join(parts), nl=False)
-            parts, lead = [], ",\n"
-    click.echo((lead + ",\n".join(parts) if parts else "") + "\n]")
+    print_json_chunks(iter(lambda: [_indented(item) for item in islice(iterator, chunk)], []))
+
+
+def print_json_chunks(chunks: Iterable[list[str]]) -> None:
+    """Print array elements, already encoded and indented (``_indented``), as one JSON array:
+    a write per chunk. The first chunk is made before anything is printed, so an error (an
+    unknown firm) leaves stdout empty."""
+    lead = "[\n"
+    for texts in chunks:
+        if texts:
+            click.echo(lead + ",\n".join(texts), nl=False)
+            lead = ",\n"
+    click.echo("[]" if lead == "[\n" else "\n]")
 
 
 def _indented(item: Any) -> str:
