@@ -64,8 +64,8 @@ from daemon.views import ClientView  # noqa: E402
 from tests.conftest import Cli, Env  # noqa: E402
 
 _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)  # control characters, quotes, emoji, bidi
-# Dates as the database gives them to client_json: UTC, as isoformat() writes it (with and without microseconds).
-_iso = st.none() | st.datetimes(timezones=st.just(timezone.utc)).map(datetime.isoformat)
+# Dates as the database gives them to client_json (daemon.client_list.utc_text): with and without microseconds.
+_iso = st.none() | st.datetimes().map(lambda when: when.isoformat(" ", "microseconds"))
 _rows = st.tuples(
     st.integers(min_value=0, max_value=2**63), _text, st.sampled_from(["business", "individual", Status.ACTIVE]),
     _text, _text, st.none() | _text, st.none() | _text, st.none() | _text, _iso, _iso, st.none() | _text,
@@ -74,7 +74,7 @@ _rows = st.tuples(
 
 def _view(firm: str, row: tuple, products: tuple[str, ...]) -> ClientView:  # type: ignore[type-arg]
     client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at, admin = row
-    when = lambda text: None if text is None else datetime.fromisoformat(text)  # noqa: E731
+    when = lambda text: None if text is None else datetime.fromisoformat(text).replace(tzinfo=timezone.utc)  # noqa: E731
     return ClientView(client_id, firm, name, kind, status, billing, company, email, phone, when(connected_at),
                       products, when(trial_ends_at), admin)
 

@@ -49,11 +49,11 @@ def client_json(firm: str) -> Callable[[list[Entry]], list[str]]:
     (tests/test_print_json.py holds them equal), laid out in one expression.
 
     The shape is fixed, so each string is one call to json's C encoder and nothing else is
-    encoded: dates come from the database as ISO text, ids are integers. One comprehension per
-    batch: a call per entry was a sixth of a 100k roster's time."""
+    encoded: ids are integers, dates digits and punctuation. One comprehension per batch, no
+    call per entry or per date (those were a fifth of a 100k roster's time)."""
     firm_text = encode_basestring(firm)
     q = encode_basestring
-    Q = '"'  # around the ISO dates (nothing in them to escape)
+    Q, Z = '"', '+00:00"'  # a date: '"' + daemon.client_list.iso(text) + '"', written out
 
     def entries(batch: list[Entry]) -> list[str]:
         return [
@@ -62,10 +62,13 @@ def client_json(firm: str) -> Callable[[list[Entry]], list[str]]:
             f'\n    "company": {"null" if company is None else q(company)},'
             f'\n    "email": {"null" if email is None else q(email)},'
             f'\n    "phone": {"null" if phone is None else q(phone)},'
-            f'\n    "connected_at": {"null" if connected_at is None else Q + connected_at + Q},\n    "products": '
+            '\n    "connected_at": '
+            + ("null" if connected_at is None else Q + connected_at.replace(" ", "T").replace(".000000", "") + Z)
+            + ',\n    "products": '
             + ("[\n      " + ",\n      ".join(map(q, products)) + "\n    ]" if products else "[]")
-            + f',\n    "trial_ends_at": {"null" if trial_ends_at is None else Q + trial_ends_at + Q},'
-            f'\n    "primary_admin": {"null" if primary_admin is None else q(primary_admin)}\n  }}'
+            + ',\n    "trial_ends_at": '
+            + ("null" if trial_ends_at is None else Q + trial_ends_at.replace(" ", "T").replace(".000000", "") + Z)
+            + f',\n    "primary_admin": {"null" if primary_admin is None else q(primary_admin)}\n  }}'
             for (client_id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at,
                  primary_admin), products in batch
         ]
