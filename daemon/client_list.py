@@ -57,7 +57,7 @@ class RosterRead(NamedTuple):
 
 def read_roster(connection: Connection, firm_name: str, chunk: int = 1000) -> RosterRead:
     """The firm's roster in name order, streamed from ``connection`` (which must stay open while
-    ``entries`` is read). An unknown firm raises ``NotFound`` here, before any entry."""
+    ``batches`` is read). An unknown firm raises ``NotFound`` here, before any entry."""
     firm = connection.execute(select(firms.c.id, firms.c.name).where(firms.c.name_key == name_key(firm_name))).first()
     if firm is None:
         raise NotFound("firm.not_found", name=firm_name)
