@@ -43,10 +43,7 @@ products = table("products", column("id", String), column("position", Integer))
 
 # (id, name, kind, status, billing, company, email, phone, connected_at, trial_ends_at, primary_admin):
 # ClientView's fields without the firm and the products, dates as ``utc_text``.
-ClientRow = Row[tuple[int, str, str, str, str, "str | None", "str | None", "str | None", "str | None",
-                      "str | None", "str | None"]]
-
-
+ClientRow = Row[int, str, str, str, str, str | None, str | None, str | None, str | None, str | None, str | None]
 Entry = tuple[ClientRow, tuple[str, ...]]  # a client's row and its product ids
 
 
