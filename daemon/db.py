@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event, make_url
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -149,6 +148,9 @@ class GroupWriter:
     """
 
     def __init__(self, engine: Engine, max_group: int = 64, max_age: float = 0.05) -> None:
+        from sqlalchemy.orm import Session  # see make_sessionmaker
+
+        self._session = Session
         self._engine = engine
         self._max_group = max_group
         self._max_age = max_age
@@ -218,7 +220,7 @@ class GroupWriter:
                     self._connection.invalidate()
                     self._connection = None
                 raise
-            session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+            session = self._session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
             try:
                 with session.begin():
                     yield session
@@ -242,16 +244,16 @@ class GroupWriter:
                 self._connection = None
 
 
-class CabinetSessions(sessionmaker[Session]):
-    """Cabinet's session factory: ``writer`` is set on SQLite, where writes go through it."""
-
-    writer: GroupWriter | None = None
-
-
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    sessions = CabinetSessions(engine, expire_on_commit=False)
+    """Cabinet's session factory; on SQLite its ``writer`` attribute is the GroupWriter writes go through.
+
+    The ORM is imported here, not with this module: a command that only reads through Core on the
+    engine (`cabinet client list --json`) spent a fifth of its start-up importing it."""
+    from sqlalchemy.orm import sessionmaker
+
+    sessions = sessionmaker(engine, expire_on_commit=False)
     if engine.dialect.name == "sqlite":
-        sessions.writer = GroupWriter(engine)
+        sessions.writer = GroupWriter(engine)  # type: ignore[attr-defined]
     return sessions
 
 
@@ -287,6 +289,9 @@ def rows_changed(session: Session, statement: Executable) -> int:
 def dialect_insert(session: Session) -> Any:
     """The database's own INSERT, which has ``on_conflict_do_nothing``/``_do_update`` (SQLite, PostgreSQL):
     a unique key decides between racing inserts, with no check-then-insert and no IntegrityError."""
+    # Imported here: the PostgreSQL dialect was a sixth of a read-only command's start-up on SQLite.
+    from sqlalchemy.dialects import postgresql, sqlite
+
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 

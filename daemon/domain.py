@@ -28,6 +28,7 @@ from daemon.db import dialect_insert, write_transaction
 from daemon.errors import CabinetError, InvalidInput, LinkExpired, LinkTampered, NotAllowed, NotFound
 from daemon.links import Links
 from daemon.models import Client, Company, Event, Firm, Membership, RequestKey, SentReminder, User
+from daemon.names import name_key
 from daemon.notices import Notice, Notifier
 from daemon.passwords import Passwords
 from daemon.tokens import LinkSigner, Purpose
@@ -113,14 +114,6 @@ def normalise_email(address: str) -> str:
     except EmailNotValidError as exc:
         raise InvalidInput("email.invalid", address=address, detail=str(exc)) from None
     return result.normalized.lower()
-
-
-def name_key(name: str) -> str:
-    """The form names are compared on: case and inner spacing do not make a new entry."""
-    key = " ".join(name.split()).casefold()
-    if not key:
-        raise InvalidInput("name.empty")
-    return key
 
 
 def clean_name(name: str) -> str:

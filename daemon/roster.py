@@ -15,9 +15,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Select, Text, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
+from daemon.client_list import client_views
 from daemon.db import SINGLE_READ, rows_changed
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import TransitionLost
@@ -44,14 +45,12 @@ from daemon.models import (
     Client,
     ClientStatus,
     Company,
-    CompanyProduct,
     Event,
     Firm,
     Invitation,
     InvitationState,
     Membership,
     OutboxMessage,
-    Product,
     User,
     WebSession,
 )
@@ -859,62 +858,7 @@ class Roster(DomainService):
         return list(self.iter_clients(firm_name))
 
     def iter_clients(self, firm_name: str, chunk: int = 1000) -> Iterator[ClientView]:
-        """A firm's roster in name order, streamed: three statements whatever its size.
-
-        One query reads each client with its company and primary admin (outer joins),
-        a second reads the products in the same order, and the two are merged as they
-        stream, so memory stays flat at any roster size. The firm is checked before
-        the first item, so an unknown firm raises on the first ``next()``.
-        """
+        """A firm's roster in name order, streamed in two statements (see ``daemon.client_list``);
+        an unknown firm raises on the first ``next()``."""
         with self._sessions() as s:
-            firm = self._firm_by_name(s, firm_name)
-            admin = aliased(User)
-            # Core rows from the session's connection: the ORM's result layer cost about as
-            # much as the query itself on a 100k roster, for plain columns it has nothing to add.
-            connection = s.connection()
-            rows = connection.execute(
-                select(
-                    Client.id, Client.name, Client.kind, Client.status, Client.billing, Client.email, Client.phone,
-                    Client.connected_at, Company.name, Company.trial_ends_at, Company.admin_email, admin.email,
-                )
-                .outerjoin(Company, Company.id == Client.company_id)
-                .outerjoin(admin, admin.id == Client.primary_admin_id)
-                .where(Client.firm_id == firm.id)
-                .order_by(Client.name_key)
-                .execution_options(yield_per=chunk)
-            )
-            products = connection.execute(
-                select(Client.id, CompanyProduct.product_id)
-                .join(CompanyProduct, CompanyProduct.company_id == Client.company_id)
-                .join(Product, Product.id == CompanyProduct.product_id)
-                .where(Client.firm_id == firm.id)
-                .order_by(Client.name_key, Product.position)
-                .execution_options(yield_per=chunk)
-            )
-            firm_label = firm.name  # an ORM attribute: read once, not per row
-            pending = next(products, None)
-            for batch in rows.partitions():  # a list per fetch: no per-row call into the result
-                for (client_id, name, kind, status, billing, email, phone, connected_at,
-                     company, trial_ends_at, company_admin, staff_admin) in batch:
-                    owned: tuple[str, ...] = ()
-                    if pending is not None and pending[0] == client_id:
-                        found = []
-                        while pending is not None and pending[0] == client_id:
-                            found.append(pending[1])
-                            pending = next(products, None)
-                        owned = tuple(found)
-                    yield ClientView(
-                        id=client_id,
-                        firm=firm_label,
-                        name=name,
-                        kind=kind,
-                        status=status,
-                        billing=billing,
-                        company=company,
-                        email=email,
-                        phone=phone,
-                        connected_at=connected_at,
-                        products=owned,
-                        trial_ends_at=trial_ends_at if billing == "direct" else None,
-                        primary_admin=staff_admin or company_admin,
-                    )
+            yield from client_views(s.connection(), firm_name, chunk)

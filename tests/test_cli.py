@@ -165,6 +165,9 @@ def test_config_from_environment_variable_and_bad_config(env: Env, tmp_path) -> 
     uninitialised.write_text("[storage]\ndata_dir = 'fresh'\n")
     result = runner.invoke(cabinet_cli, ["--config", str(uninitialised), "firm", "list"])
     assert result.exit_code == 78 and "cabinet init" in result.output
+    # `client list --json` opens the database without building Cabinet: the same message.
+    listed = runner.invoke(cabinet_cli, ["--config", str(uninitialised), "client", "list", "--firm", "X", "--json"])
+    assert listed.exit_code == 78 and "cabinet init" in listed.output and listed.stdout == ""
 
 
 def test_demo_seeds_and_prints_a_working_link(env: Env) -> None:

@@ -7,26 +7,11 @@ errors become a one-line message on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
 
-from daemon.cli import (
-    clients,
-    companies,
-    config,
-    database,
-    firms,
-    inbound,
-    invitations,
-    links,
-    mail,
-    products,
-    service,
-    staff,
-    templates,
-    transfers,
-)
 from daemon.cli.state import CliState
 from daemon.errors import AlreadyExists, CabinetError, ConfigError, NotFound
 from daemon.faults import EX_TEMPFAIL, storage_fault
@@ -54,7 +39,41 @@ class StorageFault(click.ClickException):
         super().__init__(f"{reason}; nothing was changed, try again when it is back")
 
 
+# Each top-level command and the modules (daemon.cli.*) whose ``register`` adds it. A command's
+# modules are imported when it runs (or for --help), so `cabinet client list` does not load the web
+# server, the mail templates or the ORM it does not use; tests/test_cli_startup.py keeps this complete.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "init": ("service",), "serve": ("service",), "demo": ("service",),
+    "db": ("database",), "config": ("config",), "firm": ("firms",), "staff": ("staff",),
+    "company": ("companies",), "invitation": ("invitations",), "client": ("clients",),
+    "transfer": ("transfers",), "product": ("products",), "jobs": ("products",),
+    "mail": ("mail", "templates"), "inbound": ("inbound",), "link": ("links",),
+}
+
+
 class CabinetGroup(click.Group):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._registered: set[str] = set()  # modules whose commands this group holds
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.load(COMMANDS[cmd_name])
+        return self.commands.get(cmd_name)
+
+    def load(self, modules: tuple[str, ...]) -> None:
+        """Import ``modules`` and add their commands, each with ``--config`` after its name too."""
+        before = set(self.commands)
+        for name in modules:
+            if name not in self._registered:
+                importlib.import_module(f"daemon.cli.{name}").register(self)
+                self._registered.add(name)
+        for command_name in set(self.commands) - before:
+            add_config_option(self.commands[command_name])
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -108,13 +127,6 @@ def add_config_option(command: click.Command) -> None:
             add_config_option(sub)
 
 
-for module in (
-    service, database, config, firms, staff, companies, invitations, clients, transfers, products, mail, templates,
-    inbound, links,
-):
-    module.register(cli)
-for command in cli.commands.values():
-    add_config_option(command)
 
 
 def main() -> Any:

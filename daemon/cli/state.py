@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses: C where available
-from typing import Any, Callable, Iterable
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
-from daemon.app import Cabinet, build
 from daemon.config import Config, load_config
 from daemon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from daemon.app import Cabinet
 
 
 class CliState:
@@ -18,6 +23,7 @@ class CliState:
         self._config_path = config_path
         self._config: Config | None = None
         self._cabinet: Cabinet | None = None
+        self._engine: Engine | None = None
 
     def use_config(self, path: str) -> None:
         """``--config`` given after the command name (read before the config is first used)."""
@@ -34,44 +40,57 @@ class CliState:
     @property
     def cabinet(self) -> Cabinet:
         if self._cabinet is None:
+            from daemon.app import build  # imported when a command needs it: it loads every part of Cabinet
+
             try:
                 self._cabinet = build(self.config)
             except OSError as exc:  # e.g. an unreadable data folder or key file: one line, exit 78
                 raise ConfigError(f"cannot read {exc.filename or 'a file Cabinet needs'}: {exc.strerror}") from None
         return self._cabinet
 
+    @property
+    def engine(self) -> Engine:
+        """The database alone, for a command that only reads (`client list`): building the whole
+        Cabinet (ORM models, mail, templates, password hasher) was a third of a 100k roster's time."""
+        if self._cabinet is not None:
+            return self._cabinet.engine
+        if self._engine is None:
+            from daemon import db
+
+            config = self.config
+            if config.is_sqlite and not config.storage.data_dir.exists():  # as daemon.app.build says it
+                raise ConfigError(f"data folder {config.storage.data_dir} does not exist; run `cabinet init` first")
+            self._engine = db.make_engine(config.database_url)
+        return self._engine
+
     def close(self) -> None:
         if self._cabinet is not None:
             self._cabinet.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 pass_state = click.make_pass_decorator(CliState)
 
 
-def print_json(items: Iterable[Any], chunk: int = 2000, encode: Callable[[Any], str] | None = None) -> None:
-    """Print ``items`` as one indented JSON array, streamed a chunk at a time.
-
-    The output is byte-for-byte what ``json.dumps(list, indent=2)`` gives, but only
-    ``chunk`` items are held at once, so a 100k-client roster prints in flat memory.
-    The first item is fetched before anything is printed, so an error (an unknown
-    firm) leaves stdout empty. ``encode`` gives one item's text, indented as an array
-    element (default: its ``as_dict()`` through ``pretty_json``); a list with a fixed
-    shape passes a faster one of its own.
-    """
-    encode = encode or _indented
+def print_json(items: Iterable[Any], chunk: int = 2000) -> None:
+    """Print ``items`` (each through its ``as_dict()``) as one indented JSON array, streamed
+    ``chunk`` items at a time: byte for byte what ``json.dumps(list, indent=2)`` gives, in flat
+    memory whatever the list's length."""
     iterator = iter(items)
-    first = next(iterator, None)
-    if first is None:
-        click.echo("[]")
-        return
-    parts = ["[\n" + encode(first)]
-    lead = ""  # what joins this chunk to the one printed before it
-    for item in iterator:
-        parts.append(encode(item))
-        if len(parts) >= chunk:
-            click.echo(lead + ",\n".join(parts), nl=False)
-            parts, lead = [], ",\n"
-    click.echo((lead + ",\n".join(parts) if parts else "") + "\n]")
+    print_json_chunks(iter(lambda: [_indented(item) for item in islice(iterator, chunk)], []))
+
+
+def print_json_chunks(chunks: Iterable[list[str]]) -> None:
+    """Print array elements, already encoded and indented (``_indented``), as one JSON array:
+    a write per chunk. The first chunk is made before anything is printed, so an error (an
+    unknown firm) leaves stdout empty."""
+    lead = "[\n"
+    for texts in chunks:
+        if texts:
+            click.echo(lead + ",\n".join(texts), nl=False)
+            lead = ",\n"
+    click.echo("[]" if lead == "[\n" else "\n]")
 
 
 def _indented(item: Any) -> str:
