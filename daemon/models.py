@@ -233,6 +233,9 @@ class Client(Base):
         Index("ix_clients_firm_created", "firm_id", "created_at"),
         # Pending and the navigation count a firm's clients in their trial period (migration 0014).
         Index("ix_clients_status_firm", "status", "firm_id"),
+        # The roster's count under a billing filter (migration 0015; the search's trigram index is
+        # there too, outside these models: daemon/client_search.py).
+        Index("ix_clients_billing_firm", "billing", "firm_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
