@@ -247,6 +247,11 @@ class Workspace(DomainService):
         with self._sessions() as s:
             self._search_index = search_index(s)
 
+    @property
+    def search_index(self) -> SearchIndex:
+        """The trigram index the search box uses (migration 0015), or none."""
+        return self._search_index
+
     @staticmethod
     def _my_firms(user_id: int) -> Select[tuple[int]]:
         return select(Membership.firm_id).where(Membership.user_id == user_id)
