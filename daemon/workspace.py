@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from daemon.client_actions import awaits_payment
@@ -565,8 +565,12 @@ class Workspace(DomainService):
             members[uid] = TeamMember(name, email, firms)
         return list(members.values())
 
-    def counts(self, user_id: int, email: str) -> NavCounts:
-        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries."""
+    def counts(self, user_id: int, email: str, clients: int | None = None) -> NavCounts:
+        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries.
+
+        ``clients``: the user's clients when the caller has just counted them (the plain roster page),
+        so that page does not count 100,000 index entries twice.
+        """
         now = self._now()
         mine = self._my_firms(user_id)
 
@@ -576,7 +580,7 @@ class Workspace(DomainService):
         with self._sessions() as s:
             scope = self._client_scope(s, user_id)
         row = self._read(select(
-            count(select(func.count()).select_from(Client).where(scope)),
+            literal(clients) if clients is not None else count(select(func.count()).select_from(Client).where(scope)),
             count(select(func.count()).select_from(Invitation).where(
                 Invitation.email == email, Invitation.state == InvitationState.PENDING, Invitation.expires_at > now)),
             count(select(func.count()).select_from(BillingTransfer).where(
