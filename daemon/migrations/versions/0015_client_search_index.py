@@ -16,7 +16,8 @@ which a B-tree cannot answer: ``LIKE '%word%'`` read the whole roster. A trigram
   the migration logs it, succeeds, and the search keeps scanning until an operator creates the
   extension and the two indexes by hand (``MANUAL_SQL``, also in README).
 
-And ``(billing, firm_id)``, so the roster's count under a billing filter reads an index, not the
+The roster's two orders' indexes end in ``id`` as the pages' orders do (a deep page's ``OFFSET``
+skips index entries on PostgreSQL too). And ``(billing, firm_id)``, so the roster's count under a billing filter reads an index, not the
 roster (billing first, like ``ix_clients_status_firm``, so the planner keeps reading a page in the
 order of ``(firm_id, search_key)`` or ``(firm_id, created_at)``).
 
@@ -55,6 +56,7 @@ SQLITE_TRIGGERS = (
          INSERT INTO clients_search (rowid, search_key, email) VALUES (new.id, new.search_key, new.email);
        END""",
 )
+ORDERS = {"ix_clients_firm_search": "search_key", "ix_clients_firm_created": "created_at"}
 PG_INDEXES = {"ix_clients_search_key_trgm": "search_key", "ix_clients_email_trgm": "email"}
 MANUAL_SQL = "CREATE EXTENSION IF NOT EXISTS pg_trgm; " + " ".join(
     f"CREATE INDEX IF NOT EXISTS {name} ON clients USING gin ({column} gin_trgm_ops);"
@@ -103,10 +105,18 @@ def upgrade() -> None:
     elif conn.dialect.name == "postgresql":
         create_postgresql_search_index(conn)
     op.create_index("ix_clients_billing_firm", "clients", ["billing", "firm_id"], unique=False)
+    # The page's order ends in id, so the index's too: PostgreSQL can then skip to a deep page on the
+    # index alone (SQLite's indexes hold the rowid anyway).
+    for name, column in ORDERS.items():
+        op.drop_index(name, table_name="clients")
+        op.create_index(name, "clients", ["firm_id", column, "id"], unique=False)
 
 
 def downgrade() -> None:
     conn = op.get_bind()
+    for name, column in ORDERS.items():
+        op.drop_index(name, table_name="clients")
+        op.create_index(name, "clients", ["firm_id", column], unique=False)
     op.drop_index("ix_clients_billing_firm", table_name="clients")
     if conn.dialect.name == "sqlite":
         for trigger in ("insert", "delete", "update"):
