@@ -58,7 +58,7 @@ def bulk(cabinet: Cabinet, env: Env, count: int, prefix: str) -> None:
          "status": "active", "connected_at": now, "created_at": now}
         for n in range(count)
     ]
-    with cabinet.engine.begin() as conn:
+    with cabinet.engine.execution_options(**db.WRITE).begin() as conn:  # BEGIN IMMEDIATE, as Cabinet's writes
         conn.execute(insert(Client), rows)
 
 

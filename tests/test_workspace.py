@@ -53,7 +53,9 @@ def many_clients(server: RunningServer, firm: int, count: int, prefix: str = "Cl
          "status": "active", "connected_at": now, "created_at": now}
         for n in range(count)
     ]
-    with server.cabinet.engine.begin() as conn:
+    # BEGIN IMMEDIATE on SQLite, as Cabinet's own writes: it waits for the server's writer, never
+    # fails on upgrading a read lock ("database is locked" on a busy machine).
+    with server.cabinet.engine.execution_options(**db.WRITE).begin() as conn:
         conn.execute(insert(Client), rows)
 
 
