@@ -284,16 +284,15 @@ class Workspace(DomainService):
         + 1 (a common fragment: the page then reads the roster in order); None without the index.
 
         The index's rows come first and each is checked against the roster (firms, filters, short
-        words) by its id, so the statement reads the rows the words name, never the roster; it stops
-        at ``SEARCH_LIMIT`` + 1.
+        words) by its id (a correlated EXISTS: SQLite's planner would otherwise read the firm's whole
+        index and look each row up in the list), so the statement reads only the rows the words name.
         """
         if self._search_index is not SearchIndex.FTS5 or not indexed(found):
             return None
         in_scope = select(Client.id).where(Client.id == SEARCH_TABLE.c.rowid, *where).correlate(SEARCH_TABLE)
-        ids = list(s.scalars(
+        return list(s.scalars(
             select(SEARCH_TABLE.c.rowid).where(fts_match(found), in_scope.exists()).limit(SEARCH_LIMIT + 1)
         ))
-        return ids
 
     def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
         """One page of the user's firms' clients, and how many there are.

@@ -17,9 +17,10 @@ which a B-tree cannot answer: ``LIKE '%word%'`` read the whole roster. A trigram
   extension and the two indexes by hand (``MANUAL_SQL``, also in README).
 
 The roster's two orders' indexes end in ``id`` as the pages' orders do (a deep page's ``OFFSET``
-skips index entries on PostgreSQL too). And ``(billing, firm_id)``, so the roster's count under a billing filter reads an index, not the
-roster (billing first, like ``ix_clients_status_firm``, so the planner keeps reading a page in the
-order of ``(firm_id, search_key)`` or ``(firm_id, created_at)``).
+skips index entries on PostgreSQL too). And ``(billing, firm_id)``, so the roster's count under a
+billing filter reads an index, not the roster (billing first, like ``ix_clients_status_firm``, so
+the planner keeps reading a page in the order of ``(firm_id, search_key)`` or ``(firm_id,
+created_at)``).
 
 Revision ID: 0015
 Revises: 0014
