@@ -14,12 +14,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from daemon.client_actions import awaits_payment
 from daemon.deliveries import KINDS, OPENED, LinkFact, delivery, parse_detail
-from daemon.domain import DomainService
+from daemon.client_search import SEARCH_TABLE, SearchIndex, contains, fts_match, indexed, search_index, words
+from daemon.domain import DomainContext, DomainService
 from daemon.models import (
     BillingTransfer,
     Client,
@@ -37,11 +38,13 @@ from daemon.models import (
     SetupState,
     TransferState,
     User,
-    search_key,
 )
 from daemon.tokens import Purpose
 
 PAGE_SIZE = 50
+# A search finding more clients than this says "more than 1000" rather than count them all: a common
+# fragment at 100,000 clients would otherwise cost a read of the whole roster for one number.
+SEARCH_LIMIT = 1000
 STATUSES = tuple(s.value for s in ClientStatus)
 BILLINGS = ("self-paid", "wholesale", "direct", "none")
 # Each order is an index's own order, (firm_id, search_key, id) or (firm_id, created_at, id), so a
@@ -112,6 +115,7 @@ class RosterPage:
     total: int
     query: RosterQuery
     pages: int
+    more: bool = False  # a search found more than ``total`` (SEARCH_LIMIT); ``pages`` is only as far as known
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,16 @@ def _resendable(client: Client, company: Company | None, setup_pending: bool) ->
 
 
 class Workspace(DomainService):
+    def __init__(self, ctx: DomainContext) -> None:
+        super().__init__(ctx)
+        with self._sessions() as s:
+            self._search_index = search_index(s)
+
+    @property
+    def search_index(self) -> SearchIndex:
+        """The trigram index the search box uses (migration 0015), or none."""
+        return self._search_index
+
     @staticmethod
     def _my_firms(user_id: int) -> Select[tuple[int]]:
         return select(Membership.firm_id).where(Membership.user_id == user_id)
@@ -262,55 +276,94 @@ class Workspace(DomainService):
             where.append(Client.status == query.status)
         if query.billing:
             where.append(Client.billing == query.billing)
-        for word in search_key(query.text).split():
-            escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            pattern = f"%{escaped}%"
-            # Addresses are stored normalised (lower-case), so the folded word compares with them as is.
-            where.append(or_(Client.search_key.like(pattern, escape="\\"), Client.email.like(pattern, escape="\\")))
+        where += [contains(word) for word in words(query.text)]
         return where
 
-    def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
-        """One page of the user's firms' clients: the firms, the page, and the count when it is not known.
+    def _found_by_index(self, s: Session, where: list[ColumnElement[bool]], found: list[str]) -> list[int] | None:
+        """On SQLite's FTS5 index, the ids of the clients the search finds, stopped at ``SEARCH_LIMIT``
+        + 1 (a common fragment: the page then reads the roster in order); None without the index.
 
-        A search or a filter has no index to count with: counting scans the roster. So the page
-        comes first, in an index's order: when it is not full it was the last one and says the count
-        itself (one scan, the usual narrow search); when it is full it came quickly (the index gave
-        50 matches early) and only then is the count taken. A page past the end is clamped to the
-        last one. The plain roster is counted on its index, as before.
+        The index's rows come first and each is checked against the roster (firms, filters, short
+        words) by its id (a correlated EXISTS: SQLite's planner would otherwise read the firm's whole
+        index and look each row up in the list), so the statement reads only the rows the words name.
+        """
+        if self._search_index is not SearchIndex.FTS5 or not indexed(found):
+            return None
+        in_scope = select(Client.id).where(Client.id == SEARCH_TABLE.c.rowid, *where).correlate(SEARCH_TABLE)
+        return list(s.scalars(
+            select(SEARCH_TABLE.c.rowid).where(fts_match(found), in_scope.exists()).limit(SEARCH_LIMIT + 1)
+        ))
+
+    def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
+        """One page of the user's firms' clients, and how many there are.
+
+        A fixed number of statements, none reading the roster beyond what the page needs:
+
+        - the plain roster or a filter: the count is index-only (``(firm_id, …)``,
+          ``(status, firm_id)``, ``(billing, firm_id)``), and the page is the 50 ids at its offset
+          in the index of its order (a subquery), then those 50 rows read by id — a deep page skips
+          index entries, not rows;
+        - a search on SQLite's trigram index: the ids it finds (at most ``SEARCH_LIMIT``: the
+          count), then the page's 50 rows among them by id, sorted;
+        - any other search (PostgreSQL, whose trigram indexes serve the ``LIKE``; a search of short
+          words; a fragment found more than ``SEARCH_LIMIT`` times): the page in the index's order,
+          and the count when the page does not tell it, stopped at ``SEARCH_LIMIT`` + 1 (then the
+          page says "more than 1000").
+
+        A page past the end is clamped to the last one when the count is known.
         """
         columns = (Client.id, Firm.name, Client.name, Client.kind, Client.email, Client.billing,
                    Client.status, Client.connected_at, Client.created_at)
+        order = SORTS[query.sort]
+        found = words(query.text)
         with self._sessions() as s:
             where = self._roster_filter(s, user_id, query)
 
             def page_of(number: int) -> list[Any]:
+                ids = (select(Client.id).where(*where).order_by(*order)
+                       .limit(PAGE_SIZE).offset((number - 1) * PAGE_SIZE).correlate(None))
                 return list(s.execute(
-                    select(*columns).join(Firm, Firm.id == Client.firm_id).where(*where)
-                    .order_by(*SORTS[query.sort]).limit(PAGE_SIZE).offset((number - 1) * PAGE_SIZE)
+                    select(*columns).join(Firm, Firm.id == Client.firm_id).where(Client.id.in_(ids)).order_by(*order)
                 ).all())
 
-            def count() -> int:
-                return s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+            def count(limit: int | None = None) -> int:
+                if limit is None:
+                    return s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+                matching = select(Client.id).where(*where).limit(limit).subquery()
+                return s.scalar(select(func.count()).select_from(matching)) or 0
 
             page = query.page
-            if query.text or query.status or query.billing:
+            more = False
+            by_index = self._found_by_index(s, where, found) if found else None
+            if by_index is not None and len(by_index) <= SEARCH_LIMIT:
+                where = [Client.id.in_(by_index)]
+                total = len(by_index)
+                page = min(page, max(1, -(-total // PAGE_SIZE)))
+                rows = page_of(page) if total else []
+            elif found:
                 rows = page_of(page)
                 if 0 < len(rows) < PAGE_SIZE:
                     total = (page - 1) * PAGE_SIZE + len(rows)
                 else:
-                    total = count()
-                    last = max(1, -(-total // PAGE_SIZE))
-                    if not rows and page > last:
-                        page = last
+                    # The index found more than the limit already: no need to count them again.
+                    total = SEARCH_LIMIT + 1 if by_index is not None else count(SEARCH_LIMIT + 1)
+                    more = total > SEARCH_LIMIT
+                    if more:
+                        total = SEARCH_LIMIT
+                    elif not rows and page > 1:
+                        page = max(1, -(-total // PAGE_SIZE))
                         rows = page_of(page)
             else:
                 total = count()
                 page = min(page, max(1, -(-total // PAGE_SIZE)))
                 rows = page_of(page)
+        pages = max(1, -(-total // PAGE_SIZE))
+        if more:  # not known: this one, and the next when this one is full
+            pages = page + (1 if len(rows) == PAGE_SIZE else 0)
         return RosterPage(
             rows=tuple(RosterRow(*row) for row in rows), total=total,
             query=RosterQuery(query.text, query.status, query.billing, query.firm_id, query.sort, page),
-            pages=max(1, -(-total // PAGE_SIZE)),
+            pages=pages, more=more,
         )
 
     def client(self, user_id: int, client_id: int) -> ClientDetail | None:
@@ -511,8 +564,12 @@ class Workspace(DomainService):
             members[uid] = TeamMember(name, email, firms)
         return list(members.values())
 
-    def counts(self, user_id: int, email: str) -> NavCounts:
-        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries."""
+    def counts(self, user_id: int, email: str, clients: int | None = None) -> NavCounts:
+        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries.
+
+        ``clients``: the user's clients when the caller has just counted them (the plain roster page),
+        so that page does not count 100,000 index entries twice.
+        """
         now = self._now()
         mine = self._my_firms(user_id)
 
@@ -522,7 +579,7 @@ class Workspace(DomainService):
         with self._sessions() as s:
             scope = self._client_scope(s, user_id)
         row = self._read(select(
-            count(select(func.count()).select_from(Client).where(scope)),
+            literal(clients) if clients is not None else count(select(func.count()).select_from(Client).where(scope)),
             count(select(func.count()).select_from(Invitation).where(
                 Invitation.email == email, Invitation.state == InvitationState.PENDING, Invitation.expires_at > now)),
             count(select(func.count()).select_from(BillingTransfer).where(

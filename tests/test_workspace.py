@@ -53,7 +53,9 @@ def many_clients(server: RunningServer, firm: int, count: int, prefix: str = "Cl
          "status": "active", "connected_at": now, "created_at": now}
         for n in range(count)
     ]
-    with server.cabinet.engine.begin() as conn:
+    # BEGIN IMMEDIATE on SQLite, as Cabinet's own writes: it waits for the server's writer, never
+    # fails on upgrading a read lock ("database is locked" on a busy machine).
+    with server.cabinet.engine.execution_options(**db.WRITE).begin() as conn:
         conn.execute(insert(Client), rows)
 
 
@@ -290,13 +292,14 @@ def quiet(tmp_path: Path) -> Iterator[RunningServer]:
     running.stop()
 
 
-def count_statements(server: RunningServer, browser: Browser, url: str) -> int:
-    statements: list[str] = []
+def statements_of(server: RunningServer, browser: Browser, url: str) -> list[tuple[str, Any]]:
+    """The SQL statements (and their parameters) the server ran while answering ``url``."""
+    statements: list[tuple[str, Any]] = []
     lock = threading.Lock()
 
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
         with lock:
-            statements.append(statement)
+            statements.append((statement, parameters))
 
     event.listen(server.cabinet.engine, "before_cursor_execute", seen)
     try:
@@ -304,7 +307,11 @@ def count_statements(server: RunningServer, browser: Browser, url: str) -> int:
     finally:
         event.remove(server.cabinet.engine, "before_cursor_execute", seen)
     assert response.status_code == 200, response.text
-    return len(statements)
+    return statements
+
+
+def count_statements(server: RunningServer, browser: Browser, url: str) -> int:
+    return len(statements_of(server, browser, url))
 
 
 def test_the_client_list_and_a_client_page_cost_the_same_statements_at_10_and_200_clients(quiet):
@@ -313,13 +320,44 @@ def test_the_client_list_and_a_client_page_cost_the_same_statements_at_10_and_20
     firm = firm_id(env, "Tremblay CPA")
     many_clients(quiet, firm, 10, prefix="Small")
     small = client_id(env, "Small 00003")
-    pages = ("/clients", "/clients?q=small+0000&sort=-added", f"/clients/{small}", "/pending", "/team")
+    # The roster, a search (on SQLite, through the trigram index), a short word, a page past the
+    # end (the last one), a filter, a client, Pending, Team.
+    pages = ("/clients", "/clients?q=small+0000&sort=-added", "/clients?q=00003", "/clients?q=l+00003",
+             "/clients?page=4", "/clients?billing=none&status=active&sort=-name", f"/clients/{small}", "/pending",
+             "/team")
     at_10 = [count_statements(quiet, marie, url) for url in pages]
     assert at_10 == [count_statements(quiet, marie, url) for url in pages]  # nothing else ran meanwhile
     many_clients(quiet, firm, 190, prefix="Large")
     at_200 = [count_statements(quiet, marie, url) for url in pages]
     assert "200 client(s) found." in marie.get("/clients").text
     assert at_200 == at_10, dict(zip(pages, zip(at_10, at_200)))
+    marie.close()
+
+
+def test_the_roster_pages_read_indexes_not_the_roster_table(quiet):
+    """On SQLite, no statement of the roster's pages (plain, deep, searched, filtered) scans the
+    clients table, and their counts read an index only (what makes them cost the same at 100,000)."""
+    env = quiet.env
+    if not quiet.cabinet.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's query plans")
+    marie = signed_in(env, "marie@tremblay.example")
+    many_clients(quiet, firm_id(env, "Tremblay CPA"), 301, prefix="Client")
+    urls = ("/clients", "/clients?page=5", "/clients?q=client+0027", "/clients?q=client+0027&page=9",
+            "/clients?q=27", "/clients?billing=none&sort=-added", "/clients?status=active", "/clients?q=client")
+    for url in urls:
+        for statement, parameters in statements_of(quiet, marie, url):
+            if "clients" not in statement:
+                continue
+            with quiet.cabinet.engine.connect() as conn:
+                plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            scans = [step for step in plan if re.match(r"SCAN clients\b(?! USING COVERING INDEX)", step)]
+            # A lone short word has no trigram: it reads the roster in the page's order, on its index.
+            assert not scans or url == "/clients?q=27", (url, statement, plan)
+            if "count(" in statement and "LIMIT" not in statement:  # a count is index-only
+                rows = [step for step in plan if re.match(r"(SCAN|SEARCH) clients\b", step)]
+                # (The navigation's trial count reads the rows of clients in their trial, for their company.)
+                assert all("COVERING INDEX" in step or "PRIMARY KEY" in step or "(status=? AND firm_id=?)" in step
+                           for step in rows), (url, statement, rows)
     marie.close()
 
 

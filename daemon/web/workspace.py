@@ -29,10 +29,12 @@ def _signed_in(request: web.Request) -> UserView:
     return v.user
 
 
-async def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    """A workspace page, with the navigation's counts."""
+async def _page(
+    request: web.Request, template: str, status: int = 200, clients: int | None = None, **context: Any
+) -> web.Response:
+    """A workspace page, with the navigation's counts (``clients``: already counted by the page)."""
     user = _signed_in(request)
-    counts = await run(request.app[CABINET].workspace.counts, user.id, user.email)
+    counts = await run(request.app[CABINET].workspace.counts, user.id, user.email, clients)
     return page(request, template, status=status, nav=counts, **context)
 
 
@@ -42,7 +44,9 @@ async def clients(request: web.Request) -> web.Response:
     if query.firm_id is not None and query.firm_id not in {f.id for f in user.firms}:
         query = RosterQuery(query.text, query.status, query.billing, None, query.sort, query.page)
     roster = await run(request.app[CABINET].workspace.clients, user.id, query)
-    return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS)
+    plain = not (query.text or query.status or query.billing or query.firm_id)
+    return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS,
+                       clients=roster.total if plain else None)
 
 
 CLIENT_DONE = ("contact", "setup", "payment", "withdraw")
