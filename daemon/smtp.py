@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session as SmtpSession
 
 from daemon.config import Config, InboundConfig
 from daemon.inbound import Inbound
+from mailer.recorder import BatchRecorder
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,39 @@ TRANSACTION = frozenset({"RCPT", "DATA", "QUIT"})
 Command = Callable[[str | None], Awaitable[None]]
 
 
+# Processing is woken once mail has stopped arriving for this long (or at the latest after
+# MAX_QUIET_WAIT): while a burst comes in, the CPU goes to storing and answering, and the backlog is
+# understood right after (the processing loop also runs every [mail] poll_interval regardless).
+SETTLE = 0.2
+MAX_QUIET_WAIT = 2.0
+
+Stored = tuple[str, list[str], bytes]
+
+
 class InboundHandler:
     def __init__(self, inbound: Inbound, config: InboundConfig, on_stored: Callable[[], None]) -> None:
         self._inbound = inbound
         self._config = config
         self._on_stored = on_stored
+        # Concurrent DATAs are stored together: one thread hop and one transaction for all of them.
+        self._store: BatchRecorder[Stored, int | Exception] = BatchRecorder(inbound.store_many, size=64, max_age=0)
+        self._first_unannounced: float | None = None
+        self._announce: asyncio.TimerHandle | None = None
+
+    def _stored(self) -> None:
+        """Wake processing when the burst is over (``SETTLE``), or after ``MAX_QUIET_WAIT`` at the latest."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._first_unannounced is None:
+            self._first_unannounced = now
+        if self._announce is not None:
+            self._announce.cancel()
+        delay = max(0.0, min(SETTLE, self._first_unannounced + MAX_QUIET_WAIT - now))
+        self._announce = loop.call_later(delay, self._wake_processing)
+
+    def _wake_processing(self) -> None:
+        self._first_unannounced, self._announce = None, None
+        self._on_stored()
 
     async def handle_RCPT(
         self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -61,13 +90,15 @@ class InboundHandler:
         raw = envelope.original_content or b""
         recipients = list(envelope.rcpt_tos)
         try:
-            stored = await asyncio.to_thread(self._inbound.store, envelope.mail_from or "", recipients, raw)
+            stored = await self._store.add((envelope.mail_from or "", recipients, raw))
+            if isinstance(stored, Exception):
+                raise stored
         except Exception:
             log.exception("could not store an inbound message; the sender will retry")
             status = "451 4.3.0 Temporary failure, please retry"
         else:
             log.info("stored inbound message %s (%d bytes, %d recipients)", stored, len(raw), len(recipients))
-            self._on_stored()
+            self._stored()
             status = "250 2.0.0 Message accepted"
         if isinstance(server, LMTP):
             # LMTP answers once per recipient: the message is stored once for all of them.

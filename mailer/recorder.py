@@ -6,7 +6,9 @@ waits for that mark (the relay has the email; only a crash before the mark
 means one more send of the same Message-ID after the lease, as before), so
 the worker hands results to a ``BatchRecorder``, which writes them together:
 when ``size`` have piled up, when the oldest is ``max_age`` seconds old, or
-when the worker has nothing else to do (``drain``). ``record`` is called in a
+when the worker has nothing else to do (``drain``); with ``max_age=0``, at
+once, the items that come in meanwhile making the next batch (the SMTP
+listener's stores: group commit for whoever waits). ``record`` is called in a
 worker thread with a batch and returns one outcome per item, so one bad row
 is that row's outcome, never the batch's.
 """
@@ -38,7 +40,7 @@ class BatchRecorder(Generic[Item, Outcome]):
         """Queue ``item``; the future resolves to its outcome once its batch is written."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if len(self._pending) >= self._size:
+        if len(self._pending) >= self._size or self._max_age <= 0:
             self._write()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._max_age, self._write)
