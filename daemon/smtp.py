@@ -42,12 +42,6 @@ TRANSACTION = frozenset({"RCPT", "DATA", "QUIT"})
 Command = Callable[[str | None], Awaitable[None]]
 
 
-# Processing is woken once mail has stopped arriving for this long (or at the latest after
-# MAX_QUIET_WAIT): while a burst comes in, the CPU goes to storing and answering, and the backlog is
-# understood right after (the processing loop also runs every [mail] poll_interval regardless).
-SETTLE = 0.2
-MAX_QUIET_WAIT = 2.0
-
 Stored = tuple[str, list[str], bytes]
 
 
@@ -58,23 +52,6 @@ class InboundHandler:
         self._on_stored = on_stored
         # Concurrent DATAs are stored together: one thread hop and one transaction for all of them.
         self._store: BatchRecorder[Stored, int | Exception] = BatchRecorder(inbound.store_many, size=64, max_age=0)
-        self._first_unannounced: float | None = None
-        self._announce: asyncio.TimerHandle | None = None
-
-    def _stored(self) -> None:
-        """Wake processing when the burst is over (``SETTLE``), or after ``MAX_QUIET_WAIT`` at the latest."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._first_unannounced is None:
-            self._first_unannounced = now
-        if self._announce is not None:
-            self._announce.cancel()
-        delay = max(0.0, min(SETTLE, self._first_unannounced + MAX_QUIET_WAIT - now))
-        self._announce = loop.call_later(delay, self._wake_processing)
-
-    def _wake_processing(self) -> None:
-        self._first_unannounced, self._announce = None, None
-        self._on_stored()
 
     async def handle_RCPT(
         self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -98,7 +75,7 @@ class InboundHandler:
             status = "451 4.3.0 Temporary failure, please retry"
         else:
             log.info("stored inbound message %s (%d bytes, %d recipients)", stored, len(raw), len(recipients))
-            self._stored()
+            self._on_stored()
             status = "250 2.0.0 Message accepted"
         if isinstance(server, LMTP):
             # LMTP answers once per recipient: the message is stored once for all of them.
