@@ -4,7 +4,9 @@ It does almost nothing, on purpose: refuse what is not ours at RCPT (550,
 never accept-then-bounce), enforce the limits, store the message, answer.
 A message is committed to the database before the 250 (or, over LMTP, the
 per-recipient 250s); if storing fails the answer is 451 and the sending MTA
-retries. Understanding the message happens later, in ``daemon.inbound``.
+retries. Messages whose DATA ends while a store is being written are stored
+together in the next one (one thread hop and one transaction), each with its
+own answer. Understanding the message happens later, in ``daemon.inbound``.
 
 Every limit answers with a status code and words a sending MTA (or the person
 reading its bounce) understands, then closes the connection if it must:
