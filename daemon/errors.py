@@ -32,6 +32,7 @@ MESSAGES: dict[str, str] = {
     "outbox.not_found": 'no message {id} in the outbox (see `cabinet mail list`)',
     "outbox.state_unknown": "unknown state '{state}'; one of {choices}",
     "outbox.not_retryable": 'email {id} is {state}; only a failed or queued email can be retried',
+    "outbox.invitation_bounced": "email {id} is an invitation that was marked bounced and its inviter told; send a new invitation instead (`cabinet invitation send`)",
     "preview.bad_date": "{key} must be a date like 2026-03-02T14:30:00+00:00, got '{value}'",
     # Input
     "email.invalid": "'{address}' is not a valid email address",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -143,23 +143,56 @@ class Inbound(DomainService):
         The same bytes delivered again are not stored twice (the sender's
         retry after a lost 250); the first copy's id is returned.
         """
-        digest = hashlib.sha256(raw).hexdigest()
+        values = self._row(mail_from, recipients, raw, self._now())
+        with self._transaction() as s:
+            return self._insert(s, [values])[values["digest"]]
+
+    def store_many(self, messages: Sequence[tuple[str, list[str], bytes]]) -> list[int | Exception]:
+        """``store`` for several messages at once (the SMTP listener's concurrent DATAs): one transaction.
+
+        Each gets its own outcome, an id or the exception that kept it from
+        being stored: if the batch fails, each message is stored on its own,
+        so one bad message is answered 451 and the others 250.
+        """
+        now = self._now()
+        try:
+            rows = [self._row(mail_from, recipients, raw, now) for mail_from, recipients, raw in messages]
+            with self._transaction() as s:
+                ids = self._insert(s, rows)
+            return [ids[row["digest"]] for row in rows]
+        except Exception:
+            if len(messages) == 1:
+                raise
+            log.warning("storing %d inbound messages at once failed; storing each on its own", len(messages),
+                        exc_info=True)
+        outcomes: list[int | Exception] = []
+        for mail_from, recipients, raw in messages:
+            try:
+                outcomes.append(self.store(mail_from, recipients, raw))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _row(self, mail_from: str, recipients: list[str], raw: bytes, now: datetime) -> dict[str, Any]:
         # Nothing here may raise on odd bytes (a raise is a 451 and the same bytes again, forever):
         # the Message-ID is read defensively and the envelope sender kept storable; processing judges the rest.
-        message_id = rawmail.message_id(raw)
-        mail_from = rawmail.storable(mail_from, 320)
-        now = self._now()
-        values = dict(
-            received_at=now, mail_from=mail_from, recipients=json.dumps(recipients), raw=raw,
-            state=InboundState.RECEIVED.value, message_id=message_id, digest=digest, attempts=0, next_attempt_at=now,
+        return dict(
+            received_at=now, mail_from=rawmail.storable(mail_from, 320), recipients=json.dumps(recipients), raw=raw,
+            state=InboundState.RECEIVED.value, message_id=rawmail.message_id(raw),
+            digest=hashlib.sha256(raw).hexdigest(), attempts=0, next_attempt_at=now,
         )
-        with self._transaction() as s:
-            # The unique digest decides, not a check before the insert: two sessions storing the
-            # same bytes at once end with one row, and neither fails.
-            s.execute(dialect_insert(s)(InboundMessage).values(**values).on_conflict_do_nothing(index_elements=["digest"]))
-            stored = s.scalar(select(InboundMessage.id).where(InboundMessage.digest == digest))
-            assert stored is not None
-            return stored
+
+    def _insert(self, s: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert ``rows`` (one statement, many parameter sets); the id stored under each digest."""
+        # The unique digest decides, not a check before the insert: two sessions storing the
+        # same bytes at once end with one row, and neither fails.
+        insert = dialect_insert(s)(InboundMessage.__table__).on_conflict_do_nothing(index_elements=["digest"])
+        s.connection().execute(insert, rows)
+        digests = {row["digest"] for row in rows}
+        found = s.execute(select(InboundMessage.digest, InboundMessage.id).where(InboundMessage.digest.in_(digests)))
+        stored = {digest: row_id for digest, row_id in found}
+        assert len(stored) == len(digests)
+        return stored
 
     # -- processing --------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ It does almost nothing, on purpose: refuse what is not ours at RCPT (550,
 never accept-then-bounce), enforce the limits, store the message, answer.
 A message is committed to the database before the 250 (or, over LMTP, the
 per-recipient 250s); if storing fails the answer is 451 and the sending MTA
-retries. Understanding the message happens later, in ``daemon.inbound``.
+retries. Messages whose DATA ends while a store is being written are stored
+together in the next one (one thread hop and one transaction), each with its
+own answer. Understanding the message happens later, in ``daemon.inbound``.
 
 Every limit answers with a status code and words a sending MTA (or the person
 reading its bounce) understands, then closes the connection if it must:
@@ -27,6 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session as SmtpSession
 
 from daemon.config import Config, InboundConfig
 from daemon.inbound import Inbound
+from mailer.recorder import BatchRecorder
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,16 @@ TRANSACTION = frozenset({"RCPT", "DATA", "QUIT"})
 Command = Callable[[str | None], Awaitable[None]]
 
 
+Stored = tuple[str, list[str], bytes]
+
+
 class InboundHandler:
     def __init__(self, inbound: Inbound, config: InboundConfig, on_stored: Callable[[], None]) -> None:
         self._inbound = inbound
         self._config = config
         self._on_stored = on_stored
+        # Concurrent DATAs are stored together: one thread hop and one transaction for all of them.
+        self._store: BatchRecorder[Stored, int | Exception] = BatchRecorder(inbound.store_many, size=64, max_age=0)
 
     async def handle_RCPT(
         self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -61,7 +69,9 @@ class InboundHandler:
         raw = envelope.original_content or b""
         recipients = list(envelope.rcpt_tos)
         try:
-            stored = await asyncio.to_thread(self._inbound.store, envelope.mail_from or "", recipients, raw)
+            stored = await self._store.add((envelope.mail_from or "", recipients, raw))
+            if isinstance(stored, Exception):
+                raise stored
         except Exception:
             log.exception("could not store an inbound message; the sender will retry")
             status = "451 4.3.0 Temporary failure, please retry"

@@ -49,9 +49,9 @@ class Undeliverable(DomainService):
     def gave_up(self, s: Session, outbox: OutboxMessage, reason: str) -> str:
         """``outbox`` was deferred until ``[mail] give_up_after`` passed: for its inviter, as good as a bounce.
 
-        The email itself stays ``failed`` (``cabinet mail retry`` can still send
-        it once the cause is fixed); its invitation is ``bounced`` and the
-        inviter is told, so nobody waits for an email that never left.
+        The email itself stays ``failed``; its invitation is ``bounced`` and the
+        inviter is told, so nobody waits for an email that never left (and
+        ``cabinet mail retry`` refuses that email: a new invitation is the way).
         """
         now = self._now()
         told = self._tell_inviter(s, outbox, reason, None, "unreachable", now, "gave up")

@@ -16,24 +16,26 @@ import asyncio
 import logging
 import random
 import secrets
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from email.headerregistry import Address
 from email.utils import parseaddr
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
 from daemon.db import rows_changed, write_transaction
 from daemon.models import OutboxMessage
 from daemon.notices import Notice
+from daemon.rawmail import storable
 from daemon.tokens import LinkSigner, Purpose
 from mailer.content import dump_content, load_content
 from mailer.message import build_message, check_recipient, new_message_id
+from mailer.recorder import BatchRecorder
 from mailer.render import EmailRenderer
 from mailer.transports import Transport, TransportError
 
@@ -176,6 +178,9 @@ class _Claim:
     attempts: int
     queued_at: datetime
     rendered: bool  # the row already holds its bytes
+    claimed_at: datetime  # the lease runs from here (or from its last renewal)
+    raw: bytes | None = None  # the bytes to send, rendered right after the claim
+    render_error: str | None = None  # why rendering failed (recorded as a failed attempt)
 
 
 @dataclass
@@ -186,6 +191,15 @@ class OutboxStats:
     attempts: Counter[str] = field(default_factory=Counter)
     # Attempts at an email that had been tried before.
     retries: int = 0
+
+
+class _ClaimsLost(Exception):
+    """A batch of results matched fewer rows than it had: some claims passed to another worker."""
+
+
+# Emails claimed at once: a pass starts with one per relay connection and doubles while the queue fills
+# each claim, up to this many (claimed emails wait their turn in this worker, their leases checked).
+MAX_CLAIM_BATCH = 64
 
 
 # The bytes of a claimed email (``Outbox.compose``): stored, or rendered now.
@@ -256,39 +270,66 @@ class OutboxWorker:
         self._wake.set()
 
     def _claim(self) -> _Claim | None:
-        """Claim the next due email for this worker, with a token and a lease of its own.
+        """Claim the next due email (one); see ``_claim_batch``."""
+        claims = self._claim_batch(1, render=False)
+        return claims[0] if claims else None
 
-        One email per claim, so no claimed email waits behind others while its
-        lease runs out; the lease is renewed while it is being sent
-        (``_renew``). On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several
-        instances claim different rows at once; on SQLite the write lock does
-        the same. If this instance dies mid-send, the lease expires and another
-        instance sends the email again with the same Message-ID (at least
-        once, recognisably the same).
+    def _claim_batch(self, limit: int, render: bool = True) -> list[_Claim]:
+        """Claim up to ``limit`` due emails for this worker, each with a lease of its own, and render them.
+
+        One transaction for the batch (a claim per email was one fsync or
+        commit round trip per email); the token is the batch's, but every
+        lease, renewal and result is still per email (``id`` and token). On
+        PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several instances claim
+        different rows at once; on SQLite the write lock does the same. If
+        this instance dies mid-send, the lease expires and another instance
+        sends the email again with the same Message-ID (at least once,
+        recognisably the same). Rendering happens after the commit, outside
+        any transaction; a template error is kept on the claim for the sender
+        to record as that email's failed attempt.
         """
         now = self._clock.now()
         free = or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now)
+        token = secrets.token_hex(16)
         with write_transaction(self._sessions) as session:
-            row = session.scalars(
-                select(OutboxMessage)
+            ids = session.scalars(
+                select(OutboxMessage.id)
                 .where(OutboxMessage.state == "pending", OutboxMessage.next_attempt_at <= now, free)
                 .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-                .limit(1)
+                .limit(limit)
                 .with_for_update(skip_locked=True)
-            ).first()
-            if row is None:
-                return None
-            token = secrets.token_hex(16)
-            claimed = rows_changed(
-                session,
+            ).all()
+            if not ids:
+                return []
+            # The guard is repeated: on SQLite nothing locked the rows between the SELECT and here.
+            claimed = session.scalars(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == row.id, OutboxMessage.state == "pending", free)
+                .where(OutboxMessage.id.in_(ids), OutboxMessage.state == "pending", free)
                 .values(claimed_until=now + self._lease, claim_token=token)
-            )
-            if claimed != 1:
-                return None
-            return _Claim(row.id, token, row.envelope_from, row.recipient, row, row.attempts,
-                          row.queued_at or row.created_at, row.raw is not None)
+                .returning(OutboxMessage)
+                .execution_options(synchronize_session=False)
+            ).all()
+            rows = sorted(claimed, key=lambda row: (row.next_attempt_at, row.id))
+            session.expunge_all()
+        claims = [_Claim(row.id, token, row.envelope_from, row.recipient, row, row.attempts,
+                         row.queued_at or row.created_at, row.raw is not None, now, row.raw) for row in rows]
+        return [self._rendered(claim) for claim in claims] if render else claims
+
+    def _rendered(self, claim: _Claim) -> _Claim:
+        """``claim`` with its bytes (stored, or rendered now), or with why they could not be rendered."""
+        if claim.raw is not None:
+            return claim
+        try:
+            return replace(claim, raw=self._compose(claim.row))
+        except Exception as exc:  # a template error: retried (an operator can fix the template) until it fails
+            log.exception("outbox message %s could not be rendered", claim.id)
+            return replace(claim, render_error=f"not rendered: {exc}")
+
+    def _release(self, claims: Sequence[_Claim]) -> None:
+        """Give back claims not sent (the worker is stopping): due again at once, for any instance."""
+        with write_transaction(self._sessions) as session:
+            for claim in claims:
+                session.execute(update(OutboxMessage).where(self._mine(claim)).values(claimed_until=None, claim_token=None))
 
     def _mine(self, claim: _Claim) -> ColumnElement[bool]:
         return and_(OutboxMessage.id == claim.id, OutboxMessage.claim_token == claim.token,
@@ -312,15 +353,57 @@ class OutboxWorker:
                 session,
                 update(OutboxMessage).where(self._mine(claim)).values(
                     state="sent", sent_at=self._clock.now(), attempts=OutboxMessage.attempts + 1,
-                    last_answer=answer[:2000], last_error=None, claimed_until=None, claim_token=None,
+                    last_answer=storable(answer, 2000), last_error=None, claimed_until=None, claim_token=None,
                     **self._raw(claim, raw),
                 )
             ) == 1
 
+    def _record_sent_many(self, results: Sequence[tuple[_Claim, str, bytes | None]]) -> list[bool]:
+        """Mark a batch of sent emails in one transaction; one True per email still ours.
+
+        One UPDATE statement run for many rows (one round trip on PostgreSQL's
+        pipeline); if fewer rows changed than were given (a claim lost to
+        another worker) or the batch fails, each is recorded on its own, so
+        one email's trouble is only that email's.
+        """
+        now = self._clock.now()
+        with_raw = [r for r in results if r[2] is not None and not r[0].rendered]
+        without_raw = [r for r in results if not (r[2] is not None and not r[0].rendered)]
+        try:
+            with write_transaction(self._sessions) as session:
+                connection = session.connection()
+                for group, extra in ((with_raw, {"raw": bindparam("b_raw")}), (without_raw, {})):
+                    if not group:
+                        continue
+                    statement = update(OutboxMessage.__table__).where(
+                        OutboxMessage.id == bindparam("b_id"), OutboxMessage.claim_token == bindparam("b_token"),
+                        OutboxMessage.state == "pending",
+                    ).values(
+                        state="sent", sent_at=now, attempts=OutboxMessage.attempts + 1,
+                        last_answer=bindparam("b_answer"), last_error=None, claimed_until=None, claim_token=None,
+                        **extra,
+                    )
+                    params = [{"b_id": claim.id, "b_token": claim.token, "b_answer": storable(answer, 2000),
+                               **({"b_raw": raw} if extra else {})} for claim, answer, raw in group]
+                    if connection.execute(statement, params).rowcount != len(params):
+                        raise _ClaimsLost()
+        except Exception as exc:
+            if not isinstance(exc, _ClaimsLost):
+                log.warning("recording %d sent emails at once failed (%s); recording each on its own", len(results), exc)
+            return [self._record_sent_alone(*result) for result in results]
+        return [True] * len(results)
+
+    def _record_sent_alone(self, claim: _Claim, answer: str, raw: bytes | None) -> bool:
+        try:
+            return self._record_sent(claim, answer, raw)
+        except Exception:  # left claimed: sent again (same Message-ID) once the lease runs out
+            log.exception("outbox message %s was sent but could not be marked sent", claim.id)
+            return False
+
     def _record_failure(self, claim: _Claim, error: TransportError, raw: bytes | None = None) -> str | None:
         """Record a failed attempt if the claim is still ours; returns the outcome, None if it was not."""
         now = self._clock.now()
-        reason = str(error)[:2000]
+        reason = storable(str(error), 2000)
         values: dict[str, object] = {
             "attempts": OutboxMessage.attempts + 1, "last_error": reason, "last_answer": reason,
             "claimed_until": None, "claim_token": None, **self._raw(claim, raw),
@@ -369,24 +452,30 @@ class OutboxWorker:
                 sending.cancel()
                 return
 
-    async def _send(self, claim: _Claim) -> bool:
-        """Send one claimed email and record the result; True if it was sent."""
+    async def _send(self, claim: _Claim, recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
+                    ) -> str | asyncio.Future[bool] | None:
+        """Send one claimed email; returns the recorded outcome, or for a sent one the future of its mark."""
         if claim.attempts:
             self.stats.retries += 1
         self._sending += 1
         try:
-            return await self._send_claimed(claim)
+            return await self._send_claimed(claim, recorder)
         finally:
             self._sending -= 1
 
-    async def _send_claimed(self, claim: _Claim) -> bool:
-        try:
-            raw = claim.row.raw if claim.rendered else await asyncio.to_thread(self._compose, claim.row)
-        except Exception as exc:  # a template error: retried (an operator can fix the template) until it fails
-            log.exception("outbox message %s could not be rendered", claim.id)
-            outcome = await asyncio.to_thread(self._record_failure, claim, TransportError(f"not rendered: {exc}"))
-            self.stats.attempts[outcome or "lost"] += 1
-            return False
+    async def _still_mine(self, claim: _Claim) -> bool:
+        """A claim that waited its turn for half its lease is renewed first; False if it is no longer ours."""
+        if self._clock.now() - claim.claimed_at < self._lease / 2:
+            return True
+        return await asyncio.to_thread(self._renew, claim)
+
+    async def _send_claimed(self, claim: _Claim, recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
+                            ) -> str | asyncio.Future[bool] | None:
+        if claim.render_error is not None:
+            return await asyncio.to_thread(self._record_failure, claim, TransportError(claim.render_error))
+        if not await self._still_mine(claim):
+            return None
+        raw = claim.raw
         assert raw is not None
         lost = asyncio.Event()
         sending = asyncio.create_task(self._transport.send(claim.envelope_from, [claim.recipient], raw))
@@ -403,13 +492,14 @@ class OutboxWorker:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
         if lost.is_set():
-            outcome: str | None = None
-        elif error is None:
-            outcome = "sent" if await asyncio.to_thread(self._record_sent, claim, answer, raw) else None
-        else:
-            outcome = await asyncio.to_thread(self._record_failure, claim, error, raw)
+            return None
+        if error is None:
+            return recorder.add((claim, answer, raw))  # marked with others; nobody waits for the mark
+        return await asyncio.to_thread(self._record_failure, claim, error, raw)
+
+    def _count(self, claim_id: int, outcome: str | None) -> bool:
         if outcome is None:
-            log.warning("outbox message %s: the claim passed to another worker; it records the result", claim.id)
+            log.warning("outbox message %s: the claim passed to another worker; it records the result", claim_id)
             outcome = "lost"
         self.stats.attempts[outcome] += 1
         return outcome == "sent"
@@ -417,29 +507,58 @@ class OutboxWorker:
     async def send_due(self) -> int:
         """Send everything due now, up to ``concurrency`` at a time; returns how many were sent.
 
-        Each email is still claimed on its own, with its own lease and token: a
-        slow one never holds the claim of another.
+        Claims come in batches (one transaction for many emails; the batch
+        grows while the queue keeps filling it) and "sent" marks are written
+        in batches too; each email still has its own lease, token and result.
         """
-        sent = 0
-        in_flight: set[asyncio.Task[bool]] = set()
-        exhausted = False
+        recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool] = BatchRecorder(self._record_sent_many)
+        marks: list[tuple[int, asyncio.Future[bool]]] = []
+        waiting: deque[_Claim] = deque()
+        in_flight: dict[asyncio.Task[str | asyncio.Future[bool] | None], int] = {}
+        batch = self._concurrency
+        exhausted = look_again = False
         try:
             while True:
-                while not exhausted and not self._stopping and len(in_flight) < self._concurrency:
-                    claim = await asyncio.to_thread(self._claim)
-                    if claim is None:
-                        exhausted = True
-                    else:
-                        in_flight.add(asyncio.create_task(self._send(claim)))
+                if not waiting and not exhausted and not self._stopping:
+                    claims = await asyncio.to_thread(self._claim_batch, batch)
+                    exhausted = len(claims) < batch
+                    if not exhausted:
+                        batch = min(batch * 2, MAX_CLAIM_BATCH)
+                    waiting.extend(claims)
+                while waiting and len(in_flight) < self._concurrency and not self._stopping:
+                    claim = waiting.popleft()
+                    in_flight[asyncio.create_task(self._send(claim, recorder))] = claim.id
                 if not in_flight:
-                    return sent
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    if not exhausted and not self._stopping:
+                        continue
+                    if not look_again or self._stopping:
+                        break
+                    look_again, exhausted = False, False
+                    continue
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    sent += task.result()
-                exhausted = False  # recording a result may queue more (a bounce notice): look again
+                    claim_id = in_flight.pop(task)
+                    result = task.result()
+                    if isinstance(result, asyncio.Future):
+                        marks.append((claim_id, result))
+                    else:
+                        self._count(claim_id, result)
+                        # A bounce or a give-up may queue a notice: look again before the pass ends.
+                        look_again = look_again or result in ("bounced", "failed")
         finally:
             if in_flight:  # an error above: let the other sends finish and record their results
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                for task, claim_id in in_flight.items():
+                    try:
+                        result = await task
+                    except BaseException:
+                        continue
+                    if isinstance(result, asyncio.Future):
+                        marks.append((claim_id, result))
+            if waiting:  # stopping: what was claimed but not sent is due again at once, for anyone
+                await asyncio.to_thread(self._release, list(waiting))
+            await recorder.drain()
+        outcomes = [(claim_id, await mark) for claim_id, mark in marks]
+        return sum(self._count(claim_id, "sent" if mine else None) for claim_id, mine in outcomes)
 
     async def flush(self) -> int:
         """``send_due`` then release the relay connections (for a one-shot command)."""

@@ -13,13 +13,13 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
 from daemon.db import write_transaction
 from daemon.errors import InvalidInput, InvalidState, NotFound
-from daemon.models import OutboxMessage
+from daemon.models import Invitation, InvitationState, OutboxMessage
 from daemon.transitions import TransitionLost, transition
 
 # The outbox stores "pending"; people (and /metrics) call it "queued".
@@ -117,25 +117,39 @@ class OutboxQueue:
         A failed email is queued again; a queued one waiting for its next
         attempt is tried now (after a relay outage, as ``postqueue -f`` would).
         A sent one went out and a bounced one was refused for good (its
-        invitation says so): those are refused.
+        invitation says so): those are refused. So is an invitation email whose
+        invitation is ``bounced`` (given up on, its inviter told): sending it now
+        would invite someone the company was told could not be reached; a new
+        invitation is the way. ``--failed`` (``None``) leaves those out.
         """
         now = self._clock.now()
         with write_transaction(self._sessions) as s:
             if ids is None:
-                ids = list(s.scalars(select(OutboxMessage.id).where(OutboxMessage.state == "failed")))
+                ids = list(s.scalars(select(OutboxMessage.id).where(OutboxMessage.state == "failed", ~_bounced_invitation)))
             done = []
             for outbox_id in ids:
                 try:
-                    # The claim stays: an email being sent right now is not sent twice.
+                    # The claim stays: an email being sent right now is not sent twice. The invitation's
+                    # state is part of the guard, so a bounce recorded meanwhile cannot slip through.
                     transition(s, OutboxMessage, outbox_id, ("failed", "pending"), "pending",
-                               next_attempt_at=now, queued_at=now)
+                               where=[~_bounced_invitation], next_attempt_at=now, queued_at=now)
                 except TransitionLost as lost:
                     if lost.current is None:
                         raise NotFound("outbox.not_found", id=outbox_id) from None
                     current = str(lost.current)
+                    if current in ("failed", "pending"):  # the state was right: the invitation bounced
+                        raise InvalidState("outbox.invitation_bounced", id=outbox_id) from None
                     raise InvalidState("outbox.not_retryable", id=outbox_id, state=_SHOWN.get(current, current)) from None
                 done.append(outbox_id)
             return done
+
+
+# An invitation email whose invitation was marked bounced (a bounce report, or given up on).
+_bounced_invitation = exists().where(
+    OutboxMessage.kind == "invitation",
+    Invitation.id == OutboxMessage.invitation_id,
+    Invitation.state == InvitationState.BOUNCED.value,
+)
 
 
 def _stored_state(state: str) -> str:

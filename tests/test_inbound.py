@@ -426,3 +426,42 @@ def test_dkim_lookups_run_outside_any_transaction_and_are_capped(tmp_path, env, 
         assert lookups and all(held == 0 for _, held in lookups)
     finally:
         cabinet.close()
+
+
+def test_messages_stored_together_each_get_their_own_outcome(server, env):
+    """Concurrent DATAs are stored in one transaction; one that cannot be stored fails alone (451), the rest stay."""
+    to = ["clients@cabinet.example"]
+    raws = [reply("clients@cabinet.example", "a@b.example", f"hello {n}").as_bytes(policy=SMTP_POLICY) for n in range(2)]
+    broken: str = None  # type: ignore[assignment]  # an envelope the store step cannot read
+    outcomes = server.cabinet.inbound.store_many(
+        [("a@b.example", to, raws[0]), (broken, to, raws[1]), ("c@d.example", to, raws[1]), ("a@b.example", to, raws[0])]
+    )
+    assert isinstance(outcomes[1], Exception)
+    first, _, second, again = outcomes
+    assert isinstance(first, int) and isinstance(second, int) and first != second
+    assert again == first  # the same bytes twice in one batch: one row
+    assert env.sql("SELECT id, mail_from FROM inbound ORDER BY id") == [(first, "a@b.example"), (second, "c@d.example")]
+
+
+def test_eight_connections_at_once_are_all_stored_before_their_250(server, cli, seed, mailbox, env):
+    _, reply_to = invite(cli, mailbox, seed)
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            barrier.wait()
+            for k in range(5):
+                deliver(env, seed.accountant, [reply_to], reply(reply_to, seed.accountant, f"note {n}-{k}"))
+        except BaseException as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    # Every 250 was for a committed row: all 40 are there the moment the last answer came.
+    assert env.sql("SELECT count(*) FROM inbound") == [(40,)]
+    wait_processed(env, 40)

@@ -100,7 +100,42 @@ def test_an_invitation_given_up_on_tells_the_inviter_like_a_bounce(tmp_path: Pat
         assert notice.rcpt_tos == ["julie@roy.example"]
         text = (notice.original_content or b"").decode()
         assert "marie@tremblay.example" in text and "no server accepted it" in text
-        # The email itself can still be sent by hand once the cause is fixed.
+        # The email itself stays failed; `mail retry` refuses it (the next test).
         assert env.sql("SELECT state FROM outbox WHERE kind = 'invitation'") == [("failed",)]
+    finally:
+        relay.stop()
+
+
+def test_mail_retry_refuses_an_invitation_given_up_on(tmp_path: Path, clock: FakeClock) -> None:
+    """Given up on, its invitation is bounced and its inviter told: a retry would invite someone anyway."""
+    relay = Relay(free_port())
+    relay.start()
+    try:
+        env = relay_env(tmp_path, relay, "give_up_after = 600\n")
+        cli: Cli = make_cli(env)
+        relay.stop()
+        invite(cli)
+        cabinet = build(load_config(env.config_path), clock=clock)
+        try:
+            assert send_due(cabinet) == 0
+            clock.advance(minutes=11)
+            assert send_due(cabinet) == 0  # given up: the invitation is bounced, the company admin told
+            assert env.sql("SELECT state FROM invitations") == [("bounced",)]
+            before = env.sql("SELECT id, state, next_attempt_at, queued_at FROM outbox WHERE kind = 'invitation'")
+            assert [row[:2] for row in before] == [(1, "failed")]
+
+            refused = cli("mail", "retry", "1", expect=1).output
+            assert "email 1 is an invitation that was marked bounced" in refused
+            assert "cabinet invitation send" in refused and "Traceback" not in refused
+            assert len(refused.strip().splitlines()) == 1
+            assert "Queued 0 email(s) again." in cli("mail", "retry", "--failed").output
+            # Nothing changed: still failed, not due, and no worker sends it once the relay is back.
+            assert env.sql("SELECT id, state, next_attempt_at, queued_at FROM outbox WHERE kind = 'invitation'") == before
+            relay.start()
+            clock.advance(minutes=30)
+            assert send_due(cabinet) == 1  # the company admin's notice only
+        finally:
+            cabinet.close()
+        assert [message.rcpt_tos for message in relay.received] == [["julie@roy.example"]]
     finally:
         relay.stop()

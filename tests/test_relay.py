@@ -234,25 +234,31 @@ def test_mail_retry_requeues_what_was_given_up(tmp_path: Path, relay: Relay, clo
     try:
         send_due(cabinet)
         clock.advance(minutes=11)
-        send_due(cabinet)
-        assert env.sql("SELECT state FROM outbox WHERE kind = 'invitation' ORDER BY id") == [("failed",), ("failed",)]
-        assert cabinet.worker.stats.attempts["failed"] == 2
+        send_due(cabinet)  # the invitations are given up on; the company admin's two notices are queued
+        clock.advance(minutes=11)
+        send_due(cabinet)  # and given up on in turn
+        assert env.sql("SELECT kind, state FROM outbox ORDER BY id") == [
+            ("invitation", "failed"), ("invitation", "failed"), ("invitation_bounced", "failed"),
+            ("invitation_bounced", "failed")]
+        assert cabinet.worker.stats.attempts["failed"] == 4
         failed = json.loads(cli("mail", "list", "--state", "failed", "--json").output)
-        assert [m["id"] for m in failed] == [1, 2] and all("relay unreachable" in m["last_answer"] for m in failed)
+        assert [m["id"] for m in failed] == [1, 2, 3, 4] and all("relay unreachable" in m["last_answer"] for m in failed)
         # Nothing to do without saying what; a wrong id is a clear error and changes nothing.
         assert "--failed" in cli("mail", "retry", expect=1).output
         assert "no message 99" in cli("mail", "retry", "99", expect=3).output
         relay.start()
-        assert "Queued 1 email(s) again: 1." in cli("mail", "retry", "1").output
+        # An invitation given up on was marked bounced and its inviter told: never sent after all.
+        assert "email 1 is an invitation that was marked bounced" in cli("mail", "retry", "1", expect=1).output
+        assert "Queued 1 email(s) again: 3." in cli("mail", "retry", "3").output
         assert send_due(cabinet) == 1
-        assert "Queued 1 email(s) again: 2." in cli("mail", "retry", "--failed").output
+        assert "Queued 1 email(s) again: 4." in cli("mail", "retry", "--failed").output
         assert "Queued 0 email(s) again." in cli("mail", "retry", "--failed").output
         assert send_due(cabinet) == 1
-        assert "email 2 is sent; only a failed or queued email can be retried" in cli(
-            "mail", "retry", "2", expect=1).output
+        assert "email 4 is sent; only a failed or queued email can be retried" in cli(
+            "mail", "retry", "4", expect=1).output
     finally:
         cabinet.close()
-    assert env.sql("SELECT state FROM outbox WHERE kind = 'invitation' ORDER BY id") == [("sent",), ("sent",)]
+    assert env.sql("SELECT state FROM outbox ORDER BY id") == [("failed",), ("failed",), ("sent",), ("sent",)]
     assert sorted(relay.message_ids()) == sorted(r[0] for r in env.sql("SELECT message_id FROM outbox WHERE state = 'sent'"))
 
 

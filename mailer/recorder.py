@@ -1,0 +1,81 @@
+"""Results recorded in batches: many "sent" marks in one transaction.
+
+Each email's "sent" used to be its own transaction, and so its own fsync
+(SQLite) or commit round trip (PostgreSQL): half of outbound's time. Nobody
+waits for that mark (the relay has the email; only a crash before the mark
+means one more send of the same Message-ID after the lease, as before), so
+the worker hands results to a ``BatchRecorder``, which writes them together:
+when ``size`` have piled up, when the oldest is ``max_age`` seconds old, or
+when the worker has nothing else to do (``drain``); with ``max_age=0``, at
+once, the items that come in meanwhile making the next batch (the SMTP
+listener's stores: group commit for whoever waits). ``record`` is called in a
+worker thread with a batch and returns one outcome per item, so one bad row
+is that row's outcome, never the batch's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+
+class BatchRecorder(Generic[Item, Outcome]):
+    def __init__(self, record: Callable[[Sequence[Item]], list[Outcome]], size: int = 64,
+                 max_age: float = 0.2) -> None:
+        self._record = record
+        self._size = size
+        self._max_age = max_age
+        self._pending: list[tuple[Item, asyncio.Future[Outcome]]] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, item: Item) -> asyncio.Future[Outcome]:
+        """Queue ``item``; the future resolves to its outcome once its batch is written."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if len(self._pending) >= self._size or self._max_age <= 0:
+            self._write()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_age, self._write)
+        return future
+
+    def _write(self) -> None:
+        """Start writing what is pending, unless a write is under way (it picks the rest up when done)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._writing is None and self._pending:
+            self._writing = asyncio.get_running_loop().create_task(self._write_all())
+
+    async def _write_all(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self._size], self._pending[self._size:]
+                try:
+                    outcomes = await asyncio.to_thread(self._record, [item for item, _ in batch])
+                except BaseException as exc:  # the futures carry it to whoever awaits them
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._writing = None
+
+    async def drain(self) -> None:
+        """Write everything pending now and wait until it is written."""
+        self._write()
+        while self._writing is not None:
+            await asyncio.shield(self._writing)
+            self._write()
