@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, inspect, update
+from sqlalchemy import ColumnElement, Connection, Row as CoreRow, inspect, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -102,6 +102,40 @@ def transition(
         row = s.get(model, row_id, populate_existing=True)
         raise TransitionLost(table, row_id, str(to), expected_values, getattr(row, column.key, None))
     _refresh_loaded(s, model, row_id, fresh[0], values.keys())
+
+
+def transition_row(
+    connection: Connection,
+    model: type[Row],
+    row_id: int,
+    expected: Iterable[StrEnum],
+    to: StrEnum,
+    *,
+    where: Iterable[ColumnElement[bool]] = (),
+    checkpoint: Checkpoint = no_checkpoint,
+    **values: Any,
+) -> CoreRow[Any]:
+    """``transition`` as one Core statement on ``connection``: returns the row as it is now, or raises
+    ``TransitionLost``.
+
+    For a write that read everything it needs before taking the write lock (``Roster.accept_invitation``):
+    no Session, so no flush or identity map inside the lock, and ``where`` carries every condition the
+    earlier read relied on, so a row that changed since is lost, never overwritten.
+    """
+    column = state_column(model)
+    table = model.__table__
+    expected_values = tuple(str(state) for state in expected)
+    checkpoint(model.__tablename__, row_id, str(to))
+    fresh = connection.execute(
+        update(table)
+        .where(table.c.id == row_id, table.c[column.key].in_(expected_values), *where)
+        .values({column.key: str(to), **values})
+        .returning(*table.columns)
+    ).first()
+    if fresh is None:
+        current = connection.scalar(select(table.c[column.key]).where(table.c.id == row_id))
+        raise TransitionLost(model.__tablename__, row_id, str(to), expected_values, current)
+    return fresh
 
 
 def _refresh_loaded(s: Session, model: type[Any], row_id: int, fresh: Any, changed: Iterable[str]) -> None:
