@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
-from daemon.db import SINGLE_READ, dialect_insert, rows_changed
+from daemon.db import SINGLE_READ, rows_changed
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
-from daemon.transitions import TransitionLost, transition_row
+from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
     KINDS,
     DomainService,
@@ -182,6 +183,49 @@ def _accept_reads() -> tuple[Select[Any], ...]:
 
 
 _ACCEPT_READ, _ACCEPT_FIRMS, _ACCEPT_STAFF, _ACCEPT_CLIENT, _ACCEPT_PRODUCTS = _accept_reads()
+
+_WHEN = Invitation.__table__.c.decided_at.type  # the binds below are UTC datetimes (UTCDateTime)
+
+# The accept's state change, built once: still pending, unexpired, the same link, and the user still a
+# member of the firm it accepts for (a removal may have committed since the read).
+_ACCEPT = Transition(
+    Invitation, [InvitationState.PENDING], InvitationState.ACCEPTED,
+    where=[
+        Invitation.nonce == bindparam("b_nonce"),
+        Invitation.expires_at > bindparam("b_now", type_=_WHEN),
+        exists().where(Membership.user_id == bindparam("b_user"), Membership.firm_id == bindparam("b_firm")),
+    ],
+    values={
+        "decided_at": bindparam("b_decided", type_=_WHEN), "firm_id": bindparam("b_firm"),
+        "accepted_by_id": bindparam("b_user"),
+    },
+)
+
+# Reconnecting the entry the read found, if it is still that entry; keyed by how it was found: by its
+# company (True), or by its name with no company (False).
+_RECONNECT = {
+    found_by_company: Transition(
+        Client, list(ClientStatus), ClientStatus.ACTIVE,
+        where=[
+            Client.firm_id == bindparam("b_firm"),
+            Client.company_id == bindparam("b_company") if found_by_company
+            else and_(Client.company_id.is_(None), Client.name_key == bindparam("b_name_key")),
+        ],
+        values={
+            "company_id": bindparam("b_company"), "billing": bindparam("b_billing"),
+            "connected_at": func.coalesce(Client.__table__.c.connected_at, bindparam("b_now", type_=_WHEN)),
+        },
+    )
+    for found_by_company in (True, False)
+}
+
+# A new roster entry, unless one with the same company or name got there first (both unique per firm).
+_CLIENT_INSERT = {
+    name: dialect.insert(Client.__table__).on_conflict_do_nothing().returning(*Client.__table__.columns)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+
+_EVENT_INSERT = insert(Event.__table__)
 
 
 class Roster(DomainService):
@@ -759,26 +803,19 @@ class Roster(DomainService):
             self._chosen_firm(s, self._invited_user(s, invitation, user_id, "accept"), firm_id)
 
     def _accept_planned(self, s: Session, plan: _AcceptPlan, channel: str) -> AcceptResult:
-        """The accept's write: Core statements only, each guarded by what the plan read; raises
+        """The accept's write: prepared Core statements only, each guarded by what the plan read; raises
         ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest)."""
         read, now = plan.read, plan.now
         connection = s.connection()
         try:
-            invitation = transition_row(
-                connection, Invitation, read.invitation_id, [InvitationState.PENDING], InvitationState.ACCEPTED,
-                where=[
-                    Invitation.nonce == read.nonce,
-                    Invitation.expires_at > self._clock.now(),
-                    # Still a member of the firm it accepts for (a removal may have committed since).
-                    exists().where(Membership.user_id == read.user_id, Membership.firm_id == plan.firm_id),
-                ],
-                checkpoint=self._ctx.checkpoint,
-                decided_at=now, firm_id=plan.firm_id, accepted_by_id=read.user_id,
+            invitation = _ACCEPT.run(
+                connection, read.invitation_id, self._ctx.checkpoint,
+                b_nonce=read.nonce, b_now=self._clock.now(), b_decided=now, b_firm=plan.firm_id, b_user=read.user_id,
             )
-            client = self._connect_planned(s, connection, plan)
+            client = self._connect_planned(connection, plan)
         except TransitionLost:
             raise _Replan() from None
-        connection.execute(insert(Event.__table__), self._event_values(
+        connection.execute(_EVENT_INSERT, self._event_values(
             "invitation.accepted", read.user_email, channel, firm_id=plan.firm_id, company_id=read.id,
             client_id=client.id, invitation_id=read.invitation_id,
         ))
@@ -800,32 +837,25 @@ class Roster(DomainService):
             ),
         )
 
-    def _connect_planned(self, s: Session, connection: Connection, plan: _AcceptPlan) -> Any:
+    def _connect_planned(self, connection: Connection, plan: _AcceptPlan) -> Any:
         """``_connect`` on what the plan read: insert the roster entry, or update the one it found (only if
-        it is still the same entry); raises ``_Replan`` or ``TransitionLost`` when it is not."""
+        it is still that entry); raises ``_Replan`` or ``TransitionLost`` when it is not."""
         read, billing = plan.read, SUBSCRIPTION_BILLING[plan.read.subscription]
         if plan.client is None:
-            clients = Client.__table__
-            # Nothing to update, nothing overwritten: a row another writer added since (same company, or
-            # the same name) makes this insert nothing, and the locked path says what it found.
-            inserted = connection.execute(
-                dialect_insert(s)(clients).values({
-                    "firm_id": plan.firm_id, "company_id": read.id, "kind": read.kind, "name": read.name,
-                    "name_key": read.name_key, "email": read.admin_email, "billing": billing,
-                    "status": ClientStatus.ACTIVE.value, "connected_at": plan.now, "created_at": plan.now,
-                }).on_conflict_do_nothing().returning(*clients.columns)
-            ).first()
+            # Nothing overwritten: a row another writer added since (the same company, or the same name)
+            # makes this insert nothing, and the locked path says what it found.
+            inserted = connection.execute(_CLIENT_INSERT[connection.dialect.name], {
+                "firm_id": plan.firm_id, "company_id": read.id, "kind": read.kind, "name": read.name,
+                "name_key": read.name_key, "email": read.admin_email, "billing": billing,
+                "status": ClientStatus.ACTIVE.value, "connected_at": plan.now, "created_at": plan.now,
+            }).first()
             if inserted is None:
                 raise _Replan()
             return inserted
-        same_entry = (
-            Client.company_id == read.id if plan.client.company_id is not None
-            else and_(Client.company_id.is_(None), Client.name_key == read.name_key)
-        )
-        return transition_row(
-            connection, Client, plan.client.id, list(ClientStatus), ClientStatus.ACTIVE,
-            where=[Client.firm_id == plan.firm_id, same_entry], checkpoint=self._ctx.checkpoint,
-            company_id=read.id, billing=billing, connected_at=func.coalesce(Client.connected_at, plan.now),
+        found_by_company = plan.client.company_id is not None
+        return _RECONNECT[found_by_company].run(
+            connection, plan.client.id, self._ctx.checkpoint, b_firm=plan.firm_id, b_company=read.id,
+            b_name_key=read.name_key, b_billing=billing, b_now=plan.now,
         )
 
     def accept_in(
