@@ -121,6 +121,25 @@ def _invitation_page() -> Select[Any]:
 _INVITATION_PAGE = _invitation_page()
 
 
+def _user_with_firms() -> Select[Any]:
+    """A staff member and their firms as ``_user_view`` shows them: a row per firm in name order (one row
+    of NULL firm columns when none). Bind: ``id``."""
+    user, membership, firm = User.__table__, Membership.__table__, Firm.__table__
+    return (
+        select(
+            user.c.id, user.c.email, user.c.name, user.c.locale, user.c.timezone, user.c.disabled_at,
+            firm.c.id.label("firm_id"), firm.c.name.label("firm_name"), firm.c.email.label("firm_email"),
+        )
+        .outerjoin(membership, membership.c.user_id == user.c.id)
+        .outerjoin(firm, firm.c.id == membership.c.firm_id)
+        .where(user.c.id == bindparam("id"))
+        .order_by(firm.c.name_key)
+    )
+
+
+_USER_WITH_FIRMS = _user_with_firms()
+
+
 class _Replan(Exception):
     """Something an accept read before the write lock changed before its write: decide inside the lock."""
 
@@ -298,11 +317,18 @@ class Roster(DomainService):
             return self._user_view(s, user)
 
     def get_user(self, user_id: int) -> UserView:
-        with self._sessions() as s:
-            user = s.get(User, user_id)
-            if user is None:
-                raise NotFound("staff.missing")
-            return self._user_view(s, user)
+        """The signed-in staff member, read on every signed-in request: one statement of plain rows
+        (the user with each firm, in name order), no Session and no BEGIN."""
+        with self._sessions.kw["bind"].connect() as connection:
+            rows = connection.execution_options(**SINGLE_READ).execute(_USER_WITH_FIRMS, {"id": user_id}).all()
+        if not rows:
+            raise NotFound("staff.missing")
+        user = rows[0]
+        return UserView(
+            user.id, user.email, user.name, user.locale, user.timezone,
+            tuple(FirmView(row.firm_id, row.firm_name, row.firm_email) for row in rows if row.firm_id is not None),
+            disabled_at=user.disabled_at,
+        )
 
     def update_profile(self, user_id: int, name: str, locale: str, timezone: str, channel: str = "link") -> UserView:
         """A staff member's own name, language and time zone."""
