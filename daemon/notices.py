@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 
@@ -43,6 +44,6 @@ class Notifier(Protocol):
         change that knows its emails ahead prepares them outside the write lock."""
         ...
 
-    def queue_prepared(self, session: Session, prepared: list[dict[str, Any]]) -> None:
-        """Add prepared emails to the outbox, in ``session``'s transaction, in one statement."""
+    def queue_prepared(self, connection: Connection, prepared: list[dict[str, Any]]) -> None:
+        """Add prepared emails to the outbox, in ``connection``'s transaction (a Core write), in one statement."""
         ...

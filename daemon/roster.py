@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
-from daemon.db import SINGLE_READ, rows_changed
+from daemon.db import SINGLE_READ, rows_changed, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -782,8 +782,8 @@ class Roster(DomainService):
             self._refuse_accept(token, user_id, firm_id)
         else:
             try:
-                with self._transaction() as s:
-                    return self._accept_planned(s, plan, channel)
+                with write_connection(self._sessions) as connection:
+                    return self._accept_planned(connection, plan, channel)
             except _Replan:
                 pass
         with self._transaction() as s:
@@ -828,11 +828,10 @@ class Roster(DomainService):
             invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
             self._chosen_firm(s, self._invited_user(s, invitation, user_id, "accept"), firm_id)
 
-    def _accept_planned(self, s: Session, plan: _AcceptPlan, channel: str) -> AcceptResult:
+    def _accept_planned(self, connection: Connection, plan: _AcceptPlan, channel: str) -> AcceptResult:
         """The accept's write: prepared Core statements only, each guarded by what the plan read; raises
         ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest)."""
         read, now = plan.read, plan.now
-        connection = s.connection()
         try:
             invitation = _ACCEPT.run(
                 connection, read.invitation_id, self._ctx.checkpoint,
@@ -845,7 +844,7 @@ class Roster(DomainService):
             "invitation.accepted", read.user_email, channel, firm_id=plan.firm_id, company_id=read.id,
             client_id=client.id, invitation_id=read.invitation_id,
         ))
-        self._notifier.queue_prepared(s, plan.emails)
+        self._notifier.queue_prepared(connection, plan.emails)
         return AcceptResult(
             InvitationView(
                 id=invitation.id, company=read.name, email=invitation.email, invited_by=invitation.invited_by,

@@ -24,7 +24,7 @@ from typing import Any
 from email.headerregistry import Address
 from email.utils import parseaddr
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
@@ -60,6 +60,9 @@ SPEAKS_FOR = {
     "transfer_revoked": "company",
     "reply_forwarded": "sender",
 }
+
+
+_INSERT = insert(OutboxMessage.__table__)
 
 
 class Outbox:
@@ -128,10 +131,10 @@ class Outbox:
             "audience": notice.audience,
         }
 
-    def queue_prepared(self, session: Session, rows: list[dict[str, Any]]) -> None:
-        """Insert prepared rows in the caller's transaction: one Core executemany, no ORM flush."""
+    def queue_prepared(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert prepared rows in the caller's transaction (a Core write): one executemany, no ORM flush."""
         if rows:
-            session.connection().execute(insert(OutboxMessage.__table__), rows)
+            connection.execute(_INSERT, rows)
 
     def _values(self, content: dict[str, Any]) -> dict[str, Any]:
         # ``now`` for deadlines ("in 47 hours"), ``to_name`` for the greeting (a name, never an address).
