@@ -14,11 +14,11 @@ import secrets
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import write_transaction
+from daemon.db import SINGLE_READ, write_transaction
 from daemon.domain import normalise_email
 from daemon.errors import AuthenticationFailed, InvalidInput
 from daemon.models import User, WebSession
@@ -28,6 +28,13 @@ from daemon.throttle import SignInThrottle
 from daemon.views import UserView
 
 T = TypeVar("T")
+
+
+# A session's user and expiry, unless the account is disabled (bind: ``id``, the token's digest).
+_LIVE_SESSION = (
+    select(WebSession.user_id, WebSession.expires_at).join(User, User.id == WebSession.user_id)
+    .where(WebSession.id == bindparam("id"), User.disabled_at.is_(None))
+)
 
 
 def _digest(token: str) -> str:
@@ -53,13 +60,12 @@ class WebSessions:
     def user_id(self, token: str | None) -> int | None:
         if not token:
             return None
-        with self._sessions() as s:
-            row = s.scalar(
-                select(WebSession).join(User).where(WebSession.id == _digest(token), User.disabled_at.is_(None))
-            )
-            if row is None or row.expires_at <= self._clock.now():
-                return None
-            return row.user_id
+        # Every signed-in request asks: one statement of plain columns, no Session and no BEGIN.
+        with self._sessions.kw["bind"].connect() as connection:
+            row = connection.execution_options(**SINGLE_READ).execute(_LIVE_SESSION, {"id": _digest(token)}).first()
+        if row is None or row.expires_at <= self._clock.now():
+            return None
+        return int(row.user_id)
 
     def end_others(self, user_id: int, token: str | None) -> None:
         """After a password change: every other browser signed in as this user must sign in again."""

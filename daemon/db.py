@@ -201,6 +201,29 @@ class GroupWriter:
 
     @contextmanager
     def unit(self) -> Iterator[Session]:
+        """A write transaction in a Session (a SAVEPOINT of the group); returns once its group is durable."""
+        with self._slot() as (connection, group):
+            session = self._session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+            try:
+                with session.begin():
+                    yield session
+                group.members += 1
+            finally:
+                session.close()
+
+    @contextmanager
+    def core_unit(self) -> Iterator[Connection]:
+        """A write transaction on the write connection itself, for Core statements only (no Session to
+        build, begin and close inside the lock): a SAVEPOINT of the group, as ``unit``."""
+        with self._slot() as (connection, group):
+            with connection.begin_nested():
+                yield connection
+            group.members += 1
+
+    @contextmanager
+    def _slot(self) -> Iterator[tuple[Connection, _Group]]:
+        """The write lock and the group's connection; on the way out, commit the group if nobody is
+        queued behind, release the lock, then wait (outside it) until the group is durable."""
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError("a write transaction inside another one on the same thread would wait for itself")
@@ -220,13 +243,9 @@ class GroupWriter:
                     self._connection.invalidate()
                     self._connection = None
                 raise
-            session = self._session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
             try:
-                with session.begin():
-                    yield session
-                group.members += 1
+                yield connection, group
             finally:
-                session.close()
                 if self._should_commit(group):
                     self._finish(group)
         finally:
@@ -278,6 +297,23 @@ def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     with sessions.begin() as session:
         session.connection(execution_options=WRITE)
         yield session
+
+
+@contextmanager
+def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
+    """``write_transaction`` for Core statements only: a connection, no Session.
+
+    On SQLite a unit of the group writer (``GroupWriter.core_unit``); on PostgreSQL a
+    short transaction of its own from the pool.
+    """
+    writer = getattr(sessions, "writer", None)
+    if writer is not None:
+        with writer.core_unit() as connection:
+            yield connection
+        return
+    with sessions.kw["bind"].connect() as connection:
+        with connection.execution_options(**WRITE).begin():
+            yield connection
 
 
 def rows_changed(session: Session, statement: Executable) -> int:

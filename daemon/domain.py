@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ContextManager, Iterator, Sequence, TypeVar
+from typing import Any, ContextManager, Iterator, Protocol, Sequence, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ColumnElement, delete, select, update
@@ -269,18 +269,26 @@ class DomainService:
         client_id: int | None = None,
         **detail: Any,
     ) -> None:
-        s.add(
-            Event(
-                at=self._clock.now(),
-                kind=kind,
-                actor=actor,
-                channel=channel,
-                firm_id=firm_id,
-                company_id=company_id,
-                client_id=client_id,
-                detail=json.dumps(detail, default=str, sort_keys=True),
-            )
-        )
+        s.add(Event(**self._event_values(kind, actor, channel, firm_id=firm_id, company_id=company_id,
+                                         client_id=client_id, **detail)))
+
+    def _event_values(
+        self,
+        kind: str,
+        actor: str,
+        channel: str,
+        *,
+        firm_id: int | None = None,
+        company_id: int | None = None,
+        client_id: int | None = None,
+        **detail: Any,
+    ) -> dict[str, Any]:
+        """An event row's columns (``_event`` adds it to a session; a Core write inserts them)."""
+        return {
+            "at": self._clock.now(), "kind": kind, "actor": actor, "channel": channel, "firm_id": firm_id,
+            "company_id": company_id, "client_id": client_id,
+            "detail": json.dumps(detail, default=str, sort_keys=True),
+        }
 
     def _notify_company_admin(
         self,
@@ -292,43 +300,52 @@ class DomainService:
         auto: bool = True,
         firm_id: int | None = None,
     ) -> None:
+        self._notifier.queue(s, self._company_admin_notice(company, template, context, auto=auto, firm_id=firm_id))
+
+    def _company_admin_notice(
+        self, company: CompanyFacts, template: str, context: dict[str, Any], *, auto: bool = True,
+        firm_id: int | None = None,
+    ) -> Notice:
+        """The email to a company's primary admin (``company``: the row, or a Core row of its columns)."""
         if template in ASK_COMPANY_ADMIN and "manage_url" not in context:
             token = self._signer.sign(Purpose.MANAGE, ["company", company.id, company.admin_email])
             context = {**context, "manage_url": self._links.manage(token)}
-        self._notifier.queue(
-            s,
-            Notice(
-                template=template,
-                to=company.admin_email,
-                to_name=company.admin_name,
-                locale=company.admin_locale,
-                timezone=company.admin_timezone,
-                context={"company": company.name, **context},
-                auto_submitted=auto,
-                company_id=company.id,
-                firm_id=firm_id,
-                audience="company_admin",
-            ),
+        return Notice(
+            template=template,
+            to=company.admin_email,
+            to_name=company.admin_name,
+            locale=company.admin_locale,
+            timezone=company.admin_timezone,
+            context={"company": company.name, **context},
+            auto_submitted=auto,
+            company_id=company.id,
+            firm_id=firm_id,
+            audience="company_admin",
         )
 
     def _notify_staff(
         self, s: Session, firm: Firm, template: str, context: dict[str, Any], company_id: int | None = None
     ) -> None:
         """One email per member of the firm, each in their own language and time zone."""
-        for member in self._firm_staff(s, firm):
-            self._notifier.queue(
-                s,
-                Notice(
-                    template=template,
-                    to=member.email,
-                    to_name=member.name,
-                    locale=member.locale,
-                    timezone=member.timezone,
-                    context={"firm": firm.name, "roster_url": self._links.home(), **context},
-                    company_id=company_id,
-                    firm_id=firm.id,
-                    audience="firm_staff",
-                ),
+        for notice in self._staff_notices(firm.id, firm.name, self._firm_staff(s, firm), template, context, company_id):
+            self._notifier.queue(s, notice)
+
+    def _staff_notices(
+        self, firm_id: int, firm_name: str, members: Iterable[StaffFacts], template: str, context: dict[str, Any],
+        company_id: int | None = None,
+    ) -> Iterator[Notice]:
+        """The emails to a firm's staff (``members``: ``_firm_staff``, or Core rows of ``STAFF_TOLD``)."""
+        for member in members:
+            yield Notice(
+                template=template,
+                to=member.email,
+                to_name=member.name,
+                locale=member.locale,
+                timezone=member.timezone,
+                context={"firm": firm_name, "roster_url": self._links.home(), **context},
+                company_id=company_id,
+                firm_id=firm_id,
+                audience="firm_staff",
             )
 
     def _first_time(self, s: Session, kind: str, ref_id: int) -> bool:
@@ -370,29 +387,10 @@ class DomainService:
         query = select(Firm).order_by(Firm.name_key)
         if user is not None:
             query = query.join(Membership).where(Membership.user_id == user.id)
-        firms = s.scalars(query).all()
-        if not firms:
-            if user is not None:
-                raise NotAllowed("staff.no_firm", email=user.email)
-            raise NotFound("firm.none_yet")
-        if firm_id is None:
-            if len(firms) > 1:
-                raise FirmRequired(tuple(f.name for f in firms))
-            return firms[0]
-        for firm in firms:
-            if firm.id == firm_id:
-                return firm
-        if user is None:
-            raise NotFound("firm.missing")
-        raise NotAllowed("firm.not_member_connect")
+        return choose_firm(s.scalars(query).all(), user.email if user is not None else None, firm_id)
 
     def _firm_staff(self, s: Session, firm: Firm) -> Iterator[User]:
-        # A disabled account is no longer told about the firm's clients.
-        yield from s.scalars(
-            select(User).join(Membership)
-            .where(Membership.firm_id == firm.id, User.disabled_at.is_(None))
-            .order_by(User.id)
-        )
+        yield from s.scalars(select(User).join(Membership).where(*told_staff(firm.id)).order_by(User.id))
 
     def _is_member(self, s: Session, user_id: int, firm_id: int) -> bool:
         return (
@@ -420,6 +418,59 @@ class DomainService:
 
     def _now(self) -> datetime:
         return self._clock.now()
+
+
+class CompanyFacts(Protocol):
+    """What an email to a company's primary admin needs: a ``Company``, or a Core row with these columns."""
+
+    id: int
+    name: str
+    admin_email: str
+    admin_name: str
+    admin_locale: str
+    admin_timezone: str
+
+
+class StaffFacts(Protocol):
+    """What an email to a staff member needs: a ``User``, or a Core row with these columns."""
+
+    email: str
+    name: str
+    locale: str
+    timezone: str
+
+
+class NamedFirm(Protocol):
+    id: int
+    name: str
+
+
+Chosen = TypeVar("Chosen", bound=NamedFirm)
+
+
+def choose_firm(firms: Sequence[Chosen], user_email: str | None, firm_id: int | None) -> Chosen:
+    """The rule of ``DomainService._chosen_firm`` over firms already read (in name order): the one named,
+    or the only one; ``user_email`` None for the operator."""
+    if not firms:
+        if user_email is not None:
+            raise NotAllowed("staff.no_firm", email=user_email)
+        raise NotFound("firm.none_yet")
+    if firm_id is None:
+        if len(firms) > 1:
+            raise FirmRequired(tuple(f.name for f in firms))
+        return firms[0]
+    for firm in firms:
+        if firm.id == firm_id:
+            return firm
+    if user_email is None:
+        raise NotFound("firm.missing")
+    raise NotAllowed("firm.not_member_connect")
+
+
+def told_staff(firm_id: Any) -> tuple[ColumnElement[bool], ...]:
+    """Who of a firm's staff hears about its clients (a join of memberships and users): a disabled
+    account no longer does."""
+    return (Membership.firm_id == firm_id, User.disabled_at.is_(None))
 
 
 def company_view(company: Company) -> CompanyView:

@@ -2,7 +2,8 @@
 
 The domain describes a notice (who, which template, which facts); it never
 renders or sends mail. The outbox (``mailer.outbox``) turns a notice into a
-stored message inside the same database transaction.
+stored message inside the same database transaction (``queue``), or prepares it
+before the transaction and only inserts it inside (``prepare``, ``queue_prepared``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 
@@ -35,4 +37,13 @@ class Notice:
 class Notifier(Protocol):
     def queue(self, session: Session, notice: Notice) -> None:
         """Add the email for ``notice`` to the outbox, in ``session``'s transaction."""
+        ...
+
+    def prepare(self, notice: Notice) -> dict[str, Any]:
+        """The stored email for ``notice`` (rendered what needs rendering), before any transaction: a
+        change that knows its emails ahead prepares them outside the write lock."""
+        ...
+
+    def queue_prepared(self, connection: Connection, prepared: list[dict[str, Any]]) -> None:
+        """Add prepared emails to the outbox, in ``connection``'s transaction (a Core write), in one statement."""
         ...

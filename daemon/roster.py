@@ -13,23 +13,26 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Select, Text, bindparam, delete, select, update
+from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.client_list import client_views
-from daemon.db import SINGLE_READ, rows_changed
+from daemon.db import SINGLE_READ, rows_changed, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
-from daemon.transitions import TransitionLost
+from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
     KINDS,
     DomainService,
+    choose_firm,
     clean_name,
     client_view,
     company_view,
     name_key,
     normalise_email,
+    told_staff,
 )
 from daemon.errors import (
     AlreadyExists,
@@ -45,12 +48,14 @@ from daemon.models import (
     Client,
     ClientStatus,
     Company,
+    CompanyProduct,
     Event,
     Firm,
     Invitation,
     InvitationState,
     Membership,
     OutboxMessage,
+    Product,
     User,
     WebSession,
 )
@@ -115,6 +120,132 @@ def _invitation_page() -> Select[Any]:
 
 
 _INVITATION_PAGE = _invitation_page()
+
+
+def _user_with_firms() -> Select[Any]:
+    """A staff member and their firms as ``_user_view`` shows them: a row per firm in name order (one row
+    of NULL firm columns when none). Bind: ``id``."""
+    user, membership, firm = User.__table__, Membership.__table__, Firm.__table__
+    return (
+        select(
+            user.c.id, user.c.email, user.c.name, user.c.locale, user.c.timezone, user.c.disabled_at,
+            firm.c.id.label("firm_id"), firm.c.name.label("firm_name"), firm.c.email.label("firm_email"),
+        )
+        .outerjoin(membership, membership.c.user_id == user.c.id)
+        .outerjoin(firm, firm.c.id == membership.c.firm_id)
+        .where(user.c.id == bindparam("id"))
+        .order_by(firm.c.name_key)
+    )
+
+
+_USER_WITH_FIRMS = _user_with_firms()
+
+
+class _Replan(Exception):
+    """Something an accept read before the write lock changed before its write: decide inside the lock."""
+
+
+@dataclass(frozen=True)
+class _AcceptPlan:
+    """An accept decided on a read connection (``Roster._plan_accept``), for its write to carry out."""
+
+    read: Any  # a row of _ACCEPT_READ: the company's columns (CompanyFacts), the invitation's, the user's
+    firm_id: int
+    firm_name: str
+    client: Any  # the firm's roster entry for the company (a row of _ACCEPT_CLIENT), or None
+    products: tuple[str, ...]
+    emails: list[dict[str, Any]]  # outbox rows, prepared (Notifier.prepare)
+    now: datetime
+
+
+def _accept_reads() -> tuple[Select[Any], ...]:
+    """The reads of an accept (binds: ``id``, ``user_id``; then ``firm_id``, ``company_id``, ``name_key``)."""
+    inv, company, user, firm = Invitation.__table__, Company.__table__, User.__table__, Firm.__table__
+    membership, clients, admin = Membership.__table__, Client.__table__, User.__table__.alias("primary_admin")
+    invitation = (
+        select(
+            inv.c.id.label("invitation_id"), inv.c.nonce, inv.c.state, inv.c.expires_at, inv.c.email,
+            company.c.id, company.c.name, company.c.name_key, company.c.kind, company.c.subscription,
+            company.c.admin_email, company.c.admin_name, company.c.admin_locale, company.c.admin_timezone,
+            company.c.trial_ends_at,
+            user.c.id.label("user_id"), user.c.email.label("user_email"), user.c.name.label("user_name"),
+        )
+        .join(company, company.c.id == inv.c.company_id)
+        .outerjoin(user, user.c.id == bindparam("user_id"))
+        .where(inv.c.id == bindparam("id"))
+    )
+    firms = (
+        select(firm.c.id, firm.c.name).join(membership, membership.c.firm_id == firm.c.id)
+        .where(membership.c.user_id == bindparam("user_id")).order_by(firm.c.name_key)
+    )
+    staff = (
+        select(user.c.email, user.c.name, user.c.locale, user.c.timezone)
+        .join(membership, membership.c.user_id == user.c.id)
+        .where(*told_staff(bindparam("firm_id"))).order_by(user.c.id)
+    )
+    # The entry for this company, else one added earlier without QuickBooks under the same name (_connect).
+    client = (
+        select(clients.c.id, clients.c.company_id, admin.c.email.label("primary_admin"))
+        .outerjoin(admin, admin.c.id == clients.c.primary_admin_id)
+        .where(
+            clients.c.firm_id == bindparam("firm_id"),
+            or_(clients.c.company_id == bindparam("company_id"),
+                and_(clients.c.company_id.is_(None), clients.c.name_key == bindparam("name_key"))),
+        )
+        .order_by(clients.c.company_id.is_(None))
+        .limit(1)
+    )
+    products = (
+        select(CompanyProduct.product_id).join(Product, Product.id == CompanyProduct.product_id)
+        .where(CompanyProduct.company_id == bindparam("company_id")).order_by(Product.position)
+    )
+    return invitation, firms, staff, client, products
+
+
+_ACCEPT_READ, _ACCEPT_FIRMS, _ACCEPT_STAFF, _ACCEPT_CLIENT, _ACCEPT_PRODUCTS = _accept_reads()
+
+_WHEN = Invitation.__table__.c.decided_at.type  # the binds below are UTC datetimes (UTCDateTime)
+
+# The accept's state change, built once: still pending, unexpired, the same link, and the user still a
+# member of the firm it accepts for (a removal may have committed since the read).
+_ACCEPT = Transition(
+    Invitation, [InvitationState.PENDING], InvitationState.ACCEPTED,
+    where=[
+        Invitation.nonce == bindparam("b_nonce"),
+        Invitation.expires_at > bindparam("b_now", type_=_WHEN),
+        exists().where(Membership.user_id == bindparam("b_user"), Membership.firm_id == bindparam("b_firm")),
+    ],
+    values={
+        "decided_at": bindparam("b_decided", type_=_WHEN), "firm_id": bindparam("b_firm"),
+        "accepted_by_id": bindparam("b_user"),
+    },
+)
+
+# Reconnecting the entry the read found, if it is still that entry; keyed by how it was found: by its
+# company (True), or by its name with no company (False).
+_RECONNECT = {
+    found_by_company: Transition(
+        Client, list(ClientStatus), ClientStatus.ACTIVE,
+        where=[
+            Client.firm_id == bindparam("b_firm"),
+            Client.company_id == bindparam("b_company") if found_by_company
+            else and_(Client.company_id.is_(None), Client.name_key == bindparam("b_name_key")),
+        ],
+        values={
+            "company_id": bindparam("b_company"), "billing": bindparam("b_billing"),
+            "connected_at": func.coalesce(Client.__table__.c.connected_at, bindparam("b_now", type_=_WHEN)),
+        },
+    )
+    for found_by_company in (True, False)
+}
+
+# A new roster entry, unless one with the same company or name got there first (both unique per firm).
+_CLIENT_INSERT = {
+    name: dialect.insert(Client.__table__).on_conflict_do_nothing().returning(*Client.__table__.columns)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+
+_EVENT_INSERT = insert(Event.__table__)
 
 
 class Roster(DomainService):
@@ -187,11 +318,18 @@ class Roster(DomainService):
             return self._user_view(s, user)
 
     def get_user(self, user_id: int) -> UserView:
-        with self._sessions() as s:
-            user = s.get(User, user_id)
-            if user is None:
-                raise NotFound("staff.missing")
-            return self._user_view(s, user)
+        """The signed-in staff member, read on every signed-in request: one statement of plain rows
+        (the user with each firm, in name order), no Session and no BEGIN."""
+        with self._sessions.kw["bind"].connect() as connection:
+            rows = connection.execution_options(**SINGLE_READ).execute(_USER_WITH_FIRMS, {"id": user_id}).all()
+        if not rows:
+            raise NotFound("staff.missing")
+        user = rows[0]
+        return UserView(
+            user.id, user.email, user.name, user.locale, user.timezone,
+            tuple(FirmView(row.firm_id, row.firm_name, row.firm_email) for row in rows if row.firm_id is not None),
+            disabled_at=user.disabled_at,
+        )
 
     def update_profile(self, user_id: int, name: str, locale: str, timezone: str, channel: str = "link") -> UserView:
         """A staff member's own name, language and time zone."""
@@ -630,11 +768,121 @@ class Roster(DomainService):
         return view, Opening(row.email, row.firm_id, row.company_id, invitation_detail(row.id))
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
-        """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once."""
+        """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once.
+
+        Read first, write after: everything the accept decides on (the invitation, the user, the
+        firm, the staff to tell, the roster entry it may already have) is read on a read connection,
+        outside SQLite's single write lock, and its emails are prepared there too. The write
+        transaction then runs only Core statements that re-check what that read relied on. When one
+        finds the row changed (a revoke, a second accept, a client added meanwhile), the write is
+        undone and the accept decided again inside the lock (``accept_in``), as every accept was
+        before: the outcome is the one a serial order gives.
+        """
+        plan = self._plan_accept(token, user_id, firm_id)
+        if plan is None:
+            self._refuse_accept(token, user_id, firm_id)
+        else:
+            try:
+                with write_connection(self._sessions) as connection:
+                    return self._accept_planned(connection, plan, channel)
+            except _Replan:
+                pass
         with self._transaction() as s:
             # The company comes in the same statement: an accept always reads it, inside the write lock.
             invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
             return self.accept_in(s, invitation, user_id, firm_id, channel)
+
+    def _plan_accept(self, token: str, user_id: int, firm_id: int | None) -> _AcceptPlan | None:
+        """What an accept writes, read and decided outside the write lock; None when the read finds a
+        refusal (its exact error is then the locked path's)."""
+        now = self._clock.now()
+        ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
+        with self._sessions.kw["bind"].connect() as connection:
+            row = connection.execute(_ACCEPT_READ, {"id": ref.id, "user_id": user_id}).one_or_none()
+            if row is None or row.nonce != ref.bound:
+                raise LinkTampered("link.no_invitation")  # as _row_from_token says it
+            if row.state != InvitationState.PENDING or now >= row.expires_at or row.user_email != row.email:
+                return None  # not pending, no such user, another account: _invited_user says which
+            firm = choose_firm(connection.execute(_ACCEPT_FIRMS, {"user_id": user_id}).all(), row.user_email, firm_id)
+            staff = connection.execute(_ACCEPT_STAFF, {"firm_id": firm.id}).all()
+            client = connection.execute(
+                _ACCEPT_CLIENT, {"firm_id": firm.id, "company_id": row.id, "name_key": row.name_key}
+            ).first()
+            products = tuple(connection.scalars(_ACCEPT_PRODUCTS, {"company_id": row.id}))
+        facts = {"accepted_by": row.user_name, "accepted_by_email": row.user_email, "accepted_at": now}
+        notices = [
+            self._company_admin_notice(
+                row, "invitation_accepted",
+                {"accountant_name": row.user_name, "accountant_email": row.user_email, "firm": firm.name,
+                 "accepted_at": now},
+                firm_id=firm.id,
+            ),
+            *self._staff_notices(firm.id, firm.name, staff, "client_added", {"company": row.name, **facts}, row.id),
+        ]
+        emails = [self._notifier.prepare(notice) for notice in notices]
+        return _AcceptPlan(row, firm.id, firm.name, client, products, emails, now)
+
+    def _refuse_accept(self, token: str, user_id: int, firm_id: int | None) -> None:
+        """Raise what the locked path would refuse with, from a read session (the refusal takes no lock);
+        returns only if the refusal no longer holds (the row changed back since: decide in the lock)."""
+        with self._sessions() as s:
+            invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
+            self._chosen_firm(s, self._invited_user(s, invitation, user_id, "accept"), firm_id)
+
+    def _accept_planned(self, connection: Connection, plan: _AcceptPlan, channel: str) -> AcceptResult:
+        """The accept's write: prepared Core statements only, each guarded by what the plan read; raises
+        ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest)."""
+        read, now = plan.read, plan.now
+        try:
+            invitation = _ACCEPT.run(
+                connection, read.invitation_id, self._ctx.checkpoint,
+                b_nonce=read.nonce, b_now=self._clock.now(), b_decided=now, b_firm=plan.firm_id, b_user=read.user_id,
+            )
+            client = self._connect_planned(connection, plan)
+        except TransitionLost:
+            raise _Replan() from None
+        connection.execute(_EVENT_INSERT, self._event_values(
+            "invitation.accepted", read.user_email, channel, firm_id=plan.firm_id, company_id=read.id,
+            client_id=client.id, invitation_id=read.invitation_id,
+        ))
+        self._notifier.queue_prepared(connection, plan.emails)
+        return AcceptResult(
+            InvitationView(
+                id=invitation.id, company=read.name, email=invitation.email, invited_by=invitation.invited_by,
+                state=invitation.state, status=invitation.state, created_at=invitation.created_at,
+                expires_at=invitation.expires_at, decided_at=invitation.decided_at, firm=plan.firm_name,
+                accepted_by=read.user_name, accepted_by_email=read.user_email,
+                renewal_requested_at=invitation.renewal_requested_at,
+            ),
+            ClientView(
+                id=client.id, firm=plan.firm_name, name=client.name, kind=client.kind, status=client.status,
+                billing=client.billing, company=read.name, email=client.email, phone=client.phone,
+                connected_at=client.connected_at, products=plan.products,
+                trial_ends_at=read.trial_ends_at if client.billing == "direct" else None,
+                primary_admin=(plan.client.primary_admin if plan.client is not None else None) or read.admin_email,
+            ),
+        )
+
+    def _connect_planned(self, connection: Connection, plan: _AcceptPlan) -> Any:
+        """``_connect`` on what the plan read: insert the roster entry, or update the one it found (only if
+        it is still that entry); raises ``_Replan`` or ``TransitionLost`` when it is not."""
+        read, billing = plan.read, SUBSCRIPTION_BILLING[plan.read.subscription]
+        if plan.client is None:
+            # Nothing overwritten: a row another writer added since (the same company, or the same name)
+            # makes this insert nothing, and the locked path says what it found.
+            inserted = connection.execute(_CLIENT_INSERT[connection.dialect.name], {
+                "firm_id": plan.firm_id, "company_id": read.id, "kind": read.kind, "name": read.name,
+                "name_key": read.name_key, "email": read.admin_email, "billing": billing,
+                "status": ClientStatus.ACTIVE.value, "connected_at": plan.now, "created_at": plan.now,
+            }).first()
+            if inserted is None:
+                raise _Replan()
+            return inserted
+        found_by_company = plan.client.company_id is not None
+        return _RECONNECT[found_by_company].run(
+            connection, plan.client.id, self._ctx.checkpoint, b_firm=plan.firm_id, b_company=read.id,
+            b_name_key=read.name_key, b_billing=billing, b_now=plan.now,
+        )
 
     def accept_in(
         self, s: Session, invitation: Invitation, user_id: int, firm_id: int | None, channel: str

@@ -16,11 +16,11 @@ one that holds both contenders at that point and releases them together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, inspect, update
+from sqlalchemy import ColumnElement, Connection, Row as CoreRow, bindparam, inspect, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -102,6 +102,50 @@ def transition(
         row = s.get(model, row_id, populate_existing=True)
         raise TransitionLost(table, row_id, str(to), expected_values, getattr(row, column.key, None))
     _refresh_loaded(s, model, row_id, fresh[0], values.keys())
+
+
+class Transition:
+    """``transition`` as one Core statement built once, for a hot path that writes without a Session.
+
+    A write that read everything it needs before taking the write lock (``Roster.accept_invitation``)
+    runs it on its connection: no flush or identity map inside the lock, and no statement built per
+    call (each run only binds). ``where`` carries every condition that earlier read relied on, so a
+    row that changed since is lost, never overwritten. ``values`` and ``where`` may hold
+    ``bindparam``s, bound by ``run``'s keywords (named unlike the table's columns).
+    """
+
+    def __init__(
+        self,
+        model: type[Row],
+        expected: Iterable[StrEnum],
+        to: StrEnum,
+        *,
+        where: Iterable[ColumnElement[bool]] = (),
+        values: Mapping[str, Any],
+    ) -> None:
+        column = state_column(model)
+        table = model.__table__
+        self._table = model.__tablename__
+        self._to = str(to)
+        self._expected = tuple(str(state) for state in expected)
+        self._statement = (
+            update(table)
+            .where(table.c.id == bindparam("transition_row_id"), table.c[column.key].in_(self._expected), *where)
+            .values({column.key: self._to, **values})
+            .returning(*table.columns)
+        )
+        self._current = select(table.c[column.key]).where(table.c.id == bindparam("transition_row_id"))
+
+    def run(
+        self, connection: Connection, row_id: int, checkpoint: Checkpoint = no_checkpoint, **binds: Any
+    ) -> CoreRow[Any]:
+        """Move the row; returns it as it is now, or raises ``TransitionLost`` saying what it is."""
+        checkpoint(self._table, row_id, self._to)
+        fresh = connection.execute(self._statement, {"transition_row_id": row_id, **binds}).first()
+        if fresh is None:
+            current = connection.scalar(self._current, {"transition_row_id": row_id})
+            raise TransitionLost(self._table, row_id, self._to, self._expected, current)
+        return fresh
 
 
 def _refresh_loaded(s: Session, model: type[Any], row_id: int, fresh: Any, changed: Iterable[str]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from email.headerregistry import Address
 from email.utils import parseaddr
 
-from sqlalchemy import ColumnElement, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
@@ -64,6 +64,9 @@ SPEAKS_FOR = {
 }
 
 
+_INSERT = insert(OutboxMessage.__table__)
+
+
 class Outbox:
     """Implements ``daemon.notices.Notifier``."""
 
@@ -96,6 +99,11 @@ class Outbox:
         rendering the bodies and building the MIME took ~30 % of a state change's
         CPU while the single write lock was held.
         """
+        session.add(OutboxMessage(**self.prepare(notice)))
+
+    def prepare(self, notice: Notice) -> dict[str, Any]:
+        """The outbox row for ``notice``, ready to insert (``queue_prepared``): a caller that knows its
+        emails before it takes the write lock prepares them outside it (the subject is rendered here)."""
         now = self._clock.now()
         check_recipient(notice.to)  # a bad address fails the change, not the worker later
         content = {
@@ -104,28 +112,31 @@ class Outbox:
             "context": notice.context,
         }
         ref = secrets.token_hex(6)
-        session.add(
-            OutboxMessage(
-                message_id=new_message_id(self._domain),
-                ref=ref,
-                kind=notice.template,
-                # VERP: a bounce comes back to an address that names this very email.
-                envelope_from=self.address(Purpose.BOUNCE, ref),
-                recipient=notice.to,
-                subject=self._renderer.subject(notice.template, notice.locale, notice.timezone, self._values(content)),
-                raw=None,
-                content=dump_content(content),
-                state="pending",
-                attempts=0,
-                created_at=now,
-                queued_at=now,
-                next_attempt_at=now,
-                invitation_id=notice.invitation_id,
-                company_id=notice.company_id,
-                firm_id=notice.firm_id,
-                audience=notice.audience,
-            )
-        )
+        return {
+            "message_id": new_message_id(self._domain),
+            "ref": ref,
+            "kind": notice.template,
+            # VERP: a bounce comes back to an address that names this very email.
+            "envelope_from": self.address(Purpose.BOUNCE, ref),
+            "recipient": notice.to,
+            "subject": self._renderer.subject(notice.template, notice.locale, notice.timezone, self._values(content)),
+            "raw": None,
+            "content": dump_content(content),
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "queued_at": now,
+            "next_attempt_at": now,
+            "invitation_id": notice.invitation_id,
+            "company_id": notice.company_id,
+            "firm_id": notice.firm_id,
+            "audience": notice.audience,
+        }
+
+    def queue_prepared(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert prepared rows in the caller's transaction (a Core write): one executemany, no ORM flush."""
+        if rows:
+            connection.execute(_INSERT, rows)
 
     def _values(self, content: dict[str, Any]) -> dict[str, Any]:
         # ``now`` for deadlines ("in 47 hours"), ``to_name`` for the greeting (a name, never an address).

@@ -447,3 +447,48 @@ def test_invite_pressed_twice_on_the_manage_page_sends_once(cabinet: Cabinet, en
         assert [r[0] for r in env.sql("SELECT state FROM invitations ORDER BY id")] == ["superseded", "pending"]
     finally:
         admin.close()
+
+
+# -- an accept's read before the write lock, then a change, then its write -------------------------
+
+
+def _change_after_the_read(monkeypatch: pytest.MonkeyPatch, cabinet: Cabinet, change: Callable[[], None]) -> None:
+    """Run ``change`` (committed) between an accept's read (outside the write lock) and its write."""
+    plan = cabinet.roster._plan_accept
+
+    def read_then_change(*args: Any) -> Any:
+        read = plan(*args)
+        assert read is not None, "the read found the invitation acceptable"
+        change()
+        return read
+
+    monkeypatch.setattr(cabinet.roster, "_plan_accept", read_then_change)
+
+
+def test_a_revoke_after_the_accepts_read_wins(cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    _change_after_the_read(monkeypatch, cabinet, lambda: cabinet.roster.revoke_invitation(sent.id))
+    with pytest.raises(InvitationUnavailable) as refused:
+        cabinet.roster.accept_invitation(invitation_token(cabinet, sent.id), user_id(cabinet), None)
+    assert refused.value.view.status == "revoked"
+    assert env.sql("SELECT state FROM invitations") == [("revoked",)]
+    assert cabinet.roster.list_clients("Tremblay CPA") == []
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(0,)]
+    assert emails(env) == [("invitation", ACCOUNTANT)]
+
+
+def test_a_client_added_after_the_accepts_read_is_the_one_connected(
+    cabinet: Cabinet, env: Env, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accept's insert finds the entry added meanwhile (same name, no company): it inserts nothing,
+    and the accept, decided again inside the lock, connects that entry, as in a serial order."""
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    _change_after_the_read(monkeypatch, cabinet, lambda: cli(
+        "client", "add", "--firm", "Tremblay CPA", "--kind", "business", "--name", COMPANY.upper(),
+        "--billing", "none"))
+    result = cabinet.roster.accept_invitation(invitation_token(cabinet, sent.id), user_id(cabinet), None)
+    (client,) = cabinet.roster.list_clients("Tremblay CPA")
+    assert client.id == result.client.id and client.company == COMPANY and client.status == "active"
+    assert env.sql("SELECT state FROM invitations") == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
+    assert emails(env) == [("invitation", ACCOUNTANT), ("invitation_accepted", ADMIN), ("client_added", ACCOUNTANT)]
