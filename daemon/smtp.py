@@ -18,7 +18,6 @@ hold every slot while real mail waits. The greeting names no software version.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
