@@ -110,7 +110,7 @@ async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     A SQLite read in WAL mode takes no lock a writer holds and reads pages the OS has cached: it is
     over sooner than a thread hop (queue, wake-up, GIL hand-over, the loop's self-pipe) would be.
     PostgreSQL's read is a network round trip: it keeps the thread."""
-    if request.app[CABINET].config.is_sqlite:
+    if request.app[CABINET].engine.dialect.name == "sqlite":
         return fn(*args)
     return await run(fn, *args)
 
