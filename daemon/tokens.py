@@ -79,10 +79,20 @@ class LinkSigner:
 
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         clock = self._clock
+        # itsdangerous builds a signer per call and derives its key (a hash of salt and secret) each time:
+        # the derived keys depend only on what they hash, so they are kept for this serializer.
+        derived: dict[tuple[Any, ...], bytes] = {}
 
         class _ClockSigner(TimestampSigner):
             def get_timestamp(self) -> int:
                 return int(clock.now().timestamp())
+
+            def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+                cache_key = (self.salt, self.key_derivation, self.digest_method, secret_key)
+                key = derived.get(cache_key)
+                if key is None:
+                    key = derived[cache_key] = super().derive_key(secret_key)
+                return key
 
         # itsdangerous signs with the last key and verifies with all of them.
         ordered = [key.reveal() for key in reversed(self._keys.keys)]

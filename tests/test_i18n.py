@@ -123,6 +123,36 @@ def test_dates_to_the_minute_with_french_ordinals_and_hours() -> None:
     assert format_deadline(first, "en", "America/Montreal", now=first - timedelta(hours=47)).endswith("(in 47 hours)")
 
 
+def test_date_filters_keep_each_language_zone_and_now_apart() -> None:
+    """The filters keep formatted dates (an instant's text never changes), so the same instant read in
+    another language or zone, or a deadline seen at another moment, must still come out as its own."""
+    from datetime import datetime, timedelta, timezone
+
+    from jinja2 import Environment
+
+    from daemon.i18n import date_filters
+
+    env = Environment(autoescape=True)
+    env.filters.update(date_filters())
+    page = env.from_string("{{ at|datetime }} / {{ at|date }} / {{ at|deadline }}")
+    first = datetime(2026, 12, 1, 10, 59, 35, tzinfo=timezone.utc)
+    seen = []
+    for _ in range(2):  # the second round comes from the caches
+        seen.append([
+            page.render(at=first, locale="fr", timezone="America/Montreal", now=first - timedelta(hours=47)),
+            page.render(at=first, locale="en", timezone="America/Montreal", now=first - timedelta(hours=47)),
+            page.render(at=first, locale="fr", timezone="America/Vancouver", now=first - timedelta(hours=47)),
+            page.render(at=first, locale="fr", timezone="America/Vancouver", now=first - timedelta(hours=12)),
+        ])
+    assert seen[0] == seen[1]
+    assert seen[0] == [
+        "1er décembre 2026 à 5 h 59 HNE / 1er décembre 2026 / 1er décembre 2026 à 5 h 59 HNE (dans 47 heures)",
+        "December 1, 2026 at 5:59 a.m. EST / December 1, 2026 / December 1, 2026 at 5:59 a.m. EST (in 47 hours)",
+        "1er décembre 2026 à 2 h 59 HNP / 1er décembre 2026 / 1er décembre 2026 à 2 h 59 HNP (dans 47 heures)",
+        "1er décembre 2026 à 2 h 59 HNP / 1er décembre 2026 / 1er décembre 2026 à 2 h 59 HNP (dans 12 heures)",
+    ]
+
+
 def test_french_elision_before_a_name() -> None:
     from daemon.i18n import of_name
 

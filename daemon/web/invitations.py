@@ -12,7 +12,7 @@ from aiohttp import web
 from daemon.errors import InvalidInput, LinkTampered
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
-from daemon.web.context import CABINET, FIRST_OPENING, form, message, page, redirect, run, speak_to, visitor
+from daemon.web.context import CABINET, FIRST_OPENING, form, message, page, read, redirect, run, speak_to, visitor
 
 
 def _token(request: web.Request) -> str:
@@ -48,7 +48,7 @@ def _invalid_link(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     cabinet = request.app[CABINET]
     try:
-        invitation, request[FIRST_OPENING] = await run(cabinet.roster.open_invitation_link, _token(request))
+        invitation, request[FIRST_OPENING] = await read(request, cabinet.roster.open_invitation_link, _token(request))
     except LinkTampered:
         return _invalid_link(request)
     has_account = True
