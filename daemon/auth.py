@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import SINGLE_READ, write_transaction
+from daemon.db import SINGLE_READ, engine_of, write_transaction
 from daemon.domain import normalise_email
 from daemon.errors import AuthenticationFailed, InvalidInput
 from daemon.models import User, WebSession
@@ -61,7 +61,7 @@ class WebSessions:
         if not token:
             return None
         # Every signed-in request asks: one statement of plain columns, no Session and no BEGIN.
-        with self._sessions.kw["bind"].connect() as connection:
+        with engine_of(self._sessions).connect() as connection:
             row = connection.execution_options(**SINGLE_READ).execute(_LIVE_SESSION, {"id": _digest(token)}).first()
         if row is None or row.expires_at <= self._clock.now():
             return None

@@ -299,6 +299,12 @@ def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def engine_of(sessions: sessionmaker[Session]) -> Engine:
+    """The engine behind Cabinet's session factory, for Core statements on a plain connection (a hot
+    read that needs no Session, identity map or unit of work)."""
+    return cast(Engine, sessions.kw["bind"])
+
+
 @contextmanager
 def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
     """``write_transaction`` for Core statements only: a connection, no Session.
@@ -311,7 +317,7 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
         with writer.core_unit() as connection:
             yield connection
         return
-    with sessions.kw["bind"].connect() as connection:
+    with engine_of(sessions).connect() as connection:
         with connection.execution_options(**WRITE).begin():
             yield connection
 

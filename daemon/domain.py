@@ -257,20 +257,9 @@ class DomainService:
         if key is not None:
             s.execute(update(RequestKey).where(RequestKey.key == key).values(result_id=result_id))
 
-    def _event(
-        self,
-        s: Session,
-        kind: str,
-        actor: str,
-        channel: str,
-        *,
-        firm_id: int | None = None,
-        company_id: int | None = None,
-        client_id: int | None = None,
-        **detail: Any,
-    ) -> None:
-        s.add(Event(**self._event_values(kind, actor, channel, firm_id=firm_id, company_id=company_id,
-                                         client_id=client_id, **detail)))
+    def _event(self, s: Session, kind: str, actor: str, channel: str, **fields: Any) -> None:
+        """Add an event to the session (its columns and detail as ``_event_values`` takes them)."""
+        s.add(Event(**self._event_values(kind, actor, channel, **fields)))
 
     def _event_values(
         self,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.client_list import client_views
-from daemon.db import SINGLE_READ, rows_changed, write_connection
+from daemon.db import SINGLE_READ, engine_of, rows_changed, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -320,7 +320,7 @@ class Roster(DomainService):
     def get_user(self, user_id: int) -> UserView:
         """The signed-in staff member, read on every signed-in request: one statement of plain rows
         (the user with each firm, in name order), no Session and no BEGIN."""
-        with self._sessions.kw["bind"].connect() as connection:
+        with engine_of(self._sessions).connect() as connection:
             rows = connection.execution_options(**SINGLE_READ).execute(_USER_WITH_FIRMS, {"id": user_id}).all()
         if not rows:
             raise NotFound("staff.missing")
@@ -746,7 +746,7 @@ class Roster(DomainService):
         """
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
         # A connection of the sessions' engine, no Session: plain rows need no identity map or unit of work.
-        with self._sessions.kw["bind"].connect() as connection:
+        with engine_of(self._sessions).connect() as connection:
             row = connection.execution_options(**SINGLE_READ).execute(
                 _INVITATION_PAGE, {"id": ref.id, "opened_detail": detail_text(invitation_detail(ref.id))}
             ).one_or_none()
@@ -797,7 +797,7 @@ class Roster(DomainService):
         refusal (its exact error is then the locked path's)."""
         now = self._clock.now()
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
-        with self._sessions.kw["bind"].connect() as connection:
+        with engine_of(self._sessions).connect() as connection:
             row = connection.execute(_ACCEPT_READ, {"id": ref.id, "user_id": user_id}).one_or_none()
             if row is None or row.nonce != ref.bound:
                 raise LinkTampered("link.no_invitation")  # as _row_from_token says it
