@@ -261,6 +261,18 @@ class Client(Base):
     primary_admin: Mapped[User | None] = relationship()
 
 
+class FirmClientCount(Base):
+    """How many clients a firm has with one status and billing: kept by triggers on ``clients``
+    (migration 0016), never written by the application; the roster's numbers are SUMs of these rows."""
+
+    __tablename__ = "firm_client_counts"
+
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(30), primary_key=True)
+    billing: Mapped[str] = mapped_column(String(20), primary_key=True)
+    clients: Mapped[int]
+
+
 class BillingTransfer(Base):
     """A primary admin's permission for a firm to move the company onto its wholesale plan (flow 2)."""
 

@@ -1,20 +1,22 @@
 """What a signed-in staff member's pages read: the roster, one client, what is pending, the team.
 
-Read-only. Every method is scoped to the firms the user is a member of *in the
-statement itself* (a membership subquery), so a client of another firm is never
-read, and issues a fixed number of statements whatever the size of the roster
-(Core selects with joins; no lazy loading), so a page costs the same at 10 and
-at 100,000 clients.
+Read-only. Every method is scoped to the firms of the signed-in user as the request read them
+(``UserView.firms``: the ids are in each statement, so a client of another firm is never read and no
+statement looks the memberships up again), and issues a fixed number of statements whatever the size
+of the roster (Core selects with joins; no lazy loading), so a page costs the same at 10 and at
+100,000 clients. The roster's numbers (the navigation's, the plain roster's and its filters') are
+sums of ``firm_client_counts``, which the database keeps (migration 0016), not counts of the roster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from daemon.client_actions import awaits_payment
@@ -29,6 +31,7 @@ from daemon.models import (
     CompanyProduct,
     Event,
     Firm,
+    FirmClientCount,
     Invitation,
     InvitationState,
     Membership,
@@ -40,6 +43,7 @@ from daemon.models import (
     User,
 )
 from daemon.tokens import Purpose
+from daemon.views import UserView
 
 PAGE_SIZE = 50
 # A search finding more clients than this says "more than 1000" rather than count them all: a common
@@ -234,6 +238,36 @@ class NavCounts:
     team: int
 
 
+def _among(column: Any, firms: Collection[int]) -> ColumnElement[bool]:
+    """``column`` among the user's firms, their ids in the statement.
+
+    A one-firm user's roster is then ``firm_id = ?``, which the (firm_id, search_key) index answers
+    in order: at 100,000 clients a page reads 50 index entries instead of sorting the roster (an
+    ``IN (subquery)`` made SQLite sort it all).
+    """
+    ids = sorted(firms)
+    if not ids:
+        return false()
+    return column == ids[0] if len(ids) == 1 else column.in_(ids)
+
+
+def _firms(user: UserView) -> list[int]:
+    return [firm.id for firm in user.firms]
+
+
+def _counted(firms: Collection[int], status: str = "", billing: str = "", firm_id: int | None = None) -> Select[Any]:
+    """How many of the firms' clients have this status, billing and firm: a sum of the counter's
+    rows (a handful per firm), not a count of the roster."""
+    where = [_among(FirmClientCount.firm_id, firms)]
+    if firm_id is not None:
+        where.append(FirmClientCount.firm_id == firm_id)
+    if status:
+        where.append(FirmClientCount.status == status)
+    if billing:
+        where.append(FirmClientCount.billing == billing)
+    return select(func.coalesce(func.sum(FirmClientCount.clients), 0)).where(*where)
+
+
 def _resendable(client: Client, company: Company | None, setup_pending: bool) -> tuple[str, ...]:
     """The links the client page may resend (the rules ClientActions.resend_link applies)."""
     if company is None:
@@ -253,23 +287,8 @@ class Workspace(DomainService):
         return self._search_index
 
     @staticmethod
-    def _my_firms(user_id: int) -> Select[tuple[int]]:
-        return select(Membership.firm_id).where(Membership.user_id == user_id)
-
-    def _client_scope(self, s: Session, user_id: int) -> ColumnElement[bool]:
-        """``Client.firm_id`` among the user's firms, as literal ids read first (one statement).
-
-        With the ids in the statement, a one-firm user's roster is ``firm_id = ?``, which the
-        (firm_id, search_key) index answers in order: at 100,000 clients a page reads 50 index
-        entries instead of sorting the roster (an ``IN (subquery)`` made SQLite sort it all).
-        """
-        firms = sorted(s.scalars(self._my_firms(user_id)))
-        if not firms:
-            return false()
-        return Client.firm_id == firms[0] if len(firms) == 1 else Client.firm_id.in_(firms)
-
-    def _roster_filter(self, s: Session, user_id: int, query: RosterQuery) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = [self._client_scope(s, user_id)]
+    def _roster_filter(firms: Collection[int], query: RosterQuery) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [_among(Client.firm_id, firms)]
         if query.firm_id is not None:
             where.append(Client.firm_id == query.firm_id)
         if query.status:
@@ -294,15 +313,15 @@ class Workspace(DomainService):
             select(SEARCH_TABLE.c.rowid).where(fts_match(found), in_scope.exists()).limit(SEARCH_LIMIT + 1)
         ))
 
-    def clients(self, user_id: int, query: RosterQuery) -> RosterPage:
+    def clients(self, user: UserView, query: RosterQuery) -> RosterPage:
         """One page of the user's firms' clients, and how many there are.
 
         A fixed number of statements, none reading the roster beyond what the page needs:
 
-        - the plain roster or a filter: the count is index-only (``(firm_id, …)``,
-          ``(status, firm_id)``, ``(billing, firm_id)``), and the page is the 50 ids at its offset
-          in the index of its order (a subquery), then those 50 rows read by id — a deep page skips
-          index entries, not rows;
+        - the plain roster or a filter (status, billing, firm): the count is a sum of the counter's
+          rows (``firm_client_counts``), and the page is the 50 ids at its offset in the index of
+          its order (a subquery), then those 50 rows read by id — a deep page skips index entries,
+          not rows;
         - a search on SQLite's trigram index: the ids it finds (at most ``SEARCH_LIMIT``: the
           count), then the page's 50 rows among them by id, sorted;
         - any other search (PostgreSQL, whose trigram indexes serve the ``LIKE``; a search of short
@@ -316,8 +335,9 @@ class Workspace(DomainService):
                    Client.status, Client.connected_at, Client.created_at)
         order = SORTS[query.sort]
         found = words(query.text)
+        firms = _firms(user)
         with self._sessions() as s:
-            where = self._roster_filter(s, user_id, query)
+            where = self._roster_filter(firms, query)
 
             def page_of(number: int) -> list[Any]:
                 ids = (select(Client.id).where(*where).order_by(*order)
@@ -326,9 +346,7 @@ class Workspace(DomainService):
                     select(*columns).join(Firm, Firm.id == Client.firm_id).where(Client.id.in_(ids)).order_by(*order)
                 ).all())
 
-            def count(limit: int | None = None) -> int:
-                if limit is None:
-                    return s.scalar(select(func.count()).select_from(Client).where(*where)) or 0
+            def count(limit: int) -> int:
                 matching = select(Client.id).where(*where).limit(limit).subquery()
                 return s.scalar(select(func.count()).select_from(matching)) or 0
 
@@ -354,7 +372,7 @@ class Workspace(DomainService):
                         page = max(1, -(-total // PAGE_SIZE))
                         rows = page_of(page)
             else:
-                total = count()
+                total = int(s.scalar(_counted(firms, query.status, query.billing, query.firm_id)) or 0)
                 page = min(page, max(1, -(-total // PAGE_SIZE)))
                 rows = page_of(page)
         pages = max(1, -(-total // PAGE_SIZE))
@@ -366,7 +384,7 @@ class Workspace(DomainService):
             pages=pages, more=more,
         )
 
-    def client(self, user_id: int, client_id: int) -> ClientDetail | None:
+    def client(self, user: UserView, client_id: int) -> ClientDetail | None:
         """A client of one of the user's firms, with its timeline; None for any other (the page says 404)."""
         admin = aliased(User)
         with self._sessions() as s:
@@ -375,7 +393,7 @@ class Workspace(DomainService):
                 .join(Firm, Firm.id == Client.firm_id)
                 .outerjoin(Company, Company.id == Client.company_id)
                 .outerjoin(admin, admin.id == Client.primary_admin_id)
-                .where(Client.id == client_id, Client.firm_id.in_(self._my_firms(user_id)))
+                .where(Client.id == client_id, _among(Client.firm_id, _firms(user)))
             ).first()
             if row is None:
                 return None
@@ -471,10 +489,11 @@ class Workspace(DomainService):
         # Newest first; an email queued by an event sorts after it (same instant).
         return tuple(sorted(entries, key=lambda e: (e.at, e.kind == "email"), reverse=True))
 
-    def pending(self, user_id: int, email: str) -> Pending:
+    def pending(self, user: UserView) -> Pending:
         """Invitations to the user not yet answered, and their firms' transfers, setups and trials under way."""
         now = self._now()
-        mine = self._my_firms(user_id)
+        firms = _firms(user)
+        email = user.email
         with self._sessions() as s:
             latest = (
                 select(OutboxMessage.id)
@@ -494,7 +513,7 @@ class Workspace(DomainService):
                 .join(Company, Company.id == BillingTransfer.company_id)
                 .join(Firm, Firm.id == BillingTransfer.firm_id)
                 .outerjoin(Client, and_(Client.company_id == Company.id, Client.firm_id == Firm.id))
-                .where(BillingTransfer.firm_id.in_(mine), BillingTransfer.state == TransferState.PENDING,
+                .where(_among(BillingTransfer.firm_id, firms), BillingTransfer.state == TransferState.PENDING,
                        BillingTransfer.expires_at > now)
                 .order_by(BillingTransfer.expires_at)
             ).all()
@@ -503,7 +522,7 @@ class Workspace(DomainService):
                 .join(Company, Company.id == SetupInvitation.company_id)
                 .join(Firm, Firm.id == SetupInvitation.firm_id)
                 .outerjoin(Client, and_(Client.company_id == Company.id, Client.firm_id == Firm.id))
-                .where(SetupInvitation.firm_id.in_(mine), SetupInvitation.state == SetupState.PENDING,
+                .where(_among(SetupInvitation.firm_id, firms), SetupInvitation.state == SetupState.PENDING,
                        SetupInvitation.expires_at > now)
                 .order_by(SetupInvitation.expires_at)
             ).all()
@@ -519,7 +538,7 @@ class Workspace(DomainService):
                 select(Client.id, Client.name, Firm.name, Company.trial_ends_at, Company.payment_details_at)
                 .join(Firm, Firm.id == Client.firm_id)
                 .join(Company, Company.id == Client.company_id)
-                .where(self._client_scope(s, user_id), Client.status == ClientStatus.TRIAL)
+                .where(_among(Client.firm_id, firms), Client.status == ClientStatus.TRIAL)
                 .order_by(Company.trial_ends_at)
             ).all()
         return Pending(
@@ -547,14 +566,14 @@ class Workspace(DomainService):
             trials=tuple(PendingTrial(*row) for row in trials),
         )
 
-    def team(self, user_id: int) -> list[TeamMember]:
+    def team(self, user: UserView) -> list[TeamMember]:
         """Everyone who shares a firm with the user, with their firms among the user's (one statement)."""
         with self._sessions() as s:
             rows = s.execute(
                 select(User.id, User.name, User.email, Firm.name, Membership.role)
                 .join(Membership, Membership.user_id == User.id)
                 .join(Firm, Firm.id == Membership.firm_id)
-                .where(Membership.firm_id.in_(self._my_firms(user_id)))
+                .where(_among(Membership.firm_id, _firms(user)))
                 .order_by(User.name, User.email, Firm.name_key)
             ).all()
         members: dict[int, TeamMember] = {}
@@ -564,33 +583,32 @@ class Workspace(DomainService):
             members[uid] = TeamMember(name, email, firms)
         return list(members.values())
 
-    def counts(self, user_id: int, email: str, clients: int | None = None) -> NavCounts:
-        """The numbers in the navigation: the user's firms, then one statement of COUNT subqueries.
+    def counts(self, user: UserView) -> NavCounts:
+        """The numbers in the navigation, in one statement of subqueries.
 
-        ``clients``: the user's clients when the caller has just counted them (the plain roster page),
-        so that page does not count 100,000 index entries twice.
+        The clients and the trials are sums of the counter's rows. (Pending lists a trial with its
+        company; a client is in its trial only with one — a direct-discount company, made with it —
+        so the counter's trials are the same clients.)
         """
         now = self._now()
-        mine = self._my_firms(user_id)
+        firms = _firms(user)
 
         def count(statement: Select[Any]) -> Any:
             return statement.scalar_subquery()
 
-        with self._sessions() as s:
-            scope = self._client_scope(s, user_id)
         row = self._read(select(
-            literal(clients) if clients is not None else count(select(func.count()).select_from(Client).where(scope)),
+            count(_counted(firms)),
             count(select(func.count()).select_from(Invitation).where(
-                Invitation.email == email, Invitation.state == InvitationState.PENDING, Invitation.expires_at > now)),
+                Invitation.email == user.email, Invitation.state == InvitationState.PENDING,
+                Invitation.expires_at > now)),
             count(select(func.count()).select_from(BillingTransfer).where(
-                BillingTransfer.firm_id.in_(mine), BillingTransfer.state == TransferState.PENDING,
+                _among(BillingTransfer.firm_id, firms), BillingTransfer.state == TransferState.PENDING,
                 BillingTransfer.expires_at > now)),
             count(select(func.count()).select_from(SetupInvitation).where(
-                SetupInvitation.firm_id.in_(mine), SetupInvitation.state == SetupState.PENDING,
+                _among(SetupInvitation.firm_id, firms), SetupInvitation.state == SetupState.PENDING,
                 SetupInvitation.expires_at > now)),
-            count(select(func.count()).select_from(Client).join(Company, Company.id == Client.company_id).where(
-                scope, Client.status == ClientStatus.TRIAL)),
-            count(select(func.count(func.distinct(Membership.user_id))).where(Membership.firm_id.in_(mine))),
+            count(_counted(firms, status=ClientStatus.TRIAL)),
+            count(select(func.count(func.distinct(Membership.user_id))).where(_among(Membership.firm_id, firms))),
         ))
         clients, invitations, transfers, setups, trials, team = (int(n or 0) for n in row)
         return NavCounts(clients=clients, pending=invitations + transfers + setups + trials, team=team)

@@ -63,7 +63,8 @@ def bulk(cabinet: Cabinet, env: Env, count: int, prefix: str) -> None:
 
 
 def found(cabinet: Cabinet, user_id: int, words: str, **query: Any) -> list[str]:
-    return [row.name for row in cabinet.workspace.clients(user_id, RosterQuery(text=words, **query)).rows]
+    user = cabinet.roster.get_user(user_id)
+    return [row.name for row in cabinet.workspace.clients(user, RosterQuery(text=words, **query)).rows]
 
 
 def check_index(cabinet: Cabinet) -> None:

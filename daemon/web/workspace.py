@@ -29,12 +29,10 @@ def _signed_in(request: web.Request) -> UserView:
     return v.user
 
 
-async def _page(
-    request: web.Request, template: str, status: int = 200, clients: int | None = None, **context: Any
-) -> web.Response:
-    """A workspace page, with the navigation's counts (``clients``: already counted by the page)."""
+async def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    """A workspace page, with the navigation's counts."""
     user = _signed_in(request)
-    counts = await run(request.app[CABINET].workspace.counts, user.id, user.email, clients)
+    counts = await run(request.app[CABINET].workspace.counts, user)
     return page(request, template, status=status, nav=counts, **context)
 
 
@@ -43,10 +41,8 @@ async def clients(request: web.Request) -> web.Response:
     query = RosterQuery.parse(request.query)
     if query.firm_id is not None and query.firm_id not in {f.id for f in user.firms}:
         query = RosterQuery(query.text, query.status, query.billing, None, query.sort, query.page)
-    roster = await run(request.app[CABINET].workspace.clients, user.id, query)
-    plain = not (query.text or query.status or query.billing or query.firm_id)
-    return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS,
-                       clients=roster.total if plain else None)
+    roster = await run(request.app[CABINET].workspace.clients, user, query)
+    return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS)
 
 
 CLIENT_DONE = ("contact", "setup", "payment", "withdraw")
@@ -56,7 +52,7 @@ async def _client_page(
     request: web.Request, status: int = 200, error: str | None = None, values: dict[str, str] | None = None
 ) -> web.Response:
     user = _signed_in(request)
-    detail = await run(request.app[CABINET].workspace.client, user.id, int(request.match_info["id"]))
+    detail = await run(request.app[CABINET].workspace.client, user, int(request.match_info["id"]))
     if detail is None:
         raise web.HTTPNotFound()  # another firm's client or none: the same answer
     done = request.query.get("done", "") if error is None else ""
@@ -109,13 +105,13 @@ async def client_action(request: web.Request) -> web.Response:
 
 async def pending(request: web.Request) -> web.Response:
     user = _signed_in(request)
-    found = await run(request.app[CABINET].workspace.pending, user.id, user.email)
+    found = await run(request.app[CABINET].workspace.pending, user)
     return await _page(request, "pending.html", pending=found)
 
 
 async def team(request: web.Request) -> web.Response:
     user = _signed_in(request)
-    members = await run(request.app[CABINET].workspace.team, user.id)
+    members = await run(request.app[CABINET].workspace.team, user)
     return await _page(request, "team.html", members=members)
 
 
