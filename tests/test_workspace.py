@@ -334,6 +334,33 @@ def test_the_client_list_and_a_client_page_cost_the_same_statements_at_10_and_20
     marie.close()
 
 
+COUNT_OF_CLIENTS = re.compile(r"count\([^)]*\)[^()]*\bFROM clients\b", re.IGNORECASE)
+MY_FIRMS = re.compile(r"SELECT memberships\.firm_id\s+FROM memberships", re.IGNORECASE)
+
+
+def test_the_roster_numbers_are_sums_of_the_counter_and_the_firms_are_the_visitors(quiet):
+    """The navigation's numbers, the plain roster's and its filters' are read from
+    ``firm_client_counts`` (migration 0016), never a COUNT over the roster; and no page looks up the
+    user's firms again after the visitor's own read."""
+    env = quiet.env
+    marie = signed_in(env, "marie@tremblay.example")
+    firm = firm_id(env, "Tremblay CPA")
+    many_clients(quiet, firm, 120, prefix="Client")
+    client = client_id(env, "Client 00007")
+    urls = ("/clients", "/clients?page=2", "/clients?status=active", "/clients?billing=none&sort=-name",
+            f"/clients?firm={firm}&status=trial", f"/clients/{client}", "/pending", "/team", "/profile")
+    for url in urls:
+        statements = [" ".join(statement.split()) for statement, _ in statements_of(quiet, marie, url)]
+        assert not [s for s in statements if COUNT_OF_CLIENTS.search(s)], url
+        assert not [s for s in statements if MY_FIRMS.search(s)], url
+        assert sum("firm_client_counts" in s for s in statements) == (2 if url.startswith("/clients?") or url == "/clients"
+                                                                      else 1), (url, statements)
+    page = marie.get("/clients?firm=%d&status=active" % firm).text
+    assert "120 client(s) found." in page and '<span class="count">120</span>' in page
+    assert "0 client(s) found." in marie.get("/clients?status=trial").text
+    marie.close()
+
+
 def test_the_roster_pages_read_indexes_not_the_roster_table(quiet):
     """On SQLite, no statement of the roster's pages (plain, deep, searched, filtered) scans the
     clients table, and their counts read an index only (what makes them cost the same at 100,000)."""
