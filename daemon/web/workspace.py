@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 from zoneinfo import available_timezones
 
@@ -12,7 +12,9 @@ from daemon.config import LOCALES
 from daemon.errors import CabinetError, InvalidInput, NotFound
 from daemon.views import UserView
 from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect, run, visitor
-from daemon.workspace import BILLINGS, STATUSES, RosterQuery
+from daemon.workspace import BILLINGS, STATUSES, NavCounts, RosterQuery
+
+T = TypeVar("T")
 
 # The zones offered on the profile page: the IANA names people pick from (not the "Etc/" offsets).
 ZONES = ("UTC", *sorted(
@@ -29,11 +31,20 @@ def _signed_in(request: web.Request) -> UserView:
     return v.user
 
 
-async def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    """A workspace page, with the navigation's counts."""
+async def _page(
+    request: web.Request, template: str, status: int = 200, nav: NavCounts | None = None, **context: Any
+) -> web.Response:
+    """A workspace page, with the navigation's counts (``nav``: already read with the page's own read)."""
+    if nav is None:
+        nav = await run(request.app[CABINET].workspace.counts, _signed_in(request))
+    return page(request, template, status=status, nav=nav, **context)
+
+
+async def _read(request: web.Request, read: Callable[..., T], *args: Any) -> tuple[T, NavCounts]:
+    """The page's read (``read(user, *args)``) and the navigation's counts, in one trip off the event loop."""
     user = _signed_in(request)
-    counts = await run(request.app[CABINET].workspace.counts, user)
-    return page(request, template, status=status, nav=counts, **context)
+    workspace = request.app[CABINET].workspace
+    return await run(lambda: (read(user, *args), workspace.counts(user)))
 
 
 async def clients(request: web.Request) -> web.Response:
@@ -41,8 +52,8 @@ async def clients(request: web.Request) -> web.Response:
     query = RosterQuery.parse(request.query)
     if query.firm_id is not None and query.firm_id not in {f.id for f in user.firms}:
         query = RosterQuery(query.text, query.status, query.billing, None, query.sort, query.page)
-    roster = await run(request.app[CABINET].workspace.clients, user, query)
-    return await _page(request, "clients.html", roster=roster, statuses=STATUSES, billings=BILLINGS)
+    roster, nav = await _read(request, request.app[CABINET].workspace.clients, query)
+    return await _page(request, "clients.html", nav=nav, roster=roster, statuses=STATUSES, billings=BILLINGS)
 
 
 CLIENT_DONE = ("contact", "setup", "payment", "withdraw")
@@ -51,13 +62,12 @@ CLIENT_DONE = ("contact", "setup", "payment", "withdraw")
 async def _client_page(
     request: web.Request, status: int = 200, error: str | None = None, values: dict[str, str] | None = None
 ) -> web.Response:
-    user = _signed_in(request)
-    detail = await run(request.app[CABINET].workspace.client, user, int(request.match_info["id"]))
+    detail, nav = await _read(request, request.app[CABINET].workspace.client, int(request.match_info["id"]))
     if detail is None:
         raise web.HTTPNotFound()  # another firm's client or none: the same answer
     done = request.query.get("done", "") if error is None else ""
     contact = values or {"email": detail.email or "", "phone": detail.phone or ""}
-    return await _page(request, "client.html", status=status, client=detail, error=error,
+    return await _page(request, "client.html", status=status, nav=nav, client=detail, error=error,
                        done=done if done in CLIENT_DONE else "", contact=contact)
 
 
@@ -104,15 +114,13 @@ async def client_action(request: web.Request) -> web.Response:
 
 
 async def pending(request: web.Request) -> web.Response:
-    user = _signed_in(request)
-    found = await run(request.app[CABINET].workspace.pending, user)
-    return await _page(request, "pending.html", pending=found)
+    found, nav = await _read(request, request.app[CABINET].workspace.pending)
+    return await _page(request, "pending.html", nav=nav, pending=found)
 
 
 async def team(request: web.Request) -> web.Response:
-    user = _signed_in(request)
-    members = await run(request.app[CABINET].workspace.team, user)
-    return await _page(request, "team.html", members=members)
+    members, nav = await _read(request, request.app[CABINET].workspace.team)
+    return await _page(request, "team.html", nav=nav, members=members)
 
 
 def _profile_values(user: UserView) -> dict[str, str]:
