@@ -10,10 +10,11 @@ sums of ``firm_client_counts``, which the database keeps (migration 0016), not c
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
@@ -44,6 +45,8 @@ from daemon.models import (
 )
 from daemon.tokens import Purpose
 from daemon.views import UserView
+
+T = TypeVar("T")
 
 PAGE_SIZE = 50
 # A search finding more clients than this says "more than 1000" rather than count them all: a common
@@ -313,7 +316,23 @@ class Workspace(DomainService):
             select(SEARCH_TABLE.c.rowid).where(fts_match(found), in_scope.exists()).limit(SEARCH_LIMIT + 1)
         ))
 
-    def clients(self, user: UserView, query: RosterQuery) -> RosterPage:
+    def page(self, user: UserView, read: Callable[..., T], *args: Any) -> tuple[T, NavCounts]:
+        """A page's read (``read``: ``clients``, ``client``, ``pending`` or ``team``, given ``user`` and
+        ``args``) and the navigation's numbers, on one session: one connection and one transaction
+        for both (a pool checkout and a rollback fewer per page; one snapshot on SQLite)."""
+        with self._sessions() as s:
+            return read(user, *args, s=s), self.counts(user, s=s)
+
+    @contextmanager
+    def _reading(self, s: Session | None) -> Iterator[Session]:
+        """The caller's session (``page``), or one of its own."""
+        if s is not None:
+            yield s
+            return
+        with self._sessions() as own:
+            yield own
+
+    def clients(self, user: UserView, query: RosterQuery, s: Session | None = None) -> RosterPage:
         """One page of the user's firms' clients, and how many there are.
 
         A fixed number of statements, none reading the roster beyond what the page needs:
@@ -336,7 +355,7 @@ class Workspace(DomainService):
         order = SORTS[query.sort]
         found = words(query.text)
         firms = _firms(user)
-        with self._sessions() as s:
+        with self._reading(s) as s:
             where = self._roster_filter(firms, query)
 
             def page_of(number: int) -> list[Any]:
@@ -384,10 +403,10 @@ class Workspace(DomainService):
             pages=pages, more=more,
         )
 
-    def client(self, user: UserView, client_id: int) -> ClientDetail | None:
+    def client(self, user: UserView, client_id: int, s: Session | None = None) -> ClientDetail | None:
         """A client of one of the user's firms, with its timeline; None for any other (the page says 404)."""
         admin = aliased(User)
-        with self._sessions() as s:
+        with self._reading(s) as s:
             row = s.execute(
                 select(Client, Firm.name, Company, admin)
                 .join(Firm, Firm.id == Client.firm_id)
@@ -489,12 +508,12 @@ class Workspace(DomainService):
         # Newest first; an email queued by an event sorts after it (same instant).
         return tuple(sorted(entries, key=lambda e: (e.at, e.kind == "email"), reverse=True))
 
-    def pending(self, user: UserView) -> Pending:
+    def pending(self, user: UserView, s: Session | None = None) -> Pending:
         """Invitations to the user not yet answered, and their firms' transfers, setups and trials under way."""
         now = self._now()
         firms = _firms(user)
         email = user.email
-        with self._sessions() as s:
+        with self._reading(s) as s:
             latest = (
                 select(OutboxMessage.id)
                 .where(OutboxMessage.invitation_id == Invitation.id)
@@ -566,9 +585,9 @@ class Workspace(DomainService):
             trials=tuple(PendingTrial(*row) for row in trials),
         )
 
-    def team(self, user: UserView) -> list[TeamMember]:
+    def team(self, user: UserView, s: Session | None = None) -> list[TeamMember]:
         """Everyone who shares a firm with the user, with their firms among the user's (one statement)."""
-        with self._sessions() as s:
+        with self._reading(s) as s:
             rows = s.execute(
                 select(User.id, User.name, User.email, Firm.name, Membership.role)
                 .join(Membership, Membership.user_id == User.id)
@@ -583,7 +602,7 @@ class Workspace(DomainService):
             members[uid] = TeamMember(name, email, firms)
         return list(members.values())
 
-    def counts(self, user: UserView) -> NavCounts:
+    def counts(self, user: UserView, s: Session | None = None) -> NavCounts:
         """The numbers in the navigation, in one statement of subqueries.
 
         The clients and the trials are sums of the counter's rows. (Pending lists a trial with its
@@ -596,7 +615,7 @@ class Workspace(DomainService):
         def count(statement: Select[Any]) -> Any:
             return statement.scalar_subquery()
 
-        row = self._read(select(
+        statement = select(
             count(_counted(firms)),
             count(select(func.count()).select_from(Invitation).where(
                 Invitation.email == user.email, Invitation.state == InvitationState.PENDING,
@@ -609,10 +628,8 @@ class Workspace(DomainService):
                 SetupInvitation.expires_at > now)),
             count(_counted(firms, status=ClientStatus.TRIAL)),
             count(select(func.count(func.distinct(Membership.user_id))).where(_among(Membership.firm_id, firms))),
-        ))
+        )
+        with self._reading(s) as s:
+            row = s.execute(statement).one()
         clients, invitations, transfers, setups, trials, team = (int(n or 0) for n in row)
         return NavCounts(clients=clients, pending=invitations + transfers + setups + trials, team=team)
-
-    def _read(self, statement: Select[Any]) -> Any:
-        with self._sessions() as s:
-            return s.execute(statement).one()

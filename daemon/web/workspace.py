@@ -41,10 +41,9 @@ async def _page(
 
 
 async def _read(request: web.Request, read: Callable[..., T], *args: Any) -> tuple[T, NavCounts]:
-    """The page's read (``read(user, *args)``) and the navigation's counts, in one trip off the event loop."""
-    user = _signed_in(request)
-    workspace = request.app[CABINET].workspace
-    return await run(lambda: (read(user, *args), workspace.counts(user)))
+    """The page's read (``read(user, *args)``) and the navigation's counts: one trip off the event
+    loop, one session."""
+    return await run(request.app[CABINET].workspace.page, _signed_in(request), read, *args)
 
 
 async def clients(request: web.Request) -> web.Response:
