@@ -14,15 +14,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -30,16 +28,16 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import dialect_insert
-from daemon.domain import DomainContext, DomainService, name_key
+from daemon.db import dialect_insert, write_transaction, writes_waiting
+from daemon.domain import DomainContext, DomainService, name_key, told_staff
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
-from daemon.models import Company, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
+from daemon.models import Company, Event, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
 from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
 from daemon.senders import SenderVerdict, prove_sender
 from daemon.tokens import Purpose
-from daemon.transitions import TransitionLost, transition
+from daemon.transitions import Transition, TransitionLost, transition
 from daemon.undeliverable import Undeliverable
 
 log = logging.getLogger(__name__)
@@ -80,6 +78,51 @@ class InboundView:
         }
 
 
+# Messages acted on in one write transaction (each in its own SAVEPOINT): one commit for them all.
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A stored message as processing reads it: its bytes and envelope never change once stored."""
+
+    id: int
+    mail_from: str
+    recipients: list[str]
+    message_id: str | None
+    raw: bytes
+
+    @classmethod
+    def of(cls, row: Any) -> _Stored:
+        return cls(row.id, row.mail_from, json.loads(row.recipients), row.message_id, row.raw)
+
+
+_STORED = (InboundMessage.id, InboundMessage.mail_from, InboundMessage.recipients, InboundMessage.message_id,
+           InboundMessage.raw)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A message read and judged before its write transaction (nothing here needs the database)."""
+
+    stored: _Stored
+    message: EmailMessage
+    refs: list[tuple[Purpose, str]]
+    proof: SenderVerdict | None
+    plan: _Plan | None = None  # what it does, when that was decided before the write transaction
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A message's whole effect worked out before its write transaction (it changes no row but adds
+    its own): the transaction checks it is not a duplicate, inserts these rows and records the outcome."""
+
+    kind: str
+    outcome: str
+    event: dict[str, Any] | None = None  # an event row's columns
+    emails: list[dict[str, Any]] = field(default_factory=list)  # prepared outbox rows
+
+
 class _Done(Exception):
     """Processing reached a decision; ``kind`` and ``outcome`` say which."""
 
@@ -116,6 +159,14 @@ class Inbound(DomainService):
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
+        # A processed message's last move, one Core statement each (no ORM bulk update per message).
+        finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
+                  "processed_at": bindparam("new_processed_at"), "attempts": InboundMessage.__table__.c.attempts + 1}
+        self._finish = {
+            duplicate: Transition(InboundMessage, [InboundState.RECEIVED],
+                                  InboundState.DUPLICATE if duplicate else InboundState.PROCESSED, values=finish)
+            for duplicate in (False, True)
+        }
 
     # -- receiving -----------------------------------------------------------------
 
@@ -197,51 +248,124 @@ class Inbound(DomainService):
     # -- processing --------------------------------------------------------------------
 
     def process_due(self, limit: int = 100) -> int:
-        """Process stored messages that are due; returns how many reached a final state."""
+        """Process stored messages that are due; returns how many reached a final state.
+
+        Reading, parsing and proving the senders happen before any write
+        transaction; then the messages act in batches, each in a SAVEPOINT of one
+        write transaction (one commit for the batch, one bad message fails only
+        itself). The batch gives way to waiting stores: SMTP is answered first.
+        """
         with self._sessions() as s:
-            due = s.scalars(
-                select(InboundMessage.id)
+            due = s.execute(
+                select(*_STORED)
                 .where(InboundMessage.state == InboundState.RECEIVED, InboundMessage.next_attempt_at <= self._now())
                 .order_by(InboundMessage.id)
                 .limit(limit)
             ).all()
         done = 0
-        for inbound_id in due:
-            done += self.process(inbound_id)
+        for first in range(0, len(due), BATCH):
+            done += self._process_batch([_Stored.of(row) for row in due[first:first + BATCH]])
         return done
 
     def process(self, inbound_id: int) -> int:
-        try:
-            # DNS lookups (DKIM keys) happen here, before any transaction: nobody waits on them.
-            proof = self._prove(inbound_id)
-            with self._transaction() as s:
-                # Locked for this transaction: another instance skips it rather than processing it too.
-                row = s.scalar(
-                    select(InboundMessage)
-                    .where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.RECEIVED)
-                    .with_for_update(skip_locked=True)
-                )
-                if row is None:
-                    return 0
-                kind, outcome = row.kind, row.outcome
+        """Process one stored message now (``cabinet inbound process``); 1 if it reached a final state."""
+        with self._sessions() as s:
+            row = s.execute(
+                select(*_STORED)
+                .where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.RECEIVED)
+            ).one_or_none()
+        return 0 if row is None else self._process_batch([_Stored.of(row)])
+
+    def _process_batch(self, stored: list[_Stored]) -> int:
+        ready: list[_Ready] = []
+        failures: list[tuple[int, Exception]] = []
+        with self._sessions() as s:
+            for message in stored:
                 try:
-                    self._understand(s, row, proof)
-                except _Done as done:
-                    # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
-                    kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
-                # Under the row lock taken above, so the guard cannot lose: it only says so if it did.
-                transition(
-                    s, InboundMessage, row.id, [InboundState.RECEIVED],
-                    InboundState.DUPLICATE if kind == "duplicate" else InboundState.PROCESSED,
-                    kind=kind, outcome=outcome, processed_at=self._now(), attempts=InboundMessage.attempts + 1,
-                )
-                return 1
-        except Exception as exc:  # the whole attempt rolled back
-            if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
-                self._failed(inbound_id, exc)  # the database or the disk: retry later
-                return 0
-            # The bytes themselves (a parser raised, or text the database refuses): retrying cannot help.
-            return self._unparseable(inbound_id, exc)
+                    # Parsing, DNS lookups (DKIM keys) and the reads of an ordinary reply's forward happen
+                    # here, before any write transaction: nobody waits on them.
+                    one = self._ready(message)
+                    ready.append(replace(one, plan=self._plan(s, one)))
+                except Exception as exc:
+                    failures.append((message.id, exc))
+                finally:
+                    s.rollback()  # the next message reads afresh (a long read would pin old WAL pages)
+        done = 0
+        while ready:
+            try:
+                acted, ready, failed = self._act_batch(ready)
+            except Exception as batch_error:  # the batch's transaction itself failed (its commit, a lost connection)
+                if len(ready) == 1:
+                    acted, failed, ready = 0, [(ready[0].stored.id, batch_error)], []
+                else:
+                    log.warning("processing %d inbound messages at once failed; processing each on its own",
+                                len(ready), exc_info=True)
+                    acted, failed = 0, []
+                    for one in ready:
+                        try:
+                            acted += self._act_batch([one])[0]
+                        except Exception as exc:
+                            failed.append((one.stored.id, exc))
+                    ready = []
+            done += acted
+            failures.extend(failed)
+        for inbound_id, exc in failures:
+            done += self._failure(inbound_id, exc)
+        return done
+
+    def _act_batch(self, ready: list[_Ready]) -> tuple[int, list[_Ready], list[tuple[int, Exception]]]:
+        """Act on ``ready`` messages in one write transaction, each in its own SAVEPOINT.
+
+        Returns how many reached a final state, the messages left for the next
+        transaction (this one ended early because stores were waiting), and those
+        whose attempt failed (rolled back to their savepoint) with the reason.
+        """
+        done = 0
+        failed: list[tuple[int, Exception]] = []
+        with write_transaction(self._sessions, background=True) as s:
+            for i, message in enumerate(ready):
+                if i and writes_waiting(self._sessions):
+                    return done, ready[i:], failed  # committed with the stores that wait, in their group
+                try:
+                    with s.begin_nested():
+                        done += self._act(s, message)
+                except Exception as exc:
+                    failed.append((message.stored.id, exc))
+        return done, [], failed
+
+    def _act(self, s: Session, message: _Ready) -> int:
+        # Locked for this transaction: another instance skips it rather than processing it too.
+        locked = s.scalar(
+            select(InboundMessage.id)
+            .where(InboundMessage.id == message.stored.id, InboundMessage.state == InboundState.RECEIVED)
+            .with_for_update(skip_locked=True)
+        )
+        if locked is None:
+            return 0
+        kind: str | None = None
+        outcome: str | None = None
+        try:
+            self._not_a_duplicate(s, message.stored)
+            if message.plan is None:
+                self._understand(s, message)  # ends in _Done, as _apply does
+            else:
+                self._apply(s, message.plan)
+        except _Done as done:
+            # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
+            kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
+        # Under the row lock taken above, so the guard cannot lose: it only says so if it did.
+        self._finish[kind == "duplicate"].run(
+            s.connection(), message.stored.id, new_kind=kind, new_outcome=outcome, new_processed_at=self._now()
+        )
+        return 1
+
+    def _failure(self, inbound_id: int, exc: Exception) -> int:
+        """A failed attempt (rolled back whole): retried later, or classified when retrying cannot help."""
+        if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
+            self._failed(inbound_id, exc)  # the database or the disk: retry later
+            return 0
+        # The bytes themselves (a parser raised, or text the database refuses): retrying cannot help.
+        return self._unparseable(inbound_id, exc)
 
     def _unparseable(self, inbound_id: int, exc: Exception) -> int:
         """Classify a message the parsers choke on: kept, listed, not acted on, not retried.
@@ -262,23 +386,18 @@ class Inbound(DomainService):
                 return 0
             return 1
 
-    def _prove(self, inbound_id: int) -> SenderVerdict | None:
-        """Whether the sender of a reply command is who From: says; None when the message holds no command."""
-        with self._sessions() as s:
-            row = s.get(InboundMessage, inbound_id)
-            if row is None or row.state != InboundState.RECEIVED:
-                return None
-            raw, recipients = row.raw, json.loads(row.recipients)
-        if not any(ref[0] is Purpose.REPLY for ref in map(self.recipient_ref, recipients) if ref):
-            return None
-        message = BytesParser(policy=policy.default).parsebytes(raw)
-        assert isinstance(message, EmailMessage)
-        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
-        if len(senders) != 1 or parse_command(reply_text(message)) is None:
-            return None
-        return prove_sender(
-            raw, message, senders[0], self._config.trusted_authserv_ids, self._config.dkim_verify, self._dnsfunc
-        )
+    def _ready(self, stored: _Stored) -> _Ready:
+        """Everything about a message that needs no database: parsed once, its references read, and
+        whether the sender of a reply command is who From: says (None when it holds no command)."""
+        message = rawmail.parse(stored.raw)
+        refs = [ref for ref in map(self.recipient_ref, stored.recipients) if ref is not None]
+        proof = None
+        if any(purpose is Purpose.REPLY for purpose, _ in refs):
+            senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+            if len(senders) == 1 and parse_command(reply_text(message)) is not None:
+                proof = prove_sender(stored.raw, message, senders[0], self._config.trusted_authserv_ids,
+                                     self._config.dkim_verify, self._dnsfunc)
+        return _Ready(stored, message, refs, proof)
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -303,7 +422,7 @@ class Inbound(DomainService):
                 error, exc_info=exc,
             )
 
-    def _understand(self, s: Session, row: InboundMessage, proof: SenderVerdict | None) -> None:
+    def _not_a_duplicate(self, s: Session, row: _Stored) -> None:
         if row.message_id:
             earlier = s.scalar(
                 select(InboundMessage.id).where(
@@ -315,23 +434,94 @@ class Inbound(DomainService):
             )
             if earlier is not None:
                 raise _Done("duplicate", f"same Message-ID as inbound message {earlier}; no second effect")
-        message = BytesParser(policy=policy.default).parsebytes(row.raw)
-        assert isinstance(message, EmailMessage)
-        refs = [r for r in (self.recipient_ref(a) for a in json.loads(row.recipients)) if r is not None]
-        bounce_refs = [ref for purpose, ref in refs if purpose is Purpose.BOUNCE]
-        reply_refs = [ref for purpose, ref in refs if purpose is Purpose.REPLY]
+
+    def _apply(self, s: Session, plan: _Plan) -> None:
+        """A planned effect: only inserts (Core, no flush), then its outcome."""
+        connection = s.connection()
+        if plan.event is not None:
+            connection.execute(insert(Event.__table__), plan.event)
+        self._notifier.queue_prepared(connection, plan.emails)
+        raise _Done(plan.kind, plan.outcome)
+
+    def _plan(self, s: Session, ready: _Ready) -> _Plan | None:
+        """``_understand`` for the messages whose effect needs no row lock (the commonest: an ordinary
+        reply, forwarded), read in ``s`` before the write transaction; None for a bounce or a command,
+        which are decided inside it. Nothing read here is something the write could contradict: an
+        email's recipient and references never change, and a forward goes to whoever is staff now."""
+        row, message = ready.stored, ready.message
+        if any(purpose is Purpose.BOUNCE for purpose, _ in ready.refs):
+            return None
+        verdict = is_auto_reply(message, row.mail_from)
+        if verdict.auto:
+            return _Plan("auto-reply", f"automatic reply ({verdict.reason}): recorded, not acted on, not answered")
+        reply_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.REPLY]
+        if not reply_refs:
+            return _Plan("unrouted", "message to a firm address: kept for the firm's staff")
+        outbox = s.execute(
+            select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
+                   OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == reply_refs[0])
+        ).one_or_none()
+        if outbox is None:
+            return _Plan("reply", "reply to an email Cabinet no longer knows")
+        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+        sender = senders[0] if len(senders) == 1 else ""
+        if sender == self._own:
+            return _Plan("reply", "message from Cabinet itself: ignored (no loops)")
+        if sender != outbox.recipient.lower():
+            return _Plan("unverified reply", f"From: {sender or 'missing or several addresses'} is not "
+                                             f"{outbox.recipient}, to whom this reply address was issued: "
+                                             "recorded, not forwarded, not acted on")
+        text = reply_text(message)
+        if outbox.invitation_id is not None and parse_command(text) is not None:
+            return None
+        subject = str(message.get("Subject", ""))
+        excerpt = text.strip()[:EXCERPT]
+        event = self._event_values("reply.received", sender, "reply", company_id=outbox.company_id,
+                                   firm_id=outbox.firm_id, subject=subject[:200], text=excerpt)
+        company = s.execute(
+            select(Company.id, Company.name, Company.admin_email, Company.admin_name, Company.admin_locale,
+                   Company.admin_timezone).where(Company.id == outbox.company_id)
+        ).one_or_none() if outbox.company_id else None
+        if company is None or not excerpt:
+            return _Plan("reply", "reply recorded (nobody to forward it to)", event)
+        context = {"sender": sender, "subject": subject[:200], "text": excerpt, "received_at": self._now()}
+        # As in ``_forward``: who the answered email was for decides who hears the reply.
+        from_client = (
+            outbox.audience == "company_admin" if outbox.audience else outbox.recipient == company.admin_email
+        )
+        if from_client:
+            firm = s.execute(select(Firm.id, Firm.name).where(Firm.id == outbox.firm_id)).one_or_none() \
+                if outbox.firm_id else None
+            if firm is None:
+                return _Plan("reply", "reply from the client recorded (no firm to forward it to)", event)
+            members = s.execute(
+                select(User.email, User.name, User.locale, User.timezone).join(Membership)
+                .where(*told_staff(firm.id)).order_by(User.id)
+            ).all()
+            notices = self._staff_notices(firm.id, firm.name, members, "reply_forwarded",
+                                          {"company": company.name, **context}, company.id)
+            return _Plan("reply", f"reply from {sender} forwarded to {firm.name}'s staff", event,
+                         [self._notifier.prepare(notice) for notice in notices])
+        notice = self._company_admin_notice(company, "reply_forwarded", context, firm_id=outbox.firm_id)
+        return _Plan("reply", f"reply from {sender} forwarded to {company.admin_email}", event,
+                     [self._notifier.prepare(notice)])
+
+    def _understand(self, s: Session, ready: _Ready) -> None:
+        row, message = ready.stored, ready.message
+        bounce_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.BOUNCE]
+        reply_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.REPLY]
         if bounce_refs:
             self._bounce(s, row, message, bounce_refs[0])
         verdict = is_auto_reply(message, row.mail_from)
         if verdict.auto:
             raise _Done("auto-reply", f"automatic reply ({verdict.reason}): recorded, not acted on, not answered")
         if reply_refs:
-            self._reply(s, row, message, reply_refs[0], proof)
+            self._reply(s, row, message, reply_refs[0], ready.proof)
         raise _Done("unrouted", "message to a firm address: kept for the firm's staff")
 
     # -- bounces -----------------------------------------------------------------------
 
-    def _bounce(self, s: Session, row: InboundMessage, message: EmailMessage, ref: str) -> None:
+    def _bounce(self, s: Session, row: _Stored, message: EmailMessage, ref: str) -> None:
         outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
         if outbox is None:
             raise _Done("bounce", "bounce for an email Cabinet no longer knows")
@@ -353,7 +543,7 @@ class Inbound(DomainService):
     # -- replies ------------------------------------------------------------------------
 
     def _reply(
-        self, s: Session, row: InboundMessage, message: EmailMessage, ref: str, proof: SenderVerdict | None
+        self, s: Session, row: _Stored, message: EmailMessage, ref: str, proof: SenderVerdict | None
     ) -> None:
         outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
         if outbox is None:
@@ -376,7 +566,7 @@ class Inbound(DomainService):
         self._forward(s, outbox, sender, str(message.get("Subject", "")), text)
 
     def _command(
-        self, s: Session, row: InboundMessage, sender: str, invitation: Invitation, command: Command,
+        self, s: Session, row: _Stored, sender: str, invitation: Invitation, command: Command,
         proof: SenderVerdict | None,
     ) -> None:
         company = invitation.company
