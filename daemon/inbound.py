@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -99,6 +99,36 @@ class _Stored:
 
 _STORED = (InboundMessage.id, InboundMessage.mail_from, InboundMessage.recipients, InboundMessage.message_id,
            InboundMessage.raw)
+
+# Processing's statements, built once and run on the connection (Core): per message, building them
+# and the ORM's execution layer cost more than the database did.
+_INBOUND = InboundMessage.__table__
+_LOCK = (
+    select(_INBOUND.c.id)
+    .where(_INBOUND.c.id == bindparam("row_id"), _INBOUND.c.state == InboundState.RECEIVED.value)
+    .with_for_update(skip_locked=True)
+)
+_EARLIER = (
+    select(_INBOUND.c.id)
+    .where(
+        _INBOUND.c.message_id == bindparam("message_id"), _INBOUND.c.id < bindparam("row_id"),
+        _INBOUND.c.state.in_([s.value for s in (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)]),
+    )
+    .order_by(_INBOUND.c.id)
+    .limit(1)
+)
+_ANSWERED = select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
+                   OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == bindparam("ref"))
+_COMPANY = select(Company.id, Company.name, Company.admin_email, Company.admin_name, Company.admin_locale,
+                  Company.admin_timezone).where(Company.id == bindparam("company_id"))
+_FIRM = select(Firm.id, Firm.name).where(Firm.id == bindparam("firm_id"))
+_STAFF = (
+    select(User.email, User.name, User.locale, User.timezone)
+    .select_from(User.__table__.join(Membership.__table__))
+    .where(*told_staff(bindparam("firm_id")))
+    .order_by(User.id)
+)
+_INSERT_EVENT = insert(Event.__table__)
 
 
 @dataclass(frozen=True)
@@ -288,8 +318,7 @@ class Inbound(DomainService):
                     ready.append(replace(one, plan=self._plan(s, one)))
                 except Exception as exc:
                     failures.append((message.id, exc))
-                finally:
-                    s.rollback()  # the next message reads afresh (a long read would pin old WAL pages)
+                    s.rollback()  # PostgreSQL refuses further statements in a transaction that failed one
         done = 0
         while ready:
             try:
@@ -327,7 +356,8 @@ class Inbound(DomainService):
                 if i and writes_waiting(self._sessions):
                     return done, ready[i:], failed  # committed with the stores that wait, in their group
                 try:
-                    with s.begin_nested():
+                    # A planned message only runs Core statements: a savepoint of the connection, no flush.
+                    with s.connection().begin_nested() if message.plan else s.begin_nested():
                         done += self._act(s, message)
                 except Exception as exc:
                     failed.append((message.stored.id, exc))
@@ -335,27 +365,23 @@ class Inbound(DomainService):
 
     def _act(self, s: Session, message: _Ready) -> int:
         # Locked for this transaction: another instance skips it rather than processing it too.
-        locked = s.scalar(
-            select(InboundMessage.id)
-            .where(InboundMessage.id == message.stored.id, InboundMessage.state == InboundState.RECEIVED)
-            .with_for_update(skip_locked=True)
-        )
-        if locked is None:
+        connection = s.connection()
+        if connection.scalar(_LOCK, {"row_id": message.stored.id}) is None:
             return 0
         kind: str | None = None
         outcome: str | None = None
         try:
-            self._not_a_duplicate(s, message.stored)
+            self._not_a_duplicate(connection, message.stored)
             if message.plan is None:
                 self._understand(s, message)  # ends in _Done, as _apply does
             else:
-                self._apply(s, message.plan)
+                self._apply(connection, message.plan)
         except _Done as done:
             # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
             kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
         # Under the row lock taken above, so the guard cannot lose: it only says so if it did.
         self._finish[kind == "duplicate"].run(
-            s.connection(), message.stored.id, new_kind=kind, new_outcome=outcome, new_processed_at=self._now()
+            connection, message.stored.id, new_kind=kind, new_outcome=outcome, new_processed_at=self._now()
         )
         return 1
 
@@ -422,24 +448,16 @@ class Inbound(DomainService):
                 error, exc_info=exc,
             )
 
-    def _not_a_duplicate(self, s: Session, row: _Stored) -> None:
+    def _not_a_duplicate(self, connection: Connection, row: _Stored) -> None:
         if row.message_id:
-            earlier = s.scalar(
-                select(InboundMessage.id).where(
-                    InboundMessage.message_id == row.message_id,
-                    InboundMessage.id < row.id,
-                    InboundMessage.state.in_(
-                        (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)),
-                )
-            )
+            earlier = connection.scalar(_EARLIER, {"message_id": row.message_id, "row_id": row.id})
             if earlier is not None:
                 raise _Done("duplicate", f"same Message-ID as inbound message {earlier}; no second effect")
 
-    def _apply(self, s: Session, plan: _Plan) -> None:
+    def _apply(self, connection: Connection, plan: _Plan) -> None:
         """A planned effect: only inserts (Core, no flush), then its outcome."""
-        connection = s.connection()
         if plan.event is not None:
-            connection.execute(insert(Event.__table__), plan.event)
+            connection.execute(_INSERT_EVENT, plan.event)
         self._notifier.queue_prepared(connection, plan.emails)
         raise _Done(plan.kind, plan.outcome)
 
@@ -457,10 +475,8 @@ class Inbound(DomainService):
         reply_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.REPLY]
         if not reply_refs:
             return _Plan("unrouted", "message to a firm address: kept for the firm's staff")
-        outbox = s.execute(
-            select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
-                   OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == reply_refs[0])
-        ).one_or_none()
+        reads = s.connection()
+        outbox = reads.execute(_ANSWERED, {"ref": reply_refs[0]}).one_or_none()
         if outbox is None:
             return _Plan("reply", "reply to an email Cabinet no longer knows")
         senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
@@ -478,10 +494,8 @@ class Inbound(DomainService):
         excerpt = text.strip()[:EXCERPT]
         event = self._event_values("reply.received", sender, "reply", company_id=outbox.company_id,
                                    firm_id=outbox.firm_id, subject=subject[:200], text=excerpt)
-        company = s.execute(
-            select(Company.id, Company.name, Company.admin_email, Company.admin_name, Company.admin_locale,
-                   Company.admin_timezone).where(Company.id == outbox.company_id)
-        ).one_or_none() if outbox.company_id else None
+        company = reads.execute(_COMPANY, {"company_id": outbox.company_id}).one_or_none() \
+            if outbox.company_id else None
         if company is None or not excerpt:
             return _Plan("reply", "reply recorded (nobody to forward it to)", event)
         context = {"sender": sender, "subject": subject[:200], "text": excerpt, "received_at": self._now()}
@@ -490,14 +504,10 @@ class Inbound(DomainService):
             outbox.audience == "company_admin" if outbox.audience else outbox.recipient == company.admin_email
         )
         if from_client:
-            firm = s.execute(select(Firm.id, Firm.name).where(Firm.id == outbox.firm_id)).one_or_none() \
-                if outbox.firm_id else None
+            firm = reads.execute(_FIRM, {"firm_id": outbox.firm_id}).one_or_none() if outbox.firm_id else None
             if firm is None:
                 return _Plan("reply", "reply from the client recorded (no firm to forward it to)", event)
-            members = s.execute(
-                select(User.email, User.name, User.locale, User.timezone).join(Membership)
-                .where(*told_staff(firm.id)).order_by(User.id)
-            ).all()
+            members = reads.execute(_STAFF, {"firm_id": firm.id}).all()
             notices = self._staff_notices(firm.id, firm.name, members, "reply_forwarded",
                                           {"company": company.name, **context}, company.id)
             return _Plan("reply", f"reply from {sender} forwarded to {firm.name}'s staff", event,
