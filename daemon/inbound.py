@@ -277,13 +277,15 @@ class Inbound(DomainService):
 
     # -- processing --------------------------------------------------------------------
 
-    def process_due(self, limit: int = 100) -> int:
+    def process_due(self, limit: int = 100, give_way: Callable[[], None] | None = None) -> int:
         """Process stored messages that are due; returns how many reached a final state.
 
         Reading, parsing and proving the senders happen before any write
         transaction; then the messages act in batches, each in a SAVEPOINT of one
         write transaction (one commit for the batch, one bad message fails only
-        itself). The batch gives way to waiting stores: SMTP is answered first.
+        itself). The batch gives way to waiting stores, and ``give_way`` (the
+        listener's, while deliveries arrive) is called before each batch: SMTP
+        is answered first.
         """
         with self._sessions() as s:
             due = s.execute(
@@ -294,6 +296,8 @@ class Inbound(DomainService):
             ).all()
         done = 0
         for first in range(0, len(due), BATCH):
+            if give_way is not None:
+                give_way()
             done += self._process_batch([_Stored.of(row) for row in due[first:first + BATCH]])
         return done
 
