@@ -6,6 +6,13 @@ effects (an acceptance, a bounce mark, a forward) and its new state commit
 in one transaction, so a crash mid-way means the message is simply processed
 again, and a processed message is never processed twice. A message that keeps
 failing is quarantined and the rest keep flowing.
+
+Processing is cheap inside the write lock: a message is parsed once, and
+everything that needs no row lock (the sender proof, and for an ordinary reply
+the whole forward: who hears it, the emails prepared) is read and worked out
+before the write transaction, which then only checks and inserts rows. Several
+messages share one write transaction (one commit), each in its own SAVEPOINT,
+and that transaction ends early whenever stores wait for SQLite's writer.
 """
 
 from __future__ import annotations
@@ -336,9 +343,12 @@ class Inbound(DomainService):
                     acted, failed = 0, []
                     for one in ready:
                         try:
-                            acted += self._act_batch([one])[0]
+                            one_acted, _, one_failed = self._act_batch([one])
                         except Exception as exc:
                             failed.append((one.stored.id, exc))
+                        else:
+                            acted += one_acted
+                            failed.extend(one_failed)
                     ready = []
             done += acted
             failures.extend(failed)
