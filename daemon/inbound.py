@@ -27,7 +27,7 @@ from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -123,6 +123,26 @@ _EARLIER = (
     )
     .order_by(_INBOUND.c.id)
     .limit(1)
+)
+_LOCK_MANY = (
+    select(_INBOUND.c.id)
+    .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.state == InboundState.RECEIVED.value)
+    .with_for_update(skip_locked=True)
+)
+# The first stored message of each Message-ID (a later one is a duplicate of it).
+_FIRST_OF = (
+    select(_INBOUND.c.message_id, func.min(_INBOUND.c.id))
+    .where(
+        _INBOUND.c.message_id.in_(bindparam("message_ids", expanding=True)),
+        _INBOUND.c.state.in_([s.value for s in (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)]),
+    )
+    .group_by(_INBOUND.c.message_id)
+)
+_FINISH_MANY = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("b_id"), _INBOUND.c.state == InboundState.RECEIVED.value)
+    .values(state=bindparam("b_state"), kind=bindparam("b_kind"), outcome=bindparam("b_outcome"),
+            processed_at=bindparam("b_at"), attempts=_INBOUND.c.attempts + 1)
 )
 _ANSWERED = select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
                    OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == bindparam("ref"))
@@ -357,27 +377,75 @@ class Inbound(DomainService):
         return done
 
     def _act_batch(self, ready: list[_Ready]) -> tuple[int, list[_Ready], list[tuple[int, Exception]]]:
-        """Act on ``ready`` messages in one write transaction, each in its own SAVEPOINT.
+        """Act on ``ready`` messages in one write transaction.
 
-        Returns how many reached a final state, the messages left for the next
-        transaction (this one ended early because stores were waiting), and those
-        whose attempt failed (rolled back to their savepoint) with the reason.
+        The planned ones are written together (a few statements for them all:
+        ``_apply_all``); each of the others (a bounce, a command) runs in its
+        own SAVEPOINT. Returns how many reached a final state, the messages left
+        for the next transaction (this one ended early because stores were
+        waiting), and those whose attempt failed (rolled back to their
+        savepoint) with the reason. If the planned ones' writes fail, the whole
+        transaction does, and the caller acts on each message on its own.
         """
         done = 0
         failed: list[tuple[int, Exception]] = []
+        planned = [message for message in ready if message.plan is not None]
+        others = [message for message in ready if message.plan is None]
         with write_transaction(self._sessions, background=True) as s:
-            for i, message in enumerate(ready):
-                if i and writes_waiting(self._sessions):
-                    return done, ready[i:], failed  # committed with the stores that wait, in their group
+            if planned:
+                done += self._apply_all(s.connection(), planned)
+            for i, message in enumerate(others):
+                if (i or planned) and writes_waiting(self._sessions):
+                    return done, others[i:], failed  # committed with the stores that wait, in their group
                 try:
-                    # A planned message only runs Core statements: a savepoint of the connection, no flush.
-                    with s.connection().begin_nested() if message.plan else s.begin_nested():
+                    with s.begin_nested():
                         done += self._act(s, message)
                 except Exception as exc:
                     failed.append((message.stored.id, exc))
         return done, [], failed
 
+    def _apply_all(self, connection: Connection, planned: list[_Ready]) -> int:
+        """The planned messages' effects and outcomes, written together: their rows locked in one
+        statement, their duplicates found in one, then one executemany each for the events, the
+        emails and the outcomes."""
+        ids = [message.stored.id for message in planned]
+        locked = set(connection.scalars(_LOCK_MANY, {"ids": ids}))
+        message_ids = sorted({m.stored.message_id for m in planned if m.stored.message_id})
+        first = dict(connection.execute(_FIRST_OF, {"message_ids": message_ids}).all()) if message_ids else {}
+        events: list[dict[str, Any]] = []
+        emails: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
+        now = self._now()
+        for message in planned:
+            row = message.stored
+            if row.id not in locked:  # another instance has it, or it is no longer received
+                continue
+            earlier = first.get(row.message_id) if row.message_id else None
+            if earlier is not None and earlier < row.id:
+                state, kind, outcome = (InboundState.DUPLICATE, "duplicate",
+                                        f"same Message-ID as inbound message {earlier}; no second effect")
+            else:
+                plan = message.plan
+                assert plan is not None
+                state, kind, outcome = InboundState.PROCESSED, plan.kind, plan.outcome
+                if plan.event is not None:
+                    events.append(plan.event)
+                emails.extend(plan.emails)
+            outcomes.append({"b_id": row.id, "b_state": state.value, "b_kind": kind,
+                             "b_outcome": rawmail.storable(outcome, 10000), "b_at": now})
+        if events:
+            connection.execute(_INSERT_EVENT, events)
+        self._notifier.queue_prepared(connection, emails)
+        if outcomes:
+            moved = connection.execute(_FINISH_MANY, outcomes).rowcount
+            # Under the row locks taken above, so the guard cannot lose: it only says so if it did.
+            if connection.dialect.supports_sane_multi_rowcount and moved != len(outcomes):
+                raise TransitionLost(InboundMessage.__tablename__, outcomes[0]["b_id"], "processed",
+                                     (InboundState.RECEIVED.value,), None)
+        return len(outcomes)
+
     def _act(self, s: Session, message: _Ready) -> int:
+        """A message decided inside the transaction (a bounce, a command), under its row's lock."""
         # Locked for this transaction: another instance skips it rather than processing it too.
         connection = s.connection()
         if connection.scalar(_LOCK, {"row_id": message.stored.id}) is None:
@@ -386,10 +454,7 @@ class Inbound(DomainService):
         outcome: str | None = None
         try:
             self._not_a_duplicate(connection, message.stored)
-            if message.plan is None:
-                self._understand(s, message)  # ends in _Done, as _apply does
-            else:
-                self._apply(connection, message.plan)
+            self._understand(s, message)
         except _Done as done:
             # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
             kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
@@ -467,13 +532,6 @@ class Inbound(DomainService):
             earlier = connection.scalar(_EARLIER, {"message_id": row.message_id, "row_id": row.id})
             if earlier is not None:
                 raise _Done("duplicate", f"same Message-ID as inbound message {earlier}; no second effect")
-
-    def _apply(self, connection: Connection, plan: _Plan) -> None:
-        """A planned effect: only inserts (Core, no flush), then its outcome."""
-        if plan.event is not None:
-            connection.execute(_INSERT_EVENT, plan.event)
-        self._notifier.queue_prepared(connection, plan.emails)
-        raise _Done(plan.kind, plan.outcome)
 
     def _plan(self, s: Session, ready: _Ready) -> _Plan | None:
         """``_understand`` for the messages whose effect needs no row lock (the commonest: an ordinary
