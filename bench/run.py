@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import Engine, create_engine, make_url
 
 from bench import pages, seed
 from bench.instance import LOAD_CPU, SERVER_CPU, Ceiling, Instance, pinned, wait_until
@@ -208,25 +208,67 @@ def _smtpload(port: int, jobs: list[dict[str, str]], work: Path, name: str) -> S
     return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors)
 
 
+@dataclass
+class Drain:
+    backlog: int  # messages stored but not yet processed when the burst ended
+    seconds: float  # from the burst's end until none is left
+    rate: float  # backlog / seconds: how fast processing works through it once SMTP is quiet
+    overall: float  # messages / (burst + drain): processed throughput end to end
+
+
+def _backlog(engine: Engine) -> int:
+    """Stored inbound messages not yet processed, read from Cabinet's database."""
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM inbound WHERE state = 'received'").scalar_one())
+
+
+def _drain(engine: Engine, messages: int, burst: Sample, burst_started: float, burst_ended: float) -> Drain:
+    """After a burst: the backlog it left and how fast processing empties it (wall clock, polled)."""
+    left = _backlog(engine)
+    wait_until(lambda: _backlog(engine) == 0, 1800, "the inbound backlog to drain")
+    done = time.perf_counter()
+    drain_rate = left / (done - burst_ended) if left else burst.rate  # nothing left: processing kept up
+    return Drain(left, done - burst_ended, drain_rate, messages / (done - burst_started))
+
+
 def inbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
     row = Row("inbound SMTP (8 connections, 3–8 KB replies, stored before 250)", "msg/s", 0.6)
-    inst = Instance(work / "inbound", dbs.new())
+    database = dbs.new()
+    inst = Instance(work / "inbound", database)
     inst.cli("init")
     seeded = seed.seed_invitations(inst.config, 200)
     jobs = seed.reply_jobs(seeded, args.messages * args.rounds)
+    engine = create_engine(database or f"sqlite:///{inst.root / 'data' / 'cabinet.sqlite3'}")
+    drains: list[Drain] = []
     inst.start()
     try:
         ceiling = Ceiling(work, "smtp")
+
+        def run_cabinet(r: int) -> Sample:
+            started = time.perf_counter()
+            sample = _smtpload(inst.smtp_port, jobs[r * args.messages:(r + 1) * args.messages], work, f"in-{r}")
+            drain = _drain(engine, args.messages, sample, started, time.perf_counter())
+            drains.append(drain)
+            print(f"  inbound round {r + 1} drain: backlog {drain.backlog} after the burst, empty "
+                  f"{drain.seconds:.1f} s later ({drain.rate:.1f} msg/s); all processed at {drain.overall:.1f} msg/s",
+                  flush=True)
+            return sample
+
         try:
             alternate(
-                args.rounds, row,
-                lambda r: _smtpload(inst.smtp_port, jobs[r * args.messages:(r + 1) * args.messages], work, f"in-{r}"),
+                args.rounds, row, run_cabinet,
                 lambda r: _smtpload(ceiling.port, jobs[r * args.messages:(r + 1) * args.messages], work, f"in-c{r}"),
             )
         finally:
             ceiling.stop()
     finally:
         inst.stop()
+        engine.dispose()
+    ceilings = [s.rate for s in row.ceiling]
+    drain_ratios = [d.rate / c for d, c in zip(drains, ceilings) if c]
+    row.note = (f"backlog after the burst {median([d.backlog for d in drains]):.0f} of {args.messages}, drains at "
+                f"{median([d.rate for d in drains]):.1f} msg/s = {median(drain_ratios):.3f} ({spread(drain_ratios)}) "
+                f"of the ceiling (budget ≥ 0.3); all processed at {median([d.overall for d in drains]):.1f} msg/s")
     return row
 
 

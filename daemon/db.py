@@ -145,6 +145,11 @@ class GroupWriter:
     that fails rolls back to its savepoint only; a COMMIT that fails (disk
     full) fails every unit of that group, so nobody is told "done" for work
     that is not durable.
+
+    Background units (inbound processing) give way: one does not start while a
+    foreground unit (an SMTP store, a click) waits, and ``contended`` tells a
+    long background unit to end early so that the waiting one runs next, in the
+    same group.
     """
 
     def __init__(self, engine: Engine, max_group: int = 64, max_age: float = 0.05) -> None:
@@ -155,8 +160,9 @@ class GroupWriter:
         self._max_group = max_group
         self._max_age = max_age
         self._lock = threading.Lock()
-        self._queue = threading.Lock()  # guards _waiting
+        self._queue = threading.Condition()  # guards _waiting and _urgent
         self._waiting = 0
+        self._urgent = 0  # foreground units waiting for the lock
         self._owner: int | None = None
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
@@ -199,10 +205,14 @@ class GroupWriter:
             nobody_waiting = self._waiting == 0
         return nobody_waiting or group.members >= self._max_group or time.monotonic() - group.started >= self._max_age
 
+    def contended(self) -> bool:
+        """Whether a foreground unit is waiting for the lock (a background unit should end soon)."""
+        return self._urgent > 0
+
     @contextmanager
-    def unit(self) -> Iterator[Session]:
+    def unit(self, background: bool = False) -> Iterator[Session]:
         """A write transaction in a Session (a SAVEPOINT of the group); returns once its group is durable."""
-        with self._slot() as (connection, group):
+        with self._slot(background) as (connection, group):
             session = self._session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
             try:
                 with session.begin():
@@ -221,17 +231,25 @@ class GroupWriter:
             group.members += 1
 
     @contextmanager
-    def _slot(self) -> Iterator[tuple[Connection, _Group]]:
+    def _slot(self, background: bool = False) -> Iterator[tuple[Connection, _Group]]:
         """The write lock and the group's connection; on the way out, commit the group if nobody is
         queued behind, release the lock, then wait (outside it) until the group is durable."""
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError("a write transaction inside another one on the same thread would wait for itself")
         with self._queue:
+            if background:  # behind every foreground unit already waiting
+                self._queue.wait_for(lambda: self._urgent == 0)
+            else:
+                self._urgent += 1
             self._waiting += 1
         self._lock.acquire()
         with self._queue:
             self._waiting -= 1
+            if not background:
+                self._urgent -= 1
+                if self._urgent == 0:
+                    self._queue.notify_all()
         self._owner = me
         group: _Group | None = None
         try:
@@ -283,20 +301,28 @@ def close_sessions(sessions: sessionmaker[Session]) -> None:
 
 
 @contextmanager
-def write_transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+def write_transaction(sessions: sessionmaker[Session], background: bool = False) -> Iterator[Session]:
     """A session in a write transaction, committed on success, rolled back on error.
 
     On SQLite it is a unit of the group writer (returns once durable); on
-    PostgreSQL a short transaction of its own from the pool.
+    PostgreSQL a short transaction of its own from the pool. A ``background``
+    transaction (work nobody waits for) lets waiting foreground ones go first.
     """
     writer = getattr(sessions, "writer", None)
     if writer is not None:
-        with writer.unit() as session:
+        with writer.unit(background) as session:
             yield session
         return
     with sessions.begin() as session:
         session.connection(execution_options=WRITE)
         yield session
+
+
+def writes_waiting(sessions: sessionmaker[Session]) -> bool:
+    """Whether foreground writes wait for SQLite's one writer (a background transaction should end);
+    always False on PostgreSQL, where transactions do not queue on one lock."""
+    writer = getattr(sessions, "writer", None)
+    return writer is not None and writer.contended()
 
 
 def engine_of(sessions: sessionmaker[Session]) -> Engine:

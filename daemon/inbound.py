@@ -6,6 +6,13 @@ effects (an acceptance, a bounce mark, a forward) and its new state commit
 in one transaction, so a crash mid-way means the message is simply processed
 again, and a processed message is never processed twice. A message that keeps
 failing is quarantined and the rest keep flowing.
+
+Processing is cheap inside the write lock: a message is parsed once, and
+everything that needs no row lock (the sender proof, and for an ordinary reply
+the whole forward: who hears it, the emails prepared) is read and worked out
+before the write transaction, which then only checks and inserts rows. Several
+messages share one write transaction (one commit), each in its own SAVEPOINT,
+and that transaction ends early whenever stores wait for SQLite's writer.
 """
 
 from __future__ import annotations
@@ -14,15 +21,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -30,16 +35,16 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import dialect_insert
-from daemon.domain import DomainContext, DomainService, name_key
+from daemon.db import dialect_insert, write_transaction, writes_waiting
+from daemon.domain import DomainContext, DomainService, name_key, told_staff
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
-from daemon.models import Company, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
+from daemon.models import Company, Event, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
 from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
 from daemon.senders import SenderVerdict, prove_sender
 from daemon.tokens import Purpose
-from daemon.transitions import TransitionLost, transition
+from daemon.transitions import Transition, TransitionLost, transition
 from daemon.undeliverable import Undeliverable
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,101 @@ class InboundView:
         }
 
 
+# Messages acted on in one write transaction (each in its own SAVEPOINT): one commit for them all.
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A stored message as processing reads it: its bytes and envelope never change once stored."""
+
+    id: int
+    mail_from: str
+    recipients: list[str]
+    message_id: str | None
+    raw: bytes
+
+    @classmethod
+    def of(cls, row: Any) -> _Stored:
+        return cls(row.id, row.mail_from, json.loads(row.recipients), row.message_id, row.raw)
+
+
+_STORED = (InboundMessage.id, InboundMessage.mail_from, InboundMessage.recipients, InboundMessage.message_id,
+           InboundMessage.raw)
+
+# Processing's statements, built once and run on the connection (Core): per message, building them
+# and the ORM's execution layer cost more than the database did.
+_INBOUND = InboundMessage.__table__
+_LOCK = (
+    select(_INBOUND.c.id)
+    .where(_INBOUND.c.id == bindparam("row_id"), _INBOUND.c.state == InboundState.RECEIVED.value)
+    .with_for_update(skip_locked=True)
+)
+_EARLIER = (
+    select(_INBOUND.c.id)
+    .where(
+        _INBOUND.c.message_id == bindparam("message_id"), _INBOUND.c.id < bindparam("row_id"),
+        _INBOUND.c.state.in_([s.value for s in (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)]),
+    )
+    .order_by(_INBOUND.c.id)
+    .limit(1)
+)
+_LOCK_MANY = (
+    select(_INBOUND.c.id)
+    .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.state == InboundState.RECEIVED.value)
+    .with_for_update(skip_locked=True)
+)
+# The first stored message of each Message-ID (a later one is a duplicate of it).
+_FIRST_OF = (
+    select(_INBOUND.c.message_id, func.min(_INBOUND.c.id))
+    .where(
+        _INBOUND.c.message_id.in_(bindparam("message_ids", expanding=True)),
+        _INBOUND.c.state.in_([s.value for s in (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)]),
+    )
+    .group_by(_INBOUND.c.message_id)
+)
+_FINISH_MANY = (
+    update(_INBOUND)
+    .where(_INBOUND.c.id == bindparam("b_id"), _INBOUND.c.state == InboundState.RECEIVED.value)
+    .values(state=bindparam("b_state"), kind=bindparam("b_kind"), outcome=bindparam("b_outcome"),
+            processed_at=bindparam("b_at"), attempts=_INBOUND.c.attempts + 1)
+)
+_ANSWERED = select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
+                   OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == bindparam("ref"))
+_COMPANY = select(Company.id, Company.name, Company.admin_email, Company.admin_name, Company.admin_locale,
+                  Company.admin_timezone).where(Company.id == bindparam("company_id"))
+_FIRM = select(Firm.id, Firm.name).where(Firm.id == bindparam("firm_id"))
+_STAFF = (
+    select(User.email, User.name, User.locale, User.timezone)
+    .select_from(User.__table__.join(Membership.__table__))
+    .where(*told_staff(bindparam("firm_id")))
+    .order_by(User.id)
+)
+_INSERT_EVENT = insert(Event.__table__)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A message read and judged before its write transaction (nothing here needs the database)."""
+
+    stored: _Stored
+    message: EmailMessage
+    refs: list[tuple[Purpose, str]]
+    proof: SenderVerdict | None
+    plan: _Plan | None = None  # what it does, when that was decided before the write transaction
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A message's whole effect worked out before its write transaction (it changes no row but adds
+    its own): the transaction checks it is not a duplicate, inserts these rows and records the outcome."""
+
+    kind: str
+    outcome: str
+    event: dict[str, Any] | None = None  # an event row's columns
+    emails: list[dict[str, Any]] = field(default_factory=list)  # prepared outbox rows
+
+
 class _Done(Exception):
     """Processing reached a decision; ``kind`` and ``outcome`` say which."""
 
@@ -116,6 +216,14 @@ class Inbound(DomainService):
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
+        # A processed message's last move, one Core statement each (no ORM bulk update per message).
+        finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
+                  "processed_at": bindparam("new_processed_at"), "attempts": InboundMessage.__table__.c.attempts + 1}
+        self._finish = {
+            duplicate: Transition(InboundMessage, [InboundState.RECEIVED],
+                                  InboundState.DUPLICATE if duplicate else InboundState.PROCESSED, values=finish)
+            for duplicate in (False, True)
+        }
 
     # -- receiving -----------------------------------------------------------------
 
@@ -196,52 +304,173 @@ class Inbound(DomainService):
 
     # -- processing --------------------------------------------------------------------
 
-    def process_due(self, limit: int = 100) -> int:
-        """Process stored messages that are due; returns how many reached a final state."""
+    def process_due(self, limit: int = 100, give_way: Callable[[], None] | None = None) -> int:
+        """Process stored messages that are due; returns how many reached a final state.
+
+        Reading, parsing and proving the senders happen before any write
+        transaction; then the messages act in batches, each in a SAVEPOINT of one
+        write transaction (one commit for the batch, one bad message fails only
+        itself). The batch gives way to waiting stores, and ``give_way`` (the
+        listener's, while deliveries arrive) is called before each batch: SMTP
+        is answered first.
+        """
         with self._sessions() as s:
-            due = s.scalars(
-                select(InboundMessage.id)
+            due = s.execute(
+                select(*_STORED)
                 .where(InboundMessage.state == InboundState.RECEIVED, InboundMessage.next_attempt_at <= self._now())
                 .order_by(InboundMessage.id)
                 .limit(limit)
             ).all()
         done = 0
-        for inbound_id in due:
-            done += self.process(inbound_id)
+        for first in range(0, len(due), BATCH):
+            if give_way is not None:
+                give_way()
+            done += self._process_batch([_Stored.of(row) for row in due[first:first + BATCH]])
         return done
 
     def process(self, inbound_id: int) -> int:
-        try:
-            # DNS lookups (DKIM keys) happen here, before any transaction: nobody waits on them.
-            proof = self._prove(inbound_id)
-            with self._transaction() as s:
-                # Locked for this transaction: another instance skips it rather than processing it too.
-                row = s.scalar(
-                    select(InboundMessage)
-                    .where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.RECEIVED)
-                    .with_for_update(skip_locked=True)
-                )
-                if row is None:
-                    return 0
-                kind, outcome = row.kind, row.outcome
+        """Process one stored message now (``cabinet inbound process``); 1 if it reached a final state."""
+        with self._sessions() as s:
+            row = s.execute(
+                select(*_STORED)
+                .where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.RECEIVED)
+            ).one_or_none()
+        return 0 if row is None else self._process_batch([_Stored.of(row)])
+
+    def _process_batch(self, stored: list[_Stored]) -> int:
+        ready: list[_Ready] = []
+        failures: list[tuple[int, Exception]] = []
+        with self._sessions() as s:
+            for message in stored:
                 try:
-                    self._understand(s, row, proof)
-                except _Done as done:
-                    # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
-                    kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
-                # Under the row lock taken above, so the guard cannot lose: it only says so if it did.
-                transition(
-                    s, InboundMessage, row.id, [InboundState.RECEIVED],
-                    InboundState.DUPLICATE if kind == "duplicate" else InboundState.PROCESSED,
-                    kind=kind, outcome=outcome, processed_at=self._now(), attempts=InboundMessage.attempts + 1,
-                )
-                return 1
-        except Exception as exc:  # the whole attempt rolled back
-            if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
-                self._failed(inbound_id, exc)  # the database or the disk: retry later
-                return 0
-            # The bytes themselves (a parser raised, or text the database refuses): retrying cannot help.
-            return self._unparseable(inbound_id, exc)
+                    # Parsing, DNS lookups (DKIM keys) and the reads of an ordinary reply's forward happen
+                    # here, before any write transaction: nobody waits on them.
+                    one = self._ready(message)
+                    ready.append(replace(one, plan=self._plan(s, one)))
+                except Exception as exc:
+                    failures.append((message.id, exc))
+                    s.rollback()  # PostgreSQL refuses further statements in a transaction that failed one
+        done = 0
+        while ready:
+            try:
+                acted, ready, failed = self._act_batch(ready)
+            except Exception as batch_error:  # the batch's transaction itself failed (its commit, a lost connection)
+                if len(ready) == 1:
+                    acted, failed, ready = 0, [(ready[0].stored.id, batch_error)], []
+                else:
+                    log.warning("processing %d inbound messages at once failed; processing each on its own",
+                                len(ready), exc_info=True)
+                    acted, failed = 0, []
+                    for one in ready:
+                        try:
+                            one_acted, _, one_failed = self._act_batch([one])
+                        except Exception as exc:
+                            failed.append((one.stored.id, exc))
+                        else:
+                            acted += one_acted
+                            failed.extend(one_failed)
+                    ready = []
+            done += acted
+            failures.extend(failed)
+        for inbound_id, exc in failures:
+            done += self._failure(inbound_id, exc)
+        return done
+
+    def _act_batch(self, ready: list[_Ready]) -> tuple[int, list[_Ready], list[tuple[int, Exception]]]:
+        """Act on ``ready`` messages in one write transaction.
+
+        The planned ones are written together (a few statements for them all:
+        ``_apply_all``); each of the others (a bounce, a command) runs in its
+        own SAVEPOINT. Returns how many reached a final state, the messages left
+        for the next transaction (this one ended early because stores were
+        waiting), and those whose attempt failed (rolled back to their
+        savepoint) with the reason. If the planned ones' writes fail, the whole
+        transaction does, and the caller acts on each message on its own.
+        """
+        done = 0
+        failed: list[tuple[int, Exception]] = []
+        planned = [message for message in ready if message.plan is not None]
+        others = [message for message in ready if message.plan is None]
+        with write_transaction(self._sessions, background=True) as s:
+            if planned:
+                done += self._apply_all(s.connection(), planned)
+            for i, message in enumerate(others):
+                if (i or planned) and writes_waiting(self._sessions):
+                    return done, others[i:], failed  # committed with the stores that wait, in their group
+                try:
+                    with s.begin_nested():
+                        done += self._act(s, message)
+                except Exception as exc:
+                    failed.append((message.stored.id, exc))
+        return done, [], failed
+
+    def _apply_all(self, connection: Connection, planned: list[_Ready]) -> int:
+        """The planned messages' effects and outcomes, written together: their rows locked in one
+        statement, their duplicates found in one, then one executemany each for the events, the
+        emails and the outcomes."""
+        ids = [message.stored.id for message in planned]
+        locked = set(connection.scalars(_LOCK_MANY, {"ids": ids}))
+        message_ids = sorted({m.stored.message_id for m in planned if m.stored.message_id})
+        first = dict(connection.execute(_FIRST_OF, {"message_ids": message_ids}).all()) if message_ids else {}
+        events: list[dict[str, Any]] = []
+        emails: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
+        now = self._now()
+        for message in planned:
+            row = message.stored
+            if row.id not in locked:  # another instance has it, or it is no longer received
+                continue
+            earlier = first.get(row.message_id) if row.message_id else None
+            if earlier is not None and earlier < row.id:
+                state, kind, outcome = (InboundState.DUPLICATE, "duplicate",
+                                        f"same Message-ID as inbound message {earlier}; no second effect")
+            else:
+                plan = message.plan
+                assert plan is not None
+                state, kind, outcome = InboundState.PROCESSED, plan.kind, plan.outcome
+                if plan.event is not None:
+                    events.append(plan.event)
+                emails.extend(plan.emails)
+            outcomes.append({"b_id": row.id, "b_state": state.value, "b_kind": kind,
+                             "b_outcome": rawmail.storable(outcome, 10000), "b_at": now})
+        if events:
+            connection.execute(_INSERT_EVENT, events)
+        self._notifier.queue_prepared(connection, emails)
+        if outcomes:
+            moved = connection.execute(_FINISH_MANY, outcomes).rowcount
+            # Under the row locks taken above, so the guard cannot lose: it only says so if it did.
+            if connection.dialect.supports_sane_multi_rowcount and moved != len(outcomes):
+                raise TransitionLost(InboundMessage.__tablename__, outcomes[0]["b_id"], "processed",
+                                     (InboundState.RECEIVED.value,), None)
+        return len(outcomes)
+
+    def _act(self, s: Session, message: _Ready) -> int:
+        """A message decided inside the transaction (a bounce, a command), under its row's lock."""
+        # Locked for this transaction: another instance skips it rather than processing it too.
+        connection = s.connection()
+        if connection.scalar(_LOCK, {"row_id": message.stored.id}) is None:
+            return 0
+        kind: str | None = None
+        outcome: str | None = None
+        try:
+            self._not_a_duplicate(connection, message.stored)
+            self._understand(s, message)
+        except _Done as done:
+            # The outcome can quote the message (NUL is refused by PostgreSQL, controls by terminals).
+            kind, outcome = done.kind, rawmail.storable(done.outcome, 10000)
+        # Under the row lock taken above, so the guard cannot lose: it only says so if it did.
+        self._finish[kind == "duplicate"].run(
+            connection, message.stored.id, new_kind=kind, new_outcome=outcome, new_processed_at=self._now()
+        )
+        return 1
+
+    def _failure(self, inbound_id: int, exc: Exception) -> int:
+        """A failed attempt (rolled back whole): retried later, or classified when retrying cannot help."""
+        if isinstance(exc, (SQLAlchemyError, OSError)) and not isinstance(exc, DataError):
+            self._failed(inbound_id, exc)  # the database or the disk: retry later
+            return 0
+        # The bytes themselves (a parser raised, or text the database refuses): retrying cannot help.
+        return self._unparseable(inbound_id, exc)
 
     def _unparseable(self, inbound_id: int, exc: Exception) -> int:
         """Classify a message the parsers choke on: kept, listed, not acted on, not retried.
@@ -262,23 +491,18 @@ class Inbound(DomainService):
                 return 0
             return 1
 
-    def _prove(self, inbound_id: int) -> SenderVerdict | None:
-        """Whether the sender of a reply command is who From: says; None when the message holds no command."""
-        with self._sessions() as s:
-            row = s.get(InboundMessage, inbound_id)
-            if row is None or row.state != InboundState.RECEIVED:
-                return None
-            raw, recipients = row.raw, json.loads(row.recipients)
-        if not any(ref[0] is Purpose.REPLY for ref in map(self.recipient_ref, recipients) if ref):
-            return None
-        message = BytesParser(policy=policy.default).parsebytes(raw)
-        assert isinstance(message, EmailMessage)
-        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
-        if len(senders) != 1 or parse_command(reply_text(message)) is None:
-            return None
-        return prove_sender(
-            raw, message, senders[0], self._config.trusted_authserv_ids, self._config.dkim_verify, self._dnsfunc
-        )
+    def _ready(self, stored: _Stored) -> _Ready:
+        """Everything about a message that needs no database: parsed once, its references read, and
+        whether the sender of a reply command is who From: says (None when it holds no command)."""
+        message = rawmail.parse(stored.raw)
+        refs = [ref for ref in map(self.recipient_ref, stored.recipients) if ref is not None]
+        proof = None
+        if any(purpose is Purpose.REPLY for purpose, _ in refs):
+            senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+            if len(senders) == 1 and parse_command(reply_text(message)) is not None:
+                proof = prove_sender(stored.raw, message, senders[0], self._config.trusted_authserv_ids,
+                                     self._config.dkim_verify, self._dnsfunc)
+        return _Ready(stored, message, refs, proof)
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -303,35 +527,83 @@ class Inbound(DomainService):
                 error, exc_info=exc,
             )
 
-    def _understand(self, s: Session, row: InboundMessage, proof: SenderVerdict | None) -> None:
+    def _not_a_duplicate(self, connection: Connection, row: _Stored) -> None:
         if row.message_id:
-            earlier = s.scalar(
-                select(InboundMessage.id).where(
-                    InboundMessage.message_id == row.message_id,
-                    InboundMessage.id < row.id,
-                    InboundMessage.state.in_(
-                        (InboundState.PROCESSED, InboundState.RECEIVED, InboundState.QUARANTINED)),
-                )
-            )
+            earlier = connection.scalar(_EARLIER, {"message_id": row.message_id, "row_id": row.id})
             if earlier is not None:
                 raise _Done("duplicate", f"same Message-ID as inbound message {earlier}; no second effect")
-        message = BytesParser(policy=policy.default).parsebytes(row.raw)
-        assert isinstance(message, EmailMessage)
-        refs = [r for r in (self.recipient_ref(a) for a in json.loads(row.recipients)) if r is not None]
-        bounce_refs = [ref for purpose, ref in refs if purpose is Purpose.BOUNCE]
-        reply_refs = [ref for purpose, ref in refs if purpose is Purpose.REPLY]
+
+    def _plan(self, s: Session, ready: _Ready) -> _Plan | None:
+        """``_understand`` for the messages whose effect needs no row lock (the commonest: an ordinary
+        reply, forwarded), read in ``s`` before the write transaction; None for a bounce or a command,
+        which are decided inside it. Nothing read here is something the write could contradict: an
+        email's recipient and references never change, and a forward goes to whoever is staff now."""
+        row, message = ready.stored, ready.message
+        if any(purpose is Purpose.BOUNCE for purpose, _ in ready.refs):
+            return None
+        verdict = is_auto_reply(message, row.mail_from)
+        if verdict.auto:
+            return _Plan("auto-reply", f"automatic reply ({verdict.reason}): recorded, not acted on, not answered")
+        reply_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.REPLY]
+        if not reply_refs:
+            return _Plan("unrouted", "message to a firm address: kept for the firm's staff")
+        reads = s.connection()
+        outbox = reads.execute(_ANSWERED, {"ref": reply_refs[0]}).one_or_none()
+        if outbox is None:
+            return _Plan("reply", "reply to an email Cabinet no longer knows")
+        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+        sender = senders[0] if len(senders) == 1 else ""
+        if sender == self._own:
+            return _Plan("reply", "message from Cabinet itself: ignored (no loops)")
+        if sender != outbox.recipient.lower():
+            return _Plan("unverified reply", f"From: {sender or 'missing or several addresses'} is not "
+                                             f"{outbox.recipient}, to whom this reply address was issued: "
+                                             "recorded, not forwarded, not acted on")
+        text = reply_text(message)
+        if outbox.invitation_id is not None and parse_command(text) is not None:
+            return None
+        subject = str(message.get("Subject", ""))
+        excerpt = text.strip()[:EXCERPT]
+        event = self._event_values("reply.received", sender, "reply", company_id=outbox.company_id,
+                                   firm_id=outbox.firm_id, subject=subject[:200], text=excerpt)
+        company = reads.execute(_COMPANY, {"company_id": outbox.company_id}).one_or_none() \
+            if outbox.company_id else None
+        if company is None or not excerpt:
+            return _Plan("reply", "reply recorded (nobody to forward it to)", event)
+        context = {"sender": sender, "subject": subject[:200], "text": excerpt, "received_at": self._now()}
+        # As in ``_forward``: who the answered email was for decides who hears the reply.
+        from_client = (
+            outbox.audience == "company_admin" if outbox.audience else outbox.recipient == company.admin_email
+        )
+        if from_client:
+            firm = reads.execute(_FIRM, {"firm_id": outbox.firm_id}).one_or_none() if outbox.firm_id else None
+            if firm is None:
+                return _Plan("reply", "reply from the client recorded (no firm to forward it to)", event)
+            members = reads.execute(_STAFF, {"firm_id": firm.id}).all()
+            notices = self._staff_notices(firm.id, firm.name, members, "reply_forwarded",
+                                          {"company": company.name, **context}, company.id)
+            return _Plan("reply", f"reply from {sender} forwarded to {firm.name}'s staff", event,
+                         [self._notifier.prepare(notice) for notice in notices])
+        notice = self._company_admin_notice(company, "reply_forwarded", context, firm_id=outbox.firm_id)
+        return _Plan("reply", f"reply from {sender} forwarded to {company.admin_email}", event,
+                     [self._notifier.prepare(notice)])
+
+    def _understand(self, s: Session, ready: _Ready) -> None:
+        row, message = ready.stored, ready.message
+        bounce_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.BOUNCE]
+        reply_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.REPLY]
         if bounce_refs:
             self._bounce(s, row, message, bounce_refs[0])
         verdict = is_auto_reply(message, row.mail_from)
         if verdict.auto:
             raise _Done("auto-reply", f"automatic reply ({verdict.reason}): recorded, not acted on, not answered")
         if reply_refs:
-            self._reply(s, row, message, reply_refs[0], proof)
+            self._reply(s, row, message, reply_refs[0], ready.proof)
         raise _Done("unrouted", "message to a firm address: kept for the firm's staff")
 
     # -- bounces -----------------------------------------------------------------------
 
-    def _bounce(self, s: Session, row: InboundMessage, message: EmailMessage, ref: str) -> None:
+    def _bounce(self, s: Session, row: _Stored, message: EmailMessage, ref: str) -> None:
         outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
         if outbox is None:
             raise _Done("bounce", "bounce for an email Cabinet no longer knows")
@@ -353,7 +625,7 @@ class Inbound(DomainService):
     # -- replies ------------------------------------------------------------------------
 
     def _reply(
-        self, s: Session, row: InboundMessage, message: EmailMessage, ref: str, proof: SenderVerdict | None
+        self, s: Session, row: _Stored, message: EmailMessage, ref: str, proof: SenderVerdict | None
     ) -> None:
         outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
         if outbox is None:
@@ -376,7 +648,7 @@ class Inbound(DomainService):
         self._forward(s, outbox, sender, str(message.get("Subject", "")), text)
 
     def _command(
-        self, s: Session, row: InboundMessage, sender: str, invitation: Invitation, command: Command,
+        self, s: Session, row: _Stored, sender: str, invitation: Invitation, command: Command,
         proof: SenderVerdict | None,
     ) -> None:
         company = invitation.company

@@ -15,16 +15,20 @@ class Repeater:
     """Runs ``job`` in a worker thread every ``interval`` seconds, or sooner when woken.
 
     ``after`` is called (on the loop) with the job's result, e.g. to wake the
-    outbox worker when the job queued mail.
+    outbox worker when the job queued mail. When ``again`` says so of a result
+    (a pass that did work may have left more), the job runs again at once
+    instead of waiting: a backlog is worked through, not one pass per interval.
     """
 
     def __init__(
-        self, name: str, job: Callable[[], Any], interval: float, after: Callable[[Any], None] | None = None
+        self, name: str, job: Callable[[], Any], interval: float, after: Callable[[Any], None] | None = None,
+        again: Callable[[Any], bool] | None = None,
     ) -> None:
         self.name = name
         self._job = job
         self._interval = interval
         self._after = after
+        self._again = again
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -43,6 +47,8 @@ class Repeater:
                 result = await asyncio.to_thread(self._job)
                 if self._after is not None:
                     self._after(result)
+                if self._again is not None and self._again(result):
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a database hiccup must not stop the loop for good

@@ -8,6 +8,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO, cast
@@ -23,7 +24,7 @@ from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
-from daemon.smtp import InboundHandler, make_protocol_factory
+from daemon.smtp import Arrivals, InboundHandler, make_protocol_factory
 from daemon.web import make_app, make_metrics_app
 from daemon.web.pages import Pages
 
@@ -134,10 +135,13 @@ class Service:
 
         worker = self.cabinet.worker
         wake_worker: Callable[[Any], None] = lambda result: worker.wake() if result else None
-        processor = Repeater("inbound processing", self.cabinet.inbound.process_due, config.mail.poll_interval, wake_worker)
+        # Processing gives way to deliveries (stores first), and works through a backlog without pausing.
+        arrivals = Arrivals()
+        processor = Repeater("inbound processing", partial(self.cabinet.inbound.process_due, give_way=arrivals.wait_for_lull),
+                             config.mail.poll_interval, wake_worker, again=bool)
         scheduler = Repeater("scheduled jobs", Scheduler(self.cabinet).run_due, config.scheduler.interval,
                              lambda counts: worker.wake() if any(counts.values()) else None)
-        handler = InboundHandler(self.cabinet.inbound, config.inbound, processor.wake)
+        handler = InboundHandler(self.cabinet.inbound, config.inbound, processor.wake, arrivals)
         smtp_host, smtp_port = listen_address(config.smtp.listen, "[smtp] listen")
         loop = asyncio.get_running_loop()
         with _listening(smtp_host, smtp_port, "[smtp] listen"):

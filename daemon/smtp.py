@@ -6,7 +6,9 @@ A message is committed to the database before the 250 (or, over LMTP, the
 per-recipient 250s); if storing fails the answer is 451 and the sending MTA
 retries. Messages whose DATA ends while a store is being written are stored
 together in the next one (one thread hop and one transaction), each with its
-own answer. Understanding the message happens later, in ``daemon.inbound``.
+own answer. Understanding the message happens later, in ``daemon.inbound``, and gives way
+to deliveries (``Arrivals``): while messages keep arriving, processing waits for
+a lull (a bounded wait), so that the listener has the core and the writer.
 
 Every limit answers with a status code and words a sending MTA (or the person
 reading its bounce) understands, then closes the connection if it must:
@@ -19,6 +21,7 @@ hold every slot while real mail waits. The greeting names no software version.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -46,11 +49,43 @@ Command = Callable[[str | None], Awaitable[None]]
 Stored = tuple[str, list[str], bytes]
 
 
+class Arrivals:
+    """When the listener last received a message: inbound processing waits for a lull in deliveries.
+
+    SMTP clients wait for their 250s; nobody waits for processing. So while
+    messages arrive, processing (which shares the one core and SQLite's one
+    writer with the stores) holds back until ``lull`` seconds pass without one,
+    but never more than ``max_wait`` seconds per batch: under deliveries that
+    never stop, processing still gets a batch in at least that often.
+    """
+
+    def __init__(self, lull: float = 0.05, max_wait: float = 1.0) -> None:
+        self._lull = lull
+        self._max_wait = max_wait
+        self._last = float("-inf")
+
+    def arrived(self) -> None:
+        self._last = time.monotonic()
+
+    def wait_for_lull(self) -> None:
+        """Block (in processing's worker thread) until deliveries pause, or ``max_wait`` has passed."""
+        deadline = time.monotonic() + self._max_wait
+        while True:
+            now = time.monotonic()
+            quiet_at = self._last + self._lull
+            if now >= quiet_at or now >= deadline:
+                return
+            time.sleep(min(quiet_at, deadline) - now)
+
+
 class InboundHandler:
-    def __init__(self, inbound: Inbound, config: InboundConfig, on_stored: Callable[[], None]) -> None:
+    def __init__(
+        self, inbound: Inbound, config: InboundConfig, on_stored: Callable[[], None], arrivals: Arrivals | None = None
+    ) -> None:
         self._inbound = inbound
         self._config = config
         self._on_stored = on_stored
+        self._arrivals = arrivals or Arrivals()
         # Concurrent DATAs are stored together: one thread hop and one transaction for all of them.
         self._store: BatchRecorder[Stored, int | Exception] = BatchRecorder(inbound.store_many, size=64, max_age=0)
 
@@ -67,6 +102,7 @@ class InboundHandler:
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         recipients = list(envelope.rcpt_tos)
+        self._arrivals.arrived()
         try:
             stored = await self._store.add((envelope.mail_from or "", recipients, raw))
             if isinstance(stored, Exception):

@@ -140,3 +140,44 @@ def test_nested_write_transaction_is_refused_not_deadlocked(engine: Engine) -> N
             with db.write_transaction(sessions):
                 pass
     db.close_sessions(sessions)
+
+
+def test_a_background_unit_gives_way_to_a_waiting_foreground_one(engine: Engine) -> None:
+    """Inbound processing (background) never takes the writer ahead of a store (foreground) that waits,
+    and a long background unit is told that one waits (``writes_waiting``) so that it can end early."""
+    sessions = db.make_sessionmaker(engine)
+    writer = sessions.writer  # type: ignore[attr-defined]
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with db.write_transaction(sessions, background=True) as s:
+            s.execute(text("INSERT INTO child (id, parent_id) VALUES (1, 1)"))
+            holding.set()
+            release.wait()
+            # What processing checks between messages: a store waits behind this unit.
+            order.append(f"told: {db.writes_waiting(sessions)}")
+
+    def unit(name: str, background: bool, row_id: int) -> None:
+        with db.write_transaction(sessions, background=background) as s:
+            s.execute(text("INSERT INTO child (id, parent_id) VALUES (:id, 1)"), {"id": row_id})
+            order.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    holding.wait()
+    assert not db.writes_waiting(sessions)
+    threads.append(threading.Thread(target=unit, args=("store", False, 2)))
+    threads[-1].start()
+    wait_for(lambda: db.writes_waiting(sessions), "the store to queue")
+    threads.append(threading.Thread(target=unit, args=("processing", True, 3)))
+    threads[-1].start()
+    # The background unit waits for the store to go first, not for the lock beside it.
+    wait_for(lambda: len(writer._queue._waiters) == 1, "the background unit to wait its turn")
+    release.set()
+    for thread in threads:
+        thread.join()
+    db.close_sessions(sessions)
+    assert order == ["told: True", "store", "processing"]
+    assert rows(engine) == [1, 2, 3]
+    assert not db.writes_waiting(sessions)

@@ -1,0 +1,160 @@
+"""Inbound processing in batches, and stores first: each message its own outcome in a batch written
+in one transaction, stores answered only once durable while processing runs, a backlog worked through
+without waiting for the next poll."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import threading
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import event, select
+
+from daemon.app import Cabinet, build
+from daemon.config import load_config
+from daemon.loops import Repeater
+from daemon.models import OutboxMessage
+from daemon.tokens import Purpose
+from tests.conftest import PASSWORD, Cli, Env, FakeClock
+from tests.inbound_helpers import TRUSTED_MTA, execute, reply, wait_processed
+
+COMPANY, ACCOUNTANT = "Boulangerie Roy", "marie@tremblay.example"
+
+
+@pytest.fixture
+def env(env: Env) -> Env:
+    with env.config_path.open("a", encoding="utf-8") as handle:
+        handle.write(f'\n[inbound]\ntrusted_authserv_ids = ["{TRUSTED_MTA}"]\n')
+    return env
+
+
+@pytest.fixture
+def cabinet(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
+    """A Cabinet with no daemon running: only the test processes (no processor takes a message first)."""
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("staff", "add", ACCOUNTANT, "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("company", "add", COMPANY, "--admin-email", "julie@roy.example", "--admin-name", "Julie Roy", "--locale", "en")
+    built = build(load_config(env.config_path), clock=clock)
+    yield built
+    built.close()
+
+
+def reply_address(cabinet: Cabinet) -> str:
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    with cabinet.sessions() as s:
+        ref = s.scalar(select(OutboxMessage.ref).where(OutboxMessage.invitation_id == sent.id))
+    assert ref is not None
+    return cabinet.outbox.address(Purpose.REPLY, ref)
+
+
+def no_invitation_changes(env: Env) -> None:
+    """Every UPDATE of an invitation fails, as a database error (the fault of test_inbound's quarantine test)."""
+    try:
+        execute(env, "CREATE TRIGGER no_accept BEFORE UPDATE ON invitations BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    except Exception:  # PostgreSQL
+        execute(env, "CREATE FUNCTION no_accept() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$ LANGUAGE plpgsql")
+        execute(env, "CREATE TRIGGER no_accept BEFORE UPDATE ON invitations FOR EACH ROW EXECUTE FUNCTION no_accept()")
+
+
+def test_a_message_that_fails_in_a_batch_fails_alone_and_the_batch_commits_once(cabinet: Cabinet, env: Env) -> None:
+    reply_to = reply_address(cabinet)
+    no_invitation_changes(env)
+    raws = [reply(reply_to, ACCOUNTANT, body).as_bytes(policy=SMTP_POLICY) for body in ("note one", "accept", "note two")]
+    ids = [cabinet.inbound.store(ACCOUNTANT, [reply_to], raw) for raw in raws]
+    commits = [0]
+
+    def counted(_connection: Any) -> None:
+        commits[0] += 1
+
+    event.listen(cabinet.engine, "commit", counted)
+    try:
+        assert cabinet.inbound.process_due() == 2
+    finally:
+        event.remove(cabinet.engine, "commit", counted)
+    rows = env.sql("SELECT id, state, kind, attempts, last_error FROM inbound ORDER BY id")
+    assert [r[0] for r in rows] == ids
+    (one, one_state, one_kind, _, _), (bad, bad_state, bad_kind, bad_attempts, error), (two, two_state, two_kind, _, _) = rows
+    assert (one_state, one_kind, two_state, two_kind) == ("processed", "reply", "processed", "reply")
+    # The accept's attempt rolled back alone (its savepoint): still received, to be retried, with the reason.
+    assert (bad_state, bad_kind, bad_attempts) == ("received", None, 1) and "disk on fire" in error
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'reply.received'") == [(2,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'") == [(2,)]
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]
+    # The two good ones in one transaction; the failed attempt recorded in another.
+    assert commits == [2]
+
+
+def test_a_duplicate_in_the_same_batch_has_no_second_effect(cabinet: Cabinet, env: Env) -> None:
+    reply_to = reply_address(cabinet)
+    message = reply(reply_to, ACCOUNTANT, "see you Monday")
+    first = message.as_bytes(policy=SMTP_POLICY)
+    del message["Date"]
+    message["Date"] = "Mon, 30 Nov 2026 12:00:00 +0000"  # other bytes, same Message-ID: a resend
+    again = message.as_bytes(policy=SMTP_POLICY)
+    cabinet.inbound.store(ACCOUNTANT, [reply_to], first)
+    cabinet.inbound.store(ACCOUNTANT, [reply_to], again)
+    assert cabinet.inbound.process_due() == 2
+    assert [r[1:3] for r in env.sql("SELECT id, state, kind FROM inbound ORDER BY id")] == [
+        ("processed", "reply"), ("duplicate", "duplicate")]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'") == [(1,)]
+
+
+def test_stores_during_processing_are_answered_only_once_durable(server: Any, env: Env, cli: Cli) -> None:
+    cabinet: Cabinet = server.cabinet
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("staff", "add", ACCOUNTANT, "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("company", "add", COMPANY, "--admin-email", "julie@roy.example", "--admin-name", "Julie Roy", "--locale", "en")
+    reply_to = reply_address(cabinet)
+    # A backlog the daemon's processor works through while the SMTP deliveries below arrive.
+    backlog = [reply(reply_to, ACCOUNTANT, f"backlog {n}").as_bytes(policy=SMTP_POLICY) for n in range(100)]
+    cabinet.inbound.store_many([(ACCOUNTANT, [reply_to], raw) for raw in backlog])
+    errors: list[BaseException] = []
+    missing: list[str] = []
+
+    def send(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", env.smtp_port, timeout=30) as smtp:
+                for k in range(6):
+                    message = reply(reply_to, ACCOUNTANT, f"note {n}-{k}")
+                    assert smtp.sendmail(ACCOUNTANT, [reply_to], message.as_bytes(policy=SMTP_POLICY)) == {}
+                    # The 250 came: the row is committed, seen from another connection right now.
+                    if env.sql("SELECT count(*) FROM inbound WHERE message_id = :m", m=message["Message-ID"]) != [(1,)]:
+                        missing.append(message["Message-ID"])
+        except BaseException as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and missing == []
+    rows = wait_processed(env, 124)
+    assert all(state == "processed" and kind == "reply" for _, state, kind, _ in rows)
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'") == [(124,)]
+
+
+def test_a_backlog_is_worked_through_without_waiting_for_the_next_poll() -> None:
+    """``again``: a pass that did work runs again at once (the interval here is an hour)."""
+    passes = iter([32, 32, 5, 0])
+    seen: list[int] = []
+
+    def job() -> int:
+        seen.append(next(passes))
+        return seen[-1]
+
+    async def run() -> None:
+        repeater = Repeater("test", job, interval=3600, again=bool)
+        task = asyncio.create_task(repeater.run())
+        while len(seen) < 4:
+            await asyncio.sleep(0.01)
+        repeater.stop()
+        await asyncio.wait_for(task, timeout=60)
+
+    asyncio.run(asyncio.wait_for(run(), timeout=120))
+    assert seen == [32, 32, 5, 0]
