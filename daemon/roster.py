@@ -138,6 +138,16 @@ def _user_with_firms() -> Select[Any]:
 _USER_WITH_FIRMS = _user_with_firms()
 
 
+def user_view_of(rows: Sequence[Any]) -> UserView:
+    """A staff member from the rows of ``_user_with_firms`` (or a statement with its columns)."""
+    user = rows[0]
+    return UserView(
+        user.id, user.email, user.name, user.locale, user.timezone,
+        tuple(FirmView(row.firm_id, row.firm_name, row.firm_email) for row in rows if row.firm_id is not None),
+        disabled_at=user.disabled_at,
+    )
+
+
 class _Replan(Exception):
     """Something an accept read before the write lock changed before its write: decide inside the lock."""
 
@@ -276,12 +286,7 @@ class Roster(DomainService):
             rows = connection.execution_options(**SINGLE_READ).execute(_USER_WITH_FIRMS, {"id": user_id}).all()
         if not rows:
             raise NotFound("staff.missing")
-        user = rows[0]
-        return UserView(
-            user.id, user.email, user.name, user.locale, user.timezone,
-            tuple(FirmView(row.firm_id, row.firm_name, row.firm_email) for row in rows if row.firm_id is not None),
-            disabled_at=user.disabled_at,
-        )
+        return user_view_of(rows)
 
     def update_profile(self, user_id: int, name: str, locale: str, timezone: str, channel: str = "link") -> UserView:
         """A staff member's own name, language and time zone."""
