@@ -13,7 +13,7 @@ from daemon.config import load_config
 from daemon.errors import NotAllowed
 from daemon.models import Invitation
 from daemon.tokens import Purpose
-from tests.conftest import PASSWORD, Cli, Env, FakeClock
+from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, RunningServer, csrf_of, link_in
 
 COMPANY, ACCOUNTANT, ADMIN = "Boulangerie Roy", "marie@tremblay.example", "julie@roy.example"
 
@@ -109,3 +109,34 @@ def test_an_accept_for_a_firm_that_is_not_the_users_is_refused_as_before(cabinet
     assert refused.value.code == "firm.not_member_connect"
     assert env.sql("SELECT state FROM invitations") == [("pending",)]
     assert env.sql("SELECT count(*) FROM clients") == [(0,)]
+
+
+def test_an_accept_post_reads_the_session_and_the_accept_one_statement_each(
+    env: Env, cli: Cli, mailbox: Mailbox, clock: FakeClock
+) -> None:
+    """Over HTTP: the visitor (session, user, firms) is one statement, the accept's read another."""
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("staff", "add", ACCOUNTANT, "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("company", "add", COMPANY, "--admin-email", ADMIN, "--admin-name", "Julie Roy", "--locale", "en")
+    server = RunningServer(env, clock)
+    server.start()
+    browser = Browser(env.base_url)
+    try:
+        cli("invitation", "send", "--company", COMPANY, "--email", ACCOUNTANT)
+        link = link_in(mailbox.wait(ACCOUNTANT, subject="Invitation", count=1)[-1])
+        browser.sign_in(link, ACCOUNTANT)
+        token = csrf_of(browser.get(link).text)
+        answer, statements = statements_during(
+            server.cabinet, lambda: browser.http.post(link + "/accept", data={"csrf_token": token})
+        )
+        assert answer.status_code == 303
+        # (The outbox worker and the scheduler run statements of their own meanwhile: pick the request's.)
+        visitor = [s for s in statements if "FROM WEB_SESSIONS" in s or "FROM USERS LEFT OUTER JOIN MEMBERSHIPS" in s]
+        assert len(visitor) == 1 and "FROM WEB_SESSIONS JOIN USERS" in visitor[0], visitor
+        accept = [s for s in statements if s.startswith("SELECT") and "INVITATIONS" in s and "OUTBOX" not in s]
+        assert len(accept) == 1 and "AS CHOSEN" in accept[0], accept
+        assert env.sql("SELECT state FROM invitations") == [("accepted",)]
+    finally:
+        browser.close()
+        server.stop()
