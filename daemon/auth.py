@@ -14,27 +14,43 @@ import secrets
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
 from daemon.db import SINGLE_READ, engine_of, write_transaction
 from daemon.domain import normalise_email
 from daemon.errors import AuthenticationFailed, InvalidInput
-from daemon.models import User, WebSession
+from daemon.models import Firm, Membership, User, WebSession
 from daemon.passwords import Passwords
-from daemon.roster import Roster
+from daemon.roster import Roster, user_view_of
 from daemon.throttle import SignInThrottle
 from daemon.views import UserView
 
 T = TypeVar("T")
 
 
-# A session's user and expiry, unless the account is disabled (bind: ``id``, the token's digest).
-_LIVE_SESSION = (
-    select(WebSession.user_id, WebSession.expires_at).join(User, User.id == WebSession.user_id)
-    .where(WebSession.id == bindparam("id"), User.disabled_at.is_(None))
-)
+def _session_user() -> Select[Any]:
+    """A session's expiry with its user and their firms, as ``roster.user_view_of`` takes them (a row per
+    firm in name order), unless the account is disabled (bind: ``id``, the token's digest). Every
+    signed-in request asks: one statement, where a session then its user were two."""
+    session, user, membership, firm = WebSession.__table__, User.__table__, Membership.__table__, Firm.__table__
+    return (
+        select(
+            session.c.expires_at,
+            user.c.id, user.c.email, user.c.name, user.c.locale, user.c.timezone, user.c.disabled_at,
+            firm.c.id.label("firm_id"), firm.c.name.label("firm_name"), firm.c.email.label("firm_email"),
+        )
+        .select_from(session)
+        .join(user, user.c.id == session.c.user_id)
+        .outerjoin(membership, membership.c.user_id == user.c.id)
+        .outerjoin(firm, firm.c.id == membership.c.firm_id)
+        .where(session.c.id == bindparam("id"), user.c.disabled_at.is_(None))
+        .order_by(firm.c.name_key)
+    )
+
+
+_SESSION_USER = _session_user()
 
 
 def _digest(token: str) -> str:
@@ -57,15 +73,16 @@ class WebSessions:
             s.execute(delete(WebSession).where(WebSession.user_id == user_id, WebSession.expires_at <= now))
         return token
 
-    def user_id(self, token: str | None) -> int | None:
+    def user(self, token: str | None) -> UserView | None:
+        """The staff member signed in with ``token``; None for no, an expired or a disabled account's session."""
         if not token:
             return None
-        # Every signed-in request asks: one statement of plain columns, no Session and no BEGIN.
+        # One statement of plain columns, no Session and no BEGIN.
         with engine_of(self._sessions).connect() as connection:
-            row = connection.execution_options(**SINGLE_READ).execute(_LIVE_SESSION, {"id": _digest(token)}).first()
-        if row is None or row.expires_at <= self._clock.now():
+            rows = connection.execution_options(**SINGLE_READ).execute(_SESSION_USER, {"id": _digest(token)}).all()
+        if not rows or rows[0].expires_at <= self._clock.now():
             return None
-        return int(row.user_id)
+        return user_view_of(rows)
 
     def end_others(self, user_id: int, token: str | None) -> None:
         """After a password change: every other browser signed in as this user must sign in again."""

@@ -224,10 +224,25 @@ class GroupWriter:
     @contextmanager
     def core_unit(self) -> Iterator[Connection]:
         """A write transaction on the write connection itself, for Core statements only (no Session to
-        build, begin and close inside the lock): a SAVEPOINT of the group, as ``unit``."""
+        build, begin and close inside the lock): a SAVEPOINT of the group, as ``unit``.
+
+        The SAVEPOINT and its RELEASE go to the driver itself: through ``begin_nested`` each was a
+        compiled statement and a transaction object, a tenth of an accept's CPU for two words of SQL.
+        """
         with self._slot() as (connection, group):
-            with connection.begin_nested():
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute("SAVEPOINT core_unit")
+            try:
                 yield connection
+            except BaseException:
+                try:
+                    driver.execute("ROLLBACK TO core_unit")
+                    driver.execute("RELEASE core_unit")
+                except Exception:  # noqa: BLE001 - a lost connection: the group's COMMIT fails and says so
+                    pass
+                raise
+            driver.execute("RELEASE core_unit")
             group.members += 1
 
     @contextmanager

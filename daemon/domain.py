@@ -456,10 +456,10 @@ def choose_firm(firms: Sequence[Chosen], user_email: str | None, firm_id: int | 
     raise NotAllowed("firm.not_member_connect")
 
 
-def told_staff(firm_id: Any) -> tuple[ColumnElement[bool], ...]:
-    """Who of a firm's staff hears about its clients (a join of memberships and users): a disabled
-    account no longer does."""
-    return (Membership.firm_id == firm_id, User.disabled_at.is_(None))
+def told_staff(firm_id: Any, users: Any = User.__table__) -> tuple[ColumnElement[bool], ...]:
+    """Who of a firm's staff hears about its clients (a join of memberships and ``users``, or an alias of
+    it): a disabled account no longer does."""
+    return (Membership.firm_id == firm_id, users.c.disabled_at.is_(None))
 
 
 def company_view(company: Company) -> CompanyView:

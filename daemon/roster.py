@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.interfaces import ORMOption
 
+from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
 from daemon.db import SINGLE_READ, engine_of, rows_changed, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
@@ -26,13 +27,11 @@ from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
     KINDS,
     DomainService,
-    choose_firm,
     clean_name,
     client_view,
     company_view,
     name_key,
     normalise_email,
-    told_staff,
 )
 from daemon.errors import (
     AlreadyExists,
@@ -48,14 +47,12 @@ from daemon.models import (
     Client,
     ClientStatus,
     Company,
-    CompanyProduct,
     Event,
     Firm,
     Invitation,
     InvitationState,
     Membership,
     OutboxMessage,
-    Product,
     User,
     WebSession,
 )
@@ -141,6 +138,16 @@ def _user_with_firms() -> Select[Any]:
 _USER_WITH_FIRMS = _user_with_firms()
 
 
+def user_view_of(rows: Sequence[Any]) -> UserView:
+    """A staff member from the rows of ``_user_with_firms`` (or a statement with its columns)."""
+    user = rows[0]
+    return UserView(
+        user.id, user.email, user.name, user.locale, user.timezone,
+        tuple(FirmView(row.firm_id, row.firm_name, row.firm_email) for row in rows if row.firm_id is not None),
+        disabled_at=user.disabled_at,
+    )
+
+
 class _Replan(Exception):
     """Something an accept read before the write lock changed before its write: decide inside the lock."""
 
@@ -149,60 +156,15 @@ class _Replan(Exception):
 class _AcceptPlan:
     """An accept decided on a read connection (``Roster._plan_accept``), for its write to carry out."""
 
-    read: Any  # a row of _ACCEPT_READ: the company's columns (CompanyFacts), the invitation's, the user's
+    read: Any  # a row of ACCEPT_READ: the company's columns (CompanyFacts), the invitation's, the user's
     firm_id: int
     firm_name: str
-    client: Any  # the firm's roster entry for the company (a row of _ACCEPT_CLIENT), or None
+    client: RosterEntry | None  # the firm's roster entry for the company, if it has one
     products: tuple[str, ...]
     emails: list[dict[str, Any]]  # outbox rows, prepared (Notifier.prepare)
     now: datetime
 
 
-def _accept_reads() -> tuple[Select[Any], ...]:
-    """The reads of an accept (binds: ``id``, ``user_id``; then ``firm_id``, ``company_id``, ``name_key``)."""
-    inv, company, user, firm = Invitation.__table__, Company.__table__, User.__table__, Firm.__table__
-    membership, clients, admin = Membership.__table__, Client.__table__, User.__table__.alias("primary_admin")
-    invitation = (
-        select(
-            inv.c.id.label("invitation_id"), inv.c.nonce, inv.c.state, inv.c.expires_at, inv.c.email,
-            company.c.id, company.c.name, company.c.name_key, company.c.kind, company.c.subscription,
-            company.c.admin_email, company.c.admin_name, company.c.admin_locale, company.c.admin_timezone,
-            company.c.trial_ends_at,
-            user.c.id.label("user_id"), user.c.email.label("user_email"), user.c.name.label("user_name"),
-        )
-        .join(company, company.c.id == inv.c.company_id)
-        .outerjoin(user, user.c.id == bindparam("user_id"))
-        .where(inv.c.id == bindparam("id"))
-    )
-    firms = (
-        select(firm.c.id, firm.c.name).join(membership, membership.c.firm_id == firm.c.id)
-        .where(membership.c.user_id == bindparam("user_id")).order_by(firm.c.name_key)
-    )
-    staff = (
-        select(user.c.email, user.c.name, user.c.locale, user.c.timezone)
-        .join(membership, membership.c.user_id == user.c.id)
-        .where(*told_staff(bindparam("firm_id"))).order_by(user.c.id)
-    )
-    # The entry for this company, else one added earlier without QuickBooks under the same name (_connect).
-    client = (
-        select(clients.c.id, clients.c.company_id, admin.c.email.label("primary_admin"))
-        .outerjoin(admin, admin.c.id == clients.c.primary_admin_id)
-        .where(
-            clients.c.firm_id == bindparam("firm_id"),
-            or_(clients.c.company_id == bindparam("company_id"),
-                and_(clients.c.company_id.is_(None), clients.c.name_key == bindparam("name_key"))),
-        )
-        .order_by(clients.c.company_id.is_(None))
-        .limit(1)
-    )
-    products = (
-        select(CompanyProduct.product_id).join(Product, Product.id == CompanyProduct.product_id)
-        .where(CompanyProduct.company_id == bindparam("company_id")).order_by(Product.position)
-    )
-    return invitation, firms, staff, client, products
-
-
-_ACCEPT_READ, _ACCEPT_FIRMS, _ACCEPT_STAFF, _ACCEPT_CLIENT, _ACCEPT_PRODUCTS = _accept_reads()
 
 _WHEN = Invitation.__table__.c.decided_at.type  # the binds below are UTC datetimes (UTCDateTime)
 
@@ -324,12 +286,7 @@ class Roster(DomainService):
             rows = connection.execution_options(**SINGLE_READ).execute(_USER_WITH_FIRMS, {"id": user_id}).all()
         if not rows:
             raise NotFound("staff.missing")
-        user = rows[0]
-        return UserView(
-            user.id, user.email, user.name, user.locale, user.timezone,
-            tuple(FirmView(row.firm_id, row.firm_name, row.firm_email) for row in rows if row.firm_id is not None),
-            disabled_at=user.disabled_at,
-        )
+        return user_view_of(rows)
 
     def update_profile(self, user_id: int, name: str, locale: str, timezone: str, channel: str = "link") -> UserView:
         """A staff member's own name, language and time zone."""
@@ -798,29 +755,28 @@ class Roster(DomainService):
         now = self._clock.now()
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
         with engine_of(self._sessions).connect() as connection:
-            row = connection.execute(_ACCEPT_READ, {"id": ref.id, "user_id": user_id}).one_or_none()
-            if row is None or row.nonce != ref.bound:
-                raise LinkTampered("link.no_invitation")  # as _row_from_token says it
-            if row.state != InvitationState.PENDING or now >= row.expires_at or row.user_email != row.email:
-                return None  # not pending, no such user, another account: _invited_user says which
-            firm = choose_firm(connection.execute(_ACCEPT_FIRMS, {"user_id": user_id}).all(), row.user_email, firm_id)
-            staff = connection.execute(_ACCEPT_STAFF, {"firm_id": firm.id}).all()
-            client = connection.execute(
-                _ACCEPT_CLIENT, {"firm_id": firm.id, "company_id": row.id, "name_key": row.name_key}
-            ).first()
-            products = tuple(connection.scalars(_ACCEPT_PRODUCTS, {"company_id": row.id}))
+            # One statement is one snapshot: no BEGIN around it (see daemon.accept_read).
+            row = connection.execution_options(**SINGLE_READ).execute(
+                ACCEPT_READ[connection.dialect.name], {"id": ref.id, "user_id": user_id, "firm_id": firm_id}
+            ).one_or_none()
+        if row is None or row.nonce != ref.bound:
+            raise LinkTampered("link.no_invitation")  # as _row_from_token says it
+        if (row.state != InvitationState.PENDING or now >= row.expires_at or row.user_email != row.email
+                or row.firm_id is None):
+            return None  # not pending, no such user, another account, no one firm: the locked path says which
         facts = {"accepted_by": row.user_name, "accepted_by_email": row.user_email, "accepted_at": now}
         notices = [
             self._company_admin_notice(
                 row, "invitation_accepted",
-                {"accountant_name": row.user_name, "accountant_email": row.user_email, "firm": firm.name,
+                {"accountant_name": row.user_name, "accountant_email": row.user_email, "firm": row.firm_name,
                  "accepted_at": now},
-                firm_id=firm.id,
+                firm_id=row.firm_id,
             ),
-            *self._staff_notices(firm.id, firm.name, staff, "client_added", {"company": row.name, **facts}, row.id),
+            *self._staff_notices(row.firm_id, row.firm_name, staff_of(row), "client_added",
+                                 {"company": row.name, **facts}, row.id),
         ]
         emails = [self._notifier.prepare(notice) for notice in notices]
-        return _AcceptPlan(row, firm.id, firm.name, client, products, emails, now)
+        return _AcceptPlan(row, row.firm_id, row.firm_name, entry_of(row), products_of(row), emails, now)
 
     def _refuse_accept(self, token: str, user_id: int, firm_id: int | None) -> None:
         """Raise what the locked path would refuse with, from a read session (the refusal takes no lock);

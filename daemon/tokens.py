@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, Signer, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.timed import TimestampSigner
 
 from daemon.clock import Clock
@@ -76,6 +76,7 @@ class LinkSigner:
         self._keys = keys
         self._clock = clock
         self._serializers = {purpose: self._serializer(purpose) for purpose in Purpose}
+        self._address_serializers = {purpose: self._address_serializer(purpose) for purpose in Purpose}
 
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         clock = self._clock
@@ -133,11 +134,11 @@ class LinkSigner:
         No timestamp: a local part has at most 64 characters, and a bounce may
         arrive days later. The outbox row the reference names decides the rest.
         """
-        return str(self._address_serializer(purpose).dumps(ref))
+        return str(self._address_serializers[purpose].dumps(ref))
 
     def verify_address(self, purpose: Purpose, token: str) -> str:
         try:
-            ref = self._address_serializer(purpose).loads(token)
+            ref = self._address_serializers[purpose].loads(token)
         except BadSignature:
             raise LinkTampered("address.not_ours") from None
         if not isinstance(ref, str):
@@ -145,8 +146,20 @@ class LinkSigner:
         return ref
 
     def _address_serializer(self, purpose: Purpose) -> URLSafeSerializer:
+        # Built once per purpose, its derived keys kept, as ``_serializer``: every queued email signs
+        # its bounce+ address and the worker its reply+ one (a serializer and a key derivation each).
+        derived: dict[tuple[Any, ...], bytes] = {}
+
+        class _KeptKeySigner(Signer):
+            def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+                cache_key = (self.salt, self.key_derivation, self.digest_method, secret_key)
+                key = derived.get(cache_key)
+                if key is None:
+                    key = derived[cache_key] = super().derive_key(secret_key)
+                return key
+
         ordered = [key.reveal() for key in reversed(self._keys.keys)]
-        return URLSafeSerializer(ordered, salt=purpose.salt)
+        return URLSafeSerializer(ordered, salt=purpose.salt, signer=_KeptKeySigner)
 
     def nonce(self) -> str:
         return secrets.token_urlsafe(12)

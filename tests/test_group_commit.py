@@ -181,3 +181,43 @@ def test_a_background_unit_gives_way_to_a_waiting_foreground_one(engine: Engine)
     assert order == ["told: True", "store", "processing"]
     assert rows(engine) == [1, 2, 3]
     assert not db.writes_waiting(sessions)
+
+
+def test_a_failing_core_unit_rolls_back_alone_inside_a_shared_group(engine: Engine) -> None:
+    """``core_unit`` (the accept's write) keeps its own SAVEPOINT on the driver: a unit that fails takes
+    back its own rows only, even when the group it ran in commits another unit's."""
+    sessions = db.make_sessionmaker(engine)
+    writer = sessions.writer  # type: ignore[attr-defined]
+    commits = commits_counted(engine)
+    outcomes: dict[str, str] = {}
+
+    def first() -> None:
+        with db.write_connection(sessions) as conn:
+            conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (10, 1)")
+            # Leave only once the second unit queues behind: the group stays open for it.
+            wait_for(lambda: writer._waiting == 1, "the second unit to queue")
+        outcomes["first"] = "committed"
+
+    def second() -> None:
+        try:
+            with db.write_connection(sessions) as conn:
+                conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (11, 1)")
+                conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (10, 1)")  # taken: fails
+        except IntegrityError:
+            outcomes["second"] = "refused"
+
+    one = threading.Thread(target=first)
+    one.start()
+    wait_for(lambda: writer._owner is not None, "the first unit to hold the lock")
+    two = threading.Thread(target=second)
+    two.start()
+    one.join()
+    two.join()
+    db.close_sessions(sessions)
+    assert outcomes == {"first": "committed", "second": "refused"}
+    assert rows(engine) == [10]
+    assert commits[0] == 1  # one group: the second unit's rollback did not end it
+    with db.write_connection(sessions) as conn:  # and the writer goes on
+        conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (12, 1)")
+    db.close_sessions(sessions)
+    assert rows(engine) == [10, 12]

@@ -16,7 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from daemon.app import build
 from daemon.config import load_config
-from tests.conftest import Cli, Env, FakeClock, free_port
+from tests.conftest import Cli, FakeClock, free_port
 from tests.test_relay import Relay, invite, make_cli, relay_env, send_due
 
 WAIT = 120.0  # seconds: generous for a loaded machine; every wait ends on a condition

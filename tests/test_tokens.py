@@ -67,3 +67,22 @@ def test_bad_key_files_are_config_errors(tmp_path: Path, content: str) -> None:
 def test_keys_never_show_in_reprs(tmp_path: Path) -> None:
     keys = SecretKeys.load(keys_file(tmp_path, OLD))
     assert OLD not in repr(keys) and OLD not in str(keys.keys[0])
+
+
+def test_addresses_are_signed_as_itsdangerous_signs_them_and_rotate_like_links(tmp_path: Path) -> None:
+    """The address serializers are built once with their keys kept: the bytes stay those a fresh
+    itsdangerous serializer gives (a bounce to an address signed before still verifies)."""
+    from itsdangerous import URLSafeSerializer
+
+    clock = FakeClock()
+    old = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), clock)
+    for purpose in (Purpose.BOUNCE, Purpose.REPLY):
+        fresh = URLSafeSerializer([OLD], salt=purpose.salt).dumps("a1b2c3")
+        assert old.sign_address(purpose, "a1b2c3") == fresh
+        assert old.sign_address(purpose, "a1b2c3") == fresh  # the second signature, with the kept key
+    signed_before = old.sign_address(Purpose.BOUNCE, "a1b2c3")
+    rotated = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), clock)
+    assert rotated.verify_address(Purpose.BOUNCE, signed_before) == "a1b2c3"
+    assert rotated.sign_address(Purpose.BOUNCE, "a1b2c3") == URLSafeSerializer([NEW], salt=Purpose.BOUNCE.salt).dumps("a1b2c3")
+    with pytest.raises(LinkTampered):
+        rotated.verify_address(Purpose.REPLY, signed_before)  # another purpose's salt

@@ -115,12 +115,6 @@ async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     return await run(fn, *args)
 
 
-def _signed_in_user(sessions: WebSessions, cabinet: Cabinet, token: str) -> UserView | None:
-    # One trip off the event loop per request for both lookups.
-    user_id = sessions.user_id(token)
-    return cabinet.roster.get_user(user_id) if user_id is not None else None
-
-
 def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
     """The id inside a browser cookie Cabinet issued; None for a missing, chosen or forged one."""
     if not cookie:
@@ -137,7 +131,7 @@ async def load_visitor(request: web.Request) -> Visitor:
     security = request.app[SECURITY]
     browser_id = _browser_id(cabinet.signer, request.cookies.get(security.browser_cookie))
     token = request.cookies.get(security.session_cookie)
-    user = await run(_signed_in_user, request.app[SESSIONS], cabinet, token) if token else None
+    user = await read(request, request.app[SESSIONS].user, token) if token else None
     default = cabinet.config.general.default_locale
     chosen = request.cookies.get(LANGUAGE_COOKIE, "")
     if chosen in LOCALES:
@@ -175,7 +169,7 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
         bound = cabinet.signer.verify(Purpose.CSRF, submitted or "", max_age=max_age)
     except LinkError:
         raise CsrfFailed("csrf.expired") from None
-    current = _browser_id(cabinet.signer, request.cookies.get(request.app[SECURITY].browser_cookie))
+    current = visitor(request).known_browser  # the browser cookie, verified once per request (load_visitor)
     if not current or not secrets.compare_digest(str(bound), current):
         raise CsrfFailed("csrf.other_browser")
 

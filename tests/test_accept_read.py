@@ -1,0 +1,142 @@
+"""The accept's one read (daemon.accept_read): what it finds decides the write, in one statement."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import event
+
+from daemon.app import Cabinet, build
+from daemon.config import load_config
+from daemon.errors import NotAllowed
+from daemon.models import Invitation
+from daemon.tokens import Purpose
+from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, RunningServer, csrf_of, link_in
+
+COMPANY, ACCOUNTANT, ADMIN = "Boulangerie Roy", "marie@tremblay.example", "julie@roy.example"
+
+
+@pytest.fixture
+def cabinet(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("firm", "add", "Gagnon & Associés", "--email", "info@gagnon.example")
+    for email, name, firm in (
+        ("zoe@tremblay.example", "Zoé Roy", "Tremblay CPA"),
+        (ACCOUNTANT, "Marie Tremblay", "Tremblay CPA"),
+        ("paul@tremblay.example", "Paul Roy", "Tremblay CPA"),
+        ("luc@gagnon.example", "Luc Gagnon", "Gagnon & Associés"),
+    ):
+        cli("staff", "add", email, "--name", name, "--firm", firm, "--password-stdin", input=PASSWORD + "\n")
+    cli("staff", "disable", "paul@tremblay.example")
+    cli("company", "add", COMPANY, "--admin-email", ADMIN, "--admin-name", "Julie Roy", "--locale", "en")
+    built = build(load_config(env.config_path), clock=clock)
+    yield built
+    built.close()
+
+
+def token_of(cabinet: Cabinet, invitation_id: int) -> str:
+    with cabinet.sessions() as s:
+        invitation = s.get(Invitation, invitation_id)
+        assert invitation is not None
+        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
+
+
+def statements_during(cabinet: Cabinet, call: Any) -> tuple[Any, list[str]]:
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        with lock:
+            seen.append(" ".join(statement.split()).upper())
+
+    event.listen(cabinet.engine, "before_cursor_execute", record)
+    try:
+        return call(), seen
+    finally:
+        event.remove(cabinet.engine, "before_cursor_execute", record)
+
+
+def never_in_the_lock(monkeypatch: pytest.MonkeyPatch, cabinet: Cabinet) -> None:
+    """The accept is decided on its read: deciding it again inside the write lock would fail the test."""
+    def locked(*args: Any) -> Any:
+        raise AssertionError("the accept was decided again inside the write lock")
+
+    monkeypatch.setattr(cabinet.roster, "accept_in", locked)
+
+
+def test_an_accept_reads_once_then_tells_the_admin_and_each_active_member_in_order(
+    cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    marie, token = cabinet.roster.find_staff(ACCOUNTANT).id, token_of(cabinet, sent.id)
+    never_in_the_lock(monkeypatch, cabinet)
+    result, statements = statements_during(cabinet, lambda: cabinet.roster.accept_invitation(token, marie, None))
+    assert result.client.firm == "Tremblay CPA" and result.client.company == COMPANY
+    assert result.invitation.state == "accepted" and result.invitation.accepted_by_email == ACCOUNTANT
+    # One read decides everything; the write re-checks it with guarded statements, no SELECT.
+    reads = [s for s in statements if s.startswith("SELECT")]
+    assert len(reads) == 1, reads
+    assert not any(s == "BEGIN" for s in statements[: statements.index(reads[0])])
+    # The disabled member hears nothing; the other firm's staff neither; members in the order they joined.
+    rows = env.sql("SELECT kind, recipient FROM outbox WHERE kind <> 'invitation' ORDER BY id")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("invitation_accepted", ADMIN), ("client_added", "zoe@tremblay.example"), ("client_added", ACCOUNTANT),
+    ]
+
+
+def test_an_accept_connects_the_entry_added_under_the_companys_name(
+    cabinet: Cabinet, cli: Cli, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("client", "add", "--firm", "Tremblay CPA", "--kind", "business", "--name", COMPANY.upper(), "--billing", "none")
+    (entry,) = cabinet.roster.list_clients("Tremblay CPA")
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    never_in_the_lock(monkeypatch, cabinet)
+    result = cabinet.roster.accept_invitation(token_of(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id, None)
+    (client,) = cabinet.roster.list_clients("Tremblay CPA")
+    assert result.client.id == client.id == entry.id
+    assert client.company == COMPANY and client.status == "active" and client.billing == "self-paid"
+    assert result.client == client
+    assert cabinet.roster.list_clients("Gagnon & Associés") == []
+
+
+def test_an_accept_for_a_firm_that_is_not_the_users_is_refused_as_before(cabinet: Cabinet, env: Env) -> None:
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    gagnon = cabinet.roster.find_firm("Gagnon & Associés").id
+    with pytest.raises(NotAllowed) as refused:
+        cabinet.roster.accept_invitation(token_of(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id, gagnon)
+    assert refused.value.code == "firm.not_member_connect"
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]
+    assert env.sql("SELECT count(*) FROM clients") == [(0,)]
+
+
+def test_an_accept_post_reads_the_session_and_the_accept_one_statement_each(
+    env: Env, cli: Cli, mailbox: Mailbox, clock: FakeClock
+) -> None:
+    """Over HTTP: the visitor (session, user, firms) is one statement, the accept's read another."""
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("staff", "add", ACCOUNTANT, "--name", "Marie Tremblay", "--firm", "Tremblay CPA",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli("company", "add", COMPANY, "--admin-email", ADMIN, "--admin-name", "Julie Roy", "--locale", "en")
+    server = RunningServer(env, clock)
+    server.start()
+    browser = Browser(env.base_url)
+    try:
+        cli("invitation", "send", "--company", COMPANY, "--email", ACCOUNTANT)
+        link = link_in(mailbox.wait(ACCOUNTANT, subject="Invitation", count=1)[-1])
+        browser.sign_in(link, ACCOUNTANT)
+        token = csrf_of(browser.get(link).text)
+        answer, statements = statements_during(
+            server.cabinet, lambda: browser.http.post(link + "/accept", data={"csrf_token": token})
+        )
+        assert answer.status_code == 303
+        # (The outbox worker and the scheduler run statements of their own meanwhile: pick the request's.)
+        visitor = [s for s in statements if "FROM WEB_SESSIONS" in s or "FROM USERS LEFT OUTER JOIN MEMBERSHIPS" in s]
+        assert len(visitor) == 1 and "FROM WEB_SESSIONS JOIN USERS" in visitor[0], visitor
+        accept = [s for s in statements if s.startswith("SELECT") and "INVITATIONS" in s and "OUTBOX" not in s]
+        assert len(accept) == 1 and "AS CHOSEN" in accept[0], accept
+        assert env.sql("SELECT state FROM invitations") == [("accepted",)]
+    finally:
+        browser.close()
+        server.stop()
