@@ -8,6 +8,7 @@ and has no second effect.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -69,6 +70,21 @@ class SecretKeys:
         return secrets.token_urlsafe(48)
 
 
+class _OneSignerSerializer(URLSafeTimedSerializer):
+    """itsdangerous builds a new signer for every dumps and loads; one per salt does (a signer keeps
+    only its settings, so threads can share it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._signers: dict[Any, Any] = {}
+
+    def make_signer(self, salt: str | bytes | None = None) -> Any:
+        signer = self._signers.get(salt)
+        if signer is None:
+            signer = self._signers[salt] = super().make_signer(salt)
+        return signer
+
+
 class LinkSigner:
     """Signs and verifies tokens for every purpose, with a controllable clock."""
 
@@ -96,7 +112,11 @@ class LinkSigner:
 
         # itsdangerous signs with the last key and verifies with all of them.
         ordered = [key.reveal() for key in reversed(self._keys.keys)]
-        return URLSafeTimedSerializer(ordered, salt=purpose.salt, signer=_ClockSigner)
+        # hashlib.sha1 rather than itsdangerous's default (a Python function returning the same sha1):
+        # given OpenSSL's own constructor, hmac computes the MAC in C instead of in pure Python. Same
+        # bytes, so tokens already issued still verify.
+        return _OneSignerSerializer(ordered, salt=purpose.salt, signer=_ClockSigner,
+                                    signer_kwargs={"digest_method": hashlib.sha1})
 
     def sign(self, purpose: Purpose, payload: Any) -> str:
         return str(self._serializers[purpose].dumps(payload))
