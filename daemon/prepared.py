@@ -62,7 +62,12 @@ class PreparedRead:
 
     def one_or_none(self, **binds: Any) -> Any:
         parameters = self._parameters(binds)
-        raw = self._engine.raw_connection()
+        try:
+            raw = self._engine.raw_connection()
+        except self._error as exc:  # connecting failed (the pool hands out the driver's own error)
+            raise DBAPIError.instance(
+                None, None, exc, self._error, connection_invalidated=False, dialect=self._engine.dialect,
+            ) from exc
         try:
             cursor = raw.cursor()
             try:
