@@ -14,6 +14,7 @@ from babel.dates import format_date as babel_format_date
 from jinja2 import pass_context
 from jinja2.runtime import Context
 from babel.dates import format_datetime as babel_format_datetime
+from babel.dates import TIMEDELTA_UNITS
 from babel.dates import format_timedelta as babel_format_timedelta
 
 from daemon.config import LOCALES
@@ -72,7 +73,41 @@ def format_date(value: datetime, locale: str, timezone: str) -> str:
 
 def format_duration(delta: timedelta, locale: str, direction: bool = False) -> str:
     """ "47 heures", "dans 47 heures", "in 2 days": hours stay hours up to two and a half days."""
-    return babel_format_timedelta(delta, threshold=2.5, add_direction=direction, locale=BABEL_LOCALE[locale])
+    return babel_format_timedelta(delta, threshold=DURATION_THRESHOLD, add_direction=direction, locale=BABEL_LOCALE[locale])
+
+
+DURATION_THRESHOLD = 2.5
+
+
+def duration_key(delta: timedelta, direction: bool = False) -> tuple[str, int, bool]:
+    """What ``format_duration``'s text depends on besides the language: the unit babel picks, the
+    rounded count of it, and (with a direction) whether it is ahead. Babel's own choice
+    (``format_timedelta``: the largest unit reaching the threshold, else seconds, at least one)."""
+    seconds = delta.total_seconds()
+    for unit, per_unit in TIMEDELTA_UNITS:
+        value = abs(seconds) / per_unit
+        if value >= DURATION_THRESHOLD or unit == "second":
+            if unit == "second" and value > 0:
+                value = max(1, value)
+            return unit, int(round(value)), direction and seconds >= 0
+    raise AssertionError("unreachable: seconds is the last unit")
+
+
+def cached_durations(size: int) -> Callable[[timedelta, str, bool], str]:
+    """``format_duration`` keeping its texts: a deadline moves every second, its text rarely ("dans 47
+    heures" for an hour), so the key is what babel's text depends on (``duration_key``), not the delta."""
+    texts: dict[tuple[str, int, bool, bool, str], str] = {}
+
+    def cached(delta: timedelta, locale: str, direction: bool = False) -> str:
+        key = (*duration_key(delta, direction), direction, locale)
+        text = texts.get(key)
+        if text is None:
+            if len(texts) >= size:
+                texts.clear()  # bounded; refilled in a few renders
+            text = texts[key] = format_duration(delta, locale, direction)
+        return text
+
+    return cached
 
 
 def format_deadline(value: datetime, locale: str, timezone: str, now: datetime) -> str:
@@ -136,6 +171,7 @@ def date_filters() -> dict[str, Callable[..., Any]]:
     (one set per template environment), bounded, of pure functions of their arguments."""
     absolute = lru_cache(maxsize=DATE_CACHE_SIZE)(format_datetime)
     day = lru_cache(maxsize=DATE_CACHE_SIZE)(format_date)
+    duration = cached_durations(DATE_CACHE_SIZE)
 
     @pass_context
     def datetime_filter(ctx: Context, value: datetime) -> str:
@@ -145,12 +181,12 @@ def date_filters() -> dict[str, Callable[..., Any]]:
     def deadline_filter(ctx: Context, value: datetime) -> str:
         """A deadline with how far it is: "1er décembre 2026 à 5 h 59 HNE (dans 47 heures)"."""
         locale = ctx["locale"]
-        return f"{absolute(value, locale, ctx['timezone'])} ({format_duration(value - _now(ctx), locale, direction=True)})"
+        return f"{absolute(value, locale, ctx['timezone'])} ({duration(value - _now(ctx), locale, True)})"
 
     @pass_context
     def remaining_filter(ctx: Context, value: datetime) -> str:
         """How long until ``value``, rounded to what a reader says ("12 heures", "12 hours")."""
-        return format_duration(value - _now(ctx), ctx["locale"])
+        return duration(value - _now(ctx), ctx["locale"], False)
 
     @pass_context
     def date_filter(ctx: Context, value: datetime) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, select, update
@@ -57,6 +58,7 @@ from daemon.models import (
     WebSession,
 )
 from daemon.notices import Notice
+from daemon.prepared import PreparedRead
 from daemon.tokens import Purpose
 from daemon.views import ClientView, CompanyView, FirmView, InvitationView, UserView
 
@@ -691,6 +693,11 @@ class Roster(DomainService):
             max_age=self._policy.invitation_ttl, expired_ok=True, options=options,
         )
 
+    @cached_property
+    def _invitation_page(self) -> PreparedRead:
+        # Compiled for this engine on first use; straight to the driver after that (daemon.prepared).
+        return PreparedRead(engine_of(self._sessions), _INVITATION_PAGE)
+
     def open_invitation(self, token: str) -> InvitationView:
         """What an invitation link shows. Reads only: opening a link changes nothing."""
         return self.open_invitation_link(token)[0]
@@ -702,11 +709,7 @@ class Roster(DomainService):
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
-        # A connection of the sessions' engine, no Session: plain rows need no identity map or unit of work.
-        with engine_of(self._sessions).connect() as connection:
-            row = connection.execution_options(**SINGLE_READ).execute(
-                _INVITATION_PAGE, {"id": ref.id, "opened_detail": detail_text(invitation_detail(ref.id))}
-            ).one_or_none()
+        row = self._invitation_page.one_or_none(id=ref.id, opened_detail=detail_text(invitation_detail(ref.id)))
         if row is None or row.nonce != ref.bound:
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
         status = row.state

@@ -8,6 +8,7 @@ and has no second effect.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, Signer, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 from itsdangerous.timed import TimestampSigner
+from itsdangerous.url_safe import URLSafeSerializerMixin
 
 from daemon.clock import Clock
 from daemon.config import Secret
@@ -69,6 +72,33 @@ class SecretKeys:
         return secrets.token_urlsafe(48)
 
 
+#: Purposes whose payload is a random id: incompressible, so zlib (which itsdangerous tries on every
+#: payload, keeping the result only when shorter) never wins and is not tried.
+RANDOM_PAYLOADS = frozenset({Purpose.CSRF, Purpose.BROWSER})
+
+
+class _OneSignerSerializer(URLSafeTimedSerializer):
+    """itsdangerous builds a new signer for every dumps and loads; one per salt does (a signer keeps
+    only its settings, so threads can share it)."""
+
+    def __init__(self, *args: Any, compress: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._signers: dict[Any, Any] = {}
+        self._compress = compress
+
+    def dump_payload(self, obj: Any) -> bytes:
+        if self._compress:
+            return super().dump_payload(obj)
+        # What the URL-safe mixin writes when compression does not shorten the payload.
+        return base64_encode(super(URLSafeSerializerMixin, self).dump_payload(obj))
+
+    def make_signer(self, salt: str | bytes | None = None) -> Any:
+        signer = self._signers.get(salt)
+        if signer is None:
+            signer = self._signers[salt] = super().make_signer(salt)
+        return signer
+
+
 class LinkSigner:
     """Signs and verifies tokens for every purpose, with a controllable clock."""
 
@@ -97,7 +127,12 @@ class LinkSigner:
 
         # itsdangerous signs with the last key and verifies with all of them.
         ordered = [key.reveal() for key in reversed(self._keys.keys)]
-        return URLSafeTimedSerializer(ordered, salt=purpose.salt, signer=_ClockSigner)
+        # hashlib.sha1 rather than itsdangerous's default (a Python function returning the same sha1):
+        # given OpenSSL's own constructor, hmac computes the MAC in C instead of in pure Python. Same
+        # bytes, so tokens already issued still verify.
+        return _OneSignerSerializer(ordered, salt=purpose.salt, signer=_ClockSigner,
+                                    signer_kwargs={"digest_method": hashlib.sha1},
+                                    compress=purpose not in RANDOM_PAYLOADS)
 
     def sign(self, purpose: Purpose, payload: Any) -> str:
         return str(self._serializers[purpose].dumps(payload))

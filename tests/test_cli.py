@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -229,27 +230,40 @@ def test_client_list_of_an_unknown_firm_prints_no_json(cli: Cli, seed: Seed) -> 
 def test_the_invitation_page_reads_in_one_statement(cli: Cli, seed: Seed, env: Env) -> None:
     # The link GET: the invitation with its company, firm, acceptor, invited zone and whether its opening
     # is recorded, in one SELECT (on SQLite without a BEGIN: a lone statement is its own read transaction).
+    # Counted where the driver runs them: the read goes to the DBAPI cursor itself (daemon.prepared).
     from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
     from daemon.app import build
     from daemon.config import load_config
+    from daemon.db import engine_of
 
     sent = cli("invitation", "send", "--company", seed.company, "--email", seed.accountant).output
     token = sent.split("/invitations/")[1].split()[0]
     cabinet = build(load_config(env.config_path))
     statements: list[str] = []
 
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if not statement.startswith("PRAGMA"):
-            statements.append(statement)
+    def trace(dbapi_connection: Any, *_: object) -> None:
+        if env.is_sqlite:
+            dbapi_connection.set_trace_callback(statements.append)
+            return
+        import psycopg
 
-    event.listen(Engine, "before_cursor_execute", count)
+        class Traced(psycopg.Cursor):  # type: ignore[type-arg]
+            def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                statements.append(str(query))
+                return super().execute(query, *args, **kwargs)
+
+        dbapi_connection.cursor_factory = Traced
+
+    engine = engine_of(cabinet.sessions)
+    event.listen(engine, "checkout", trace)
     try:
         view = cabinet.roster.open_invitation(token)
     finally:
-        event.remove(Engine, "before_cursor_execute", count)
+        event.remove(engine, "checkout", trace)
+        engine.dispose()
         cabinet.close()
+    statements = [s for s in statements if s.strip() != "SELECT 1"]  # PostgreSQL's pool pre-ping
     assert view.company == seed.company and view.invited_timezone == "UTC"
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1, statements
     assert not [s for s in statements if s.lstrip().upper().startswith("BEGIN")], statements

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ast
 import re
+from datetime import timedelta
 from pathlib import Path
 
 from babel.messages.pofile import read_po
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon import errors
 from daemon.errors import MESSAGES, CabinetError, InvalidInput, NotAllowed
+from daemon.i18n import cached_durations, format_duration
 from daemon.template_folders import template_folders
 from daemon.web.pages import Pages
 from tests.conftest import PASSWORD, Browser, csrf_of
@@ -158,3 +162,20 @@ def test_french_elision_before_a_name() -> None:
 
     assert of_name("Érablière Roy") == "d'Érablière Roy"
     assert of_name("Boulangerie Roy") == "de Boulangerie Roy"
+
+
+# Deltas around every unit's switching point and rounding edge: seconds to years, both directions.
+_EDGES = [s * m + d for s in (1, 60, 3600, 86400, 604800, 2592000, 31536000) for m in (1, 2, 2.5, 3, 10.5, 47)
+          for d in (-1, -0.5, 0, 0.5, 1)]
+
+
+@given(st.one_of(st.sampled_from(_EDGES), st.floats(min_value=0, max_value=4 * 31536000)), st.booleans(),
+       st.booleans(), st.sampled_from(["fr", "en"]))
+@settings(max_examples=400, deadline=None)
+def test_kept_duration_texts_are_babels(seconds: float, negative: bool, direction: bool, locale: str) -> None:
+    # One cache for every example: a text kept for one delta must be right for every delta with its key.
+    delta = timedelta(seconds=-seconds if negative else seconds)
+    assert _KEPT_DURATIONS(delta, locale, direction) == format_duration(delta, locale, direction)
+
+
+_KEPT_DURATIONS = cached_durations(64)  # small: the examples also refill it after it is cleared

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -59,19 +59,38 @@ PLAIN_PATHS = ("/healthz", "/readyz", "/favicon.ico")
 LINK_PURPOSES = {"invitations": "invite", "company": "manage", "transfers": "transfer", "setup": "setup", "payment": "payment"}
 
 
+class _Measured(dict[tuple[str, str, str | None], tuple[Any, Any]]):
+    """The metrics' labelled children per (route, method, link purpose), looked up once: prometheus's
+    ``labels()`` validates and locks on every call."""
+
+
+MEASURED = web.AppKey("measured", _Measured)
+
+
 @web.middleware
 async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Latency per route, and link opens (GET) versus actions (POST) per purpose."""
-    metrics = request.app[METRICS]
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.perf_counter()
     try:
         return await handler(request)
     finally:
-        metrics.requests.labels(route, request.method).observe(time.perf_counter() - started)
+        method = request.method
         purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
-        if purpose and request.method in ("GET", "POST"):
-            metrics.links.labels(purpose, "opened" if request.method == "GET" else "acted").inc()
+        measured = request.app[MEASURED]
+        children = measured.get((route, method, purpose))
+        if children is None:
+            metrics = request.app[METRICS]
+            clicks = None
+            if purpose and method in ("GET", "POST"):
+                clicks = metrics.links.labels(purpose, "opened" if method == "GET" else "acted")
+            children = (metrics.requests.labels(route, method), clicks)
+            if method in ("GET", "HEAD", "POST"):  # any other method string is a client's: kept nowhere new
+                measured[(route, method, purpose)] = children
+        latency, clicks = children
+        latency.observe(time.perf_counter() - started)
+        if clicks is not None:
+            clicks.inc()
 
 
 @web.middleware
@@ -225,6 +244,7 @@ def make_app(
     app[SESSIONS] = sessions
     app[PAGES] = pages
     app[METRICS] = metrics_registry
+    app[MEASURED] = _Measured()
     app[READINESS] = readiness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

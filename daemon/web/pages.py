@@ -23,6 +23,7 @@ from daemon.config import LOCALES
 from daemon.errors import CabinetError, render
 from daemon.i18n import date_filters
 from daemon.template_folders import TemplateFolders
+from daemon.web.compiled_gettext import CompiledGettext
 
 
 def load_translations(po: Path | None, locale: str) -> NullTranslations:
@@ -52,13 +53,15 @@ class Pages:
                 loader=FileSystemLoader(self._folders.search_path("web")),
                 autoescape=True,
                 undefined=StrictUndefined,
-                extensions=["jinja2.ext.i18n"],
+                # CompiledGettext: literal page strings translated when a template compiles (not per render).
+                extensions=["jinja2.ext.i18n", CompiledGettext],
                 # Compiled once: no stat() per template per request. SIGHUP (``reload``) re-reads them.
                 auto_reload=False,
             )
             catalogue = load_translations(self._folders.find(f"web/locale/{locale}.po"), locale)
             translations[locale] = catalogue
             env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
+            env.compiled_translations = catalogue  # type: ignore[attr-defined]
             env.filters.update(date_filters())
             envs[locale] = env
         self._envs = envs

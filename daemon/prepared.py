@@ -1,0 +1,94 @@
+"""A hot page's one read with the least machinery between it and the database driver.
+
+A Core ``SELECT`` is compiled once per engine into its dialect's SQL and parameter style, and each
+execution goes straight to the DBAPI cursor of a pooled connection. The values come back typed by the
+statement's own column types (the result processors SQLAlchemy itself would apply), so the rows are
+the ones ``Connection.execute`` gives; what is skipped is the per-execution machinery around them
+(execution context, compiled-cache lookup, event dispatch, ``BEGIN``/``ROLLBACK`` bookkeeping), most
+of the cost of a read that takes the driver a few microseconds.
+
+Driver errors are raised as SQLAlchemy's (``DBAPIError.instance``), a lost connection is dropped from
+the pool, as ``Connection.execute`` does: callers and the web adapter's fault handling see no
+difference.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any, Callable
+
+from sqlalchemy import Engine, Select
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound
+
+
+class PreparedRead:
+    """``statement`` for ``engine``: ``one_or_none(**binds)`` returns a named tuple of its columns or None.
+
+    Only plain bind parameters (no expanding ``IN``, no literal execution): what a page's read by key needs.
+    """
+
+    def __init__(self, engine: Engine, statement: Select[Any]) -> None:
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            raise ValueError("a prepared read takes plain bind parameters only")
+        self._engine = engine
+        self._sql = compiled.string
+        self._names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        # Values the statement carries itself (a literal in a WHERE clause), processed once.
+        self._fixed: dict[str, Any] = {}
+        self._bind_processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in compiled.bind_names.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if not bind.required:
+                value = bind.effective_value
+                self._fixed[name] = value if processor is None else processor(value)
+            elif processor is not None:
+                self._bind_processors[name] = processor
+        columns = list(statement.selected_columns)
+        self._processors: list[Callable[[Any], Any] | None] = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
+        self._row = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
+        self._error = dialect.loaded_dbapi.Error
+
+    def _parameters(self, binds: dict[str, Any]) -> Any:
+        for name, processor in self._bind_processors.items():
+            binds[name] = processor(binds[name])
+        binds.update(self._fixed)
+        if self._names is None:
+            return binds
+        return [binds[name] for name in self._names]
+
+    def one_or_none(self, **binds: Any) -> Any:
+        parameters = self._parameters(binds)
+        try:
+            raw = self._engine.raw_connection()
+        except self._error as exc:  # connecting failed (the pool hands out the driver's own error)
+            raise DBAPIError.instance(
+                None, None, exc, self._error, connection_invalidated=False, dialect=self._engine.dialect,
+            ) from exc
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(self._sql, parameters)
+                row = cursor.fetchone()
+                extra = cursor.fetchone() if row is not None else None
+            finally:
+                cursor.close()
+        except self._error as exc:
+            lost = self._engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)
+            if lost:
+                raw.invalidate(exc)
+            raise DBAPIError.instance(
+                self._sql, parameters, exc, self._error, connection_invalidated=lost, dialect=self._engine.dialect,
+            ) from exc
+        finally:
+            raw.close()  # back to the pool (which ends the read's transaction where the driver opened one)
+        if extra is not None:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        if row is None:
+            return None
+        return self._row._make(
+            value if processor is None else processor(value) for processor, value in zip(self._processors, row)
+        )
