@@ -15,7 +15,7 @@ Anything else (accents, quoting, folding over several lines, a value that could
 carry a header injection) is written by the email package as before, through
 ``mailer.headers.set_header`` and its checks. Bodies are encoded with the email
 package's own rules (``email.contentmanager``: 7bit, 8bit, quoted-printable or
-base64, whichever it would choose) using its ``quoprimime`` encoder.
+base64, whichever it would choose), quoted-printable as ``email.quoprimime`` writes it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import re
 import secrets
 import sys
 from datetime import datetime, timedelta
-from email import policy, quoprimime
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -123,6 +123,60 @@ def reply_to_header(value: str) -> bytes:
     return _by_email_package("Reply-To", value)
 
 
+# What quoted-printable leaves as it is (``email.quoprimime``'s body map): printable ASCII but "=" (replaced
+# first, on its own), tab, CR, LF.
+_QP_UNSAFE = re.compile(r"[^\t\n\r -~]")
+
+
+def _quoted(match: re.Match[str]) -> str:
+    return f"={ord(match.group()):02X}"
+
+
+def quoted_printable(body: str, max_line: int = MAX_LINE) -> str:
+    """``email.quoprimime.body_encode(body, max_line)``, the same text, faster.
+
+    ``body`` is bytes read as latin-1. The stdlib maps every character through a
+    256-entry list (``str.translate`` on its slow path: most of its time); here
+    "=" is replaced at C speed and only the rest of the unsafe characters (accents,
+    controls: few) go through a regular expression. Line breaking is the stdlib's,
+    step for step: soft breaks never split an escape, trailing whitespace is quoted.
+    """
+    if not body:
+        return body
+    body = _QP_UNSAFE.sub(_quoted, body.replace("=", "=3D"))
+    limit = max_line - 1  # room for the soft break's "="
+    out: list[str] = []
+    append = out.append
+    for line in body.splitlines():
+        start = 0
+        last_start = len(line) - 1 - max_line
+        while start <= last_start:
+            stop = start + limit
+            if line[stop - 2] == "=":
+                append(line[start:stop - 1])
+                start = stop - 2
+            elif line[stop - 1] == "=":
+                append(line[start:stop])
+                start = stop - 1
+            else:
+                append(line[start:stop] + "=")
+                start = stop
+        if line and line[-1] in " \t":
+            room = start - last_start
+            if room >= 3:
+                tail = f"={ord(line[-1]):02X}"
+            elif room == 2:
+                tail = line[-1] + "=\n"
+            else:
+                tail = f"=\n={ord(line[-1]):02X}"
+            append(line[start:-1] + tail)
+        else:
+            append(line[start:])
+    if body[-1] in "\r\n":
+        append("")
+    return "\n".join(out)
+
+
 def encode_text(text: str) -> tuple[str, bytes]:
     """The transfer encoding and body of a UTF-8 text part, as ``EmailMessage.set_content(text)`` chooses them.
 
@@ -135,13 +189,13 @@ def encode_text(text: str) -> tuple[str, bytes]:
     if max((len(line) for line in lines), default=0) <= MAX_LINE:
         return ("7bit" if normal.isascii() else "8bit"), normal
     sniff = b"\n".join(lines[:10]) + b"\n"
-    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), MAX_LINE)
+    sniff_qp = quoted_printable(sniff.decode("latin-1"))
     if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
         per_line = MAX_LINE // 4 * 3
         return "base64", b"".join(binascii.b2a_base64(normal[i:i + per_line]) for i in range(0, len(normal), per_line))
     if len(lines) <= 10:
         return "quoted-printable", sniff_qp.encode("ascii")
-    return "quoted-printable", quoprimime.body_encode(normal.decode("latin-1"), MAX_LINE).encode("ascii")
+    return "quoted-printable", quoted_printable(normal.decode("latin-1")).encode("ascii")
 
 
 def new_boundary(*texts: bytes) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import string
 from datetime import datetime, timedelta, timezone
-from email import message_from_bytes, policy
+from email import message_from_bytes, policy, quoprimime
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +170,12 @@ def test_long_message_ids_and_reply_addresses_fold_as_the_email_package_folds_th
     reference, written = both(**fields(message_id=f"<{token}@cabinet.example>",
                                        reply_to=f"reply+{token}@cabinet.example"))
     assert written == reference
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=255), max_size=300),
+    st.lists(st.text(alphabet="ab= \t\r\xe9", max_size=90), max_size=8).map("\n".join),
+), max_line=st.sampled_from([4, 5, 76, 78]))
+def test_quoted_printable_is_the_email_packages(body: str, max_line: int) -> None:
+    assert mime.quoted_printable(body, max_line) == quoprimime.body_encode(body, max_line)
