@@ -142,6 +142,12 @@ def date_filters() -> dict[str, Callable[..., Any]]:
     (one set per template environment), bounded, of pure functions of their arguments."""
     absolute = lru_cache(maxsize=DATE_CACHE_SIZE)(format_datetime)
     day = lru_cache(maxsize=DATE_CACHE_SIZE)(format_date)
+    cached_duration = lru_cache(maxsize=DATE_CACHE_SIZE)(format_duration)
+
+    def duration(delta: timedelta, locale: str, direction: bool = False) -> str:
+        # To the second (a batch of emails queued in one second shares its text): at most a rounding
+        # half-way between two units ("47.5 hours") reads the other side of it, a second away.
+        return cached_duration(timedelta(days=delta.days, seconds=delta.seconds), locale, direction)
 
     @pass_context
     def datetime_filter(ctx: Context, value: datetime) -> str:
@@ -151,12 +157,12 @@ def date_filters() -> dict[str, Callable[..., Any]]:
     def deadline_filter(ctx: Context, value: datetime) -> str:
         """A deadline with how far it is: "1er décembre 2026 à 5 h 59 HNE (dans 47 heures)"."""
         locale = ctx["locale"]
-        return f"{absolute(to_the_minute(value), locale, ctx['timezone'])} ({format_duration(value - _now(ctx), locale, direction=True)})"
+        return f"{absolute(to_the_minute(value), locale, ctx['timezone'])} ({duration(value - _now(ctx), locale, direction=True)})"
 
     @pass_context
     def remaining_filter(ctx: Context, value: datetime) -> str:
         """How long until ``value``, rounded to what a reader says ("12 heures", "12 hours")."""
-        return format_duration(value - _now(ctx), ctx["locale"])
+        return duration(value - _now(ctx), ctx["locale"])
 
     @pass_context
     def date_filter(ctx: Context, value: datetime) -> str:

@@ -186,7 +186,7 @@ def encode_text(text: str) -> tuple[str, bytes]:
     """
     lines = text.encode("utf-8").splitlines()
     normal = b"\n".join(lines) + b"\n"
-    if max((len(line) for line in lines), default=0) <= MAX_LINE:
+    if max(map(len, lines), default=0) <= MAX_LINE:
         return ("7bit" if normal.isascii() else "8bit"), normal
     sniff = b"\n".join(lines[:10]) + b"\n"
     sniff_qp = quoted_printable(sniff.decode("latin-1"))

@@ -9,11 +9,12 @@ import re
 import string
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy, quoprimime
+from email.headerregistry import Address
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from daemon.config import LOCALES
@@ -92,24 +93,21 @@ _TEXTS = st.one_of(_ATOMS, _PLAIN, _ANY, st.sampled_from(ATTACKS), st.just(""))
        token=st.from_regex(r"[A-Za-z0-9_-]{1,80}", fullmatch=True))
 def test_generated_headers_are_byte_identical(to_name: str, subject: str, company: str, local: str,
                                               domain: str, token: str) -> None:
+    try:  # as Outbox._from_header writes it: the name quoted when it must be
+        from_address = str(Address(display_name=f"{company} via Cabinet", username="cabinet", domain=domain))
+    except ValueError:  # CR or LF in a name: refused at input long before an email
+        assume(False)
+    given_fields = fields(to=f"{local}@{domain}", to_name=to_name, subject=subject or "x", from_address=from_address,
+                          reply_to=f"reply+{token}@{domain}", message_id=f"<{token}.cabinet@{domain}>")
     try:
-        reference = build_message(**fields(to=f"{local}@{domain}", to_name=to_name, subject=subject or "x",
-                                           from_address=f"{company} via Cabinet <cabinet@{domain}>",
-                                           reply_to=f"reply+{token}@{domain}",
-                                           message_id=f"<{token}.cabinet@{domain}>")).as_bytes()
-    except ValueError:  # refused by the email package's checks: refused here too
+        reference = build_message(**given_fields).as_bytes()
+    except ValueError:  # refused by the header checks: refused here too
         with pytest.raises(ValueError):
-            message_bytes(**fields(to=f"{local}@{domain}", to_name=to_name, subject=subject or "x",
-                                   from_address=f"{company} via Cabinet <cabinet@{domain}>",
-                                   reply_to=f"reply+{token}@{domain}", message_id=f"<{token}.cabinet@{domain}>"))
+            message_bytes(**given_fields)
         return
     boundary = BOUNDARY.search(reference)
     assert boundary is not None
-    written = message_bytes(**fields(to=f"{local}@{domain}", to_name=to_name, subject=subject or "x",
-                                     from_address=f"{company} via Cabinet <cabinet@{domain}>",
-                                     reply_to=f"reply+{token}@{domain}", message_id=f"<{token}.cabinet@{domain}>"),
-                            boundary=boundary.group(1))
-    assert written == reference
+    assert message_bytes(**given_fields, boundary=boundary.group(1)) == reference
 
 
 @settings(max_examples=300, deadline=None)
