@@ -79,8 +79,9 @@ class Outbox:
         self._signer = signer
         self._clock = clock
         self._from = from_address
-        # Parsed once: every email's From is this address under the name of whom it speaks for.
-        self._from_mailbox = Address(addr_spec=parseaddr(from_address)[1])
+        # Parsed once, at the first email (a bad address fails that email, as before, not the start):
+        # every email's From is this address under the name of whom it speaks for.
+        self._from_mailbox: Address | None = None
         self._domain = domain
 
     def address(self, purpose: Purpose, ref: str) -> str:
@@ -93,6 +94,8 @@ class Outbox:
         who = notice.context.get(party) if party else None
         name = f"{who} via {self._product}" if isinstance(who, str) and who and "@" not in who else self._product
         mailbox = self._from_mailbox
+        if mailbox is None:
+            mailbox = self._from_mailbox = Address(addr_spec=parseaddr(self._from)[1])
         return str(Address(display_name=name, username=mailbox.username, domain=mailbox.domain))
 
     def queue(self, session: Session, notice: Notice) -> None:
