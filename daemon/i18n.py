@@ -165,6 +165,12 @@ def collate(items: Iterable[Any], attribute: str | None = None) -> list[Any]:
     return sorted(items, key=lambda item: collation_key(str(getattr(item, attribute) if attribute else item)))
 
 
+def to_the_minute(value: datetime) -> datetime:
+    """The cache key of ``format_datetime``, which shows the minute: emails queued in the same minute
+    (a batch of invitations) share their deadline's text instead of each paying babel for it."""
+    return value.replace(second=0, microsecond=0)
+
+
 def date_filters() -> dict[str, Callable[..., Any]]:
     """``|datetime``, ``|date``, ``|deadline``, ``|remaining`` (the context has ``locale`` and ``timezone``, and
     may have ``now``) and ``|de`` (French elision). Each call makes filters with caches of their own
@@ -175,13 +181,13 @@ def date_filters() -> dict[str, Callable[..., Any]]:
 
     @pass_context
     def datetime_filter(ctx: Context, value: datetime) -> str:
-        return absolute(value, ctx["locale"], ctx["timezone"])
+        return absolute(to_the_minute(value), ctx["locale"], ctx["timezone"])
 
     @pass_context
     def deadline_filter(ctx: Context, value: datetime) -> str:
         """A deadline with how far it is: "1er décembre 2026 à 5 h 59 HNE (dans 47 heures)"."""
         locale = ctx["locale"]
-        return f"{absolute(value, locale, ctx['timezone'])} ({duration(value - _now(ctx), locale, True)})"
+        return f"{absolute(to_the_minute(value), locale, ctx['timezone'])} ({duration(value - _now(ctx), locale, True)})"
 
     @pass_context
     def remaining_filter(ctx: Context, value: datetime) -> str:

@@ -7,6 +7,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 
+from mailer import mime
 from mailer.headers import display_name_text, set_header, unsafe_character
 
 
@@ -52,6 +53,36 @@ def build_message(
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message
+
+
+def message_bytes(
+    *,
+    from_address: str,
+    to: str,
+    to_name: str,
+    subject: str,
+    text: str,
+    html: str,
+    message_id: str,
+    date: datetime,
+    auto_submitted: bool,
+    reply_to: str | None = None,
+    boundary: bytes | None = None,
+) -> bytes:
+    """``build_message(...).as_bytes()``, the same bytes written directly (``mailer.mime``): the worker's hot path."""
+    local, domain = check_recipient(to)
+    headers = [
+        mime.from_header(from_address),
+        mime.to_header(to_name, local, domain),
+        mime.subject_header(subject),
+        mime.date_header(date),
+        mime.message_id_header(message_id),
+    ]
+    if reply_to:
+        headers.append(mime.reply_to_header(reply_to))
+    if auto_submitted:
+        headers.append(b"Auto-Submitted: auto-generated\n")
+    return mime.alternative(headers, text, html, boundary)
 
 
 def address_of(header_value: str) -> str:

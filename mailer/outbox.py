@@ -34,7 +34,7 @@ from daemon.notices import Notice
 from daemon.rawmail import storable
 from daemon.tokens import LinkSigner, Purpose
 from mailer.content import dump_content, load_content
-from mailer.message import build_message, check_recipient, new_message_id
+from mailer.message import check_recipient, message_bytes, new_message_id
 from mailer.recorder import BatchRecorder
 from mailer.render import EmailRenderer
 from mailer.transports import Transport, TransportError
@@ -79,6 +79,9 @@ class Outbox:
         self._signer = signer
         self._clock = clock
         self._from = from_address
+        # Parsed once, at the first email (a bad address fails that email, as before, not the start):
+        # every email's From is this address under the name of whom it speaks for.
+        self._from_mailbox: Address | None = None
         self._domain = domain
 
     def address(self, purpose: Purpose, ref: str) -> str:
@@ -90,7 +93,10 @@ class Outbox:
         party = SPEAKS_FOR.get(notice.template)
         who = notice.context.get(party) if party else None
         name = f"{who} via {self._product}" if isinstance(who, str) and who and "@" not in who else self._product
-        return str(Address(display_name=name, addr_spec=parseaddr(self._from)[1]))
+        mailbox = self._from_mailbox
+        if mailbox is None:
+            mailbox = self._from_mailbox = Address(addr_spec=parseaddr(self._from)[1])
+        return str(Address(display_name=name, username=mailbox.username, domain=mailbox.domain))
 
     def queue(self, session: Session, notice: Notice) -> None:
         """Record what to send, in the caller's transaction; the worker renders it (``compose``).
@@ -162,7 +168,7 @@ class Outbox:
         rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, self._values(content))
         # A reply makes sense when the email is about something (an invitation, a company).
         reply_to = self.address(Purpose.REPLY, row.ref) if row.invitation_id or row.company_id else None
-        message = build_message(
+        return message_bytes(
             from_address=self._from_header(notice),
             to=row.recipient,
             to_name=notice.to_name,
@@ -174,7 +180,6 @@ class Outbox:
             auto_submitted=notice.auto_submitted,
             reply_to=reply_to,
         )
-        return message.as_bytes()
 
 
 @dataclass(frozen=True)

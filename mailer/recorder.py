@@ -6,9 +6,11 @@ waits for that mark (the relay has the email; only a crash before the mark
 means one more send of the same Message-ID after the lease, as before), so
 the worker hands results to a ``BatchRecorder``, which writes them together:
 when ``size`` have piled up, when the oldest is ``max_age`` seconds old, or
-when the worker has nothing else to do (``drain``); with ``max_age=0``, at
-once, the items that come in meanwhile making the next batch (the SMTP
-listener's stores: group commit for whoever waits). ``record`` is called in a
+when the worker has nothing else to do (``drain``); what comes in during a
+write waits for its own timer unless it fills a batch (writing it at once made
+batches of four: a transaction per four emails). With ``max_age=0``, at once,
+the items that come in meanwhile making the next batch (the SMTP listener's
+stores: group commit for whoever waits). ``record`` is called in a
 worker thread with a batch and returns one outcome per item, so one bad row
 is that row's outcome, never the batch's.
 """
@@ -46,17 +48,23 @@ class BatchRecorder(Generic[Item, Outcome]):
             self._timer = asyncio.get_running_loop().call_later(self._max_age, self._write)
         return future
 
-    def _write(self) -> None:
+    def _write(self, everything: bool = False) -> None:
         """Start writing what is pending, unless a write is under way (it picks the rest up when done)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._writing is None and self._pending:
-            self._writing = asyncio.get_running_loop().create_task(self._write_all())
+            self._writing = asyncio.get_running_loop().create_task(self._write_all(everything))
 
-    async def _write_all(self) -> None:
+    def _due(self, everything: bool) -> bool:
+        """Whether what is pending is written now, or waits for its timer."""
+        return bool(self._pending) and (everything or self._max_age <= 0 or len(self._pending) >= self._size)
+
+    async def _write_all(self, everything: bool = False) -> None:
         try:
-            while self._pending:
+            first = True
+            while self._pending and (first or self._due(everything)):
+                first = False
                 batch, self._pending = self._pending[:self._size], self._pending[self._size:]
                 try:
                     outcomes = await asyncio.to_thread(self._record, [item for item, _ in batch])
@@ -70,12 +78,14 @@ class BatchRecorder(Generic[Item, Outcome]):
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if not future.done():
                         future.set_result(outcome)
+            if self._pending and self._timer is None:  # not a full batch yet: it waits for its timer
+                self._timer = asyncio.get_running_loop().call_later(self._max_age, self._write)
         finally:
             self._writing = None
 
     async def drain(self) -> None:
         """Write everything pending now and wait until it is written."""
-        self._write()
+        self._write(everything=True)
         while self._writing is not None:
             await asyncio.shield(self._writing)
-            self._write()
+            self._write(everything=True)

@@ -157,6 +157,26 @@ def test_date_filters_keep_each_language_zone_and_now_apart() -> None:
     ]
 
 
+def test_date_filters_cache_by_the_minute_and_show_what_the_instant_shows() -> None:
+    """Instants of one minute share a cached text; each is still its own instant's, DST changes included."""
+    from datetime import datetime, timedelta, timezone
+
+    from jinja2 import Environment
+
+    from daemon.i18n import date_filters, format_datetime
+
+    env = Environment(autoescape=True)
+    env.filters.update(date_filters())
+    page = env.from_string("{{ at|datetime }}")
+    change = datetime(2026, 11, 1, 6, 0, tzinfo=timezone.utc)  # Montréal: EDT ends, 2 a.m. is 1 a.m. again
+    for start in (change - timedelta(minutes=1), change, change + timedelta(minutes=59)):
+        for second in (0, 1, 30, 59):
+            at = start + timedelta(seconds=second, microseconds=second * 7919)
+            for locale in ("fr", "en"):
+                assert page.render(at=at, locale=locale, timezone="America/Montreal") == (
+                    format_datetime(at, locale, "America/Montreal"))
+
+
 def test_french_elision_before_a_name() -> None:
     from daemon.i18n import of_name
 
