@@ -27,7 +27,7 @@ from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -44,7 +44,7 @@ from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
 from daemon.senders import SenderVerdict, prove_sender
 from daemon.tokens import Purpose
-from daemon.transitions import Transition, TransitionLost, transition
+from daemon.transitions import Transition, TransitionEach, TransitionLost, transition
 from daemon.undeliverable import Undeliverable
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,10 @@ _FIRST_OF = (
     )
     .group_by(_INBOUND.c.message_id)
 )
-_FINISH_MANY = (
-    update(_INBOUND)
-    .where(_INBOUND.c.id == bindparam("b_id"), _INBOUND.c.state == InboundState.RECEIVED.value)
-    .values(state=bindparam("b_state"), kind=bindparam("b_kind"), outcome=bindparam("b_outcome"),
-            processed_at=bindparam("b_at"), attempts=_INBOUND.c.attempts + 1)
-)
+_FINISH_MANY = TransitionEach(InboundMessage, (InboundState.RECEIVED,), values={
+    "kind": bindparam("b_kind"), "outcome": bindparam("b_outcome"), "processed_at": bindparam("b_at"),
+    "attempts": _INBOUND.c.attempts + 1,
+})
 _ANSWERED = select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
                    OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == bindparam("ref"))
 _COMPANY = select(Company.id, Company.name, Company.admin_email, Company.admin_name, Company.admin_locale,
@@ -437,11 +435,8 @@ class Inbound(DomainService):
             connection.execute(_INSERT_EVENT, events)
         self._notifier.queue_prepared(connection, emails)
         if outcomes:
-            moved = connection.execute(_FINISH_MANY, outcomes).rowcount
             # Under the row locks taken above, so the guard cannot lose: it only says so if it did.
-            if connection.dialect.supports_sane_multi_rowcount and moved != len(outcomes):
-                raise TransitionLost(InboundMessage.__tablename__, outcomes[0]["b_id"], "processed",
-                                     (InboundState.RECEIVED.value,), None)
+            _FINISH_MANY.run(connection, outcomes)
         return len(outcomes)
 
     def _act(self, s: Session, message: _Ready) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Row as CoreRow, bindparam, inspect, select, update
+from sqlalchemy import ColumnElement, Connection, Row as CoreRow, bindparam, inspect, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -146,6 +146,34 @@ class Transition:
             current = connection.scalar(self._current, {"transition_row_id": row_id})
             raise TransitionLost(self._table, row_id, self._to, self._expected, current)
         return fresh
+
+
+class TransitionEach:
+    """``Transition`` for a batch of rows, each to its own state, in one executemany.
+
+    Each parameter set names its row (``b_id``) and the state it moves to (``b_state``), plus the
+    ``bindparam``s of ``values``. Every row must still be in ``expected``; the caller holds the rows'
+    locks (``SELECT … FOR UPDATE``), so a row lost since is a bug, and ``run`` raises
+    ``TransitionLost`` for it where the driver reports executemany's row count.
+    """
+
+    def __init__(self, model: type[Row], expected: Iterable[StrEnum], *, values: Mapping[str, Any]) -> None:
+        column = state_column(model)
+        table = model.__table__
+        self._table = model.__tablename__
+        self._expected = tuple(str(state) for state in expected)
+        self._statement = (
+            update(table)
+            # OR of equalities, not IN: an IN list's expanding parameter cannot run as an executemany.
+            .where(table.c.id == bindparam("b_id"), or_(*(table.c[column.key] == state for state in self._expected)))
+            .values({column.key: bindparam("b_state"), **values})
+        )
+
+    def run(self, connection: Connection, rows: list[dict[str, Any]]) -> int:
+        moved = int(connection.execute(self._statement, rows).rowcount)
+        if connection.dialect.supports_sane_multi_rowcount and moved != len(rows):
+            raise TransitionLost(self._table, rows[0]["b_id"], str(rows[0]["b_state"]), self._expected, None)
+        return moved
 
 
 def _refresh_loaded(s: Session, model: type[Any], row_id: int, fresh: Any, changed: Iterable[str]) -> None:
