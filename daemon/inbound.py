@@ -546,14 +546,10 @@ class Inbound(DomainService):
         outbox = reads.execute(_ANSWERED, {"ref": reply_refs[0]}).one_or_none()
         if outbox is None:
             return _Plan("reply", "reply to an email Cabinet no longer knows")
-        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
-        sender = senders[0] if len(senders) == 1 else ""
-        if sender == self._own:
-            return _Plan("reply", "message from Cabinet itself: ignored (no loops)")
-        if sender != outbox.recipient.lower():
-            return _Plan("unverified reply", f"From: {sender or 'missing or several addresses'} is not "
-                                             f"{outbox.recipient}, to whom this reply address was issued: "
-                                             "recorded, not forwarded, not acted on")
+        refused = self._not_from_the_recipient(message, outbox.recipient)
+        if refused is not None:
+            return _Plan(*refused)
+        sender = outbox.recipient.lower()  # From: is the address it was issued to (checked above)
         text = reply_text(message)
         if outbox.invitation_id is not None and parse_command(text) is not None:
             return None
@@ -619,22 +615,31 @@ class Inbound(DomainService):
 
     # -- replies ------------------------------------------------------------------------
 
+    def _not_from_the_recipient(self, message: EmailMessage, recipient: str) -> tuple[str, str] | None:
+        """(kind, outcome) when a reply may not speak through its reply+ address; None when it may.
+
+        A reply+ address is in every email's Reply-To, so anyone can write to it: only the party it was
+        issued to may speak through it. Kept and listed for operators; nobody is told.
+        """
+        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
+        sender = senders[0] if len(senders) == 1 else ""
+        if sender == self._own:
+            return "reply", "message from Cabinet itself: ignored (no loops)"
+        if sender != recipient.lower():
+            return ("unverified reply", f"From: {sender or 'missing or several addresses'} is not "
+                    f"{recipient}, to whom this reply address was issued: recorded, not forwarded, not acted on")
+        return None
+
     def _reply(
         self, s: Session, row: _Stored, message: EmailMessage, ref: str, proof: SenderVerdict | None
     ) -> None:
         outbox = s.scalar(select(OutboxMessage).where(OutboxMessage.ref == ref))
         if outbox is None:
             raise _Done("reply", "reply to an email Cabinet no longer knows")
-        senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
-        sender = senders[0] if len(senders) == 1 else ""
-        if sender == self._own:
-            raise _Done("reply", "message from Cabinet itself: ignored (no loops)")
-        if sender != outbox.recipient.lower():
-            # A reply+ address is in every email's Reply-To, so anyone can write to it: only the party
-            # it was issued to may speak through it. Kept and listed for operators; nobody is told.
-            raise _Done("unverified reply", f"From: {sender or 'missing or several addresses'} is not "
-                                            f"{outbox.recipient}, to whom this reply address was issued: "
-                                            "recorded, not forwarded, not acted on")
+        refused = self._not_from_the_recipient(message, outbox.recipient)
+        if refused is not None:
+            raise _Done(*refused)
+        sender = outbox.recipient.lower()  # From: is the address it was issued to (checked above)
         text = reply_text(message)
         command = parse_command(text)
         invitation = s.get(Invitation, outbox.invitation_id) if outbox.invitation_id else None

@@ -99,6 +99,25 @@ class _OneSignerSerializer(URLSafeTimedSerializer):
         return signer
 
 
+def _keeping_keys(base: type[Signer]) -> type[Signer]:
+    """``base`` keeping its derived keys, in a cache of the class made here (one per serializer).
+
+    itsdangerous builds a signer per call and derives its key (a hash of salt and secret) each time;
+    the derived keys depend only on what they hash, so they can be kept.
+    """
+    derived: dict[tuple[Any, ...], bytes] = {}
+
+    class KeptKeys(base):  # type: ignore[valid-type, misc]
+        def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+            cache_key = (self.salt, self.key_derivation, self.digest_method, secret_key)
+            key = derived.get(cache_key)
+            if key is None:
+                key = derived[cache_key] = super().derive_key(secret_key)
+            return key
+
+    return KeptKeys
+
+
 class LinkSigner:
     """Signs and verifies tokens for every purpose, with a controllable clock."""
 
@@ -110,20 +129,10 @@ class LinkSigner:
 
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         clock = self._clock
-        # itsdangerous builds a signer per call and derives its key (a hash of salt and secret) each time:
-        # the derived keys depend only on what they hash, so they are kept for this serializer.
-        derived: dict[tuple[Any, ...], bytes] = {}
 
-        class _ClockSigner(TimestampSigner):
+        class _ClockSigner(_keeping_keys(TimestampSigner)):  # type: ignore[misc]
             def get_timestamp(self) -> int:
                 return int(clock.now().timestamp())
-
-            def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-                cache_key = (self.salt, self.key_derivation, self.digest_method, secret_key)
-                key = derived.get(cache_key)
-                if key is None:
-                    key = derived[cache_key] = super().derive_key(secret_key)
-                return key
 
         # itsdangerous signs with the last key and verifies with all of them.
         ordered = [key.reveal() for key in reversed(self._keys.keys)]
@@ -183,18 +192,8 @@ class LinkSigner:
     def _address_serializer(self, purpose: Purpose) -> URLSafeSerializer:
         # Built once per purpose, its derived keys kept, as ``_serializer``: every queued email signs
         # its bounce+ address and the worker its reply+ one (a serializer and a key derivation each).
-        derived: dict[tuple[Any, ...], bytes] = {}
-
-        class _KeptKeySigner(Signer):
-            def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-                cache_key = (self.salt, self.key_derivation, self.digest_method, secret_key)
-                key = derived.get(cache_key)
-                if key is None:
-                    key = derived[cache_key] = super().derive_key(secret_key)
-                return key
-
         ordered = [key.reveal() for key in reversed(self._keys.keys)]
-        return URLSafeSerializer(ordered, salt=purpose.salt, signer=_KeptKeySigner)
+        return URLSafeSerializer(ordered, salt=purpose.salt, signer=_keeping_keys(Signer))
 
     def nonce(self) -> str:
         return secrets.token_urlsafe(12)
