@@ -191,7 +191,8 @@ def page(request: web.Request, template: str, status: int = 200, **context: Any)
             "product_name": cabinet.config.general.product_name,
         },
     )
-    return web.Response(text=html, status=status, content_type="text/html")
+    # Made with the security headers: ``security._add_headers`` then finds each one in place.
+    return web.Response(text=html, status=status, content_type="text/html", headers=request.app[SECURITY].headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, render
@@ -42,6 +42,7 @@ class Pages:
         self._folders = folders
         self._envs: dict[str, Environment] = {}
         self._translations: dict[str, NullTranslations] = {}
+        self._templates: dict[tuple[str, str], tuple[Template, dict[str, Any]]] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -66,10 +67,25 @@ class Pages:
             envs[locale] = env
         self._envs = envs
         self._translations = translations
+        self._templates = {}
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
-        env = self._envs[locale]
-        return env.get_template(name).render({**context, "locale": locale, "timezone": timezone})
+        """``Template.render`` without its per-render copies: the template is kept here (no loader
+        cache lookup) with its globals as one dict (jinja copies them out of a ``ChainMap`` into every
+        context it makes, twice), merged with ``context`` in one copy."""
+        found = self._templates.get((locale, name))
+        if found is None:
+            template = self._envs[locale].get_template(name)
+            found = self._templates[(locale, name)] = (template, dict(template.globals))
+        template, globals_ = found
+        env = template.environment
+        parent = {**globals_, **context, "locale": locale, "timezone": timezone}
+        ctx = env.context_class(env, parent, template.name, template.blocks, globals=globals_)
+        try:
+            return env.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+        except Exception:
+            env.handle_exception()
+        raise AssertionError("unreachable: handle_exception raises")
 
     def error_message(self, error: CabinetError, locale: str) -> str:
         """An error's code in the reader's language, as a sentence (the domain only gives codes)."""
