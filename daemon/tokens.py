@@ -125,6 +125,26 @@ def _int_to_bytes(number: int) -> bytes:
     return number.to_bytes((number.bit_length() + 7) // 8, "big")
 
 
+#: Verified tokens a signer keeps (``LinkSigner.verify``): a few hundred bytes each.
+VERIFIED_TOKENS = 4096
+
+_UNKEPT = object()  # a payload verify decodes each time (not a string, a number or a flat list of them)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _frozen(payload: Any) -> Any:
+    """A payload as kept: a flat list as a tuple (each caller gets its own list back), a scalar as is."""
+    if isinstance(payload, _SCALARS):
+        return payload
+    if isinstance(payload, list) and all(isinstance(item, _SCALARS) for item in payload):
+        return tuple(payload)
+    return _UNKEPT
+
+
+def _thawed(kept: Any) -> Any:
+    return list(kept) if isinstance(kept, tuple) else kept
+
+
 def _mac(keyed: hmac.HMAC, value: bytes) -> bytes:
     mac = keyed.copy()
     mac.update(value)
@@ -152,6 +172,7 @@ class LinkSigner:
             for purpose in Purpose
         }
         self._compact = json.JSONEncoder(separators=(",", ":"))  # itsdangerous's compact JSON, built once
+        self._verified: dict[tuple[Purpose, str], tuple[Any, int, bytes]] = {}
 
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         clock = self._clock
@@ -185,7 +206,29 @@ class LinkSigner:
         return (value + b"." + base64_encode(signature)).decode("ascii")
 
     def verify(self, purpose: Purpose, token: str, max_age: timedelta | None) -> Any:
-        """Return the payload, or raise ``LinkTampered`` / ``LinkExpired``."""
+        """Return the payload, or raise ``LinkTampered`` / ``LinkExpired``.
+
+        A token whose signature checked is kept with its payload and time of issue (``_verified``): what
+        a token says never changes, only its age, which is checked on every use. A link opened again, a
+        browser's cookie on its next page, skip the HMAC and the decoding."""
+        known = self._verified.get((purpose, token))
+        if known is None:
+            known = self._check(purpose, token)
+            if known[0] is not _UNKEPT:
+                if len(self._verified) >= VERIFIED_TOKENS:
+                    self._verified.clear()  # bounded; the hot tokens come back in a few requests
+                self._verified[(purpose, token)] = known
+        kept, issued, body = known
+        payload = self._serializers[purpose].load_payload(body) if kept is _UNKEPT else _thawed(kept)
+        if max_age is not None:
+            age = self._timestamp() - issued
+            if age > int(max_age.total_seconds()) or age < 0:
+                raise LinkExpired("link.expired", payload)
+        return payload
+
+    def _check(self, purpose: Purpose, token: str) -> tuple[Any, int, bytes]:
+        """(the payload frozen for keeping, or ``_UNKEPT``; its time of issue; its encoded body), or
+        ``LinkTampered``."""
         signed = token.encode("utf-8")
         value, dot, encoded = signed.rpartition(b".")
         if not dot or not self._signed_by_us(purpose, value, encoded):
@@ -197,12 +240,7 @@ class LinkSigner:
             issued = bytes_to_int(base64_decode(stamp))
         except Exception:  # noqa: BLE001 - as itsdangerous: a malformed timestamp is a bad signature
             raise LinkTampered("link.invalid") from None
-        serializer = self._serializers[purpose]
-        if max_age is not None:
-            age = self._timestamp() - issued
-            if age > int(max_age.total_seconds()) or age < 0:
-                raise LinkExpired("link.expired", serializer.load_payload(body))
-        return serializer.load_payload(body)
+        return _frozen(self._serializers[purpose].load_payload(body)), issued, body
 
     def _signed_by_us(self, purpose: Purpose, value: bytes, encoded: bytes) -> bool:
         try:

@@ -172,3 +172,26 @@ def test_tokens_from_the_future_or_past_their_age_are_expired_with_their_payload
     with pytest.raises(LinkExpired):
         signer.verify(Purpose.CSRF, token, timedelta(hours=1))
     assert signer.verify(Purpose.CSRF, token, None) == "browser-id"  # no age asked: the signature is what counts
+
+
+def test_a_kept_token_still_ages_and_each_caller_gets_its_own_payload(tmp_path: Path) -> None:
+    """verify keeps what a checked token says (``_verified``): its age is still checked on every use,
+    a caller changing its payload changes nothing for the next, and the kept tokens stay bounded."""
+    from daemon import tokens
+
+    clock = FakeClock()
+    clock.freeze()
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), clock)
+    token = signer.sign(Purpose.INVITE, [4, "nonce"])
+    first = signer.verify(Purpose.INVITE, token, timedelta(hours=1))
+    first.append("changed")
+    assert signer.verify(Purpose.INVITE, token, timedelta(hours=1)) == [4, "nonce"]
+    with pytest.raises(LinkTampered):
+        signer.verify(Purpose.MANAGE, token, None)  # kept per purpose: another salt still refuses it
+    clock.advance(hours=1, seconds=1)
+    with pytest.raises(LinkExpired) as info:
+        signer.verify(Purpose.INVITE, token, timedelta(hours=1))
+    assert info.value.payload == [4, "nonce"]
+    for i in range(tokens.VERIFIED_TOKENS + 10):
+        signer.verify(Purpose.CSRF, signer.sign(Purpose.CSRF, f"browser-{i}"), None)
+    assert len(signer._verified) <= tokens.VERIFIED_TOKENS
