@@ -71,9 +71,12 @@ def invitation_detail(invitation_id: int) -> dict[str, Any]:
     return {"purpose": "invitation", "ref": invitation_id, "invitation_id": invitation_id}
 
 
-def detail_text(detail: dict[str, Any]) -> str:
-    """A ``link.opened`` event's detail as ``_event`` stores it (sorted keys: one opening, one text)."""
-    return json.dumps(detail, sort_keys=True)
+def detail_text(detail: dict[str, Any], _encode: Any = json.JSONEncoder(sort_keys=True).encode) -> str:
+    """A ``link.opened`` event's detail as ``_event`` stores it (sorted keys: one opening, one text).
+
+    ``json.dumps(detail, sort_keys=True)``'s text with its encoder made once (the hot page's read
+    builds this text on every request, and ``json.dumps`` makes an encoder per call)."""
+    return str(_encode(detail))
 
 
 def opened_before(company_id: ColumnElement[Any], detail: ColumnElement[Any]) -> ColumnElement[bool]:
