@@ -43,7 +43,8 @@ def _invitation_page(
         email=invitation.email,
         next=request.path,
         # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
-        confirm=request.query.get("confirm", "") if request.method == "GET" else "",
+        # Only that value means anything to the page: any other is "" (and not a key of its own).
+        confirm="decline" if request.method == "GET" and request.query.get("confirm") == "decline" else "",
     )
 
 
