@@ -16,6 +16,7 @@ that too, which is why it is never taken as "received" or "acted on".
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii as _json_string
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -72,7 +73,16 @@ def invitation_detail(invitation_id: int) -> dict[str, Any]:
 
 
 def detail_text(detail: dict[str, Any]) -> str:
-    """A ``link.opened`` event's detail as ``_event`` stores it (sorted keys: one opening, one text)."""
+    """A ``link.opened`` event's detail as ``_event`` stores it (sorted keys: one opening, one text).
+
+    ``json.dumps(detail, sort_keys=True)``'s text. The hot page's read builds it on every request, and
+    ``json.dumps`` with ``sort_keys`` makes an encoder per call: a detail of strings and integers (every
+    one ``record`` writes) is written here with json's own string encoder."""
+    if all(type(key) is str and (type(value) is int or type(value) is str) for key, value in detail.items()):
+        return "{" + ", ".join(
+            f"{_json_string(key)}: {_json_string(value) if type(value) is str else int.__repr__(value)}"
+            for key, value in sorted(detail.items())
+        ) + "}"
     return json.dumps(detail, sort_keys=True)
 
 

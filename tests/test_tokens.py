@@ -105,3 +105,93 @@ def test_tokens_are_the_ones_itsdangerous_itself_makes_and_reads(tmp_path: Path,
         assert plain.loads(ours) == payload and signer.verify(purpose, theirs, None) == payload
         if int(time.time()) == int(signer.inspect(purpose, ours)[1].timestamp()):  # same second: same bytes
             assert ours == theirs
+
+
+def _stock_outcome(serializer: object, token: str, max_age: int | None) -> object:
+    from itsdangerous import BadData, SignatureExpired
+
+    try:
+        return ("ok", serializer.loads(token, max_age=max_age))  # type: ignore[attr-defined]
+    except SignatureExpired:
+        return "expired"
+    except BadData:
+        return "tampered"
+
+
+def _our_outcome(signer: LinkSigner, purpose: Purpose, token: str, max_age: timedelta | None) -> object:
+    try:
+        return ("ok", signer.verify(purpose, token, max_age))
+    except LinkExpired:
+        return "expired"
+    except LinkTampered:
+        return "tampered"
+
+
+@pytest.mark.parametrize("purpose", [Purpose.INVITE, Purpose.CSRF, Purpose.BROWSER, Purpose.MANAGE])
+def test_verify_agrees_with_itsdangerous_on_every_altered_token(tmp_path: Path, purpose: Purpose) -> None:
+    """verify checks the HMAC with one C call instead of itsdangerous's layers: for a token and every
+    one-character change, cut, doubled dot or stray part of it, both say the same (accepted with the same
+    payload, expired, or refused)."""
+    import string
+
+    from itsdangerous import URLSafeTimedSerializer
+
+    # The FakeClock runs at real time, as itsdangerous's does: an hour's age compares alike on both.
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), FakeClock())
+    stock = URLSafeTimedSerializer([OLD, NEW], salt=purpose.salt)
+    old_stock = URLSafeTimedSerializer([OLD], salt=purpose.salt)
+    payload = "b" * 43 if purpose in (Purpose.CSRF, Purpose.BROWSER) else [12, "nonce-abc"]
+    tokens = [signer.sign(purpose, payload), stock.dumps(payload), old_stock.dumps(payload)]
+    altered: list[str] = []
+    for token in tokens:
+        altered.append(token)
+        for i in range(len(token)):
+            for replacement in ("A", "_", ".", "", "=", "é"):
+                altered.append(token[:i] + replacement + token[i + 1:])
+        altered += [token + ".", "." + token, token.replace(".", "..", 1), token + "=", token + "A", token.rsplit(".", 1)[0]]
+    altered += ["", ".", "..", "a.b.c", string.ascii_letters]
+    for token in altered:
+        assert _our_outcome(signer, purpose, token, None) == _stock_outcome(stock, token, None), token
+        assert _our_outcome(signer, purpose, token, timedelta(hours=1)) == _stock_outcome(stock, token, 3600), token
+    valid = [t for t in altered if _stock_outcome(stock, t, None) != "tampered"]
+    assert tokens[0] in valid and len(valid) < len(altered) // 2  # most changes break the signature
+
+
+def test_tokens_from_the_future_or_past_their_age_are_expired_with_their_payload(tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.freeze()
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), clock)
+    token = signer.sign(Purpose.CSRF, "browser-id")
+    clock.advance(hours=1)
+    assert signer.verify(Purpose.CSRF, token, timedelta(hours=1)) == "browser-id"  # exactly its age: still good
+    clock.advance(seconds=1)
+    with pytest.raises(LinkExpired) as info:
+        signer.verify(Purpose.CSRF, token, timedelta(hours=1))
+    assert info.value.payload == "browser-id"
+    clock.advance(hours=-2)  # signed "in the future": a clock moved back, or a forged time
+    with pytest.raises(LinkExpired):
+        signer.verify(Purpose.CSRF, token, timedelta(hours=1))
+    assert signer.verify(Purpose.CSRF, token, None) == "browser-id"  # no age asked: the signature is what counts
+
+
+def test_a_kept_token_still_ages_and_each_caller_gets_its_own_payload(tmp_path: Path) -> None:
+    """verify keeps what a checked token says (``_verified``): its age is still checked on every use,
+    a caller changing its payload changes nothing for the next, and the kept tokens stay bounded."""
+    from daemon import tokens
+
+    clock = FakeClock()
+    clock.freeze()
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), clock)
+    token = signer.sign(Purpose.INVITE, [4, "nonce"])
+    first = signer.verify(Purpose.INVITE, token, timedelta(hours=1))
+    first.append("changed")
+    assert signer.verify(Purpose.INVITE, token, timedelta(hours=1)) == [4, "nonce"]
+    with pytest.raises(LinkTampered):
+        signer.verify(Purpose.MANAGE, token, None)  # kept per purpose: another salt still refuses it
+    clock.advance(hours=1, seconds=1)
+    with pytest.raises(LinkExpired) as info:
+        signer.verify(Purpose.INVITE, token, timedelta(hours=1))
+    assert info.value.payload == [4, "nonce"]
+    for i in range(tokens.VERIFIED_TOKENS + 10):
+        signer.verify(Purpose.CSRF, signer.sign(Purpose.CSRF, f"browser-{i}"), None)
+    assert len(signer._verified) <= tokens.VERIFIED_TOKENS

@@ -297,3 +297,29 @@ def test_the_expected_origin_is_public_url_as_a_browser_writes_it(public_url: st
     from daemon.web.security import WebSecurity
 
     assert WebSecurity.from_config(HttpConfig("127.0.0.1:8080", public_url), None, "en", "UTC").origin == origin  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("public_url", ["http://127.0.0.1:8080", "https://cabinet.example"])
+def test_the_browser_cookie_header_is_the_one_aiohttp_writes(public_url: str):
+    """The browser cookie is written as a header string (no cookie jar per response): the same bytes
+    aiohttp's ``set_cookie`` gives for the same settings, over http and https."""
+    from aiohttp import web
+
+    from daemon.config import HttpConfig
+    from daemon.web.security import WebSecurity
+
+    security = WebSecurity.from_config(HttpConfig("127.0.0.1:8080", public_url), None, "en", "UTC")  # type: ignore[arg-type]
+    value = "ImJyb3dzZXItaWQi.aSxq0A.dGhlLXNpZ25hdHVyZS1ieXRlcw"
+    ours, theirs = web.Response(), web.Response()
+    security.set_browser_cookie(ours, value)
+    security.set_cookie(theirs, security.browser_cookie, value)
+    assert ours.headers.getall("Set-Cookie") == [theirs.cookies[security.browser_cookie].output(header="")[1:]]
+    assert ("Strict-Transport-Security" in security.headers) == public_url.startswith("https")
+
+
+def test_a_page_carries_each_security_header_once(server, env: Env):
+    page = httpx.get(f"{env.base_url}/sign-in")
+    for name in SECURITY_HEADERS:
+        assert len(page.headers.get_list(name)) == 1, name
+    assert page.headers.get_list("Server") == ["Cabinet"]
+    assert len(page.headers.get_list("Set-Cookie")) == 1

@@ -179,7 +179,7 @@ async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse
     cookies = request.app[security.SECURITY]
     # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
     if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
-        cookies.set_cookie(response, cookies.browser_cookie, request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id))
+        cookies.set_browser_cookie(response, request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id))
     return response
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
@@ -174,24 +174,38 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
         raise CsrfFailed("csrf.other_browser")
 
 
-def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+def page(
+    request: web.Request, template: str, status: int = 200, *, now: datetime | None = None,
+    shared_key: tuple[Any, ...] | None = None, **context: Any,
+) -> web.Response:
+    """The page ``template`` for this request's visitor.
+
+    With ``shared_key``, for a signed-out visitor, the page is rendered once and kept
+    (``Pages.render_shared``) under a key of everything it is made of: ``context`` (hashable values),
+    the path, the settings it shows, ``now`` to the minute (the dates it formats show minutes), and
+    ``shared_key``, which must name whatever else the page takes from ``now`` (a relative deadline's
+    text, ``daemon.i18n.duration_key``). Each visitor's own CSRF token is put into the kept page."""
     v = visitor(request)
     cabinet = request.app[CABINET]
-    html = request.app[PAGES].render(
-        template,
-        v.locale,
-        v.timezone,
-        {
-            **context,
-            "user": v.user,
-            "csrf_token": v.csrf_token,
-            "path": request.path,
-            "public_url": cabinet.config.http.public_url,
-            "now": cabinet.clock.now(),
-            "product_name": cabinet.config.general.product_name,
-        },
-    )
-    return web.Response(text=html, status=status, content_type="text/html")
+    now = now or cabinet.clock.now()
+    values = {
+        **context,
+        "user": v.user,
+        "csrf_token": v.csrf_token,
+        "path": request.path,
+        "public_url": cabinet.config.http.public_url,
+        "now": now,
+        "product_name": cabinet.config.general.product_name,
+    }
+    pages = request.app[PAGES]
+    if shared_key is not None and v.user is None:
+        key = (shared_key, tuple(sorted(context.items())), request.path, now.replace(second=0, microsecond=0),
+               values["public_url"], values["product_name"])
+        html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
+    else:
+        html = pages.render(template, v.locale, v.timezone, values)
+    # Made with the security headers: ``security._add_headers`` then finds each one in place.
+    return web.Response(text=html, status=status, content_type="text/html", headers=request.app[SECURITY].headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

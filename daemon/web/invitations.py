@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.errors import InvalidInput, LinkTampered
+from daemon.i18n import duration_key
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
 from daemon.web.context import CABINET, FIRST_OPENING, form, message, page, read, redirect, run, speak_to, visitor
@@ -25,10 +26,15 @@ def _invitation_page(
 ) -> web.Response:
     v = visitor(request)
     wrong_account = v.user is not None and v.user.email != invitation.email
+    now = request.app[CABINET].clock.now()
     return page(
         request,
         "invitation.html",
         status=status,
+        now=now,
+        # Signed out, the page is what these show (the invitation as read now, its state included): kept
+        # once rendered (``context.page``). ``|deadline`` also shows how far the expiry is: its text's key.
+        shared_key=(duration_key(invitation.expires_at - now, True),),
         invitation=invitation,
         wrong_account=wrong_account,
         error=error,
@@ -37,7 +43,8 @@ def _invitation_page(
         email=invitation.email,
         next=request.path,
         # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
-        confirm=request.query.get("confirm", "") if request.method == "GET" else "",
+        # Only that value means anything to the page: any other is "" (and not a key of its own).
+        confirm="decline" if request.method == "GET" and request.query.get("confirm") == "decline" else "",
     )
 
 

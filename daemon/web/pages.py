@@ -5,11 +5,24 @@ gettext; the French catalogue is ``web/locale/fr.po``, compiled in memory at
 start-up with Babel, so there is no build step to forget (and no ``.mo`` file
 to ship). Templates and catalogues are looked up file by file: the operator's
 override folder first, then the built-in templates.
+
+Shared pages (``Pages.render_shared``): the page an emailed invitation link shows a signed-out visitor
+is opened again and again (by its accountant, by mail scanners) and is the same for everyone who opens
+it but for the CSRF token in its forms. It is kept once rendered, under a key of everything it is made
+of: the template, language and time zone; every value the page was given (the invitation as read from
+the database on this request, its state and dates included, so a change shows on the next request);
+the link's path; the settings it shows; the clock's minute (its dates show minutes) and the key of its
+relative deadline's text ("in 47 hours", ``daemon.i18n.duration_key``). Never a signed-in page: those
+show the user. The token is rendered as a random marker and each response gets its own visitor's token
+in its place, so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages
+are bounded and dropped with the templates on reload. An operator's template that shows ``now`` in
+another way would show it to the minute.
 """
 
 from __future__ import annotations
 
 import io
+import secrets
 from gettext import NullTranslations
 from pathlib import Path
 from typing import Any
@@ -17,13 +30,18 @@ from typing import Any
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
+from markupsafe import Markup
 
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, render
 from daemon.i18n import date_filters
 from daemon.template_folders import TemplateFolders
 from daemon.web.compiled_gettext import CompiledGettext
+
+
+#: Pages ``render_shared`` keeps: a few KB each.
+SHARED_PAGES = 2048
 
 
 def load_translations(po: Path | None, locale: str) -> NullTranslations:
@@ -42,6 +60,11 @@ class Pages:
         self._folders = folders
         self._envs: dict[str, Environment] = {}
         self._translations: dict[str, NullTranslations] = {}
+        self._templates: dict[tuple[str, str], tuple[Template, dict[str, Any]]] = {}
+        self._shared: dict[tuple[Any, ...], str] = {}
+        # Where a shared page's CSRF token goes (``render_shared``): random per process, so no text a
+        # visitor or an invitation brings can name it.
+        self._token_marker = f"csrf-{secrets.token_hex(16)}"
         self.reload()
 
     def reload(self) -> None:
@@ -66,10 +89,46 @@ class Pages:
             envs[locale] = env
         self._envs = envs
         self._translations = translations
+        self._templates = {}
+        self._shared = {}
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
-        env = self._envs[locale]
-        return env.get_template(name).render({**context, "locale": locale, "timezone": timezone})
+        """``Template.render`` without its per-render copies: the template is kept here (no loader
+        cache lookup) with its globals as one dict (jinja copies them out of a ``ChainMap`` into every
+        context it makes, twice), merged with ``context`` in one copy."""
+        found = self._templates.get((locale, name))
+        if found is None:
+            template = self._envs[locale].get_template(name)
+            found = self._templates[(locale, name)] = (template, dict(template.globals))
+        template, globals_ = found
+        env = template.environment
+        parent = {**globals_, **context, "locale": locale, "timezone": timezone}
+        ctx = env.context_class(env, parent, template.name, template.blocks, globals=globals_)
+        try:
+            return env.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+        except Exception:
+            env.handle_exception()
+        raise AssertionError("unreachable: handle_exception raises")
+
+    def render_shared(
+        self, name: str, locale: str, timezone: str, key: tuple[Any, ...], context: dict[str, Any], csrf_token: Any,
+    ) -> str:
+        """``render`` of a page that is a pure function of ``key`` (with ``name``, ``locale``, ``timezone``)
+        but for its CSRF token, kept once rendered with a marker where the token goes: each call puts its
+        own visitor's ``csrf_token`` in (signing it only when the page shows a form).
+
+        The caller's key must name everything the page shows (see ``daemon.web.invitations``): a kept
+        page is only ever served for the same key. Bounded; ``reload`` empties it with the templates."""
+        full_key = (name, locale, timezone, key)
+        html = self._shared.get(full_key)
+        if html is None:
+            html = self.render(name, locale, timezone, {**context, "csrf_token": Markup(self._token_marker)})
+            if len(self._shared) >= SHARED_PAGES:
+                self._shared.clear()  # bounded; the hot pages come back in a few requests
+            self._shared[full_key] = html
+        if self._token_marker not in html:
+            return html
+        return html.replace(self._token_marker, str(csrf_token))
 
     def error_message(self, error: CabinetError, locale: str) -> str:
         """An error's code in the reader's language, as a sentence (the domain only gives codes)."""

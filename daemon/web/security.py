@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from daemon.config import HttpConfig
 from daemon.i18n import negotiate
@@ -63,6 +64,9 @@ class WebSecurity:
     default_locale: str
     timezone: str
     product_name: str = "Cabinet"  # the refusal page is drawn before any visitor is loaded
+    # Built from the above (``__post_init__``): every response's security headers, HSTS over https.
+    headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+    browser_cookie_tail: str = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, http: HttpConfig, pages: Pages, default_locale: str, timezone: str) -> WebSecurity:
@@ -82,6 +86,22 @@ class WebSecurity:
             default_locale=default_locale,
             timezone=timezone,
         )
+
+    def __post_init__(self) -> None:
+        headers = CIMultiDict(HEADERS)
+        if self.https:
+            headers["Strict-Transport-Security"] = HSTS
+        headers["Server"] = SERVER
+        object.__setattr__(self, "headers", CIMultiDictProxy(headers))
+        # What aiohttp's ``set_cookie`` writes for the browser cookie with ``set_cookie`` below's settings
+        # (a test compares them), without a cookie jar and a Morsel per response.
+        tail = "; HttpOnly; Path=/; SameSite=Lax" + ("; Secure" if self.https else "")
+        object.__setattr__(self, "browser_cookie_tail", tail)
+
+    def set_browser_cookie(self, response: web.StreamResponse, value: str) -> None:
+        """The browser cookie (a signed id: URL-safe base64 and dots, nothing to quote), set as
+        ``set_cookie`` would set it."""
+        response.headers.add("Set-Cookie", f"{self.browser_cookie}={value}{self.browser_cookie_tail}")
 
     def set_cookie(self, response: web.StreamResponse, name: str, value: str, max_age: int | None = None) -> None:
         # __Host- requires Secure, Path=/ and no Domain; Lax keeps cross-site POSTs cookieless.
@@ -173,12 +193,13 @@ async def same_origin_posts(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """The headers on every response, aiohttp's own errors included (a page is made with them already,
+    ``context.page``, and each ``setdefault`` finds its header there)."""
+    headers = response.headers
     security = request.app[SECURITY] if isinstance(request, web.Request) else None
-    for name, value in HEADERS.items():
-        response.headers.setdefault(name, value)
-    if security is not None and security.https:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
-    response.headers["Server"] = SERVER
+    for name, value in (security.headers if security is not None else HEADERS).items():
+        headers.setdefault(name, value)
+    headers["Server"] = SERVER
 
 
 def install(

@@ -1,0 +1,61 @@
+"""The signed-out invitation page is rendered once per everything it shows (``Pages.render_shared``):
+each visitor still gets a CSRF token of their own, and any change to the invitation shows at once."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import Cli, Env, FakeClock, Mailbox, Seed, csrf_of, link_in
+
+
+def _invite(cli: Cli, mailbox: Mailbox, seed: Seed) -> str:
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    return link_in(mailbox.wait(seed.accountant, subject="Invitation", count=1)[-1])
+
+
+def _language_switch(client: httpx.Client, token: str) -> int:
+    """A POST only a page's own CSRF token, bound to this browser's cookie, gets through."""
+    return client.post("/language", data={"csrf_token": token, "language": "fr", "next": "/"}).status_code
+
+
+def test_two_visitors_of_one_page_never_see_each_others_token(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env):
+    link = _invite(cli, mailbox, seed)
+    with httpx.Client(base_url=env.base_url) as first, httpx.Client(base_url=env.base_url) as second:
+        pages = [first.get(link), second.get(link), first.get(link), second.get(link)]
+        assert all(page.status_code == 200 for page in pages)
+        tokens = [csrf_of(page.text) for page in pages]
+        assert {tokens[0], tokens[2]}.isdisjoint({tokens[1], tokens[3]})  # never another browser's
+        # The same page apart from the tokens: the second visitor was served the kept rendering.
+        assert pages[1].text.replace(tokens[1], "") == pages[0].text.replace(tokens[0], "")
+        for page, token in zip(pages, tokens):
+            assert page.text.count(token) == page.text.count('name="csrf_token"')  # each form: this token
+        assert _language_switch(second, tokens[0]) == 403  # the first browser's token is not the second's
+        assert _language_switch(first, tokens[1]) == 403
+        assert _language_switch(first, tokens[2]) == 303
+        assert _language_switch(second, tokens[3]) == 303
+        assert first.cookies["cabinet_browser"] != second.cookies["cabinet_browser"]
+
+
+def test_a_change_to_the_invitation_shows_at_once(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env,
+                                                   clock: FakeClock):
+    link = _invite(cli, mailbox, seed)
+    with httpx.Client(base_url=env.base_url) as client:
+        before = client.get(link).text
+        assert "valid until" in before and "withdrew" not in before
+        assert client.get(link).text.replace(csrf_of(client.get(link).text), "").count("valid until") == 1
+        invitation_id = env.sql("SELECT id FROM invitations")[0][0]
+        cli("invitation", "revoke", str(invitation_id))
+        after = client.get(link).text  # the same second, the same minute: only the state changed
+        assert "withdrew this invitation" in after and "valid until" not in after
+
+
+def test_the_deadline_text_follows_the_clock(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env,
+                                              clock: FakeClock):
+    link = _invite(cli, mailbox, seed)
+    with httpx.Client(base_url=env.base_url) as client:
+        first = client.get(link).text
+        clock.advance(days=3)
+        later = client.get(link).text
+        assert first != later and "valid until" in later
+        clock.advance(days=60)
+        assert "expired" in client.get(link).text
