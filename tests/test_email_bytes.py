@@ -20,10 +20,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.config import LOCALES, Secret
 from daemon.notices import Notice
 from daemon.tokens import LinkSigner, SecretKeys
+from mailer.headers import _clean, is_clean
 from mailer.outbox import Outbox
 from mailer.render import EmailRenderer, email_names
 from mailer.samples import SAMPLES
@@ -99,6 +102,13 @@ def test_every_email_has_its_fixture() -> None:
     """A new email gets its fixture (and a removed one loses it): the comparison above covers them all."""
     on_disk = sorted(str(path.relative_to(FIXTURES)) for path in FIXTURES.glob("*/*.eml"))
     assert on_disk == sorted(str(_file(*case).relative_to(FIXTURES)) for case in CASES)
+
+
+@given(st.text(alphabet=st.sampled_from(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2000\u2028\u202e\u3000aé=?-")
+               | st.characters(), max_size=12))
+def test_is_clean_is_clean_text_unchanged(value: str) -> None:
+    """The subject's fast path (``mailer.mime._encoded_words``) takes only what ``header_text`` would not change."""
+    assert is_clean(value) == (_clean(value) == value)
 
 
 def _write() -> None:
