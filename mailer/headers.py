@@ -52,6 +52,16 @@ def _clean(value: str) -> str:
     return _WHITESPACE.sub(" ", cleaned).strip()
 
 
+# What ``_clean`` changes, found in one search: a control (Cc is U+0000-U+001F and U+007F-U+009F), a line
+# or paragraph separator, a bidi control, whitespace other than a single space between words.
+_UNCLEAN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + r"]|[^\S ]|\s\s|^\s|\s$")
+
+
+def is_clean(value: str) -> bool:
+    """``_clean(value) == value``, without rebuilding the text (a subject's fast path, ``mailer.mime``)."""
+    return _UNCLEAN.search(value) is None
+
+
 def _as_subject(text: str) -> str:
     return str(policy.default.header_factory("Subject", text))
 

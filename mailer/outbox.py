@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, insert, or_, 
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import rows_changed, write_transaction
+from daemon.db import rows_changed, write_connection, write_transaction
 from daemon.models import OutboxMessage
 from daemon.notices import Notice
 from daemon.rawmail import storable
@@ -65,6 +65,12 @@ SPEAKS_FOR = {
 
 
 _INSERT = insert(OutboxMessage.__table__)
+
+# What a claim reads of its row: what sending it and composing it (``Outbox.compose``) need.
+_CLAIMED = [OutboxMessage.__table__.c[name] for name in (
+    "id", "envelope_from", "recipient", "attempts", "queued_at", "created_at", "next_attempt_at", "raw", "content",
+    "ref", "invitation_id", "company_id", "message_id",
+)]
 
 
 class Outbox:
@@ -150,7 +156,7 @@ class Outbox:
         greeting = to_name if to_name and "@" not in to_name else ""
         return {"now": content["now"], "to_name": greeting, "product_name": self._product, **content["context"]}
 
-    def compose(self, row: OutboxMessage) -> bytes:
+    def compose(self, row: Any) -> bytes:
         """The bytes of a queued email: its stored ``raw``, or rendered now from its ``content``.
 
         Deterministic for a row (Message-ID, Date and reply address were fixed at
@@ -190,7 +196,7 @@ class _Claim:
     token: str
     envelope_from: str
     recipient: str
-    row: OutboxMessage  # detached: ``compose`` renders it outside any transaction when ``raw`` is NULL
+    row: Any  # the row's columns (``_CLAIMED``): ``compose`` renders it outside any transaction when ``raw`` is NULL
     attempts: int
     queued_at: datetime
     rendered: bool  # the row already holds its bytes
@@ -218,8 +224,9 @@ class _ClaimsLost(Exception):
 MAX_CLAIM_BATCH = 64
 
 
-# The bytes of a claimed email (``Outbox.compose``): stored, or rendered now.
-Compose = Callable[[OutboxMessage], bytes]
+# The bytes of a claimed email (``Outbox.compose``): stored, or rendered now; given an ``OutboxMessage`` or a Core
+# row of its columns.
+Compose = Callable[[Any], bytes]
 
 # Marks an email bounced and acts on it (``daemon.undeliverable.Undeliverable.bounced``); returns what it did.
 OnBounce = Callable[[Session, OutboxMessage, str], str]
@@ -305,28 +312,28 @@ class OutboxWorker:
         to record as that email's failed attempt.
         """
         now = self._clock.now()
-        free = or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now)
+        table = OutboxMessage.__table__
+        free = or_(table.c.claimed_until.is_(None), table.c.claimed_until < now)
         token = secrets.token_hex(16)
-        with write_transaction(self._sessions) as session:
-            ids = session.scalars(
-                select(OutboxMessage.id)
-                .where(OutboxMessage.state == "pending", OutboxMessage.next_attempt_at <= now, free)
-                .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        # Core rows, not ORM objects: nothing to build, track and expunge while the write lock is held.
+        with write_connection(self._sessions) as connection:
+            ids = connection.scalars(
+                select(table.c.id)
+                .where(table.c.state == "pending", table.c.next_attempt_at <= now, free)
+                .order_by(table.c.next_attempt_at, table.c.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
             if not ids:
                 return []
             # The guard is repeated: on SQLite nothing locked the rows between the SELECT and here.
-            claimed = session.scalars(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids), OutboxMessage.state == "pending", free)
+            claimed = connection.execute(
+                update(table)
+                .where(table.c.id.in_(ids), table.c.state == "pending", free)
                 .values(claimed_until=now + self._lease, claim_token=token)
-                .returning(OutboxMessage)
-                .execution_options(synchronize_session=False)
+                .returning(*_CLAIMED)
             ).all()
-            rows = sorted(claimed, key=lambda row: (row.next_attempt_at, row.id))
-            session.expunge_all()
+        rows = sorted(claimed, key=lambda row: (row.next_attempt_at, row.id))
         claims = [_Claim(row.id, token, row.envelope_from, row.recipient, row, row.attempts,
                          row.queued_at or row.created_at, row.raw is not None, now, row.raw) for row in rows]
         return [self._rendered(claim) for claim in claims] if render else claims

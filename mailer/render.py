@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 
 from daemon.i18n import date_filters
 
@@ -38,6 +38,8 @@ class EmailRenderer:
     def __init__(self, search_path: Sequence[Path]) -> None:
         self._search_path = list(search_path)
         self._env = self._environment()
+        # Each email's three compiled templates, looked up once per (name, locale).
+        self._parts: dict[tuple[str, str], tuple[Template, Template, Template]] = {}
 
     def _environment(self) -> Environment:
         env = Environment(
@@ -51,22 +53,42 @@ class EmailRenderer:
         env.filters.update(date_filters())
         return env
 
+    def _templates(self, name: str, locale: str) -> tuple[Template, Template, Template]:
+        parts = self._parts.get((name, locale))
+        if parts is None:
+            subject, text, html = (self._env.get_template(f"{locale}/{name}.{part}") for part in EMAIL_PARTS)
+            parts = self._parts[(name, locale)] = (subject, text, html)
+        return parts
+
+    def _values(self, locale: str, timezone: str, context: dict[str, Any]) -> dict[str, Any]:
+        """What every part of one email renders with: the environment's globals and the facts, built once
+        for the three parts (``Template.render`` copied them into a new dict for each)."""
+        return {**self._env.globals, **context, "locale": locale, "timezone": timezone}
+
+    def _run(self, template: Template, values: dict[str, Any]) -> str:
+        """``template.render(values)`` on ``values`` as they are (``_values``), not a copy of them."""
+        try:
+            return self._env.concat(template.root_render_func(template.new_context(values, shared=True)))  # type: ignore[attr-defined,no-any-return]
+        except Exception:
+            self._env.handle_exception()
+            raise  # not reached: handle_exception raises the template's error with its template lines
+
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> RenderedEmail:
-        values = {**context, "locale": locale, "timezone": timezone}
-        env = self._env
-        subject = env.get_template(f"{locale}/{name}.subject").render(values)
+        subject, text, html = self._templates(name, locale)
+        values = self._values(locale, timezone, context)
         return RenderedEmail(
             # A subject is one line: newlines in it would be header injection.
-            subject=" ".join(subject.split()),
-            text=env.get_template(f"{locale}/{name}.txt").render(values),
-            html=env.get_template(f"{locale}/{name}.html").render(values),
+            subject=" ".join(self._run(subject, values).split()),
+            text=self._run(text, values),
+            html=self._run(html, values),
         )
 
     def subject(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
         """The subject line alone (what the outbox lists before the email is rendered)."""
-        values = {**context, "locale": locale, "timezone": timezone}
-        return " ".join(self._env.get_template(f"{locale}/{name}.subject").render(values).split())
+        template = self._env.get_template(f"{locale}/{name}.subject")
+        return " ".join(self._run(template, self._values(locale, timezone, context)).split())
 
     def reload(self) -> None:
         """Forget compiled templates (SIGHUP): edited files and new override files are read again."""
         self._env = self._environment()
+        self._parts = {}
