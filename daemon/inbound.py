@@ -35,7 +35,7 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import dialect_insert, write_transaction, writes_waiting
+from daemon.db import dialect_insert, write_connection, write_transaction, writes_waiting
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.inbound_reads import BatchReads
@@ -144,6 +144,8 @@ _FINISH_MANY = TransitionEach(InboundMessage, (InboundState.RECEIVED,), values={
     "attempts": _INBOUND.c.attempts + 1,
 })
 _INSERT_EVENT = insert(Event.__table__)
+# The ids of messages already stored (the same bytes delivered again after a lost 250).
+_BY_DIGEST = select(_INBOUND.c.digest, _INBOUND.c.id).where(_INBOUND.c.digest.in_(bindparam("digests", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class Inbound(DomainService):
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
+        self._store_rows: Any = None  # the store's INSERT, built at the first store (it is the database's own)
         # A processed message's last move, one Core statement each (no ORM bulk update per message).
         finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
                   "processed_at": bindparam("new_processed_at"), "attempts": InboundMessage.__table__.c.attempts + 1}
@@ -240,8 +243,8 @@ class Inbound(DomainService):
         retry after a lost 250); the first copy's id is returned.
         """
         values = self._row(mail_from, recipients, raw, self._now())
-        with self._transaction() as s:
-            return self._insert(s, [values])[values["digest"]]
+        with write_connection(self._sessions) as connection:
+            return self._insert(connection, [values])[values["digest"]]
 
     def store_many(self, messages: Sequence[tuple[str, list[str], bytes]]) -> list[int | Exception]:
         """``store`` for several messages at once (the SMTP listener's concurrent DATAs): one transaction.
@@ -253,8 +256,8 @@ class Inbound(DomainService):
         now = self._now()
         try:
             rows = [self._row(mail_from, recipients, raw, now) for mail_from, recipients, raw in messages]
-            with self._transaction() as s:
-                ids = self._insert(s, rows)
+            with write_connection(self._sessions) as connection:
+                ids = self._insert(connection, rows)
             return [ids[row["digest"]] for row in rows]
         except Exception:
             if len(messages) == 1:
@@ -278,15 +281,21 @@ class Inbound(DomainService):
             digest=hashlib.sha256(raw).hexdigest(), attempts=0, next_attempt_at=now,
         )
 
-    def _insert(self, s: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert ``rows`` (one statement, many parameter sets); the id stored under each digest."""
-        # The unique digest decides, not a check before the insert: two sessions storing the
-        # same bytes at once end with one row, and neither fails.
-        insert = dialect_insert(s)(InboundMessage.__table__).on_conflict_do_nothing(index_elements=["digest"])
-        s.connection().execute(insert, rows)
+    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert ``rows`` (one statement, many parameter sets, Core on the write connection: no Session
+        for a store); the id stored under each digest."""
+        if self._store_rows is None:
+            with self._sessions() as s:
+                # The unique digest decides, not a check before the insert: two sessions storing the
+                # same bytes at once end with one row, and neither fails. RETURNING names the new rows.
+                self._store_rows = (
+                    dialect_insert(s)(_INBOUND).on_conflict_do_nothing(index_elements=["digest"])
+                    .returning(_INBOUND.c.digest, _INBOUND.c.id)
+                )
+        stored: dict[str, int] = {digest: row_id for digest, row_id in connection.execute(self._store_rows, rows)}
         digests = {row["digest"] for row in rows}
-        found = s.execute(select(InboundMessage.digest, InboundMessage.id).where(InboundMessage.digest.in_(digests)))
-        stored = {digest: row_id for digest, row_id in found}
+        if len(stored) < len(digests):  # bytes stored before: the first copy's id
+            stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())
         assert len(stored) == len(digests)
         return stored
 
