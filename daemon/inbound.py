@@ -157,6 +157,7 @@ class _Ready:
     refs: list[tuple[Purpose, str]]
     proof: SenderVerdict | None
     plan: _Plan | None = None  # what it does, when that was decided before the write transaction
+    text: str | None = None  # what a reply's sender wrote (``reply_text``), when it was read here
 
 
 @dataclass(frozen=True)
@@ -504,12 +505,15 @@ class Inbound(DomainService):
         message = rawmail.parse(stored.raw)
         refs = [ref for ref in map(self.recipient_ref, stored.recipients) if ref is not None]
         proof = None
+        text = None
         if any(purpose is Purpose.REPLY for purpose, _ in refs):
             senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
-            if len(senders) == 1 and parse_command(reply_text(message)) is not None:
-                proof = prove_sender(stored.raw, message, senders[0], self._config.trusted_authserv_ids,
-                                     self._config.dkim_verify, self._dnsfunc)
-        return _Ready(stored, message, refs, proof)
+            if len(senders) == 1:
+                text = reply_text(message)  # read once: the forward quotes it too
+                if parse_command(text) is not None:
+                    proof = prove_sender(stored.raw, message, senders[0], self._config.trusted_authserv_ids,
+                                         self._config.dkim_verify, self._dnsfunc)
+        return _Ready(stored, message, refs, proof, text=text)
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -561,7 +565,7 @@ class Inbound(DomainService):
         if refused is not None:
             return _Plan(*refused)
         sender = outbox.recipient.lower()  # From: is the address it was issued to (checked above)
-        text = reply_text(message)
+        text = ready.text if ready.text is not None else reply_text(message)
         if outbox.invitation_id is not None and parse_command(text) is not None:
             return None
         subject = str(message.get("Subject", ""))
