@@ -207,6 +207,7 @@ class Inbound(DomainService):
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
+        self._headers = rawmail.HeaderCache()  # headers that repeat across messages, parsed once
         self._store_rows: Any = None  # the store's INSERT, built at the first store (it is the database's own)
         # A processed message's last move, one Core statement each (no ORM bulk update per message).
         finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
@@ -502,7 +503,7 @@ class Inbound(DomainService):
     def _ready(self, stored: _Stored) -> _Ready:
         """Everything about a message that needs no database: parsed once, its references read, and
         whether the sender of a reply command is who From: says (None when it holds no command)."""
-        message = rawmail.parse(stored.raw)
+        message = rawmail.parse(stored.raw, self._headers)
         refs = [ref for ref in map(self.recipient_ref, stored.recipients) if ref is not None]
         proof = None
         text = None
