@@ -35,9 +35,10 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import dialect_insert, write_transaction, writes_waiting
-from daemon.domain import DomainContext, DomainService, name_key, told_staff
+from daemon.db import dialect_insert, write_connection, write_transaction, writes_waiting
+from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
+from daemon.inbound_reads import BatchReads
 from daemon.models import Company, Event, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
 from daemon.replies import Command, parse_command, reply_text
@@ -142,18 +143,9 @@ _FINISH_MANY = TransitionEach(InboundMessage, (InboundState.RECEIVED,), values={
     "kind": bindparam("b_kind"), "outcome": bindparam("b_outcome"), "processed_at": bindparam("b_at"),
     "attempts": _INBOUND.c.attempts + 1,
 })
-_ANSWERED = select(OutboxMessage.recipient, OutboxMessage.invitation_id, OutboxMessage.company_id,
-                   OutboxMessage.firm_id, OutboxMessage.audience).where(OutboxMessage.ref == bindparam("ref"))
-_COMPANY = select(Company.id, Company.name, Company.admin_email, Company.admin_name, Company.admin_locale,
-                  Company.admin_timezone).where(Company.id == bindparam("company_id"))
-_FIRM = select(Firm.id, Firm.name).where(Firm.id == bindparam("firm_id"))
-_STAFF = (
-    select(User.email, User.name, User.locale, User.timezone)
-    .select_from(User.__table__.join(Membership.__table__))
-    .where(*told_staff(bindparam("firm_id")))
-    .order_by(User.id)
-)
 _INSERT_EVENT = insert(Event.__table__)
+# The ids of messages already stored (the same bytes delivered again after a lost 250).
+_BY_DIGEST = select(_INBOUND.c.digest, _INBOUND.c.id).where(_INBOUND.c.digest.in_(bindparam("digests", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -165,6 +157,7 @@ class _Ready:
     refs: list[tuple[Purpose, str]]
     proof: SenderVerdict | None
     plan: _Plan | None = None  # what it does, when that was decided before the write transaction
+    text: str | None = None  # what a reply's sender wrote (``reply_text``), when it was read here
 
 
 @dataclass(frozen=True)
@@ -214,6 +207,8 @@ class Inbound(DomainService):
         self._undeliverable = Undeliverable(ctx)
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
+        self._headers = rawmail.HeaderCache()  # headers that repeat across messages, parsed once
+        self._store_rows: Any = None  # the store's INSERT, built at the first store (it is the database's own)
         # A processed message's last move, one Core statement each (no ORM bulk update per message).
         finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
                   "processed_at": bindparam("new_processed_at"), "attempts": InboundMessage.__table__.c.attempts + 1}
@@ -250,8 +245,8 @@ class Inbound(DomainService):
         retry after a lost 250); the first copy's id is returned.
         """
         values = self._row(mail_from, recipients, raw, self._now())
-        with self._transaction() as s:
-            return self._insert(s, [values])[values["digest"]]
+        with write_connection(self._sessions) as connection:
+            return self._insert(connection, [values])[values["digest"]]
 
     def store_many(self, messages: Sequence[tuple[str, list[str], bytes]]) -> list[int | Exception]:
         """``store`` for several messages at once (the SMTP listener's concurrent DATAs): one transaction.
@@ -263,8 +258,8 @@ class Inbound(DomainService):
         now = self._now()
         try:
             rows = [self._row(mail_from, recipients, raw, now) for mail_from, recipients, raw in messages]
-            with self._transaction() as s:
-                ids = self._insert(s, rows)
+            with write_connection(self._sessions) as connection:
+                ids = self._insert(connection, rows)
             return [ids[row["digest"]] for row in rows]
         except Exception:
             if len(messages) == 1:
@@ -288,15 +283,21 @@ class Inbound(DomainService):
             digest=hashlib.sha256(raw).hexdigest(), attempts=0, next_attempt_at=now,
         )
 
-    def _insert(self, s: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert ``rows`` (one statement, many parameter sets); the id stored under each digest."""
-        # The unique digest decides, not a check before the insert: two sessions storing the
-        # same bytes at once end with one row, and neither fails.
-        insert = dialect_insert(s)(InboundMessage.__table__).on_conflict_do_nothing(index_elements=["digest"])
-        s.connection().execute(insert, rows)
+    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert ``rows`` (one statement, many parameter sets, Core on the write connection: no Session
+        for a store); the id stored under each digest."""
+        if self._store_rows is None:
+            with self._sessions() as s:
+                # The unique digest decides, not a check before the insert: two sessions storing the
+                # same bytes at once end with one row, and neither fails. RETURNING names the new rows.
+                self._store_rows = (
+                    dialect_insert(s)(_INBOUND).on_conflict_do_nothing(index_elements=["digest"])
+                    .returning(_INBOUND.c.digest, _INBOUND.c.id)
+                )
+        stored: dict[str, int] = {digest: row_id for digest, row_id in connection.execute(self._store_rows, rows)}
         digests = {row["digest"] for row in rows}
-        found = s.execute(select(InboundMessage.digest, InboundMessage.id).where(InboundMessage.digest.in_(digests)))
-        stored = {digest: row_id for digest, row_id in found}
+        if len(stored) < len(digests):  # bytes stored before: the first copy's id
+            stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())
         assert len(stored) == len(digests)
         return stored
 
@@ -338,15 +339,28 @@ class Inbound(DomainService):
     def _process_batch(self, stored: list[_Stored]) -> int:
         ready: list[_Ready] = []
         failures: list[tuple[int, Exception]] = []
+        parsed: list[_Ready] = []
+        for message in stored:
+            try:
+                # Parsing and DNS lookups (DKIM keys) happen here, before any write transaction: nobody waits on them.
+                parsed.append(self._ready(message))
+            except Exception as exc:
+                failures.append((message.id, exc))
         with self._sessions() as s:
-            for message in stored:
+            reads = BatchReads(s.connection)
+            try:
+                # What the replies' forwards need, for the whole batch at once (a few statements, not four each).
+                reads.prefetch(refs[0] for refs in ([ref for purpose, ref in one.refs if purpose is Purpose.REPLY]
+                                                    for one in parsed) if refs)
+            except Exception:
+                log.warning("reading what %d inbound messages need at once failed; reading it for each",
+                            len(parsed), exc_info=True)
+                s.rollback()
+            for one in parsed:
                 try:
-                    # Parsing, DNS lookups (DKIM keys) and the reads of an ordinary reply's forward happen
-                    # here, before any write transaction: nobody waits on them.
-                    one = self._ready(message)
-                    ready.append(replace(one, plan=self._plan(s, one)))
+                    ready.append(replace(one, plan=self._plan(reads, one)))
                 except Exception as exc:
-                    failures.append((message.id, exc))
+                    failures.append((one.stored.id, exc))
                     s.rollback()  # PostgreSQL refuses further statements in a transaction that failed one
         done = 0
         while ready:
@@ -489,15 +503,18 @@ class Inbound(DomainService):
     def _ready(self, stored: _Stored) -> _Ready:
         """Everything about a message that needs no database: parsed once, its references read, and
         whether the sender of a reply command is who From: says (None when it holds no command)."""
-        message = rawmail.parse(stored.raw)
+        message = rawmail.parse(stored.raw, self._headers)
         refs = [ref for ref in map(self.recipient_ref, stored.recipients) if ref is not None]
         proof = None
+        text = None
         if any(purpose is Purpose.REPLY for purpose, _ in refs):
             senders = [a.lower() for _, a in getaddresses(message.get_all("From", [])) if a]
-            if len(senders) == 1 and parse_command(reply_text(message)) is not None:
-                proof = prove_sender(stored.raw, message, senders[0], self._config.trusted_authserv_ids,
-                                     self._config.dkim_verify, self._dnsfunc)
-        return _Ready(stored, message, refs, proof)
+            if len(senders) == 1:
+                text = reply_text(message)  # read once: the forward quotes it too
+                if parse_command(text) is not None:
+                    proof = prove_sender(stored.raw, message, senders[0], self._config.trusted_authserv_ids,
+                                         self._config.dkim_verify, self._dnsfunc)
+        return _Ready(stored, message, refs, proof, text=text)
 
     def _failed(self, inbound_id: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -528,9 +545,9 @@ class Inbound(DomainService):
             if earlier is not None:
                 raise _Done("duplicate", f"same Message-ID as inbound message {earlier}; no second effect")
 
-    def _plan(self, s: Session, ready: _Ready) -> _Plan | None:
+    def _plan(self, reads: BatchReads, ready: _Ready) -> _Plan | None:
         """``_understand`` for the messages whose effect needs no row lock (the commonest: an ordinary
-        reply, forwarded), read in ``s`` before the write transaction; None for a bounce or a command,
+        reply, forwarded), read through ``reads`` before the write transaction; None for a bounce or a command,
         which are decided inside it. Nothing read here is something the write could contradict: an
         email's recipient and references never change, and a forward goes to whoever is staff now."""
         row, message = ready.stored, ready.message
@@ -542,23 +559,21 @@ class Inbound(DomainService):
         reply_refs = [ref for purpose, ref in ready.refs if purpose is Purpose.REPLY]
         if not reply_refs:
             return _Plan("unrouted", "message to a firm address: kept for the firm's staff")
-        reads = s.connection()
-        outbox = reads.execute(_ANSWERED, {"ref": reply_refs[0]}).one_or_none()
+        outbox = reads.answered(reply_refs[0])
         if outbox is None:
             return _Plan("reply", "reply to an email Cabinet no longer knows")
         refused = self._not_from_the_recipient(message, outbox.recipient)
         if refused is not None:
             return _Plan(*refused)
         sender = outbox.recipient.lower()  # From: is the address it was issued to (checked above)
-        text = reply_text(message)
+        text = ready.text if ready.text is not None else reply_text(message)
         if outbox.invitation_id is not None and parse_command(text) is not None:
             return None
         subject = str(message.get("Subject", ""))
         excerpt = text.strip()[:EXCERPT]
         event = self._event_values("reply.received", sender, "reply", company_id=outbox.company_id,
                                    firm_id=outbox.firm_id, subject=subject[:200], text=excerpt)
-        company = reads.execute(_COMPANY, {"company_id": outbox.company_id}).one_or_none() \
-            if outbox.company_id else None
+        company = reads.company(outbox.company_id) if outbox.company_id else None
         if company is None or not excerpt:
             return _Plan("reply", "reply recorded (nobody to forward it to)", event)
         context = {"sender": sender, "subject": subject[:200], "text": excerpt, "received_at": self._now()}
@@ -567,10 +582,10 @@ class Inbound(DomainService):
             outbox.audience == "company_admin" if outbox.audience else outbox.recipient == company.admin_email
         )
         if from_client:
-            firm = reads.execute(_FIRM, {"firm_id": outbox.firm_id}).one_or_none() if outbox.firm_id else None
+            firm = reads.firm(outbox.firm_id) if outbox.firm_id else None
             if firm is None:
                 return _Plan("reply", "reply from the client recorded (no firm to forward it to)", event)
-            members = reads.execute(_STAFF, {"firm_id": firm.id}).all()
+            members = reads.staff(firm.id)
             notices = self._staff_notices(firm.id, firm.name, members, "reply_forwarded",
                                           {"company": company.name, **context}, company.id)
             return _Plan("reply", f"reply from {sender} forwarded to {firm.name}'s staff", event,

@@ -51,8 +51,31 @@ def storable(text: str, limit: int) -> str:
     return _UNSTORABLE.sub("?", text)[:limit]
 
 
+class HeaderCache:
+    """Parsed headers kept across messages, for the few whose values repeat from message to message
+    (a client's From:, ``text/plain; charset=utf-8``): parsed once for all, not once per message.
+
+    Bounded: emptied when full. Safe to share between threads: a race parses a header twice, no more.
+    """
+
+    NAMES = frozenset({"from", "content-type", "content-transfer-encoding", "content-disposition", "mime-version"})
+
+    def __init__(self, size: int = 2048) -> None:
+        self._size = size
+        self._parsed: dict[tuple[str, str], Any] = {}
+
+    def get(self, key: tuple[str, str]) -> Any:
+        return self._parsed.get(key)
+
+    def put(self, key: tuple[str, str], parsed: Any) -> None:
+        if len(self._parsed) >= self._size:
+            self._parsed = {}
+        self._parsed[key] = parsed
+
+
 class _ParsedOnce(EmailPolicy):
-    """``policy.default``, except that a header is parsed once per message, not at every read.
+    """``policy.default``, except that a header is parsed once per message, not at every read (and,
+    for ``HeaderCache.NAMES``, once for all messages when a cache is given).
 
     The standard library parses a header's value again each time it is read, and
     reading the body (``get_body``, ``get_content``) reads Content-Type a dozen
@@ -62,6 +85,7 @@ class _ParsedOnce(EmailPolicy):
     """
 
     memo: dict[tuple[str, str], Any] | None = None
+    shared: HeaderCache | None = None
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if self.memo is None or not isinstance(value, str) or hasattr(value, "name"):
@@ -69,12 +93,19 @@ class _ParsedOnce(EmailPolicy):
         key = (name, value)
         parsed = self.memo.get(key)
         if parsed is None:
-            parsed = self.memo[key] = super().header_fetch_parse(name, value)
+            shared = self.shared if self.shared is not None and name.lower() in HeaderCache.NAMES else None
+            parsed = shared.get(key) if shared is not None else None
+            if parsed is None:
+                parsed = super().header_fetch_parse(name, value)
+                if shared is not None:
+                    shared.put(key, parsed)
+            self.memo[key] = parsed
         return parsed
 
 
-def parse(raw: bytes) -> EmailMessage:
-    """``raw`` as an ``EmailMessage`` (``policy.default``), its headers parsed at most once each."""
-    message = BytesParser(policy=_ParsedOnce(memo={})).parsebytes(raw)
+def parse(raw: bytes, shared: HeaderCache | None = None) -> EmailMessage:
+    """``raw`` as an ``EmailMessage`` (``policy.default``), its headers parsed at most once each (the
+    repeating ones once for all the messages parsed with the same ``shared`` cache)."""
+    message = BytesParser(policy=_ParsedOnce(memo={}, shared=shared)).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     return message

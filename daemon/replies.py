@@ -101,14 +101,14 @@ def _strip_quotes(text: str) -> str:
     kept: list[str] = []
     i = 0
     while i < len(lines):
-        line = _norm(lines[i])
-        if line.startswith(">"):
+        if _quoted(lines[i]):
             i += 1
             continue
+        line = _norm(lines[i])
         span = _attribution_span(lines, i)
         if span:
             after = next((j for j in range(i + span, len(lines)) if _norm(lines[j])), None)
-            if after is not None and _norm(lines[after]).startswith(">"):
+            if after is not None and _quoted(lines[after]):
                 i = after  # bottom-posted or interleaved: drop the attribution, its quote follows
                 continue
             break  # top-posted: everything after the attribution is the original
@@ -117,6 +117,16 @@ def _strip_quotes(text: str) -> str:
         kept.append(lines[i].rstrip())
         i += 1
     return _tidy(kept)
+
+
+def _quoted(line: str) -> bool:
+    """``_norm(line).startswith(">")``, without normalising the whole line when its start already says
+    so: a reply is mostly quoted lines, and NFKC leaves a ">" followed by an ASCII character as it is
+    (only a combining mark after it, never ASCII, could make it another character)."""
+    start = line.lstrip()[:2]
+    if start[:1] == ">" and (len(start) == 1 or start[1] < "\x80"):
+        return True
+    return _norm(line).startswith(">")
 
 
 def _attribution_span(lines: list[str], i: int) -> int:

@@ -21,6 +21,7 @@ hold every slot while real mail waits. The greeting names no software version.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +45,23 @@ TOO_IDLE = "421 4.7.0 Too many commands without a message; closing the connectio
 TRANSACTION = frozenset({"RCPT", "DATA", "QUIT"})
 
 Command = Callable[[str | None], Awaitable[None]]
+
+# MAIL FROM / RCPT TO as nearly every MTA writes them: "<dot-atom@dot-atom>" then nothing, or a space
+# and the ESMTP parameters. For these the standard library's address parser (which aiosmtpd calls,
+# defining a typing.Protocol class on every call) gives exactly the address and the parameters
+# matched here; every other form (a quoted local part, a domain literal, a route, comments, <>) is
+# still read by it.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)>(?:[ ]+([^\s(][^\r\n]*))?")
+
+
+def plain_path(arg: str) -> tuple[str, str] | None:
+    """(address, parameters) of a "<local@domain> PARAMS" argument in its plain form, or None when the
+    standard library's parser must read it."""
+    match = _PLAIN_PATH.fullmatch(arg)
+    if match is None:
+        return None
+    return match[1], match[2] or ""
 
 
 Stored = tuple[str, list[str], bytes]
@@ -172,6 +190,15 @@ def make_protocol_factory(handler: InboundHandler, config: Config) -> Callable[[
             # aiosmtpd dispatches through this table (built from the smtp_* methods, LHLO included):
             # wrapping it counts every command, whatever the protocol.
             self._smtp_methods = {name: self._counted(name, method) for name, method in self._smtp_methods.items()}
+
+        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+            plain = plain_path(arg)
+            if plain is None:
+                return super()._getaddr(arg)
+            address, rest = plain
+            if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+                return None, None  # as aiosmtpd's own check
+            return address, rest
 
         def connection_made(self, transport: Any) -> None:
             if self._address is None:

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.app import Cabinet, build
 from daemon.config import load_config
@@ -161,3 +162,62 @@ def test_a_backlog_is_worked_through_without_waiting_for_the_next_poll() -> None
 
     asyncio.run(asyncio.wait_for(run(), timeout=120))
     assert seen == [32, 32, 5, 0]
+
+
+def fail_at_commit(env: Env, table: str, condition: str) -> None:
+    """A real fault at COMMIT: a row of ``table`` matching ``condition`` (on NEW) makes the transaction
+    that wrote it fail when it commits, not when it inserts (a deferred check, as a full disk fails the
+    commit). PostgreSQL: a deferred constraint trigger; SQLite: a deferred foreign key to no row."""
+    try:
+        execute(env, "CREATE TABLE fault_parent (id INTEGER PRIMARY KEY)")
+        execute(env, "CREATE TABLE fault_child (parent_id INTEGER REFERENCES fault_parent(id) DEFERRABLE INITIALLY DEFERRED)")
+        execute(env, f"CREATE TRIGGER fault_at_commit AFTER INSERT ON {table} WHEN {condition} "
+                     "BEGIN INSERT INTO fault_child VALUES (42); END")
+    except Exception:  # PostgreSQL (its CREATE TABLE above went through: the trigger's syntax is SQLite's)
+        execute(env, "CREATE FUNCTION fault_at_commit() RETURNS trigger AS $$ BEGIN "
+                     "RAISE EXCEPTION 'disk on fire at commit'; END $$ LANGUAGE plpgsql")
+        execute(env, f"CREATE CONSTRAINT TRIGGER fault_at_commit AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED "
+                     f"FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION fault_at_commit()")
+
+
+def test_a_store_batch_whose_commit_fails_is_stored_message_by_message(cabinet: Cabinet, env: Env) -> None:
+    """The listener's concurrent DATAs share one transaction; when its commit fails, each message is
+    stored on its own: the bad one alone gets its error (a 451), the others one row each."""
+    reply_to = reply_address(cabinet)
+    fail_at_commit(env, "inbound", "NEW.mail_from = 'bad@roy.example'")
+    raws = [reply(reply_to, ACCOUNTANT, f"note {i}").as_bytes(policy=SMTP_POLICY) for i in range(4)]
+    messages = [(ACCOUNTANT, [reply_to], raws[0]), ("bad@roy.example", [reply_to], raws[1]),
+                (ACCOUNTANT, [reply_to], raws[2]), (ACCOUNTANT, [reply_to], raws[0]),  # the same bytes again
+                (ACCOUNTANT, [reply_to], raws[3])]
+    outcomes = cabinet.inbound.store_many(messages)
+    assert isinstance(outcomes[1], SQLAlchemyError)  # the listener answers it 451; the sender retries
+    good = [outcomes[i] for i in (0, 2, 3, 4)]
+    assert all(isinstance(i, int) for i in good) and good[0] == good[2] and len(set(good)) == 3
+    rows = env.sql("SELECT id, mail_from FROM inbound ORDER BY id")
+    assert sorted(r[0] for r in rows) == sorted(set(good)) and all(r[1] == ACCOUNTANT for r in rows)
+    # The same bytes once more (the sender's retry after a lost 250): the first copy's id, no new row.
+    assert cabinet.inbound.store_many([(ACCOUNTANT, [reply_to], raws[2]), (ACCOUNTANT, [reply_to], raws[3])]) \
+        == [good[1], good[3]]
+    assert env.sql("SELECT count(*) FROM inbound") == [(3,)]
+
+
+def test_a_processing_batch_whose_commit_fails_is_processed_message_by_message(cabinet: Cabinet, env: Env) -> None:
+    """Planned replies act together in one transaction; when its commit fails, each acts on its own:
+    the bad one's attempt fails alone (still received, retried later, the reason kept), the others are
+    processed once (one event, one forward each)."""
+    reply_to = reply_address(cabinet)
+    bodies = ["note one", "note two, the one that fails", "note three"]
+    ids = [cabinet.inbound.store(ACCOUNTANT, [reply_to], reply(reply_to, ACCOUNTANT, body).as_bytes(policy=SMTP_POLICY))
+           for body in bodies]
+    fail_at_commit(env, "events", "NEW.detail LIKE '%the one that fails%'")
+    assert cabinet.inbound.process_due() == 2
+    rows = env.sql("SELECT id, state, kind, attempts, last_error FROM inbound ORDER BY id")
+    assert [r[0] for r in rows] == ids
+    assert [r[1:4] for r in rows] == [("processed", "reply", 1), ("received", None, 1), ("processed", "reply", 1)]
+    assert rows[1][4]
+    events = env.sql("SELECT detail FROM events WHERE kind = 'reply.received' ORDER BY id")
+    assert len(events) == 2 and "note one" in events[0][0] and "note three" in events[1][0]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'") == [(2,)]
+    # Nothing is done twice when the bad one's retry comes round (it fails again; the others stay done).
+    assert cabinet.inbound.process(ids[1]) == 0
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind = 'reply_forwarded'") == [(2,)]

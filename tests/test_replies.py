@@ -5,8 +5,9 @@ from __future__ import annotations
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from daemon.replies import Command, parse_command, reply_text
+from daemon.replies import Command, _norm, _quoted, _strip_quotes, parse_command, reply_text
 from tests.mail_corpus import load, names
 
 ACCEPT, DECLINE = Command("accept", None), Command("decline", None)
@@ -162,3 +163,16 @@ def test_command(text: str, command: Command) -> None:
 )
 def test_not_a_command(text: str) -> None:
     assert parse_command(text) is None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(st.sampled_from([">", " ", "\t", "\u00a0", "\u3000", "\u0338", "\u0301", "a", "\uff1e", "\u2019",
+                                "\ufeff", "\u2003", "é"]), max_size=6))
+def test_a_quoted_line_is_found_without_normalising_it_as_with(line: str) -> None:
+    """The quick test for a quoted line says what the normalised line's first character says."""
+    assert _quoted(line) == _norm(line).startswith(">")
+
+
+def test_a_greater_than_that_composes_into_another_sign_is_no_quote() -> None:
+    assert not _quoted(">\u0338 not a quote")  # NFKC makes it "≯"
+    assert _strip_quotes("> quoted\n>\u0338 kept") == ">\u0338 kept"
