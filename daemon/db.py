@@ -18,7 +18,7 @@ PostgreSQL (``postgresql+psycopg://…``) gets a pooled engine with pre-ping and
 short transactions of its own per caller; the same Alembic migrations build
 its schema.
 
-A hot page's one-statement read (``ReadConnections``) skips the pool: it runs on a kept connection
+A hot page's one-statement read (``daemon.reads.ReadConnections``) skips the pool: it runs on a kept connection
 in autocommit, where a lone SELECT is its own snapshot, so it costs one round trip and no BEGIN,
 ROLLBACK or pre-ping.
 """
@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import QueuePool
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+
+    from daemon.reads import ReadConnections
     from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -97,12 +96,6 @@ SQLITE_THREADS = 32
 SQLITE_ENGINE_OPTIONS: dict[str, Any] = {"pool_size": SQLITE_THREADS, "max_overflow": 8}
 
 
-# Idle connections ReadConnections keeps. SQLite's hot reads run inline on the event loop (one at a time;
-# a thread's read now and then); on PostgreSQL each of serve's threads may be reading at once.
-SQLITE_READ_CONNECTIONS = 2
-POSTGRESQL_READ_CONNECTIONS = POSTGRESQL_ENGINE_OPTIONS["pool_size"] + POSTGRESQL_ENGINE_OPTIONS["max_overflow"]
-
-
 SQLITE_READONLY = 8  # sqlite3's primary result code; extended codes carry it in their low byte
 
 
@@ -131,130 +124,6 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql"):
         return create_engine(url, **POSTGRESQL_ENGINE_OPTIONS)
     return create_engine(url, pool_pre_ping=True)
-
-
-class ReadConnections:
-    """Connections kept for one-statement reads (``daemon.prepared.PreparedRead``), outside the pool.
-
-    A read by key is one statement, so it needs no transaction around it: on PostgreSQL the kept
-    connections are in autocommit (a lone SELECT is its own snapshot; with the pool's connections a
-    read cost a pre-ping, BEGIN, the SELECT and the ROLLBACK on return: four round trips for one);
-    SQLite runs a lone statement in its own read transaction anyway (no BEGIN: isolation_level None). Taking and
-    returning a kept connection is a deque's pop and append: no checkout, reset or events, which on
-    SQLite were a sixteenth of the link page's time on the event loop.
-
-    A connection is dropped on any error. A lost PostgreSQL connection (a server restart, an idle
-    timeout, a terminated backend) is not checked before use: a read that finds it lost drops every
-    kept connection and runs once more on a fresh one. ``engine.dispose()`` and a connection the
-    engine found lost (a SQLite file reopened read-only, ``_sqlite_read_only_connection``) also drop
-    them, so a read never keeps using a file the pool has let go of.
-    """
-
-    def __init__(self, engine: Engine, keep: int) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect
-        self._keep = keep
-        self._idle: deque[tuple[int, Any]] = deque()  # (generation, DBAPI connection), last used on the right
-        self._generation = 0
-        self._postgresql = engine.dialect.name == "postgresql"
-        self._error = engine.dialect.loaded_dbapi.Error
-        # In-memory SQLite lives in one connection: a second one would be another, empty, database.
-        self._own = isinstance(engine.pool, QueuePool)
-        event.listen(engine, "engine_disposed", self._drop_all)
-        event.listen(engine, "handle_error", self._engine_error)
-
-    def _drop_all(self, *_: Any) -> None:
-        self._generation += 1
-        while self._idle:
-            try:
-                _, connection = self._idle.pop()
-            except IndexError:
-                break
-            self._close(connection)
-
-    def _engine_error(self, context: Any) -> None:
-        if context.is_disconnect:
-            self._drop_all()
-
-    @staticmethod
-    def _close(connection: Any) -> None:
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - a connection already lost: nothing left to release
-            pass
-
-    def _take(self) -> tuple[int, Any, Any]:
-        """(generation, DBAPI connection, pooled wrapper to close instead, or None)."""
-        if not self._own:
-            pooled = self.engine.raw_connection()
-            return self._generation, pooled.dbapi_connection, pooled
-        while True:
-            try:
-                generation, connection = self._idle.pop()
-            except IndexError:
-                break
-            if generation == self._generation:
-                return generation, connection, None
-            self._close(connection)
-        generation = self._generation
-        # Opened by the pool, so its "connect" events run (SQLite's pragmas), then taken out of it.
-        pooled = self.engine.raw_connection()
-        connection = pooled.dbapi_connection
-        pooled.detach()
-        if self._postgresql:
-            connection.autocommit = True
-        return generation, connection, None
-
-    def _give_back(self, generation: int, connection: Any) -> None:
-        if generation == self._generation and len(self._idle) < self._keep:
-            self._idle.append((generation, connection))
-        else:
-            self._close(connection)
-
-    def execute(self, sql: str, parameters: Any, rows: int | None) -> list[Any]:
-        """Up to ``rows`` rows (None: all) of one statement in the driver's own SQL and parameter style.
-
-        Errors are SQLAlchemy's (``DBAPIError``), as ``Connection.execute`` raises them."""
-        for attempt in (1, 2):
-            try:
-                generation, connection, pooled = self._take()
-            except self._error as exc:  # connecting failed
-                raise DBAPIError.instance(None, None, exc, self._error, dialect=self.dialect) from exc
-            cursor = None
-            try:
-                cursor = connection.cursor()
-                for listener in self.engine.dispatch.before_cursor_execute:  # what tests count statements with
-                    listener(None, cursor, sql, parameters, None, False)
-                cursor.execute(sql, parameters)
-                found = cursor.fetchall() if rows is None else cursor.fetchmany(rows)
-                cursor.close()
-            except self._error as exc:
-                lost = self.dialect.is_disconnect(exc, connection, cursor)
-                if pooled is not None:
-                    if lost:
-                        pooled.invalidate(exc)
-                    pooled.close()
-                else:
-                    self._close(connection)
-                if lost:
-                    self._drop_all()  # its siblings went with it (a server restart): none is tried again
-                    if attempt == 1 and pooled is None:
-                        continue  # kept idle until the server dropped it: once more, on a fresh connection
-                raise DBAPIError.instance(
-                    sql, parameters, exc, self._error, connection_invalidated=lost, dialect=self.dialect,
-                ) from exc
-            except BaseException:
-                if pooled is not None:
-                    pooled.close()
-                else:
-                    self._close(connection)
-                raise
-            if pooled is not None:
-                pooled.close()
-            else:
-                self._give_back(generation, connection)
-            return found
-        raise AssertionError("unreachable")  # the second attempt returns or raises
 
 
 class _Group:
@@ -440,17 +309,18 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     engine (`cabinet client list --json`) spent a fifth of its start-up importing it."""
     from sqlalchemy.orm import sessionmaker
 
+    from daemon.reads import ReadConnections
+
     sessions = sessionmaker(engine, expire_on_commit=False)
     if engine.dialect.name == "sqlite":
         sessions.writer = GroupWriter(engine)  # type: ignore[attr-defined]
-    keep = SQLITE_READ_CONNECTIONS if engine.dialect.name == "sqlite" else POSTGRESQL_READ_CONNECTIONS
-    sessions.reads = ReadConnections(engine, keep)  # type: ignore[attr-defined]
+    sessions.reads = ReadConnections(engine)  # type: ignore[attr-defined]
     return sessions
 
 
 def read_connections(sessions: sessionmaker[Session]) -> ReadConnections:
     """The kept connections of Cabinet's session factory for one-statement reads (``PreparedRead``)."""
-    return cast(ReadConnections, sessions.reads)  # type: ignore[attr-defined]
+    return cast("ReadConnections", sessions.reads)  # type: ignore[attr-defined]
 
 
 def close_sessions(sessions: sessionmaker[Session]) -> None:

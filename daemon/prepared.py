@@ -1,7 +1,7 @@
 """A hot page's one read with the least machinery between it and the database driver.
 
 A Core ``SELECT`` is compiled once per engine into its dialect's SQL and parameter style, and each
-execution goes straight to the DBAPI cursor of a kept read connection (``daemon.db.ReadConnections``:
+execution goes straight to the DBAPI cursor of a kept read connection (``daemon.reads.ReadConnections``:
 autocommit on PostgreSQL, no pool checkout). The values come back typed by the
 statement's own column types (the result processors SQLAlchemy itself would apply), so the rows are
 the ones ``Connection.execute`` gives; what is skipped is the per-execution machinery around them
@@ -20,7 +20,7 @@ from typing import Any, Callable
 from sqlalchemy import Select
 from sqlalchemy.exc import MultipleResultsFound
 
-from daemon.db import ReadConnections
+from daemon.reads import ReadConnections
 
 
 class PreparedRead:
