@@ -17,7 +17,7 @@ from daemon.faults import storage_fault
 from daemon.link_opens import detail_text, invitation_detail
 from daemon.prepared import PreparedRead
 from daemon.roster import _INVITATION_PAGE
-from tests.conftest import Cli, Env, Seed
+from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, link_in
 
 
 @pytest.fixture
@@ -105,3 +105,24 @@ def test_a_database_that_is_gone_is_a_storage_fault_even_after_reads_kept_a_conn
         database.rmdir()
         hidden.rename(database)
     assert _page(cabinet, invitation_id).state == "pending"  # and reads again once it is back
+
+
+def test_the_server_reads_again_after_the_database_server_dropped_its_connections(
+    server: RunningServer, browser: Browser, seed: Seed, cli: Cli, env: Env, mailbox: Mailbox
+) -> None:
+    if env.is_sqlite:
+        pytest.skip("PostgreSQL backends are what this terminates")
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    link = link_in(mailbox.wait(seed.accountant, subject="Invitation", count=1)[-1])
+    assert browser.get(link).status_code == 200
+    browser.sign_in(link, seed.accountant)
+    assert "Marie Tremblay" in browser.get(link).text  # the signed-in visitor's read as well as the page's
+    # Every connection the server holds (the pool's, the kept ones for reads in threads and on the
+    # event loop) ends, as in a database restart.
+    ((ended,),) = env.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert ended >= 1
+    page = browser.get(link)
+    assert page.status_code == 200 and seed.company in page.text and "Marie Tremblay" in page.text

@@ -15,7 +15,6 @@ from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.errors import CabinetError, LinkError
 from daemon.config import LOCALES
-from daemon.db import read_connections
 from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
@@ -106,12 +105,14 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
-    """A hot page's one indexed read (``PreparedRead`` statements only), on the event loop, no thread.
+    """A hot page's one indexed read: on SQLite, inline on the event loop; elsewhere in a thread (``run``).
 
     A SQLite read in WAL mode takes no lock a writer holds and reads pages the OS has cached: it is
     over sooner than a thread hop (queue, wake-up, GIL hand-over, the loop's self-pipe) would be.
-    PostgreSQL's round trip is awaited on the loop (``daemon.reads.ReadConnections.call``)."""
-    return await read_connections(request.app[CABINET].sessions).call(fn, *args)
+    PostgreSQL's read is a network round trip: it keeps the thread."""
+    if request.app[CABINET].engine.dialect.name == "sqlite":
+        return fn(*args)
+    return await run(fn, *args)
 
 
 def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
