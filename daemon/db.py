@@ -18,9 +18,9 @@ PostgreSQL (``postgresql+psycopg://…``) gets a pooled engine with pre-ping and
 short transactions of its own per caller; the same Alembic migrations build
 its schema.
 
-A hot page's one-statement read (``daemon.reads.ReadConnections``) skips the pool: it runs on a kept connection
-in autocommit, where a lone SELECT is its own snapshot, so it costs one round trip and no BEGIN,
-ROLLBACK or pre-ping.
+A hot page's one-statement read (``daemon.reads.ReadConnections``) skips the
+pool: it runs on a kept connection, in autocommit on PostgreSQL, where a lone
+SELECT is its own snapshot: one round trip, no BEGIN, ROLLBACK or pre-ping.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransac
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.orm import Session, sessionmaker
 
     from daemon.reads import ReadConnections
-    from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
