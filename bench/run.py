@@ -59,11 +59,13 @@ class Row:
 
 
 class Databases:
-    """A fresh database per instance: SQLite in its folder, or one on a PostgreSQL server."""
+    """A fresh database per instance: SQLite in its folder, or one on a PostgreSQL server, dropped by
+    ``drop_all`` at the end (a bench run used to leave a database per path behind)."""
 
     def __init__(self, postgres: str | None) -> None:
         self.postgres = postgres
         self.count = 0
+        self.created: list[str] = []
 
     def new(self) -> str:
         if not self.postgres:
@@ -74,7 +76,22 @@ class Databases:
         with engine.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         engine.dispose()
+        self.created.append(name)
         return make_url(self.postgres).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        """Drop every database this run created (WITH (FORCE): an instance that did not stop cleanly
+        may still hold a connection)."""
+        if not self.created:
+            return
+        engine = create_engine(self.postgres, isolation_level="AUTOCOMMIT")  # type: ignore[arg-type]
+        try:
+            with engine.connect() as conn:
+                while self.created:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.created[-1]}" WITH (FORCE)')
+                    self.created.pop()
+        finally:
+            engine.dispose()
 
 
 # --- wrk -------------------------------------------------------------------
@@ -430,8 +447,11 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+            dbs.drop_all()
         else:
             print(f"work folder kept: {work}")
+            if dbs.created:
+                print(f"PostgreSQL databases kept: {', '.join(dbs.created)}")
     print()
     print(report(rows, "PostgreSQL" if args.postgres else "SQLite (embedded default)"))
 

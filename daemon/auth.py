@@ -12,17 +12,19 @@ import asyncio
 import hashlib
 import secrets
 from datetime import timedelta
+from functools import cached_property
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.clock import Clock
-from daemon.db import SINGLE_READ, engine_of, write_transaction
+from daemon.db import read_connections, write_transaction
 from daemon.domain import normalise_email
 from daemon.errors import AuthenticationFailed, InvalidInput
 from daemon.models import Firm, Membership, User, WebSession
 from daemon.passwords import Passwords
+from daemon.prepared import PreparedRead
 from daemon.roster import Roster, user_view_of
 from daemon.throttle import SignInThrottle
 from daemon.views import UserView
@@ -73,13 +75,16 @@ class WebSessions:
             s.execute(delete(WebSession).where(WebSession.user_id == user_id, WebSession.expires_at <= now))
         return token
 
+    @cached_property
+    def _session_user(self) -> PreparedRead:
+        return PreparedRead(read_connections(self._sessions), _SESSION_USER)
+
     def user(self, token: str | None) -> UserView | None:
         """The staff member signed in with ``token``; None for no, an expired or a disabled account's session."""
         if not token:
             return None
-        # One statement of plain columns, no Session and no BEGIN.
-        with engine_of(self._sessions).connect() as connection:
-            rows = connection.execution_options(**SINGLE_READ).execute(_SESSION_USER, {"id": _digest(token)}).all()
+        # One statement of plain columns on a read connection (daemon.prepared): no Session, no BEGIN.
+        rows = self._session_user.all(id=_digest(token))
         if not rows or rows[0].expires_at <= self._clock.now():
             return None
         return user_view_of(rows)

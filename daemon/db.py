@@ -17,6 +17,10 @@ returns before its group is durable.
 PostgreSQL (``postgresql+psycopg://…``) gets a pooled engine with pre-ping and
 short transactions of its own per caller; the same Alembic migrations build
 its schema.
+
+A hot page's one-statement read (``daemon.reads.ReadConnections``) skips the
+pool: it runs on a kept connection, in autocommit on PostgreSQL, where a lone
+SELECT is its own snapshot: one round trip, no BEGIN, ROLLBACK or pre-ping.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransac
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
     from sqlalchemy.orm import Session, sessionmaker
+
+    from daemon.reads import ReadConnections
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -303,10 +309,18 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     engine (`cabinet client list --json`) spent a fifth of its start-up importing it."""
     from sqlalchemy.orm import sessionmaker
 
+    from daemon.reads import ReadConnections
+
     sessions = sessionmaker(engine, expire_on_commit=False)
     if engine.dialect.name == "sqlite":
         sessions.writer = GroupWriter(engine)  # type: ignore[attr-defined]
+    sessions.reads = ReadConnections(engine)  # type: ignore[attr-defined]
     return sessions
+
+
+def read_connections(sessions: sessionmaker[Session]) -> ReadConnections:
+    """The kept connections of Cabinet's session factory for one-statement reads (``PreparedRead``)."""
+    return cast("ReadConnections", sessions.reads)  # type: ignore[attr-defined]
 
 
 def close_sessions(sessions: sessionmaker[Session]) -> None:

@@ -1,15 +1,15 @@
 """A hot page's one read with the least machinery between it and the database driver.
 
 A Core ``SELECT`` is compiled once per engine into its dialect's SQL and parameter style, and each
-execution goes straight to the DBAPI cursor of a pooled connection. The values come back typed by the
+execution goes straight to the DBAPI cursor of a kept read connection (``daemon.reads.ReadConnections``:
+autocommit on PostgreSQL, no pool checkout). The values come back typed by the
 statement's own column types (the result processors SQLAlchemy itself would apply), so the rows are
 the ones ``Connection.execute`` gives; what is skipped is the per-execution machinery around them
-(execution context, compiled-cache lookup, event dispatch, ``BEGIN``/``ROLLBACK`` bookkeeping), most
-of the cost of a read that takes the driver a few microseconds.
+(execution context, compiled-cache lookup, pool checkout and reset, ``BEGIN``/``ROLLBACK``), most of
+the cost of a read that takes the driver a few microseconds.
 
-Driver errors are raised as SQLAlchemy's (``DBAPIError.instance``), a lost connection is dropped from
-the pool, as ``Connection.execute`` does: callers and the web adapter's fault handling see no
-difference.
+Driver errors are raised as SQLAlchemy's (``DBAPIError.instance``) and a lost connection is dropped,
+as ``Connection.execute`` does: callers and the web adapter's fault handling see no difference.
 """
 
 from __future__ import annotations
@@ -17,22 +17,25 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any, Callable
 
-from sqlalchemy import Engine, Select
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound
+from sqlalchemy import Select
+from sqlalchemy.exc import MultipleResultsFound
+
+from daemon.reads import ReadConnections
 
 
 class PreparedRead:
-    """``statement`` for ``engine``: ``one_or_none(**binds)`` returns a named tuple of its columns or None.
+    """``statement`` on ``reads``: ``one_or_none(**binds)`` returns a named tuple of its columns or None,
+    ``all(**binds)`` a list of them.
 
     Only plain bind parameters (no expanding ``IN``, no literal execution): what a page's read by key needs.
     """
 
-    def __init__(self, engine: Engine, statement: Select[Any]) -> None:
-        dialect = engine.dialect
+    def __init__(self, reads: ReadConnections, statement: Select[Any]) -> None:
+        dialect = reads.dialect
         compiled = statement.compile(dialect=dialect)
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise ValueError("a prepared read takes plain bind parameters only")
-        self._engine = engine
+        self._reads = reads
         self._sql = compiled.string
         self._names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
         # Values the statement carries itself (a literal in a WHERE clause), processed once.
@@ -50,7 +53,6 @@ class PreparedRead:
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
         self._row = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
-        self._error = dialect.loaded_dbapi.Error
 
     def _parameters(self, binds: dict[str, Any]) -> Any:
         for name, processor in self._bind_processors.items():
@@ -60,35 +62,16 @@ class PreparedRead:
             return binds
         return [binds[name] for name in self._names]
 
-    def one_or_none(self, **binds: Any) -> Any:
-        parameters = self._parameters(binds)
-        try:
-            raw = self._engine.raw_connection()
-        except self._error as exc:  # connecting failed (the pool hands out the driver's own error)
-            raise DBAPIError.instance(
-                None, None, exc, self._error, connection_invalidated=False, dialect=self._engine.dialect,
-            ) from exc
-        try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(self._sql, parameters)
-                row = cursor.fetchone()
-                extra = cursor.fetchone() if row is not None else None
-            finally:
-                cursor.close()
-        except self._error as exc:
-            lost = self._engine.dialect.is_disconnect(exc, raw.dbapi_connection, None)
-            if lost:
-                raw.invalidate(exc)
-            raise DBAPIError.instance(
-                self._sql, parameters, exc, self._error, connection_invalidated=lost, dialect=self._engine.dialect,
-            ) from exc
-        finally:
-            raw.close()  # back to the pool (which ends the read's transaction where the driver opened one)
-        if extra is not None:
-            raise MultipleResultsFound("Multiple rows were found when one or none was required")
-        if row is None:
-            return None
+    def _typed(self, row: Any) -> Any:
         return self._row._make(
             value if processor is None else processor(value) for processor, value in zip(self._processors, row)
         )
+
+    def one_or_none(self, **binds: Any) -> Any:
+        rows = self._reads.execute(self._sql, self._parameters(binds), 2)
+        if len(rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return self._typed(rows[0]) if rows else None
+
+    def all(self, **binds: Any) -> list[Any]:
+        return [self._typed(row) for row in self._reads.execute(self._sql, self._parameters(binds), None)]

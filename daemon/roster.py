@@ -22,7 +22,7 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
-from daemon.db import SINGLE_READ, engine_of, rows_changed, write_connection
+from daemon.db import read_connections, rows_changed, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -284,8 +284,7 @@ class Roster(DomainService):
     def get_user(self, user_id: int) -> UserView:
         """The signed-in staff member, read on every signed-in request: one statement of plain rows
         (the user with each firm, in name order), no Session and no BEGIN."""
-        with engine_of(self._sessions).connect() as connection:
-            rows = connection.execution_options(**SINGLE_READ).execute(_USER_WITH_FIRMS, {"id": user_id}).all()
+        rows = self._user_with_firms.all(id=user_id)
         if not rows:
             raise NotFound("staff.missing")
         return user_view_of(rows)
@@ -696,7 +695,16 @@ class Roster(DomainService):
     @cached_property
     def _invitation_page(self) -> PreparedRead:
         # Compiled for this engine on first use; straight to the driver after that (daemon.prepared).
-        return PreparedRead(engine_of(self._sessions), _INVITATION_PAGE)
+        return PreparedRead(read_connections(self._sessions), _INVITATION_PAGE)
+
+    @cached_property
+    def _user_with_firms(self) -> PreparedRead:
+        return PreparedRead(read_connections(self._sessions), _USER_WITH_FIRMS)
+
+    @cached_property
+    def _accept_read(self) -> PreparedRead:
+        reads = read_connections(self._sessions)
+        return PreparedRead(reads, ACCEPT_READ[reads.dialect.name])
 
     def open_invitation(self, token: str) -> InvitationView:
         """What an invitation link shows. Reads only: opening a link changes nothing."""
@@ -757,11 +765,8 @@ class Roster(DomainService):
         refusal (its exact error is then the locked path's)."""
         now = self._clock.now()
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
-        with engine_of(self._sessions).connect() as connection:
-            # One statement is one snapshot: no BEGIN around it (see daemon.accept_read).
-            row = connection.execution_options(**SINGLE_READ).execute(
-                ACCEPT_READ[connection.dialect.name], {"id": ref.id, "user_id": user_id, "firm_id": firm_id}
-            ).one_or_none()
+        # One statement is one snapshot: no BEGIN around it (see daemon.accept_read).
+        row = self._accept_read.one_or_none(id=ref.id, user_id=user_id, firm_id=firm_id)
         if row is None or row.nonce != ref.bound:
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
         if (row.state != InvitationState.PENDING or now >= row.expires_at or row.user_email != row.email

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from daemon.app import build
 from daemon.config import load_config
-from daemon.db import engine_of
+from daemon.db import engine_of, read_connections
 from daemon.faults import storage_fault
 from daemon.link_opens import detail_text, invitation_detail
 from daemon.prepared import PreparedRead
@@ -41,7 +41,7 @@ def test_the_invitation_page_read_gives_the_rows_core_gives(cli: Cli, seed: Seed
         ids = [row[0] for row in env.sql("SELECT id FROM invitations ORDER BY id")]
         assert pending in ids and len(ids) == 4
         engine = engine_of(cabinet.sessions)
-        prepared = PreparedRead(engine, _INVITATION_PAGE)
+        prepared = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
         states = set()
         for invitation_id in [*ids, 999_999]:
             binds: dict[str, Any] = {"id": invitation_id, "opened_detail": detail_text(invitation_detail(invitation_id))}
@@ -68,13 +68,13 @@ def test_a_failing_read_raises_sqlalchemys_error_and_gives_its_connection_back(c
     try:
         engine = engine_of(cabinet.sessions)
         missing = Table("no_such_table", MetaData(), Column("id", Integer))
-        prepared = PreparedRead(engine, select(missing.c.id).where(missing.c.id == bindparam("id")))
+        prepared = PreparedRead(read_connections(cabinet.sessions), select(missing.c.id).where(missing.c.id == bindparam("id")))
         with pytest.raises(DBAPIError) as raised:
             prepared.one_or_none(id=1)
         assert raised.value.statement and "no_such_table" in raised.value.statement
         assert engine.pool.checkedout() == 0
         # The same read works again on the same pool: nothing was left broken.
-        again = PreparedRead(engine, _INVITATION_PAGE)
+        again = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
         assert again.one_or_none(id=1, opened_detail="") is None
     finally:
         cabinet.close()
@@ -95,7 +95,7 @@ def test_a_lost_database_is_a_storage_fault_not_a_bug(cli: Cli, env: Env) -> Non
         database.mkdir()  # a folder where the file was: SQLite cannot open it
         try:
             with pytest.raises(DBAPIError) as raised:
-                PreparedRead(engine, _INVITATION_PAGE).one_or_none(id=1, opened_detail="")
+                PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE).one_or_none(id=1, opened_detail="")
             assert storage_fault(raised.value) is not None
         finally:
             database.rmdir()

@@ -1,0 +1,159 @@
+"""Connections kept for a hot page's one-statement reads (``daemon.prepared.PreparedRead``), outside the pool.
+
+A read by key is one statement, so it needs no transaction around it. On PostgreSQL the kept
+connections are in autocommit: a lone SELECT is its own snapshot, one round trip, where a pooled
+connection cost a pre-ping, BEGIN, the SELECT and the ROLLBACK on return. SQLite runs a lone
+statement in its own read transaction anyway (its connections have no automatic BEGIN). Taking and
+returning a kept connection is a deque's pop and append: no checkout, reset or pool events, which on
+SQLite were a sixteenth of the link page's time on the event loop.
+
+The web adapter runs these reads inline on the event loop on SQLite and in a thread on PostgreSQL
+(``daemon.web.context.read``). Measured on PostgreSQL (link GET, A/B on one machine): awaiting the
+statement on the loop instead (psycopg's ``AsyncConnection``, the domain's read in a greenlet) cost
+more loop time than the thread hop (its wait machinery was a third of the loop's samples) and served
+0.6-0.8x as many pages; blocking the loop for the round trip served 1.0-1.1x as many as before but
+under the thread hop's 1.5-2.4x.
+
+Nothing is checked before use: a connection is dropped on any error, and a read that finds its
+PostgreSQL connection lost (a server restart, an idle timeout, a terminated backend) drops every kept
+connection and runs once more on a fresh one. ``engine.dispose()`` and a connection the engine found
+lost (a SQLite file reopened read-only, see ``db._sqlite_read_only_connection``) drop them too, so a
+read never keeps a file or a server the pool has let go of.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
+
+from daemon.db import POSTGRESQL_ENGINE_OPTIONS
+
+# Idle connections kept. SQLite's hot reads run inline on the event loop (one at a time; a thread's
+# read now and then). On PostgreSQL each of serve's threads (as many as the pool has connections,
+# daemon/service.py) may be reading at once: one each, so a busy server never closes one only to
+# open another (a new backend per read) on the next request.
+SQLITE_KEPT = 2
+POSTGRESQL_KEPT = POSTGRESQL_ENGINE_OPTIONS["pool_size"] + POSTGRESQL_ENGINE_OPTIONS["max_overflow"]
+
+
+class ReadConnections:
+    """``execute`` runs one statement on a kept connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        postgresql = engine.dialect.name == "postgresql"
+        self._keep = POSTGRESQL_KEPT if postgresql else SQLITE_KEPT
+        self._idle: deque[tuple[int, Any]] = deque()  # (generation, DBAPI connection), last used on the right
+        self._generation = 0
+        self._postgresql = postgresql
+        self._error = engine.dialect.loaded_dbapi.Error
+        # In-memory SQLite lives in one connection: a second one would be another, empty, database.
+        self._own = isinstance(engine.pool, QueuePool)
+        event.listen(engine, "engine_disposed", self.drop_all)
+        event.listen(engine, "handle_error", self._engine_error)
+
+    def drop_all(self, *_: Any) -> None:
+        """Close every idle connection; those in use are closed when their read ends."""
+        self._generation += 1
+        while self._idle:
+            try:
+                _, connection = self._idle.pop()
+            except IndexError:
+                break
+            _close(connection)
+
+    def _engine_error(self, context: Any) -> None:
+        if context.is_disconnect:
+            self.drop_all()
+
+    def statement_seen(self, cursor: Any, sql: str, parameters: Any) -> None:
+        """The engine's ``before_cursor_execute`` listeners hear of the statement (tests count with them)."""
+        for listener in self.engine.dispatch.before_cursor_execute:
+            listener(None, cursor, sql, parameters, None, False)
+
+    def lost(self, exc: BaseException, sql: str | None, parameters: Any, connection_invalidated: bool) -> DBAPIError:
+        return DBAPIError.instance(
+            sql, parameters, exc, self._error, connection_invalidated=connection_invalidated, dialect=self.dialect,
+        )
+
+    def _take(self) -> tuple[int, Any, Any]:
+        """(generation, DBAPI connection, pooled wrapper to close instead, or None)."""
+        if not self._own:
+            pooled = self.engine.raw_connection()
+            return self._generation, pooled.dbapi_connection, pooled
+        while True:
+            try:
+                generation, connection = self._idle.pop()
+            except IndexError:
+                break
+            if generation == self._generation:
+                return generation, connection, None
+            _close(connection)
+        generation = self._generation
+        # Opened by the pool, so its "connect" events run (SQLite's pragmas), then taken out of it.
+        pooled = self.engine.raw_connection()
+        connection = pooled.dbapi_connection
+        pooled.detach()
+        if self._postgresql:
+            connection.autocommit = True
+        return generation, connection, None
+
+    def _give_back(self, generation: int, connection: Any) -> None:
+        if generation == self._generation and len(self._idle) < self._keep:
+            self._idle.append((generation, connection))
+        else:
+            _close(connection)
+
+    def execute(self, sql: str, parameters: Any, rows: int | None) -> list[Any]:
+        """Up to ``rows`` rows (None: all) of one statement in the driver's own SQL and parameter style.
+
+        Errors are SQLAlchemy's (``DBAPIError``), as ``Connection.execute`` raises them."""
+        for attempt in (1, 2):
+            try:
+                generation, connection, pooled = self._take()
+            except self._error as exc:  # connecting failed
+                raise self.lost(exc, None, None, False) from exc
+            cursor = None
+            try:
+                cursor = connection.cursor()
+                self.statement_seen(cursor, sql, parameters)
+                cursor.execute(sql, parameters)
+                found = cursor.fetchall() if rows is None else cursor.fetchmany(rows)
+                cursor.close()
+            except self._error as exc:
+                lost = self.dialect.is_disconnect(exc, connection, cursor)
+                if pooled is not None:
+                    if lost:
+                        pooled.invalidate(exc)
+                    pooled.close()
+                else:
+                    _close(connection)
+                if lost:
+                    self.drop_all()  # its siblings went with it (a server restart): none is tried again
+                    if attempt == 1 and pooled is None:
+                        continue  # kept idle until the server dropped it: once more, on a fresh connection
+                raise self.lost(exc, sql, parameters, lost) from exc
+            except BaseException:
+                if pooled is not None:
+                    pooled.close()
+                else:
+                    _close(connection)
+                raise
+            if pooled is not None:
+                pooled.close()
+            else:
+                self._give_back(generation, connection)
+            return found
+        raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
+def _close(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - a connection already lost: nothing left to release
+        pass

@@ -1,0 +1,128 @@
+"""The hot reads' kept connections (daemon.db.ReadConnections): one statement each, outside the pool,
+committed data only, and a connection the server dropped is replaced without the reader noticing."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from daemon.app import Cabinet, build
+from daemon.config import load_config
+from daemon.db import engine_of, read_connections
+from daemon.faults import storage_fault
+from daemon.link_opens import detail_text, invitation_detail
+from daemon.prepared import PreparedRead
+from daemon.roster import _INVITATION_PAGE
+from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, link_in
+
+
+@pytest.fixture
+def cabinet(env: Env) -> Iterator[Cabinet]:
+    built = build(load_config(env.config_path))
+    yield built
+    built.close()
+
+
+def _invitation(cli: Cli, seed: Seed, env: Env) -> int:
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    return int(env.sql("SELECT id FROM invitations")[0][0])
+
+
+def _page(cabinet: Cabinet, invitation_id: int) -> Any:
+    read = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
+    return read.one_or_none(id=invitation_id, opened_detail=detail_text(invitation_detail(invitation_id)))
+
+
+def test_a_read_sees_committed_rows_only_and_leaves_no_transaction_open(
+    cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
+) -> None:
+    invitation_id = _invitation(cli, seed, env)
+    assert _page(cabinet, invitation_id).state == "pending"
+    other = create_engine(env.database_url, poolclass=NullPool)
+    try:
+        with other.connect() as connection:
+            transaction = connection.begin()
+            changed = connection.execute(text("UPDATE invitations SET state = 'revoked' WHERE id = :id"),
+                                         {"id": invitation_id})
+            assert changed.rowcount == 1
+            # Not committed yet: the read does not see it (and on SQLite, a writer holding its lock
+            # does not block it).
+            assert _page(cabinet, invitation_id).state == "pending"
+            transaction.commit()
+        # Committed: the very next read sees it, on the same kept connection (no snapshot held over
+        # from the read before).
+        assert _page(cabinet, invitation_id).state == "revoked"
+    finally:
+        other.dispose()
+    if not env.is_sqlite:  # the kept connection sits idle, not "idle in transaction" on a snapshot
+        assert env.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND state = 'idle in transaction'") == [(0,)]
+    assert engine_of(cabinet.sessions).pool.checkedout() == 0
+
+
+def test_a_connection_the_server_dropped_is_replaced_on_the_next_read(
+    cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
+) -> None:
+    if env.is_sqlite:
+        pytest.skip("a PostgreSQL backend is what this terminates")
+    invitation_id = _invitation(cli, seed, env)
+    reads = read_connections(cabinet.sessions)
+    ((before,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
+    assert _page(cabinet, invitation_id).state == "pending"
+    # An administrator (or a restart, or an idle timeout) ends the kept connection's backend.
+    assert env.sql("SELECT pg_terminate_backend(:pid)", pid=before) == [(True,)]
+    # The next read finds it lost, drops it and reads on a new connection: the caller sees its row.
+    assert _page(cabinet, invitation_id).state == "pending"
+    ((after,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
+    assert after != before
+    assert env.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid", pid=before) == [(0,)]
+
+
+def test_a_database_that_is_gone_is_a_storage_fault_even_after_reads_kept_a_connection(
+    cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
+) -> None:
+    if not env.is_sqlite:
+        pytest.skip("the SQLite file is what this takes away")
+    invitation_id = _invitation(cli, seed, env)
+    assert _page(cabinet, invitation_id).state == "pending"  # a connection is kept now
+    # Disposing of the engine (as after a fault) lets go of the kept connections too: the next read
+    # opens the file again, and finds it gone.
+    engine_of(cabinet.sessions).dispose()
+    database = env.database
+    assert not isinstance(database, str)
+    hidden = database.with_name(database.name + ".away")
+    database.rename(hidden)
+    database.mkdir()
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            _page(cabinet, invitation_id)
+        assert storage_fault(raised.value) is not None
+    finally:
+        database.rmdir()
+        hidden.rename(database)
+    assert _page(cabinet, invitation_id).state == "pending"  # and reads again once it is back
+
+
+def test_the_server_reads_again_after_the_database_server_dropped_its_connections(
+    server: RunningServer, browser: Browser, seed: Seed, cli: Cli, env: Env, mailbox: Mailbox
+) -> None:
+    if env.is_sqlite:
+        pytest.skip("PostgreSQL backends are what this terminates")
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    link = link_in(mailbox.wait(seed.accountant, subject="Invitation", count=1)[-1])
+    assert browser.get(link).status_code == 200
+    browser.sign_in(link, seed.accountant)
+    assert "Marie Tremblay" in browser.get(link).text  # the signed-in visitor's read as well as the page's
+    # Every connection the server holds (the pool's, the kept ones for reads in threads and on the
+    # event loop) ends, as in a database restart.
+    ((ended,),) = env.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert ended >= 1
+    page = browser.get(link)
+    assert page.status_code == 200 and seed.company in page.text and "Marie Tremblay" in page.text
