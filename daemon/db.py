@@ -57,11 +57,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 WRITE = {"cabinet_write": True}
 
 
-# One SELECT on its own needs no BEGIN: SQLite runs a lone statement in its own read transaction (one
-# snapshot), which saves a hot page (the invitation link) a statement per request.
-SINGLE_READ = {"cabinet_single_read": True}
-
-
 def _sqlite_begin(conn: Any) -> None:
     # A write transaction takes the lock up front, so two writers queue on
     # busy_timeout instead of one failing with "database is locked" when it
@@ -69,7 +64,7 @@ def _sqlite_begin(conn: Any) -> None:
     options = conn.get_execution_options()
     if options.get("cabinet_write"):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    elif not options.get("cabinet_single_read"):
+    else:
         conn.exec_driver_sql("BEGIN")
 
 
