@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -262,14 +263,17 @@ class Client(Base):
 
 
 class FirmClientCount(Base):
-    """How many clients a firm has with one status and billing: kept by triggers on ``clients``
-    (migration 0016), never written by the application; the roster's numbers are SUMs of these rows."""
+    """How many clients a firm has with one status and billing, spread over slots: kept by triggers on
+    ``clients`` (migrations 0016, 0017), never written by the application; the roster's numbers are
+    SUMs of these rows (a key's slots let concurrent transactions add clients to one firm without
+    waiting for each other on PostgreSQL; SQLite uses slot 0)."""
 
     __tablename__ = "firm_client_counts"
 
     firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), primary_key=True)
     status: Mapped[str] = mapped_column(String(30), primary_key=True)
     billing: Mapped[str] = mapped_column(String(20), primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     clients: Mapped[int]
 
 

@@ -5,7 +5,8 @@ Read-only. Every method is scoped to the firms of the signed-in user as the requ
 statement looks the memberships up again), and issues a fixed number of statements whatever the size
 of the roster (Core selects with joins; no lazy loading), so a page costs the same at 10 and at
 100,000 clients. The roster's numbers (the navigation's, the plain roster's and its filters') are
-sums of ``firm_client_counts``, which the database keeps (migration 0016), not counts of the roster.
+sums of ``firm_client_counts``, which the database keeps (migrations 0016, 0017: a key's rows summed
+over its slots), not counts of the roster.
 """
 
 from __future__ import annotations

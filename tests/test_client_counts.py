@@ -1,10 +1,12 @@
-"""The roster's numbers kept by the database (migration 0016): ``firm_client_counts`` equals a COUNT(*)
-of the roster per (firm, status, billing) after every path that writes a client — the CLI, the
-domain, an accepted invitation (a new entry, or a merge with an entry added without QuickBooks), a
-completed setup, payment details, a lapsed trial, a completed billing transfer, a contact edit, raw
-SQL (a move, a delete) and a bulk Core insert; the migration fills it from a roster already there
-and its downgrade removes it; and on PostgreSQL, transactions adding and moving clients of the same
-firms at once all commit and leave it exact.
+"""The roster's numbers kept by the database (migrations 0016, 0017): ``firm_client_counts``, summed
+over its slots, equals a COUNT(*) of the roster per (firm, status, billing) after every path that
+writes a client — the CLI, the domain, an accepted invitation (a new entry, or a merge with an entry
+added without QuickBooks), a completed setup, payment details, a lapsed trial, a completed billing
+transfer, a contact edit, raw SQL (a move, a delete) and a bulk Core insert; 0016 fills it from a
+roster already there and its downgrade removes it; 0017 keeps the numbers into its slots and back;
+and on PostgreSQL, transactions adding and moving clients of the same firms at once all commit and
+leave it exact, and two adding a client to the same firm, status and billing do not wait for each
+other.
 
 Runs on SQLite, and on PostgreSQL when ``CABINET_TEST_DATABASE_URL`` is set (see conftest)."""
 
@@ -27,13 +29,15 @@ from daemon.onboarding import NewClient
 from tests.conftest import Cli, Env, FakeClock, Mailbox, RunningServer, Seed, any_link_in, fresh_database_url
 
 Counts = dict[tuple[int, str, str], int]
+SUMMED = "SELECT firm_id, status, billing, sum(clients) FROM firm_client_counts GROUP BY firm_id, status, billing"
 
 
 def kept_counts(env: Env) -> Counts:
-    """The counter, checked against the roster it counts (a row may stay at 0, never below)."""
+    """The counter, summed over its slots, checked against the roster it counts (a key's sum may stay
+    at 0, never below; one slot's row may: it sums changes, not clients)."""
     counted = {(int(f), s, b): int(n) for f, s, b, n in env.sql(
         "SELECT firm_id, status, billing, count(*) FROM clients GROUP BY firm_id, status, billing")}
-    rows = env.sql("SELECT firm_id, status, billing, clients FROM firm_client_counts")
+    rows = env.sql(SUMMED)
     assert all(n >= 0 for *_, n in rows), rows
     kept = {(int(f), s, b): int(n) for f, s, b, n in rows if n}
     assert kept == counted
@@ -204,14 +208,14 @@ def test_the_migration_counts_the_roster_already_there_and_its_downgrade_removes
                              {"firm": firm, "name": f"client {n}", "billing": billing, "status": status, "now": now})
         db.upgrade(engine)
         with engine.connect() as conn:
-            kept = set(conn.execute(text("SELECT firm_id, status, billing, clients FROM firm_client_counts")).all())
+            kept = set(conn.execute(text(SUMMED)).all())
         assert kept == {(1, "active", "none", 3), (1, "trial", "direct", 2), (2, "active", "none", 1),
                         (2, "discount lapsed", "direct", 1)}
         # ...and from then on the triggers keep it.
         with engine.begin() as conn:
             conn.execute(text("UPDATE clients SET status = 'active' WHERE firm_id = 1 AND status = 'trial'"))
         with engine.connect() as conn:
-            kept = set(conn.execute(text("SELECT firm_id, status, billing, clients FROM firm_client_counts")).all())
+            kept = set(conn.execute(text(SUMMED)).all())
         assert (1, "trial", "direct", 0) in kept and (1, "active", "direct", 2) in kept
 
         downgrade(engine, "0015")
@@ -294,3 +298,105 @@ def test_concurrent_adds_and_moves_of_the_same_firms_clients_all_commit_and_stay
     assert failures == []
     kept = kept_counts(env)
     assert sum(kept.values()) == workers * (4 + rounds)
+
+
+def insert_client(conn: Any, firm: int, name: str, status: str = "active", billing: str = "none") -> None:
+    conn.execute(text("INSERT INTO clients (firm_id, kind, name, name_key, search_key, billing, status, created_at) "
+                      "VALUES (:firm, 'individual', :name, :name, :name, :billing, :status, :now)"),
+                 {"firm": firm, "name": name, "billing": billing, "status": status,
+                  "now": datetime(2026, 1, 2, tzinfo=timezone.utc)})
+
+
+def counted_and_kept(engine: Any) -> tuple[Counts, Counts]:
+    with engine.connect() as conn:
+        counted = {(f, s, b): n for f, s, b, n in conn.execute(text(
+            "SELECT firm_id, status, billing, count(*) FROM clients GROUP BY firm_id, status, billing"))}
+        kept = {(f, s, b): int(n) for f, s, b, n in conn.execute(text(SUMMED)) if n}
+    return counted, kept
+
+
+def test_the_slots_keep_the_numbers_of_0016_and_give_them_back_on_downgrade(tmp_path: Path) -> None:
+    """0016 -> 0017 keeps every key's number (in slot 0); the slots' triggers keep it through writes
+    in several transactions (several slots on PostgreSQL); the downgrade folds them into one row per
+    key, and 0016's triggers keep it from there."""
+    engine = db.make_engine(fresh_database_url(tmp_path))
+    try:
+        db.upgrade(engine, "0016")
+        with engine.begin() as conn:
+            for firm in (1, 2):
+                conn.execute(text("INSERT INTO firms (id, name, name_key, email, created_at) "
+                                  "VALUES (:id, :name, :key, 'b@t.example', :now)"),
+                             {"id": firm, "name": f"Firm {firm}", "key": f"firm {firm}",
+                              "now": datetime(2026, 1, 2, tzinfo=timezone.utc)})
+            for n in range(5):
+                insert_client(conn, 1, f"before {n}", status="trial" if n < 2 else "active")
+            insert_client(conn, 2, "before 9")
+        counted, kept = counted_and_kept(engine)
+        assert kept == counted == {(1, "trial", "none"): 2, (1, "active", "none"): 3, (2, "active", "none"): 1}
+
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            rows = set(conn.execute(text("SELECT firm_id, status, billing, slot, clients FROM firm_client_counts")))
+        assert rows == {(1, "trial", "none", 0, 2), (1, "active", "none", 0, 3), (2, "active", "none", 0, 1)}
+        # Writes in separate transactions: adds, a move to another firm and status, a delete.
+        for n in range(6):
+            with engine.begin() as conn:
+                insert_client(conn, 1 + n % 2, f"after {n}")
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE clients SET firm_id = 2, status = 'trial' WHERE name = 'before 3'"))
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM clients WHERE name IN ('before 0', 'after 1')"))
+        counted, kept = counted_and_kept(engine)
+        assert kept == counted == {(1, "trial", "none"): 1, (1, "active", "none"): 5, (2, "active", "none"): 3,
+                                   (2, "trial", "none"): 1}
+        with engine.connect() as conn:
+            slots = {s for (s,) in conn.execute(text("SELECT DISTINCT slot FROM firm_client_counts"))}
+        assert slots == {0} if engine.dialect.name == "sqlite" else len(slots) > 1
+
+        downgrade(engine, "0016")
+        assert "slot" not in {c["name"] for c in inspect(engine).get_columns("firm_client_counts")}
+        with engine.connect() as conn:
+            rows = {(f, s, b): n for f, s, b, n in conn.execute(text(
+                "SELECT firm_id, status, billing, clients FROM firm_client_counts"))}
+        assert {key: n for key, n in rows.items() if n} == counted  # one row per key, folded
+        with engine.begin() as conn:  # 0016's triggers keep it from there
+            insert_client(conn, 2, "after downgrade", status="trial")
+            conn.execute(text("UPDATE clients SET status = 'trial' WHERE name = 'after 0'"))
+        counted, kept = counted_and_kept(engine)
+        assert kept == counted and counted[(2, "trial", "none")] == 2 and counted[(1, "trial", "none")] == 2
+        db.upgrade(engine)  # and up again
+        assert counted_and_kept(engine)[1] == counted
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.skipif("CABINET_TEST_DATABASE_URL" not in __import__("os").environ,
+                    reason="PostgreSQL's concurrent writers (SQLite has one writer at a time)")
+def test_two_open_transactions_adding_a_client_to_the_same_key_do_not_wait_for_each_other(
+    seed: Seed, env: Env
+) -> None:
+    """The first transaction adds a client to a firm and stays open; the second adds one with the same
+    firm, status and billing: its INSERT returns without waiting for the first's counter row (its
+    ``lock_timeout`` fails it at once if it waits; on 0016's one row per key, it waited). The second
+    is taken in another slot than the first (up to 16 open transactions are, as their ids follow
+    each other; two whose ids are 16 apart share a slot and serialise, as every one did before)."""
+    url = load_config(env.config_path).database_url
+    engine = create_engine(url, pool_size=2, max_overflow=0)
+    firm = firm_id(env, seed.firm)
+    slot_of = text("SELECT mod(txid_current(), 16)")
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            with first.begin():
+                insert_client(first, firm, "first")
+                first_slot = first.execute(slot_of).scalar()
+                while True:  # another transaction on the server may have taken the ids between
+                    second.begin()
+                    if second.execute(slot_of).scalar() != first_slot:
+                        break
+                    second.rollback()
+                second.execute(text("SET LOCAL lock_timeout = '50ms'"))
+                insert_client(second, firm, "second")  # would wait for the first's COMMIT on 0016
+                second.commit()
+        assert kept_counts(env) == {(firm, "active", "none"): 2}
+    finally:
+        engine.dispose()

@@ -22,7 +22,8 @@ key is then already there for the next one.
 
 A later migration that rebuilds ``clients`` on SQLite (Alembic's batch mode copies the table) drops
 these triggers with it, as it drops 0015's search triggers, and must create them again
-(``create_sqlite_count_triggers``, then ``rebuild_counts``). PostgreSQL's triggers survive
+(``create_sqlite_count_triggers``, then ``rebuild_counts``: since 0017 spread the counter over slots,
+0017's functions of those names, for its shape). PostgreSQL's triggers survive
 ``ALTER TABLE``. A full ``pg_dump`` restores the counter as dumped (triggers are created after the
 data); a data-only restore into a migrated database needs ``--disable-triggers``, as for any table
 kept by triggers.
