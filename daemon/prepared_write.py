@@ -76,14 +76,14 @@ class PreparedWrite:
     """
 
     def __init__(self, statement: Insert | Update, column_keys: Sequence[str] | None = None) -> None:
-        self._statement = statement
+        self.statement = statement  # the Core statement, as ``Connection.execute`` would run it
         self._column_keys = tuple(column_keys) if column_keys else None
         self._by_dialect: dict[int, _Compiled] = {}  # keyed by the engine's dialect object
 
     def compiled(self, dialect: Dialect) -> _Compiled:
         found = self._by_dialect.get(id(dialect))
         if found is None:
-            found = self._by_dialect[id(dialect)] = _Compiled(self._statement, dialect, self._column_keys)
+            found = self._by_dialect[id(dialect)] = _Compiled(self.statement, dialect, self._column_keys)
         return found
 
     def one(self, connection: Connection, binds: dict[str, Any]) -> Any:
