@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any, Callable
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
@@ -78,12 +79,14 @@ class PreparedWrite:
     def __init__(self, statement: Insert | Update, column_keys: Sequence[str] | None = None) -> None:
         self.statement = statement  # the Core statement, as ``Connection.execute`` would run it
         self._column_keys = tuple(column_keys) if column_keys else None
-        self._by_dialect: dict[int, _Compiled] = {}  # keyed by the engine's dialect object
+        # A cache, as SQLAlchemy's compiled cache on each engine is: one entry per engine's dialect,
+        # gone with it (weak keys: an id could be reused by another engine's dialect).
+        self._by_dialect: WeakKeyDictionary[Dialect, _Compiled] = WeakKeyDictionary()
 
     def compiled(self, dialect: Dialect) -> _Compiled:
-        found = self._by_dialect.get(id(dialect))
+        found = self._by_dialect.get(dialect)
         if found is None:
-            found = self._by_dialect[id(dialect)] = _Compiled(self.statement, dialect, self._column_keys)
+            found = self._by_dialect[dialect] = _Compiled(self.statement, dialect, self._column_keys)
         return found
 
     def one(self, connection: Connection, binds: dict[str, Any]) -> Any:
