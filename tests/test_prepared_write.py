@@ -26,9 +26,14 @@ def _token(sent: str) -> str:
 
 
 def _newest(connection: Connection, table: Table, count: int) -> list[dict[str, Any]]:
-    """The newest ``count`` rows of ``table``, without their ids (a rolled-back sequence moves on)."""
+    """The newest ``count`` rows of ``table``, without their ids (a rolled-back sequence moves on): as
+    SQLAlchemy reads them, and as the driver gives them (the stored text of a SQLite datetime)."""
     rows = connection.execute(select(table).order_by(table.c.id.desc()).limit(count)).all()
-    return [{key: value for key, value in row._mapping.items() if key != "id"} for row in rows]
+    raw = connection.exec_driver_sql(f"SELECT * FROM {table.name} ORDER BY id DESC LIMIT {count}")
+    names = [column[0] for column in raw.cursor.description]
+    return [{key: value for key, value in row._mapping.items() if key != "id"} for row in rows] + [
+        {"raw": {name: value for name, value in zip(names, row) if name != "id"}} for row in raw.fetchall()
+    ]
 
 
 def _both_ways(
