@@ -56,9 +56,11 @@ from daemon.models import (
     OutboxMessage,
     User,
     WebSession,
+    search_key,
 )
 from daemon.notices import Notice
 from daemon.prepared import PreparedRead
+from daemon.prepared_write import PreparedWrite
 from daemon.tokens import Purpose
 from daemon.views import ClientView, CompanyView, FirmView, InvitationView, UserView
 
@@ -204,12 +206,23 @@ _RECONNECT = {
 }
 
 # A new roster entry, unless one with the same company or name got there first (both unique per firm).
+# The accept's inserts, compiled once per engine and run on the write connection's cursor
+# (``PreparedWrite``): the columns each execution gives, search_key included (its Python default
+# needs an execution context).
+_CLIENT_COLUMNS = ("firm_id", "company_id", "kind", "name", "name_key", "email", "billing", "status",
+                   "connected_at", "created_at", "search_key")
 _CLIENT_INSERT = {
-    name: dialect.insert(Client.__table__).on_conflict_do_nothing().returning(*Client.__table__.columns)
+    name: PreparedWrite(
+        dialect.insert(Client.__table__).on_conflict_do_nothing().returning(*Client.__table__.columns),
+        _CLIENT_COLUMNS,
+    )
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 
-_EVENT_INSERT = insert(Event.__table__)
+_EVENT_INSERT = PreparedWrite(
+    insert(Event.__table__),
+    ("at", "kind", "actor", "channel", "firm_id", "company_id", "client_id", "detail"),  # Roster._event_values
+)
 
 
 class Roster(DomainService):
@@ -805,7 +818,7 @@ class Roster(DomainService):
             client = self._connect_planned(connection, plan)
         except TransitionLost:
             raise _Replan() from None
-        connection.execute(_EVENT_INSERT, self._event_values(
+        _EVENT_INSERT.one(connection, self._event_values(
             "invitation.accepted", read.user_email, channel, firm_id=plan.firm_id, company_id=read.id,
             client_id=client.id, invitation_id=read.invitation_id,
         ))
@@ -834,11 +847,12 @@ class Roster(DomainService):
         if plan.client is None:
             # Nothing overwritten: a row another writer added since (the same company, or the same name)
             # makes this insert nothing, and the locked path says what it found.
-            inserted = connection.execute(_CLIENT_INSERT[connection.dialect.name], {
+            inserted = _CLIENT_INSERT[connection.dialect.name].one(connection, {
                 "firm_id": plan.firm_id, "company_id": read.id, "kind": read.kind, "name": read.name,
                 "name_key": read.name_key, "email": read.admin_email, "billing": billing,
                 "status": ClientStatus.ACTIVE.value, "connected_at": plan.now, "created_at": plan.now,
-            }).first()
+                "search_key": search_key(read.name),
+            })
             if inserted is None:
                 raise _Replan()
             return inserted

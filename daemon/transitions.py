@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Row as CoreRow, bindparam, inspect, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, inspect, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from daemon.db import rows_changed
 from daemon.errors import InvalidState
+from daemon.prepared_write import PreparedWrite
 from daemon.models import BillingTransfer, Client, InboundMessage, Invitation, OutboxMessage, SetupInvitation
 
 #: Called with (table, row id, wanted state) just before a transition's UPDATE.
@@ -128,9 +129,15 @@ class Transition:
         self._table = model.__tablename__
         self._to = str(to)
         self._expected = tuple(str(state) for state in expected)
-        self._statement = (
+        # Compiled once per engine and run on the connection's cursor (``PreparedWrite``): OR of
+        # equalities, not IN, whose expanding parameter is rendered at each execution.
+        self._statement = PreparedWrite(
             update(table)
-            .where(table.c.id == bindparam("transition_row_id"), table.c[column.key].in_(self._expected), *where)
+            .where(
+                table.c.id == bindparam("transition_row_id"),
+                or_(*(table.c[column.key] == state for state in self._expected)),
+                *where,
+            )
             .values({column.key: self._to, **values})
             .returning(*table.columns)
         )
@@ -138,10 +145,10 @@ class Transition:
 
     def run(
         self, connection: Connection, row_id: int, checkpoint: Checkpoint = no_checkpoint, **binds: Any
-    ) -> CoreRow[Any]:
-        """Move the row; returns it as it is now, or raises ``TransitionLost`` saying what it is."""
+    ) -> Any:
+        """Move the row; returns it (a named tuple of its columns) as it is now, or raises ``TransitionLost`` saying what it is."""
         checkpoint(self._table, row_id, self._to)
-        fresh = connection.execute(self._statement, {"transition_row_id": row_id, **binds}).first()
+        fresh = self._statement.one(connection, {"transition_row_id": row_id, **binds})
         if fresh is None:
             current = connection.scalar(self._current, {"transition_row_id": row_id})
             raise TransitionLost(self._table, row_id, self._to, self._expected, current)

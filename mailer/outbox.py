@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.clock import Clock
 from daemon.db import rows_changed, write_connection, write_transaction
 from daemon.models import OutboxMessage
+from daemon.prepared_write import PreparedWrite
 from daemon.notices import Notice
 from daemon.rawmail import storable
 from daemon.tokens import LinkSigner, Purpose
@@ -65,6 +66,13 @@ SPEAKS_FOR = {
 
 
 _INSERT = insert(OutboxMessage.__table__)
+# ``queue_prepared``'s insert, compiled once per engine and run on the write connection's cursor: the
+# columns ``Outbox.prepare`` gives (every one with a Python default among them).
+_PREPARED_COLUMNS = (
+    "message_id", "ref", "kind", "envelope_from", "recipient", "subject", "raw", "content", "state", "attempts",
+    "created_at", "queued_at", "next_attempt_at", "invitation_id", "company_id", "firm_id", "audience",
+)
+_PREPARED_INSERT = PreparedWrite(_INSERT, _PREPARED_COLUMNS)
 
 # What a claim reads of its row: what sending it and composing it (``Outbox.compose``) need.
 _CLAIMED = [OutboxMessage.__table__.c[name] for name in (
@@ -147,8 +155,7 @@ class Outbox:
 
     def queue_prepared(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         """Insert prepared rows in the caller's transaction (a Core write): one executemany, no ORM flush."""
-        if rows:
-            connection.execute(_INSERT, rows)
+        _PREPARED_INSERT.many(connection, rows)
 
     def _values(self, content: dict[str, Any]) -> dict[str, Any]:
         # ``now`` for deadlines ("in 47 hours"), ``to_name`` for the greeting (a name, never an address).

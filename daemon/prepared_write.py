@@ -1,0 +1,129 @@
+"""A hot write's Core INSERT/UPDATE with the least machinery between it and the database driver.
+
+``daemon.prepared`` does this for reads; here the statement runs inside the caller's write
+transaction, on its connection's DBAPI cursor. The statement is compiled once per engine (dialect)
+into its SQL and parameter style; each execution only processes its binds with the types'
+own bind processors and hands them to the driver. RETURNING rows come back typed by the columns'
+result processors, as ``Connection.execute`` gives them. Skipped: the execution context, the
+compiled-cache lookup and the result object, most of the cost of a statement the driver runs in
+a few microseconds (an accept's four writes were ~1.1 ms of CPU inside the write lock).
+
+Driver errors go through the connection's own handler (``handle_error`` listeners, invalidation of a
+lost connection, ``DBAPIError.instance``), so fault handling sees what ``Connection.execute`` raises.
+The engine's ``before_cursor_execute`` listeners still hear of each statement (tests count them).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Sequence
+from typing import Any, Callable
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import Connection, Insert, Update
+from sqlalchemy.engine import Dialect
+
+
+class _Compiled:
+    """One statement compiled for one dialect."""
+
+    def __init__(self, statement: Insert | Update, dialect: Dialect, column_keys: Sequence[str] | None) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            raise ValueError("a prepared write takes plain bind parameters only (no IN list)")
+        if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+            # A Python-side column default needs an execution context: the caller supplies the value.
+            raise ValueError("a prepared write needs every column with a Python default given")
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        self.fixed: dict[str, Any] = {}  # values the statement carries itself (a state literal), processed once
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in compiled.bind_names.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if not bind.required:
+                value = bind.effective_value
+                self.fixed[name] = value if processor is None else processor(value)
+            elif processor is not None:
+                self.processors[name] = processor
+        returning = list(compiled.statement._returning) if compiled.statement._returning else []
+        self.result_processors: list[Callable[[Any], Any] | None] = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returning
+        ]
+        self.row = namedtuple("Row", [column.key for column in returning]) if returning else None  # type: ignore[misc]
+
+    def parameters(self, binds: dict[str, Any]) -> Any:
+        binds = dict(binds)
+        for name, processor in self.processors.items():
+            if name in binds:
+                binds[name] = processor(binds[name])
+        binds.update(self.fixed)
+        if self.names is None:
+            return binds
+        return [binds[name] for name in self.names]
+
+    def typed(self, row: Any) -> Any:
+        assert self.row is not None
+        return self.row._make(
+            value if processor is None else processor(value) for processor, value in zip(self.result_processors, row)
+        )
+
+
+class PreparedWrite:
+    """``statement`` (a Core INSERT or UPDATE, RETURNING or not) run on a write connection.
+
+    ``column_keys`` names the columns an INSERT without ``values()`` is given at execution (every
+    execution must give all of them). ``one(connection, **binds)`` returns the first RETURNING row
+    (a named tuple of its columns) or None; ``many(connection, rows)`` runs an executemany.
+    """
+
+    def __init__(self, statement: Insert | Update, column_keys: Sequence[str] | None = None) -> None:
+        self.statement = statement  # the Core statement, as ``Connection.execute`` would run it
+        self._column_keys = tuple(column_keys) if column_keys else None
+        # A cache, as SQLAlchemy's compiled cache on each engine is: one entry per engine's dialect,
+        # gone with it (weak keys: an id could be reused by another engine's dialect).
+        self._by_dialect: WeakKeyDictionary[Dialect, _Compiled] = WeakKeyDictionary()
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        found = self._by_dialect.get(dialect)
+        if found is None:
+            found = self._by_dialect[dialect] = _Compiled(self.statement, dialect, self._column_keys)
+        return found
+
+    def one(self, connection: Connection, binds: dict[str, Any]) -> Any:
+        compiled = self.compiled(connection.dialect)
+        parameters = compiled.parameters(binds)
+        cursor = self._cursor(connection)
+        try:
+            _heard(connection, cursor, compiled.sql, parameters, False)
+            cursor.execute(compiled.sql, parameters)
+            row = cursor.fetchone() if compiled.row is not None else None
+            cursor.close()
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
+            raise  # pragma: no cover - the handler always raises
+        return None if row is None else compiled.typed(row)
+
+    def many(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        compiled = self.compiled(connection.dialect)
+        parameters = [compiled.parameters(row) for row in rows]
+        cursor = self._cursor(connection)
+        try:
+            _heard(connection, cursor, compiled.sql, parameters, True)
+            cursor.executemany(compiled.sql, parameters)
+            cursor.close()
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
+            raise  # pragma: no cover - the handler always raises
+
+    @staticmethod
+    def _cursor(connection: Connection) -> Any:
+        # The connection's own DBAPI connection: the statement is part of the caller's transaction.
+        return connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def _heard(connection: Connection, cursor: Any, sql: str, parameters: Any, executemany: bool) -> None:
+    """The engine's ``before_cursor_execute`` listeners hear of the statement, as they do from ``execute``."""
+    for listener in connection.engine.dispatch.before_cursor_execute:
+        listener(connection, cursor, sql, parameters, None, executemany)
