@@ -23,6 +23,46 @@ from sqlalchemy.exc import MultipleResultsFound
 from daemon.reads import ReadConnections
 
 
+class Compiled:
+    """A statement compiled once for one dialect: its SQL, its binds as the driver takes them (each
+    through its column type's processor; values the statement carries itself, processed once) and its
+    rows typed by its columns' result processors. Shared by reads (here) and writes
+    (``daemon.prepared_write``)."""
+
+    def __init__(self, compiled: Any, dialect: Any, columns: list[Any]) -> None:
+        self.sql: str = compiled.string
+        self.names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        self.fixed: dict[str, Any] = {}
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in compiled.bind_names.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if not bind.required:
+                value = bind.effective_value
+                self.fixed[name] = value if processor is None else processor(value)
+            elif processor is not None:
+                self.processors[name] = processor
+        self.result_processors: list[Callable[[Any], Any] | None] = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
+        self.row = namedtuple("Row", [column.key for column in columns]) if columns else None  # type: ignore[misc]
+
+    def parameters(self, binds: dict[str, Any]) -> Any:
+        binds = dict(binds)
+        for name, processor in self.processors.items():
+            if name in binds:
+                binds[name] = processor(binds[name])
+        binds.update(self.fixed)
+        if self.names is None:
+            return binds
+        return [binds[name] for name in self.names]
+
+    def typed(self, row: Any) -> Any:
+        assert self.row is not None
+        return self.row._make(
+            value if processor is None else processor(value) for processor, value in zip(self.result_processors, row)
+        )
+
+
 class PreparedRead:
     """``statement`` on ``reads``: ``one_or_none(**binds)`` returns a named tuple of its columns or None,
     ``all(**binds)`` a list of them.
@@ -36,42 +76,14 @@ class PreparedRead:
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise ValueError("a prepared read takes plain bind parameters only")
         self._reads = reads
-        self._sql = compiled.string
-        self._names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-        # Values the statement carries itself (a literal in a WHERE clause), processed once.
-        self._fixed: dict[str, Any] = {}
-        self._bind_processors: dict[str, Callable[[Any], Any]] = {}
-        for bind, name in compiled.bind_names.items():
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if not bind.required:
-                value = bind.effective_value
-                self._fixed[name] = value if processor is None else processor(value)
-            elif processor is not None:
-                self._bind_processors[name] = processor
-        columns = list(statement.selected_columns)
-        self._processors: list[Callable[[Any], Any] | None] = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
-        ]
-        self._row = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
-
-    def _parameters(self, binds: dict[str, Any]) -> Any:
-        for name, processor in self._bind_processors.items():
-            binds[name] = processor(binds[name])
-        binds.update(self._fixed)
-        if self._names is None:
-            return binds
-        return [binds[name] for name in self._names]
-
-    def _typed(self, row: Any) -> Any:
-        return self._row._make(
-            value if processor is None else processor(value) for processor, value in zip(self._processors, row)
-        )
+        self._compiled = Compiled(compiled, dialect, list(statement.selected_columns))
 
     def one_or_none(self, **binds: Any) -> Any:
-        rows = self._reads.execute(self._sql, self._parameters(binds), 2)
+        rows = self._reads.execute(self._compiled.sql, self._compiled.parameters(binds), 2)
         if len(rows) > 1:
             raise MultipleResultsFound("Multiple rows were found when one or none was required")
-        return self._typed(rows[0]) if rows else None
+        return self._compiled.typed(rows[0]) if rows else None
 
     def all(self, **binds: Any) -> list[Any]:
-        return [self._typed(row) for row in self._reads.execute(self._sql, self._parameters(binds), None)]
+        compiled = self._compiled
+        return [compiled.typed(row) for row in self._reads.execute(compiled.sql, compiled.parameters(binds), None)]

@@ -15,17 +15,18 @@ The engine's ``before_cursor_execute`` listeners still hear of each statement (t
 
 from __future__ import annotations
 
-from collections import namedtuple
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
 
+from daemon.prepared import Compiled
 
-class _Compiled:
-    """One statement compiled for one dialect."""
+
+class _Compiled(Compiled):
+    """One write statement compiled for one dialect."""
 
     def __init__(self, statement: Insert | Update, dialect: Dialect, column_keys: Sequence[str] | None) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
@@ -34,38 +35,8 @@ class _Compiled:
         if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
             # A Python-side column default needs an execution context: the caller supplies the value.
             raise ValueError("a prepared write needs every column with a Python default given")
-        self.sql = compiled.string
-        self.names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-        self.fixed: dict[str, Any] = {}  # values the statement carries itself (a state literal), processed once
-        self.processors: dict[str, Callable[[Any], Any]] = {}
-        for bind, name in compiled.bind_names.items():
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if not bind.required:
-                value = bind.effective_value
-                self.fixed[name] = value if processor is None else processor(value)
-            elif processor is not None:
-                self.processors[name] = processor
         returning = list(compiled.statement._returning) if compiled.statement._returning else []
-        self.result_processors: list[Callable[[Any], Any] | None] = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returning
-        ]
-        self.row = namedtuple("Row", [column.key for column in returning]) if returning else None  # type: ignore[misc]
-
-    def parameters(self, binds: dict[str, Any]) -> Any:
-        binds = dict(binds)
-        for name, processor in self.processors.items():
-            if name in binds:
-                binds[name] = processor(binds[name])
-        binds.update(self.fixed)
-        if self.names is None:
-            return binds
-        return [binds[name] for name in self.names]
-
-    def typed(self, row: Any) -> Any:
-        assert self.row is not None
-        return self.row._make(
-            value if processor is None else processor(value) for processor, value in zip(self.result_processors, row)
-        )
+        super().__init__(compiled, dialect, returning)
 
 
 class PreparedWrite:
