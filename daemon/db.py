@@ -145,7 +145,8 @@ class GroupWriter:
     full or old group) commits the group: one fsync for all its units. A unit
     that fails rolls back to its savepoint only; a COMMIT that fails (disk
     full) fails every unit of that group, so nobody is told "done" for work
-    that is not durable.
+    that is not durable; so does a unit that loses the connection (a file
+    found read-only), at once, and the units queued behind it start a new group.
 
     Background units (inbound processing) give way: one does not start while a
     foreground unit (an SMTP store, a click) waits, and ``contended`` tells a
@@ -280,7 +281,11 @@ class GroupWriter:
             try:
                 yield connection, group
             finally:
-                if self._should_commit(group):
+                # A unit that lost the connection (SQLite found its file read-only, see
+                # _sqlite_read_only_connection) lost the group's transaction with it: the group ends now,
+                # failing its members, so that the units queued behind start afresh instead of each
+                # failing on the dead connection until one finds nobody behind it.
+                if connection.invalidated or self._should_commit(group):
                     self._finish(group)
         finally:
             self._owner = None

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import create_engine, event, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from daemon.app import build
+from daemon.app import Cabinet, build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
-from daemon.faults import EX_TEMPFAIL
+from daemon.db import engine_of, write_transaction
+from daemon.faults import EX_TEMPFAIL, storage_fault
 from daemon.health import Health
-from tests.conftest import PASSWORD, SERVER_DATABASES, Browser, Cli, Env, FakeClock, RunningServer, free_port
+from tests.conftest import (
+    PASSWORD, SERVER_DATABASES, WAIT_TIMEOUT, Browser, Cli, Env, FakeClock, RunningServer, free_port, wait_until,
+)
 
 
 def _chattr(flag: str, paths: list[Path]) -> None:
@@ -130,3 +135,130 @@ def test_readyz_reports_an_outbox_that_is_not_moving(env: Env, cli: Cli, clock: 
         assert env.sql("SELECT id FROM heartbeat") != []  # the check wrote its row
     finally:
         cabinet.close()
+
+
+# The race behind a first `/readyz` that still said "readonly" once the SQLite file was writable again.
+# A connection SQLite opened while its file was immutable stays read-only. The first write on it fails
+# and drops it (db._sqlite_read_only_connection), but the group writer kept its group open on the
+# dropped connection for the units queued behind: each of them, the health check's retry included,
+# failed there too, until one found nobody behind it. Now the group ends with the unit that lost the
+# connection, and the units behind it start afresh on a new one.
+
+def _pool_opened_while_down(env: Env, sessions: sessionmaker[Session]) -> None:
+    """Every pooled connection is one opened while the database was down, as a busy server opens
+    more when its readers and writers overlap."""
+    engine = engine_of(sessions)
+    with database_down(env):
+        engine.dispose()
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+
+@pytest.fixture
+def cabinet_on_sqlite(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
+    if not env.is_sqlite:
+        pytest.skip("SQLite's group writer; PostgreSQL's transactions do not queue on one connection")
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cabinet = build(load_config(env.config_path), clock=clock)
+    # A group is committed early once it is 50 ms old; here the threads that queue behind a unit may take
+    # longer than that to start on a busy machine, and the race needs them in the same group.
+    cabinet.sessions.writer._max_age = WAIT_TIMEOUT  # type: ignore[attr-defined]
+    yield cabinet
+    cabinet.close()
+
+
+def test_a_write_that_finds_the_connection_read_only_fails_alone_and_the_check_behind_it_says_ready(
+    env: Env, clock: FakeClock, cabinet_on_sqlite: Cabinet,
+) -> None:
+    sessions = cabinet_on_sqlite.sessions
+    writer = sessions.writer  # type: ignore[attr-defined]
+    health = Health(sessions, clock)
+    assert health.problems() == []
+    _pool_opened_while_down(env, sessions)
+    outcomes: dict[str, object] = {}
+    inside, queued = threading.Event(), threading.Event()
+
+    def background_write() -> None:  # as the outbox worker's
+        try:
+            with write_transaction(sessions, background=True) as s:
+                inside.set()
+                queued.wait()
+                s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))  # read-only: fails, drops the connection
+            outcomes["background"] = "committed"
+        except Exception as exc:  # noqa: BLE001 - what it failed with is the assertion
+            outcomes["background"] = storage_fault(exc)
+
+    def readiness() -> None:
+        outcomes["health"] = health.problems()
+
+    def other_write() -> None:
+        with write_transaction(sessions) as s:
+            s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))
+        outcomes["other"] = "committed"
+
+    threads = [threading.Thread(target=background_write)]
+    threads[0].start()
+    inside.wait()
+    for target in (readiness, other_write):
+        threads.append(threading.Thread(target=target))
+        threads[-1].start()
+    wait_until(lambda: writer._waiting == 2, what="the check and another write to queue behind the first")
+    queued.set()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {
+        "background": "the database is unavailable (attempt to write a readonly database)",
+        "health": [],
+        "other": "committed",
+    }
+
+
+def test_the_check_that_finds_the_connection_read_only_with_a_write_queued_behind_it_says_ready(
+    env: Env, clock: FakeClock, cabinet_on_sqlite: Cabinet,
+) -> None:
+    sessions = cabinet_on_sqlite.sessions
+    writer = sessions.writer  # type: ignore[attr-defined]
+    health = Health(sessions, clock)
+    assert health.problems() == []
+    _pool_opened_while_down(env, sessions)
+    outcomes: dict[str, object] = {}
+    inside = threading.Event()
+
+    def hold_the_first_heartbeat(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        # The check's own write waits, holding the writer, until another write queues behind it.
+        if "heartbeat" in statement and not inside.is_set():
+            inside.set()
+            wait_until(lambda: writer._waiting == 1, what="a write to queue behind the check")
+
+    engine = engine_of(sessions)
+    event.listen(engine, "before_cursor_execute", hold_the_first_heartbeat)
+    orig = writer._should_commit
+    def sc(g):
+        r = orig(g); c = writer._connection
+        print("should_commit", r, "waiting", writer._waiting, "invalid", c.invalidated, threading.current_thread().name)
+        return r
+    writer._should_commit = sc
+    ob = writer._begin
+    def b():
+        c = writer._connection
+        print("begin: conn", c is not None and c.invalidated, "group", writer._group is not None, threading.current_thread().name)
+        return ob()
+    writer._begin = b
+
+    def readiness() -> None:
+        outcomes["health"] = health.problems()
+
+    def other_write() -> None:
+        with write_transaction(sessions) as s:
+            s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))
+        outcomes["other"] = "committed"
+
+    threads = [threading.Thread(target=readiness)]
+    threads[0].start()
+    inside.wait()
+    threads.append(threading.Thread(target=other_write))
+    threads[-1].start()
+    for thread in threads:
+        thread.join()
+    event.remove(engine, "before_cursor_execute", hold_the_first_heartbeat)
+    assert outcomes == {"health": [], "other": "committed"}
