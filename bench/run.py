@@ -5,6 +5,9 @@
     ./bench/run.sh --postgres URL          on a PostgreSQL server (a maintenance DB URL)
     ./bench/run.sh --big                   also the 100k client list, the 1M-row roster and the pages
     ./bench/run.sh --only pages            the roster and client pages at 100k clients (p99 < 50 ms)
+    ./bench/run.sh --only floor            the floors (bench/floors.py): a minimal Python link GET and
+                                           accept, against the same ceilings
+    ./bench/run.sh --only link_get,accept,floor   also Cabinet's ratio as a fraction of the floor's
 
 The server under test (Cabinet or the ceiling) is pinned to core 0 and the load
 generator to core 1; rounds alternate A/B so drift in the machine's speed hits
@@ -30,7 +33,7 @@ from typing import Callable
 import httpx
 from sqlalchemy import Engine, create_engine, make_url
 
-from bench import pages, seed
+from bench import floors, pages, seed
 from bench.instance import LOAD_CPU, SERVER_CPU, Ceiling, Instance, pinned, wait_until
 from bench.stats import median, spread
 
@@ -53,6 +56,7 @@ class Row:
     cabinet: list[Sample] = field(default_factory=list)
     ceiling: list[Sample] = field(default_factory=list)
     note: str = ""
+    name: str = ""  # the path's name, for comparing Cabinet's row with its floor's (``report``)
 
     def ratios(self) -> list[float]:
         return [c.rate / b.rate for c, b in zip(self.cabinet, self.ceiling) if b.rate]
@@ -148,13 +152,14 @@ def alternate(rounds: int, row: Row, run_cabinet: Callable[[int], Sample], run_c
 
 
 def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
-    row = Row("link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4)
+    row = Row("link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="link_get")
     inst = Instance(work / "links", dbs.new())
     inst.cli("init")
     seeded = seed.seed_invitations(inst.config, 1000)
     inst.start()
     try:
         size = len(httpx.get(inst.base_url + seeded.invitation_paths[0]).content)
+        args.page_size = args.page_size or size  # the floor's page, when it runs next
         requests = write_requests(work / "links.txt", [("GET", p, "", "") for p in seeded.invitation_paths])
         ceiling = Ceiling(work, "static", str(size))
         try:
@@ -184,7 +189,7 @@ def _signed_in(base_url: str) -> tuple[str, str]:
 
 
 def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
-    row = Row("accept POST (own invitation, signed in, CSRF)", "accepts/s", 0.2)
+    row = Row("accept POST (own invitation, signed in, CSRF)", "accepts/s", 0.2, name="accept")
     per_round = args.accepts
     inst = Instance(work / "accept", dbs.new())
     inst.cli("init")
@@ -211,6 +216,91 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
     finally:
         inst.stop()
     return row
+
+
+def _cabinet_page_size(work: Path, dbs: Databases) -> int:
+    """The size of Cabinet's invitation page as a new visitor gets it (for the floor's page)."""
+    inst = Instance(work / "page-size", dbs.new())
+    inst.cli("init")
+    seeded = seed.seed_invitations(inst.config, 1)
+    inst.start()
+    try:
+        return len(httpx.get(inst.base_url + seeded.invitation_paths[0]).content)
+    finally:
+        inst.stop()
+
+
+def _count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
+    """The floors (``bench/floors.py``) against the same ceilings, with the same load, pinning and
+    alternation as ``link_get`` and ``accept``. Always on SQLite."""
+    size = args.page_size or _cabinet_page_size(work, dbs)
+    get_row = Row("floor: link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="floor_get")
+    links = floors.seed(work / "floor-get", 1000)
+    requests = write_requests(work / "floor-links.txt", [("GET", p, "", "") for p in links.paths])
+    server = Ceiling(work, "get", str(work / "floor-get"), str(size), module="bench.floors")
+    try:
+        ceiling = Ceiling(work, "static", str(size))
+        try:
+            alternate(args.rounds, get_row, lambda r: wrk(f"http://127.0.0.1:{server.port}", requests, 32, args.duration),
+                      lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration))
+        finally:
+            ceiling.stop()
+    finally:
+        server.stop()
+    get_row.note = f"page {size} bytes (Cabinet's)"
+
+    per_round = args.accepts
+    accept_row = Row("floor: accept POST (own invitation, signed in, CSRF, 2 emails sent)", "accepts/s", 0.2,
+                     name="floor_accept")
+    seeded = floors.seed(work / "floor-accept", per_round * args.rounds)
+    count_file = work / "floor-sink.count"
+    sink = Ceiling(work, "sink", str(count_file), cpu=LOAD_CPU)
+    server = Ceiling(work, "accept", str(work / "floor-accept"), str(sink.port), module="bench.floors")
+    drains: list[float] = []
+    overall: list[float] = []
+    body = f"csrf_token={seeded.csrf}"
+    try:
+        ceiling = Ceiling(work, "post")
+        try:
+            def run_floor(r: int) -> Sample:
+                paths = seeded.paths[r * per_round:(r + 1) * per_round]
+                requests = write_requests(work / f"floor-accept-{r}.txt",
+                                          [("POST", p + "/accept", body, seeded.cookie) for p in paths])
+                sample = httpload(f"http://127.0.0.1:{server.port}", requests, 16)
+                # Its emails sent before the next round: the ceiling must not share the core with them.
+                ended = time.perf_counter()
+                wait_until(lambda: _count(count_file) >= 2 * per_round * (r + 1), 600, "the floor's emails")
+                drains.append(time.perf_counter() - ended)
+                overall.append(per_round / (per_round / sample.rate + drains[-1]))
+                print(f"  floor accept round {r + 1}: every email sent {drains[-1]:.2f} s after the last 303 "
+                      f"({overall[-1]:.1f} accepts/s with their emails out)", flush=True)
+                return sample
+
+            def run_ceiling(r: int) -> Sample:
+                paths = seeded.paths[r * per_round:(r + 1) * per_round]
+                requests = write_requests(work / f"floor-accept-c{r}.txt",
+                                          [("POST", p + "/accept", body, seeded.cookie) for p in paths])
+                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
+
+            alternate(args.rounds, accept_row, run_floor, run_ceiling)
+        finally:
+            ceiling.stop()
+    finally:
+        server.stop()
+        sink.stop()
+    ceilings = [s.rate for s in accept_row.ceiling]
+    overall_ratios = [o / c for o, c in zip(overall, ceilings) if c]
+    accept_row.note = (f"every email out {median(drains):.2f} s after the last 303; with the emails out "
+                       f"{median(overall):.1f} accepts/s = {median(overall_ratios):.3f} ({spread(overall_ratios)}) "
+                       f"of the ceiling")
+    return [get_row, accept_row]
 
 
 def _smtpload(port: int, jobs: list[dict[str, str]], work: Path, name: str) -> Sample:
@@ -386,6 +476,10 @@ PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], Row]] = {
     "outbound": outbound,
 }
 BIG_PATHS = {"client_list": client_list, "big_roster": big_roster, "pages": pages.pages}
+# Not in the default run (``--only floor``): they measure what Python could reach, not Cabinet.
+EXTRA_PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], list[Row]]] = {"floor": floor}
+# Cabinet's row and its floor's, compared when both ran (``report``).
+FLOORS = {"link_get": "floor_get", "accept": "floor_accept"}
 
 
 def report(rows: list[Row], database: str) -> str:
@@ -410,13 +504,20 @@ def report(rows: list[Row], database: str) -> str:
             f"| {row.path} | {cab:,.1f} {row.unit} | {ceil:,.1f} {row.unit} | {median(ratios):.3f} ({spread(ratios)}) "
             f"| ≥ {row.budget} | {p50:.1f} / {p99:.1f} ms | {note} |"
         )
+    named = {row.name: row for row in rows if row.name}
+    for product, floor_name in FLOORS.items():
+        if product in named and floor_name in named:
+            reached, possible = median(named[product].ratios()), median(named[floor_name].ratios())
+            if possible:
+                lines.append(f"\n{named[product].path}: Cabinet's ratio {reached:.3f} is {reached / possible:.2f} of "
+                             f"the floor's {possible:.3f}.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", help="comma-separated paths: " + ", ".join([*PATHS, *BIG_PATHS]))
+    parser.add_argument("--only", help="comma-separated paths: " + ", ".join([*PATHS, *BIG_PATHS, *EXTRA_PATHS]))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk round")
     parser.add_argument("--accepts", type=int, default=300, help="accepts per round")
@@ -426,24 +527,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big-rows", type=int, default=1_000_000, help="roster rows for big_roster")
     parser.add_argument("--big", action="store_true", help="also run client_list and big_roster")
     parser.add_argument("--postgres", help="maintenance database URL of a PostgreSQL server to run on")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="the floor's page size (default: Cabinet's invitation page, measured)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
-    chosen = dict(PATHS)
+    chosen: dict[str, Callable[[Path, Databases, argparse.Namespace], Row | list[Row]]] = dict(PATHS)
     if args.big:
         chosen.update(BIG_PATHS)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in names if n not in PATHS and n not in BIG_PATHS]
+        every = {**PATHS, **BIG_PATHS, **EXTRA_PATHS}
+        unknown = [n for n in names if n not in every]
         if unknown:
             parser.error(f"unknown path(s): {', '.join(unknown)}")
-        chosen = {n: {**PATHS, **BIG_PATHS}[n] for n in names}
+        chosen = {n: every[n] for n in names}
     work = Path(tempfile.mkdtemp(prefix="cabinet-bench-"))
     dbs = Databases(args.postgres)
     rows = []
     try:
         for name, path in chosen.items():
             print(f"== {name}", flush=True)
-            rows.append(path(work, dbs, args))
+            made = path(work, dbs, args)
+            rows.extend(made if isinstance(made, list) else [made])
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
