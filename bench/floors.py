@@ -503,12 +503,16 @@ def compose(email: Email) -> bytes:
 
 
 class Sender:
-    """Sends queued emails over one persistent relay connection, and marks them sent in batches."""
+    """Sends queued emails over one persistent relay connection, and marks them sent in batches.
+
+    One task composes (CPU on the loop), another sends (waiting on the relay's answers): the next email
+    is composed while the relay answers the one before; at most two wait composed."""
 
     def __init__(self, relay_port: int, commit: GroupCommit) -> None:
         self._relay_port = relay_port
         self._commit = commit
         self.queue: asyncio.Queue[Email] = asyncio.Queue()
+        self._composed: asyncio.Queue[tuple[Email, bytes]] = asyncio.Queue(maxsize=2)
         self._smtp: aiosmtplib.SMTP | None = None
 
     async def _send(self, message: bytes, recipient: str) -> None:
@@ -525,16 +529,20 @@ class Sender:
                 if attempt == 2:
                     raise
 
-    async def run(self) -> None:
+    async def compose(self) -> None:
+        while True:
+            email = await self.queue.get()
+            await self._composed.put((email, compose(email)))
+
+    async def send(self) -> None:
         while True:
             sent = []
-            email = await self.queue.get()
             while True:
-                await self._send(compose(email), email.recipient)
+                email, message = await self._composed.get()
+                await self._send(message, email.recipient)
                 sent.append(email.outbox_id)
-                if self.queue.empty() or len(sent) >= 64:
+                if (self._composed.empty() and self.queue.empty()) or len(sent) >= 64:
                     break
-                email = self.queue.get_nowait()
             ids = tuple(sent)
             await self._commit.run(lambda c: c.execute(SENT + f"({','.join('?' * len(ids))})", (_now_text(), *ids)))
 
@@ -579,9 +587,10 @@ def accept_app(folder: Path, relay_port: int, origin: str) -> web.Application:
         return web.Response(status=303, headers={**refused, "Location": f"/invitations/{token}"})
 
     async def sending(app: web.Application):  # type: ignore[no-untyped-def]
-        task = asyncio.create_task(sender.run())
+        tasks = [asyncio.create_task(sender.compose()), asyncio.create_task(sender.send())]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         await sender.close()
         commit.close()
         writer.close()
