@@ -147,7 +147,8 @@ def alternate(rounds: int, row: Row, run_cabinet: Callable[[int], Sample], run_c
         for side, run in order:
             sample = run(r)
             getattr(row, side).append(sample)
-            print(f"  {row.path} round {r + 1} {side}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
+            label = "floor" if side == "cabinet" and row.name.startswith("floor") else side
+            print(f"  {row.path} round {r + 1} {label}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
                   f"p99 {sample.p99:.1f} ms, errors {sample.errors}", flush=True)
 
 
@@ -256,13 +257,20 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
         server.stop()
     get_row.note = f"page {size} bytes (Cabinet's)"
 
+    return [get_row, _floor_accept(work, args, "direct", "floor_accept", "emails written as bytes"),
+            _floor_accept(work, args, "email-package", "floor_accept_email", "emails by EmailMessage")]
+
+
+def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str, label: str) -> Row:
+    """The accept floor, its emails composed by ``composer`` (``bench.floors.COMPOSERS``)."""
     per_round = args.accepts
-    accept_row = Row("floor: accept POST (own invitation, signed in, CSRF, 2 emails sent)", "accepts/s", 0.2,
-                     name="floor_accept")
-    seeded = floors.seed(work / "floor-accept", per_round * args.rounds)
-    count_file = work / "floor-sink.count"
+    accept_row = Row(f"floor: accept POST (own invitation, signed in, CSRF, 2 emails sent; {label})", "accepts/s", 0.2,
+                     name=name)
+    folder = work / f"floor-accept-{composer}"
+    seeded = floors.seed(folder, per_round * args.rounds)
+    count_file = work / f"floor-sink-{composer}.count"
     sink = Ceiling(work, "sink", str(count_file), cpu=LOAD_CPU)
-    server = Ceiling(work, "accept", str(work / "floor-accept"), str(sink.port), module="bench.floors")
+    server = Ceiling(work, "accept", str(folder), str(sink.port), composer, module="bench.floors")
     drains: list[float] = []
     overall: list[float] = []
     body = f"csrf_token={seeded.csrf}"
@@ -271,7 +279,7 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
         try:
             def run_floor(r: int) -> Sample:
                 paths = seeded.paths[r * per_round:(r + 1) * per_round]
-                requests = write_requests(work / f"floor-accept-{r}.txt",
+                requests = write_requests(work / f"floor-accept-{composer}-{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
                 sample = httpload(f"http://127.0.0.1:{server.port}", requests, 16)
                 # Its emails sent before the next round: the ceiling must not share the core with them.
@@ -279,13 +287,13 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
                 wait_until(lambda: _count(count_file) >= 2 * per_round * (r + 1), 600, "the floor's emails")
                 drains.append(time.perf_counter() - ended)
                 overall.append(per_round / (per_round / sample.rate + drains[-1]))
-                print(f"  floor accept round {r + 1}: every email sent {drains[-1]:.2f} s after the last 303 "
+                print(f"  floor accept ({label}) round {r + 1}: every email sent {drains[-1]:.2f} s after the last 303 "
                       f"({overall[-1]:.1f} accepts/s with their emails out)", flush=True)
                 return sample
 
             def run_ceiling(r: int) -> Sample:
                 paths = seeded.paths[r * per_round:(r + 1) * per_round]
-                requests = write_requests(work / f"floor-accept-c{r}.txt",
+                requests = write_requests(work / f"floor-accept-{composer}-c{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
                 return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
 
@@ -300,7 +308,7 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
     accept_row.note = (f"every email out {median(drains):.2f} s after the last 303; with the emails out "
                        f"{median(overall):.1f} accepts/s = {median(overall_ratios):.3f} ({spread(overall_ratios)}) "
                        f"of the ceiling")
-    return [get_row, accept_row]
+    return accept_row
 
 
 def _smtpload(port: int, jobs: list[dict[str, str]], work: Path, name: str) -> Sample:
@@ -478,8 +486,8 @@ PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], Row]] = {
 BIG_PATHS = {"client_list": client_list, "big_roster": big_roster, "pages": pages.pages}
 # Not in the default run (``--only floor``): they measure what Python could reach, not Cabinet.
 EXTRA_PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], list[Row]]] = {"floor": floor}
-# Cabinet's row and its floor's, compared when both ran (``report``).
-FLOORS = {"link_get": "floor_get", "accept": "floor_accept"}
+# Cabinet's row and its floors', compared when both ran (``report``).
+FLOORS = [("link_get", "floor_get"), ("accept", "floor_accept"), ("accept", "floor_accept_email")]
 
 
 def report(rows: list[Row], database: str) -> str:
@@ -505,12 +513,12 @@ def report(rows: list[Row], database: str) -> str:
             f"| ≥ {row.budget} | {p50:.1f} / {p99:.1f} ms | {note} |"
         )
     named = {row.name: row for row in rows if row.name}
-    for product, floor_name in FLOORS.items():
+    for product, floor_name in FLOORS:
         if product in named and floor_name in named:
             reached, possible = median(named[product].ratios()), median(named[floor_name].ratios())
             if possible:
                 lines.append(f"\n{named[product].path}: Cabinet's ratio {reached:.3f} is {reached / possible:.2f} of "
-                             f"the floor's {possible:.3f}.")
+                             f"the ratio of {named[floor_name].path} ({possible:.3f}).")
     return "\n".join(lines)
 
 

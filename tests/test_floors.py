@@ -107,7 +107,9 @@ class Sink:
         return "250 OK"
 
 
-def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path, start_floor: Any) -> None:
+@pytest.mark.parametrize("composer", sorted(floors.COMPOSERS))
+def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path, start_floor: Any,
+                                                                   composer: str) -> None:
     folder = tmp_path / "accept"
     seeded = floors.seed(folder, 3)
     secret = (folder / floors.KEY_FILE).read_text().strip()
@@ -115,7 +117,7 @@ def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path
     relay = Controller(sink, hostname="127.0.0.1", port=free_port())
     relay.start()
     try:
-        port = start_floor("accept", folder, str(relay.port))
+        port = start_floor("accept", folder, str(relay.port), composer)
         base = f"http://127.0.0.1:{port}"
         headers = {"Cookie": seeded.cookie, "Origin": base, "Sec-Fetch-Site": "same-origin"}
         with httpx.Client(base_url=base) as client:
@@ -129,7 +131,11 @@ def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path
             wait_for(lambda: len(sink.messages) == 2, "the two emails at the relay")
             recipients = sorted(rcpt for _, rcpts, _ in sink.messages for rcpt in rcpts)
             assert recipients == sorted(["admin0@company-0.example", floors.ACCOUNTANT])
-            subjects = sorted(str(message_from_bytes(raw, policy=policy.default)["Subject"]) for _, _, raw in sink.messages)
+            emails = [message_from_bytes(raw, policy=policy.default) for _, _, raw in sink.messages]
+            assert all("a accepté" in email.get_body(("plain",)).get_content() or
+                       "a été ajoutée" in email.get_body(("plain",)).get_content() for email in emails)
+            assert all("<html" in email.get_body(("html",)).get_content() for email in emails)
+            subjects = sorted(str(email["Subject"]) for email in emails)
             assert subjects == ["Bench Accountant a accepté votre invitation pour Company 000000",
                                 "L'entreprise Company 000000 a été ajoutée à la liste de clients du cabinet Bench CPA"]
             wait_for(lambda: rows(folder, "SELECT state FROM outbox") == [("sent",), ("sent",)],
