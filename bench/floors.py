@@ -158,8 +158,8 @@ class Tokens:
             if max_age is not None and not 0 <= time.time() - int.from_bytes(_unb64(stamp), "big") <= max_age:
                 return None
             if body[:1] == b".":
-                return json.loads(zlib.decompress(_unb64(body[1:])))
-            return json.loads(_unb64(body))
+                return json.loads(zlib.decompress(_unb64(body[1:])).decode())
+            return json.loads(_unb64(body).decode())  # a str: json.loads of bytes first guesses their encoding
         except (ValueError, UnicodeError, zlib.error):
             return None
 

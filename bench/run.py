@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -46,6 +47,26 @@ class Sample:
     p50: float
     p99: float
     errors: int = 0
+    count: int = 0  # requests answered
+    cpu_ms: float = 0.0  # the server's CPU (every thread) per request, when measured (``on_cpu``)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def on_cpu(pid: int, run: Callable[[int], Sample]) -> Callable[[int], Sample]:
+    """``run`` with the server's CPU per request noted in its sample: steadier than a rate when other
+    work shares the machine (the rate counts the time the server waited for a core; CPU time does not)."""
+    def measured(r: int) -> Sample:
+        before = _cpu_seconds(pid)
+        sample = run(r)
+        if sample.count:
+            sample.cpu_ms = (_cpu_seconds(pid) - before) * 1000 / sample.count
+        return sample
+    return measured
 
 
 @dataclass
@@ -118,7 +139,8 @@ def wrk(base_url: str, requests_file: Path, connections: int, duration: float) -
     p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0))
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0), count)
 
 
 def httpload(base_url: str, requests_file: Path, connections: int) -> Sample:
@@ -129,7 +151,7 @@ def httpload(base_url: str, requests_file: Path, connections: int) -> Sample:
     ).stdout
     result = json.loads(out)
     errors = sum(v for k, v in result["codes"].items() if not k.startswith(("2", "3")))
-    return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors)
+    return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors, result["count"])
 
 
 def write_requests(path: Path, lines: list[tuple[str, str, str, str]]) -> Path:
@@ -149,7 +171,8 @@ def alternate(rounds: int, row: Row, run_cabinet: Callable[[int], Sample], run_c
             getattr(row, side).append(sample)
             label = "floor" if side == "cabinet" and row.name.startswith("floor") else side
             print(f"  {row.path} round {r + 1} {label}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
-                  f"p99 {sample.p99:.1f} ms, errors {sample.errors}", flush=True)
+                  f"p99 {sample.p99:.1f} ms, errors {sample.errors}"
+                  + (f", server CPU {sample.cpu_ms:.3f} ms per request" if sample.cpu_ms else ""), flush=True)
 
 
 def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
@@ -164,8 +187,10 @@ def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
         requests = write_requests(work / "links.txt", [("GET", p, "", "") for p in seeded.invitation_paths])
         ceiling = Ceiling(work, "static", str(size))
         try:
-            alternate(args.rounds, row, lambda r: wrk(inst.base_url, requests, 32, args.duration),
-                      lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration))
+            assert inst.process is not None
+            alternate(args.rounds, row, on_cpu(inst.process.pid, lambda r: wrk(inst.base_url, requests, 32, args.duration)),
+                      on_cpu(ceiling.process.pid,
+                             lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration)))
         finally:
             ceiling.stop()
         row.note = f"page {size} bytes; RSS {inst.rss_mb():.0f} MB"
@@ -211,7 +236,8 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
                 requests = write_requests(work / f"accept-c{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
                 return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
 
-            alternate(args.rounds, row, run_cabinet, run_ceiling)
+            assert inst.process is not None
+            alternate(args.rounds, row, on_cpu(inst.process.pid, run_cabinet), on_cpu(ceiling.process.pid, run_ceiling))
         finally:
             ceiling.stop()
     finally:
@@ -249,8 +275,11 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
     try:
         ceiling = Ceiling(work, "static", str(size))
         try:
-            alternate(args.rounds, get_row, lambda r: wrk(f"http://127.0.0.1:{server.port}", requests, 32, args.duration),
-                      lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration))
+            alternate(args.rounds, get_row,
+                      on_cpu(server.process.pid,
+                             lambda r: wrk(f"http://127.0.0.1:{server.port}", requests, 32, args.duration)),
+                      on_cpu(ceiling.process.pid,
+                             lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration)))
         finally:
             ceiling.stop()
     finally:
@@ -273,6 +302,7 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
     server = Ceiling(work, "accept", str(folder), str(sink.port), composer, module="bench.floors")
     drains: list[float] = []
     overall: list[float] = []
+    whole_cpu: list[float] = []  # server CPU per accept until its emails are sent
     body = f"csrf_token={seeded.csrf}"
     try:
         ceiling = Ceiling(work, "post")
@@ -281,11 +311,14 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
                 paths = seeded.paths[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"floor-accept-{composer}-{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
+                before = _cpu_seconds(server.process.pid)
                 sample = httpload(f"http://127.0.0.1:{server.port}", requests, 16)
+                sample.cpu_ms = (_cpu_seconds(server.process.pid) - before) * 1000 / max(sample.count, 1)
                 # Its emails sent before the next round: the ceiling must not share the core with them.
                 ended = time.perf_counter()
                 wait_until(lambda: _count(count_file) >= 2 * per_round * (r + 1), 600, "the floor's emails")
                 drains.append(time.perf_counter() - ended)
+                whole_cpu.append((_cpu_seconds(server.process.pid) - before) * 1000 / per_round)
                 overall.append(per_round / (per_round / sample.rate + drains[-1]))
                 print(f"  floor accept ({label}) round {r + 1}: every email sent {drains[-1]:.2f} s after the last 303 "
                       f"({overall[-1]:.1f} accepts/s with their emails out)", flush=True)
@@ -297,7 +330,7 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
                 return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
 
-            alternate(args.rounds, accept_row, run_floor, run_ceiling)
+            alternate(args.rounds, accept_row, run_floor, on_cpu(ceiling.process.pid, run_ceiling))
         finally:
             ceiling.stop()
     finally:
@@ -307,7 +340,7 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
     overall_ratios = [o / c for o, c in zip(overall, ceilings) if c]
     accept_row.note = (f"every email out {median(drains):.2f} s after the last 303; with the emails out "
                        f"{median(overall):.1f} accepts/s = {median(overall_ratios):.3f} ({spread(overall_ratios)}) "
-                       f"of the ceiling")
+                       f"of the ceiling, server CPU {median(whole_cpu):.3f} ms per accept with its emails")
     return accept_row
 
 
@@ -508,6 +541,10 @@ def report(rows: list[Row], database: str) -> str:
         p99 = median([s.p99 for s in row.cabinet])
         errors = sum(s.errors for s in row.cabinet)
         note = row.note + (f"; {errors} errors" if errors else "")
+        if all(s.cpu_ms for s in row.cabinet + row.ceiling):
+            cpu = [b.cpu_ms / c.cpu_ms for c, b in zip(row.cabinet, row.ceiling)]
+            note += (f"; server CPU per request {median([s.cpu_ms for s in row.cabinet]):.3f} ms (ceiling "
+                     f"{median([s.cpu_ms for s in row.ceiling]):.3f}): ratio by CPU {median(cpu):.3f} ({spread(cpu)})")
         lines.append(
             f"| {row.path} | {cab:,.1f} {row.unit} | {ceil:,.1f} {row.unit} | {median(ratios):.3f} ({spread(ratios)}) "
             f"| ≥ {row.budget} | {p50:.1f} / {p99:.1f} ms | {note} |"
@@ -517,8 +554,12 @@ def report(rows: list[Row], database: str) -> str:
         if product in named and floor_name in named:
             reached, possible = median(named[product].ratios()), median(named[floor_name].ratios())
             if possible:
-                lines.append(f"\n{named[product].path}: Cabinet's ratio {reached:.3f} is {reached / possible:.2f} of "
-                             f"the ratio of {named[floor_name].path} ({possible:.3f}).")
+                line = f"\n{product}: Cabinet's ratio {reached:.3f} is {reached / possible:.2f} of {floor_name}'s {possible:.3f}"
+                cabinet_cpu = median([s.cpu_ms for s in named[product].cabinet])
+                floor_cpu = median([s.cpu_ms for s in named[floor_name].cabinet])
+                if cabinet_cpu and floor_cpu:
+                    line += f"; server CPU per request {cabinet_cpu:.3f} ms against the floor's {floor_cpu:.3f} ({floor_cpu / cabinet_cpu:.2f})"
+                lines.append(line + ".")
     return "\n".join(lines)
 
 
