@@ -543,7 +543,7 @@ def report(rows: list[Row], database: str) -> str:
         note = row.note + (f"; {errors} errors" if errors else "")
         if all(s.cpu_ms for s in row.cabinet + row.ceiling):
             cpu = [b.cpu_ms / c.cpu_ms for c, b in zip(row.cabinet, row.ceiling)]
-            note += (f"; server CPU per request {median([s.cpu_ms for s in row.cabinet]):.3f} ms (ceiling "
+            note += ("; " if note else "") + (f"server CPU per request {median([s.cpu_ms for s in row.cabinet]):.3f} ms (ceiling "
                      f"{median([s.cpu_ms for s in row.ceiling]):.3f}): ratio by CPU {median(cpu):.3f} ({spread(cpu)})")
         lines.append(
             f"| {row.path} | {cab:,.1f} {row.unit} | {ceil:,.1f} {row.unit} | {median(ratios):.3f} ({spread(ratios)}) "
