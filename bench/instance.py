@@ -110,14 +110,14 @@ class Instance:
 
 
 class Ceiling:
-    """One of ``bench.ceilings`` running pinned to the server core."""
+    """One of ``bench.ceilings`` (or of ``bench.floors``: ``module``) running pinned to the server core."""
 
-    def __init__(self, root: Path, *args: str, cpu: str = SERVER_CPU) -> None:
+    def __init__(self, root: Path, *args: str, cpu: str = SERVER_CPU, module: str = "bench.ceilings") -> None:
         self.port = free_port()
-        self.log = root / f"ceiling-{args[0]}.log"
+        self.log = root / f"{'ceiling' if module == 'bench.ceilings' else 'floor'}-{args[0]}.log"
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            pinned(cpu, [sys.executable, "-m", "bench.ceilings", args[0], str(self.port), *args[1:]]),
+            pinned(cpu, [sys.executable, "-m", module, args[0], str(self.port), *args[1:]]),
             stdout=handle,
             stderr=subprocess.STDOUT,
         )

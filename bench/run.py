@@ -5,6 +5,9 @@
     ./bench/run.sh --postgres URL          on a PostgreSQL server (a maintenance DB URL)
     ./bench/run.sh --big                   also the 100k client list, the 1M-row roster and the pages
     ./bench/run.sh --only pages            the roster and client pages at 100k clients (p99 < 50 ms)
+    ./bench/run.sh --only floor            the floors (bench/floors.py): a minimal Python link GET and
+                                           accept, against the same ceilings
+    ./bench/run.sh --only link_get,accept,floor   also Cabinet's ratio as a fraction of the floor's
 
 The server under test (Cabinet or the ceiling) is pinned to core 0 and the load
 generator to core 1; rounds alternate A/B so drift in the machine's speed hits
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,7 +34,7 @@ from typing import Callable
 import httpx
 from sqlalchemy import Engine, create_engine, make_url
 
-from bench import pages, seed
+from bench import floors, pages, seed
 from bench.instance import LOAD_CPU, SERVER_CPU, Ceiling, Instance, pinned, wait_until
 from bench.stats import median, spread
 
@@ -43,6 +47,26 @@ class Sample:
     p50: float
     p99: float
     errors: int = 0
+    count: int = 0  # requests answered
+    cpu_ms: float = 0.0  # the server's CPU (every thread) per request, when measured (``on_cpu``)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def on_cpu(pid: int, run: Callable[[int], Sample]) -> Callable[[int], Sample]:
+    """``run`` with the server's CPU per request noted in its sample: steadier than a rate when other
+    work shares the machine (the rate counts the time the server waited for a core; CPU time does not)."""
+    def measured(r: int) -> Sample:
+        before = _cpu_seconds(pid)
+        sample = run(r)
+        if sample.count:
+            sample.cpu_ms = (_cpu_seconds(pid) - before) * 1000 / sample.count
+        return sample
+    return measured
 
 
 @dataclass
@@ -53,6 +77,7 @@ class Row:
     cabinet: list[Sample] = field(default_factory=list)
     ceiling: list[Sample] = field(default_factory=list)
     note: str = ""
+    name: str = ""  # the path's name, for comparing Cabinet's row with its floor's (``report``)
 
     def ratios(self) -> list[float]:
         return [c.rate / b.rate for c, b in zip(self.cabinet, self.ceiling) if b.rate]
@@ -114,7 +139,8 @@ def wrk(base_url: str, requests_file: Path, connections: int, duration: float) -
     p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0))
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0), count)
 
 
 def httpload(base_url: str, requests_file: Path, connections: int) -> Sample:
@@ -125,7 +151,7 @@ def httpload(base_url: str, requests_file: Path, connections: int) -> Sample:
     ).stdout
     result = json.loads(out)
     errors = sum(v for k, v in result["codes"].items() if not k.startswith(("2", "3")))
-    return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors)
+    return Sample(result["rate"], result["p50"] * 1000, result["p99"] * 1000, errors, result["count"])
 
 
 def write_requests(path: Path, lines: list[tuple[str, str, str, str]]) -> Path:
@@ -143,23 +169,28 @@ def alternate(rounds: int, row: Row, run_cabinet: Callable[[int], Sample], run_c
         for side, run in order:
             sample = run(r)
             getattr(row, side).append(sample)
-            print(f"  {row.path} round {r + 1} {side}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
-                  f"p99 {sample.p99:.1f} ms, errors {sample.errors}", flush=True)
+            label = "floor" if side == "cabinet" and row.name.startswith("floor") else side
+            print(f"  {row.path} round {r + 1} {label}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
+                  f"p99 {sample.p99:.1f} ms, errors {sample.errors}"
+                  + (f", server CPU {sample.cpu_ms:.3f} ms per request" if sample.cpu_ms else ""), flush=True)
 
 
 def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
-    row = Row("link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4)
+    row = Row("link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="link_get")
     inst = Instance(work / "links", dbs.new())
     inst.cli("init")
     seeded = seed.seed_invitations(inst.config, 1000)
     inst.start()
     try:
         size = len(httpx.get(inst.base_url + seeded.invitation_paths[0]).content)
+        args.page_size = args.page_size or size  # the floor's page, when it runs next
         requests = write_requests(work / "links.txt", [("GET", p, "", "") for p in seeded.invitation_paths])
         ceiling = Ceiling(work, "static", str(size))
         try:
-            alternate(args.rounds, row, lambda r: wrk(inst.base_url, requests, 32, args.duration),
-                      lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration))
+            assert inst.process is not None
+            alternate(args.rounds, row, on_cpu(inst.process.pid, lambda r: wrk(inst.base_url, requests, 32, args.duration)),
+                      on_cpu(ceiling.process.pid,
+                             lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration)))
         finally:
             ceiling.stop()
         row.note = f"page {size} bytes; RSS {inst.rss_mb():.0f} MB"
@@ -184,7 +215,7 @@ def _signed_in(base_url: str) -> tuple[str, str]:
 
 
 def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
-    row = Row("accept POST (own invitation, signed in, CSRF)", "accepts/s", 0.2)
+    row = Row("accept POST (own invitation, signed in, CSRF)", "accepts/s", 0.2, name="accept")
     per_round = args.accepts
     inst = Instance(work / "accept", dbs.new())
     inst.cli("init")
@@ -205,12 +236,112 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
                 requests = write_requests(work / f"accept-c{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
                 return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
 
-            alternate(args.rounds, row, run_cabinet, run_ceiling)
+            assert inst.process is not None
+            alternate(args.rounds, row, on_cpu(inst.process.pid, run_cabinet), on_cpu(ceiling.process.pid, run_ceiling))
         finally:
             ceiling.stop()
     finally:
         inst.stop()
     return row
+
+
+def _cabinet_page_size(work: Path, dbs: Databases) -> int:
+    """The size of Cabinet's invitation page as a new visitor gets it (for the floor's page)."""
+    inst = Instance(work / "page-size", dbs.new())
+    inst.cli("init")
+    seeded = seed.seed_invitations(inst.config, 1)
+    inst.start()
+    try:
+        return len(httpx.get(inst.base_url + seeded.invitation_paths[0]).content)
+    finally:
+        inst.stop()
+
+
+def _count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
+    """The floors (``bench/floors.py``) against the same ceilings, with the same load, pinning and
+    alternation as ``link_get`` and ``accept``. Always on SQLite."""
+    size = args.page_size or _cabinet_page_size(work, dbs)
+    get_row = Row("floor: link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="floor_get")
+    links = floors.seed(work / "floor-get", 1000)
+    requests = write_requests(work / "floor-links.txt", [("GET", p, "", "") for p in links.paths])
+    server = Ceiling(work, "get", str(work / "floor-get"), str(size), module="bench.floors")
+    try:
+        ceiling = Ceiling(work, "static", str(size))
+        try:
+            alternate(args.rounds, get_row,
+                      on_cpu(server.process.pid,
+                             lambda r: wrk(f"http://127.0.0.1:{server.port}", requests, 32, args.duration)),
+                      on_cpu(ceiling.process.pid,
+                             lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration)))
+        finally:
+            ceiling.stop()
+    finally:
+        server.stop()
+    get_row.note = f"page {size} bytes (Cabinet's)"
+
+    return [get_row, _floor_accept(work, args, "direct", "floor_accept", "emails written as bytes"),
+            _floor_accept(work, args, "email-package", "floor_accept_email", "emails by EmailMessage")]
+
+
+def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str, label: str) -> Row:
+    """The accept floor, its emails composed by ``composer`` (``bench.floors.COMPOSERS``)."""
+    per_round = args.accepts
+    accept_row = Row(f"floor: accept POST (own invitation, signed in, CSRF, 2 emails sent; {label})", "accepts/s", 0.2,
+                     name=name)
+    folder = work / f"floor-accept-{composer}"
+    seeded = floors.seed(folder, per_round * args.rounds)
+    count_file = work / f"floor-sink-{composer}.count"
+    sink = Ceiling(work, "sink", str(count_file), cpu=LOAD_CPU)
+    server = Ceiling(work, "accept", str(folder), str(sink.port), composer, module="bench.floors")
+    drains: list[float] = []
+    overall: list[float] = []
+    whole_cpu: list[float] = []  # server CPU per accept until its emails are sent
+    body = f"csrf_token={seeded.csrf}"
+    try:
+        ceiling = Ceiling(work, "post")
+        try:
+            def run_floor(r: int) -> Sample:
+                paths = seeded.paths[r * per_round:(r + 1) * per_round]
+                requests = write_requests(work / f"floor-accept-{composer}-{r}.txt",
+                                          [("POST", p + "/accept", body, seeded.cookie) for p in paths])
+                before = _cpu_seconds(server.process.pid)
+                sample = httpload(f"http://127.0.0.1:{server.port}", requests, 16)
+                sample.cpu_ms = (_cpu_seconds(server.process.pid) - before) * 1000 / max(sample.count, 1)
+                # Its emails sent before the next round: the ceiling must not share the core with them.
+                ended = time.perf_counter()
+                wait_until(lambda: _count(count_file) >= 2 * per_round * (r + 1), 600, "the floor's emails")
+                drains.append(time.perf_counter() - ended)
+                whole_cpu.append((_cpu_seconds(server.process.pid) - before) * 1000 / per_round)
+                overall.append(per_round / (per_round / sample.rate + drains[-1]))
+                print(f"  floor accept ({label}) round {r + 1}: every email sent {drains[-1]:.2f} s after the last 303 "
+                      f"({overall[-1]:.1f} accepts/s with their emails out)", flush=True)
+                return sample
+
+            def run_ceiling(r: int) -> Sample:
+                paths = seeded.paths[r * per_round:(r + 1) * per_round]
+                requests = write_requests(work / f"floor-accept-{composer}-c{r}.txt",
+                                          [("POST", p + "/accept", body, seeded.cookie) for p in paths])
+                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
+
+            alternate(args.rounds, accept_row, run_floor, on_cpu(ceiling.process.pid, run_ceiling))
+        finally:
+            ceiling.stop()
+    finally:
+        server.stop()
+        sink.stop()
+    ceilings = [s.rate for s in accept_row.ceiling]
+    overall_ratios = [o / c for o, c in zip(overall, ceilings) if c]
+    accept_row.note = (f"every email out {median(drains):.2f} s after the last 303; with the emails out "
+                       f"{median(overall):.1f} accepts/s = {median(overall_ratios):.3f} ({spread(overall_ratios)}) "
+                       f"of the ceiling, server CPU {median(whole_cpu):.3f} ms per accept with its emails")
+    return accept_row
 
 
 def _smtpload(port: int, jobs: list[dict[str, str]], work: Path, name: str) -> Sample:
@@ -386,6 +517,10 @@ PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], Row]] = {
     "outbound": outbound,
 }
 BIG_PATHS = {"client_list": client_list, "big_roster": big_roster, "pages": pages.pages}
+# Not in the default run (``--only floor``): they measure what Python could reach, not Cabinet.
+EXTRA_PATHS: dict[str, Callable[[Path, Databases, argparse.Namespace], list[Row]]] = {"floor": floor}
+# Cabinet's row and its floors', compared when both ran (``report``).
+FLOORS = [("link_get", "floor_get"), ("accept", "floor_accept"), ("accept", "floor_accept_email")]
 
 
 def report(rows: list[Row], database: str) -> str:
@@ -406,17 +541,32 @@ def report(rows: list[Row], database: str) -> str:
         p99 = median([s.p99 for s in row.cabinet])
         errors = sum(s.errors for s in row.cabinet)
         note = row.note + (f"; {errors} errors" if errors else "")
+        if all(s.cpu_ms for s in row.cabinet + row.ceiling):
+            cpu = [b.cpu_ms / c.cpu_ms for c, b in zip(row.cabinet, row.ceiling)]
+            note += ("; " if note else "") + (f"server CPU per request {median([s.cpu_ms for s in row.cabinet]):.3f} ms (ceiling "
+                     f"{median([s.cpu_ms for s in row.ceiling]):.3f}): ratio by CPU {median(cpu):.3f} ({spread(cpu)})")
         lines.append(
             f"| {row.path} | {cab:,.1f} {row.unit} | {ceil:,.1f} {row.unit} | {median(ratios):.3f} ({spread(ratios)}) "
             f"| ≥ {row.budget} | {p50:.1f} / {p99:.1f} ms | {note} |"
         )
+    named = {row.name: row for row in rows if row.name}
+    for product, floor_name in FLOORS:
+        if product in named and floor_name in named:
+            reached, possible = median(named[product].ratios()), median(named[floor_name].ratios())
+            if possible:
+                line = f"\n{product}: Cabinet's ratio {reached:.3f} is {reached / possible:.2f} of {floor_name}'s {possible:.3f}"
+                cabinet_cpu = median([s.cpu_ms for s in named[product].cabinet])
+                floor_cpu = median([s.cpu_ms for s in named[floor_name].cabinet])
+                if cabinet_cpu and floor_cpu:
+                    line += f"; server CPU per request {cabinet_cpu:.3f} ms against the floor's {floor_cpu:.3f} ({floor_cpu / cabinet_cpu:.2f})"
+                lines.append(line + ".")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", help="comma-separated paths: " + ", ".join([*PATHS, *BIG_PATHS]))
+    parser.add_argument("--only", help="comma-separated paths: " + ", ".join([*PATHS, *BIG_PATHS, *EXTRA_PATHS]))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk round")
     parser.add_argument("--accepts", type=int, default=300, help="accepts per round")
@@ -426,24 +576,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big-rows", type=int, default=1_000_000, help="roster rows for big_roster")
     parser.add_argument("--big", action="store_true", help="also run client_list and big_roster")
     parser.add_argument("--postgres", help="maintenance database URL of a PostgreSQL server to run on")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="the floor's page size (default: Cabinet's invitation page, measured)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
-    chosen = dict(PATHS)
+    chosen: dict[str, Callable[[Path, Databases, argparse.Namespace], Row | list[Row]]] = dict(PATHS)
     if args.big:
         chosen.update(BIG_PATHS)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in names if n not in PATHS and n not in BIG_PATHS]
+        every = {**PATHS, **BIG_PATHS, **EXTRA_PATHS}
+        unknown = [n for n in names if n not in every]
         if unknown:
             parser.error(f"unknown path(s): {', '.join(unknown)}")
-        chosen = {n: {**PATHS, **BIG_PATHS}[n] for n in names}
+        chosen = {n: every[n] for n in names}
     work = Path(tempfile.mkdtemp(prefix="cabinet-bench-"))
     dbs = Databases(args.postgres)
     rows = []
     try:
         for name, path in chosen.items():
             print(f"== {name}", flush=True)
-            rows.append(path(work, dbs, args))
+            made = path(work, dbs, args)
+            rows.extend(made if isinstance(made, list) else [made])
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
