@@ -182,9 +182,10 @@ def page(
 
     With ``shared_key``, for a signed-out visitor, the page is rendered once and kept
     (``Pages.render_shared``) under a key of everything it is made of: ``context`` (hashable values),
-    the path, the settings it shows, ``now`` to the minute (the dates it formats show minutes), and
-    ``shared_key``, which must name whatever else the page takes from ``now`` (a relative deadline's
-    text, ``daemon.i18n.duration_key``). Each visitor's own CSRF token is put into the kept page."""
+    the path, the settings it shows, ``now`` to the minute when the template shows ``now`` itself
+    (``Pages.reads_clock``; its relative-time filters are followed by ``render_shared``), and
+    ``shared_key``, which must name whatever else the page is made of. Each visitor's own CSRF token is
+    put into the kept page."""
     v = visitor(request)
     cabinet = request.app[CABINET]
     now = now or cabinet.clock.now()
@@ -199,7 +200,8 @@ def page(
     }
     pages = request.app[PAGES]
     if shared_key is not None and v.user is None:
-        key = (shared_key, tuple(sorted(context.items())), request.path, now.replace(second=0, microsecond=0),
+        minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
+        key = (shared_key, tuple(sorted(context.items())), request.path, minute,
                values["public_url"], values["product_name"])
         html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
     else:
