@@ -195,3 +195,20 @@ def test_a_kept_token_still_ages_and_each_caller_gets_its_own_payload(tmp_path: 
     for i in range(tokens.VERIFIED_TOKENS + 10):
         signer.verify(Purpose.CSRF, signer.sign(Purpose.CSRF, f"browser-{i}"), None)
     assert len(signer._verified) <= tokens.VERIFIED_TOKENS
+
+
+def test_signing_for_several_purposes_at_once_signs_as_each_alone(tmp_path: Path) -> None:
+    """A new browser's CSRF token and cookie are signed together (``sign_each``): the same tokens as
+    ``sign`` makes one by one, each verifying for its own purpose only."""
+    clock = FakeClock()
+    clock.freeze()
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), clock)
+    purposes = (Purpose.CSRF, Purpose.BROWSER, Purpose.INVITE)
+    for payload in ("a-browser-id", [7, "nonce"]):
+        tokens = signer.sign_each(purposes, payload)
+        assert tokens == [signer.sign(purpose, payload) for purpose in purposes]
+        assert len(set(tokens)) == 3
+        for purpose, token in zip(purposes, tokens):
+            assert signer.verify(purpose, token, None) == payload
+            with pytest.raises(LinkTampered):
+                signer.verify(Purpose.MANAGE, token, None)

@@ -43,6 +43,7 @@ from daemon.web.context import (
     load_visitor,
     message,
     page,
+    sign_csrf,
 )
 from daemon.web.pages import Pages
 
@@ -99,7 +100,8 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
             cookies = request.app[security.SECURITY]
             # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
             if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
-                cookies.set_browser_cookie(response, request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id))
+                cookie = v.browser_cookie or request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id)
+                cookies.set_browser_cookie(response, cookie)
             return response
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
             # aiohttp's own "404: Not Found" is plain text: show the site's page, in the visitor's language.
@@ -164,7 +166,7 @@ def anonymous_visitor(request: web.Request) -> Visitor:
     v = Visitor(
         known_browser=None, session_token=None, user=None, locale=locale,
         timezone=cabinet.config.general.timezone,
-        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, v.browser_id)),
+        csrf_token=CsrfToken(lambda: sign_csrf(cabinet.signer, v)),
     )
     return v
 

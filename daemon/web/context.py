@@ -69,6 +69,8 @@ class Visitor:
     csrf_token: CsrfToken
     chosen_locale: bool = False  # from the language switch's cookie
     _minted: str | None = None
+    #: A new browser's cookie, signed with its CSRF token (``sign_csrf``); None until a page needs one.
+    browser_cookie: str | None = None
 
     @property
     def new_browser(self) -> bool:
@@ -82,6 +84,15 @@ class Visitor:
         if self._minted is None:
             self._minted = secrets.token_urlsafe(32)
         return self._minted
+
+
+def sign_csrf(signer: LinkSigner, v: Visitor) -> str:
+    """``v``'s CSRF token. A new browser's cookie signs the same id: both are signed at once, and the
+    cookie is kept on ``v`` for the response (``daemon.web.through``)."""
+    if v.known_browser is None:
+        token, v.browser_cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), v.browser_id)
+        return token
+    return signer.sign(Purpose.CSRF, v.browser_id)
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -145,7 +156,7 @@ async def load_visitor(request: web.Request) -> Visitor:
         user=user,
         locale=locale,
         timezone=timezone,
-        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, v.browser_id)),
+        csrf_token=CsrfToken(lambda: sign_csrf(cabinet.signer, v)),
         chosen_locale=chosen in LOCALES,
     )
     return v
