@@ -212,3 +212,15 @@ def test_signing_for_several_purposes_at_once_signs_as_each_alone(tmp_path: Path
             assert signer.verify(purpose, token, None) == payload
             with pytest.raises(LinkTampered):
                 signer.verify(Purpose.MANAGE, token, None)
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 20, b"\xff" * 64, bytes(range(100))])
+def test_the_kept_hmac_is_hmac_sha1(key: bytes) -> None:
+    import hashlib
+    import hmac
+
+    from daemon.tokens import _KeyedSha1
+
+    keyed = _KeyedSha1(key)
+    for value in (b"", b"payload.stamp", bytes(range(256)) * 3):
+        assert keyed.mac(value) == hmac.new(key, value, hashlib.sha1).digest()

@@ -212,13 +212,15 @@ def page(
     pages = request.app[PAGES]
     if shared_key is not None and v.user is None:
         minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
-        key = (shared_key, tuple(sorted(context.items())), request.path, minute,
+        # ``context`` in the caller's order (a call site names its values in one order): not sorted.
+        key = (shared_key, tuple(context.items()), request.path, minute,
                values["public_url"], values["product_name"])
         html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
     else:
         html = pages.render(template, v.locale, v.timezone, values)
-    # Made with the security headers: ``security._add_headers`` then finds each one in place.
-    return web.Response(text=html, status=status, content_type="text/html", headers=request.app[SECURITY].headers)
+    # Made with the security headers: ``security._add_headers`` then finds each one in place. The body as
+    # bytes with its content type among them: what ``text=`` and ``content_type=`` make, set once.
+    return web.Response(body=html.encode(), status=status, headers=request.app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

@@ -43,7 +43,9 @@ def _invitation_page(
         next=request.path,
         # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
         # Only that value means anything to the page: any other is "" (and not a key of its own).
-        confirm="decline" if request.method == "GET" and request.query.get("confirm") == "decline" else "",
+        # (The query is parsed only when there is one: a link as emailed has none.)
+        confirm="decline" if request.method == "GET" and request.query_string
+        and request.query.get("confirm") == "decline" else "",
     )
 
 

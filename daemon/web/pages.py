@@ -16,9 +16,10 @@ extends, includes or imports) names ``now`` itself (``reads_clock``, decided onc
 template named by an expression counts as naming it). Its relative texts ("in 47 hours", the
 ``|deadline`` and ``|remaining`` filters) are noted as the page renders, and a kept page is served only
 while each still reads the same (``daemon.i18n.duration_key``): the built-in invitation page is rendered
-again when its deadline's text changes, not every minute. Never a signed-in page: those show the user. The token is rendered as a random marker and each response gets its own visitor's token
-in its place, so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages
-are bounded and dropped with the templates on reload.
+again when its deadline's text changes, not every minute. Never a signed-in page: those show the user.
+The token is rendered as a random marker and each response gets its own visitor's token in its place,
+so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages are bounded
+and dropped with the templates on reload.
 """
 
 from __future__ import annotations

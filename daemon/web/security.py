@@ -64,6 +64,8 @@ class WebSecurity:
     product_name: str = "Cabinet"  # the refusal page is drawn before any visitor is loaded
     # Built from the above (``__post_init__``): every response's security headers, HSTS over https.
     headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+    # ``headers`` and an HTML page's content type (``context.page``: the body is given as UTF-8 bytes).
+    page_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
     browser_cookie_tail: str = field(init=False, repr=False, compare=False)
 
     @classmethod
@@ -91,6 +93,8 @@ class WebSecurity:
             headers["Strict-Transport-Security"] = HSTS
         headers["Server"] = SERVER
         object.__setattr__(self, "headers", CIMultiDictProxy(headers))
+        object.__setattr__(self, "page_headers", CIMultiDictProxy(CIMultiDict(headers, **{
+            "Content-Type": "text/html; charset=utf-8"})))
         # What aiohttp's ``set_cookie`` writes for the browser cookie with ``set_cookie`` below's settings
         # (a test compares them), without a cookie jar and a Morsel per response.
         tail = "; HttpOnly; Path=/; SameSite=Lax" + ("; Secure" if self.https else "")
