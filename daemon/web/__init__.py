@@ -100,7 +100,7 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
             cookies = request.app[security.SECURITY]
             # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
             if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
-                cookie = v.browser_cookie or request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id)
+                cookie = v.minted_cookie or request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id)
                 cookies.set_browser_cookie(response, cookie)
             return response
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:

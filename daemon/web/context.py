@@ -70,7 +70,7 @@ class Visitor:
     chosen_locale: bool = False  # from the language switch's cookie
     _minted: str | None = None
     #: A new browser's cookie, signed with its CSRF token (``sign_csrf``); None until a page needs one.
-    browser_cookie: str | None = None
+    minted_cookie: str | None = None
 
     @property
     def new_browser(self) -> bool:
@@ -90,7 +90,7 @@ def sign_csrf(signer: LinkSigner, v: Visitor) -> str:
     """``v``'s CSRF token. A new browser's cookie signs the same id: both are signed at once, and the
     cookie is kept on ``v`` for the response (``daemon.web.through``)."""
     if v.known_browser is None:
-        token, v.browser_cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), v.browser_id)
+        token, v.minted_cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), v.browser_id)
         return token
     return signer.sign(Purpose.CSRF, v.browser_id)
 
