@@ -224,3 +224,18 @@ def test_the_kept_hmac_is_hmac_sha1(key: bytes) -> None:
     keyed = _KeyedSha1(key)
     for value in (b"", b"payload.stamp", bytes(range(256)) * 3):
         assert keyed.mac(value) == hmac.new(key, value, hashlib.sha1).digest()
+
+
+def test_on_the_system_clock_a_token_is_stamped_with_the_current_second(tmp_path: Path) -> None:
+    """The system clock's seconds are read without a datetime (``LinkSigner._timestamp``): the same second."""
+    import time
+
+    from daemon.clock import SystemClock
+
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), SystemClock())
+    before = int(time.time())
+    token, cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), "a-browser-id")
+    after = int(time.time())
+    for purpose, signed in ((Purpose.CSRF, token), (Purpose.BROWSER, cookie)):
+        assert before <= signer.issued_at(purpose, signed).timestamp() <= after
+        assert signer.verify(purpose, signed, timedelta(minutes=1)) == "a-browser-id"
