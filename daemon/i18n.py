@@ -135,9 +135,23 @@ def negotiate(accept_language: str | None, default: str) -> str:
     return min(choices)[2] if choices else default
 
 
+#: Where a render may keep a list for the relative-time filters (``|deadline``, ``|remaining``) to note
+#: each (instant, direction) they measured from ``now``: a kept page is then good for as long as each
+#: of those texts stays the same (``daemon.web.pages.Pages.render_shared``).
+CLOCK_READS = "_clock_reads"
+
+
 def _now(ctx: Context) -> datetime:
     now = ctx.get("now")
     return now if isinstance(now, datetime) else datetime.now(dt_timezone.utc)
+
+
+def _from_now(ctx: Context, value: datetime, direction: bool) -> timedelta:
+    """How far ``value`` is from the page's ``now``, noted for a kept page (``CLOCK_READS``)."""
+    reads = ctx.get(CLOCK_READS)
+    if reads is not None:
+        reads.append((value, direction))
+    return value - _now(ctx)
 
 
 #: Formatted dates kept per template environment: an instant's text in a (language, zone) never
@@ -187,12 +201,13 @@ def date_filters() -> dict[str, Callable[..., Any]]:
     def deadline_filter(ctx: Context, value: datetime) -> str:
         """A deadline with how far it is: "1er décembre 2026 à 5 h 59 HNE (dans 47 heures)"."""
         locale = ctx["locale"]
-        return f"{absolute(to_the_minute(value), locale, ctx['timezone'])} ({duration(value - _now(ctx), locale, True)})"
+        ahead = duration(_from_now(ctx, value, True), locale, True)
+        return f"{absolute(to_the_minute(value), locale, ctx['timezone'])} ({ahead})"
 
     @pass_context
     def remaining_filter(ctx: Context, value: datetime) -> str:
         """How long until ``value``, rounded to what a reader says ("12 heures", "12 hours")."""
-        return duration(value - _now(ctx), ctx["locale"], False)
+        return duration(_from_now(ctx, value, False), ctx["locale"], False)
 
     @pass_context
     def date_filter(ctx: Context, value: datetime) -> str:

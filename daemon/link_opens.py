@@ -77,7 +77,12 @@ def detail_text(detail: dict[str, Any]) -> str:
 
     ``json.dumps(detail, sort_keys=True)``'s text. The hot page's read builds it on every request, and
     ``json.dumps`` with ``sort_keys`` makes an encoder per call: a detail of strings and integers (every
-    one ``record`` writes) is written here with json's own string encoder."""
+    one ``record`` writes) is written here with json's own string encoder, and an invitation's (the hot
+    page's, ``invitation_detail``) straight from its id."""
+    if len(detail) == 3 and detail.get("purpose") == "invitation":
+        ref, same = detail.get("ref"), detail.get("invitation_id")
+        if type(ref) is int and type(same) is int and ref == same:
+            return f'{{"invitation_id": {int.__repr__(ref)}, "purpose": "invitation", "ref": {int.__repr__(ref)}}}'
     if all(type(key) is str and (type(value) is int or type(value) is str) for key, value in detail.items()):
         return "{" + ", ".join(
             f"{_json_string(key)}: {_json_string(value) if type(value) is str else int.__repr__(value)}"

@@ -8,10 +8,12 @@ and has no second effect.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -23,7 +25,7 @@ from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int
 from itsdangerous.timed import TimestampSigner
 from itsdangerous.url_safe import URLSafeSerializerMixin
 
-from daemon.clock import Clock
+from daemon.clock import Clock, SystemClock
 from daemon.config import Secret
 from daemon.errors import ConfigError, LinkExpired, LinkTampered
 
@@ -145,10 +147,36 @@ def _thawed(kept: Any) -> Any:
     return list(kept) if isinstance(kept, tuple) else kept
 
 
-def _mac(keyed: hmac.HMAC, value: bytes) -> bytes:
-    mac = keyed.copy()
-    mac.update(value)
-    return mac.digest()
+class _KeyedSha1:
+    """HMAC-SHA1 under one key (RFC 2104), its inner and outer hashes keyed once: a signature is two
+    copies of them, in C. ``hmac.HMAC.copy`` wraps the same in Python objects on every signature, and a
+    one-shot ``hmac.digest`` looks the digest up in OpenSSL each time (twice the cost of either)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = (hashlib.sha1(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha1(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha1(bytes(b ^ 0x5C for b in block))
+
+    def mac(self, value: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(value)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def _mac(keyed: _KeyedSha1, value: bytes) -> bytes:
+    return keyed.mac(value)
+
+
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(data: bytes) -> bytes:
+    """itsdangerous's ``base64_encode`` (URL-safe, unpadded) of bytes, without its checks and copies."""
+    return binascii.b2a_base64(data, newline=False).translate(_URL_SAFE).rstrip(b"=")
 
 
 class LinkSigner:
@@ -160,17 +188,16 @@ class LinkSigner:
         self._serializers = {purpose: self._serializer(purpose) for purpose in Purpose}
         self._address_serializers = {purpose: self._address_serializer(purpose) for purpose in Purpose}
         # Per purpose, newest key first (the newest signs, each verifies), an HMAC keyed with what
-        # itsdangerous's signer derives ("django-concat": sha1 of salt, "signer" and the secret), copied
-        # for each signature: OpenSSL 3 looks the digest up again on every one-shot ``hmac.digest``, which
-        # costs twice what copying a keyed one does.
+        # itsdangerous's signer derives ("django-concat": sha1 of salt, "signer" and the secret).
         self._macs = {
             purpose: tuple(
-                hmac.new(hashlib.sha1(purpose.salt.encode() + b"signer" + key.reveal().encode()).digest(),
-                         digestmod=hashlib.sha1)
+                _KeyedSha1(hashlib.sha1(purpose.salt.encode() + b"signer" + key.reveal().encode()).digest())
                 for key in keys.keys
             )
             for purpose in Purpose
         }
+        # The system clock's seconds read without a datetime (a test's clock is asked, as everywhere).
+        self._seconds = time.time if isinstance(clock, SystemClock) else None
         self._compact = json.JSONEncoder(separators=(",", ":"))  # itsdangerous's compact JSON, built once
         self._verified: dict[tuple[Purpose, str], tuple[Any, int, bytes]] = {}
 
@@ -198,12 +225,29 @@ class LinkSigner:
 
     def sign(self, purpose: Purpose, payload: Any) -> str:
         if purpose in RANDOM_PAYLOADS:  # never compressed: what ``_OneSignerSerializer.dump_payload`` writes
-            body = base64_encode(self._compact.encode(payload).encode())
+            body = _b64(self._compact.encode(payload).encode())
         else:
             body = self._serializers[purpose].dump_payload(payload)
-        value = body + b"." + base64_encode(_int_to_bytes(self._timestamp()))
+        value = body + b"." + _b64(_int_to_bytes(self._timestamp()))
         signature = _mac(self._macs[purpose][0], value)
-        return (value + b"." + base64_encode(signature)).decode("ascii")
+        return (value + b"." + _b64(signature)).decode("ascii")
+
+    def sign_each(self, purposes: tuple[Purpose, ...], payload: Any) -> list[str]:
+        """``sign`` of one payload for each of ``purposes`` (a new browser's CSRF token and its cookie
+        sign the same id): the payload encoded and the time read once for all of them."""
+        stamp = b"." + _b64(_int_to_bytes(self._timestamp()))
+        random_body = None
+        tokens = []
+        for purpose in purposes:
+            if purpose in RANDOM_PAYLOADS:
+                if random_body is None:
+                    random_body = _b64(self._compact.encode(payload).encode())
+                body = random_body
+            else:
+                body = self._serializers[purpose].dump_payload(payload)
+            value = body + stamp
+            tokens.append((value + b"." + _b64(_mac(self._macs[purpose][0], value))).decode("ascii"))
+        return tokens
 
     def verify(self, purpose: Purpose, token: str, max_age: timedelta | None) -> Any:
         """Return the payload, or raise ``LinkTampered`` / ``LinkExpired``.
@@ -250,6 +294,8 @@ class LinkSigner:
         return any(hmac.compare_digest(signature, _mac(keyed, value)) for keyed in self._macs[purpose])
 
     def _timestamp(self) -> int:
+        if self._seconds is not None:
+            return int(self._seconds())
         return int(self._clock.now().timestamp())
 
     def inspect(self, purpose: Purpose, token: str) -> tuple[Any, datetime]:

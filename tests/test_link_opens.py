@@ -14,6 +14,10 @@ from daemon.link_opens import detail_text, invitation_detail
 @pytest.mark.parametrize("detail", [
     invitation_detail(5),
     invitation_detail(2**40),
+    invitation_detail(-3),
+    {"purpose": "invitation", "ref": 5, "invitation_id": 6},
+    {"purpose": "invitation", "ref": 5, "invitation_id": True},
+    {"purpose": "invitation", "ref": 5, "other": 5},
     {"purpose": "manage", "ref": 3},
     {"purpose": "é\"\\\n<x>\u2028", "ref": -12, "a": "ü"},
     {"flag": True, "ref": 1},

@@ -59,3 +59,31 @@ def test_the_deadline_text_follows_the_clock(server, cli: Cli, seed: Seed, mailb
         assert first != later and "valid until" in later
         clock.advance(days=60)
         assert "expired" in client.get(link).text
+
+
+def test_the_kept_page_outlives_the_minute_until_its_deadline_text_changes(
+        server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env, clock: FakeClock):
+    """The built-in page shows no ``now`` of its own (only "in 4 weeks", followed as it renders): a new
+    minute does not render it again, a new deadline text does."""
+    link = _invite(cli, mailbox, seed)
+    clock.freeze()  # after the email: the CLI queued it on the system clock
+    pages = server.service.pages
+    assert not pages.reads_clock("invitation.html")
+    renders: list[str] = []
+    render = pages.render
+
+    def counted(name: str, *args: object) -> str:
+        renders.append(name)
+        return render(name, *args)
+
+    pages.render = counted  # type: ignore[method-assign]  # the real render, counted
+    with httpx.Client(base_url=env.base_url) as client:
+        first = client.get(link).text
+        assert renders == ["invitation.html"]
+        clock.advance(minutes=3)
+        again = client.get(link).text
+        assert renders == ["invitation.html"]  # served from the kept page
+        assert again.replace(csrf_of(again), "") == first.replace(csrf_of(first), "")
+        clock.advance(days=14)  # "in 4 weeks" becomes "in 2 weeks"
+        later = client.get(link).text
+        assert renders == ["invitation.html", "invitation.html"] and later != first

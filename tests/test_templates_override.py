@@ -20,6 +20,8 @@ from click.testing import CliRunner
 
 from daemon.cli import cli as cabinet_cli
 from daemon.config import LOCALES
+from daemon.template_folders import template_folders
+from daemon.web.pages import Pages
 from mailer.maildir import text_body
 from mailer.render import email_names
 from mailer.samples import SAMPLES
@@ -285,3 +287,41 @@ def test_sighup_makes_a_new_override_count_in_a_running_serve(serve: ServeProces
         browser.close()
     code = serve.stop()
     assert code == 0, serve.output()
+
+
+def test_a_shared_page_whose_template_shows_now_follows_the_minute(server: RunningServer, env: Env, cli: Cli,
+                                                                   seed: Seed, mailbox: Mailbox,
+                                                                   overrides: Path) -> None:
+    """The signed-out invitation page is kept once rendered; an operator's template that shows ``now``
+    (here from a template it includes) keeps it for the minute only."""
+    put(overrides, "web/invitation.html", '{% extends "layout.html" %}{% block content %}'
+                                          '<p>{{ invitation.company }}</p>{% include "_now.html" %}{% endblock %}\n')
+    put(overrides, "web/_now.html", "<p>Shown on {{ now|datetime }}</p>\n")
+    server.service.reload()
+    assert server.service.pages.reads_clock("invitation.html")
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    link = link_in(mailbox.wait(seed.accountant, subject="Invitation", count=1, timeout=WAIT)[-1])
+    server.clock.freeze()  # after the email: the CLI queued it on the system clock
+    with httpx.Client(base_url=env.base_url, timeout=WAIT) as http:
+        first = http.get(link).text
+        assert "Shown on" in first and seed.company in first
+        server.clock.advance(minutes=2)
+        later = http.get(link).text
+        assert "Shown on" in later and later != first
+
+
+def test_which_templates_read_the_clock(env: Env, overrides: Path) -> None:
+    """Naming ``now`` anywhere in a page's tree keeps the minute in a kept page's key; so does what
+    cannot be known (a template named by an expression) and a relative-time filter where no ``now``
+    reaches it (a macro imported without context)."""
+    put(overrides, "web/a_direct.html", "{{ now }}")
+    put(overrides, "web/a_extends.html", '{% extends "a_direct.html" %}')
+    put(overrides, "web/a_dynamic.html", "{% include which %}")
+    put(overrides, "web/a_macro.html", "{% macro left(at) %}{{ at|remaining }}{% endmacro %}")
+    put(overrides, "web/a_imported.html", '{% import "a_macro.html" as m %}{{ m.left(at) }}')
+    put(overrides, "web/a_imported_with.html", '{% import "a_macro.html" as m with context %}{{ m.left(at) }}')
+    put(overrides, "web/a_relative.html", '{{ at|deadline }} {% include ["_labels.html"] %}')
+    pages = Pages(template_folders(overrides))
+    assert [pages.reads_clock(f"a_{n}.html") for n in ("direct", "extends", "dynamic", "imported")] == [True] * 4
+    assert not pages.reads_clock("a_imported_with.html") and not pages.reads_clock("a_relative.html")
+    assert not pages.reads_clock("invitation.html")

@@ -195,3 +195,47 @@ def test_a_kept_token_still_ages_and_each_caller_gets_its_own_payload(tmp_path: 
     for i in range(tokens.VERIFIED_TOKENS + 10):
         signer.verify(Purpose.CSRF, signer.sign(Purpose.CSRF, f"browser-{i}"), None)
     assert len(signer._verified) <= tokens.VERIFIED_TOKENS
+
+
+def test_signing_for_several_purposes_at_once_signs_as_each_alone(tmp_path: Path) -> None:
+    """A new browser's CSRF token and cookie are signed together (``sign_each``): the same tokens as
+    ``sign`` makes one by one, each verifying for its own purpose only."""
+    clock = FakeClock()
+    clock.freeze()
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), clock)
+    purposes = (Purpose.CSRF, Purpose.BROWSER, Purpose.INVITE)
+    for payload in ("a-browser-id", [7, "nonce"]):
+        tokens = signer.sign_each(purposes, payload)
+        assert tokens == [signer.sign(purpose, payload) for purpose in purposes]
+        assert len(set(tokens)) == 3
+        for purpose, token in zip(purposes, tokens):
+            assert signer.verify(purpose, token, None) == payload
+            with pytest.raises(LinkTampered):
+                signer.verify(Purpose.MANAGE, token, None)
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 20, b"\xff" * 64, bytes(range(100))])
+def test_the_kept_hmac_is_hmac_sha1(key: bytes) -> None:
+    import hashlib
+    import hmac
+
+    from daemon.tokens import _KeyedSha1
+
+    keyed = _KeyedSha1(key)
+    for value in (b"", b"payload.stamp", bytes(range(256)) * 3):
+        assert keyed.mac(value) == hmac.new(key, value, hashlib.sha1).digest()
+
+
+def test_on_the_system_clock_a_token_is_stamped_with_the_current_second(tmp_path: Path) -> None:
+    """The system clock's seconds are read without a datetime (``LinkSigner._timestamp``): the same second."""
+    import time
+
+    from daemon.clock import SystemClock
+
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), SystemClock())
+    before = int(time.time())
+    token, cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), "a-browser-id")
+    after = int(time.time())
+    for purpose, signed in ((Purpose.CSRF, token), (Purpose.BROWSER, cookie)):
+        assert before <= signer.issued_at(purpose, signed).timestamp() <= after
+        assert signer.verify(purpose, signed, timedelta(minutes=1)) == "a-browser-id"

@@ -43,6 +43,7 @@ from daemon.web.context import (
     load_visitor,
     message,
     page,
+    sign_csrf,
 )
 from daemon.web.pages import Pages
 
@@ -68,39 +69,81 @@ MEASURED = web.AppKey("measured", _Measured)
 
 
 @web.middleware
-async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Latency per route, and link opens (GET) versus actions (POST) per purpose."""
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's way through Cabinet, in one middleware: each ``@web.middleware`` layer costs a
+    coroutine and a partial per request, and a link page is most of what this server does.
+
+    In order, outermost first (as the five middlewares it replaces ran): latency and link counts
+    (``_measure``); domain errors and faults as pages (``_error_page``); other sites' POSTs refused
+    before their body is read (``security.cross_site_refusal``); the visitor, the POST's form and its
+    CSRF check (``_visitor_for``); the handler; an emailed link's first opening noted
+    (``_note_opening``); and the browser cookie a page with a form needs."""
     started = time.perf_counter()
     try:
-        return await handler(request)
+        try:
+            refused = security.cross_site_refusal(request)
+            if refused is not None:
+                return refused
+            if request.path.startswith("/static/") or request.path in PLAIN_PATHS:
+                return await handler(request)
+            v = request[VISITOR] = await load_visitor(request)
+            if request.method == "POST":
+                submitted = await request.post()
+                request[FORM] = submitted
+                csrf = submitted.get("csrf_token")
+                check_csrf(request, csrf if isinstance(csrf, str) else None)
+            elif request.method not in ("GET", "HEAD"):
+                raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
+            response = await handler(request)
+            if request.method == "GET" and response.status == 200:
+                await _note_opening(request)
+            cookies = request.app[security.SECURITY]
+            # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
+            if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
+                cookie = v.minted_cookie or request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id)
+                cookies.set_browser_cookie(response, cookie)
+            return response
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            # aiohttp's own "404: Not Found" is plain text: show the site's page, in the visitor's language.
+            if VISITOR not in request:
+                raise
+            response = page(request, "not_found.html", status=exc.status, method_not_allowed=exc.status == 405)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            return _error_page(request, exc)
     finally:
-        method = request.method
-        purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
-        measured = request.app[MEASURED]
-        children = measured.get((route, method, purpose))
-        if children is None:
-            metrics = request.app[METRICS]
-            clicks = None
-            if purpose and method in ("GET", "POST"):
-                clicks = metrics.links.labels(purpose, "opened" if method == "GET" else "acted")
-            children = (metrics.requests.labels(route, method), clicks)
-            if method in ("GET", "HEAD", "POST"):  # any other method string is a client's: kept nowhere new
-                measured[(route, method, purpose)] = children
-        latency, clicks = children
-        latency.observe(time.perf_counter() - started)
-        if clicks is not None:
-            clicks.inc()
+        _measure(request, started)
 
 
-@web.middleware
-async def link_opens(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _measure(request: web.Request, started: float) -> None:
+    """Latency per route, and link opens (GET) versus actions (POST) per purpose."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    method = request.method
+    purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
+    measured = request.app[MEASURED]
+    children = measured.get((route, method, purpose))
+    if children is None:
+        metrics = request.app[METRICS]
+        clicks = None
+        if purpose and method in ("GET", "POST"):
+            clicks = metrics.links.labels(purpose, "opened" if method == "GET" else "acted")
+        children = (metrics.requests.labels(route, method), clicks)
+        if method in ("GET", "HEAD", "POST"):  # any other method string is a client's: kept nowhere new
+            measured[(route, method, purpose)] = children
+    latency, clicks = children
+    latency.observe(time.perf_counter() - started)
+    if clicks is not None:
+        clicks.inc()
+
+
+async def _note_opening(request: web.Request) -> None:
     """After an emailed link's page was shown (GET, 200), note that it was opened: an append-only
     telemetry row that changes nothing the link does (see daemon.link_opens for why this is not a
     state change). A failure to note it is logged; the visitor still gets the page."""
-    response = await handler(request)
-    if request.method != "GET" or response.status != 200:
-        return response
     checked = FIRST_OPENING in request  # the page's own read looked for an earlier opening
     if checked or is_emailed_link(request.path):
         opens = request.app[CABINET].link_opens
@@ -111,7 +154,6 @@ async def link_opens(request: web.Request, handler: Handler) -> web.StreamRespon
                 await run(opens.record_opening, opening)
         except Exception as exc:  # noqa: BLE001 - telemetry never fails a page
             log.warning("could not record a link opening: %s", storage_fault(exc) or type(exc).__name__)
-    return response
 
 
 def anonymous_visitor(request: web.Request) -> Visitor:
@@ -124,63 +166,30 @@ def anonymous_visitor(request: web.Request) -> Visitor:
     v = Visitor(
         known_browser=None, session_token=None, user=None, locale=locale,
         timezone=cabinet.config.general.timezone,
-        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, v.browser_id)),
+        csrf_token=CsrfToken(lambda: sign_csrf(cabinet.signer, v)),
     )
     return v
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        # aiohttp's own "404: Not Found" is plain text: show the site's page, in the visitor's language.
-        if VISITOR not in request:
-            raise
-        response = page(request, "not_found.html", status=exc.status, method_not_allowed=exc.status == 405)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except web.HTTPException:
-        raise
-    except CabinetError as exc:
+def _error_page(request: web.Request, exc: Exception) -> web.Response:
+    """A domain error's page in the visitor's language; a fault's "try again" page (503, one line in the
+    log) or a bug's (500, the traceback logged): never the exception's text."""
+    if isinstance(exc, CabinetError):
         if VISITOR not in request:
             return web.Response(text=str(exc), status=exc.http_status)
         return page(request, "error.html", status=exc.http_status, message=message(request, exc))
-    except Exception as exc:
-        fault = storage_fault(exc)
-        if fault is not None:  # temporary, not a bug: one line in the log, "try again" on the page
-            log.error("%s %s: %s", request.method, request.path, fault)
-        else:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-        status = 503 if fault is not None else 500
-        if request.path in PLAIN_PATHS or request.path.startswith("/static/"):
-            return web.Response(text="temporarily unavailable\n" if fault else "internal error\n", status=status)
-        if VISITOR not in request:
-            # The fault came before the visitor was known (loading the session needs the database).
-            request[VISITOR] = anonymous_visitor(request)
-        return page(request, "error.html", status=status, message=None)
-
-
-@web.middleware
-async def visitors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/static/") or request.path in PLAIN_PATHS:
-        return await handler(request)
-    v = await load_visitor(request)
-    request[VISITOR] = v
-    if request.method == "POST":
-        submitted = await request.post()
-        request[FORM] = submitted
-        csrf = submitted.get("csrf_token")
-        check_csrf(request, csrf if isinstance(csrf, str) else None)
-    elif request.method not in ("GET", "HEAD"):
-        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
-    response = await handler(request)
-    cookies = request.app[security.SECURITY]
-    # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
-    if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
-        cookies.set_browser_cookie(response, request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id))
-    return response
+    fault = storage_fault(exc)
+    if fault is not None:  # temporary, not a bug: one line in the log, "try again" on the page
+        log.error("%s %s: %s", request.method, request.path, fault)
+    else:
+        log.exception("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    status = 503 if fault is not None else 500
+    if request.path in PLAIN_PATHS or request.path.startswith("/static/"):
+        return web.Response(text="temporarily unavailable\n" if fault else "internal error\n", status=status)
+    if VISITOR not in request:
+        # The fault came before the visitor was known (loading the session needs the database).
+        request[VISITOR] = anonymous_visitor(request)
+    return page(request, "error.html", status=status, message=None)
 
 
 async def favicon(request: web.Request) -> web.FileResponse:
@@ -236,7 +245,7 @@ def make_app(
     readiness: Callable[[], dict[str, bool]],
 ) -> web.Application:
     app = web.Application(
-        middlewares=[measure, errors, security.same_origin_posts, visitors, link_opens], client_max_size=64 * 1024
+        middlewares=[through], client_max_size=64 * 1024
     )
     security.install(app, cabinet.config.http, pages, cabinet.config.general.default_locale,
                      cabinet.config.general.timezone, cabinet.config.general.product_name)

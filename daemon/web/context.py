@@ -69,6 +69,8 @@ class Visitor:
     csrf_token: CsrfToken
     chosen_locale: bool = False  # from the language switch's cookie
     _minted: str | None = None
+    #: A new browser's cookie, signed with its CSRF token (``sign_csrf``); None until a page needs one.
+    minted_cookie: str | None = None
 
     @property
     def new_browser(self) -> bool:
@@ -82,6 +84,15 @@ class Visitor:
         if self._minted is None:
             self._minted = secrets.token_urlsafe(32)
         return self._minted
+
+
+def sign_csrf(signer: LinkSigner, v: Visitor) -> str:
+    """``v``'s CSRF token. A new browser's cookie signs the same id: both are signed at once, and the
+    cookie is kept on ``v`` for the response (``daemon.web.through``)."""
+    if v.known_browser is None:
+        token, v.minted_cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), v.browser_id)
+        return token
+    return signer.sign(Purpose.CSRF, v.browser_id)
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -145,7 +156,7 @@ async def load_visitor(request: web.Request) -> Visitor:
         user=user,
         locale=locale,
         timezone=timezone,
-        csrf_token=CsrfToken(lambda: cabinet.signer.sign(Purpose.CSRF, v.browser_id)),
+        csrf_token=CsrfToken(lambda: sign_csrf(cabinet.signer, v)),
         chosen_locale=chosen in LOCALES,
     )
     return v
@@ -182,9 +193,10 @@ def page(
 
     With ``shared_key``, for a signed-out visitor, the page is rendered once and kept
     (``Pages.render_shared``) under a key of everything it is made of: ``context`` (hashable values),
-    the path, the settings it shows, ``now`` to the minute (the dates it formats show minutes), and
-    ``shared_key``, which must name whatever else the page takes from ``now`` (a relative deadline's
-    text, ``daemon.i18n.duration_key``). Each visitor's own CSRF token is put into the kept page."""
+    the path, the settings it shows, ``now`` to the minute when the template shows ``now`` itself
+    (``Pages.reads_clock``; its relative-time filters are followed by ``render_shared``), and
+    ``shared_key``, which must name whatever else the page is made of. Each visitor's own CSRF token is
+    put into the kept page."""
     v = visitor(request)
     cabinet = request.app[CABINET]
     now = now or cabinet.clock.now()
@@ -199,13 +211,16 @@ def page(
     }
     pages = request.app[PAGES]
     if shared_key is not None and v.user is None:
-        key = (shared_key, tuple(sorted(context.items())), request.path, now.replace(second=0, microsecond=0),
+        minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
+        # ``context`` in the caller's order (a call site names its values in one order): not sorted.
+        key = (shared_key, tuple(context.items()), request.path, minute,
                values["public_url"], values["product_name"])
         html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
     else:
         html = pages.render(template, v.locale, v.timezone, values)
-    # Made with the security headers: ``security._add_headers`` then finds each one in place.
-    return web.Response(text=html, status=status, content_type="text/html", headers=request.app[SECURITY].headers)
+    # Made with the security headers: ``security._add_headers`` then finds each one in place. The body as
+    # bytes with its content type among them: what ``text=`` and ``content_type=`` make, set once.
+    return web.Response(body=html.encode(), status=status, headers=request.app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

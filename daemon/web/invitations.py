@@ -10,7 +10,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.errors import InvalidInput, LinkTampered
-from daemon.i18n import duration_key
 from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
 from daemon.web.context import CABINET, FIRST_OPENING, form, message, page, read, redirect, run, speak_to, visitor
@@ -33,8 +32,8 @@ def _invitation_page(
         status=status,
         now=now,
         # Signed out, the page is what these show (the invitation as read now, its state included): kept
-        # once rendered (``context.page``). ``|deadline`` also shows how far the expiry is: its text's key.
-        shared_key=(duration_key(invitation.expires_at - now, True),),
+        # once rendered (``context.page``; ``|deadline``'s "in 47 hours" is followed by ``render_shared``).
+        shared_key=(),
         invitation=invitation,
         wrong_account=wrong_account,
         error=error,
@@ -44,7 +43,9 @@ def _invitation_page(
         next=request.path,
         # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
         # Only that value means anything to the page: any other is "" (and not a key of its own).
-        confirm="decline" if request.method == "GET" and request.query.get("confirm") == "decline" else "",
+        # (The query is parsed only when there is one: a link as emailed has none.)
+        confirm="decline" if request.method == "GET" and request.query_string
+        and request.query.get("confirm") == "decline" else "",
     )
 
 

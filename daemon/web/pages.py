@@ -11,12 +11,15 @@ is opened again and again (by its accountant, by mail scanners) and is the same 
 it but for the CSRF token in its forms. It is kept once rendered, under a key of everything it is made
 of: the template, language and time zone; every value the page was given (the invitation as read from
 the database on this request, its state and dates included, so a change shows on the next request);
-the link's path; the settings it shows; the clock's minute (its dates show minutes) and the key of its
-relative deadline's text ("in 47 hours", ``daemon.i18n.duration_key``). Never a signed-in page: those
-show the user. The token is rendered as a random marker and each response gets its own visitor's token
-in its place, so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages
-are bounded and dropped with the templates on reload. An operator's template that shows ``now`` in
-another way would show it to the minute.
+the link's path; the settings it shows; and the clock's minute only when the template (or one it
+extends, includes or imports) names ``now`` itself (``reads_clock``, decided once per template; a
+template named by an expression counts as naming it). Its relative texts ("in 47 hours", the
+``|deadline`` and ``|remaining`` filters) are noted as the page renders, and a kept page is served only
+while each still reads the same (``daemon.i18n.duration_key``): the built-in invitation page is rendered
+again when its deadline's text changes, not every minute. Never a signed-in page: those show the user.
+The token is rendered as a random marker and each response gets its own visitor's token in its place,
+so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages are bounded
+and dropped with the templates on reload.
 """
 
 from __future__ import annotations
@@ -24,21 +27,25 @@ from __future__ import annotations
 import io
 import secrets
 from gettext import NullTranslations
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, nodes
 from markupsafe import Markup
 
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, render
-from daemon.i18n import date_filters
+from daemon.i18n import CLOCK_READS, date_filters, duration_key
 from daemon.template_folders import TemplateFolders
 from daemon.web.compiled_gettext import CompiledGettext
 
+
+#: The filters that measure from the page's ``now`` (``daemon.i18n.date_filters``).
+RELATIVE_FILTERS = ("deadline", "remaining")
 
 #: Pages ``render_shared`` keeps: a few KB each.
 SHARED_PAGES = 2048
@@ -61,7 +68,9 @@ class Pages:
         self._envs: dict[str, Environment] = {}
         self._translations: dict[str, NullTranslations] = {}
         self._templates: dict[tuple[str, str], tuple[Template, dict[str, Any]]] = {}
-        self._shared: dict[tuple[Any, ...], str] = {}
+        # A kept page: its HTML and the relative texts it shows, (instant, direction, duration_key).
+        self._shared: dict[tuple[Any, ...], tuple[str, tuple[tuple[datetime, bool, Any], ...]]] = {}
+        self._reads_clock: dict[str, bool] = {}
         # Where a shared page's CSRF token goes (``render_shared``): random per process, so no text a
         # visitor or an invitation brings can name it.
         self._token_marker = f"csrf-{secrets.token_hex(16)}"
@@ -91,6 +100,7 @@ class Pages:
         self._translations = translations
         self._templates = {}
         self._shared = {}
+        self._reads_clock = {}
 
     def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
         """``Template.render`` without its per-render copies: the template is kept here (no loader
@@ -120,18 +130,68 @@ class Pages:
         The caller's key must name everything the page shows (see ``daemon.web.invitations``): a kept
         page is only ever served for the same key. Bounded; ``reload`` empties it with the templates."""
         full_key = (name, locale, timezone, key)
-        html = self._shared.get(full_key)
-        if html is None:
-            html = self.render(name, locale, timezone, {**context, "csrf_token": Markup(self._token_marker)})
-            if len(self._shared) >= SHARED_PAGES:
+        now = context["now"]
+        kept = self._shared.get(full_key)
+        if kept is None or any(duration_key(at - now, ahead) != text for at, ahead, text in kept[1]):
+            reads: list[tuple[datetime, bool]] = []
+            html = self.render(name, locale, timezone,
+                               {**context, "csrf_token": Markup(self._token_marker), CLOCK_READS: reads})
+            if kept is None and len(self._shared) >= SHARED_PAGES:
                 self._shared.clear()  # bounded; the hot pages come back in a few requests
-            self._shared[full_key] = html
+            self._shared[full_key] = (html, tuple((at, ahead, duration_key(at - now, ahead)) for at, ahead in reads))
+        else:
+            html = kept[0]
         if self._token_marker not in html:
             return html
         return html.replace(self._token_marker, str(csrf_token))
+
+    def reads_clock(self, name: str) -> bool:
+        """Whether the page ``name`` shows ``now`` itself, so that a kept rendering of it is good for the
+        minute only (``daemon.web.context.page``). Decided once per template, from its source and that of
+        every template it extends, includes or imports: one named by an expression, or one that cannot be
+        read, counts as yes. The relative-time filters are not this: ``render_shared`` follows them."""
+        found = self._reads_clock.get(name)
+        if found is None:
+            found = self._reads_clock[name] = _names_now(self._envs[LOCALES[0]], name)
+        return found
 
     def error_message(self, error: CabinetError, locale: str) -> str:
         """An error's code in the reader's language, as a sentence (the domain only gives codes)."""
         text = render(error.code, error.params, self._translations[locale].pgettext)
         text = text[:1].upper() + text[1:]
         return text if text.endswith((".", "!", "?", "»")) else text + "."
+
+
+def _names_now(env: Environment, name: str) -> bool:
+    """``Pages.reads_clock`` for one environment (the loader is the same for every language).
+
+    A template imported without the page's context has no ``now``: its relative-time filters would read
+    the real clock unnoticed, so one that uses them counts as yes too."""
+    seen: set[tuple[str, bool]] = set()
+    waiting = [(name, True)]
+    while waiting:
+        current, with_context = waiting.pop()
+        if (current, with_context) in seen:
+            continue
+        seen.add((current, with_context))
+        try:
+            source, _, _ = env.loader.get_source(env, current)  # type: ignore[union-attr]
+            parsed = env.parse(source)
+            names = meta.find_undeclared_variables(parsed)
+        except Exception:  # noqa: BLE001 - unknown is "yes": the page then keeps the minute in its key
+            return True
+        if "now" in names:
+            return True
+        if not with_context and any(f.name in RELATIVE_FILTERS for f in parsed.find_all(nodes.Filter)):
+            return True
+        for node in parsed.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+            try:
+                names_of = node.template.as_const()
+            except nodes.Impossible:  # named by an expression: which one is unknown
+                return True
+            for referenced in names_of if isinstance(names_of, (list, tuple)) else [names_of]:
+                if not isinstance(referenced, str):
+                    return True
+                keeps = not isinstance(node, (nodes.Import, nodes.FromImport)) or node.with_context
+                waiting.append((referenced, keeps and with_context))
+    return False

@@ -17,7 +17,6 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
@@ -27,7 +26,6 @@ from daemon.config import HttpConfig
 from daemon.i18n import negotiate
 from daemon.web.pages import Pages
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HEADERS = {
@@ -66,6 +64,8 @@ class WebSecurity:
     product_name: str = "Cabinet"  # the refusal page is drawn before any visitor is loaded
     # Built from the above (``__post_init__``): every response's security headers, HSTS over https.
     headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+    # ``headers`` and an HTML page's content type (``context.page``: the body is given as UTF-8 bytes).
+    page_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
     browser_cookie_tail: str = field(init=False, repr=False, compare=False)
 
     @classmethod
@@ -93,6 +93,8 @@ class WebSecurity:
             headers["Strict-Transport-Security"] = HSTS
         headers["Server"] = SERVER
         object.__setattr__(self, "headers", CIMultiDictProxy(headers))
+        object.__setattr__(self, "page_headers", CIMultiDictProxy(CIMultiDict(headers, **{
+            "Content-Type": "text/html; charset=utf-8"})))
         # What aiohttp's ``set_cookie`` writes for the browser cookie with ``set_cookie`` below's settings
         # (a test compares them), without a cookie jar and a Morsel per response.
         tail = "; HttpOnly; Path=/; SameSite=Lax" + ("; Secure" if self.https else "")
@@ -174,9 +176,9 @@ def is_cross_site(request: web.Request, origin: str) -> bool:
     return sent is not None and sent.lower() != origin
 
 
-@web.middleware
-async def same_origin_posts(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse state-changing requests from other sites before anything reads their body."""
+def cross_site_refusal(request: web.Request) -> web.Response | None:
+    """The refusal of a state-changing request from another site, made before anything reads its body
+    (``daemon.web.through`` answers with it); None for a request that may go on."""
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         security = request.app[SECURITY]
         if is_cross_site(request, security.origin):
@@ -189,7 +191,7 @@ async def same_origin_posts(request: web.Request, handler: Handler) -> web.Strea
                  "public_url": security.origin, "product_name": security.product_name},
             )
             return web.Response(text=html, status=403, content_type="text/html")
-    return await handler(request)
+    return None
 
 
 async def _add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
