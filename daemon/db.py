@@ -377,6 +377,25 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
             yield connection
 
 
+@contextmanager
+def savepoint(connection: Connection, name: str) -> Iterator[None]:
+    """A SAVEPOINT on a Core write connection, straight to the driver (as ``GroupWriter.core_unit``):
+    an exception undoes only what ran inside it, and is raised on."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        try:
+            driver.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            driver.execute(f"RELEASE SAVEPOINT {name}")
+        except Exception:  # noqa: BLE001 - a lost connection: the transaction's COMMIT fails and says so
+            pass
+        raise
+    driver.execute(f"RELEASE SAVEPOINT {name}")
+
+
 def rows_changed(session: Session, statement: Executable) -> int:
     """Run an UPDATE and say how many rows it changed: the guard of every single-use transition."""
     result = session.execute(statement)

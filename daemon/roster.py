@@ -22,7 +22,7 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
-from daemon.db import read_connections, rows_changed, write_connection
+from daemon.db import read_connections, rows_changed, savepoint, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -158,7 +158,7 @@ class _Replan(Exception):
 
 @dataclass(frozen=True)
 class _AcceptPlan:
-    """An accept decided on a read connection (``Roster._plan_accept``), for its write to carry out."""
+    """An accept decided on a read connection (``Roster.plan_accept``), for its write to carry out."""
 
     read: Any  # a row of ACCEPT_READ: the company's columns (CompanyFacts), the invitation's, the user's
     firm_id: int
@@ -759,21 +759,48 @@ class Roster(DomainService):
         undone and the accept decided again inside the lock (``accept_in``), as every accept was
         before: the outcome is the one a serial order gives.
         """
-        plan = self._plan_accept(token, user_id, firm_id)
-        if plan is None:
-            self._refuse_accept(token, user_id, firm_id)
-        else:
+        plan = self.plan_accept(token, user_id, firm_id)
+        if plan is not None:
             try:
                 with write_connection(self._sessions) as connection:
                     return self._accept_planned(connection, plan, channel)
             except _Replan:
                 pass
+        return self.accept_unplanned(token, user_id, firm_id, plan is None, channel)
+
+    def accept_planned_many(self, plans: Sequence[tuple[_AcceptPlan, str]]) -> list[AcceptResult | Exception | None]:
+        """Several planned accepts (``plan_accept``, with their channels) in one write unit: the link
+        handler's concurrent accepts take one thread hop and one turn of the write lock between them
+        instead of one each. Each runs in a SAVEPOINT of its own, so one whose row changed since its
+        plan, or that fails, is undone alone. One outcome per plan: its result; None when it must be
+        decided again inside the lock (``accept_unplanned``); or the exception it failed with. Returns
+        once they are durable; a failed commit raises (nobody is told "done").
+        """
+        outcomes: list[AcceptResult | Exception | None] = []
+        with write_connection(self._sessions) as connection:
+            for plan, channel in plans:
+                try:
+                    with savepoint(connection, "accept_plan"):
+                        outcomes.append(self._accept_planned(connection, plan, channel))
+                except _Replan:
+                    outcomes.append(None)
+                except Exception as exc:
+                    outcomes.append(exc)
+        return outcomes
+
+    def accept_unplanned(self, token: str, user_id: int, firm_id: int | None, refused: bool,
+                         channel: str = "link") -> AcceptResult:
+        """The accept decided inside the write lock: after a plan that found a refusal (``refused``: its
+        exact error is the locked path's, raised from a read session when it still holds), or whose write
+        found its rows changed."""
+        if refused:
+            self._refuse_accept(token, user_id, firm_id)
         with self._transaction() as s:
             # The company comes in the same statement: an accept always reads it, inside the write lock.
             invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
             return self.accept_in(s, invitation, user_id, firm_id, channel)
 
-    def _plan_accept(self, token: str, user_id: int, firm_id: int | None) -> _AcceptPlan | None:
+    def plan_accept(self, token: str, user_id: int, firm_id: int | None) -> _AcceptPlan | None:
         """What an accept writes, read and decided outside the write lock; None when the read finds a
         refusal (its exact error is then the locked path's)."""
         now = self._clock.now()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, Seed, csrf_of, link_in
 
@@ -297,3 +299,61 @@ def test_pages_follow_accept_language_then_the_users_locale(server, make_browser
     english.sign_in(link2, "sophie@tremblay.example")
     # Signed in, the user's own language wins over the browser's.
     assert "Accepter l'invitation" in english.get(link2).text
+
+
+def test_accepts_pressed_at_once_are_each_written_once(server, make_browser, cli, seed, mailbox, env):
+    """Accepts in flight together are written together (one unit, one commit: ``web.invitations``):
+    each still gets its own 303 only once durable, its own roster entry, event and two notices."""
+    companies = [seed.company] + [f"Atelier {n}" for n in range(5)]
+    for n, company in enumerate(companies[1:]):
+        cli("company", "add", company, "--admin-email", f"admin{n}@atelier.example", "--admin-name", f"Admin {n}",
+            "--locale", "en")
+    links = []
+    for company in companies:
+        cli("invitation", "send", "--company", company, "--email", seed.accountant)
+    links = [link_in(m) for m in mailbox.wait(seed.accountant, subject="Invitation", count=len(companies))]
+    browser = make_browser()
+    browser.sign_in(links[0], seed.accountant)
+    token = csrf_of(browser.get(links[0]).text)
+    clients = [make_browser() for _ in links]
+    for client in clients:
+        client.http.cookies = browser.http.cookies
+    start = threading.Barrier(len(links))
+
+    def press(client: Browser, link: str) -> int:
+        start.wait()
+        return client.http.post(link + "/accept", data={"csrf_token": token}).status_code
+
+    with ThreadPoolExecutor(len(links)) as pool:
+        codes = list(pool.map(press, clients, links))
+    assert codes == [303] * len(links)
+    assert sorted(c["company"] for c in roster(cli, seed.firm)) == sorted(companies)
+    assert env.sql("SELECT DISTINCT state FROM invitations") == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'")[0][0] == len(links)
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')")[0][0] \
+        == 2 * len(links)
+    # A second press of each is refused: nothing is written twice.
+    assert browser.http.post(links[0] + "/accept", data={"csrf_token": token}).status_code == 409
+
+
+def test_a_revoke_between_the_accepts_read_and_its_write(server, browser, cli, seed, mailbox, env, monkeypatch):
+    """The accept is planned on a read, written later with the others in flight: a revoke in between
+    makes its guarded write find nothing, and the accept, decided again in the lock, is refused (409)."""
+    link = invite(cli, mailbox, seed)
+    browser.sign_in(link, seed.accountant)
+    token = csrf_of(browser.get(link).text)
+    roster_domain = server.cabinet.roster
+    plan = roster_domain.plan_accept
+
+    def read_then_revoke(*args):
+        planned = plan(*args)
+        assert planned is not None, "the read found the invitation acceptable"
+        roster_domain.revoke_invitation(planned.read.invitation_id)
+        return planned
+
+    monkeypatch.setattr(roster_domain, "plan_accept", read_then_revoke)
+    refused = browser.http.post(link + "/accept", data={"csrf_token": token})
+    assert refused.status_code == 409 and "withdrew this invitation" in refused.text
+    assert env.sql("SELECT state FROM invitations") == [("revoked",)]
+    assert roster(cli, seed.firm) == []
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'")[0][0] == 0

@@ -454,7 +454,7 @@ def test_invite_pressed_twice_on_the_manage_page_sends_once(cabinet: Cabinet, en
 
 def _change_after_the_read(monkeypatch: pytest.MonkeyPatch, cabinet: Cabinet, change: Callable[[], None]) -> None:
     """Run ``change`` (committed) between an accept's read (outside the write lock) and its write."""
-    plan = cabinet.roster._plan_accept
+    plan = cabinet.roster.plan_accept
 
     def read_then_change(*args: Any) -> Any:
         read = plan(*args)
@@ -462,7 +462,7 @@ def _change_after_the_read(monkeypatch: pytest.MonkeyPatch, cabinet: Cabinet, ch
         change()
         return read
 
-    monkeypatch.setattr(cabinet.roster, "_plan_accept", read_then_change)
+    monkeypatch.setattr(cabinet.roster, "plan_accept", read_then_change)
 
 
 def test_a_revoke_after_the_accepts_read_wins(cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -492,3 +492,55 @@ def test_a_client_added_after_the_accepts_read_is_the_one_connected(
     assert env.sql("SELECT state FROM invitations") == [("accepted",)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
     assert emails(env) == [("invitation", ACCOUNTANT), ("invitation_accepted", ADMIN), ("client_added", ACCOUNTANT)]
+
+
+# -- accepts written together (the link handler's batch) --------------------------------------------
+
+
+def test_planned_accepts_written_together_each_get_their_own_outcome(
+    cabinet: Cabinet, env: Env, cli: Cli
+) -> None:
+    """``accept_planned_many`` writes several planned accepts in one unit: one whose invitation was revoked
+    since its plan is undone alone and comes back None (decide again in the lock), the others are written."""
+    cli("company", "add", "Fromagerie Roy", "--admin-email", "paul@fromagerie.example", "--admin-name", "Paul Roy",
+        "--locale", "en")
+    first = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    second = cabinet.roster.send_invitation("Fromagerie Roy", ACCOUNTANT)
+    plans = [cabinet.roster.plan_accept(invitation_token(cabinet, sent.id), user_id(cabinet), None)
+             for sent in (first, second)]
+    assert all(plan is not None for plan in plans)
+    cabinet.roster.revoke_invitation(first.id)
+    revoked, accepted = cabinet.roster.accept_planned_many([(plan, "link") for plan in plans])
+    assert revoked is None
+    assert accepted is not None and not isinstance(accepted, Exception)
+    assert accepted.client.company == "Fromagerie Roy" and accepted.invitation.state == "accepted"
+    assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [(first.id, "revoked"), (second.id, "accepted")]
+    assert [c.company for c in cabinet.roster.list_clients("Tremblay CPA")] == ["Fromagerie Roy"]
+    assert env.sql("SELECT c.name FROM events e JOIN companies c ON c.id = e.company_id "
+                   "WHERE e.kind = 'invitation.accepted'") == [("Fromagerie Roy",)]
+    # Only the written accept's two notices were queued; the undone one's are gone with its savepoint.
+    assert emails(env)[2:] == [("invitation_accepted", "paul@fromagerie.example"), ("client_added", ACCOUNTANT)]
+    # Decided again inside the lock, the revoked one says so.
+    with pytest.raises(InvitationUnavailable) as refused:
+        cabinet.roster.accept_unplanned(invitation_token(cabinet, first.id), user_id(cabinet), None, False)
+    assert refused.value.view.status == "revoked"
+
+
+def test_a_failing_planned_accept_fails_alone(cabinet: Cabinet, env: Env, cli: Cli) -> None:
+    """A planned accept whose write fails (here: its outbox row breaks a constraint) is that accept's
+    outcome, undone to its savepoint; the accept written with it in the same unit is kept."""
+    cli("company", "add", "Fromagerie Roy", "--admin-email", "paul@fromagerie.example", "--admin-name", "Paul Roy",
+        "--locale", "en")
+    first = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    second = cabinet.roster.send_invitation("Fromagerie Roy", ACCOUNTANT)
+    bad, good = (cabinet.roster.plan_accept(invitation_token(cabinet, sent.id), user_id(cabinet), None)
+                 for sent in (first, second))
+    assert bad is not None and good is not None
+    # The same Message-ID twice: the outbox's unique key refuses the second row.
+    bad.emails[1]["message_id"] = bad.emails[0]["message_id"]
+    failed, accepted = cabinet.roster.accept_planned_many([(bad, "link"), (good, "link")])
+    assert isinstance(failed, Exception)
+    assert accepted is not None and not isinstance(accepted, Exception)
+    assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [(first.id, "pending"), (second.id, "accepted")]
+    assert [c.company for c in cabinet.roster.list_clients("Tremblay CPA")] == ["Fromagerie Roy"]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
