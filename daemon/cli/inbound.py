@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from daemon.cli.state import CliState, pass_state, print_json, print_table
 
 STATES = ("received", "processed", "duplicate", "quarantined")
+# How long `inbound retry` waits for a running `cabinet serve` that took the message before it could.
+RUNNING_SERVER_WAIT = 60.0
 
 
 @click.group("inbound")
@@ -53,8 +57,19 @@ def retry(state: CliState, inbound_id: int) -> None:
     view = state.cabinet.inbound.retry(inbound_id)
     processed = state.cabinet.inbound.process(view.id)
     after = state.cabinet.inbound.show(view.id)[0]
-    click.echo(f"Inbound message {after.id} is {after.state}" + (f": {after.outcome}" if processed else
-               f" (attempt failed: {after.last_error})"))
+    if not processed and after.state == "received" and after.last_error is None:
+        # Not ours to report yet: a running `cabinet serve` took the message first (the retry put it
+        # back in its line). Its result is the one to show, once it has one.
+        deadline = time.monotonic() + RUNNING_SERVER_WAIT
+        while after.state == "received" and after.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            after = state.cabinet.inbound.show(view.id)[0]
+    if after.state != "received":
+        click.echo(f"Inbound message {after.id} is {after.state}" + (f": {after.outcome}" if after.outcome else ""))
+    elif after.last_error is not None:
+        click.echo(f"Inbound message {after.id} is {after.state} (attempt failed: {after.last_error})")
+    else:
+        click.echo(f"Inbound message {after.id} is {after.state}: waiting for the running `cabinet serve`")
 
 
 def register(cli: click.Group) -> None:
