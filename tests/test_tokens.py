@@ -88,6 +88,19 @@ def test_addresses_are_signed_as_itsdangerous_signs_them_and_rotate_like_links(t
         rotated.verify_address(Purpose.REPLY, signed_before)  # another purpose's salt
 
 
+@pytest.mark.parametrize("ref", ["a1b2c3", "o12345", "", "x" * 200, "éà" * 20, "o1-2_3.4", "\u2028\"\\"])
+def test_an_address_signature_is_the_bytes_itsdangerous_writes_for_any_reference(tmp_path: Path, ref: str) -> None:
+    # sign_address writes URLSafeSerializer.dumps's bytes itself: compressed or not, ASCII or not.
+    from itsdangerous import URLSafeSerializer
+
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), FakeClock())
+    for purpose in (Purpose.BOUNCE, Purpose.REPLY):
+        expected = URLSafeSerializer([OLD, NEW], salt=purpose.salt)
+        assert signer.sign_address(purpose, ref) == expected.dumps(ref)
+        assert signer.verify_address(purpose, signer.sign_address(purpose, ref)) == ref
+    assert signer.sign_address(Purpose.BOUNCE, "x" * 200).startswith(".")  # the compressed form was exercised
+
+
 @pytest.mark.parametrize("purpose", list(Purpose))
 def test_tokens_are_the_ones_itsdangerous_itself_makes_and_reads(tmp_path: Path, purpose: Purpose) -> None:
     # The signer is tuned (one signer per salt, hmac in C, no zlib attempt on random ids), not changed:
