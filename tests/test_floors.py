@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,20 +18,21 @@ from aiosmtpd.controller import Controller
 
 from bench import floors
 from bench.instance import free_port
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for(condition: Callable[[], Any], what: str, detail: Callable[[], str] | None = None) -> None:
+    """conftest's ``wait_until``, with a refused or reset connection counting as "not yet"."""
+
+    def ready() -> Any:
         try:
-            if condition():
-                return
+            return condition()
         except (OSError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
+            return False
+
+    wait_until(ready, what=what, detail=detail)
 
 
 def listening(port: int) -> bool:
@@ -46,10 +46,17 @@ def start_floor(tmp_path: Path) -> Iterator[Callable[..., int]]:
 
     def start(kind: str, folder: Path, *args: str) -> int:
         port = free_port()
+        log = tmp_path / f"{kind}.log"
         process = subprocess.Popen([sys.executable, "-m", "bench.floors", kind, str(port), str(folder), *args],
-                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / f"{kind}.log").open("wb"))
+                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         processes.append(process)
-        wait_for(lambda: process.poll() is None and listening(port), f"the {kind} floor listening")
+
+        def up() -> bool:
+            if process.poll() is not None:  # died: say so now, with what it printed, not after the wait
+                raise AssertionError(f"the {kind} floor exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            return listening(port)
+
+        wait_for(up, f"the {kind} floor listening", detail=lambda: log.read_text()[-4000:])
         return port
 
     yield start

@@ -167,6 +167,13 @@ def cabinet_on_sqlite(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]
     cabinet.close()
 
 
+def _touch_heartbeat(sessions: sessionmaker[Session], outcomes: dict[str, object]) -> None:
+    """A foreground write, queued behind the unit that finds the connection read-only."""
+    with write_transaction(sessions) as s:
+        s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))
+    outcomes["other"] = "committed"
+
+
 def test_a_write_that_finds_the_connection_read_only_fails_alone_and_the_check_behind_it_says_ready(
     env: Env, clock: FakeClock, cabinet_on_sqlite: Cabinet,
 ) -> None:
@@ -188,20 +195,13 @@ def test_a_write_that_finds_the_connection_read_only_fails_alone_and_the_check_b
         except Exception as exc:  # noqa: BLE001 - what it failed with is the assertion
             outcomes["background"] = storage_fault(exc)
 
-    def readiness() -> None:
-        outcomes["health"] = health.problems()
-
-    def other_write() -> None:
-        with write_transaction(sessions) as s:
-            s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))
-        outcomes["other"] = "committed"
-
     threads = [threading.Thread(target=background_write)]
     threads[0].start()
-    inside.wait()
-    for target in (readiness, other_write):
-        threads.append(threading.Thread(target=target))
-        threads[-1].start()
+    wait_until(inside.is_set, what="the first write inside the writer")
+    threads += [threading.Thread(target=lambda: outcomes.update(health=health.problems())),
+                threading.Thread(target=_touch_heartbeat, args=(sessions, outcomes))]
+    for thread in threads[1:]:
+        thread.start()
     wait_until(lambda: writer._waiting == 2, what="the check and another write to queue behind the first")
     queued.set()
     for thread in threads:
@@ -232,33 +232,14 @@ def test_the_check_that_finds_the_connection_read_only_with_a_write_queued_behin
 
     engine = engine_of(sessions)
     event.listen(engine, "before_cursor_execute", hold_the_first_heartbeat)
-    orig = writer._should_commit
-    def sc(g):
-        r = orig(g); c = writer._connection
-        print("should_commit", r, "waiting", writer._waiting, "invalid", c.invalidated, threading.current_thread().name)
-        return r
-    writer._should_commit = sc
-    ob = writer._begin
-    def b():
-        c = writer._connection
-        print("begin: conn", c is not None and c.invalidated, "group", writer._group is not None, threading.current_thread().name)
-        return ob()
-    writer._begin = b
-
-    def readiness() -> None:
-        outcomes["health"] = health.problems()
-
-    def other_write() -> None:
-        with write_transaction(sessions) as s:
-            s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))
-        outcomes["other"] = "committed"
-
-    threads = [threading.Thread(target=readiness)]
-    threads[0].start()
-    inside.wait()
-    threads.append(threading.Thread(target=other_write))
-    threads[-1].start()
-    for thread in threads:
-        thread.join()
-    event.remove(engine, "before_cursor_execute", hold_the_first_heartbeat)
+    try:
+        threads = [threading.Thread(target=lambda: outcomes.update(health=health.problems()))]
+        threads[0].start()
+        wait_until(inside.is_set, what="the check's write inside the writer")
+        threads.append(threading.Thread(target=_touch_heartbeat, args=(sessions, outcomes)))
+        threads[-1].start()
+        for thread in threads:
+            thread.join()
+    finally:
+        event.remove(engine, "before_cursor_execute", hold_the_first_heartbeat)
     assert outcomes == {"health": [], "other": "committed"}
