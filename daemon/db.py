@@ -232,19 +232,8 @@ class GroupWriter:
         compiled statement and a transaction object, a tenth of an accept's CPU for two words of SQL.
         """
         with self._slot() as (connection, group):
-            driver = connection.connection.driver_connection
-            assert driver is not None
-            driver.execute("SAVEPOINT core_unit")
-            try:
+            with savepoint(connection, "core_unit"):
                 yield connection
-            except BaseException:
-                try:
-                    driver.execute("ROLLBACK TO core_unit")
-                    driver.execute("RELEASE core_unit")
-                except Exception:  # noqa: BLE001 - a lost connection: the group's COMMIT fails and says so
-                    pass
-                raise
-            driver.execute("RELEASE core_unit")
             group.members += 1
 
     @contextmanager
@@ -379,8 +368,8 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
 
 @contextmanager
 def savepoint(connection: Connection, name: str) -> Iterator[None]:
-    """A SAVEPOINT on a Core write connection, straight to the driver (as ``GroupWriter.core_unit``):
-    an exception undoes only what ran inside it, and is raised on."""
+    """A SAVEPOINT on a Core write connection, straight to the driver (``GroupWriter.core_unit``'s, and
+    each of a batch of accepts'): an exception undoes only what ran inside it, and is raised on."""
     driver = connection.connection.driver_connection
     assert driver is not None
     driver.execute(f"SAVEPOINT {name}")

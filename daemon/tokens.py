@@ -227,13 +227,7 @@ class LinkSigner:
     # itsdangerous's (``dump_payload`` / ``load_payload``); ``inspect`` still goes through it whole.
 
     def sign(self, purpose: Purpose, payload: Any) -> str:
-        if purpose in RANDOM_PAYLOADS:  # never compressed: what ``_OneSignerSerializer.dump_payload`` writes
-            body = _b64(self._compact.encode(payload).encode())
-        else:
-            body = self._serializers[purpose].dump_payload(payload)
-        value = body + b"." + _b64(_int_to_bytes(self._timestamp()))
-        signature = _mac(self._macs[purpose][0], value)
-        return (value + b"." + _b64(signature)).decode("ascii")
+        return self.sign_each((purpose,), payload)[0]
 
     def sign_each(self, purposes: tuple[Purpose, ...], payload: Any) -> list[str]:
         """``sign`` of one payload for each of ``purposes`` (a new browser's CSRF token and its cookie
@@ -242,7 +236,7 @@ class LinkSigner:
         random_body = None
         tokens = []
         for purpose in purposes:
-            if purpose in RANDOM_PAYLOADS:
+            if purpose in RANDOM_PAYLOADS:  # never compressed: what ``_OneSignerSerializer.dump_payload`` writes
                 if random_body is None:
                     random_body = _b64(self._compact.encode(payload).encode())
                 body = random_body
