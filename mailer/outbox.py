@@ -77,7 +77,7 @@ _PREPARED_INSERT = PreparedWrite(_INSERT, _PREPARED_COLUMNS)
 # What a claim reads of its row: what sending it and composing it (``Outbox.compose``) need.
 _CLAIMED = [OutboxMessage.__table__.c[name] for name in (
     "id", "envelope_from", "recipient", "attempts", "queued_at", "created_at", "next_attempt_at", "raw", "content",
-    "ref", "invitation_id", "company_id", "message_id",
+    "ref", "invitation_id", "company_id", "message_id", "subject",
 )]
 
 
@@ -178,16 +178,18 @@ class Outbox:
             template=content["template"], to=row.recipient, to_name=content["to_name"], locale=content["locale"],
             timezone=content["timezone"], context=content["context"], auto_submitted=content["auto_submitted"],
         )
-        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, self._values(content))
+        # The subject was rendered when the email was queued (``prepare``: the row's ``subject``, what `mail list`
+        # shows); only the bodies are rendered here.
+        text, html = self._renderer.bodies(notice.template, notice.locale, notice.timezone, self._values(content))
         # A reply makes sense when the email is about something (an invitation, a company).
         reply_to = self.address(Purpose.REPLY, row.ref) if row.invitation_id or row.company_id else None
         return message_bytes(
             from_address=self._from_header(notice),
             to=row.recipient,
             to_name=notice.to_name,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
+            subject=row.subject,
+            text=text,
+            html=html,
             message_id=row.message_id,
             date=content["now"],
             auto_submitted=notice.auto_submitted,
