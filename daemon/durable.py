@@ -25,7 +25,7 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o600, *, tmp_dir: Path | None = None, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` durably: tmp file, fsync, rename, fsync the folder(s).
+    """Write ``data`` to ``path`` durably: tmp file, fsync, rename, fsync ``path``'s folder.
 
     ``tmp_dir`` is where the temporary file is made (the same file system as
     ``path``; Maildir's ``tmp/``), by default ``path``'s folder. ``mode`` is
@@ -56,6 +56,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o600, *, tmp_dir: Path | No
         except FileNotFoundError:
             pass
         raise
+    # Only ``folder`` is synced: syncing ``staging`` too would only make the temporary name's removal
+    # durable, and a crash that undoes it leaves a stale temporary file, never a lost or partial
+    # ``path`` (Maildir readers clear old files from ``tmp/``). One fsync less per Maildir delivery.
     fsync_dir(folder)
-    if staging != folder:
-        fsync_dir(staging)

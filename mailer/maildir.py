@@ -48,13 +48,18 @@ def deliver(path: Path, raw: bytes) -> str:
     folders fsynced: once this returns (and the outbox marks the row sent) the
     message is on disk, and a reader never sees a partly written one in ``new/``.
     """
-    for sub in ("tmp", "new", "cur"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
     now = time.time()
     # The usual Maildir name: "<seconds>.M<microseconds>P<pid>Q<count>.<host>", unique per delivery.
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
     key = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_DELIVERIES)}.{host}"
-    durable.write_file(path / "new" / key, raw, 0o600, tmp_dir=path / "tmp", exclusive=True)
+    try:
+        durable.write_file(path / "new" / key, raw, 0o600, tmp_dir=path / "tmp", exclusive=True)
+    except FileNotFoundError:
+        # The first delivery (or the folders were removed): make them, then deliver. Not before every
+        # delivery: three mkdir calls and their exceptions for folders that are nearly always there.
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        durable.write_file(path / "new" / key, raw, 0o600, tmp_dir=path / "tmp", exclusive=True)
     return key
 
 

@@ -190,23 +190,37 @@ def quoted_printable(body: str, max_line: int = MAX_LINE) -> str:
     """
     if not body:
         return body
+    out = _qp_lines(body, max_line)
+    if body[-1] in "\r\n":
+        out.append("")
+    return "\n".join(out)
+
+
+def _qp_lines(body: str, max_line: int = MAX_LINE) -> list[str]:
+    """Each line of ``body`` quoted-printable encoded (with its soft breaks), in order: the encoding is
+    line by line, so the encoding of the first lines of a body is the first of these."""
     body = _QP_UNSAFE.sub(_quoted, body.replace("=", "=3D"))
     limit = max_line - 1  # room for the soft break's "="
     out: list[str] = []
     append = out.append
     for line in body.splitlines():
+        if len(line) <= max_line and line[-1:] not in (" ", "\t"):
+            append(line)  # most lines: nothing to break, nothing to quote at the end
+            continue
+        pieces: list[str] = []
+        add = pieces.append
         start = 0
         last_start = len(line) - 1 - max_line
         while start <= last_start:
             stop = start + limit
             if line[stop - 2] == "=":
-                append(line[start:stop - 1])
+                add(line[start:stop - 1])
                 start = stop - 2
             elif line[stop - 1] == "=":
-                append(line[start:stop])
+                add(line[start:stop])
                 start = stop - 1
             else:
-                append(line[start:stop] + "=")
+                add(line[start:stop] + "=")
                 start = stop
         if line and line[-1] in " \t":
             room = start - last_start
@@ -216,12 +230,11 @@ def quoted_printable(body: str, max_line: int = MAX_LINE) -> str:
                 tail = line[-1] + "=\n"
             else:
                 tail = f"=\n={ord(line[-1]):02X}"
-            append(line[start:-1] + tail)
+            add(line[start:-1] + tail)
         else:
-            append(line[start:])
-    if body[-1] in "\r\n":
-        append("")
-    return "\n".join(out)
+            add(line[start:])
+        append("\n".join(pieces))
+    return out
 
 
 def encode_text(text: str) -> tuple[str, bytes]:
@@ -229,20 +242,21 @@ def encode_text(text: str) -> tuple[str, bytes]:
 
     The rules of ``email.contentmanager`` (default policy: 78 columns, 8bit allowed):
     short lines go as they are (7bit or 8bit); otherwise quoted-printable, or base64
-    when the first ten lines come out shorter in base64.
+    when the first ten lines come out shorter in base64. The body is encoded once: the
+    first ten lines' quoted-printable (what the choice compares) is the start of the whole body's.
     """
     lines = text.encode("utf-8").splitlines()
     normal = b"\n".join(lines) + b"\n"
     if max(map(len, lines), default=0) <= MAX_LINE:
         return ("7bit" if normal.isascii() else "8bit"), normal
-    sniff = b"\n".join(lines[:10]) + b"\n"
-    sniff_qp = quoted_printable(sniff.decode("latin-1"))
-    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+    encoded = _qp_lines(normal.decode("latin-1"))
+    sniff_qp_length = sum(map(len, encoded[:10])) + min(len(encoded), 10)  # each line and its "\n"
+    sniff_length = sum(map(len, lines[:10])) + min(len(lines), 10)
+    if sniff_qp_length > (sniff_length + 2) // 3 * 4 + 1:  # len(binascii.b2a_base64(sniff))
         per_line = MAX_LINE // 4 * 3
         return "base64", b"".join(binascii.b2a_base64(normal[i:i + per_line]) for i in range(0, len(normal), per_line))
-    if len(lines) <= 10:
-        return "quoted-printable", sniff_qp.encode("ascii")
-    return "quoted-printable", quoted_printable(normal.decode("latin-1")).encode("ascii")
+    encoded.append("")  # the body ends with a line break
+    return "quoted-printable", "\n".join(encoded).encode("ascii")
 
 
 def new_boundary(*texts: bytes) -> bytes:

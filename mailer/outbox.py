@@ -77,7 +77,7 @@ _PREPARED_INSERT = PreparedWrite(_INSERT, _PREPARED_COLUMNS)
 # What a claim reads of its row: what sending it and composing it (``Outbox.compose``) need.
 _CLAIMED = [OutboxMessage.__table__.c[name] for name in (
     "id", "envelope_from", "recipient", "attempts", "queued_at", "created_at", "next_attempt_at", "raw", "content",
-    "ref", "invitation_id", "company_id", "message_id",
+    "ref", "invitation_id", "company_id", "message_id", "subject",
 )]
 
 
@@ -178,16 +178,18 @@ class Outbox:
             template=content["template"], to=row.recipient, to_name=content["to_name"], locale=content["locale"],
             timezone=content["timezone"], context=content["context"], auto_submitted=content["auto_submitted"],
         )
-        rendered = self._renderer.render(notice.template, notice.locale, notice.timezone, self._values(content))
+        # The subject was rendered when the email was queued (``prepare``: the row's ``subject``, what `mail list`
+        # shows); only the bodies are rendered here.
+        text, html = self._renderer.bodies(notice.template, notice.locale, notice.timezone, self._values(content))
         # A reply makes sense when the email is about something (an invitation, a company).
         reply_to = self.address(Purpose.REPLY, row.ref) if row.invitation_id or row.company_id else None
         return message_bytes(
             from_address=self._from_header(notice),
             to=row.recipient,
             to_name=notice.to_name,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
+            subject=row.subject,
+            text=text,
+            html=html,
             message_id=row.message_id,
             date=content["now"],
             auto_submitted=notice.auto_submitted,
@@ -468,19 +470,30 @@ class OutboxWorker:
         return outcome
 
     async def _keep_lease(self, claim: _Claim, sending: asyncio.Task[str], lost: asyncio.Event) -> None:
-        """Renew the lease while ``sending`` runs; if another worker has the email now, stop sending."""
+        """Renew the lease while ``sending`` runs, every third of it, the first time at once (``_keeper``
+        starts this when the first renewal is due); if another worker has the email now, stop sending."""
         interval = self._lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(interval)
             try:
                 mine = await asyncio.to_thread(self._renew, claim)
             except Exception:  # the database may be back before the lease runs out: keep sending
                 log.exception("outbox message %s: could not renew the lease", claim.id)
-                continue
+                mine = True
             if not mine:
                 lost.set()
                 sending.cancel()
                 return
+            await asyncio.sleep(interval)
+
+    def _keeper(self, claim: _Claim, sending: asyncio.Task[str], lost: asyncio.Event,
+                started: list[asyncio.Task[None]]) -> asyncio.TimerHandle:
+        """A timer that starts ``_keep_lease`` when the first renewal is due (into ``started``). Nearly every
+        send ends long before: a keeper task per email, started and cancelled at once, was a good part of
+        the worker's event-loop work (a task, its sleep's timer, its cancellation)."""
+        return asyncio.get_running_loop().call_later(
+            self._lease.total_seconds() / 3,
+            lambda: started.append(asyncio.get_running_loop().create_task(self._keep_lease(claim, sending, lost))),
+        )
 
     async def _send(self, claim: _Claim, recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
                     ) -> str | asyncio.Future[bool] | None:
@@ -509,7 +522,8 @@ class OutboxWorker:
         assert raw is not None
         lost = asyncio.Event()
         sending = asyncio.create_task(self._transport.send(claim.envelope_from, [claim.recipient], raw))
-        keeper = asyncio.create_task(self._keep_lease(claim, sending, lost))
+        keepers: list[asyncio.Task[None]] = []
+        timer = self._keeper(claim, sending, lost, keepers)
         error: TransportError | None = None
         try:
             answer = await sending
@@ -519,8 +533,11 @@ class OutboxWorker:
             if not lost.is_set():
                 raise
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            timer.cancel()
+            for keeper in keepers:
+                keeper.cancel()
+            if keepers:
+                await asyncio.gather(*keepers, return_exceptions=True)
         if lost.is_set():
             return None
         if error is None:

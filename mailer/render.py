@@ -40,6 +40,10 @@ class EmailRenderer:
         self._env = self._environment()
         # Each email's three compiled templates, looked up once per (name, locale).
         self._parts: dict[tuple[str, str], tuple[Template, Template, Template]] = {}
+        # Each subject template alone, looked up once per (name, locale): the outbox renders the subject
+        # when it queues an email (its bodies only when it sends it), and jinja's own lookup (its cache's
+        # lock and the loader's up-to-date check) cost as much as rendering the line.
+        self._subjects: dict[tuple[str, str], Template] = {}
 
     def _environment(self) -> Environment:
         env = Environment(
@@ -83,12 +87,21 @@ class EmailRenderer:
             html=self._run(html, values),
         )
 
+    def bodies(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> tuple[str, str]:
+        """The text and HTML parts alone (the outbox rendered the subject when it queued the email)."""
+        _, text, html = self._templates(name, locale)
+        values = self._values(locale, timezone, context)
+        return self._run(text, values), self._run(html, values)
+
     def subject(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
         """The subject line alone (what the outbox lists before the email is rendered)."""
-        template = self._env.get_template(f"{locale}/{name}.subject")
+        template = self._subjects.get((name, locale))
+        if template is None:
+            template = self._subjects[(name, locale)] = self._env.get_template(f"{locale}/{name}.subject")
         return " ".join(self._run(template, self._values(locale, timezone, context)).split())
 
     def reload(self) -> None:
         """Forget compiled templates (SIGHUP): edited files and new override files are read again."""
         self._env = self._environment()
         self._parts = {}
+        self._subjects = {}

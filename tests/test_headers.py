@@ -9,12 +9,14 @@ CR/LF, NUL, ESC and bidi overrides.
 from __future__ import annotations
 
 import base64
+import sys
+import unicodedata
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 
 import pytest
 
-from mailer.headers import header_text, terminal_text, unsafe_character
+from mailer.headers import BIDI_CONTROLS, header_text, terminal_text, unsafe_character
 from mailer.message import build_message
 
 INJECTED = "Hi\r\nReply-To: billing@evil.example\r\n\r\nattacker body"
@@ -72,6 +74,14 @@ def test_header_text_keeps_ordinary_text() -> None:
 def test_unsafe_characters_are_found(char: str) -> None:
     assert unsafe_character(f"name{char}x") == char
     assert "\\u" in terminal_text(f"name{char}x")
+
+
+def test_unsafe_characters_are_the_control_separator_and_bidi_characters_of_every_code_point() -> None:
+    """``unsafe_character`` searches a fixed set: it is what unicodedata's categories say, over all of Unicode."""
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        expected = char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+        assert (unsafe_character(f"a{char}b{char}") == char) is expected, f"U+{code:04X}"
 
 
 def test_address_with_control_characters_is_refused() -> None:
