@@ -25,6 +25,11 @@ from daemon.roster import AcceptPlan, AcceptResult, Roster
 
 # Accepts written in one transaction at most: a commit's wait shared by many, a transaction still short.
 BATCH = 64
+# PostgreSQL: batches planned and written at once, each in its own thread. A batch's thread spends most
+# of its time waiting for round trips (the plans' reads, the statements, the commit), which several
+# overlap; each holds one pooled connection (POSTGRESQL_ENGINE_OPTIONS) and one kept read connection.
+# SQLite has one writer: its batches are written one at a time.
+POSTGRESQL_WRITERS = 4
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class Accepts:
         self._planned: BatchRecorder[tuple[AcceptPlan, str], AcceptResult | Exception | None] = BatchRecorder(
             self._write_planned, size=batch, max_age=0)
         self._requested: BatchRecorder[_Request, _Outcome] = BatchRecorder(
-            self._plan_and_write, size=batch, max_age=0)
+            self._plan_and_write, size=batch, max_age=0, writers=POSTGRESQL_WRITERS)
 
     async def accept(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Accept the invitation ``token`` names for ``user_id`` (in ``firm_id``, or their one firm).
