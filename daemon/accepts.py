@@ -29,7 +29,7 @@ BATCH = 64
 # of its time waiting for round trips (the plans' reads, the statements, the commit), which several
 # overlap; each holds one pooled connection (POSTGRESQL_ENGINE_OPTIONS) and one kept read connection.
 # SQLite has one writer: its batches are written one at a time.
-POSTGRESQL_WRITERS = 4
+POSTGRESQL_WRITERS = 8
 
 
 @dataclass(frozen=True)
