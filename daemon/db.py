@@ -367,9 +367,14 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
 
 
 @contextmanager
-def savepoint(connection: Connection, name: str) -> Iterator[None]:
+def savepoint(connection: Connection, name: str, release: bool = True) -> Iterator[None]:
     """A SAVEPOINT on a Core write connection, straight to the driver (``GroupWriter.core_unit``'s, and
-    each of a batch of accepts'): an exception undoes only what ran inside it, and is raised on."""
+    each of a batch of accepts'): an exception undoes only what ran inside it, and is raised on.
+
+    ``release=False`` leaves it in place when the block succeeds (and after it is rolled back to): a
+    statement, and on PostgreSQL a round trip, saved for each of a batch's savepoints. What ran inside
+    stays part of the enclosing transaction either way, and the next SAVEPOINT of the same name hides
+    this one; the enclosing transaction's end (or an enclosing savepoint's release) ends them all."""
     driver = connection.connection.driver_connection
     assert driver is not None
     driver.execute(f"SAVEPOINT {name}")
@@ -378,11 +383,13 @@ def savepoint(connection: Connection, name: str) -> Iterator[None]:
     except BaseException:
         try:
             driver.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            driver.execute(f"RELEASE SAVEPOINT {name}")
+            if release:
+                driver.execute(f"RELEASE SAVEPOINT {name}")
         except Exception:  # noqa: BLE001 - a lost connection: the transaction's COMMIT fails and says so
             pass
         raise
-    driver.execute(f"RELEASE SAVEPOINT {name}")
+    if release:
+        driver.execute(f"RELEASE SAVEPOINT {name}")
 
 
 def rows_changed(session: Session, statement: Executable) -> int:

@@ -793,7 +793,9 @@ class Roster(DomainService):
             for n in order:
                 plan, channel = plans[n]
                 try:
-                    with savepoint(connection, "accept_plan"):
+                    # Not released: the transaction's end (its COMMIT, or SQLite's group unit's RELEASE)
+                    # ends them all, a statement (PostgreSQL: a round trip) fewer per accept.
+                    with savepoint(connection, "accept_plan", release=False):
                         outcomes[n] = self._accept_planned(connection, plan, channel)
                 except _Replan:
                     outcomes[n] = None
