@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event, make_url
 
@@ -390,6 +390,31 @@ def savepoint(connection: Connection, name: str, release: bool = True) -> Iterat
         raise
     if release:
         driver.execute(f"RELEASE SAVEPOINT {name}")
+
+
+@contextmanager
+def pipelined(connection: Connection) -> Iterator[Callable[[], None]]:
+    """PostgreSQL: the connection in psycopg's pipeline mode; yields ``sync``, which waits for what was
+    sent and raises the first error among it (as ``Connection.execute`` raises it).
+
+    A statement whose result is not read (an INSERT without RETURNING, a SAVEPOINT) costs no round
+    trip of its own: it goes with the next one whose result is read, or with ``sync``. A batch of
+    accepts syncs at the end of each accept, inside its savepoint, so an error is that accept's.
+    Elsewhere (SQLite) statements run one by one as before, and ``sync`` does nothing."""
+    driver = connection.connection.driver_connection
+    if connection.dialect.name != "postgresql" or driver is None:
+        yield lambda: None
+        return
+    error = connection.dialect.loaded_dbapi.Error
+    with driver.pipeline() as pipeline:
+        def sync() -> None:
+            try:
+                pipeline.sync()
+            except error as exc:
+                connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
+                raise  # pragma: no cover - the handler always raises
+
+        yield sync
 
 
 def rows_changed(session: Session, statement: Executable) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
-from daemon.db import read_connections, rows_changed, savepoint, write_connection
+from daemon.db import pipelined, read_connections, rows_changed, savepoint, write_connection
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -789,7 +789,7 @@ class Roster(DomainService):
         # Written in invitation order: two instances writing batches that share rows lock them in the same
         # order (PostgreSQL), so one waits for the other instead of both deadlocking.
         order = sorted(range(len(plans)), key=lambda n: plans[n][0].read.invitation_id)
-        with write_connection(self._sessions) as connection:
+        with write_connection(self._sessions) as connection, pipelined(connection) as sync:
             for n in order:
                 plan, channel = plans[n]
                 try:
@@ -797,6 +797,7 @@ class Roster(DomainService):
                     # ends them all, a statement (PostgreSQL: a round trip) fewer per accept.
                     with savepoint(connection, "accept_plan", release=False):
                         outcomes[n] = self._accept_planned(connection, plan, channel)
+                        sync()  # this accept's errors raised here, inside its savepoint
                 except _Replan:
                     outcomes[n] = None
                 except Exception as exc:
