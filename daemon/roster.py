@@ -778,9 +778,9 @@ class Roster(DomainService):
         return self.accept_unplanned(token, user_id, firm_id, plan is None, channel)
 
     def accept_planned_many(self, plans: Sequence[tuple[AcceptPlan, str]]) -> list[AcceptResult | Exception | None]:
-        """Several planned accepts (``plan_accept``, with their channels) in one write unit: the link
-        handler's concurrent accepts take one thread hop and one turn of the write lock between them
-        instead of one each. Each runs in a SAVEPOINT of its own, so one whose row changed since its
+        """Several planned accepts (``plan_accept``, with their channels) in one write unit: the accepts
+        in flight at once (``daemon.accepts``) take one thread hop, one turn of the write lock and one
+        commit between them instead of one each. Each runs in a SAVEPOINT of its own, so one whose row changed since its
         plan, or that fails, is undone alone. One outcome per plan: its result; None when it must be
         decided again inside the lock (``accept_unplanned``); or the exception it failed with. Returns
         once they are durable; a failed commit raises (nobody is told "done").
