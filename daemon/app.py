@@ -17,6 +17,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon import db, durable, instance
+from daemon.accepts import Accepts
 from daemon.auth import SignIn
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
@@ -56,6 +57,7 @@ class Cabinet:
     links: Links
     passwords: Passwords
     roster: Roster
+    accepts: Accepts
     transfers: BillingTransfers
     onboarding: Onboarding
     company_admin: CompanyAdmin
@@ -225,6 +227,8 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         links=links,
         passwords=passwords,
         roster=roster,
+        # SQLite's plan read runs on the event loop; PostgreSQL's is a round trip, read in the batch's thread.
+        accepts=Accepts(roster, plan_on_loop=engine.dialect.name == "sqlite"),
         transfers=BillingTransfers(ctx),
         onboarding=onboarding,
         company_admin=CompanyAdmin(ctx, roster, RequestLimit(

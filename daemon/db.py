@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event, make_url
 
@@ -367,9 +367,14 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
 
 
 @contextmanager
-def savepoint(connection: Connection, name: str) -> Iterator[None]:
+def savepoint(connection: Connection, name: str, release: bool = True) -> Iterator[None]:
     """A SAVEPOINT on a Core write connection, straight to the driver (``GroupWriter.core_unit``'s, and
-    each of a batch of accepts'): an exception undoes only what ran inside it, and is raised on."""
+    each of a batch of accepts'): an exception undoes only what ran inside it, and is raised on.
+
+    ``release=False`` leaves it in place when the block succeeds (and after it is rolled back to): a
+    statement, and on PostgreSQL a round trip, saved for each of a batch's savepoints. What ran inside
+    stays part of the enclosing transaction either way, and the next SAVEPOINT of the same name hides
+    this one; the enclosing transaction's end (or an enclosing savepoint's release) ends them all."""
     driver = connection.connection.driver_connection
     assert driver is not None
     driver.execute(f"SAVEPOINT {name}")
@@ -378,11 +383,38 @@ def savepoint(connection: Connection, name: str) -> Iterator[None]:
     except BaseException:
         try:
             driver.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            driver.execute(f"RELEASE SAVEPOINT {name}")
+            if release:
+                driver.execute(f"RELEASE SAVEPOINT {name}")
         except Exception:  # noqa: BLE001 - a lost connection: the transaction's COMMIT fails and says so
             pass
         raise
-    driver.execute(f"RELEASE SAVEPOINT {name}")
+    if release:
+        driver.execute(f"RELEASE SAVEPOINT {name}")
+
+
+@contextmanager
+def pipelined(connection: Connection) -> Iterator[Callable[[], None]]:
+    """PostgreSQL: the connection in psycopg's pipeline mode; yields ``sync``, which waits for what was
+    sent and raises the first error among it (as ``Connection.execute`` raises it).
+
+    A statement whose result is not read (an INSERT without RETURNING, a SAVEPOINT) costs no round
+    trip of its own: it goes with the next one whose result is read, or with ``sync``. A batch of
+    accepts syncs at the end of each accept, inside its savepoint, so an error is that accept's.
+    Elsewhere (SQLite) statements run one by one as before, and ``sync`` does nothing."""
+    driver = connection.connection.driver_connection
+    if connection.dialect.name != "postgresql" or driver is None:
+        yield lambda: None
+        return
+    error = connection.dialect.loaded_dbapi.Error
+    with driver.pipeline() as pipeline:
+        def sync() -> None:
+            try:
+                pipeline.sync()
+            except error as exc:
+                connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
+                raise  # pragma: no cover - the handler always raises
+
+        yield sync
 
 
 def rows_changed(session: Session, statement: Executable) -> int:

@@ -12,7 +12,9 @@ batches of four: a transaction per four emails). With ``max_age=0``, at once,
 the items that come in meanwhile making the next batch (the SMTP listener's
 stores: group commit for whoever waits). ``record`` is called in a
 worker thread with a batch and returns one outcome per item, so one bad row
-is that row's outcome, never the batch's.
+is that row's outcome, never the batch's. ``writers`` (default 1) lets that many batches be written
+at once, each in its own thread: on PostgreSQL a batch's write waits mostly for round trips, which
+several batches in flight overlap (the accepts of ``daemon.accepts``).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ Outcome = TypeVar("Outcome")
 
 class BatchRecorder(Generic[Item, Outcome]):
     def __init__(self, record: Callable[[Sequence[Item]], list[Outcome]], size: int = 64,
-                 max_age: float = 0.2) -> None:
+                 max_age: float = 0.2, writers: int = 1) -> None:
         self._record = record
         self._size = size
         self._max_age = max_age
+        self._writers = writers
         self._pending: list[tuple[Item, asyncio.Future[Outcome]]] = []
-        self._writing: asyncio.Task[None] | None = None
+        self._writing: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, item: Item) -> asyncio.Future[Outcome]:
@@ -49,12 +52,15 @@ class BatchRecorder(Generic[Item, Outcome]):
         return future
 
     def _write(self, everything: bool = False) -> None:
-        """Start writing what is pending, unless a write is under way (it picks the rest up when done)."""
+        """Start writing what is pending, unless ``writers`` writes are under way (they pick the rest up
+        when done)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._writing is None and self._pending:
-            self._writing = asyncio.get_running_loop().create_task(self._write_all(everything))
+        if len(self._writing) < self._writers and self._pending:
+            task = asyncio.get_running_loop().create_task(self._write_all(everything))
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
 
     def _due(self, everything: bool) -> bool:
         """Whether what is pending is written now, or waits for its timer."""
@@ -81,11 +87,11 @@ class BatchRecorder(Generic[Item, Outcome]):
             if self._pending and self._timer is None:  # not a full batch yet: it waits for its timer
                 self._timer = asyncio.get_running_loop().call_later(self._max_age, self._write)
         finally:
-            self._writing = None
+            self._writing.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def drain(self) -> None:
         """Write everything pending now and wait until it is written."""
         self._write(everything=True)
-        while self._writing is not None:
-            await asyncio.shield(self._writing)
+        while self._writing:
+            await asyncio.shield(next(iter(self._writing)))
             self._write(everything=True)

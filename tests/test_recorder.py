@@ -79,3 +79,41 @@ def test_with_max_age_zero_what_comes_in_during_a_write_is_written_right_after()
         assert ledger.batches == [[1], [2, 3]]
 
     asyncio.run(scenario())
+
+
+class HeldFirst(Ledger):
+    """Holds only the first batch's write until released: a second writer's batch can pass it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first = True
+        self._lock = threading.Lock()
+
+    def record(self, items: Sequence[int]) -> list[int]:
+        with self._lock:
+            first, self._first = self._first, False
+        if not first:
+            self.batches.append(list(items))
+            return [item * 10 for item in items]
+        return super().record(items)
+
+
+def test_with_two_writers_a_batch_is_written_while_another_is_held() -> None:
+    """``writers=2`` (PostgreSQL's accepts, whose batches mostly wait for round trips): what comes in while
+    one batch is written goes out in a second batch at once, not after the first."""
+    async def scenario() -> None:
+        ledger = HeldFirst()
+        recorder: BatchRecorder[int, int] = BatchRecorder(ledger.record, size=64, max_age=0, writers=2)
+        ledger.release.clear()
+        first = recorder.add(1)
+        await _until(ledger.started)
+        second = [recorder.add(2), recorder.add(3)]
+        # With one writer these would wait for the held first batch (the bound only turns that into a failure).
+        assert await asyncio.wait_for(asyncio.gather(*second), 120) == [20, 30]
+        assert not first.done()
+        ledger.release.set()
+        assert await first == 10
+        assert ledger.batches == [[2, 3], [1]]
+        await recorder.drain()
+
+    asyncio.run(scenario())

@@ -7,20 +7,12 @@ link, which now shows the invitation's new state.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from daemon.errors import InvalidInput, LinkTampered
-from daemon.roster import AcceptResult, InvitationUnavailable, WrongAccount
+from daemon.roster import InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
-from mailer.recorder import BatchRecorder
 from daemon.web.context import CABINET, FIRST_OPENING, form, message, page, read, redirect, run, speak_to, visitor
-
-
-# The accepts planned on the event loop, written together: those in flight at once share one thread
-# hop, one turn of the write lock and one commit (``Roster.accept_planned_many``).
-ACCEPTS: web.AppKey[BatchRecorder[tuple[Any, str], AcceptResult | Exception | None]] = web.AppKey("accepts")
 
 
 def _token(request: web.Request) -> str:
@@ -79,26 +71,6 @@ async def show(request: web.Request) -> web.Response:
     return _invitation_page(request, invitation, has_account=has_account)
 
 
-async def _accept(request: web.Request, token: str, user_id: int, firm_id: int | None) -> None:
-    """``Roster.accept_invitation``, with its read and email preparation inline on the event loop and
-    its write batched with the other accepts in flight (SQLite: a read there takes no lock a writer holds,
-    as ``context.read`` says); on PostgreSQL, in a thread as before. Answers only once it is durable."""
-    cabinet = request.app[CABINET]
-    roster = cabinet.roster
-    if cabinet.engine.dialect.name != "sqlite":
-        await run(roster.accept_invitation, token, user_id, firm_id)
-        return
-    plan = roster.plan_accept(token, user_id, firm_id)
-    if plan is not None:
-        outcome = await request.app[ACCEPTS].add((plan, "link"))
-        if isinstance(outcome, Exception):
-            raise outcome
-        if outcome is not None:
-            return
-    # A refusal (its exact words), or rows changed since the plan: decided inside the write lock.
-    await run(roster.accept_unplanned, token, user_id, firm_id, plan is None)
-
-
 async def _act(request: web.Request, action: str) -> web.Response:
     cabinet = request.app[CABINET]
     v = visitor(request)
@@ -116,7 +88,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
             raw_firm = str(form(request).get("firm_id", "")).strip()
             if raw_firm and not raw_firm.isdigit():
                 raise InvalidInput("firm.choose")
-            await _accept(request, token, v.user.id, int(raw_firm) if raw_firm else None)
+            await cabinet.accepts.accept(token, v.user.id, int(raw_firm) if raw_firm else None, "link")
         else:
             await run(cabinet.roster.decline_invitation, token, v.user.id)
         cabinet.worker.wake()
@@ -167,7 +139,6 @@ async def renew(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app[ACCEPTS] = BatchRecorder(app[CABINET].roster.accept_planned_many, size=64, max_age=0)
     app.router.add_get("/invitations/renew/{token}", show_renewal)
     app.router.add_post("/invitations/renew/{token}", renew)
     app.router.add_get("/invitations/{token}", show)

@@ -1,0 +1,217 @@
+"""``Accepts``: the accepts in flight at once written together, on SQLite and on PostgreSQL.
+
+Each test awaits the real service (``Cabinet.accepts``, as the link handler does) on a real database;
+the accepts are started together on one event loop, so they make one batch (the first batch's writer
+starts only once every accept has joined it). What must hold whatever the batching: each accept gets
+its own outcome, a lost race is decided again and told what happened, a failing accept fails alone,
+and a batch is one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+
+from daemon.accepts import Accepts
+from daemon.app import Cabinet, build
+from daemon.config import load_config
+from daemon.models import Invitation
+from daemon.roster import AcceptResult, InvitationUnavailable, Roster
+from daemon.tokens import Purpose
+from tests.conftest import PASSWORD, Cli, Env, FakeClock
+
+ACCOUNTANT, FIRM = "marie@tremblay.example", "Tremblay CPA"
+COMPANIES = ["Boulangerie Roy"] + [f"Atelier {n}" for n in range(4)]
+# A safety net for a broken test, never a pace: the two instances meet as soon as both arrive.
+MEETING_TIMEOUT = 120
+
+
+@pytest.fixture
+def cabinet(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
+    cli("firm", "add", FIRM, "--email", "bureau@tremblay.example")
+    cli("staff", "add", ACCOUNTANT, "--name", "Marie Tremblay", "--firm", FIRM, "--password-stdin",
+        input=PASSWORD + "\n")
+    for n, company in enumerate(COMPANIES):
+        cli("company", "add", company, "--admin-email", f"admin{n}@company.example", "--admin-name", f"Admin {n}",
+            "--locale", "en")
+    built = build(load_config(env.config_path), clock=clock)
+    yield built
+    built.close()
+
+
+def token_of(cabinet: Cabinet, invitation_id: int) -> str:
+    with cabinet.sessions() as s:
+        invitation = s.get(Invitation, invitation_id)
+        assert invitation is not None
+        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
+
+
+def user_id(cabinet: Cabinet) -> int:
+    return cabinet.roster.find_staff(ACCOUNTANT).id
+
+
+def send(cabinet: Cabinet, companies: list[str]) -> list[int]:
+    return [cabinet.roster.send_invitation(company, ACCOUNTANT).id for company in companies]
+
+
+async def _together(accepts: Accepts, tokens: list[str], me: int) -> list[Any]:
+    return await asyncio.gather(*(accepts.accept(token, me, None, "link") for token in tokens), return_exceptions=True)
+
+
+def accept_together(accepts: Accepts, tokens: list[str], me: int) -> list[Any]:
+    """Each token's accept started at once on one event loop: each one's result, or what it raised."""
+    return asyncio.run(_together(accepts, tokens, me))
+
+
+class Commits:
+    """Counts the COMMITs the engine runs (a batch is one)."""
+
+    def __init__(self, cabinet: Cabinet) -> None:
+        self.count = 0
+        self._engine = cabinet.engine
+        event.listen(self._engine, "commit", self._seen)
+
+    def _seen(self, _connection: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        event.remove(self._engine, "commit", self._seen)
+
+
+def test_accepts_in_flight_together_are_one_commit(cabinet: Cabinet, env: Env) -> None:
+    sent = send(cabinet, COMPANIES)
+    tokens = [token_of(cabinet, n) for n in sent]
+    commits = Commits(cabinet)
+    try:
+        results = accept_together(cabinet.accepts, tokens, user_id(cabinet))
+    finally:
+        commits.close()
+    assert all(isinstance(r, AcceptResult) for r in results), results
+    assert [r.client.company for r in results] == COMPANIES
+    # On PostgreSQL each accept used to be its own transaction and commit; now the batch is one.
+    assert commits.count == 1
+    assert env.sql("SELECT DISTINCT state FROM invitations") == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM clients") == [(len(COMPANIES),)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(len(COMPANIES),)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") \
+        == [(2 * len(COMPANIES),)]
+
+
+def test_two_accepts_of_one_invitation_in_one_batch_one_wins(cabinet: Cabinet, env: Env) -> None:
+    """The second's guarded write finds the invitation accepted by the first: undone alone, decided again,
+    and told what happened (409 on the web); the other accept of the batch is written."""
+    first, other = send(cabinet, COMPANIES[:2])
+    token = token_of(cabinet, first)
+    won, lost, written = accept_together(cabinet.accepts, [token, token, token_of(cabinet, other)], user_id(cabinet))
+    assert isinstance(won, AcceptResult) and won.invitation.state == "accepted"
+    assert isinstance(lost, InvitationUnavailable) and lost.view.status == "accepted"
+    assert isinstance(written, AcceptResult) and written.client.company == COMPANIES[1]
+    assert env.sql("SELECT DISTINCT state FROM invitations") == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM clients") == [(2,)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(2,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(4,)]
+
+
+def test_a_revoke_between_the_plan_and_the_batchs_write(
+    cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revoked, kept = send(cabinet, COMPANIES[:2])
+    plan = cabinet.roster.plan_accept
+
+    def read_then_revoke(token: str, *args: Any) -> Any:
+        planned = plan(token, *args)
+        assert planned is not None, "the read found the invitation acceptable"
+        if planned.read.invitation_id == revoked:
+            cabinet.roster.revoke_invitation(revoked)
+        return planned
+
+    monkeypatch.setattr(cabinet.roster, "plan_accept", read_then_revoke)
+    refused, accepted = accept_together(cabinet.accepts, [token_of(cabinet, revoked), token_of(cabinet, kept)],
+                                        user_id(cabinet))
+    assert isinstance(refused, InvitationUnavailable) and refused.view.status == "revoked"
+    assert isinstance(accepted, AcceptResult) and accepted.client.company == COMPANIES[1]
+    assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [(revoked, "revoked"), (kept, "accepted")]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(2,)]
+
+
+def test_a_failing_accept_fails_alone_and_the_batch_is_committed(
+    cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One accept's write breaks a constraint (its two notices share a Message-ID): it raises that error
+    to its caller, nothing of it is kept, and the others of its batch are committed."""
+    sent = send(cabinet, COMPANIES[:3])
+    bad = sent[1]
+    plan = cabinet.roster.plan_accept
+
+    def broken(token: str, *args: Any) -> Any:
+        planned = plan(token, *args)
+        if planned is not None and planned.read.invitation_id == bad:
+            planned.emails[1]["message_id"] = planned.emails[0]["message_id"]
+        return planned
+
+    monkeypatch.setattr(cabinet.roster, "plan_accept", broken)
+    outcomes = accept_together(cabinet.accepts, [token_of(cabinet, n) for n in sent], user_id(cabinet))
+    assert isinstance(outcomes[1], IntegrityError), outcomes[1]
+    assert isinstance(outcomes[0], AcceptResult) and isinstance(outcomes[2], AcceptResult)
+    assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [
+        (sent[0], "accepted"), (bad, "pending"), (sent[2], "accepted")]
+    assert env.sql("SELECT count(*) FROM clients") == [(2,)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(2,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(4,)]
+
+
+class Meeting:
+    """A checkpoint (``DomainContext.checkpoint``) that holds each instance's accept between its plan and
+    its guarded write until both got there: both planned on "pending", both write."""
+
+    def __init__(self, parties: int) -> None:
+        self._barrier = threading.Barrier(parties, timeout=MEETING_TIMEOUT)
+        self._lock = threading.Lock()
+        self._left = parties
+
+    def __call__(self, table: str, row_id: int, wanted: str) -> None:
+        with self._lock:
+            if self._left == 0:
+                return  # the loser's second decision: nobody to meet
+            self._left -= 1
+        self._barrier.wait()
+
+
+def test_two_instances_accepting_one_invitation_at_once_one_wins(cabinet: Cabinet, env: Env, clock: FakeClock) -> None:
+    """Two instances on one PostgreSQL (each its own engine, pool, event loop and batch), held until both
+    planned the accept: both write, the row lock orders them, the second's guarded write matches nothing,
+    and, decided again, it is told the invitation was accepted."""
+    if env.is_sqlite:
+        pytest.skip("a second instance refuses to start on SQLite (test_operations)")
+    (sent,) = send(cabinet, COMPANIES[:1])
+    token, me = token_of(cabinet, sent), user_id(cabinet)
+    meeting = Meeting(2)
+    second = build(load_config(env.config_path), clock=clock)
+    outcomes: list[Any] = [None, None]
+    try:
+        def instance(n: int, built: Cabinet) -> None:
+            roster = Roster(replace(built.roster.context, checkpoint=meeting))
+            outcomes[n] = accept_together(Accepts(roster, plan_on_loop=False), [token], me)[0]
+
+        threads = [threading.Thread(target=instance, args=(n, built)) for n, built in enumerate((cabinet, second))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(MEETING_TIMEOUT)
+            assert not thread.is_alive(), "an instance never finished"
+    finally:
+        second.close()
+    won = [o for o in outcomes if isinstance(o, AcceptResult)]
+    lost = [o for o in outcomes if not isinstance(o, AcceptResult)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert isinstance(lost[0], InvitationUnavailable) and lost[0].view.status == "accepted"
+    assert env.sql("SELECT count(*) FROM clients") == [(1,)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(2,)]
