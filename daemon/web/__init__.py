@@ -96,7 +96,8 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
             elif request.method not in ("GET", "HEAD"):
                 raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
             response = await handler(request)
-            if request.method == "GET" and response.status == 200:
+            # A page whose own read found the opening already recorded (None) leaves nothing to note.
+            if request.method == "GET" and response.status == 200 and request.get(FIRST_OPENING, True) is not None:
                 await _note_opening(request)
             cookies = request.app[security.SECURITY]
             # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.

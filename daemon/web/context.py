@@ -20,7 +20,7 @@ from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
 from daemon.link_opens import Opening
 from daemon.web.pages import Pages
-from daemon.web.security import SECURITY
+from daemon.web.security import SECURITY, SecuredResponse
 
 CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
@@ -218,9 +218,9 @@ def page(
         html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
     else:
         html = pages.render(template, v.locale, v.timezone, values)
-    # Made with the security headers: ``security._add_headers`` then finds each one in place. The body as
-    # bytes with its content type among them: what ``text=`` and ``content_type=`` make, set once.
-    return web.Response(body=html.encode(), status=status, headers=request.app[SECURITY].page_headers)
+    # Made with the security headers (``security._add_headers`` then leaves it alone). The body as bytes
+    # with its content type among them: what ``text=`` and ``content_type=`` make, set once.
+    return SecuredResponse(body=html.encode(), status=status, headers=request.app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:
