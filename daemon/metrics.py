@@ -1,7 +1,9 @@
 """Prometheus metrics (prometheus-client), in a registry of this process's own.
 
-Latency and link clicks are counted where they happen (the HTTP adapter), send
-attempts and retries where they happen (the outbox worker, per process).
+Latency and link clicks are counted where they happen (the HTTP adapter, into
+``RequestCounts``: plain numbers, shown as prometheus-client's Histogram and
+Counter show theirs), send attempts and retries where they happen (the outbox
+worker, per process).
 Everything about mail, invitations and transfers is read from the database (so
 the figures are the same whichever instance is scraped and survive restarts),
 in one aggregated read reused for ``max_age`` seconds, not on every scrape.
@@ -15,9 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -148,17 +152,80 @@ class OutboxStatsCollector(Collector):
         )
 
 
+#: The latency histogram's upper bounds (prometheus-client's default buckets, +Inf last).
+LATENCY_BOUNDS: tuple[float, ...] = tuple(float(bound) for bound in Histogram.DEFAULT_BUCKETS)
+_REQUESTS = ("cabinet_http_request_duration_seconds", "HTTP request latency", ("route", "method"))
+_LINKS = ("cabinet_links", "Emailed links opened (GET) and acted on (POST)", ("purpose", "action"))
+
+
+class RequestCounts(Collector):
+    """Request latency per (route, method) and emailed links' clicks per (purpose, action), counted as
+    plain numbers by the HTTP adapter and shown at scrape time exactly as prometheus-client's
+    ``Histogram`` and ``Counter`` show theirs (names, labels, buckets, ``_created``; a test compares).
+
+    Those take a lock per bucket and per value on every observation, behind two Python calls each: a
+    link page paid for them on every request. Here a series is a list the event loop adds to, a request
+    is a bisect and three additions, and a scrape (in a thread) copies each list in one step, which the
+    GIL keeps whole: only the event loop counts (``daemon.web._measure``)."""
+
+    def __init__(self) -> None:
+        # Per label values: the latency buckets' counts (not cumulative, +Inf last) then the sum of
+        # latencies; a link's count; and when each series began (``_created``).
+        self._latency: dict[tuple[str, str], list[float]] = {}
+        self._clicks: dict[tuple[str, str], list[float]] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+
+    def latency(self, route: str, method: str) -> list[float]:
+        """The series of (route, method), new or already counting: ``observe`` adds to it."""
+        series = self._latency.get((route, method))
+        if series is None:
+            self._created[("latency", route, method)] = time.time()
+            series = self._latency[(route, method)] = [0.0] * (len(LATENCY_BOUNDS) + 1)
+        return series
+
+    def clicks(self, purpose: str, action: str) -> list[float]:
+        """The count of (purpose, action): its one value is added to by the caller."""
+        series = self._clicks.get((purpose, action))
+        if series is None:
+            self._created[("clicks", purpose, action)] = time.time()
+            series = self._clicks[(purpose, action)] = [0.0]
+        return series
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(_REQUESTS[0], _REQUESTS[1], "histogram")
+        yield Metric(_LINKS[0], _LINKS[1], "counter")
+
+    def collect(self) -> Iterator[Metric]:
+        created = getattr(prometheus_metrics, "_use_created", True)  # PROMETHEUS_DISABLE_CREATED_SERIES
+        name, documentation, label_names = _REQUESTS
+        requests = Metric(name, documentation, "histogram")
+        for labels, series in list(self._latency.items()):
+            counts = list(series)  # one step under the GIL: the event loop's additions land before or after
+            values = dict(zip(label_names, labels))
+            total = 0.0
+            for bound, count in zip(LATENCY_BOUNDS, counts):
+                total += count
+                requests.add_sample(name + "_bucket", {**values, "le": floatToGoString(bound)}, total)
+            requests.add_sample(name + "_count", values, total)
+            requests.add_sample(name + "_sum", values, counts[-1])
+            if created:
+                requests.add_sample(name + "_created", values, self._created[("latency", *labels)])
+        yield requests
+        name, documentation, label_names = _LINKS
+        links = Metric(name, documentation, "counter")
+        for labels, series in list(self._clicks.items()):
+            values = dict(zip(label_names, labels))
+            links.add_sample(name + "_total", values, series[0])
+            if created:
+                links.add_sample(name + "_created", values, self._created[("clicks", *labels)])
+        yield links
+
+
 class Metrics:
     def __init__(self, sessions: sessionmaker[Session], clock: Clock, outbox: OutboxStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Histogram(
-            "cabinet_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
-            registry=self.registry,
-        )
-        self.links = Counter(
-            "cabinet_links_total", "Emailed links opened (GET) and acted on (POST)", ["purpose", "action"],
-            registry=self.registry,
-        )
+        self.counts = RequestCounts()
+        self.registry.register(self.counts)
         self.registry.register(DatabaseCollector(sessions, clock))
         if outbox is not None:
             self.registry.register(OutboxStatsCollector(outbox))

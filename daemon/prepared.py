@@ -15,12 +15,40 @@ as ``Connection.execute`` does: callers and the web adapter's fault handling see
 from __future__ import annotations
 
 from collections import namedtuple
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from sqlalchemy import Select
+from sqlalchemy.engine import processors
 from sqlalchemy.exc import MultipleResultsFound
 
+from daemon.models import UTCDateTime
 from daemon.reads import ReadConnections
+
+_from_text = datetime.fromisoformat
+_UTC = timezone.utc
+
+
+def _sqlite_utc(value: Any) -> Any:
+    """``UTCDateTime``'s value from SQLite's text, in one call: what its result processor gives (SQLite's
+    ``DATETIME`` processor, ``datetime.fromisoformat``, then ``UTCDateTime.process_result_value``)
+    without the ``TypeDecorator`` wrapper's two Python layers around it. Only ever called with text."""
+    moment = _from_text(value)
+    return moment.replace(tzinfo=_UTC) if moment.tzinfo is None else moment.astimezone(_UTC)
+
+
+def _result_processor(column_type: Any, dialect: Any) -> tuple[Callable[[Any], Any] | None, bool]:
+    """(the column's result processor, whether it may be skipped for NULL). ``UTCDateTime`` on SQLite
+    (when its ``DATETIME`` reads ISO text, the default storage format) gets ``_sqlite_utc``, which gives
+    the same values; every other type, its own processor, called for every value as SQLAlchemy does."""
+    if type(column_type) is UTCDateTime:
+        impl = column_type.impl_instance.dialect_impl(dialect)
+        if impl.result_processor(dialect, None) is processors.str_to_datetime:
+            return _sqlite_utc, True
+    return column_type.dialect_impl(dialect).result_processor(dialect, None), False
+
+
+_new_tuple = tuple.__new__
 
 
 class Compiled:
@@ -41,9 +69,13 @@ class Compiled:
                 self.fixed[name] = value if processor is None else processor(value)
             elif processor is not None:
                 self.processors[name] = processor
-        self.result_processors: list[Callable[[Any], Any] | None] = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
-        ]
+        found = [_result_processor(column.type, dialect) for column in columns]
+        self.result_processors: list[Callable[[Any], Any] | None] = [processor for processor, _ in found]
+        # The columns to convert, by position, and whether NULL passes through unconverted: typing a row
+        # touches only those (most of a page's columns are text and integers the driver gives as is).
+        self._converting = tuple(
+            (index, processor, skip_null) for index, (processor, skip_null) in enumerate(found) if processor is not None
+        )
         self.row = namedtuple("Row", [column.key for column in columns]) if columns else None  # type: ignore[misc]
 
     def parameters(self, binds: dict[str, Any]) -> Any:
@@ -57,10 +89,15 @@ class Compiled:
         return [binds[name] for name in self.names]
 
     def typed(self, row: Any) -> Any:
+        """``row`` as a named tuple of its typed values (``namedtuple._make`` without its generator and
+        length check: the driver gives one value per selected column)."""
         assert self.row is not None
-        return self.row._make(
-            value if processor is None else processor(value) for processor, value in zip(self.result_processors, row)
-        )
+        values = list(row)
+        for index, processor, skip_null in self._converting:
+            value = values[index]
+            if value is not None or not skip_null:
+                values[index] = processor(value)
+        return _new_tuple(self.row, values)
 
 
 class PreparedRead:

@@ -73,8 +73,10 @@ class ReadConnections:
 
     def statement_seen(self, cursor: Any, sql: str, parameters: Any) -> None:
         """The engine's ``before_cursor_execute`` listeners hear of the statement (tests count with them)."""
-        for listener in self.engine.dispatch.before_cursor_execute:
-            listener(None, cursor, sql, parameters, None, False)
+        listeners = self.engine.dispatch.before_cursor_execute
+        if listeners:  # none outside tests: no iteration through SQLAlchemy's empty-listener object
+            for listener in listeners:
+                listener(None, cursor, sql, parameters, None, False)
 
     def lost(self, exc: BaseException, sql: str | None, parameters: Any, connection_invalidated: bool) -> DBAPIError:
         return DBAPIError.instance(

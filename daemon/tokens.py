@@ -203,6 +203,7 @@ class LinkSigner:
         # What itsdangerous's serializer writes for any payload (non-ASCII kept as UTF-8), for addresses.
         self._address_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
         self._verified: dict[tuple[Purpose, str], tuple[Any, int, bytes]] = {}
+        self._last_stamp: tuple[int, bytes] = (-1, b"")  # (seconds, its encoded part): ``_stamp``
 
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         clock = self._clock
@@ -232,7 +233,7 @@ class LinkSigner:
     def sign_each(self, purposes: tuple[Purpose, ...], payload: Any) -> list[str]:
         """``sign`` of one payload for each of ``purposes`` (a new browser's CSRF token and its cookie
         sign the same id): the payload encoded and the time read once for all of them."""
-        stamp = b"." + _b64(_int_to_bytes(self._timestamp()))
+        stamp = self._stamp(self._timestamp())
         random_body = None
         tokens = []
         for purpose in purposes:
@@ -245,6 +246,14 @@ class LinkSigner:
             value = body + stamp
             tokens.append((value + b"." + _b64(_mac(self._macs[purpose][0], value))).decode("ascii"))
         return tokens
+
+    def _stamp(self, seconds: int) -> bytes:
+        """A token's ``.timestamp`` part for ``seconds``, written once per second (every new visitor's
+        page signs two tokens)."""
+        kept = self._last_stamp
+        if kept[0] != seconds:
+            kept = self._last_stamp = (seconds, b"." + _b64(_int_to_bytes(seconds)))
+        return kept[1]
 
     def verify(self, purpose: Purpose, token: str, max_age: timedelta | None) -> Any:
         """Return the payload, or raise ``LinkTampered`` / ``LinkExpired``.

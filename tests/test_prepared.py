@@ -54,6 +54,8 @@ def test_the_invitation_page_read_gives_the_rows_core_gives(cli: Cli, seed: Seed
             assert ours._fields == tuple(core._mapping.keys())
             assert tuple(ours) == tuple(core)
             assert [type(value) for value in ours] == [type(value) for value in core]
+            # Dates in the same zone too (an aware datetime compares equal across zones).
+            assert [getattr(value, "tzinfo", None) for value in ours] == [getattr(value, "tzinfo", None) for value in core]
             assert ours.expires_at.tzinfo is not None  # typed as the model's column says (aware UTC)
             states.add((ours.state, ours.opened))
         assert {state for state, _ in states} == {"pending", "accepted", "declined", "revoked"}

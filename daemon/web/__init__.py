@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from typing import Any, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +23,7 @@ from daemon.faults import storage_fault
 from daemon.health import Health
 from daemon.link_opens import is_emailed_link
 from daemon.i18n import negotiate
-from daemon.metrics import Metrics
+from daemon.metrics import LATENCY_BOUNDS, Metrics
 from daemon.tokens import Purpose
 from daemon.web import (
     account, clients, company, invitations, new_account, password_reset, security, transfers, workspace,
@@ -60,9 +61,9 @@ PLAIN_PATHS = ("/healthz", "/readyz", "/favicon.ico")
 LINK_PURPOSES = {"invitations": "invite", "company": "manage", "transfers": "transfer", "setup": "setup", "payment": "payment"}
 
 
-class _Measured(dict[tuple[str, str, str | None], tuple[Any, Any]]):
-    """The metrics' labelled children per (route, method, link purpose), looked up once: prometheus's
-    ``labels()`` validates and locks on every call."""
+class _Measured(dict[tuple[Any, str], tuple[list[float], list[float] | None]]):
+    """The metrics' series per (route, method), found once per route: a request adds to them
+    (``daemon.metrics.RequestCounts``)."""
 
 
 MEASURED = web.AppKey("measured", _Measured)
@@ -95,7 +96,8 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
             elif request.method not in ("GET", "HEAD"):
                 raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
             response = await handler(request)
-            if request.method == "GET" and response.status == 200:
+            # A page whose own read found the opening already recorded (None) leaves nothing to note.
+            if request.method == "GET" and response.status == 200 and request.get(FIRST_OPENING, True) is not None:
                 await _note_opening(request)
             cookies = request.app[security.SECURITY]
             # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
@@ -121,23 +123,36 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _measure(request: web.Request, started: float) -> None:
     """Latency per route, and link opens (GET) versus actions (POST) per purpose."""
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    route = request.match_info.route
     method = request.method
-    purpose = LINK_PURPOSES.get(request.path.split("/")[1] if request.path.count("/") >= 2 else "")
     measured = request.app[MEASURED]
-    children = measured.get((route, method, purpose))
-    if children is None:
-        metrics = request.app[METRICS]
-        clicks = None
-        if purpose and method in ("GET", "POST"):
-            clicks = metrics.links.labels(purpose, "opened" if method == "GET" else "acted")
-        children = (metrics.requests.labels(route, method), clicks)
-        if method in ("GET", "HEAD", "POST"):  # any other method string is a client's: kept nowhere new
-            measured[(route, method, purpose)] = children
-    latency, clicks = children
-    latency.observe(time.perf_counter() - started)
+    series = measured.get((route, method))
+    if series is None:
+        series = _series(request, route, method)
+    latency, clicks = series
+    elapsed = time.perf_counter() - started
+    latency[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+    latency[-1] += elapsed
     if clicks is not None:
-        clicks.inc()
+        clicks[0] += 1
+
+
+def _series(request: web.Request, route: Any, method: str) -> tuple[list[float], list[float] | None]:
+    """The latency and click series of this request's route, method and link purpose; kept per (route,
+    method) when the route decides the purpose (its first path segment is fixed) and the method is one
+    Cabinet answers (any other method string is a client's: kept nowhere new)."""
+    resource = route.resource
+    canonical = resource.canonical if resource is not None else "unmatched"
+    path = request.path
+    purpose = LINK_PURPOSES.get(path.split("/")[1] if path.count("/") >= 2 else "")
+    counts = request.app[METRICS].counts
+    clicks = None
+    if purpose and method in ("GET", "POST"):
+        clicks = counts.clicks(purpose, "opened" if method == "GET" else "acted")
+    series = (counts.latency(canonical, method), clicks)
+    if resource is not None and method in ("GET", "HEAD", "POST") and "{" not in canonical.split("/")[1]:
+        request.app[MEASURED][(route, method)] = series
+    return series
 
 
 async def _note_opening(request: web.Request) -> None:

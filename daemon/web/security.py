@@ -116,6 +116,11 @@ class WebSecurity:
 SECURITY = web.AppKey("security", WebSecurity)
 
 
+class SecuredResponse(web.Response):
+    """A response made with ``WebSecurity.page_headers`` (``context.page``): every security header is in
+    place already, so ``_add_headers`` has nothing to add."""
+
+
 def safe_next(value: str | None) -> str:
     """A path on this site to go to after signing in, or "/": an open redirect would help phishing.
 
@@ -196,7 +201,9 @@ def cross_site_refusal(request: web.Request) -> web.Response | None:
 
 async def _add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """The headers on every response, aiohttp's own errors included (a page is made with them already,
-    ``context.page``, and each ``setdefault`` finds its header there)."""
+    ``context.page``: a ``SecuredResponse``, left as it is)."""
+    if type(response) is SecuredResponse:
+        return
     headers = response.headers
     security = request.app[SECURITY] if isinstance(request, web.Request) else None
     for name, value in (security.headers if security is not None else HEADERS).items():
