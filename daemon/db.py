@@ -178,12 +178,16 @@ class GroupWriter:
             self._group = _Group()
         return self._connection, self._group
 
-    def _finish(self, group: _Group) -> None:
-        """Commit the group (lock held); its callers learn the outcome through ``group``."""
+    def _finish(self, group: _Group, lost: BaseException | None = None) -> None:
+        """Commit the group (lock held); its callers learn the outcome through ``group``. ``lost``: what a
+        unit lost the connection with; the group's transaction went with it, and its callers are told that
+        (not the ORM's "invalid transaction" error a COMMIT on the dead connection would raise)."""
         self._group = None
         transaction, self._transaction = self._transaction, None
         try:
             assert transaction is not None
+            if lost is not None:
+                raise lost
             transaction.commit()
         except BaseException as exc:
             group.error = exc
@@ -267,15 +271,19 @@ class GroupWriter:
                     self._connection.invalidate()
                     self._connection = None
                 raise
+            lost: BaseException | None = None
             try:
                 yield connection, group
+            except BaseException as exc:
+                lost = exc if connection.invalidated else None
+                raise
             finally:
                 # A unit that lost the connection (SQLite found its file read-only, see
                 # _sqlite_read_only_connection) lost the group's transaction with it: the group ends now,
-                # failing its members, so that the units queued behind start afresh instead of each
-                # failing on the dead connection until one finds nobody behind it.
+                # failing its members with that unit's fault, so that the units queued behind start afresh
+                # instead of each failing on the dead connection until one finds nobody behind it.
                 if connection.invalidated or self._should_commit(group):
-                    self._finish(group)
+                    self._finish(group, lost)
         finally:
             self._owner = None
             self._lock.release()

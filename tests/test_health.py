@@ -243,3 +243,48 @@ def test_the_check_that_finds_the_connection_read_only_with_a_write_queued_behin
     finally:
         event.remove(engine, "before_cursor_execute", hold_the_first_heartbeat)
     assert outcomes == {"health": [], "other": "committed"}
+
+
+def test_a_write_of_a_group_that_loses_its_connection_is_told_why(
+    env: Env, clock: FakeClock, cabinet_on_sqlite: Cabinet,
+) -> None:
+    """A unit already done in the group waits for the group's COMMIT; when a later unit of the group finds
+    the connection read-only, the group's transaction is gone: the waiting unit fails with that unit's
+    storage fault (what the log and the adapter say), not with the ORM's "invalid transaction" error."""
+    sessions = cabinet_on_sqlite.sessions
+    writer = sessions.writer  # type: ignore[attr-defined]
+    _pool_opened_while_down(env, sessions)
+    outcomes: dict[str, BaseException | str] = {}
+    inside, queued = threading.Event(), threading.Event()
+
+    def done_first() -> None:
+        try:
+            with write_transaction(sessions) as s:
+                s.execute(text("SELECT beat_at FROM heartbeat"))  # reads: done in the group, waits for its COMMIT
+                inside.set()
+                queued.wait()
+            outcomes["first"] = "committed"
+        except Exception as exc:  # noqa: BLE001 - what it failed with is the assertion
+            outcomes["first"] = exc
+
+    def write_second() -> None:
+        try:
+            with write_transaction(sessions) as s:
+                s.execute(text("UPDATE heartbeat SET beat_at = beat_at"))  # read-only: fails, drops the connection
+            outcomes["second"] = "committed"
+        except Exception as exc:  # noqa: BLE001
+            outcomes["second"] = exc
+
+    first, second = threading.Thread(target=done_first), threading.Thread(target=write_second)
+    first.start()
+    wait_until(inside.is_set, what="the first unit inside the writer")
+    second.start()
+    wait_until(lambda: writer._waiting == 1, what="a second write to queue behind the first")
+    queued.set()
+    first.join()
+    second.join()
+    for name in ("first", "second"):
+        failed = outcomes[name]
+        assert isinstance(failed, BaseException), outcomes
+        assert storage_fault(failed) == "the database is unavailable (attempt to write a readonly database)"
+        assert type(failed).__name__ == "OperationalError", repr(failed)
