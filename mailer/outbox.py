@@ -575,6 +575,8 @@ class OutboxWorker:
                 if not waiting and not exhausted and not self._stopping:
                     if self._give_way is not None:
                         await self._give_way()
+                        if self._stopping:  # stopped while giving way: claim nothing more
+                            continue
                     claims = await asyncio.to_thread(self._claim_batch, batch)
                     exhausted = len(claims) < batch
                     if not exhausted:
