@@ -196,6 +196,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         if getattr(config.mail, key) <= 0:
             raise ConfigError(f"[mail] {key} must be a number of seconds above 0")
     undeliverable = Undeliverable(ctx)
+    accepts = Accepts(roster, plan_on_loop=engine.dialect.name == "sqlite")
     worker = OutboxWorker(
         sessions,
         make_transport(config),
@@ -208,6 +209,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         lease=timedelta(seconds=config.mail.claim_lease),
         # One email in flight per relay connection; a Maildir takes them one at a time, in order.
         concurrency=config.mail.relay_connections if config.mail.transport == "smtp" else 1,
+        give_way=accepts.wait_for_lull,
     )
     throttle = SignInThrottle(
         sessions,
@@ -228,7 +230,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         passwords=passwords,
         roster=roster,
         # SQLite's plan read runs on the event loop; PostgreSQL's is a round trip, read in the batch's thread.
-        accepts=Accepts(roster, plan_on_loop=engine.dialect.name == "sqlite"),
+        accepts=accepts,
         transfers=BillingTransfers(ctx),
         onboarding=onboarding,
         company_admin=CompanyAdmin(ctx, roster, RequestLimit(

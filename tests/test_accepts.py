@@ -215,3 +215,30 @@ def test_two_instances_accepting_one_invitation_at_once_one_wins(cabinet: Cabine
     assert env.sql("SELECT count(*) FROM clients") == [(1,)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(1,)]
     assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(2,)]
+
+
+def test_background_work_gives_way_to_accepts_coming_in_but_never_for_long(cabinet: Cabinet) -> None:
+    """``wait_for_lull`` (the outbox worker's ``give_way``): at once when no accept came in; held back
+    while one just did; but never longer than ``max_wait``, so the worker's backlog still drains."""
+    me = user_id(cabinet)
+    [first, second] = send(cabinet, COMPANIES[:2])
+    plan_on_loop = cabinet.engine.dialect.name == "sqlite"
+
+    async def scenario() -> None:
+        # No accept yet: nothing to give way to, even with a lull of an hour.
+        quiet = Accepts(cabinet.roster, plan_on_loop, lull=3600, max_wait=3600)
+        await asyncio.wait_for(quiet.wait_for_lull(), MEETING_TIMEOUT)
+        # An accept just came in: held back (an hour's lull, an hour at most) while the loop runs on.
+        held = Accepts(cabinet.roster, plan_on_loop, lull=3600, max_wait=3600)
+        await held.accept(token_of(cabinet, first), me, None, "link")
+        waiting = asyncio.create_task(held.wait_for_lull())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        waiting.cancel()
+        # Accepts that never pause (an hour's lull) hold it back no longer than max_wait.
+        bounded = Accepts(cabinet.roster, plan_on_loop, lull=3600, max_wait=0.01)
+        await bounded.accept(token_of(cabinet, second), me, None, "link")
+        await asyncio.wait_for(bounded.wait_for_lull(), MEETING_TIMEOUT)
+
+    asyncio.run(scenario())
