@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from mailer.recorder import BatchRecorder
+from daemon.arrivals import Arrivals
 from daemon.roster import AcceptPlan, AcceptResult, Roster
 
 # Accepts written in one transaction at most: a commit's wait shared by many, a transaction still short.
@@ -31,7 +32,7 @@ BATCH = 64
 # SQLite has one writer: its batches are written one at a time.
 POSTGRESQL_WRITERS = 8
 # Background work (the outbox worker) gives way to accepts: it waits until none has come in for LULL
-# seconds, but never more than MAX_WAIT (see ``Accepts.wait_for_lull``).
+# seconds, but never more than MAX_WAIT (``daemon.arrivals``).
 LULL = 0.05
 MAX_WAIT = 1.0
 
@@ -61,9 +62,7 @@ class Accepts:
                  max_wait: float = MAX_WAIT) -> None:
         self._roster = roster
         self._plan_on_loop = plan_on_loop
-        self._lull = lull
-        self._max_wait = max_wait
-        self._last = float("-inf")  # the loop's time of the last accept that came in
+        self._arrivals = Arrivals(lull, max_wait)
         # max_age=0: a batch is written at once; what comes in while it is written makes the next one.
         self._planned: BatchRecorder[tuple[AcceptPlan, str], AcceptResult | Exception | None] = BatchRecorder(
             self._write_planned, size=batch, max_age=0)
@@ -76,7 +75,7 @@ class Accepts:
         Returns once the accept is durable; raises what the accept is refused with (the same errors as
         ``Roster.accept_invitation``), or the error its write or commit failed with."""
         outcome: _Outcome
-        self._last = asyncio.get_running_loop().time()
+        self._arrivals.arrived()
         if self._plan_on_loop:
             plan = self._roster.plan_accept(token, user_id, firm_id)
             if plan is None:
@@ -95,20 +94,9 @@ class Accepts:
         return outcome
 
     async def wait_for_lull(self) -> None:
-        """Return once no accept has come in for ``lull`` seconds, or after ``max_wait`` at most.
-
-        Whoever accepts waits for the 303 and shares the one core (and SQLite's one writer) with the
-        outbox worker; nobody waits for the emails a few hundred milliseconds. So the worker holds its
-        next batch back while accepts keep coming, but under accepts that never stop it still gets a
-        batch in at least every ``max_wait`` seconds: its backlog drains, it is not starved."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_wait
-        while True:
-            now = loop.time()
-            quiet_at = self._last + self._lull
-            if now >= quiet_at or now >= deadline:
-                return
-            await asyncio.sleep(min(quiet_at, deadline) - now)
+        """Return once no accept has come in for ``lull`` seconds, or after ``max_wait`` at most (the
+        outbox worker's ``give_way``: whoever accepts waits for the 303, nobody for the emails)."""
+        await self._arrivals.lull()
 
     def _write_planned(self, items: Sequence[tuple[AcceptPlan, str]]) -> list[AcceptResult | Exception | None]:
         return self._roster.accept_planned_many(items)

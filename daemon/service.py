@@ -24,7 +24,8 @@ from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
-from daemon.smtp import Arrivals, InboundHandler, make_protocol_factory
+from daemon.arrivals import Arrivals
+from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app, make_metrics_app
 from daemon.web.pages import Pages
 

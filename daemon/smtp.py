@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -30,6 +29,7 @@ from typing import Any, Awaitable, Callable
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session as SmtpSession
 
+from daemon.arrivals import Arrivals
 from daemon.config import Config, InboundConfig
 from daemon.inbound import Inbound
 from mailer.recorder import BatchRecorder
@@ -65,35 +65,6 @@ def plain_path(arg: str) -> tuple[str, str] | None:
 
 
 Stored = tuple[str, list[str], bytes]
-
-
-class Arrivals:
-    """When the listener last received a message: inbound processing waits for a lull in deliveries.
-
-    SMTP clients wait for their 250s; nobody waits for processing. So while
-    messages arrive, processing (which shares the one core and SQLite's one
-    writer with the stores) holds back until ``lull`` seconds pass without one,
-    but never more than ``max_wait`` seconds per batch: under deliveries that
-    never stop, processing still gets a batch in at least that often.
-    """
-
-    def __init__(self, lull: float = 0.05, max_wait: float = 1.0) -> None:
-        self._lull = lull
-        self._max_wait = max_wait
-        self._last = float("-inf")
-
-    def arrived(self) -> None:
-        self._last = time.monotonic()
-
-    def wait_for_lull(self) -> None:
-        """Block (in processing's worker thread) until deliveries pause, or ``max_wait`` has passed."""
-        deadline = time.monotonic() + self._max_wait
-        while True:
-            now = time.monotonic()
-            quiet_at = self._last + self._lull
-            if now >= quiet_at or now >= deadline:
-                return
-            time.sleep(min(quiet_at, deadline) - now)
 
 
 class InboundHandler:

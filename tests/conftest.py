@@ -41,7 +41,7 @@ from sqlalchemy import Engine, create_engine, inspect, make_url, text
 from sqlalchemy.pool import NullPool
 
 from daemon import db
-from daemon.app import build
+from daemon.app import Cabinet, build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
 from daemon.scheduler import Scheduler
@@ -776,3 +776,14 @@ def chromium() -> Iterator[Any]:
 
     with chromium_browser() as browser:
         yield browser
+
+
+def invitation_token(cabinet: Cabinet, invitation_id: int) -> str:
+    """The signed token of invitation ``invitation_id``'s link, as its email carries it."""
+    from daemon.models import Invitation
+    from daemon.tokens import Purpose
+
+    with cabinet.sessions() as s:
+        invitation = s.get(Invitation, invitation_id)
+        assert invitation is not None
+        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])

@@ -11,9 +11,9 @@ from sqlalchemy import event
 from daemon.app import Cabinet, build
 from daemon.config import load_config
 from daemon.errors import NotAllowed
-from daemon.models import Invitation
-from daemon.tokens import Purpose
-from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, RunningServer, csrf_of, link_in
+from tests.conftest import (
+    PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, RunningServer, csrf_of, invitation_token, link_in,
+)
 
 COMPANY, ACCOUNTANT, ADMIN = "Boulangerie Roy", "marie@tremblay.example", "julie@roy.example"
 
@@ -34,13 +34,6 @@ def cabinet(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
     built = build(load_config(env.config_path), clock=clock)
     yield built
     built.close()
-
-
-def token_of(cabinet: Cabinet, invitation_id: int) -> str:
-    with cabinet.sessions() as s:
-        invitation = s.get(Invitation, invitation_id)
-        assert invitation is not None
-        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
 
 
 def statements_during(cabinet: Cabinet, call: Any) -> tuple[Any, list[str]]:
@@ -70,7 +63,7 @@ def test_an_accept_reads_once_then_tells_the_admin_and_each_active_member_in_ord
     cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
-    marie, token = cabinet.roster.find_staff(ACCOUNTANT).id, token_of(cabinet, sent.id)
+    marie, token = cabinet.roster.find_staff(ACCOUNTANT).id, invitation_token(cabinet, sent.id)
     never_in_the_lock(monkeypatch, cabinet)
     result, statements = statements_during(cabinet, lambda: cabinet.roster.accept_invitation(token, marie, None))
     assert result.client.firm == "Tremblay CPA" and result.client.company == COMPANY
@@ -93,7 +86,7 @@ def test_an_accept_connects_the_entry_added_under_the_companys_name(
     (entry,) = cabinet.roster.list_clients("Tremblay CPA")
     sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
     never_in_the_lock(monkeypatch, cabinet)
-    result = cabinet.roster.accept_invitation(token_of(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id, None)
+    result = cabinet.roster.accept_invitation(invitation_token(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id, None)
     (client,) = cabinet.roster.list_clients("Tremblay CPA")
     assert result.client.id == client.id == entry.id
     assert client.company == COMPANY and client.status == "active" and client.billing == "self-paid"
@@ -105,7 +98,7 @@ def test_an_accept_for_a_firm_that_is_not_the_users_is_refused_as_before(cabinet
     sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
     gagnon = cabinet.roster.find_firm("Gagnon & Associés").id
     with pytest.raises(NotAllowed) as refused:
-        cabinet.roster.accept_invitation(token_of(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id, gagnon)
+        cabinet.roster.accept_invitation(invitation_token(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id, gagnon)
     assert refused.value.code == "firm.not_member_connect"
     assert env.sql("SELECT state FROM invitations") == [("pending",)]
     assert env.sql("SELECT count(*) FROM clients") == [(0,)]

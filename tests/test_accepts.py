@@ -21,10 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from daemon.accepts import Accepts
 from daemon.app import Cabinet, build
 from daemon.config import load_config
-from daemon.models import Invitation
 from daemon.roster import AcceptResult, InvitationUnavailable, Roster
-from daemon.tokens import Purpose
-from tests.conftest import PASSWORD, Cli, Env, FakeClock
+from tests.conftest import PASSWORD, Cli, Env, FakeClock, invitation_token
 
 ACCOUNTANT, FIRM = "marie@tremblay.example", "Tremblay CPA"
 COMPANIES = ["Boulangerie Roy"] + [f"Atelier {n}" for n in range(4)]
@@ -43,13 +41,6 @@ def cabinet(env: Env, cli: Cli, clock: FakeClock) -> Iterator[Cabinet]:
     built = build(load_config(env.config_path), clock=clock)
     yield built
     built.close()
-
-
-def token_of(cabinet: Cabinet, invitation_id: int) -> str:
-    with cabinet.sessions() as s:
-        invitation = s.get(Invitation, invitation_id)
-        assert invitation is not None
-        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
 
 
 def user_id(cabinet: Cabinet) -> int:
@@ -86,7 +77,7 @@ class Commits:
 
 def test_accepts_in_flight_together_are_one_commit(cabinet: Cabinet, env: Env) -> None:
     sent = send(cabinet, COMPANIES)
-    tokens = [token_of(cabinet, n) for n in sent]
+    tokens = [invitation_token(cabinet, n) for n in sent]
     commits = Commits(cabinet)
     try:
         results = accept_together(cabinet.accepts, tokens, user_id(cabinet))
@@ -107,8 +98,8 @@ def test_two_accepts_of_one_invitation_in_one_batch_one_wins(cabinet: Cabinet, e
     """The second's guarded write finds the invitation accepted by the first: undone alone, decided again,
     and told what happened (409 on the web); the other accept of the batch is written."""
     first, other = send(cabinet, COMPANIES[:2])
-    token = token_of(cabinet, first)
-    won, lost, written = accept_together(cabinet.accepts, [token, token, token_of(cabinet, other)], user_id(cabinet))
+    token = invitation_token(cabinet, first)
+    won, lost, written = accept_together(cabinet.accepts, [token, token, invitation_token(cabinet, other)], user_id(cabinet))
     assert isinstance(won, AcceptResult) and won.invitation.state == "accepted"
     assert isinstance(lost, InvitationUnavailable) and lost.view.status == "accepted"
     assert isinstance(written, AcceptResult) and written.client.company == COMPANIES[1]
@@ -132,7 +123,7 @@ def test_a_revoke_between_the_plan_and_the_batchs_write(
         return planned
 
     monkeypatch.setattr(cabinet.roster, "plan_accept", read_then_revoke)
-    refused, accepted = accept_together(cabinet.accepts, [token_of(cabinet, revoked), token_of(cabinet, kept)],
+    refused, accepted = accept_together(cabinet.accepts, [invitation_token(cabinet, revoked), invitation_token(cabinet, kept)],
                                         user_id(cabinet))
     assert isinstance(refused, InvitationUnavailable) and refused.view.status == "revoked"
     assert isinstance(accepted, AcceptResult) and accepted.client.company == COMPANIES[1]
@@ -157,7 +148,7 @@ def test_a_failing_accept_fails_alone_and_the_batch_is_committed(
         return planned
 
     monkeypatch.setattr(cabinet.roster, "plan_accept", broken)
-    outcomes = accept_together(cabinet.accepts, [token_of(cabinet, n) for n in sent], user_id(cabinet))
+    outcomes = accept_together(cabinet.accepts, [invitation_token(cabinet, n) for n in sent], user_id(cabinet))
     assert isinstance(outcomes[1], IntegrityError), outcomes[1]
     assert isinstance(outcomes[0], AcceptResult) and isinstance(outcomes[2], AcceptResult)
     assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [
@@ -191,7 +182,7 @@ def test_two_instances_accepting_one_invitation_at_once_one_wins(cabinet: Cabine
     if env.is_sqlite:
         pytest.skip("a second instance refuses to start on SQLite (test_operations)")
     (sent,) = send(cabinet, COMPANIES[:1])
-    token, me = token_of(cabinet, sent), user_id(cabinet)
+    token, me = invitation_token(cabinet, sent), user_id(cabinet)
     meeting = Meeting(2)
     second = build(load_config(env.config_path), clock=clock)
     outcomes: list[Any] = [None, None]
@@ -230,7 +221,7 @@ def test_background_work_gives_way_to_accepts_coming_in_but_never_for_long(cabin
         await asyncio.wait_for(quiet.wait_for_lull(), MEETING_TIMEOUT)
         # An accept just came in: held back (an hour's lull, an hour at most) while the loop runs on.
         held = Accepts(cabinet.roster, plan_on_loop, lull=3600, max_wait=3600)
-        await held.accept(token_of(cabinet, first), me, None, "link")
+        await held.accept(invitation_token(cabinet, first), me, None, "link")
         waiting = asyncio.create_task(held.wait_for_lull())
         for _ in range(20):
             await asyncio.sleep(0)
@@ -238,7 +229,7 @@ def test_background_work_gives_way_to_accepts_coming_in_but_never_for_long(cabin
         waiting.cancel()
         # Accepts that never pause (an hour's lull) hold it back no longer than max_wait.
         bounded = Accepts(cabinet.roster, plan_on_loop, lull=3600, max_wait=0.01)
-        await bounded.accept(token_of(cabinet, second), me, None, "link")
+        await bounded.accept(invitation_token(cabinet, second), me, None, "link")
         await asyncio.wait_for(bounded.wait_for_lull(), MEETING_TIMEOUT)
 
     asyncio.run(scenario())

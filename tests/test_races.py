@@ -36,7 +36,7 @@ from daemon.roster import InvitationUnavailable, Roster
 from daemon.tokens import Purpose
 from daemon.transfers import BillingTransfers, TransferChanged, TransferUnavailable
 from daemon.transitions import Checkpoint
-from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, any_link_in, csrf_of
+from tests.conftest import PASSWORD, Browser, Cli, Env, FakeClock, Mailbox, any_link_in, csrf_of, invitation_token
 from tests.inbound_helpers import TRUSTED_MTA, reply
 
 # A safety net for a broken test, never a pace: contenders meet as soon as both arrive.
@@ -193,13 +193,6 @@ def new_gate(env: Env, order: tuple[int, ...]) -> Gate | None:
 def emails(env: Env) -> list[tuple[str, str]]:
     """The queued emails, as (template, recipient), in order."""
     return [(r[0], r[1]) for r in env.sql("SELECT kind, recipient FROM outbox ORDER BY id")]
-
-
-def invitation_token(cabinet: Cabinet, invitation_id: int) -> str:
-    with cabinet.sessions() as s:
-        invitation = s.get(Invitation, invitation_id)
-        assert invitation is not None
-        return cabinet.signer.sign(Purpose.INVITE, [invitation.id, invitation.nonce])
 
 
 def one_winner(outcomes: list[Outcome], error: type[CabinetError]) -> tuple[int, Outcome]:
