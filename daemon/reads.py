@@ -185,9 +185,13 @@ class ReadConnections:
         if held is None:
             try:
                 generation, connection, _ = self._take()
-                connection.execute("BEGIN")
-            except self._error as exc:  # connecting (or beginning) failed
+            except self._error as exc:  # connecting failed
                 raise self.lost(exc, None, None, False) from exc
+            try:
+                connection.execute("BEGIN")
+            except self._error as exc:
+                _close(connection)
+                raise self.lost(exc, "BEGIN", None, False) from exc
             held = self._turns[loop] = (generation, connection)
             loop.call_soon(self._end_turn, loop)
         connection = held[1]
