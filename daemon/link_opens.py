@@ -11,6 +11,13 @@ and otherwise ignored by the caller: the page is what matters.
 
 "Opened" means the page was fetched: a mail provider's link scanner can do
 that too, which is why it is never taken as "received" or "acted on".
+
+Most of a link's GETs are first openings (a link is opened a handful of
+times, often first by the recipient's mail scanner), so noting one is on the
+product's hot path: the web adapter hands it to ``LinkOpens.note``, which
+writes the first openings in flight together (one thread hop, one write unit,
+one commit; the conditional insert compiled once, no ORM session) and returns
+once its own is durable, as the page waits for it.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ from json.encoder import encode_basestring_ascii as _json_string
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import ColumnElement, exists, insert, literal, select
+from sqlalchemy import ColumnElement, Insert, bindparam, exists, insert, literal, select
 from sqlalchemy.orm import Session
 
+from daemon.db import engine_of, savepoint, write_connection
 from daemon.deliveries import OPENED, parse_detail
-from daemon.domain import DomainService
+from daemon.domain import DomainContext, DomainService
+from daemon.prepared_write import PreparedWrite
+from mailer.recorder import BatchRecorder
 from daemon.errors import CabinetError
 from daemon.models import BillingTransfer, Company, Event, Invitation, SetupInvitation
 from daemon.tokens import Purpose
@@ -99,38 +109,100 @@ def opened_before(company_id: ColumnElement[Any], detail: ColumnElement[Any]) ->
     return exists().where(Event.kind == OPENED, Event.company_id == company_id, Event.detail == detail)
 
 
+def _first_opening() -> Insert:
+    """One ``link.opened`` row, unless this link's opening is already recorded: the check is part of
+    the statement, so it is made again under the write (SQLite's single writer keeps one of two first
+    openings at once, even within one batch: each row of an executemany sees the rows before it)."""
+    events = Event.__table__
+    binds = {name: bindparam(name, type_=events.c[name].type) for name in ("at", "actor", "firm_id", "company_id", "detail")}
+    values = {"kind": literal(OPENED, events.c.kind.type), "channel": literal("link", events.c.channel.type), **binds}
+    first = select(*values.values()).where(~opened_before(binds["company_id"], binds["detail"]))
+    return insert(events).from_select(list(values), first)
+
+
+_FIRST_OPENING = PreparedWrite(_first_opening())
+
+# First openings written in one write unit at most (the accepts' batch size, daemon.accepts).
+BATCH = 64
+# PostgreSQL: batches written at once, each in its own thread, mostly waiting for round trips. SQLite
+# has one writer: its batches are written one at a time.
+POSTGRESQL_WRITERS = 4
+
+
 class LinkOpens(DomainService):
-    def record(self, path: str) -> None:
-        """Append a ``link.opened`` event for the link at ``path``, if it is a valid emailed link opened
-        for the first time; otherwise do nothing."""
+    def __init__(self, ctx: DomainContext) -> None:
+        super().__init__(ctx)
+        writers = POSTGRESQL_WRITERS if engine_of(ctx.sessions).dialect.name == "postgresql" else 1
+        # max_age=0: a batch is written at once; the openings noted while it is written make the next one.
+        self._batches: BatchRecorder[Opening, Exception | None] = BatchRecorder(
+            self.record_openings, size=BATCH, max_age=0, writers=writers)
+
+    async def note(self, opening: Opening) -> None:
+        """Record a first opening a read found missing, with the others in flight; returns once it is
+        durable, raises what its write (or its batch's commit) failed with."""
+        outcome = await self._batches.add(opening)
+        if outcome is not None:
+            raise outcome
+
+    def opening_of(self, path: str) -> Opening | None:
+        """What a first opening of the emailed link at ``path`` records, or None (not an emailed link, not
+        valid, or opened before). Reads only."""
         for pattern, link in _LINKS:
             match = pattern.match(path)
             if match:
                 break
         else:
-            return
+            return None
         # Read first, outside any write: a reload, a forged or an expired link writes nothing (on
         # SQLite a write would queue behind the single writer for every page view).
         with self._sessions() as s:
-            opening = self._opening(s, link, match.group(1))
+            return self._opening(s, link, match.group(1))
+
+    def record(self, path: str) -> None:
+        """Append a ``link.opened`` event for the link at ``path``, if it is a valid emailed link opened
+        for the first time; otherwise do nothing."""
+        opening = self.opening_of(path)
         if opening is not None:
             self.record_opening(opening)
 
     def record_opening(self, opening: Opening) -> None:
         """Append the ``link.opened`` event a read found missing (``record``, or a page's own read with
-        ``opened_before``), in one conditional statement: checked again under the write, SQLite's single
-        writer keeps one of two first openings at once; on PostgreSQL two at the same instant may both
-        be kept, which changes no delivery state."""
-        events = Event.__table__
-        values = {
-            "at": self._clock.now(), "kind": OPENED, "actor": opening.to, "channel": "link",
-            "firm_id": opening.firm_id, "company_id": opening.company_id,
-            "detail": detail_text(opening.detail),
-        }
-        literals = {name: literal(value, events.c[name].type) for name, value in values.items()}
-        first = select(*literals.values()).where(~opened_before(literals["company_id"], literals["detail"]))
-        with self._transaction() as s:
-            s.execute(insert(events).from_select(list(values), first))
+        ``opened_before``); raises what its write failed with."""
+        outcome = self.record_openings([opening])[0]
+        if outcome is not None:
+            raise outcome
+
+    def record_openings(self, openings: Sequence[Opening]) -> list[Exception | None]:
+        """Append the ``link.opened`` events reads found missing, in one write unit, each by the
+        conditional statement ``_first_opening`` (checked again under the write: SQLite's single writer
+        keeps one of two first openings at once; on PostgreSQL two at the same instant may both be kept,
+        which changes no delivery state). One outcome per opening, None when written: all of them in one
+        executemany; should that fail, each alone in a SAVEPOINT, so one bad row (a company deleted since
+        the read) fails alone. Returns once they are durable; a failed commit raises."""
+        now = self._clock.now()
+        rows = [
+            {"at": now, "actor": opening.to, "firm_id": opening.firm_id, "company_id": opening.company_id,
+             "detail": detail_text(opening.detail)}
+            for opening in openings
+        ]
+        outcomes: list[Exception | None] = [None] * len(rows)
+        with write_connection(self._sessions) as connection:
+            try:
+                with savepoint(connection, "link_openings"):
+                    _FIRST_OPENING.many(connection, rows)
+                return outcomes
+            except Exception:
+                if connection.invalidated or len(rows) == 1:
+                    raise  # the connection is gone (the unit fails), or the one opening failed: its error
+            for n, row in enumerate(rows):
+                try:
+                    with savepoint(connection, "link_opening"):
+                        _FIRST_OPENING.one(connection, row)
+                except Exception as exc:  # noqa: BLE001 - this opening's outcome, not the batch's
+                    if connection.invalidated:
+                        raise
+                    outcomes[n] = exc
+        return outcomes
 
     def _opening(self, s: Session, link: _Link, token: str) -> Opening | None:
         """What a first opening of this link records, or None (not a valid link, or opened before)."""

@@ -163,10 +163,10 @@ async def _note_opening(request: web.Request) -> None:
     if checked or is_emailed_link(request.path):
         opens = request.app[CABINET].link_opens
         try:
-            if not checked:
-                await run(opens.record, request.path)
-            elif (opening := request[FIRST_OPENING]) is not None:  # none yet: only the write is left
-                await run(opens.record_opening, opening)
+            # Another emailed link's page: its opening is read in a thread (an ORM read, any database).
+            opening = request[FIRST_OPENING] if checked else await run(opens.opening_of, request.path)
+            if opening is not None:  # none yet: written with the other first openings in flight
+                await opens.note(opening)
         except Exception as exc:  # noqa: BLE001 - telemetry never fails a page
             log.warning("could not record a link opening: %s", storage_fault(exc) or type(exc).__name__)
 

@@ -122,7 +122,8 @@ async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     """A hot page's one indexed read: on SQLite, inline on the event loop; elsewhere in a thread (``run``).
 
     A SQLite read in WAL mode takes no lock a writer holds and reads pages the OS has cached: it is
-    over sooner than a thread hop (queue, wake-up, GIL hand-over, the loop's self-pipe) would be.
+    over sooner than a thread hop (queue, wake-up, GIL hand-over, the loop's self-pipe) would be; the
+    reads of one turn of the loop share one read transaction (``daemon.reads.ReadConnections``).
     PostgreSQL's read is a network round trip: it keeps the thread."""
     if request.app[CABINET].engine.dialect.name == "sqlite":
         return fn(*args)
