@@ -782,17 +782,18 @@ class Roster(DomainService):
         in flight at once (``daemon.accepts``) take one thread hop, one turn of the write lock and one
         commit between them instead of one each. Each runs in a SAVEPOINT of its own, so one whose row changed since its
         plan, or that fails, is undone alone (on SQLite they are first tried in one savepoint together, and
-        written again each in its own only when one of them does not go through: ``_all_written``). One outcome per plan: its result; None when it must be
-        decided again inside the lock (``accept_unplanned``); or the exception it failed with. Returns
-        once they are durable; a failed commit raises (nobody is told "done").
+        written again each in its own only when one of them does not go through: ``_all_written``). One
+        outcome per plan: its result; None when it must be decided again inside the lock
+        (``accept_unplanned``); or the exception it failed with. Returns once they are durable; a failed
+        commit raises (nobody is told "done").
         """
         outcomes: list[AcceptResult | Exception | None] = [None] * len(plans)
         # Written in invitation order: two instances writing batches that share rows lock them in the same
         # order (PostgreSQL), so one waits for the other instead of both deadlocking.
         order = sorted(range(len(plans)), key=lambda n: plans[n][0].read.invitation_id)
         with write_connection(self._sessions) as connection, pipelined(connection) as sync:
-            if len(order) > 1 and connection.dialect.name == "sqlite" and self._all_written(connection, plans, order,
-                                                                                          outcomes):
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite and len(order) > 1 and self._all_written(connection, plans, order, outcomes):
                 return outcomes
             for n in order:
                 plan, channel = plans[n]
