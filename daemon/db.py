@@ -51,6 +51,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # The statement journal in memory: a write unit and each accept of a batch run in a SAVEPOINT
+    # (GroupWriter), and every page a savepoint changes is first copied to that journal so that a
+    # ROLLBACK TO can put it back. On disk (the default) it spills to a temporary file past 64 KiB:
+    # a write() per page, about a third of SQLite's time in a batch of accepts. It only ever serves a
+    # rollback inside the transaction; durability is the WAL's, unchanged.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 

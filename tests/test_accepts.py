@@ -10,7 +10,9 @@ and a batch is one commit.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import replace
 from typing import Any, Iterator
 
@@ -154,6 +156,73 @@ def test_a_failing_accept_fails_alone_and_the_batch_is_committed(
     assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [
         (sent[0], "accepted"), (bad, "pending"), (sent[2], "accepted")]
     assert env.sql("SELECT count(*) FROM clients") == [(2,)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(2,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(4,)]
+
+
+class Savepoints:
+    """The names of the savepoints the accepts' writes open (``daemon.db.savepoint``, still run as is)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import daemon.roster
+
+        self.names: list[str] = []
+        real = daemon.roster.savepoint
+
+        def counted(connection: Any, name: str, release: bool = True) -> Any:
+            self.names.append(name)
+            return real(connection, name, release)
+
+        monkeypatch.setattr(daemon.roster, "savepoint", counted)
+
+
+def test_a_batch_that_goes_through_is_one_savepoint_on_sqlite(
+    cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite copies each page a savepoint changes to its journal: a batch whose accepts all go through is
+    written in one savepoint, not one each (PostgreSQL keeps one each: its errors come per accept, at
+    each accept's sync). One that fails undoes the batch's savepoint, and the batch is written again
+    with a savepoint each: the outcomes are those of ``test_a_failing_accept_fails_alone_…``."""
+    savepoints = Savepoints(monkeypatch)
+    sent = send(cabinet, COMPANIES)
+    results = accept_together(cabinet.accepts, [invitation_token(cabinet, n) for n in sent], user_id(cabinet))
+    assert all(isinstance(r, AcceptResult) for r in results), results
+    one_each = ["accept_plan"] * len(COMPANIES)
+    assert savepoints.names == (["accept_batch"] if env.is_sqlite else one_each)
+    assert env.sql("SELECT count(*) FROM clients") == [(len(COMPANIES),)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") \
+        == [(2 * len(COMPANIES),)]
+
+
+def test_a_batch_with_a_failing_accept_is_written_again_one_savepoint_each(
+    cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = send(cabinet, COMPANIES[:3])
+    plan = cabinet.roster.plan_accept
+
+    def broken(token: str, *args: Any) -> Any:
+        planned = plan(token, *args)
+        if planned is not None and planned.read.invitation_id == sent[2]:  # the last one written
+            planned.emails[1]["message_id"] = planned.emails[0]["message_id"]
+        return planned
+
+    monkeypatch.setattr(cabinet.roster, "plan_accept", broken)
+    savepoints = Savepoints(monkeypatch)
+    outcomes = accept_together(cabinet.accepts, [invitation_token(cabinet, n) for n in sent], user_id(cabinet))
+    assert isinstance(outcomes[2], IntegrityError), outcomes[2]
+    assert isinstance(outcomes[0], AcceptResult) and isinstance(outcomes[1], AcceptResult)
+    one_each = ["accept_plan"] * 3
+    assert savepoints.names == (["accept_batch", *one_each] if env.is_sqlite else one_each)
+    # Nothing of the first pass is left twice: the two accepts written once each, the failed one not at all.
+    assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [
+        (sent[0], "accepted"), (sent[1], "accepted"), (sent[2], "pending")]
+    assert env.sql("SELECT count(*) FROM clients") == [(2,)]
+    if env.is_sqlite:  # the search index holds the two clients, and nothing of the undone first pass
+        with closing(sqlite3.connect(env.database)) as db:
+            db.execute("INSERT INTO clients_search (clients_search) VALUES ('integrity-check')")  # raises if not
+        assert env.sql("SELECT rowid FROM clients_search WHERE clients_search MATCH '\"atelier\"'") \
+            == env.sql("SELECT id FROM clients WHERE name LIKE 'Atelier%' ORDER BY id")
+    assert env.sql("SELECT sum(clients) FROM firm_client_counts") == [(2,)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(2,)]
     assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(4,)]
 

@@ -221,3 +221,31 @@ def test_a_failing_core_unit_rolls_back_alone_inside_a_shared_group(engine: Engi
         conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (12, 1)")
     db.close_sessions(sessions)
     assert rows(engine) == [10, 12]
+
+
+def test_savepoints_journal_in_memory_and_each_rolls_back_alone(engine: Engine) -> None:
+    """The write connection keeps its statement journal in memory (``temp_store=MEMORY``: the pages a
+    SAVEPOINT may have to put back, a temporary file's write() each otherwise), and a batch's nested
+    savepoints still undo exactly their own rows, however many pages they journaled (far past the
+    64 KiB at which the default spills to a file)."""
+    sessions = db.make_sessionmaker(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE blob (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    with db.write_connection(sessions) as conn:
+        assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+        for n in range(40):
+            try:
+                # Unreleased, as a batch of accepts leaves them: the transaction's end ends them all.
+                with db.savepoint(conn, "item", release=False):
+                    conn.exec_driver_sql("INSERT INTO blob (id, body) VALUES (?, zeroblob(6000))", (n,))
+                    conn.exec_driver_sql("UPDATE blob SET body = zeroblob(5000) WHERE id < ?", (n,))
+                    if n % 7 == 3:
+                        raise ZeroDivisionError
+            except ZeroDivisionError:
+                pass
+    db.close_sessions(sessions)
+    with engine.connect() as conn:
+        kept = conn.exec_driver_sql("SELECT id, length(body) FROM blob ORDER BY id").all()
+    assert [row[0] for row in kept] == [n for n in range(40) if n % 7 != 3]
+    # Each kept row was shrunk by every later kept item (and by no undone one); the last is as inserted.
+    assert [row[1] for row in kept] == [5000] * (len(kept) - 1) + [6000]
