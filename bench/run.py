@@ -420,6 +420,12 @@ def inbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
     return row
 
 
+def _cpu_per(result: dict[str, float]) -> float:
+    """The sending process's CPU per email in ms (``bench.outbound`` measures it around its sends only: the
+    start-up, seeding and the relay's own work are left out), as ``on_cpu`` notes it for a server."""
+    return result["cpu"] * 1000 / result["count"] if result["count"] else 0.0
+
+
 def outbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
     row = Row(f"outbound ({args.emails:,} queued invitations to an SMTP relay)", "emails/s", 0.8)
     count_file = work / "sink.count"
@@ -450,7 +456,8 @@ def outbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
             out = subprocess.run(pinned(SERVER_CPU, [sys.executable, "-m", "bench.outbound", "cabinet", str(config)]),
                                  capture_output=True, text=True, check=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
-            return Sample(result["count"] / result["elapsed"], 0.0, 0.0, args.emails - result["count"])
+            return Sample(result["count"] / result["elapsed"], 0.0, 0.0, args.emails - result["count"], result["count"],
+                          _cpu_per(result))
 
         def run_raw(r: int) -> Sample:
             wait_until(lambda: len(list(saved.glob("*.eml"))) >= args.emails, 600, "the first Cabinet round's emails")
@@ -460,13 +467,14 @@ def outbound(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
                 capture_output=True, text=True, check=True,
             ).stdout
             result = json.loads(out)
-            return Sample(result["count"] / result["elapsed"], 0.0, 0.0, 0)
+            return Sample(result["count"] / result["elapsed"], 0.0, 0.0, 0, result["count"], _cpu_per(result))
 
         for r in range(args.rounds):  # Cabinet first: its first round records the bytes the raw sender replays
             for side, run in [("cabinet", run_cabinet), ("ceiling", run_raw)]:
                 sample = run(r)
                 getattr(row, side).append(sample)
-                print(f"  outbound round {r + 1} {side}: {sample.rate:.1f} emails/s, errors {sample.errors}", flush=True)
+                print(f"  outbound round {r + 1} {side}: {sample.rate:.1f} emails/s, errors {sample.errors}, "
+                      f"sender CPU {sample.cpu_ms:.3f} ms per email", flush=True)
     finally:
         sink.stop()
     return row
