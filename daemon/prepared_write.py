@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Insert, Update
+from sqlalchemy import Connection, Insert, Update, bindparam
 from sqlalchemy.engine import Dialect
 
 from daemon.prepared import Compiled
@@ -44,7 +44,8 @@ class PreparedWrite:
 
     ``column_keys`` names the columns an INSERT without ``values()`` is given at execution (every
     execution must give all of them). ``one(connection, **binds)`` returns the first RETURNING row
-    (a named tuple of its columns) or None; ``many(connection, rows)`` runs an executemany.
+    (a named tuple of its columns) or None; ``many(connection, rows)`` runs an executemany; ``rows(connection,
+    rows)`` runs an INSERT's rows as one multi-row statement.
     """
 
     def __init__(self, statement: Insert | Update, column_keys: Sequence[str] | None = None) -> None:
@@ -53,6 +54,7 @@ class PreparedWrite:
         # A cache, as SQLAlchemy's compiled cache on each engine is: one entry per engine's dialect,
         # gone with it (weak keys: an id could be reused by another engine's dialect).
         self._by_dialect: WeakKeyDictionary[Dialect, _Compiled] = WeakKeyDictionary()
+        self._multi_by_dialect: WeakKeyDictionary[Dialect, dict[int, _Compiled]] = WeakKeyDictionary()
 
     def compiled(self, dialect: Dialect) -> _Compiled:
         found = self._by_dialect.get(dialect)
@@ -87,6 +89,48 @@ class PreparedWrite:
         except connection.dialect.loaded_dbapi.Error as exc:
             connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
             raise  # pragma: no cover - the handler always raises
+
+    def rows(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """An INSERT's ``rows`` as ONE statement (a multi-row ``VALUES``), not an executemany; returns its
+        RETURNING rows (named tuples, in the order the database gives them: match them by a key).
+
+        SQLite ends each statement's work at its end: an executemany runs the statement once per row,
+        and a trigger that writes an FTS5 index flushes one segment per row; one statement, one segment.
+        Compiled once per engine and number of rows (a batch's sizes are few and bounded).
+        """
+        if not rows:
+            return []
+        compiled = self._multi_row(connection.dialect, len(rows))
+        binds = {f"{key}__{n}": value for n, row in enumerate(rows) for key, value in row.items()}
+        parameters = compiled.parameters(binds)
+        cursor = self._cursor(connection)
+        try:
+            _heard(connection, cursor, compiled.sql, parameters, False)
+            cursor.execute(compiled.sql, parameters)
+            found = cursor.fetchall() if compiled.row is not None else []
+            cursor.close()
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
+            raise  # pragma: no cover - the handler always raises
+        return [compiled.typed(row) for row in found]
+
+    def _multi_row(self, dialect: Dialect, count: int) -> _Compiled:
+        by_count = self._multi_by_dialect.get(dialect)
+        if by_count is None:
+            by_count = self._multi_by_dialect[dialect] = {}
+        found = by_count.get(count)
+        if found is None:
+            if not isinstance(self.statement, Insert) or self._column_keys is None:
+                raise ValueError("rows() runs an INSERT given its column_keys")
+            # One bind per row and column, each typed as its column (its bind processor: ``values()`` types
+            # only the first row's untyped binds).
+            columns = self.statement.table.c
+            statement = self.statement.values([
+                {key: bindparam(f"{key}__{n}", type_=columns[key].type) for key in self._column_keys}
+                for n in range(count)
+            ])
+            found = by_count[count] = _Compiled(statement, dialect, None)
+        return found
 
     @staticmethod
     def _cursor(connection: Connection) -> Any:
