@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Insert, Update, bindparam
+from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
 
 from daemon.prepared import Compiled
@@ -54,7 +54,6 @@ class PreparedWrite:
         # A cache, as SQLAlchemy's compiled cache on each engine is: one entry per engine's dialect,
         # gone with it (weak keys: an id could be reused by another engine's dialect).
         self._by_dialect: WeakKeyDictionary[Dialect, _Compiled] = WeakKeyDictionary()
-        self._multi_by_dialect: WeakKeyDictionary[Dialect, dict[int, _Compiled]] = WeakKeyDictionary()
 
     def compiled(self, dialect: Dialect) -> _Compiled:
         found = self._by_dialect.get(dialect)
@@ -96,41 +95,26 @@ class PreparedWrite:
 
         SQLite ends each statement's work at its end: an executemany runs the statement once per row,
         and a trigger that writes an FTS5 index flushes one segment per row; one statement, one segment.
-        Compiled once per engine and number of rows (a batch's sizes are few and bounded).
+        The one-row statement's SQL with its ``VALUES`` group repeated, each row's binds processed as
+        ``one``'s are (compiling a statement per number of rows took SQLAlchemy 6–24 ms each). Positional
+        parameter styles only (SQLite's): what it is for.
         """
         if not rows:
             return []
-        compiled = self._multi_row(connection.dialect, len(rows))
-        binds = {f"{key}__{n}": value for n, row in enumerate(rows) for key, value in row.items()}
-        parameters = compiled.parameters(binds)
+        compiled = self.compiled(connection.dialect)
+        group = _values_group(compiled)
+        parameters = [value for row in rows for value in compiled.parameters(row)]
+        sql = compiled.sql.replace(group, ", ".join([group] * len(rows)), 1)
         cursor = self._cursor(connection)
         try:
-            _heard(connection, cursor, compiled.sql, parameters, False)
-            cursor.execute(compiled.sql, parameters)
+            _heard(connection, cursor, sql, parameters, False)
+            cursor.execute(sql, parameters)
             found = cursor.fetchall() if compiled.row is not None else []
             cursor.close()
         except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
+            connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
             raise  # pragma: no cover - the handler always raises
         return [compiled.typed(row) for row in found]
-
-    def _multi_row(self, dialect: Dialect, count: int) -> _Compiled:
-        by_count = self._multi_by_dialect.get(dialect)
-        if by_count is None:
-            by_count = self._multi_by_dialect[dialect] = {}
-        found = by_count.get(count)
-        if found is None:
-            if not isinstance(self.statement, Insert) or self._column_keys is None:
-                raise ValueError("rows() runs an INSERT given its column_keys")
-            # One bind per row and column, each typed as its column (its bind processor: ``values()`` types
-            # only the first row's untyped binds).
-            columns = self.statement.table.c
-            statement = self.statement.values([
-                {key: bindparam(f"{key}__{n}", type_=columns[key].type) for key in self._column_keys}
-                for n in range(count)
-            ])
-            found = by_count[count] = _Compiled(statement, dialect, None)
-        return found
 
     @staticmethod
     def _cursor(connection: Connection) -> Any:
@@ -142,3 +126,12 @@ def _heard(connection: Connection, cursor: Any, sql: str, parameters: Any, execu
     """The engine's ``before_cursor_execute`` listeners hear of the statement, as they do from ``execute``."""
     for listener in connection.engine.dispatch.before_cursor_execute:
         listener(connection, cursor, sql, parameters, None, executemany)
+
+
+def _values_group(compiled: _Compiled) -> str:
+    """The one-row INSERT's ``(?, ?, …)``: every parameter of the statement, found once in its SQL."""
+    names = compiled.names
+    group = "(" + ", ".join("?" * len(names)) + ")" if names is not None else ""
+    if not group or compiled.fixed or compiled.sql.count(group) != 1 or not compiled.sql.startswith("INSERT"):
+        raise ValueError("rows() runs a plain INSERT … VALUES with qmark parameters (SQLite)")
+    return group
