@@ -820,16 +820,55 @@ class Roster(DomainService):
         statement journal first, so that ROLLBACK TO can put it back, and the accepts of a batch change the
         same pages (the tables' and indexes' last leaves) one after the other: a savepoint each copied them
         once per accept, one for the batch copies them once (13 % of SQLite's work in a batch of 16).
+        The batch is written phase by phase (``_written_together``), not accept by accept.
         """
         try:
             with savepoint(connection, "accept_batch", release=False):
-                for n in order:
-                    plan, channel = plans[n]
-                    outcomes[n] = self._accept_planned(connection, plan, channel)
+                results = self._written_together(connection, [plans[n] for n in order])
         except Exception:  # noqa: BLE001 - a race lost or a failure: each accept decided alone, below
-            outcomes[:] = [None] * len(outcomes)
             return False
+        for n, result in zip(order, results):
+            outcomes[n] = result
         return True
+
+    def _written_together(self, connection: Connection, batch: list[tuple[AcceptPlan, str]]) -> list[AcceptResult]:
+        """The rows ``_accept_planned`` writes for each of ``batch``'s accepts, written phase by phase: every
+        accept's guarded UPDATEs first (one that matches nothing raises ``_Replan``: the whole batch is
+        undone), then the new roster entries in ONE multi-row INSERT, the events in one, the emails in one
+        executemany. The same rows, values and ids as accept by accept (rows go in in the batch's order).
+
+        FTS5 writes the terms a statement added to the search index as a new segment at the end of each
+        statement: a client INSERT per accept made one segment (and its merging) per accept, the largest
+        part of SQLite's work in a batch; one INSERT makes one segment for the batch.
+        """
+        checkpoint = self._ctx.checkpoint
+        clients: list[Any] = [None] * len(batch)
+        try:
+            invitations = [
+                _ACCEPT.run(connection, plan.read.invitation_id, checkpoint, **self._accept_binds(plan))
+                for plan, _ in batch
+            ]
+            for n, (plan, _) in enumerate(batch):
+                if plan.client is not None:
+                    clients[n] = self._reconnect_planned(connection, plan)
+        except TransitionLost:
+            raise _Replan() from None
+        new = [n for n, (plan, _) in enumerate(batch) if plan.client is None]
+        inserted = _CLIENT_INSERT[connection.dialect.name].rows(
+            connection, [self._client_values(batch[n][0]) for n in new])
+        # RETURNING's order is SQLite's to choose: each row is found by its key (a company is on a firm's
+        # roster once). A row that conflicted returned nothing: the batch is decided again, accept by accept.
+        by_key = {(row.firm_id, row.company_id): row for row in inserted}
+        for n in new:
+            plan = batch[n][0]
+            clients[n] = by_key.pop((plan.firm_id, plan.read.id), None)
+            if clients[n] is None:
+                raise _Replan()
+        _EVENT_INSERT.rows(connection, [
+            self._accepted_event(plan, channel, client) for (plan, channel), client in zip(batch, clients)])
+        self._notifier.queue_prepared(connection, [email for plan, _ in batch for email in plan.emails])
+        return [self._accept_result(plan, invitation, client)
+                for (plan, _), invitation, client in zip(batch, invitations, clients)]
 
     def accept_unplanned(self, token: str, user_id: int, firm_id: int | None, refused: bool,
                          channel: str = "link") -> AcceptResult:
@@ -879,20 +918,31 @@ class Roster(DomainService):
     def _accept_planned(self, connection: Connection, plan: AcceptPlan, channel: str) -> AcceptResult:
         """The accept's write: prepared Core statements only, each guarded by what the plan read; raises
         ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest)."""
-        read, now = plan.read, plan.now
         try:
-            invitation = _ACCEPT.run(
-                connection, read.invitation_id, self._ctx.checkpoint,
-                b_nonce=read.nonce, b_now=self._clock.now(), b_decided=now, b_firm=plan.firm_id, b_user=read.user_id,
-            )
+            invitation = _ACCEPT.run(connection, plan.read.invitation_id, self._ctx.checkpoint, **self._accept_binds(plan))
             client = self._connect_planned(connection, plan)
         except TransitionLost:
             raise _Replan() from None
-        _EVENT_INSERT.one(connection, self._event_values(
+        _EVENT_INSERT.one(connection, self._accepted_event(plan, channel, client))
+        self._notifier.queue_prepared(connection, plan.emails)
+        return self._accept_result(plan, invitation, client)
+
+    def _accept_binds(self, plan: AcceptPlan) -> dict[str, Any]:
+        """``_ACCEPT``'s binds: what the plan read must still hold."""
+        read = plan.read
+        return {"b_nonce": read.nonce, "b_now": self._clock.now(), "b_decided": plan.now, "b_firm": plan.firm_id,
+                "b_user": read.user_id}
+
+    def _accepted_event(self, plan: AcceptPlan, channel: str, client: Any) -> dict[str, Any]:
+        read = plan.read
+        return self._event_values(
             "invitation.accepted", read.user_email, channel, firm_id=plan.firm_id, company_id=read.id,
             client_id=client.id, invitation_id=read.invitation_id,
-        ))
-        self._notifier.queue_prepared(connection, plan.emails)
+        )
+
+    @staticmethod
+    def _accept_result(plan: AcceptPlan, invitation: Any, client: Any) -> AcceptResult:
+        read = plan.read
         return AcceptResult(
             InvitationView(
                 id=invitation.id, company=read.name, email=invitation.email, invited_by=invitation.invited_by,
@@ -913,23 +963,34 @@ class Roster(DomainService):
     def _connect_planned(self, connection: Connection, plan: AcceptPlan) -> Any:
         """``_connect`` on what the plan read: insert the roster entry, or update the one it found (only if
         it is still that entry); raises ``_Replan`` or ``TransitionLost`` when it is not."""
-        read, billing = plan.read, SUBSCRIPTION_BILLING[plan.read.subscription]
         if plan.client is None:
             # Nothing overwritten: a row another writer added since (the same company, or the same name)
             # makes this insert nothing, and the locked path says what it found.
-            inserted = _CLIENT_INSERT[connection.dialect.name].one(connection, {
-                "firm_id": plan.firm_id, "company_id": read.id, "kind": read.kind, "name": read.name,
-                "name_key": read.name_key, "email": read.admin_email, "billing": billing,
-                "status": ClientStatus.ACTIVE.value, "connected_at": plan.now, "created_at": plan.now,
-                "search_key": search_key(read.name),
-            })
+            inserted = _CLIENT_INSERT[connection.dialect.name].one(connection, self._client_values(plan))
             if inserted is None:
                 raise _Replan()
             return inserted
+        return self._reconnect_planned(connection, plan)
+
+    @staticmethod
+    def _client_values(plan: AcceptPlan) -> dict[str, Any]:
+        """The new roster entry's columns (``_CLIENT_COLUMNS``)."""
+        read = plan.read
+        return {
+            "firm_id": plan.firm_id, "company_id": read.id, "kind": read.kind, "name": read.name,
+            "name_key": read.name_key, "email": read.admin_email, "billing": SUBSCRIPTION_BILLING[read.subscription],
+            "status": ClientStatus.ACTIVE.value, "connected_at": plan.now, "created_at": plan.now,
+            "search_key": search_key(read.name),
+        }
+
+    def _reconnect_planned(self, connection: Connection, plan: AcceptPlan) -> Any:
+        """The roster entry the plan found, active again for the company (raises ``TransitionLost`` if it changed)."""
+        read = plan.read
+        assert plan.client is not None
         found_by_company = plan.client.company_id is not None
         return _RECONNECT[found_by_company].run(
             connection, plan.client.id, self._ctx.checkpoint, b_firm=plan.firm_id, b_company=read.id,
-            b_name_key=read.name_key, b_billing=billing, b_now=plan.now,
+            b_name_key=read.name_key, b_billing=SUBSCRIPTION_BILLING[read.subscription], b_now=plan.now,
         )
 
     def accept_in(

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from daemon.accepts import Accepts
 from daemon.app import Cabinet, build
 from daemon.config import load_config
+from daemon.onboarding import NewClient
 from daemon.roster import AcceptResult, InvitationUnavailable, Roster
 from tests.conftest import PASSWORD, Cli, Env, FakeClock, invitation_token
 
@@ -302,3 +303,58 @@ def test_background_work_gives_way_to_accepts_coming_in_but_never_for_long(cabin
         await asyncio.wait_for(bounded.wait_for_lull(), MEETING_TIMEOUT)
 
     asyncio.run(scenario())
+
+
+def _database_rows(database: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's rows (FTS5's own shadow tables aside: how it splits its index into segments is what a
+    batch changes), and what the search index finds for each client's name."""
+    with closing(sqlite3.connect(database)) as db:
+        db.execute("INSERT INTO clients_search (clients_search) VALUES ('integrity-check')")  # raises if broken
+        tables = [name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'clients_search%'")]
+        rows = {table: sorted(db.execute(f'SELECT * FROM "{table}"'), key=repr) for table in tables}
+        rows["search"] = [
+            (name, [rowid for (rowid,) in db.execute(
+                "SELECT rowid FROM clients_search WHERE clients_search MATCH ? ORDER BY rowid", (f'"{name}"',))])
+            for (name,) in db.execute("SELECT search_key FROM clients ORDER BY id")
+        ]
+        return rows
+
+
+def test_a_batch_written_together_leaves_the_rows_written_one_accept_at_a_time(
+    cabinet: Cabinet, env: Env, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite writes a batch phase by phase (every guarded UPDATE, then the new clients in one INSERT, the
+    events in one, the emails in one executemany): the database it leaves is the one the accept-by-accept
+    path leaves, row for row, ids, values and search index included. One company is already on the roster
+    under its name (its entry is reconnected, not inserted)."""
+    if not env.is_sqlite:
+        pytest.skip("the phase-by-phase write is SQLite's (PostgreSQL writes each accept in its savepoint)")
+    firm = cabinet.roster.find_firm(FIRM)
+    cabinet.onboarding.add_client(firm.id, NewClient(kind="individual", name=COMPANIES[2], billing="none"),
+                                  None, "operator", "cli")
+    sent = send(cabinet, COMPANIES)
+    clock.freeze()  # both writes see the same moment
+    me = user_id(cabinet)
+    plans = [cabinet.roster.plan_accept(invitation_token(cabinet, n), me, None) for n in sent]
+    assert all(plan is not None for plan in plans)
+    assert sum(plan.client is not None for plan in plans) == 1  # type: ignore[union-attr]
+    batch = [(plan, "link") for plan in reversed(plans)]  # written in invitation order whatever the arrival
+    before = env.root / "before.sqlite3"
+    with closing(sqlite3.connect(env.database)) as live, closing(sqlite3.connect(before)) as copy:
+        live.backup(copy)
+
+    together = cabinet.roster.accept_planned_many(batch)
+    assert all(isinstance(outcome, AcceptResult) for outcome in together), together
+    written_together = _database_rows(env.database)
+
+    with closing(sqlite3.connect(before)) as copy, closing(sqlite3.connect(env.database)) as live:
+        copy.backup(live)  # the database as it was before the batch
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(0,)]
+    monkeypatch.setattr(Roster, "_all_written", lambda *args: False)  # accept by accept, each in its savepoint
+    one_by_one = cabinet.roster.accept_planned_many(batch)
+
+    assert one_by_one == together
+    assert _database_rows(env.database) == written_together
+    assert len(written_together["clients"]) == len(COMPANIES)
+    assert len(written_together["outbox"]) >= 2 * len(COMPANIES)

@@ -38,10 +38,12 @@ def _newest(connection: Connection, table: Table, count: int) -> list[dict[str, 
 
 def _both_ways(
     engine: Engine, prepared: PreparedWrite, table: Table, core_binds: Any, binds: Any, many: bool = False,
+    together: bool = False,
 ) -> None:
     """Run the statement through Core, then prepared, each in a transaction rolled back; compare what
-    each returned and stored (values and their Python types)."""
-    count = len(binds) if many else 1
+    each returned and stored (values and their Python types). ``many``: an executemany; ``together``:
+    the rows as one multi-row INSERT (``rows``), compared with Core's executemany of them."""
+    count = len(binds) if many or together else 1
     outcomes = []
     for way in ("core", "prepared"):
         with engine.connect() as connection:
@@ -49,23 +51,34 @@ def _both_ways(
             returned: Any = None
             if way == "core":
                 result = connection.execute(prepared.statement, core_binds)
-                returned = result.first() if result.returns_rows else None
-                returned = None if returned is None else dict(returned._mapping)
+                if together:  # every row Core's executemany returned, without the ids (ordered below)
+                    returned = sorted(({k: v for k, v in row._mapping.items() if k != "id"} for row in result.all()),
+                                      key=repr) if result.returns_rows else None
+                else:
+                    returned = result.first() if result.returns_rows else None
+                    returned = None if returned is None else dict(returned._mapping)
             elif many:
                 prepared.many(connection, binds)
+            elif together:
+                found = prepared.rows(connection, binds)  # RETURNING's order is the database's: compared sorted
+                returned = sorted(({k: v for k, v in row._asdict().items() if k != "id"} for row in found),
+                                  key=repr) if prepared.compiled(engine.dialect).row is not None else None
             else:
                 row = prepared.one(connection, binds)
                 returned = None if row is None else row._asdict()
             stored = _newest(connection, table, count)
             transaction.rollback()
-        if returned is not None:
+        if returned is not None and not together:
             returned.pop("id")
         outcomes.append((returned, stored))
     (core_returned, core_stored), (returned, stored) = outcomes
     assert stored == core_stored
     assert [[type(v) for v in row.values()] for row in stored] == [[type(v) for v in row.values()] for row in core_stored]
     assert returned == core_returned
-    if returned is not None:
+    if together and returned is not None:
+        assert len(returned) == count
+        assert [[type(v) for v in row.values()] for row in returned] == [[type(v) for v in row.values()] for row in core_returned]
+    elif returned is not None:
         assert [type(v) for v in returned.values()] == [type(v) for v in core_returned.values()]
 
 
@@ -121,6 +134,19 @@ def test_the_accepts_writes_store_what_core_stores(cli: Cli, seed: Seed, env: En
         _both_ways(engine, _EVENT_INSERT, Event.__table__, event, event)
         copies = [{**email, "message_id": f"<copy{i}@example>", "ref": f"copy{i}"} for i, email in enumerate(emails)]
         _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, copies, copies, many=True)
+
+        # The same rows as ONE multi-row INSERT (``rows``, SQLite's): stored as Core's executemany stores them.
+        if engine.dialect.name == "sqlite":
+            _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, copies, copies, together=True)
+            events = [{**event, "actor": f"{n}@example"} for n in range(3)]
+            _both_ways(engine, _EVENT_INSERT, Event.__table__, events, events, together=True)
+            clients = [{**client, "name": name, "name_key": name.lower(), "company_id": None,
+                        "search_key": search_key(name)} for name in ("Érablière A", "Érablière B")]
+            _both_ways(engine, prepared_client, Client.__table__,
+                       [{k: v for k, v in row.items() if k != "search_key"} for row in clients], clients, together=True)
+        else:  # a named parameter style: refused, not run wrong
+            with engine.connect() as connection, connection.begin(), pytest.raises(ValueError):
+                _EVENT_INSERT.rows(connection, [event, event])
     finally:
         cabinet.close()
 
