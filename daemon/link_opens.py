@@ -78,7 +78,7 @@ class Opening:
 
 
 def invitation_detail(invitation_id: int) -> dict[str, Any]:
-    """The ``link.opened`` detail of an invitation link (the one shape ``record`` writes for it)."""
+    """The ``link.opened`` detail of an invitation link (the one shape ``record_openings`` writes for it)."""
     return {"purpose": "invitation", "ref": invitation_id, "invitation_id": invitation_id}
 
 
@@ -87,7 +87,7 @@ def detail_text(detail: dict[str, Any]) -> str:
 
     ``json.dumps(detail, sort_keys=True)``'s text. The hot page's read builds it on every request, and
     ``json.dumps`` with ``sort_keys`` makes an encoder per call: a detail of strings and integers (every
-    one ``record`` writes) is written here with json's own string encoder, and an invitation's (the hot
+    one ``record_openings`` writes) is written here with json's own string encoder, and an invitation's (the hot
     page's, ``invitation_detail``) straight from its id."""
     if len(detail) == 3 and detail.get("purpose") == "invitation":
         ref, same = detail.get("ref"), detail.get("invitation_id")
@@ -157,20 +157,6 @@ class LinkOpens(DomainService):
         # SQLite a write would queue behind the single writer for every page view).
         with self._sessions() as s:
             return self._opening(s, link, match.group(1))
-
-    def record(self, path: str) -> None:
-        """Append a ``link.opened`` event for the link at ``path``, if it is a valid emailed link opened
-        for the first time; otherwise do nothing."""
-        opening = self.opening_of(path)
-        if opening is not None:
-            self.record_opening(opening)
-
-    def record_opening(self, opening: Opening) -> None:
-        """Append the ``link.opened`` event a read found missing (``record``, or a page's own read with
-        ``opened_before``); raises what its write failed with."""
-        outcome = self.record_openings([opening])[0]
-        if outcome is not None:
-            raise outcome
 
     def record_openings(self, openings: Sequence[Opening]) -> list[Exception | None]:
         """Append the ``link.opened`` events reads found missing, in one write unit, each by the

@@ -150,10 +150,7 @@ class ReadConnections:
             cursor = None
             try:
                 cursor = connection.cursor()
-                self.statement_seen(cursor, sql, parameters)
-                cursor.execute(sql, parameters)
-                found = cursor.fetchall() if rows is None else cursor.fetchmany(rows)
-                cursor.close()
+                found = self._run(cursor, sql, parameters, rows)
             except self._error as exc:
                 lost = self.dialect.is_disconnect(exc, connection, cursor)
                 if pooled is not None:
@@ -180,6 +177,14 @@ class ReadConnections:
             return found
         raise AssertionError("unreachable")  # the second attempt returns or raises
 
+    def _run(self, cursor: Any, sql: str, parameters: Any, rows: int | None) -> list[Any]:
+        """The statement on ``cursor``: up to ``rows`` rows (None: all)."""
+        self.statement_seen(cursor, sql, parameters)
+        cursor.execute(sql, parameters)
+        found = cursor.fetchall() if rows is None else cursor.fetchmany(rows)
+        cursor.close()
+        return found
+
     def _in_turn(self, loop: AbstractEventLoop, sql: str, parameters: Any, rows: int | None) -> list[Any]:
         """``execute`` on ``loop``'s read transaction for this turn, begun here by the turn's first read."""
         held = self._turns.get(loop)
@@ -202,10 +207,7 @@ class ReadConnections:
         cursor = None
         try:
             cursor = connection.cursor()
-            self.statement_seen(cursor, sql, parameters)
-            cursor.execute(sql, parameters)
-            found = cursor.fetchall() if rows is None else cursor.fetchmany(rows)
-            cursor.close()
+            found = self._run(cursor, sql, parameters, rows)
         except self._error as exc:
             del self._turns[loop]
             _close(connection)  # its transaction with it; the turn's next read begins another

@@ -778,6 +778,21 @@ def chromium() -> Iterator[Any]:
         yield browser
 
 
+@pytest.fixture
+def cabinet(env: Env) -> Iterator[Cabinet]:
+    """Cabinet built from the test's configuration (the composition root, no server), closed after.
+    A module that needs another (a fake clock, a seeded roster) defines its own ``cabinet``."""
+    built = build(load_config(env.config_path))
+    yield built
+    built.close()
+
+
+def sent_invitation(cli: Cli, seed: Seed, env: Env) -> int:
+    """The id of a new invitation of the seed company to the seed accountant, sent by the CLI."""
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    return int(env.sql("SELECT max(id) FROM invitations")[0][0])
+
+
 def invitation_token(cabinet: Cabinet, invitation_id: int) -> str:
     """The signed token of invitation ``invitation_id``'s link, as its email carries it."""
     from daemon.models import Invitation

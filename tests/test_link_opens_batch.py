@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import httpx
 import pytest
@@ -14,22 +13,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from daemon.app import Cabinet, build
-from daemon.config import load_config
+from daemon.app import Cabinet
 from daemon.link_opens import Opening, invitation_detail
-from tests.conftest import Cli, Env, RunningServer, Seed, invitation_token
+from tests.conftest import Cli, Env, RunningServer, Seed, invitation_token, sent_invitation
 
 
-@pytest.fixture
-def cabinet(env: Env) -> Iterator[Cabinet]:
-    built = build(load_config(env.config_path))
-    yield built
-    built.close()
-
-
-def _invite(cli: Cli, seed: Seed, env: Env) -> int:
-    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
-    return int(env.sql("SELECT max(id) FROM invitations")[0][0])
 
 
 def _opened(env: Env) -> list[tuple[str, str]]:
@@ -50,7 +38,7 @@ def _ddl(env: Env, *statements: str) -> None:
 def test_a_batch_records_each_first_opening_once_and_a_bad_one_fails_alone(
     cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
 ) -> None:
-    first = _invite(cli, seed, env)
+    first = sent_invitation(cli, seed, env)
     company_id, firm_id = env.sql("SELECT company_id, firm_id FROM invitations WHERE id = :id", id=first)[0]
     opening = Opening(seed.accountant, firm_id, company_id, invitation_detail(first))
     other = Opening("someone@else.example", firm_id, company_id, {"purpose": "manage", "ref": company_id})
@@ -64,7 +52,7 @@ def test_a_batch_records_each_first_opening_once_and_a_bad_one_fails_alone(
     assert cabinet.link_opens.record_openings([opening, other]) == [None, None]
     assert len(_opened(env)) == 2
     with pytest.raises(IntegrityError):  # one opening alone: its own error
-        cabinet.link_opens.record_opening(gone)
+        cabinet.link_opens.record_openings([gone])
 
 
 def test_first_openings_at_once_leave_one_row_per_link(
@@ -72,7 +60,7 @@ def test_first_openings_at_once_leave_one_row_per_link(
 ) -> None:
     links = []
     for _ in range(2):  # the second invitation replaces the first, whose link still shows a page
-        invitation_id = _invite(cli, seed, env)
+        invitation_id = sent_invitation(cli, seed, env)
         links.append(f"/invitations/{invitation_token(server.cabinet, invitation_id)}")
     with httpx.Client(base_url=env.base_url, timeout=60) as client, ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(lambda path: client.get(path).status_code, links * 16))
@@ -91,7 +79,7 @@ def test_first_openings_at_once_leave_one_row_per_link(
 def test_a_page_whose_opening_cannot_be_noted_is_still_shown(
     server: RunningServer, cli: Cli, seed: Seed, env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    invitation_id = _invite(cli, seed, env)
+    invitation_id = sent_invitation(cli, seed, env)
     link = f"/invitations/{invitation_token(server.cabinet, invitation_id)}"
     if env.is_sqlite:
         _ddl(env, "CREATE TRIGGER refuse_openings BEFORE INSERT ON events WHEN NEW.kind = 'link.opened' "

@@ -37,7 +37,9 @@ def test_the_invitation_page_read_gives_the_rows_core_gives(cli: Cli, seed: Seed
         pending = env.sql("SELECT id FROM invitations WHERE email = 'nobody@elsewhere.example'")[0][0]
         revoked = _token(cli("invitation", "send", "--company", "Fromagerie Côté", "--email", seed.accountant).output)
         cabinet.roster.revoke_invitation(cabinet.roster.open_invitation(revoked).id)
-        cabinet.link_opens.record("/invitations/" + accepted)  # one opening recorded: "opened" is true there
+        opening = cabinet.link_opens.opening_of("/invitations/" + accepted)
+        assert opening is not None
+        cabinet.link_opens.record_openings([opening])  # one opening recorded: "opened" is true there
         ids = [row[0] for row in env.sql("SELECT id FROM invitations ORDER BY id")]
         assert pending in ids and len(ids) == 4
         engine = engine_of(cabinet.sessions)

@@ -3,33 +3,22 @@ committed data only, and a connection the server dropped is replaced without the
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from daemon.app import Cabinet, build
-from daemon.config import load_config
+from daemon.app import Cabinet
 from daemon.db import engine_of, read_connections
 from daemon.faults import storage_fault
 from daemon.link_opens import detail_text, invitation_detail
 from daemon.prepared import PreparedRead
 from daemon.roster import _INVITATION_PAGE
-from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, link_in
+from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, link_in, sent_invitation
 
 
-@pytest.fixture
-def cabinet(env: Env) -> Iterator[Cabinet]:
-    built = build(load_config(env.config_path))
-    yield built
-    built.close()
-
-
-def _invitation(cli: Cli, seed: Seed, env: Env) -> int:
-    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
-    return int(env.sql("SELECT id FROM invitations")[0][0])
 
 
 def _page(cabinet: Cabinet, invitation_id: int) -> Any:
@@ -40,7 +29,7 @@ def _page(cabinet: Cabinet, invitation_id: int) -> Any:
 def test_a_read_sees_committed_rows_only_and_leaves_no_transaction_open(
     cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
 ) -> None:
-    invitation_id = _invitation(cli, seed, env)
+    invitation_id = sent_invitation(cli, seed, env)
     assert _page(cabinet, invitation_id).state == "pending"
     other = create_engine(env.database_url, poolclass=NullPool)
     try:
@@ -69,7 +58,7 @@ def test_a_connection_the_server_dropped_is_replaced_on_the_next_read(
 ) -> None:
     if env.is_sqlite:
         pytest.skip("a PostgreSQL backend is what this terminates")
-    invitation_id = _invitation(cli, seed, env)
+    invitation_id = sent_invitation(cli, seed, env)
     reads = read_connections(cabinet.sessions)
     ((before,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
     assert _page(cabinet, invitation_id).state == "pending"
@@ -87,7 +76,7 @@ def test_a_database_that_is_gone_is_a_storage_fault_even_after_reads_kept_a_conn
 ) -> None:
     if not env.is_sqlite:
         pytest.skip("the SQLite file is what this takes away")
-    invitation_id = _invitation(cli, seed, env)
+    invitation_id = sent_invitation(cli, seed, env)
     assert _page(cabinet, invitation_id).state == "pending"  # a connection is kept now
     # Disposing of the engine (as after a fault) lets go of the kept connections too: the next read
     # opens the file again, and finds it gone.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,13 +15,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from daemon.app import Cabinet, build
-from daemon.config import load_config
+from daemon.app import Cabinet
 from daemon.db import read_connections
 from daemon.link_opens import detail_text, invitation_detail
 from daemon.prepared import PreparedRead
 from daemon.roster import _INVITATION_PAGE
-from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, csrf_of, link_in, wait_until
+from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, csrf_of, link_in, sent_invitation, wait_until
 
 
 @pytest.fixture
@@ -31,16 +30,6 @@ def env(env: Env) -> Env:
     return env
 
 
-@pytest.fixture
-def cabinet(env: Env) -> Iterator[Cabinet]:
-    built = build(load_config(env.config_path))
-    yield built
-    built.close()
-
-
-def _invitation(cli: Cli, seed: Seed, env: Env) -> int:
-    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
-    return int(env.sql("SELECT max(id) FROM invitations")[0][0])
 
 
 def _state(cabinet: Cabinet, invitation_id: int) -> str:
@@ -75,7 +64,7 @@ def _checkpoint(env: Env) -> tuple[int, int, int]:
 def test_reads_of_one_turn_share_a_snapshot_and_the_next_turn_sees_what_was_committed(
     cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
 ) -> None:
-    invitation_id = _invitation(cli, seed, env)
+    invitation_id = sent_invitation(cli, seed, env)
 
     async def turns() -> list[str]:
         seen = [_state(cabinet, invitation_id)]
@@ -99,7 +88,7 @@ def test_reads_of_one_turn_share_a_snapshot_and_the_next_turn_sees_what_was_comm
 def test_an_error_drops_the_turns_transaction_and_the_next_read_begins_another(
     cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
 ) -> None:
-    invitation_id = _invitation(cli, seed, env)
+    invitation_id = sent_invitation(cli, seed, env)
     reads = read_connections(cabinet.sessions)
 
     async def turn() -> list[str]:
