@@ -208,12 +208,12 @@ def page(
         # ``context`` in the caller's order (a call site names its values in one order): not sorted.
         key = (shared_key, tuple(context.items()), request.path, minute,
                values["public_url"], values["product_name"])
-        html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
+        body = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
     else:
-        html = pages.render(template, v.locale, v.timezone, values)
+        body = pages.render(template, v.locale, v.timezone, values).encode()
     # Made with the security headers (``security._add_headers`` then leaves it alone). The body as bytes
     # with its content type among them: what ``text=`` and ``content_type=`` make, set once.
-    return SecuredResponse(body=html.encode(), status=status, headers=request.app[SECURITY].page_headers)
+    return SecuredResponse(body=body, status=status, headers=request.app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:
