@@ -132,11 +132,12 @@ def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
 
 
 async def load_visitor(request: web.Request) -> Visitor:
-    cabinet = request.app[CABINET]
-    security = request.app[SECURITY]
+    app = request.app  # a property of a property: read once
+    cabinet = app[CABINET]
+    security = app[SECURITY]
     browser_id = _browser_id(cabinet.signer, request.cookies.get(security.browser_cookie))
     token = request.cookies.get(security.session_cookie)
-    user = await read(request, request.app[SESSIONS].user, token) if token else None
+    user = await read(request, app[SESSIONS].user, token) if token else None
     default = cabinet.config.general.default_locale
     chosen = request.cookies.get(LANGUAGE_COOKIE, "")
     if chosen in LOCALES:
@@ -150,7 +151,7 @@ async def load_visitor(request: web.Request) -> Visitor:
         user=user,
         locale=locale,
         timezone=timezone,
-        csrf_token=CsrfToken(cabinet.signer, browser_id, request.app[BROWSER_IDS]),
+        csrf_token=CsrfToken(cabinet.signer, browser_id, app[BROWSER_IDS]),
         chosen_locale=chosen in LOCALES,
     )
 
@@ -191,7 +192,8 @@ def page(
     ``shared_key``, which must name whatever else the page is made of. Each visitor's own CSRF token is
     put into the kept page."""
     v = visitor(request)
-    cabinet = request.app[CABINET]
+    app = request.app  # a property of a property: read once
+    cabinet = app[CABINET]
     now = now or cabinet.clock.now()
     values = {
         **context,
@@ -202,7 +204,7 @@ def page(
         "now": now,
         "product_name": cabinet.config.general.product_name,
     }
-    pages = request.app[PAGES]
+    pages = app[PAGES]
     if shared_key is not None and v.user is None:
         minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
         # ``context`` in the caller's order (a call site names its values in one order): not sorted.
@@ -213,7 +215,7 @@ def page(
         body = pages.render(template, v.locale, v.timezone, values).encode()
     # Made with the security headers (``security._add_headers`` then leaves it alone). The body as bytes
     # with its content type among them: what ``text=`` and ``content_type=`` make, set once.
-    return SecuredResponse(body=body, status=status, headers=request.app[SECURITY].page_headers)
+    return SecuredResponse(body=body, status=status, headers=app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:
