@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from functools import lru_cache
+import math
 import unicodedata
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -91,6 +92,29 @@ def duration_key(delta: timedelta, direction: bool = False) -> tuple[str, int, b
                 value = max(1, value)
             return unit, int(round(value)), direction and seconds >= 0
     raise AssertionError("unreachable: seconds is the last unit")
+
+
+#: How far inside a rounding edge ``duration_span`` stays: a float at the edge is no one's to trust.
+SPAN_MARGIN = 0.001
+
+
+def duration_span(delta: timedelta) -> tuple[float, float]:
+    """The open interval of seconds around ``delta``'s over which ``duration_key`` stays what it is for
+    ``delta``, with or without a direction: a text kept for ``delta`` reads the same for any delta
+    strictly inside. Narrower than the truth (by ``SPAN_MARGIN`` at each end, and down to half a second
+    near zero); empty for no time at all. The unit is kept between its threshold and the next larger
+    unit's; the count between its rounding edges; the sign never changes inside."""
+    seconds = delta.total_seconds()
+    unit, count, _ = duration_key(delta)
+    at = [name for name, _ in TIMEDELTA_UNITS].index(unit)
+    per_unit = TIMEDELTA_UNITS[at][1]
+    floor = 0.0 if unit == "second" else DURATION_THRESHOLD * per_unit
+    ceiling = DURATION_THRESHOLD * TIMEDELTA_UNITS[at - 1][1] if at > 0 else math.inf
+    low = max((count - 0.5) * per_unit, floor) + SPAN_MARGIN
+    high = min((count + 0.5) * per_unit, ceiling) - SPAN_MARGIN
+    if seconds == 0 or low >= high:
+        return 0.0, 0.0
+    return (low, high) if seconds > 0 else (-high, -low)
 
 
 def cached_durations(size: int) -> Callable[[timedelta, str, bool], str]:

@@ -47,6 +47,10 @@ class Purpose(Enum):
     PASSWORD_RESET = "password-reset"
     NEW_ACCOUNT = "new-account"
 
+    # Members are singletons, equal only to themselves: hashed by identity, in C. Enum's own ``__hash__``
+    # is a Python call, and signing or verifying a token looks its purpose up several times.
+    __hash__ = object.__hash__
+
     @property
     def salt(self) -> str:
         return f"cabinet.{self.value}"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from daemon import errors
 from daemon.errors import MESSAGES, CabinetError, InvalidInput, NotAllowed
-from daemon.i18n import cached_durations, format_duration
+from daemon.i18n import cached_durations, duration_span, format_duration
 from daemon.template_folders import template_folders
 from daemon.web.pages import Pages
 from tests.conftest import PASSWORD, Browser, csrf_of
@@ -199,3 +199,29 @@ def test_kept_duration_texts_are_babels(seconds: float, negative: bool, directio
 
 
 _KEPT_DURATIONS = cached_durations(64)  # small: the examples also refill it after it is cleared
+
+
+@given(st.one_of(st.sampled_from(_EDGES), st.floats(min_value=0, max_value=4 * 31536000)), st.booleans(),
+       st.floats(min_value=0, max_value=1), st.booleans(), st.sampled_from(["fr", "en"]))
+@settings(max_examples=400, deadline=None)
+def test_a_duration_text_reads_the_same_anywhere_inside_its_span(
+    seconds: float, negative: bool, where: float, direction: bool, locale: str,
+) -> None:
+    # What a kept page relies on (``Pages.render_shared``): inside the span, babel's own text is unchanged.
+    delta = timedelta(seconds=-seconds if negative else seconds)
+    low, high = duration_span(delta)
+    at = delta.total_seconds()
+    if not low < at < high:  # outside its own span only on a rounding edge, or near zero
+        assert (low, high) == (0.0, 0.0) or abs(at) < 1.5 or min(abs(at - low), abs(at - high)) < 0.01
+        return
+    for inside in (low + 1e-6, low + (high - low) * where, high - 1e-6):
+        if low < inside < high:
+            moved = timedelta(seconds=inside)
+            assert format_duration(moved, locale, direction) == format_duration(delta, locale, direction)
+
+
+def test_no_time_at_all_has_no_span() -> None:
+    low, high = duration_span(timedelta())
+    assert not low < 0 < high
+    assert duration_span(timedelta(hours=47)) == (46.5 * 3600 + 0.001, 47.5 * 3600 - 0.001)
+    assert duration_span(timedelta(hours=-47)) == (-47.5 * 3600 + 0.001, -46.5 * 3600 - 0.001)

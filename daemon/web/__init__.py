@@ -24,12 +24,12 @@ from daemon.health import Health
 from daemon.link_opens import is_emailed_link
 from daemon.i18n import negotiate
 from daemon.metrics import LATENCY_BOUNDS, Metrics
-from daemon.tokens import Purpose
 from daemon.web import (
     account, clients, company, invitations, new_account, password_reset, security, transfers, workspace,
 )
 from daemon.config import LOCALES
 from daemon.web.context import (
+    BROWSER_IDS,
     CABINET,
     FIRST_OPENING,
     FORM,
@@ -44,8 +44,8 @@ from daemon.web.context import (
     load_visitor,
     message,
     page,
-    sign_csrf,
 )
+from daemon.web.browser_ids import BrowserIds
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
                 await _note_opening(request)
             cookies = request.app[security.SECURITY]
             # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
-            if v.new_browser and v.csrf_token.used and cookies.browser_cookie not in response.cookies:
-                cookie = v.minted_cookie or request.app[CABINET].signer.sign(Purpose.BROWSER, v.browser_id)
+            cookie = v.csrf_token.cookie  # minted with the token a page's form showed
+            if cookie is not None and cookies.browser_cookie not in response.cookies:
                 cookies.set_browser_cookie(response, cookie)
             return response
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
@@ -178,12 +178,11 @@ def anonymous_visitor(request: web.Request) -> Visitor:
     locale = chosen if chosen in LOCALES else negotiate(
         request.headers.get("Accept-Language"), cabinet.config.general.default_locale
     )
-    v = Visitor(
+    return Visitor(
         known_browser=None, session_token=None, user=None, locale=locale,
         timezone=cabinet.config.general.timezone,
-        csrf_token=CsrfToken(lambda: sign_csrf(cabinet.signer, v)),
+        csrf_token=CsrfToken(cabinet.signer, None, request.app[BROWSER_IDS]),
     )
-    return v
 
 
 def _error_page(request: web.Request, exc: Exception) -> web.Response:
@@ -269,6 +268,7 @@ def make_app(
     app[PAGES] = pages
     app[METRICS] = metrics_registry
     app[MEASURED] = _Measured()
+    app[BROWSER_IDS] = BrowserIds()
     app[READINESS] = readiness
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

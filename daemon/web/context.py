@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
@@ -21,12 +19,14 @@ from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
 from daemon.link_opens import Opening
+from daemon.web.browser_ids import BrowserIds
 from daemon.web.pages import Pages
 from daemon.web.security import SECURITY, SecuredResponse
 
 CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
 SESSIONS = web.AppKey("web_sessions", WebSessions)
+BROWSER_IDS = web.AppKey("browser_ids", BrowserIds)
 
 #: The language a visitor chose with the switch on every page; it wins over everything else.
 LANGUAGE_COOKIE = "cabinet_lang"
@@ -41,13 +41,21 @@ class CsrfFailed(CabinetError):
 class CsrfToken:
     """The page's CSRF token, signed only when a page shows a form.
 
-    Whether a page used it decides whether the browser gets a cookie at all:
-    an anonymous GET of a page without a form sets none.
+    Whether a page used it decides whether the browser gets a cookie at all: an anonymous GET of a
+    page without a form sets none. A new browser's id is minted with its token, and its cookie signed
+    with it (``cookie``, for ``daemon.web.through``): the two share the id, the time and one encoding
+    (``LinkSigner.sign_each``).
     """
 
-    def __init__(self, sign: Callable[[], str]) -> None:
-        self._sign = sign
+    __slots__ = ("_signer", "_browser", "_ids", "_value", "cookie")
+
+    def __init__(self, signer: LinkSigner, known_browser: str | None, ids: BrowserIds) -> None:
+        self._signer = signer
+        self._browser = known_browser
+        self._ids = ids
         self._value: str | None = None
+        #: A new browser's cookie, signed with its token; None until a page needs one.
+        self.cookie: str | None = None
 
     @property
     def used(self) -> bool:
@@ -55,13 +63,17 @@ class CsrfToken:
 
     def __str__(self) -> str:
         if self._value is None:
-            self._value = self._sign()
+            if self._browser is None:
+                self._browser = self._ids.take()
+                self._value, self.cookie = self._signer.sign_each((Purpose.CSRF, Purpose.BROWSER), self._browser)
+            else:
+                self._value = self._signer.sign(Purpose.CSRF, self._browser)
         return self._value
 
     __html__ = __str__  # jinja's autoescape asks for this; a token needs no escaping
 
 
-@dataclass
+@dataclass(slots=True)
 class Visitor:
     known_browser: str | None  # the id in a browser cookie we signed; None: the cookie is set if the page needs it
     session_token: str | None
@@ -70,32 +82,10 @@ class Visitor:
     timezone: str
     csrf_token: CsrfToken
     chosen_locale: bool = False  # from the language switch's cookie
-    _minted: str | None = None
-    #: A new browser's cookie, signed with its CSRF token (``sign_csrf``); None until a page needs one.
-    minted_cookie: str | None = None
 
     @property
     def new_browser(self) -> bool:
         return self.known_browser is None
-
-    @property
-    def browser_id(self) -> str:
-        """This browser's id, minted only when a page needs one (a form): most anonymous GETs never do."""
-        if self.known_browser is not None:
-            return self.known_browser
-        if self._minted is None:
-            # ``secrets.token_urlsafe(32)``'s text, without its two Python layers over os.urandom.
-            self._minted = urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode("ascii")
-        return self._minted
-
-
-def sign_csrf(signer: LinkSigner, v: Visitor) -> str:
-    """``v``'s CSRF token. A new browser's cookie signs the same id: both are signed at once, and the
-    cookie is kept on ``v`` for the response (``daemon.web.through``)."""
-    if v.known_browser is None:
-        token, v.minted_cookie = signer.sign_each((Purpose.CSRF, Purpose.BROWSER), v.browser_id)
-        return token
-    return signer.sign(Purpose.CSRF, v.browser_id)
 
 
 VISITOR = web.RequestKey("visitor", Visitor)
@@ -142,11 +132,12 @@ def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
 
 
 async def load_visitor(request: web.Request) -> Visitor:
-    cabinet = request.app[CABINET]
-    security = request.app[SECURITY]
+    app = request.app  # a property of a property: read once
+    cabinet = app[CABINET]
+    security = app[SECURITY]
     browser_id = _browser_id(cabinet.signer, request.cookies.get(security.browser_cookie))
     token = request.cookies.get(security.session_cookie)
-    user = await read(request, request.app[SESSIONS].user, token) if token else None
+    user = await read(request, app[SESSIONS].user, token) if token else None
     default = cabinet.config.general.default_locale
     chosen = request.cookies.get(LANGUAGE_COOKIE, "")
     if chosen in LOCALES:
@@ -154,16 +145,15 @@ async def load_visitor(request: web.Request) -> Visitor:
     else:
         locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
     timezone = user.timezone if user else cabinet.config.general.timezone
-    v = Visitor(
+    return Visitor(
         known_browser=browser_id,
         session_token=token if user else None,
         user=user,
         locale=locale,
         timezone=timezone,
-        csrf_token=CsrfToken(lambda: sign_csrf(cabinet.signer, v)),
+        csrf_token=CsrfToken(cabinet.signer, browser_id, app[BROWSER_IDS]),
         chosen_locale=chosen in LOCALES,
     )
-    return v
 
 
 def speak_to(request: web.Request, locale: str, timezone: str) -> None:
@@ -202,7 +192,8 @@ def page(
     ``shared_key``, which must name whatever else the page is made of. Each visitor's own CSRF token is
     put into the kept page."""
     v = visitor(request)
-    cabinet = request.app[CABINET]
+    app = request.app  # a property of a property: read once
+    cabinet = app[CABINET]
     now = now or cabinet.clock.now()
     values = {
         **context,
@@ -213,18 +204,18 @@ def page(
         "now": now,
         "product_name": cabinet.config.general.product_name,
     }
-    pages = request.app[PAGES]
+    pages = app[PAGES]
     if shared_key is not None and v.user is None:
         minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
         # ``context`` in the caller's order (a call site names its values in one order): not sorted.
         key = (shared_key, tuple(context.items()), request.path, minute,
                values["public_url"], values["product_name"])
-        html = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
+        body = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
     else:
-        html = pages.render(template, v.locale, v.timezone, values)
+        body = pages.render(template, v.locale, v.timezone, values).encode()
     # Made with the security headers (``security._add_headers`` then leaves it alone). The body as bytes
     # with its content type among them: what ``text=`` and ``content_type=`` make, set once.
-    return SecuredResponse(body=html.encode(), status=status, headers=request.app[SECURITY].page_headers)
+    return SecuredResponse(body=body, status=status, headers=app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

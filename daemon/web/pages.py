@@ -15,7 +15,7 @@ the link's path; the settings it shows; and the clock's minute only when the tem
 extends, includes or imports) names ``now`` itself (``reads_clock``, decided once per template; a
 template named by an expression counts as naming it). Its relative texts ("in 47 hours", the
 ``|deadline`` and ``|remaining`` filters) are noted as the page renders, and a kept page is served only
-while each still reads the same (``daemon.i18n.duration_key``): the built-in invitation page is rendered
+while each still reads the same (``daemon.i18n.duration_span``): the built-in invitation page is rendered
 again when its deadline's text changes, not every minute. Never a signed-in page: those show the user.
 The token is rendered as a random marker and each response gets its own visitor's token in its place,
 so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages are bounded
@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import secrets
 from gettext import NullTranslations
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from markupsafe import Markup
 
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, render
-from daemon.i18n import CLOCK_READS, date_filters, duration_key
+from daemon.i18n import CLOCK_READS, date_filters, duration_span
 from daemon.template_folders import TemplateFolders
 from daemon.web.compiled_gettext import CompiledGettext
 
@@ -49,6 +49,9 @@ RELATIVE_FILTERS = ("deadline", "remaining")
 
 #: Pages ``render_shared`` keeps: a few KB each.
 SHARED_PAGES = 2048
+
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+_LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def load_translations(po: Path | None, locale: str) -> NullTranslations:
@@ -68,8 +71,9 @@ class Pages:
         self._envs: dict[str, Environment] = {}
         self._translations: dict[str, NullTranslations] = {}
         self._templates: dict[tuple[str, str], tuple[Template, dict[str, Any]]] = {}
-        # A kept page: its HTML and the relative texts it shows, (instant, direction, duration_key).
-        self._shared: dict[tuple[Any, ...], tuple[str, tuple[tuple[datetime, bool, Any], ...]]] = {}
+        # A kept page: its UTF-8 bytes cut where the CSRF token goes, and the instants strictly between
+        # which its relative texts read as they did when it was rendered (``_kept_while``).
+        self._shared: dict[tuple[Any, ...], tuple[tuple[bytes, ...], datetime, datetime]] = {}
         self._reads_clock: dict[str, bool] = {}
         # Where a shared page's CSRF token goes (``render_shared``): random per process, so no text a
         # visitor or an invitation brings can name it.
@@ -122,28 +126,30 @@ class Pages:
 
     def render_shared(
         self, name: str, locale: str, timezone: str, key: tuple[Any, ...], context: dict[str, Any], csrf_token: Any,
-    ) -> str:
+    ) -> bytes:
         """``render`` of a page that is a pure function of ``key`` (with ``name``, ``locale``, ``timezone``)
-        but for its CSRF token, kept once rendered with a marker where the token goes: each call puts its
-        own visitor's ``csrf_token`` in (signing it only when the page shows a form).
+        but for its CSRF token, as UTF-8 bytes: kept once rendered, cut where the token goes, and each call
+        puts its own visitor's ``csrf_token`` in (signing it only when the page shows a form).
 
         The caller's key must name everything the page shows (see ``daemon.web.invitations``): a kept
-        page is only ever served for the same key. Bounded; ``reload`` empties it with the templates."""
+        page is only ever served for the same key, and while ``now`` is inside the span over which each
+        of its relative texts reads the same (``_kept_while``). Bounded; ``reload`` empties it with the
+        templates."""
         full_key = (name, locale, timezone, key)
         now = context["now"]
         kept = self._shared.get(full_key)
-        if kept is None or any(duration_key(at - now, ahead) != text for at, ahead, text in kept[1]):
+        if kept is None or not kept[1] < now < kept[2]:
             reads: list[tuple[datetime, bool]] = []
             html = self.render(name, locale, timezone,
                                {**context, "csrf_token": Markup(self._token_marker), CLOCK_READS: reads})
             if kept is None and len(self._shared) >= SHARED_PAGES:
                 self._shared.clear()  # bounded; the hot pages come back in a few requests
-            self._shared[full_key] = (html, tuple((at, ahead, duration_key(at - now, ahead)) for at, ahead in reads))
-        else:
-            html = kept[0]
-        if self._token_marker not in html:
-            return html
-        return html.replace(self._token_marker, str(csrf_token))
+            kept = self._shared[full_key] = (
+                tuple(html.encode().split(self._token_marker.encode())), *_kept_while(reads, now))
+        parts = kept[0]
+        if len(parts) == 1:
+            return parts[0]
+        return str(csrf_token).encode("ascii").join(parts)
 
     def reads_clock(self, name: str) -> bool:
         """Whether the page ``name`` shows ``now`` itself, so that a kept rendering of it is good for the
@@ -160,6 +166,21 @@ class Pages:
         text = render(error.code, error.params, self._translations[locale].pgettext)
         text = text[:1].upper() + text[1:]
         return text if text.endswith((".", "!", "?", "»")) else text + "."
+
+
+def _kept_while(reads: list[tuple[datetime, bool]], now: datetime) -> tuple[datetime, datetime]:
+    """The instants strictly between which each relative text a page rendered at ``now`` showed (an
+    instant, measured from ``now``: ``reads``) reads the same (``daemon.i18n.duration_span``): a request
+    inside them is served the kept page with two comparisons, where each text's key was worked out
+    again on every request."""
+    start, end = _EARLIEST, _LATEST
+    for at, _ in reads:
+        low, high = duration_span(at - now)
+        try:
+            start, end = max(start, at - timedelta(seconds=high)), min(end, at - timedelta(seconds=low))
+        except OverflowError:  # a text about an instant near the calendar's ends: kept for no time
+            return now, now
+    return start, end
 
 
 def _names_now(env: Environment, name: str) -> bool:
