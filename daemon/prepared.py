@@ -36,8 +36,8 @@ def _sqlite_utc(value: Any) -> Any:
     without the ``TypeDecorator`` wrapper's two Python layers around it. Only ever called with text.
 
     The text is naive UTC (``UTCDateTime`` stores it so): parsed with its offset appended, in one C
-    call, where ``replace(tzinfo=...)`` on the parsed value took several times the parse itself (a
-    third of typing the link page's row). A text that does not parse so (one carrying its own offset)
+    call, where ``replace(tzinfo=...)`` on the parsed value took several times the parse itself (most
+    of typing the link page's row). A text that does not parse so (one carrying its own offset)
     or parses naive (a date alone, whose "+" is then read as the date's separator from a time) takes
     the long way, which gives what it always gave."""
     try:

@@ -56,3 +56,30 @@ def test_sqlite_utc_refuses_what_the_column_type_refuses() -> None:
         processors.str_to_datetime("not a date")
     with pytest.raises(ValueError):
         _sqlite_utc("not a date")
+
+
+@pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+def test_binds_reach_the_driver_as_the_processing_way_gives_them(dialect_name: str) -> None:
+    from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, bindparam, literal, select
+    from sqlalchemy.dialects import postgresql
+
+    from daemon.prepared import Compiled
+
+    dialect = sqlite.dialect() if dialect_name == "sqlite" else postgresql.psycopg.dialect()
+    table = Table("t", MetaData(), Column("id", Integer), Column("kind", String), Column("at", DateTime))
+    one = select(table.c.id).where(table.c.id == bindparam("id"))
+    two = select(table.c.id, literal("k").label("fixed")).where(table.c.kind == bindparam("kind"), table.c.id == bindparam("id"))
+    processed = select(table.c.id).where(table.c.at == bindparam("at", type_=UTCDateTime()), table.c.id == bindparam("id"))
+    for statement, binds in [(one, {"id": 5}), (two, {"id": 5, "kind": "x"}), (processed, {"id": 5, "at": NOW})]:
+        compiled = Compiled(statement.compile(dialect=dialect), dialect, list(statement.selected_columns))
+        given = dict(binds)
+        got = compiled.parameters(given)
+        assert given == binds  # the caller's dict is left as it was
+        # The long way: every bind through its processor, the statement's own values added.
+        merged = {name: compiled.processors[name](value) if name in compiled.processors else value
+                  for name, value in binds.items()} | compiled.fixed
+        if compiled.names is None:
+            assert dict(got) == merged
+        else:
+            assert list(got) == [merged[name] for name in compiled.names]
+    assert compiled.processors  # the last statement took the processing way
