@@ -15,6 +15,7 @@ as ``Connection.execute`` does: callers and the web adapter's fault handling see
 from __future__ import annotations
 
 from collections import namedtuple
+from operator import itemgetter
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -32,7 +33,19 @@ _UTC = timezone.utc
 def _sqlite_utc(value: Any) -> Any:
     """``UTCDateTime``'s value from SQLite's text, in one call: what its result processor gives (SQLite's
     ``DATETIME`` processor, ``datetime.fromisoformat``, then ``UTCDateTime.process_result_value``)
-    without the ``TypeDecorator`` wrapper's two Python layers around it. Only ever called with text."""
+    without the ``TypeDecorator`` wrapper's two Python layers around it. Only ever called with text.
+
+    The text is naive UTC (``UTCDateTime`` stores it so): parsed with its offset appended, in one C
+    call, where ``replace(tzinfo=...)`` on the parsed value took several times the parse itself (most
+    of typing the link page's row). A text that does not parse so (one carrying its own offset)
+    or parses naive (a date alone, whose "+" is then read as the date's separator from a time) takes
+    the long way, which gives what it always gave."""
+    try:
+        moment = _from_text(value + "+00:00")
+        if moment.tzinfo is not None:
+            return moment
+    except ValueError:
+        pass
     moment = _from_text(value)
     return moment.replace(tzinfo=_UTC) if moment.tzinfo is None else moment.astimezone(_UTC)
 
@@ -69,6 +82,10 @@ class Compiled:
                 self.fixed[name] = value if processor is None else processor(value)
             elif processor is not None:
                 self.processors[name] = processor
+        # No bind to process (the usual read by key): the driver's parameters straight from the binds.
+        self._plain = not self.processors
+        self._positions = itemgetter(*self.names) if self.names else None
+        self._several = self.names is not None and len(self.names) > 1
         found = [_result_processor(column.type, dialect) for column in columns]
         self.result_processors: list[Callable[[Any], Any] | None] = [processor for processor, _ in found]
         # The columns to convert, by position, and whether NULL passes through unconverted: typing a row
@@ -79,6 +96,13 @@ class Compiled:
         self.row = namedtuple("Row", [column.key for column in columns]) if columns else None  # type: ignore[misc]
 
     def parameters(self, binds: dict[str, Any]) -> Any:
+        """The driver's parameters for ``binds`` (not changed: a caller may pass the same dict again)."""
+        if self._plain:
+            merged = {**binds, **self.fixed} if self.fixed else binds
+            if self._positions is None:
+                return merged  # named style (PostgreSQL): the driver only reads it
+            values = self._positions(merged)
+            return values if self._several else (values,)  # itemgetter of one name gives the value itself
         binds = dict(binds)
         for name, processor in self.processors.items():
             if name in binds:

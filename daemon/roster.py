@@ -747,7 +747,7 @@ class Roster(DomainService):
             status = "expired"
         if status == "expired" and row.superseded_by_id is not None:
             status = "superseded"  # a fresh invitation went out since: point to it
-        view = InvitationView(
+        view = InvitationView.of_link(
             id=row.id, company=row.company, email=row.email, invited_by=row.invited_by, state=row.state,
             status=status, created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
             firm=row.firm, accepted_by=row.accepted_by, accepted_by_email=row.accepted_by_email,

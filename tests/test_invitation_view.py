@@ -1,0 +1,85 @@
+"""The link page's view and row typing take short cuts (daemon.views.InvitationView.of_link,
+daemon.prepared._sqlite_utc): each gives exactly what the long way gives."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import processors
+
+from daemon.models import UTCDateTime
+from daemon.prepared import _sqlite_utc
+from daemon.views import InvitationView
+
+NOW = datetime(2026, 12, 1, 0, 59, 34, 917534, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("decided", [None, NOW + timedelta(days=1)])
+def test_of_link_is_the_dataclasss_own_instance(decided: datetime | None) -> None:
+    values = dict(
+        id=7, company="Érablière Roy", email="a@b.example", invited_by="c@d.example", state="pending",
+        status="expired", created_at=NOW, expires_at=NOW + timedelta(days=30), decided_at=decided, firm=None,
+        accepted_by=None, accepted_by_email=None, renewal_requested_at=NOW, invited_timezone="Europe/Paris",
+    )
+    ours, theirs = InvitationView.of_link(**values), InvitationView(**values)
+    assert type(ours) is InvitationView
+    assert ours == theirs and hash(ours) == hash(theirs)
+    assert vars(ours) == vars(theirs)  # every field, the defaulted ones (url, delivery) too
+    assert [getattr(ours, f.name) for f in fields(InvitationView)] == [getattr(theirs, f.name) for f in fields(InvitationView)]
+    assert ours != InvitationView(**{**values, "status": "pending"})
+    with pytest.raises(AttributeError):
+        ours.status = "accepted"  # type: ignore[misc]  # still frozen
+
+
+@pytest.mark.parametrize("text", [
+    "2026-12-01 00:59:34.917534",
+    "2026-12-01 00:59:34",
+    "2026-02-28 23:00:00.000001",
+    "2026-12-01T00:59:34",
+    "2026-12-01 02:59:34.5+02:00",  # a text carrying its own offset: the long way
+    "2026-12-01 00:59:34Z",
+    "2026-12-01",
+])
+def test_sqlite_utc_reads_as_the_column_type_does(text: str) -> None:
+    dialect = sqlite.dialect()
+    expected = UTCDateTime().process_result_value(processors.str_to_datetime(text), dialect)
+    got = _sqlite_utc(text)
+    assert got == expected and got.tzinfo == timezone.utc and got.utcoffset() == timedelta(0)
+    assert (got.year, got.hour, got.microsecond) == (expected.year, expected.hour, expected.microsecond)
+
+
+def test_sqlite_utc_refuses_what_the_column_type_refuses() -> None:
+    with pytest.raises(ValueError):
+        processors.str_to_datetime("not a date")
+    with pytest.raises(ValueError):
+        _sqlite_utc("not a date")
+
+
+@pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+def test_binds_reach_the_driver_as_the_processing_way_gives_them(dialect_name: str) -> None:
+    from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, bindparam, literal, select
+    from sqlalchemy.dialects import postgresql
+
+    from daemon.prepared import Compiled
+
+    dialect = sqlite.dialect() if dialect_name == "sqlite" else postgresql.psycopg.dialect()
+    table = Table("t", MetaData(), Column("id", Integer), Column("kind", String), Column("at", DateTime))
+    one = select(table.c.id).where(table.c.id == bindparam("id"))
+    two = select(table.c.id, literal("k").label("fixed")).where(table.c.kind == bindparam("kind"), table.c.id == bindparam("id"))
+    processed = select(table.c.id).where(table.c.at == bindparam("at", type_=UTCDateTime()), table.c.id == bindparam("id"))
+    for statement, binds in [(one, {"id": 5}), (two, {"id": 5, "kind": "x"}), (processed, {"id": 5, "at": NOW})]:
+        compiled = Compiled(statement.compile(dialect=dialect), dialect, list(statement.selected_columns))
+        given = dict(binds)
+        got = compiled.parameters(given)
+        assert given == binds  # the caller's dict is left as it was
+        # The long way: every bind through its processor, the statement's own values added.
+        merged = {name: compiled.processors[name](value) if name in compiled.processors else value
+                  for name, value in binds.items()} | compiled.fixed
+        if compiled.names is None:
+            assert dict(got) == merged
+        else:
+            assert list(got) == [merged[name] for name in compiled.names]
+    assert compiled.processors  # the last statement took the processing way
