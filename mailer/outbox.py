@@ -2,7 +2,8 @@
 
 ``Outbox.queue`` renders and serialises a notice once and inserts it in the
 caller's transaction, so an email exists if and only if its change committed.
-``OutboxWorker`` sends what is due, one claimed email at a time; the
+``OutboxWorker`` sends what is due, one claimed email at a time per relay
+connection, or several at once into the Maildir (``BatchTransport``); the
 ``Message-ID`` is fixed at queue time, so a resend after a crash is the same
 message to every receiver. What the relay answers decides what happens next,
 as an MTA's queue would: a 5xx is final (the email bounced), a 4xx or a lost
