@@ -81,8 +81,8 @@ def write_new_files(folder: Path, files: Sequence[tuple[str, bytes]], mode: int 
     existing one. Once every file has its name, ``folder`` is fsynced once: a
     group commit of the names, which all began before that fsync did, so no
     file is reported written before its name is durable. One fsync of the folder
-    per file was about a third of a Maildir delivery's kernel time, and waiting for
-    it most of its time. Returns, per file in order, ``None`` (written and durable)
+    per file was about a quarter of a Maildir delivery's kernel time and two thirds
+    of its wall time. Returns, per file in order, ``None`` (written and durable)
     or the error that stopped it, its temporary file removed; one file's error is
     that file's alone, but a failed fsync of ``folder`` is every placed file's.
     """
