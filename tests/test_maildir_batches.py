@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from daemon import durable
 from daemon.app import build
 from daemon.config import load_config
 from mailer.maildir import _delivery_order, deliver_many, list_mail, read_raw
 from tests.conftest import Cli, Env, write_config
+from tests.test_relay import make_cli
 
 class FsyncLog:
     """Each fsync's path, and what ``new/`` held when it was called."""
@@ -93,9 +96,7 @@ def test_one_file_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
 
 
 def engine_write(env: Env, query: str, **params: Any) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
+    """A write of the test's own (another worker's), straight to the database."""
     engine = create_engine(env.database_url, poolclass=NullPool)
     try:
         with engine.begin() as conn:
@@ -177,8 +178,6 @@ def test_two_workers_and_a_batch_slower_than_the_lease_deliver_each_email_once(t
     # The first fsyncs of new/ are held past the lease: only leases renewed while the batch is written keep
     # the other worker off its emails.
     env = write_config(tmp_path, "claim_lease = 2.0\n")
-    from tests.test_relay import make_cli
-
     cli = make_cli(env)
     for n in range(4):
         cli("invitation", "send", "--company", "Boulangerie Roy", "--email", f"staff{n}@tremblay.example")
