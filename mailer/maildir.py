@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -42,25 +43,39 @@ class StoredMail:
 
 
 def deliver(path: Path, raw: bytes) -> str:
-    """Deliver ``raw`` into the Maildir at ``path`` and return its key.
+    """Deliver ``raw`` into the Maildir at ``path`` and return its key (``deliver_many`` of one)."""
+    (result,) = deliver_many(path, [raw])
+    if isinstance(result, OSError):
+        raise result
+    return result
 
-    The file is written and fsynced in ``tmp/``, renamed into ``new/`` and both
-    folders fsynced: once this returns (and the outbox marks the row sent) the
-    message is on disk, and a reader never sees a partly written one in ``new/``.
+
+def deliver_many(path: Path, raws: Sequence[bytes]) -> list[str | OSError]:
+    """Deliver each of ``raws`` into the Maildir at ``path``, in order; per message its key, or why it failed.
+
+    Each file is written and fsynced in ``tmp/`` and linked into ``new/``, then
+    ``new/`` is fsynced once for them all (``durable.write_new_files``): once this
+    returns (and the outbox marks the rows sent) every delivered message is on disk,
+    and a reader never sees a partly written one in ``new/``.
     """
-    now = time.time()
     # The usual Maildir name: "<seconds>.M<microseconds>P<pid>Q<count>.<host>", unique per delivery.
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
-    key = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_DELIVERIES)}.{host}"
-    try:
-        durable.write_file(path / "new" / key, raw, 0o600, tmp_dir=path / "tmp", exclusive=True)
-    except FileNotFoundError:
-        # The first delivery (or the folders were removed): make them, then deliver. Not before every
-        # delivery: three mkdir calls and their exceptions for folders that are nearly always there.
+    pid = os.getpid()
+    files = []
+    for raw in raws:
+        now = time.time()
+        files.append((f"{int(now)}.M{int(now % 1 * 1e6)}P{pid}Q{next(_DELIVERIES)}.{host}", raw))
+    results = durable.write_new_files(path / "new", files, 0o600, tmp_dir=path / "tmp")
+    if any(isinstance(result, FileNotFoundError) for result in results):
+        # The first delivery (or the folders were removed): make them, then deliver what failed. Not before
+        # every delivery: three mkdir calls and their exceptions for folders that are nearly always there.
         for sub in ("tmp", "new", "cur"):
             (path / sub).mkdir(parents=True, exist_ok=True)
-        durable.write_file(path / "new" / key, raw, 0o600, tmp_dir=path / "tmp", exclusive=True)
-    return key
+        again = [n for n, result in enumerate(results) if isinstance(result, FileNotFoundError)]
+        for n, result in zip(again, durable.write_new_files(path / "new", [files[n] for n in again], 0o600,
+                                                            tmp_dir=path / "tmp"), strict=True):
+            results[n] = result
+    return [files[n][0] if result is None else result for n, result in enumerate(results)]
 
 
 def _parse(raw: bytes) -> EmailMessage:

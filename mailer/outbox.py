@@ -2,7 +2,8 @@
 
 ``Outbox.queue`` renders and serialises a notice once and inserts it in the
 caller's transaction, so an email exists if and only if its change committed.
-``OutboxWorker`` sends what is due, one claimed email at a time; the
+``OutboxWorker`` sends what is due, one claimed email at a time per relay
+connection, or several at once into the Maildir (``BatchTransport``); the
 ``Message-ID`` is fixed at queue time, so a resend after a crash is the same
 message to every receiver. What the relay answers decides what happens next,
 as an MTA's queue would: a 5xx is final (the email bounced), a 4xx or a lost
@@ -38,7 +39,7 @@ from mailer.content import dump_content, load_content
 from mailer.message import check_recipient, message_bytes, new_message_id
 from mailer.recorder import BatchRecorder
 from mailer.render import EmailRenderer
-from mailer.transports import Transport, TransportError
+from mailer.transports import BatchTransport, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,10 @@ class _ClaimsLost(Exception):
 # Emails claimed at once: a pass starts with one per relay connection and doubles while the queue fills
 # each claim, up to this many (claimed emails wait their turn in this worker, their leases checked).
 MAX_CLAIM_BATCH = 64
+
+# Claimed emails handed at once to a transport that takes batches (the Maildir: one thread hop and one fsync of
+# ``new/`` for them all, where each email paid its own).
+MAX_SEND_BATCH = 32
 
 
 # The bytes of a claimed email (``Outbox.compose``): stored, or rendered now; given an ``OutboxMessage`` or a Core
@@ -508,6 +513,10 @@ class OutboxWorker:
         finally:
             self._sending -= 1
 
+    async def _send_one(self, claim: _Claim, recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
+                        ) -> list[str | asyncio.Future[bool] | None]:
+        return [await self._send(claim, recorder)]
+
     async def _still_mine(self, claim: _Claim) -> bool:
         """A claim that waited its turn for half its lease is renewed first; False if it is no longer ours."""
         if self._clock.now() - claim.claimed_at < self._lease / 2:
@@ -550,6 +559,76 @@ class OutboxWorker:
             return recorder.add((claim, answer, raw))  # marked with others; nobody waits for the mark
         return await asyncio.to_thread(self._record_failure, claim, error, raw)
 
+    async def _send_batch(self, claims: Sequence[_Claim],
+                          recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
+                          ) -> list[str | asyncio.Future[bool] | None]:
+        """``_send`` for several claimed emails given to a ``BatchTransport`` at once, in order; one result each.
+
+        Each is rendered at its turn on the loop (as ``_send_claimed``, the loop free for requests between
+        two), then the batch goes to the transport in one call. Each email keeps its own lease (renewed while
+        the batch takes long), answer and result: one whose claim passed to another worker meanwhile is that
+        worker's to record (``None``), the others' results are recorded as usual.
+        """
+        transport = self._transport
+        assert isinstance(transport, BatchTransport)
+        results: list[str | asyncio.Future[bool] | None] = [None] * len(claims)
+        ready: list[tuple[int, _Claim]] = []
+        self._sending += 1
+        try:
+            for n, claim in enumerate(claims):
+                if claim.attempts:
+                    self.stats.retries += 1
+                claim = self._rendered(claim)
+                if claim.render_error is not None:
+                    results[n] = await asyncio.to_thread(self._record_failure, claim, TransportError(claim.render_error))
+                elif await self._still_mine(claim):
+                    ready.append((n, claim))
+                await asyncio.sleep(0)  # requests waiting on the loop go between two renders
+            if not ready:
+                return results
+            lost: set[int] = set()
+            keepers: list[asyncio.Task[None]] = []
+            timer = asyncio.get_running_loop().call_later(
+                self._lease.total_seconds() / 3,
+                lambda: keepers.append(asyncio.get_running_loop().create_task(
+                    self._keep_leases([claim for _, claim in ready], lost))),
+            )
+            try:
+                answers = await transport.send_batch([(c.envelope_from, [c.recipient], c.raw or b"") for _, c in ready])
+            finally:
+                timer.cancel()
+                for keeper in keepers:
+                    keeper.cancel()
+                if keepers:
+                    await asyncio.gather(*keepers, return_exceptions=True)
+            for (n, claim), answer in zip(ready, answers, strict=True):
+                if claim.id in lost:
+                    continue
+                if isinstance(answer, TransportError):
+                    results[n] = await asyncio.to_thread(self._record_failure, claim, answer, claim.raw)
+                else:
+                    results[n] = recorder.add((claim, answer, claim.raw))  # marked with others, as ``_send_claimed``
+            return results
+        finally:
+            self._sending -= 1
+
+    async def _keep_leases(self, claims: Sequence[_Claim], lost: set[int]) -> None:
+        """``_keep_lease`` for a batch being sent: each claim renewed every third of the lease; one that is
+        no longer this worker's goes into ``lost`` (a batch is not cut short: its other emails are still ours)."""
+        interval = self._lease.total_seconds() / 3
+        while True:
+            for claim in claims:
+                if claim.id in lost:
+                    continue
+                try:
+                    mine = await asyncio.to_thread(self._renew, claim)
+                except Exception:  # the database may be back before the lease runs out: keep sending
+                    log.exception("outbox message %s: could not renew the lease", claim.id)
+                    mine = True
+                if not mine:
+                    lost.add(claim.id)
+            await asyncio.sleep(interval)
+
     def _count(self, claim_id: int, outcome: str | None) -> bool:
         if outcome is None:
             log.warning("outbox message %s: the claim passed to another worker; it records the result", claim_id)
@@ -567,7 +646,9 @@ class OutboxWorker:
         recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool] = BatchRecorder(self._record_sent_many)
         marks: list[tuple[int, asyncio.Future[bool]]] = []
         waiting: deque[_Claim] = deque()
-        in_flight: dict[asyncio.Task[str | asyncio.Future[bool] | None], int] = {}
+        # Each task sends one email, or a batch of them (``_send_batch``): its claims' ids, its results in order.
+        in_flight: dict[asyncio.Task[list[str | asyncio.Future[bool] | None]], list[int]] = {}
+        batches = isinstance(self._transport, BatchTransport)
         batch = self._concurrency
         exhausted = look_again = False
         try:
@@ -583,8 +664,12 @@ class OutboxWorker:
                         batch = min(batch * 2, MAX_CLAIM_BATCH)
                     waiting.extend(claims)
                 while waiting and len(in_flight) < self._concurrency and not self._stopping:
-                    claim = waiting.popleft()
-                    in_flight[asyncio.create_task(self._send(claim, recorder))] = claim.id
+                    if batches:
+                        group = [waiting.popleft() for _ in range(min(len(waiting), MAX_SEND_BATCH))]
+                        in_flight[asyncio.create_task(self._send_batch(group, recorder))] = [c.id for c in group]
+                    else:
+                        claim = waiting.popleft()
+                        in_flight[asyncio.create_task(self._send_one(claim, recorder))] = [claim.id]
                 if not in_flight:
                     if not exhausted and not self._stopping:
                         continue
@@ -594,23 +679,22 @@ class OutboxWorker:
                     continue
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    claim_id = in_flight.pop(task)
-                    result = task.result()
-                    if isinstance(result, asyncio.Future):
-                        marks.append((claim_id, result))
-                    else:
-                        self._count(claim_id, result)
-                        # A bounce or a give-up may queue a notice: look again before the pass ends.
-                        look_again = look_again or result in ("bounced", "failed")
+                    for claim_id, result in zip(in_flight.pop(task), task.result(), strict=True):
+                        if isinstance(result, asyncio.Future):
+                            marks.append((claim_id, result))
+                        else:
+                            self._count(claim_id, result)
+                            # A bounce or a give-up may queue a notice: look again before the pass ends.
+                            look_again = look_again or result in ("bounced", "failed")
         finally:
             if in_flight:  # an error above: let the other sends finish and record their results
-                for task, claim_id in in_flight.items():
+                for task, claim_ids in in_flight.items():
                     try:
-                        result = await task
+                        results = await task
                     except BaseException:
                         continue
-                    if isinstance(result, asyncio.Future):
-                        marks.append((claim_id, result))
+                    marks.extend((claim_id, result) for claim_id, result in zip(claim_ids, results, strict=True)
+                                 if isinstance(result, asyncio.Future))
             if waiting:  # stopping: what was claimed but not sent is due again at once, for anyone
                 await asyncio.to_thread(self._release, list(waiting))
             await recorder.drain()

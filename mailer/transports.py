@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import aiosmtplib
 
 from daemon.config import RelayConfig
-from mailer.maildir import deliver
+from mailer.maildir import deliver_many
 
 
 class TransportError(Exception):
@@ -39,26 +40,47 @@ class Transport(Protocol):
         ...
 
 
+# One email to send: envelope sender, recipients, bytes.
+Outgoing = tuple[str, list[str], bytes]
+
+
+@runtime_checkable
+class BatchTransport(Transport, Protocol):
+    """A transport that takes several emails at once, each with its own answer or error (in order)."""
+
+    async def send_batch(self, emails: Sequence[Outgoing]) -> list[str | TransportError]: ...
+
+
 class MaildirTransport:
-    """Delivers into a Maildir, as a local delivery agent would."""
+    """Delivers into a Maildir, as a local delivery agent would; several emails at once share one fsync of
+    ``new/`` (``send_batch``)."""
 
     timeout = 30.0  # a local write; only a stuck disk takes this long
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _deliver(self, envelope_from: str, raw: bytes) -> str:
-        # A delivery agent records the envelope sender as Return-Path. The outbox marks
-        # the row sent right after this returns, so ``deliver`` puts the file on disk first.
-        key = deliver(self.path, b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw)
-        return f"maildir {key}"
+    def _deliver(self, emails: Sequence[Outgoing]) -> list[str | TransportError]:
+        # A delivery agent records the envelope sender as Return-Path. The outbox marks the rows
+        # sent right after this returns, so ``deliver_many`` puts the files and their names on disk first.
+        raws = [b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw for envelope_from, _, raw in emails]
+        # A full or read-only disk: a failed attempt like a relay's 4xx, counted and retried.
+        try:
+            results = deliver_many(self.path, raws)
+        except OSError as exc:  # the folders could not be made: every email's failure
+            results = [exc] * len(raws)
+        return [f"maildir {result}" if isinstance(result, str)
+                else TransportError(f"maildir delivery failed: {result.strerror or result}")
+                for result in results]
 
     async def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> str:
-        try:
-            return await asyncio.to_thread(self._deliver, envelope_from, raw)
-        except OSError as exc:
-            # A full or read-only disk: a failed attempt like a relay's 4xx, counted and retried.
-            raise TransportError(f"maildir delivery failed: {exc.strerror or exc}") from None
+        (result,) = await self.send_batch([(envelope_from, recipients, raw)])
+        if isinstance(result, TransportError):
+            raise result
+        return result
+
+    async def send_batch(self, emails: Sequence[Outgoing]) -> list[str | TransportError]:
+        return await asyncio.to_thread(self._deliver, emails)
 
     async def close(self) -> None:
         pass
