@@ -141,10 +141,12 @@ class Transition:
             )
             .values({column.key: self._to, **values})
         )
-        # Without RETURNING (``returning=False``) the row count alone says who won: for a caller that
-        # already knows the row's columns (SQLite builds RETURNING's rows apart, the driver types them).
-        self._statement = PreparedWrite(statement.returning(*table.columns) if returning else statement)
-        self._returning = returning
+        self._statement = PreparedWrite(statement.returning(*table.columns if returning else [table.c.id]))
+        # ``returning=False``, for a caller that already knows the row's columns: on SQLite the row count
+        # alone says who won (RETURNING's rows are built apart, then typed by the driver: a third of the
+        # statement's cost). PostgreSQL keeps a RETURNING of the id: in psycopg's pipeline mode
+        # (``daemon.db.pipelined``) a row count is known only once a result is read, and the row is that.
+        self._counted = None if returning else PreparedWrite(statement)
         self._current = select(table.c[column.key]).where(table.c.id == bindparam("transition_row_id"))
 
     def run(
@@ -154,26 +156,26 @@ class Transition:
         ``returning=False``), or raises ``TransitionLost`` saying what it is."""
         checkpoint(self._table, row_id, self._to)
         params = {"transition_row_id": row_id, **binds}
-        if self._returning:
+        if self._counted is not None and connection.dialect.name == "sqlite":
+            fresh, moved = None, self._counted.changed(connection, params) == 1
+        else:
             fresh = self._statement.one(connection, params)
             moved = fresh is not None
-        else:
-            fresh, moved = None, self._statement.changed(connection, params) == 1
         if not moved:
             current = connection.scalar(self._current, {"transition_row_id": row_id})
             raise TransitionLost(self._table, row_id, self._to, self._expected, current)
-        return fresh
+        return fresh if self._counted is None else None
 
     def run_many(self, connection: Connection, rows: list[tuple[int, dict[str, Any]]],
                  checkpoint: Checkpoint = no_checkpoint) -> None:
         """``run`` for several rows (each its id and binds) in one executemany, built with
-        ``returning=False``: every row moves, or ``TransitionLost`` (naming the first row) says one did not,
-        and the caller undoes the lot (its savepoint). Only where the driver sums executemany's row
-        counts (SQLite's, PostgreSQL's psycopg)."""
-        assert not self._returning, "executemany returns no rows"
+        ``returning=False``, on SQLite (whose driver sums executemany's row counts): every row moves, or
+        ``TransitionLost`` (naming the first row) says one did not, and the caller undoes the lot (its
+        savepoint)."""
+        assert self._counted is not None and connection.dialect.name == "sqlite"
         for row_id, _ in rows:
             checkpoint(self._table, row_id, self._to)
-        moved = self._statement.many(connection, [{"transition_row_id": row_id, **binds} for row_id, binds in rows])
+        moved = self._counted.many(connection, [{"transition_row_id": row_id, **binds} for row_id, binds in rows])
         if moved != len(rows):
             raise TransitionLost(self._table, rows[0][0], self._to, self._expected, None)
 

@@ -99,8 +99,9 @@ def test_the_accepts_writes_store_what_core_stores(cli: Cli, seed: Seed, env: En
                                         .where(Invitation.__table__.c.state == "accepted"))
         assert decided is not None and decided.tzinfo is not None
 
-        # The invitation's guarded transition: moved as Core moves it (it returns no row: its count says).
-        transition = _ACCEPT._statement
+        # The invitation's guarded transition: moved as Core moves it (SQLite's returns no row: its count says).
+        transition = _ACCEPT._counted
+        assert transition is not None
         binds = {"transition_row_id": pending_id, "b_nonce": nonce, "b_now": decided, "b_decided": decided,
                  "b_firm": firm_id, "b_user": user_id, "b_renewal": None}
         _both_ways(engine, transition, Invitation.__table__, binds, binds)
