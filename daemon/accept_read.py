@@ -106,6 +106,9 @@ def accept_read(dialect: str) -> Select[Any]:
     return (
         select(
             inv.c.id.label("invitation_id"), inv.c.nonce, inv.c.state, inv.c.expires_at, inv.c.email,
+            # What the accept's result shows of the invitation besides what the accept writes (its UPDATE
+            # returns nothing: it re-checks these instead).
+            inv.c.invited_by, inv.c.created_at, inv.c.renewal_requested_at,
             company.c.id, company.c.name, company.c.name_key, company.c.kind, company.c.subscription,
             company.c.admin_email, company.c.admin_name, company.c.admin_locale, company.c.admin_timezone,
             company.c.trial_ends_at,

@@ -44,8 +44,9 @@ class PreparedWrite:
 
     ``column_keys`` names the columns an INSERT without ``values()`` is given at execution (every
     execution must give all of them). ``one(connection, **binds)`` returns the first RETURNING row
-    (a named tuple of its columns) or None; ``many(connection, rows)`` runs an executemany; ``rows(connection,
-    rows)`` runs an INSERT's rows as one multi-row statement.
+    (a named tuple of its columns) or None; ``changed(connection, binds)`` the row count of one without
+    RETURNING; ``many(connection, rows)`` runs an executemany; ``rows(connection, rows)`` runs an INSERT's
+    rows as one multi-row statement.
     """
 
     def __init__(self, statement: Insert | Update, column_keys: Sequence[str] | None = None) -> None:
@@ -75,19 +76,38 @@ class PreparedWrite:
             raise  # pragma: no cover - the handler always raises
         return None if row is None else compiled.typed(row)
 
-    def many(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def changed(self, connection: Connection, binds: dict[str, Any]) -> int:
+        """A statement without RETURNING: how many rows it changed (the driver's row count)."""
+        compiled = self.compiled(connection.dialect)
+        parameters = compiled.parameters(binds)
+        cursor = self._cursor(connection)
+        try:
+            _heard(connection, cursor, compiled.sql, parameters, False)
+            cursor.execute(compiled.sql, parameters)
+            count = int(cursor.rowcount)
+            cursor.close()
+        except connection.dialect.loaded_dbapi.Error as exc:
+            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
+            raise  # pragma: no cover - the handler always raises
+        return count
+
+    def many(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """An executemany of ``rows``; returns the rows changed, all executions summed (as SQLite's and
+        psycopg's drivers count them)."""
         if not rows:
-            return
+            return 0
         compiled = self.compiled(connection.dialect)
         parameters = [compiled.parameters(row) for row in rows]
         cursor = self._cursor(connection)
         try:
             _heard(connection, cursor, compiled.sql, parameters, True)
             cursor.executemany(compiled.sql, parameters)
+            count = int(cursor.rowcount)
             cursor.close()
         except connection.dialect.loaded_dbapi.Error as exc:
             connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
             raise  # pragma: no cover - the handler always raises
+        return count
 
     def rows(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """An INSERT's ``rows`` as ONE statement (a multi-row ``VALUES``), not an executemany; returns its

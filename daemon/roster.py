@@ -182,18 +182,22 @@ class AcceptPlan:
 _WHEN = Invitation.__table__.c.decided_at.type  # the binds below are UTC datetimes (UTCDateTime)
 
 # The accept's state change, built once: still pending, unexpired, the same link, and the user still a
-# member of the firm it accepts for (a removal may have committed since the read).
+# member of the firm it accepts for (a removal may have committed since the read). It returns no row:
+# the accept's result is what the plan read plus what this writes, so the one column of that read that
+# can change meanwhile (a renewal request's time) is checked too. Its row count says who won.
 _ACCEPT = Transition(
     Invitation, [InvitationState.PENDING], InvitationState.ACCEPTED,
     where=[
         Invitation.nonce == bindparam("b_nonce"),
         Invitation.expires_at > bindparam("b_now", type_=_WHEN),
+        Invitation.renewal_requested_at.is_not_distinct_from(bindparam("b_renewal", type_=_WHEN)),
         exists().where(Membership.user_id == bindparam("b_user"), Membership.firm_id == bindparam("b_firm")),
     ],
     values={
         "decided_at": bindparam("b_decided", type_=_WHEN), "firm_id": bindparam("b_firm"),
         "accepted_by_id": bindparam("b_user"),
     },
+    returning=False,
 )
 
 # Reconnecting the entry the read found, if it is still that entry; keyed by how it was found: by its
@@ -841,13 +845,11 @@ class Roster(DomainService):
         statement: a client INSERT per accept made one segment (and its merging) per accept, the largest
         part of SQLite's work in a batch; one INSERT makes one segment for the batch.
         """
-        checkpoint = self._ctx.checkpoint
         clients: list[Any] = [None] * len(batch)
         try:
-            invitations = [
-                _ACCEPT.run(connection, plan.read.invitation_id, checkpoint, **self._accept_binds(plan))
-                for plan, _ in batch
-            ]
+            # Every accept's guarded UPDATE in one executemany: the summed row count says whether all won.
+            _ACCEPT.run_many(connection, [(plan.read.invitation_id, self._accept_binds(plan)) for plan, _ in batch],
+                             self._ctx.checkpoint)
             for n, (plan, _) in enumerate(batch):
                 if plan.client is not None:
                     clients[n] = self._reconnect_planned(connection, plan)
@@ -867,8 +869,7 @@ class Roster(DomainService):
         _EVENT_INSERT.rows(connection, [
             self._accepted_event(plan, channel, client) for (plan, channel), client in zip(batch, clients)])
         self._notifier.queue_prepared(connection, [email for plan, _ in batch for email in plan.emails])
-        return [self._accept_result(plan, invitation, client)
-                for (plan, _), invitation, client in zip(batch, invitations, clients)]
+        return [self._accept_result(plan, client) for (plan, _), client in zip(batch, clients)]
 
     def accept_unplanned(self, token: str, user_id: int, firm_id: int | None, refused: bool,
                          channel: str = "link") -> AcceptResult:
@@ -919,19 +920,19 @@ class Roster(DomainService):
         """The accept's write: prepared Core statements only, each guarded by what the plan read; raises
         ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest)."""
         try:
-            invitation = _ACCEPT.run(connection, plan.read.invitation_id, self._ctx.checkpoint, **self._accept_binds(plan))
+            _ACCEPT.run(connection, plan.read.invitation_id, self._ctx.checkpoint, **self._accept_binds(plan))
             client = self._connect_planned(connection, plan)
         except TransitionLost:
             raise _Replan() from None
         _EVENT_INSERT.one(connection, self._accepted_event(plan, channel, client))
         self._notifier.queue_prepared(connection, plan.emails)
-        return self._accept_result(plan, invitation, client)
+        return self._accept_result(plan, client)
 
     def _accept_binds(self, plan: AcceptPlan) -> dict[str, Any]:
         """``_ACCEPT``'s binds: what the plan read must still hold."""
         read = plan.read
         return {"b_nonce": read.nonce, "b_now": self._clock.now(), "b_decided": plan.now, "b_firm": plan.firm_id,
-                "b_user": read.user_id}
+                "b_user": read.user_id, "b_renewal": read.renewal_requested_at}
 
     def _accepted_event(self, plan: AcceptPlan, channel: str, client: Any) -> dict[str, Any]:
         read = plan.read
@@ -941,15 +942,17 @@ class Roster(DomainService):
         )
 
     @staticmethod
-    def _accept_result(plan: AcceptPlan, invitation: Any, client: Any) -> AcceptResult:
+    def _accept_result(plan: AcceptPlan, client: Any) -> AcceptResult:
+        """The accepted invitation as its plan read it, with what ``_ACCEPT`` wrote (which re-checked the rest)."""
         read = plan.read
+        accepted = InvitationState.ACCEPTED.value
         return AcceptResult(
             InvitationView(
-                id=invitation.id, company=read.name, email=invitation.email, invited_by=invitation.invited_by,
-                state=invitation.state, status=invitation.state, created_at=invitation.created_at,
-                expires_at=invitation.expires_at, decided_at=invitation.decided_at, firm=plan.firm_name,
+                id=read.invitation_id, company=read.name, email=read.email, invited_by=read.invited_by,
+                state=accepted, status=accepted, created_at=read.created_at,
+                expires_at=read.expires_at, decided_at=plan.now, firm=plan.firm_name,
                 accepted_by=read.user_name, accepted_by_email=read.user_email,
-                renewal_requested_at=invitation.renewal_requested_at,
+                renewal_requested_at=read.renewal_requested_at,
             ),
             ClientView(
                 id=client.id, firm=plan.firm_name, name=client.name, kind=client.kind, status=client.status,

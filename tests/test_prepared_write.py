@@ -99,16 +99,25 @@ def test_the_accepts_writes_store_what_core_stores(cli: Cli, seed: Seed, env: En
                                         .where(Invitation.__table__.c.state == "accepted"))
         assert decided is not None and decided.tzinfo is not None
 
-        # The invitation's guarded transition: moved, and returned, as Core moves and returns it.
-        transition = _ACCEPT._statement
+        # The invitation's guarded transition: moved as Core moves it (SQLite's returns no row: its count says).
+        transition = _ACCEPT._counted
+        assert transition is not None
         binds = {"transition_row_id": pending_id, "b_nonce": nonce, "b_now": decided, "b_decided": decided,
-                 "b_firm": firm_id, "b_user": user_id}
+                 "b_firm": firm_id, "b_user": user_id, "b_renewal": None}
         _both_ways(engine, transition, Invitation.__table__, binds, binds)
-        # ...and a stale nonce matches nothing either way.
-        stale = {**binds, "b_nonce": "not-the-nonce"}
-        with engine.connect() as connection, connection.begin():
-            assert transition.one(connection, stale) is None
-            assert connection.execute(transition.statement, stale).first() is None
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            assert transition.changed(connection, binds) == 1
+            transaction.rollback()
+        # ...and a stale nonce, or a renewal requested since the read, matches nothing either way.
+        for stale in ({**binds, "b_nonce": "not-the-nonce"}, {**binds, "b_renewal": decided}):
+            with engine.connect() as connection:
+                transaction = connection.begin()
+                assert transition.changed(connection, stale) == 0
+                assert connection.execute(transition.statement, stale).rowcount == 0
+                # An executemany counts the rows every execution changed: one of the two here.
+                assert transition.many(connection, [stale, binds]) == 1
+                transaction.rollback()
 
         # The client insert (search_key given; Core computes it from its Python default).
         client = {"firm_id": firm_id, "company_id": company_id, "kind": "company", "name": "Érablière Roy",
