@@ -38,8 +38,13 @@ def _untagged(value: dict[str, Any]) -> Any:
     return value
 
 
+# What ``json.dumps(content, default=_tagged, ensure_ascii=False, separators=(",", ":"))`` builds on every call,
+# built once (it keeps no state between calls): every queued email dumps its facts.
+_ENCODER = json.JSONEncoder(default=_tagged, ensure_ascii=False, separators=(",", ":"))
+
+
 def dump_content(content: dict[str, Any]) -> str:
-    return json.dumps(content, default=_tagged, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(content)
 
 
 def load_content(text: str) -> dict[str, Any]:
