@@ -736,9 +736,11 @@ class Roster(DomainService):
         """What an invitation link shows. Reads only: opening a link changes nothing."""
         return self.open_invitation_link(token)[0]
 
-    def open_invitation_link(self, token: str) -> tuple[InvitationView, Opening | None]:
-        """What an invitation link shows, and what its first opening records (a valid, unexpired link
-        whose ``link.opened`` event is not there yet; daemon.link_opens writes it), else None.
+    def open_invitation_link(self, token: str, now: datetime | None = None) -> tuple[InvitationView, Opening | None]:
+        """What an invitation link shows at ``now`` (the clock's, unless the caller read it already: the
+        page then shows its dates from the instant its status was decided at), and what its first opening
+        records (a valid, unexpired link whose ``link.opened`` event is not there yet; daemon.link_opens
+        writes it), else None.
 
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
@@ -747,7 +749,7 @@ class Roster(DomainService):
         if row is None or row.nonce != ref.bound:
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
         status = row.state
-        if status == "pending" and self._clock.now() >= row.expires_at:
+        if status == "pending" and (now or self._clock.now()) >= row.expires_at:
             status = "expired"
         if status == "expired" and row.superseded_by_id is not None:
             status = "superseded"  # a fresh invitation went out since: point to it

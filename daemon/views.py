@@ -111,6 +111,19 @@ class InvitationView:
         )
         return view
 
+    # The link page's kept rendering is found by a key holding the view (``daemon.web.context.page``): it
+    # is hashed and compared on every request. The generated methods build a tuple of the 16 fields
+    # attribute by attribute, twice for ``==``; these compare the fields' values in one C call (a frozen
+    # view holds its fields and nothing else), and hash the id, which equal views share (views of one
+    # invitation in another state are told apart by ``==``). Defined here, ``dataclass`` keeps them.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -83,3 +83,21 @@ def test_binds_reach_the_driver_as_the_processing_way_gives_them(dialect_name: s
         else:
             assert list(got) == [merged[name] for name in compiled.names]
     assert compiled.processors  # the last statement took the processing way
+
+
+def test_views_differing_in_any_field_are_not_equal() -> None:
+    """The kept link page's key holds the view (daemon.web.context.page): a change in any field of the
+    invitation must give another key, equal views one key (InvitationView's own ``__eq__``/``__hash__``)."""
+    values = dict(
+        id=7, company="Roy", email="a@b.example", invited_by="c@d.example", state="pending", status="pending",
+        created_at=NOW, expires_at=NOW + timedelta(days=30), decided_at=None, firm=None, accepted_by=None,
+        accepted_by_email=None, renewal_requested_at=None, invited_timezone=None,
+    )
+    view = InvitationView.of_link(**values)
+    assert view == InvitationView(**values) and hash(view) == hash(InvitationView(**values))
+    assert {view: 1}.get(InvitationView(**values)) == 1
+    for f in fields(InvitationView):
+        other = InvitationView(**{**values, "url": None, "delivery": None, f.name: "changed"})
+        assert other != view and view != other, f.name
+        assert {(view,): 1}.get((other,)) is None, f.name
+    assert view != object() and view != tuple(vars(view).values())

@@ -7,6 +7,8 @@ link, which now shows the invitation's new state.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
 from daemon.errors import InvalidInput, LinkTampered
@@ -21,16 +23,15 @@ def _token(request: web.Request) -> str:
 
 def _invitation_page(
     request: web.Request, invitation: InvitationView, status: int = 200, error: str | None = None,
-    has_account: bool = True,
+    has_account: bool = True, now: datetime | None = None,
 ) -> web.Response:
     v = visitor(request)
     wrong_account = v.user is not None and v.user.email != invitation.email
-    now = request.app[CABINET].clock.now()
     return page(
         request,
         "invitation.html",
         status=status,
-        now=now,
+        now=now or request.app[CABINET].clock.now(),
         # Signed out, the page is what these show (the invitation as read now, its state included): kept
         # once rendered (``context.page``; ``|deadline``'s "in 47 hours" is followed by ``render_shared``).
         shared_key=(),
@@ -55,8 +56,10 @@ def _invalid_link(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     cabinet = request.app[CABINET]
+    now = cabinet.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
     try:
-        invitation, request[FIRST_OPENING] = await read(request, cabinet.roster.open_invitation_link, _token(request))
+        invitation, request[FIRST_OPENING] = await read(
+            request, cabinet.roster.open_invitation_link, _token(request), now)
     except LinkTampered:
         return _invalid_link(request)
     has_account = True
@@ -68,7 +71,7 @@ async def show(request: web.Request) -> web.Response:
             # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the
             # language stays the browser's, or the switch's, until they sign in).
             speak_to(request, "", invitation.invited_timezone)
-    return _invitation_page(request, invitation, has_account=has_account)
+    return _invitation_page(request, invitation, has_account=has_account, now=now)
 
 
 async def _act(request: web.Request, action: str) -> web.Response:
