@@ -15,14 +15,16 @@ The engine's ``before_cursor_execute`` listeners still hear of each statement (t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
 
 from daemon.prepared import Compiled
+
+T = TypeVar("T")
 
 
 class _Compiled(Compiled):
@@ -64,32 +66,14 @@ class PreparedWrite:
 
     def one(self, connection: Connection, binds: dict[str, Any]) -> Any:
         compiled = self.compiled(connection.dialect)
-        parameters = compiled.parameters(binds)
-        cursor = self._cursor(connection)
-        try:
-            _heard(connection, cursor, compiled.sql, parameters, False)
-            cursor.execute(compiled.sql, parameters)
-            row = cursor.fetchone() if compiled.row is not None else None
-            cursor.close()
-        except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
-            raise  # pragma: no cover - the handler always raises
+        row = _run(connection, compiled.sql, compiled.parameters(binds), False,
+                   _fetch_one if compiled.row is not None else _nothing)
         return None if row is None else compiled.typed(row)
 
     def changed(self, connection: Connection, binds: dict[str, Any]) -> int:
         """A statement without RETURNING: how many rows it changed (the driver's row count)."""
         compiled = self.compiled(connection.dialect)
-        parameters = compiled.parameters(binds)
-        cursor = self._cursor(connection)
-        try:
-            _heard(connection, cursor, compiled.sql, parameters, False)
-            cursor.execute(compiled.sql, parameters)
-            count = int(cursor.rowcount)
-            cursor.close()
-        except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
-            raise  # pragma: no cover - the handler always raises
-        return count
+        return _run(connection, compiled.sql, compiled.parameters(binds), False, _row_count)
 
     def many(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """An executemany of ``rows``; returns the rows changed, all executions summed (as SQLite's and
@@ -97,17 +81,7 @@ class PreparedWrite:
         if not rows:
             return 0
         compiled = self.compiled(connection.dialect)
-        parameters = [compiled.parameters(row) for row in rows]
-        cursor = self._cursor(connection)
-        try:
-            _heard(connection, cursor, compiled.sql, parameters, True)
-            cursor.executemany(compiled.sql, parameters)
-            count = int(cursor.rowcount)
-            cursor.close()
-        except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, compiled.sql, parameters, cursor, None)  # raises
-            raise  # pragma: no cover - the handler always raises
-        return count
+        return _run(connection, compiled.sql, [compiled.parameters(row) for row in rows], True, _row_count)
 
     def rows(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """An INSERT's ``rows`` as ONE statement (a multi-row ``VALUES``), not an executemany; returns its
@@ -125,21 +99,47 @@ class PreparedWrite:
         group = _values_group(compiled)
         parameters = [value for row in rows for value in compiled.parameters(row)]
         sql = compiled.sql.replace(group, ", ".join([group] * len(rows)), 1)
-        cursor = self._cursor(connection)
-        try:
-            _heard(connection, cursor, sql, parameters, False)
-            cursor.execute(sql, parameters)
-            found = cursor.fetchall() if compiled.row is not None else []
-            cursor.close()
-        except connection.dialect.loaded_dbapi.Error as exc:
-            connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
-            raise  # pragma: no cover - the handler always raises
+        found = _run(connection, sql, parameters, False, _fetch_all if compiled.row is not None else _no_rows)
         return [compiled.typed(row) for row in found]
 
-    @staticmethod
-    def _cursor(connection: Connection) -> Any:
-        # The connection's own DBAPI connection: the statement is part of the caller's transaction.
-        return connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, result: Callable[[Any], T]) -> T:
+    """``sql`` on the connection's own DBAPI cursor (the statement is part of the caller's transaction),
+    heard by the engine's listeners; ``result`` reads what it gave before the cursor closes. A driver
+    error goes through the connection's handler, as from ``Connection.execute``."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        _heard(connection, cursor, sql, parameters, executemany)
+        if executemany:
+            cursor.executemany(sql, parameters)
+        else:
+            cursor.execute(sql, parameters)
+        found = result(cursor)
+        cursor.close()
+    except connection.dialect.loaded_dbapi.Error as exc:
+        connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
+        raise  # pragma: no cover - the handler always raises
+    return found
+
+
+def _fetch_one(cursor: Any) -> Any:
+    return cursor.fetchone()
+
+
+def _fetch_all(cursor: Any) -> list[Any]:
+    return cursor.fetchall()
+
+
+def _row_count(cursor: Any) -> int:
+    return int(cursor.rowcount)
+
+
+def _nothing(cursor: Any) -> None:
+    return None
+
+
+def _no_rows(cursor: Any) -> list[Any]:
+    return []
 
 
 def _heard(connection: Connection, cursor: Any, sql: str, parameters: Any, executemany: bool) -> None:

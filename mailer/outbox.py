@@ -18,7 +18,7 @@ import logging
 import random
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -481,26 +481,38 @@ class OutboxWorker:
         starts this when the first renewal is due); if another worker has the email now, stop sending."""
         interval = self._lease.total_seconds() / 3
         while True:
-            try:
-                mine = await asyncio.to_thread(self._renew, claim)
-            except Exception:  # the database may be back before the lease runs out: keep sending
-                log.exception("outbox message %s: could not renew the lease", claim.id)
-                mine = True
-            if not mine:
+            if not await self._renewed(claim):
                 lost.set()
                 sending.cancel()
                 return
             await asyncio.sleep(interval)
 
-    def _keeper(self, claim: _Claim, sending: asyncio.Task[str], lost: asyncio.Event,
+    async def _renewed(self, claim: _Claim) -> bool:
+        """Renew ``claim``'s lease; False if another worker has the email now."""
+        try:
+            return await asyncio.to_thread(self._renew, claim)
+        except Exception:  # the database may be back before the lease runs out: keep sending
+            log.exception("outbox message %s: could not renew the lease", claim.id)
+            return True
+
+    def _keeper(self, keep: Callable[[], Coroutine[Any, Any, None]],
                 started: list[asyncio.Task[None]]) -> asyncio.TimerHandle:
-        """A timer that starts ``_keep_lease`` when the first renewal is due (into ``started``). Nearly every
-        send ends long before: a keeper task per email, started and cancelled at once, was a good part of
-        the worker's event-loop work (a task, its sleep's timer, its cancellation)."""
+        """A timer that starts ``keep()`` (``_keep_lease``, ``_keep_leases``) when the first renewal is due
+        (into ``started``). Nearly every send ends long before: a keeper task per email, started and
+        cancelled at once, was a good part of the worker's event-loop work (a task, its sleep's timer, its
+        cancellation). ``_stop_keeper`` ends both."""
         return asyncio.get_running_loop().call_later(
             self._lease.total_seconds() / 3,
-            lambda: started.append(asyncio.get_running_loop().create_task(self._keep_lease(claim, sending, lost))),
+            lambda: started.append(asyncio.get_running_loop().create_task(keep())),
         )
+
+    @staticmethod
+    async def _stop_keeper(timer: asyncio.TimerHandle, started: list[asyncio.Task[None]]) -> None:
+        timer.cancel()
+        for keeper in started:
+            keeper.cancel()
+        if started:
+            await asyncio.gather(*started, return_exceptions=True)
 
     async def _send(self, claim: _Claim, recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
                     ) -> str | asyncio.Future[bool] | None:
@@ -538,7 +550,7 @@ class OutboxWorker:
         lost = asyncio.Event()
         sending = asyncio.create_task(self._transport.send(claim.envelope_from, [claim.recipient], raw))
         keepers: list[asyncio.Task[None]] = []
-        timer = self._keeper(claim, sending, lost, keepers)
+        timer = self._keeper(lambda: self._keep_lease(claim, sending, lost), keepers)
         error: TransportError | None = None
         try:
             answer = await sending
@@ -548,11 +560,7 @@ class OutboxWorker:
             if not lost.is_set():
                 raise
         finally:
-            timer.cancel()
-            for keeper in keepers:
-                keeper.cancel()
-            if keepers:
-                await asyncio.gather(*keepers, return_exceptions=True)
+            await self._stop_keeper(timer, keepers)
         if lost.is_set():
             return None
         if error is None:
@@ -588,19 +596,11 @@ class OutboxWorker:
                 return results
             lost: set[int] = set()
             keepers: list[asyncio.Task[None]] = []
-            timer = asyncio.get_running_loop().call_later(
-                self._lease.total_seconds() / 3,
-                lambda: keepers.append(asyncio.get_running_loop().create_task(
-                    self._keep_leases([claim for _, claim in ready], lost))),
-            )
+            timer = self._keeper(lambda: self._keep_leases([claim for _, claim in ready], lost), keepers)
             try:
                 answers = await transport.send_batch([(c.envelope_from, [c.recipient], c.raw or b"") for _, c in ready])
             finally:
-                timer.cancel()
-                for keeper in keepers:
-                    keeper.cancel()
-                if keepers:
-                    await asyncio.gather(*keepers, return_exceptions=True)
+                await self._stop_keeper(timer, keepers)
             for (n, claim), answer in zip(ready, answers, strict=True):
                 if claim.id in lost:
                     continue
@@ -618,14 +618,7 @@ class OutboxWorker:
         interval = self._lease.total_seconds() / 3
         while True:
             for claim in claims:
-                if claim.id in lost:
-                    continue
-                try:
-                    mine = await asyncio.to_thread(self._renew, claim)
-                except Exception:  # the database may be back before the lease runs out: keep sending
-                    log.exception("outbox message %s: could not renew the lease", claim.id)
-                    mine = True
-                if not mine:
+                if claim.id not in lost and not await self._renewed(claim):
                     lost.add(claim.id)
             await asyncio.sleep(interval)
 

@@ -26,7 +26,7 @@ from daemon import durable
 from daemon.app import build
 from daemon.config import load_config
 from mailer.maildir import _delivery_order, deliver_many, list_mail, read_raw
-from tests.conftest import Cli, Env, write_config
+from tests.conftest import Cli, Env, send_due_at_once, write_config
 from tests.test_relay import make_cli
 
 class FsyncLog:
@@ -201,15 +201,7 @@ def test_two_workers_and_a_batch_slower_than_the_lease_deliver_each_email_once(t
 
         cabinet.worker._renew = counting
     monkeypatch.setattr(os, "fsync", slow_fsync)
-
-    async def both() -> list[int]:
-        return list(await asyncio.gather(first.worker.send_due(), second.worker.send_due()))
-
-    try:
-        sent = asyncio.run(both())
-    finally:
-        first.close()
-        second.close()
+    sent = send_due_at_once(first, second)
     assert renewals[0] > 0  # the held batches' leases were renewed
     queued = [r[0] for r in env.sql("SELECT message_id FROM outbox")]
     delivered = [str(item.message_id) for item in list_mail(env.maildir)]

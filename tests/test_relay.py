@@ -28,7 +28,7 @@ from daemon.app import Cabinet, build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
 from daemon.service import Service
-from tests.conftest import Cli, Env, FakeClock, free_port, write_config
+from tests.conftest import Cli, Env, FakeClock, free_port, send_due_at_once, write_config
 
 
 class Relay:
@@ -306,15 +306,7 @@ def test_two_workers_and_a_relay_slower_than_the_lease_deliver_each_email_once(
     for n in range(4):
         invite(cli, f"staff{n}@tremblay.example")
     first, second = (build(load_config(env.config_path)) for _ in range(2))
-
-    async def both() -> list[int]:
-        return list(await asyncio.gather(first.worker.send_due(), second.worker.send_due()))
-
-    try:
-        sent = asyncio.run(both())
-    finally:
-        first.close()
-        second.close()
+    sent = send_due_at_once(first, second)
     queued = [r[0] for r in env.sql("SELECT message_id FROM outbox")]
     assert Counter(relay.message_ids()) == Counter(queued)  # each Message-ID exactly once
     assert sum(sent) == 4 and all(sent)  # both took part
