@@ -115,10 +115,14 @@ def list_mail(path: Path, to: str | None = None) -> list[StoredMail]:
     return sorted(items, key=lambda item: (item.date, _delivery_order(item.id)))
 
 
-def _delivery_order(key: str) -> tuple[int, int, str]:
-    """Maildir keys start "<seconds>.M<microseconds>…", unpadded: compare the numbers, not the text."""
-    match = re.match(r"(\d+)\.M(\d+)", key)
-    return (int(match.group(1)), int(match.group(2)), key) if match else (0, 0, key)
+def _delivery_order(key: str) -> tuple[int, int, int, str]:
+    """Maildir keys start "<seconds>.M<microseconds>P<pid>Q<count>…", unpadded: compare the numbers, not
+    the text. A batch's files can share their microsecond; then the process's delivery count orders them
+    (as text, "Q100" would come before "Q99")."""
+    match = re.match(r"(\d+)\.M(\d+)(?:P\d+Q(\d+))?", key)
+    if match is None:
+        return (0, 0, 0, key)
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3) or 0), key)
 
 
 def read_raw(path: Path, key: str) -> bytes:

@@ -82,6 +82,16 @@ def test_a_batch_is_synced_file_by_file_then_its_names_once(env: Env, fsyncs: Fs
     assert sorted(map(str, keys), key=_delivery_order) == keys
 
 
+def test_files_sharing_a_microsecond_keep_their_delivery_order() -> None:
+    # A batch writes its names within one microsecond on a fast machine: the delivery count then orders
+    # them, as a number (the run that found this had Q99 listed after Q100).
+    keys = ["1796097148.M193595P2815Q99.vm", "1796097148.M193595P2815Q100.vm", "1796097148.M193596P2815Q7.vm",
+            "1796097149.M5P2815Q8.vm"]
+    assert sorted(reversed(keys), key=_delivery_order) == keys
+    # A name Cabinet did not write sorts first, by its text, and breaks nothing.
+    assert sorted(["b", "a", *keys], key=_delivery_order) == ["a", "b", *keys]
+
+
 def test_one_file_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     folder, staging = tmp_path / "new", tmp_path / "tmp"
     folder.mkdir()
