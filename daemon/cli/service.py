@@ -40,14 +40,16 @@ def init(state: CliState, new_signing_key: bool) -> None:
 def _freeze_heap() -> int:
     """Move every object alive now out of the collector's sight (``gc.freeze``); returns how many.
 
-    Once serving, the heap is ~100k tracked objects (the app, SQLAlchemy's metadata and
+    Once serving, the heap is ~105k tracked objects (the app, SQLAlchemy's metadata and
     compiled statements, the templates), nearly all kept for the process's life. A full
-    collection walks them all: 45-60 ms of CPU measured, stalling the one event loop and
-    every request in flight. Accepts promote ~4 objects each to the oldest generation, so
-    one comes every ~7,000 accepts. Frozen, that heap is skipped and a full collection walks
-    only what came after. Young collections are left as they are (threshold 700): in the
-    bench's rounds they take 0.3% of a link GET's CPU and 0.9% of an accept's, and no full
-    collection ran. Collected first, so start-up garbage is freed rather than kept for good.
+    collection walks them all: 45-60 ms of CPU (measured on a loaded machine), stalling the
+    one event loop and every request in flight. In the bench's accept rounds ~4 objects per
+    accept reached the oldest generation, which at that heap makes one full collection per
+    ~7,000 accepts. Frozen, the heap is skipped: a full collection walks only the ~16k objects
+    left after the bench (and comes more often, as its trigger is a quarter of what it walks).
+    Young collections are left as they are (threshold 700): in the bench's rounds they take
+    0.3% of a link GET's CPU and under 1% of an accept's, and no full collection ran there.
+    Collected first, so start-up garbage is freed rather than kept for good. No fork follows.
     """
     gc.unfreeze()  # a reload: what the replaced templates held becomes collectable again
     gc.collect()
