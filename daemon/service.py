@@ -27,6 +27,7 @@ from daemon.metrics import Metrics
 from daemon.arrivals import Arrivals
 from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app, make_metrics_app
+from daemon.web.access_log import AccessLine
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,7 @@ class Service:
         self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock, self.cabinet.worker.stats)
         app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
         self._runner = web.AppRunner(
-            app, access_log=logging.getLogger("aiohttp.access"), shutdown_timeout=5.0,
-            access_log_format='%a "%r" %s %b %Tfs',
+            app, access_log=logging.getLogger("aiohttp.access"), access_log_class=AccessLine, shutdown_timeout=5.0,
         )
         await self._runner.setup()
         host, port = listen_address(config.http.listen, "[http] listen")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import signal
@@ -36,10 +37,31 @@ def init(state: CliState, new_signing_key: bool) -> None:
     click.echo(f"Cabinet is ready in {state.config.storage.data_dir}. Next: cabinet serve")
 
 
+def _freeze_heap() -> int:
+    """Move every object alive now out of the collector's sight (``gc.freeze``); returns how many.
+
+    Once serving, the heap is ~105k tracked objects (the app, SQLAlchemy's metadata and
+    compiled statements, the templates), nearly all kept for the process's life. A full
+    collection walks them all: 45-60 ms of CPU (measured on a loaded machine), stalling the
+    one event loop and every request in flight. In the bench's accept rounds ~4 objects per
+    accept reached the oldest generation, which at that heap makes one full collection per
+    ~7,000 accepts. Frozen, the heap is skipped: a full collection walks only the ~16k objects
+    left after the bench (and comes more often, as its trigger is a quarter of what it walks).
+    Young collections are left as they are (threshold 700): in the bench's rounds they take
+    0.3% of a link GET's CPU and under 1% of an accept's, and no full collection ran there.
+    Collected first, so start-up garbage is freed rather than kept for good. No fork follows.
+    """
+    gc.unfreeze()  # a reload: what the replaced templates held becomes collectable again
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def _reload(state: CliState, service: Service) -> None:
     """SIGHUP: re-read what can change without a restart (templates, log level)."""
     log = logging.getLogger("daemon.service")
     service.reload()
+    log.info("heap frozen again after the reload: %d objects", _freeze_heap())
     try:
         fresh = load_config(state.config.source)
     except CabinetError as exc:
@@ -60,6 +82,8 @@ async def _serve(state: CliState, service: Service) -> None:
     except BaseException:
         await service.stop()
         raise
+    logging.getLogger("daemon.service").info("start-up heap frozen: %d objects the collector no longer walks",
+                                             _freeze_heap())
     await stop.wait()
     logging.getLogger(__name__).info("stopping: finishing in-flight work")
     await service.stop()
