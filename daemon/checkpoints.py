@@ -6,41 +6,52 @@ group writer waits. Measured in `./bench/run.sh --only accept` (300 accepts a ro
 connections): about one group commit in 24 ran one, taking a median 13 ms (up to 165 ms) against
 2.5 ms for the others.
 
-Here the writer's connection has ``wal_autocheckpoint=0`` and, after each group, says how big the
-WAL file is (a ``stat``). Past ``bound`` this thread wakes and runs a PASSIVE checkpoint on its own
-connection: it copies what no reader still needs and takes no lock the writer or a reader waits for.
-Once everything is copied it tries a TRUNCATE without waiting (busy_timeout 0): that holds the write
-lock only to empty the file, and fails at once, to be retried, while a group or a reader is in the
-WAL. An emptied file restarts from nothing, so its size is the WAL's content and the bound holds.
+Here the writer's connections have ``wal_autocheckpoint=0``. After each group the writer reads how far
+the WAL goes and how much of it is copied (the wal-index header, below) and, ``bound`` pages past the
+copied mark, wakes this thread, which runs a PASSIVE checkpoint on its own connection: it copies what
+no reader still needs and takes no lock the writer or a reader waits for. Once everything is copied,
+the writer's next transaction starts the WAL over from its beginning (SQLite does that), so the file
+is reused, not grown: its writes stay overwrites, whose fsync is cheaper than an append's. (An earlier
+version emptied the file after each checkpoint, TRUNCATE: every commit then appended to it.)
 
-A writer that never pauses could keep a PASSIVE checkpoint from ever catching up. Past ``limit``
-(four times the bound) the writer itself checkpoints (TRUNCATE, waiting for readers) before its next
-group: SQLite's own behaviour, kept as the backstop, so the WAL stays bounded whatever the thread
-manages. Readers never keep a read transaction past a turn of the loop (``daemon.reads``), so they
-cannot hold a checkpoint back for long.
+A writer that never pauses can keep the WAL from starting over: the thread copies, but new pages
+arrive before the writer's next transaction begins. Past ``limit`` pages (four bounds) the writer
+itself checkpoints (PASSIVE, after the thread's) before its next group, as SQLite would have: the
+backstop that keeps the WAL bounded whatever the thread manages. Its file is also cut back to the
+limit when it starts over after a spike (``journal_size_limit``). Readers never keep a read
+transaction past a turn of the loop (``daemon.reads``), so they cannot hold a checkpoint back for long.
 
-A checkpoint only copies committed pages; a failed one (disk full, I/O error) leaves the WAL as it was,
-which SQLite reads from and recovers after a crash: it is logged and tried again. ``close`` stops the
-thread and checkpoints everything (TRUNCATE), so a stopped server leaves the whole database in its file.
+A checkpoint only copies committed pages; a failed one (disk full, I/O error) leaves the WAL as it
+was, which SQLite reads from and recovers after a crash: it is logged and tried again. ``close`` stops
+the thread and checkpoints everything (TRUNCATE), so a stopped server leaves the whole database in
+its file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import struct
 import threading
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-BOUND = 4 * 1024 * 1024  # bytes of WAL file: SQLite's own 1,000 pages of 4 KiB
-LIMIT_FACTOR = 4  # past this many bounds the writer checkpoints itself
+BOUND = 1000  # pages in the WAL not yet copied that wake the thread: SQLite's own automatic mark
+LIMIT_FACTOR = 4  # pages in the WAL, in bounds, past which the writer checkpoints itself
 RETRY = 1.0  # seconds: how often the thread looks without being woken, and waits after a failure
-AGAIN = 0.05  # seconds before another try when the WAL could not be emptied (a group or reader in it)
 CLOSE_WAIT_MS = 5000  # the final checkpoint waits this long for a reader to finish
+FRAME_HEADER = 24  # bytes before each page in the WAL file (https://www.sqlite.org/fileformat.html)
 
-# Set on a pooled connection once it has had autocheckpoint turned off (the pool keeps it per connection).
+# The wal-index header at the start of the -shm file (https://www.sqlite.org/walformat.html, 2.2.1),
+# in the machine's byte order: mxFrame, the WAL's last valid page, at byte 16; nBackfill, the last
+# page copied into the database file, at byte 96. Read without a lock it may be torn mid-update:
+# it only decides when to wake the thread, never what a checkpoint does.
+WAL_INDEX = struct.Struct("=16xI76xI")
+
+# Set on a pooled connection once the writer has taken it over (the pool keeps it per connection).
 ADOPTED = "cabinet_background_checkpoints"
 
 
@@ -54,82 +65,86 @@ class Checkpointer:
         self.limit = limit if limit is not None else bound * LIMIT_FACTOR
         self.overdue = False  # the WAL passed ``limit``: the writer checkpoints before its next group
         self.runs = 0  # checkpoints the thread ran
-        self.emptied = 0  # of which emptied the WAL file
         self.writer_runs = 0  # checkpoints the writer ran (the thread fell behind)
         self.failures = 0
+        self._checkpointing = threading.Lock()  # one checkpoint at a time here: SQLite would say "busy"
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._connection: sqlite3.Connection | None = None
+        self._connection: sqlite3.Connection | None = self._open()
+        self.page_size = int(self._connection.execute("PRAGMA page_size").fetchone()[0])
+        # Opened once the connection has read the database, which makes SQLite create the file.
+        self._index = os.open(database + "-shm", os.O_RDONLY)
         self._thread = threading.Thread(target=self._run, name="cabinet-checkpoints", daemon=True)
         self._thread.start()
+
+    def pages(self) -> tuple[int, int]:
+        """The WAL's pages and how many of them are copied into the database file."""
+        try:
+            return WAL_INDEX.unpack(os.pread(self._index, WAL_INDEX.size, 0))  # type: ignore[return-value]
+        except (OSError, struct.error):  # must never fail the writer's group that asks
+            return 0, 0
 
     def wal_size(self) -> int:
         try:
             return self._wal.stat().st_size
-        except OSError:  # none yet; or unreadable, which must never fail the writer's group that asks
+        except OSError:
             return 0
 
     def adopt(self, connection: Any) -> None:
         """Turn off SQLite's own checkpoints on a pooled connection the writer took (once per connection)."""
         record = connection.connection
         if not record.info.get(ADOPTED):
-            record.driver_connection.execute("PRAGMA wal_autocheckpoint=0")
+            driver = record.driver_connection
+            driver.execute("PRAGMA wal_autocheckpoint=0")
+            driver.execute(f"PRAGMA journal_size_limit={self.limit * (self.page_size + FRAME_HEADER)}")
             record.info[ADOPTED] = True
 
     def committed(self) -> None:
         """After a group's COMMIT (the writer's thread): wake the thread past the bound; past the limit,
         have the writer checkpoint before its next group."""
-        size = self.wal_size()
-        if size >= self.bound:
+        pages, copied = self.pages()
+        if pages - copied >= self.bound:
             self._wake.set()
-            self.overdue = size >= self.limit
+        if pages >= self.limit:
+            self.overdue = True
 
     def catch_up(self, connection: Any) -> None:
         """The writer's backstop, between groups on its own connection (no transaction open): copy
-        everything and empty the WAL, waiting for readers (its busy_timeout)."""
+        everything, after the thread's checkpoint if one is running; its next BEGIN starts the WAL over."""
         self.overdue = False
-        try:
-            connection.connection.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            self.writer_runs += 1
-        except sqlite3.Error as exc:
-            self.failures += 1
-            log.warning("WAL checkpoint by the writer failed (tried again past the limit): %s", exc)
+        with self._checkpointing:
+            try:
+                connection.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.writer_runs += 1
+            except sqlite3.Error as exc:
+                self.failures += 1
+                log.warning("WAL checkpoint by the writer failed (tried again past the limit): %s", exc)
 
     def _open(self) -> sqlite3.Connection:
-        if self._connection is None:
-            # mode=rw: never create a database; timeout=0: a checkpoint that would wait gives up instead.
-            connection = sqlite3.connect(f"file:{self.database}?mode=rw", uri=True, timeout=0,
-                                         isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA synchronous=FULL")  # the database file is fsynced after each checkpoint
-            self._connection = connection
-        return self._connection
-
-    def _checkpoint(self) -> bool:
-        """PASSIVE, then TRUNCATE if everything was copied; whether the WAL file was emptied."""
-        connection = self._open()
-        busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self.runs += 1
-        if busy or frames != copied:
-            return False
-        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            return False
-        self.emptied += 1
-        return True
+        # mode=rw: never create a database; timeout=0: a checkpoint never waits, it copies what it can.
+        connection = sqlite3.connect(f"file:{self.database}?mode=rw", uri=True, timeout=0,
+                                     isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA synchronous=FULL")  # the database file is fsynced after each checkpoint
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return connection
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(RETRY)
             self._wake.clear()
-            if self._stopping.is_set() or self.wal_size() < self.bound:
+            pages, copied = self.pages()
+            if self._stopping.is_set() or pages - copied < self.bound:
                 continue
             try:
-                if not self._checkpoint():
-                    self._stopping.wait(AGAIN)
+                with self._checkpointing:
+                    if self._connection is None:
+                        self._connection = self._open()
+                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
             except sqlite3.Error as exc:
                 self.failures += 1
                 log.warning("WAL checkpoint failed (tried again in %.0f s): %s", RETRY, exc)
-                self._drop()
+                self._drop()  # a connection that failed may stay failed (an I/O error): the next opens afresh
                 self._stopping.wait(RETRY)
 
     def _drop(self) -> None:
@@ -141,18 +156,20 @@ class Checkpointer:
             self._connection = None
 
     def close(self) -> None:
-        """Stop the thread, then checkpoint everything (the writer has stopped writing)."""
+        """Stop the thread, then checkpoint everything and empty the WAL (the writer has stopped writing)."""
         self._stopping.set()
         self._wake.set()
         self._thread.join()
         try:
-            connection = self._open()
-            connection.execute(f"PRAGMA busy_timeout={CLOSE_WAIT_MS}")
-            busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if self._connection is None:
+                self._connection = self._open()
+            self._connection.execute(f"PRAGMA busy_timeout={CLOSE_WAIT_MS}")
+            busy, pages, copied = self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if busy:
-                log.warning("final WAL checkpoint: %s of %s pages copied, a reader still in the WAL", copied, frames)
+                log.warning("final WAL checkpoint: %s of %s pages copied, a reader still in the WAL", copied, pages)
         except sqlite3.Error as exc:
             # The WAL stays as it is: SQLite reads it, and checkpoints it when the database is next opened.
             log.warning("final WAL checkpoint failed: %s", exc)
         finally:
             self._drop()
+            os.close(self._index)

@@ -179,9 +179,9 @@ class GroupWriter:
         self._checkpoints: Checkpointer | None = None
 
     def checkpoint_in_background(self, bound: int | None = None, limit: int | None = None) -> Checkpointer | None:
-        """Take WAL checkpoints out of this writer's COMMITs, onto a thread (``daemon.checkpoints``), until
-        ``close``: `cabinet serve`, where accepts queue behind the writer. Short-lived commands keep SQLite's
-        own. None for an in-memory database (no WAL)."""
+        """Take WAL checkpoints out of this writer's COMMITs, onto a thread (``daemon.checkpoints``; ``bound``
+        and ``limit`` in pages), until ``close``: `cabinet serve`, where accepts queue behind the writer.
+        Short-lived commands keep SQLite's own. None for an in-memory database (no WAL)."""
         from daemon.checkpoints import BOUND, Checkpointer
 
         database = self._engine.url.database
