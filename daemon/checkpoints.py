@@ -12,7 +12,9 @@ copied mark, wakes this thread, which runs a PASSIVE checkpoint on its own conne
 no reader still needs and takes no lock the writer or a reader waits for. Once everything is copied,
 the writer's next transaction starts the WAL over from its beginning (SQLite does that), so the file
 is reused, not grown: its writes stay overwrites, whose fsync is cheaper than an append's. (An earlier
-version emptied the file after each checkpoint, TRUNCATE: every commit then appended to it.)
+version emptied the file after each checkpoint, TRUNCATE: every commit then appended to it.) The
+writer keeps adding pages while a checkpoint runs, so until the WAL starts over each commit wakes the
+thread again to copy the few new pages, and a pause of the writer's finds them all copied.
 
 A writer that never pauses can keep the WAL from starting over: the thread copies, but new pages
 arrive before the writer's next transaction begins. Past ``limit`` pages (four bounds) the writer
@@ -99,11 +101,16 @@ class Checkpointer:
             driver.execute(f"PRAGMA journal_size_limit={self.limit * (self.page_size + FRAME_HEADER)}")
             record.info[ADOPTED] = True
 
+    def due(self, pages: int, copied: int) -> bool:
+        """Whether the thread has work: ``bound`` pages not yet copied; or, once the WAL is past the bound,
+        any, so that it is all copied in a pause of the writer's (then its next transaction starts it over)."""
+        return pages - copied >= self.bound or (pages >= self.bound and copied < pages)
+
     def committed(self) -> None:
-        """After a group's COMMIT (the writer's thread): wake the thread past the bound; past the limit,
+        """After a group's COMMIT (the writer's thread): wake the thread when it has work; past the limit,
         have the writer checkpoint before its next group."""
         pages, copied = self.pages()
-        if pages - copied >= self.bound:
+        if self.due(pages, copied):
             self._wake.set()
         if pages >= self.limit:
             self.overdue = True
@@ -132,8 +139,7 @@ class Checkpointer:
         while not self._stopping.is_set():
             self._wake.wait(RETRY)
             self._wake.clear()
-            pages, copied = self.pages()
-            if self._stopping.is_set() or pages - copied < self.bound:
+            if self._stopping.is_set() or not self.due(*self.pages()):
                 continue
             try:
                 with self._checkpointing:
