@@ -5,9 +5,12 @@ again and loses nothing, and closing leaves every row in the database file itsel
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -133,6 +136,47 @@ def test_a_failed_checkpoint_is_logged_and_tried_again(engine: Engine, tmp_path:
     wait_until(lambda: checkpoints.runs > 0, what="the checkpoint to be tried again")
     assert rows_in_file_alone(engine, tmp_path) == 40  # every row copied once the file took writes again
     writer.close()
+
+
+# A process that writes a row at a time through the group writer, checkpoints on their thread every
+# 16 pages, and prints each row's id once its COMMIT returned (acknowledged).
+WRITER_PROCESS = """
+import sys
+from daemon import db
+writer = db.GroupWriter(db.make_engine(sys.argv[1]))
+writer.checkpoint_in_background(bound=16)
+number = 0
+while True:
+    number += 1
+    with writer.core_unit() as connection:
+        connection.exec_driver_sql("INSERT INTO item (id, body) VALUES (?, randomblob(6000))", (number,))
+    print(number, flush=True)
+"""
+
+
+def test_sigkill_while_checkpointing_loses_no_acknowledged_row(engine: Engine) -> None:
+    database = database_file(engine)
+    empty = database.stat().st_size
+    engine.dispose()
+    child = subprocess.Popen([sys.executable, "-c", WRITER_PROCESS, str(engine.url)], stdout=subprocess.PIPE,
+                             text=True, cwd=Path(__file__).parent.parent)
+    acknowledged: list[int] = []
+    try:
+        assert child.stdout is not None
+        # Killed once checkpoints have been copying into the database file for a while.
+        while len(acknowledged) < 200 or database.stat().st_size <= empty:
+            line = child.stdout.readline()
+            assert line, f"the writing process ended (exit {child.poll()})"
+            acknowledged.append(int(line))
+        os.kill(child.pid, signal.SIGKILL)
+        acknowledged += [int(line) for line in child.stdout.read().split()]
+    finally:
+        child.kill()
+        child.wait()
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        stored = {row[0] for row in connection.execute("SELECT id FROM item")}
+    assert set(acknowledged) <= stored
 
 
 def test_serve_checkpoints_in_the_background_and_commands_keep_sqlites_own(
