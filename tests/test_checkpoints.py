@@ -101,6 +101,31 @@ def test_the_wal_stays_bounded_under_a_stream_of_writes(engine: Engine) -> None:
     writer.close()
 
 
+def test_the_writer_copies_what_the_thread_left_and_the_wal_starts_over(engine: Engine) -> None:
+    writer = db.GroupWriter(engine)
+    checkpoints = writer.checkpoint_in_background(bound=16, limit=HUGE)
+    assert checkpoints is not None
+    write_stream(writer, 4, threads=1)
+    # A reader's snapshot: the thread's checkpoint cannot copy past it, as it cannot copy the pages a
+    # writer adds while it runs.
+    reader = sqlite3.connect(database_file(engine), isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM item").fetchone()
+    write_stream(writer, 12, threads=1)
+    # The thread copied what it could and left the rest to the writer.
+    wait_until(lambda: checkpoints.overdue, what="the thread to checkpoint as far as the reader lets it")
+    pages, copied = checkpoints.pages()
+    assert copied < pages
+    reader.execute("COMMIT")
+    reader.close()
+    write_stream(writer, 1, threads=1)
+    # The writer copied the rest before that unit's group, which started the WAL over: only its pages.
+    assert checkpoints.pages()[0] < 8
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM item").scalar() == 17
+    writer.close()
+
+
 def test_closing_checkpoints_everything_into_the_database_file(engine: Engine, tmp_path: Path) -> None:
     writer = db.GroupWriter(engine)
     checkpoints = writer.checkpoint_in_background(bound=HUGE, limit=HUGE)
