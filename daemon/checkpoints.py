@@ -3,8 +3,8 @@
 SQLite checkpoints by itself inside the COMMIT that takes the WAL past 1,000 pages: that COMMIT
 copies the WAL's pages into the database file and fsyncs it while every write queued behind the
 group writer waits. Measured in `./bench/run.sh --only accept` (300 accepts a round, 16
-connections): about one group commit in 24 ran one, taking a median 13 ms (up to 165 ms) against
-2.5 ms for the others.
+connections, ten runs): 6-7 of a run's ~145 group commits ran one, a median 11 ms (up to 165 ms)
+against 2.7 ms for all of them.
 
 Here the writer's connections have ``wal_autocheckpoint=0``. After each group the writer reads how far
 the WAL goes and how much of it is copied (the wal-index header, below) and, ``bound`` pages past the
@@ -18,10 +18,10 @@ The writer keeps adding pages while the thread copies, and the WAL starts over o
 when a transaction begins. So when the thread finishes with pages left, the writer copies those (a
 group's or two, where SQLite's own checkpoint copied a thousand) before its next group. (Having
 the thread chase them after each commit instead ran up to 360 checkpoints, two fsyncs each, where
-SQLite ran about 8.) Past ``limit`` pages (four bounds), whatever the thread manages, the writer
+SQLite's own ran 22.) Past ``limit`` pages (four bounds), whatever the thread manages, the writer
 copies what is left too: the WAL stays bounded. Its file is cut back to the limit when it starts
-over after a spike (``journal_size_limit``). Readers never keep a read
-transaction past a turn of the loop (``daemon.reads``), so they cannot hold a checkpoint back for long.
+over after a spike (``journal_size_limit``). Readers never keep a read transaction past a turn of
+the loop (``daemon.reads``), so they cannot hold a checkpoint back for long.
 
 A checkpoint only copies committed pages; a failed one (disk full, I/O error) leaves the WAL as it
 was, which SQLite reads from and recovers after a crash: it is logged and tried again. ``close`` stops
