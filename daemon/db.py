@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
     from sqlalchemy.orm import Session, sessionmaker
 
+    from daemon.checkpoints import Checkpointer
     from daemon.reads import ReadConnections
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -175,11 +176,31 @@ class GroupWriter:
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._group: _Group | None = None
+        self._checkpoints: Checkpointer | None = None
+
+    def checkpoint_in_background(self, bound: int | None = None, limit: int | None = None) -> Checkpointer | None:
+        """Take WAL checkpoints out of this writer's COMMITs, onto a thread (``daemon.checkpoints``; ``bound``
+        and ``limit`` in pages), until ``close``: `cabinet serve`, where accepts queue behind the writer.
+        Short-lived commands keep SQLite's own. None for an in-memory database (no WAL)."""
+        from daemon.checkpoints import BOUND, Checkpointer
+
+        database = self._engine.url.database
+        if database in (None, "", ":memory:"):
+            return None
+        with self._lock:
+            if self._checkpoints is None:
+                self._checkpoints = Checkpointer(database, bound or BOUND, limit)
+        return self._checkpoints
 
     def _begin(self) -> tuple[Connection, _Group]:
+        checkpoints = self._checkpoints
         if self._connection is None or self._connection.closed:
             self._connection = self._engine.connect().execution_options(**WRITE)
+            if checkpoints is not None:
+                checkpoints.adopt(self._connection)
         if self._group is None:
+            if checkpoints is not None and checkpoints.overdue:  # the thread fell behind: SQLite's way, once
+                checkpoints.catch_up(self._connection)
             self._transaction = self._connection.begin()  # BEGIN IMMEDIATE (see _sqlite_begin)
             self._group = _Group()
         return self._connection, self._group
@@ -195,6 +216,8 @@ class GroupWriter:
             if lost is not None:
                 raise lost
             transaction.commit()
+            if self._checkpoints is not None:
+                self._checkpoints.committed()
         except BaseException as exc:
             group.error = exc
             try:
@@ -303,6 +326,10 @@ class GroupWriter:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+            # After the last group: everything into the database file, the WAL emptied.
+            checkpoints, self._checkpoints = self._checkpoints, None
+            if checkpoints is not None:
+                checkpoints.close()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -324,6 +351,13 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 def read_connections(sessions: sessionmaker[Session]) -> ReadConnections:
     """The kept connections of Cabinet's session factory for one-statement reads (``PreparedRead``)."""
     return cast("ReadConnections", sessions.reads)  # type: ignore[attr-defined]
+
+
+def checkpoint_in_background(sessions: sessionmaker[Session]) -> Checkpointer | None:
+    """SQLite: WAL checkpoints on a thread of their own until the sessions close (``GroupWriter``); None
+    on PostgreSQL, which has no WAL file to keep small here."""
+    writer = getattr(sessions, "writer", None)
+    return writer.checkpoint_in_background() if writer is not None else None
 
 
 def close_sessions(sessions: sessionmaker[Session]) -> None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
 from daemon.config import listen_address
-from daemon.db import POSTGRESQL_ENGINE_OPTIONS, SQLITE_THREADS
+from daemon.db import POSTGRESQL_ENGINE_OPTIONS, SQLITE_THREADS, checkpoint_in_background
 from daemon.errors import ConfigError
 from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
@@ -112,6 +112,9 @@ class Service:
         if config.is_sqlite:
             self._lock = InstanceLock(config.storage.data_dir / "serve.lock")
             self._lock.acquire(config.database_url)
+            # The writer's COMMITs no longer copy the WAL into the database file (until Cabinet.close):
+            # a thread does (daemon/checkpoints.py).
+            checkpoint_in_background(self.cabinet.sessions)
         self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock, self.cabinet.worker.stats)
         app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
         self._runner = web.AppRunner(
