@@ -82,6 +82,19 @@ def test_a_batch_is_synced_file_by_file_then_its_names_once(env: Env, fsyncs: Fs
     assert sorted(map(str, keys), key=_delivery_order) == keys
 
 
+def test_one_file_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
+    folder, staging = tmp_path / "new", tmp_path / "tmp"
+    folder.mkdir()
+    staging.mkdir()
+    (folder / "taken").write_bytes(b"already here")
+    results = durable.write_new_files(folder, [("a", b"one"), ("taken", b"two"), ("b", b"three")], tmp_dir=staging)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], FileExistsError)
+    assert (folder / "a").read_bytes() == b"one" and (folder / "b").read_bytes() == b"three"
+    assert (folder / "taken").read_bytes() == b"already here"  # never replaced
+    assert os.listdir(staging) == []  # no temporary file left, the failed one's included
+
+
 def test_a_batch_cut_short_delivers_the_emails_before_the_cut_and_syncs_their_names(env: Env,
                                                                                      fsyncs: FsyncLog) -> None:
     """``cut_short`` (the outbox worker's: an accept came in) is asked before each email but the first; once
@@ -102,19 +115,6 @@ def test_a_batch_cut_short_delivers_the_emails_before_the_cut_and_syncs_their_na
     assert sorted(os.listdir(env.maildir / "new")) == sorted(map(str, keys))
     assert os.listdir(env.maildir / "tmp") == []
     assert [seen for path, seen in fsyncs.calls if path == env.maildir / "new"] == [sorted(map(str, keys))]
-
-
-def test_one_file_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
-    folder, staging = tmp_path / "new", tmp_path / "tmp"
-    folder.mkdir()
-    staging.mkdir()
-    (folder / "taken").write_bytes(b"already here")
-    results = durable.write_new_files(folder, [("a", b"one"), ("taken", b"two"), ("b", b"three")], tmp_dir=staging)
-    assert results[0] is None and results[2] is None
-    assert isinstance(results[1], FileExistsError)
-    assert (folder / "a").read_bytes() == b"one" and (folder / "b").read_bytes() == b"three"
-    assert (folder / "taken").read_bytes() == b"already here"  # never replaced
-    assert os.listdir(staging) == []  # no temporary file left, the failed one's included
 
 
 def engine_write(env: Env, query: str, **params: Any) -> None:
