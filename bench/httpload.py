@@ -4,10 +4,14 @@ wrk repeats requests for a fixed duration; an accept must be sent once per
 invitation, so this sends a finite list over N keep-alive connections, on raw
 asyncio streams (fast enough that one core of load outruns the ceiling).
 
-    python -m bench.httpload BASE_URL REQUESTS.txt CONNECTIONS
+    python -m bench.httpload BASE_URL REQUESTS.txt CONNECTIONS [TIMES.tsv]
 
 REQUESTS.txt has the lines ``bench/requests.lua`` reads. Prints one JSON line:
-count, elapsed, rate, p50, p99 (seconds) and the status codes seen.
+count, elapsed, rate, p50, p99 (seconds) and the status codes seen. TIMES.tsv,
+if given, gets a line per request: its connection, its number on that
+connection, when it was sent and when its answer was read (``time.monotonic``,
+the clock a server on the same machine can log on too), and its status: where
+in a round the slow ones fall.
 """
 
 from __future__ import annotations
@@ -49,9 +53,14 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+# One request's connection, its number on it, when it was sent and answered (monotonic seconds), its status.
+Timing = tuple[int, int, float, float, int]
+
+
 async def _connection(host: str, port: int, origin: str, queue: asyncio.Queue[tuple[str, str, str, str]],
-                      latencies: list[float], codes: Counter[int]) -> None:
+                      latencies: list[float], codes: Counter[int], timings: list[Timing], number: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
+    sent = 0
     while True:
         try:
             method, path, body, cookie = queue.get_nowait()
@@ -64,24 +73,30 @@ async def _connection(host: str, port: int, origin: str, queue: asyncio.Queue[tu
             head.append(f"Cookie: {cookie}")
         if method == "POST":
             head += ["Content-Type: application/x-www-form-urlencoded", f"Origin: {origin}", "Sec-Fetch-Site: same-origin"]
-        started = time.perf_counter()
+        started = time.monotonic()
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-        codes[await _read_response(reader)] += 1
-        latencies.append(time.perf_counter() - started)
+        status = await _read_response(reader)
+        answered = time.monotonic()
+        codes[status] += 1
+        latencies.append(answered - started)
+        timings.append((number, sent, started, answered, status))
+        sent += 1
     writer.close()
 
 
-async def run(base_url: str, lines: list[tuple[str, str, str, str]], connections: int) -> dict[str, object]:
+async def run(base_url: str, lines: list[tuple[str, str, str, str]], connections: int,
+              timings: list[Timing] | None = None) -> dict[str, object]:
     url = urlsplit(base_url)
     queue: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue()
     for line in lines:
         queue.put_nowait(line)
     latencies: list[float] = []
     codes: Counter[int] = Counter()
-    started = time.perf_counter()
-    await asyncio.gather(*(_connection(url.hostname or "127.0.0.1", url.port or 80, base_url, queue, latencies, codes)
-                           for _ in range(connections)))
-    elapsed = time.perf_counter() - started
+    timings = [] if timings is None else timings
+    started = time.monotonic()
+    await asyncio.gather(*(_connection(url.hostname or "127.0.0.1", url.port or 80, base_url, queue, latencies, codes,
+                                       timings, n) for n in range(connections)))
+    elapsed = time.monotonic() - started
     return {"count": len(latencies), "elapsed": elapsed, "rate": len(latencies) / elapsed,
             "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
             "codes": {str(k): v for k, v in codes.items()}}
@@ -94,7 +109,11 @@ def main(argv: list[str]) -> None:
         for raw in handle:
             method, path, body, cookie = raw.rstrip("\n").split("\t", 3)
             lines.append((method, path, body, cookie))
-    print(json.dumps(asyncio.run(run(base_url, lines, connections))))
+    timings: list[Timing] = []
+    print(json.dumps(asyncio.run(run(base_url, lines, connections, timings))))
+    if len(argv) > 3:
+        with open(argv[3], "w", encoding="utf-8") as handle:
+            handle.writelines("\t".join(map(str, timing)) + "\n" for timing in timings)
 
 
 if __name__ == "__main__":

@@ -143,10 +143,12 @@ def wrk(base_url: str, requests_file: Path, connections: int, duration: float) -
     return Sample(rate, p50, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0), count)
 
 
-def httpload(base_url: str, requests_file: Path, connections: int) -> Sample:
-    """Each request of the file exactly once (an accept per invitation), over keep-alive connections."""
+def httpload(base_url: str, requests_file: Path, connections: int, times: Path | None = None) -> Sample:
+    """Each request of the file exactly once (an accept per invitation), over keep-alive connections;
+    ``times``: where each request's send and answer times go (``bench.httpload``)."""
     out = subprocess.run(
-        pinned(LOAD_CPU, [sys.executable, "-m", "bench.httpload", base_url, str(requests_file), str(connections)]),
+        pinned(LOAD_CPU, [sys.executable, "-m", "bench.httpload", base_url, str(requests_file), str(connections),
+                          *([str(times)] if times else [])]),
         capture_output=True, text=True, check=True,
     ).stdout
     result = json.loads(out)
@@ -229,12 +231,13 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
             def run_cabinet(r: int) -> Sample:
                 paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"accept-{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
-                return httpload(inst.base_url, requests, 16)
+                return httpload(inst.base_url, requests, 16, args.times and args.times / f"accept-{r}.tsv")
 
             def run_ceiling(r: int) -> Sample:
                 paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"accept-c{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
-                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
+                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16,
+                                args.times and args.times / f"accept-ceiling-{r}.tsv")
 
             assert inst.process is not None
             alternate(args.rounds, row, on_cpu(inst.process.pid, run_cabinet), on_cpu(ceiling.process.pid, run_ceiling))
@@ -587,6 +590,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-size", type=int, default=0,
                         help="the floor's page size (default: Cabinet's invitation page, measured)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--times", type=Path, help="a folder for each accept round's per-request times "
+                        "(bench.httpload's TIMES.tsv: accept-R.tsv, accept-ceiling-R.tsv)")
     args = parser.parse_args(argv)
     chosen: dict[str, Callable[[Path, Databases, argparse.Namespace], Row | list[Row]]] = dict(PATHS)
     if args.big:
@@ -598,6 +603,8 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown path(s): {', '.join(unknown)}")
         chosen = {n: every[n] for n in names}
+    if args.times:
+        args.times.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cabinet-bench-"))
     dbs = Databases(args.postgres)
     rows = []

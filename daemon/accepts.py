@@ -31,8 +31,8 @@ BATCH = 64
 # overlap; each holds one pooled connection (POSTGRESQL_ENGINE_OPTIONS) and one kept read connection.
 # SQLite has one writer: its batches are written one at a time.
 POSTGRESQL_WRITERS = 8
-# Background work (the outbox worker) gives way to accepts: it waits until none has come in for LULL
-# seconds, but never more than MAX_WAIT (``daemon.arrivals``).
+# Background work (the outbox worker) gives way to accepts: it waits until none is in flight and none has
+# come in or been answered for LULL seconds, but never more than MAX_WAIT (``daemon.arrivals``).
 LULL = 0.05
 MAX_WAIT = 1.0
 
@@ -74,8 +74,14 @@ class Accepts:
 
         Returns once the accept is durable; raises what the accept is refused with (the same errors as
         ``Roster.accept_invitation``), or the error its write or commit failed with."""
+        self._arrivals.serving()
+        try:
+            return await self._accept(token, user_id, firm_id, channel)
+        finally:
+            self._arrivals.answered()
+
+    async def _accept(self, token: str, user_id: int, firm_id: int | None, channel: str) -> AcceptResult:
         outcome: _Outcome
-        self._arrivals.arrived()
         if self._plan_on_loop:
             plan = self._roster.plan_accept(token, user_id, firm_id)
             if plan is None:
@@ -93,10 +99,16 @@ class Accepts:
             raise outcome
         return outcome
 
-    async def wait_for_lull(self) -> None:
-        """Return once no accept has come in for ``lull`` seconds, or after ``max_wait`` at most (the
-        outbox worker's ``give_way``: whoever accepts waits for the 303, nobody for the emails)."""
-        await self._arrivals.lull()
+    async def wait_for_lull(self) -> bool:
+        """Return once no accept is in flight and none has come in or been answered for ``lull`` seconds
+        (True), or after ``max_wait`` at most (False: accepts went on). The outbox worker's ``give_way``:
+        whoever accepts waits for the 303, nobody for the emails."""
+        return await self._arrivals.lull()
+
+    def busy(self) -> bool:
+        """An accept is in flight, or came in or was answered less than ``lull`` seconds ago (the outbox
+        worker stops starting emails)."""
+        return self._arrivals.busy()
 
     def _write_planned(self, items: Sequence[tuple[AcceptPlan, str]]) -> list[AcceptResult | Exception | None]:
         return self._roster.accept_planned_many(items)

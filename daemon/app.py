@@ -209,7 +209,7 @@ def build(config: Config, clock: Clock | None = None, dns_txt: Callable[..., Any
         lease=timedelta(seconds=config.mail.claim_lease),
         # One email in flight per relay connection; a Maildir takes a batch at a time, in order.
         concurrency=config.mail.relay_connections if config.mail.transport == "smtp" else 1,
-        give_way=accepts.wait_for_lull,
+        give_way=accepts,
     )
     throttle = SignInThrottle(
         sessions,

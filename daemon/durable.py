@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -73,7 +73,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o600, *, tmp_dir: Path | No
 
 
 def write_new_files(folder: Path, files: Sequence[tuple[str, bytes]], mode: int = 0o600, *,
-                    tmp_dir: Path | None = None) -> list[OSError | None]:
+                    tmp_dir: Path | None = None, cut_short: Callable[[], bool] | None = None) -> list[OSError | None]:
     """Write several new files into ``folder`` durably, with one fsync of ``folder`` for them all.
 
     Each file is written and fsynced under a temporary name in ``tmp_dir`` (as
@@ -85,11 +85,15 @@ def write_new_files(folder: Path, files: Sequence[tuple[str, bytes]], mode: int 
     of its wall time. Returns, per file in order, ``None`` (written and durable)
     or the error that stopped it, its temporary file removed; one file's error is
     that file's alone, but a failed fsync of ``folder`` is every placed file's.
+    Once ``cut_short()`` is true (asked before each file but the first) the rest
+    are left unwritten: the results are then those of the files before them.
     """
     staging = tmp_dir or folder
     results: list[OSError | None] = []
     placed = False
     for name, data in files:
+        if results and cut_short is not None and cut_short():
+            break
         tmp = staging / f".{name}.{secrets.token_hex(6)}.tmp"
         try:
             try:

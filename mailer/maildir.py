@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -50,13 +50,16 @@ def deliver(path: Path, raw: bytes) -> str:
     return result
 
 
-def deliver_many(path: Path, raws: Sequence[bytes]) -> list[str | OSError]:
+def deliver_many(path: Path, raws: Sequence[bytes], cut_short: Callable[[], bool] | None = None
+                 ) -> list[str | OSError]:
     """Deliver each of ``raws`` into the Maildir at ``path``, in order; per message its key, or why it failed.
 
     Each file is written and fsynced in ``tmp/`` and linked into ``new/``, then
     ``new/`` is fsynced once for them all (``durable.write_new_files``): once this
     returns (and the outbox marks the rows sent) every delivered message is on disk,
-    and a reader never sees a partly written one in ``new/``.
+    and a reader never sees a partly written one in ``new/``. Once ``cut_short()`` is
+    true (asked before each message but the first) the rest are not delivered: the
+    results are those of the messages before them.
     """
     # The usual Maildir name: "<seconds>.M<microseconds>P<pid>Q<count>.<host>", unique per delivery.
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
@@ -65,7 +68,7 @@ def deliver_many(path: Path, raws: Sequence[bytes]) -> list[str | OSError]:
     for raw in raws:
         now = time.time()
         files.append((f"{int(now)}.M{int(now % 1 * 1e6)}P{pid}Q{next(_DELIVERIES)}.{host}", raw))
-    results = durable.write_new_files(path / "new", files, 0o600, tmp_dir=path / "tmp")
+    results = durable.write_new_files(path / "new", files, 0o600, tmp_dir=path / "tmp", cut_short=cut_short)
     if any(isinstance(result, FileNotFoundError) for result in results):
         # The first delivery (or the folders were removed): make them, then deliver what failed. Not before
         # every delivery: three mkdir calls and their exceptions for folders that are nearly always there.

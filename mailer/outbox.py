@@ -18,10 +18,10 @@ import logging
 import random
 import secrets
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from email.headerregistry import Address
 from email.utils import parseaddr
 
@@ -238,12 +238,30 @@ MAX_CLAIM_BATCH = 64
 MAX_SEND_BATCH = 32
 
 
+class GiveWay(Protocol):
+    """Foreground work the worker gives way to (``daemon.accepts.Accepts``: whoever accepts waits for the
+    303, nobody for the emails)."""
+
+    async def wait_for_lull(self) -> bool:
+        """Wait for a lull in the foreground work (True), or until it has waited long enough that the
+        worker takes its turn anyway (False)."""
+
+    def busy(self) -> bool:
+        """Foreground work is under way, or just was: start no more emails until the next lull."""
+
+
 # The bytes of a claimed email (``Outbox.compose``): stored, or rendered now; given an ``OutboxMessage`` or a Core
 # row of its columns.
 Compose = Callable[[Any], bytes]
 
 # Marks an email bounced and acts on it (``daemon.undeliverable.Undeliverable.bounced``); returns what it did.
 OnBounce = Callable[[Session, OutboxMessage, str], str]
+
+
+# What sending a claimed email came to: an outcome recorded ("deferred", "bounced", …), the future of its
+# "sent" mark, None (the claim passed to another worker), or the claim itself, given back unsent
+# (``_send_batch`` cut short).
+_Result = str | asyncio.Future[bool] | None | _Claim
 
 
 def backoff(attempts: int) -> timedelta:
@@ -270,7 +288,7 @@ class OutboxWorker:
         rng: random.Random | None = None,
         on_give_up: OnBounce | None = None,
         concurrency: int = 1,
-        give_way: Callable[[], Awaitable[None]] | None = None,
+        give_way: GiveWay | None = None,
     ) -> None:
         self._sessions = sessions
         self._transport = transport
@@ -286,7 +304,9 @@ class OutboxWorker:
         self._stopping = False
         self._sending = 0
         self._concurrency = max(1, concurrency)  # emails in flight at once: one per relay connection
-        # Awaited before each claim: requests waiting for their answers go first (bounded by whoever gives it).
+        # Requests waiting for their answers go first: the worker waits for a lull before it claims, and
+        # starts no more emails (a send, a batch's next render) once they come in, unless it waited so long
+        # (bounded by whoever gives way) that this claim's emails go anyway (``send_due``).
         self._give_way = give_way
         self.stats = OutboxStats()
 
@@ -526,7 +546,7 @@ class OutboxWorker:
             self._sending -= 1
 
     async def _send_one(self, claim: _Claim, recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
-                        ) -> list[str | asyncio.Future[bool] | None]:
+                        ) -> list[_Result]:
         return [await self._send(claim, recorder)]
 
     async def _still_mine(self, claim: _Claim) -> bool:
@@ -568,22 +588,28 @@ class OutboxWorker:
         return await asyncio.to_thread(self._record_failure, claim, error, raw)
 
     async def _send_batch(self, claims: Sequence[_Claim],
-                          recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool]
-                          ) -> list[str | asyncio.Future[bool] | None]:
+                          recorder: BatchRecorder[tuple[_Claim, str, bytes | None], bool],
+                          cut_short: Callable[[], bool] | None = None) -> list[_Result]:
         """``_send`` for several claimed emails given to a ``BatchTransport`` at once, in order; one result each.
 
         Each is rendered at its turn on the loop (as ``_send_claimed``, the loop free for requests between
         two), then the batch goes to the transport in one call. Each email keeps its own lease (renewed while
         the batch takes long), answer and result: one whose claim passed to another worker meanwhile is that
-        worker's to record (``None``), the others' results are recorded as usual.
+        worker's to record (``None``), the others' results are recorded as usual. Once ``cut_short()`` says
+        so (requests came in), the emails not rendered or delivered yet are not sent: their result is their
+        claim (with its bytes, if rendered), given back to wait for the next lull. A batch of 32 went on
+        rendering and delivering for 50–250 ms into the accepts that came in meanwhile, on their one core.
         """
         transport = self._transport
         assert isinstance(transport, BatchTransport)
-        results: list[str | asyncio.Future[bool] | None] = [None] * len(claims)
+        results: list[_Result] = list(claims)
         ready: list[tuple[int, _Claim]] = []
         self._sending += 1
         try:
             for n, claim in enumerate(claims):
+                if n and cut_short is not None and cut_short():
+                    break
+                results[n] = None
                 if claim.attempts:
                     self.stats.retries += 1
                 claim = self._rendered(claim)
@@ -598,10 +624,13 @@ class OutboxWorker:
             keepers: list[asyncio.Task[None]] = []
             timer = self._keeper(lambda: self._keep_leases([claim for _, claim in ready], lost), keepers)
             try:
-                answers = await transport.send_batch([(c.envelope_from, [c.recipient], c.raw or b"") for _, c in ready])
+                answers = await transport.send_batch([(c.envelope_from, [c.recipient], c.raw or b"") for _, c in ready],
+                                                     cut_short)
             finally:
                 await self._stop_keeper(timer, keepers)
-            for (n, claim), answer in zip(ready, answers, strict=True):
+            for n, claim in ready[len(answers):]:  # cut short: given back with its bytes, unless lost meanwhile
+                results[n] = None if claim.id in lost else claim
+            for (n, claim), answer in zip(ready, answers):
                 if claim.id in lost:
                     continue
                 if isinstance(answer, TransportError):
@@ -640,26 +669,36 @@ class OutboxWorker:
         marks: list[tuple[int, asyncio.Future[bool]]] = []
         waiting: deque[_Claim] = deque()
         # Each task sends one email, or a batch of them (``_send_batch``): its claims' ids, its results in order.
-        in_flight: dict[asyncio.Task[list[str | asyncio.Future[bool] | None]], list[int]] = {}
+        in_flight: dict[asyncio.Task[list[_Result]], list[int]] = {}
         batches = isinstance(self._transport, BatchTransport)
         batch = self._concurrency
         exhausted = look_again = False
+        # This claim's emails go whatever comes in: the worker waited ``give_way``'s longest for a lull.
+        forced = False
+        give_way = self._give_way
         try:
             while True:
-                if not waiting and not exhausted and not self._stopping:
-                    if self._give_way is not None:
-                        await self._give_way()
+                # Requests came in and nothing is being sent: wait for a lull before the next email, claimed or not.
+                yielding = give_way is not None and not forced and not in_flight and give_way.busy()
+                if (not waiting and not exhausted or waiting and yielding) and not self._stopping:
+                    if give_way is not None:
+                        forced = not await give_way.wait_for_lull()
                         if self._stopping:  # stopped while giving way: claim nothing more
                             continue
+                if not waiting and not exhausted and not self._stopping:
                     claims = await asyncio.to_thread(self._claim_batch, batch)
                     exhausted = len(claims) < batch
                     if not exhausted:
                         batch = min(batch * 2, MAX_CLAIM_BATCH)
                     waiting.extend(claims)
+                cut_short = None if give_way is None or forced else give_way.busy
                 while waiting and len(in_flight) < self._concurrency and not self._stopping:
+                    if in_flight and cut_short is not None and cut_short():
+                        break  # the emails in flight finish; the next waits for a lull
                     if batches:
                         group = [waiting.popleft() for _ in range(min(len(waiting), MAX_SEND_BATCH))]
-                        in_flight[asyncio.create_task(self._send_batch(group, recorder))] = [c.id for c in group]
+                        in_flight[asyncio.create_task(self._send_batch(group, recorder, cut_short))] = [
+                            c.id for c in group]
                     else:
                         claim = waiting.popleft()
                         in_flight[asyncio.create_task(self._send_one(claim, recorder))] = [claim.id]
@@ -672,13 +711,17 @@ class OutboxWorker:
                     continue
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    given_back: list[_Claim] = []
                     for claim_id, result in zip(in_flight.pop(task), task.result(), strict=True):
-                        if isinstance(result, asyncio.Future):
+                        if isinstance(result, _Claim):  # not started: sent after the next lull, in order
+                            given_back.append(result)
+                        elif isinstance(result, asyncio.Future):
                             marks.append((claim_id, result))
                         else:
                             self._count(claim_id, result)
                             # A bounce or a give-up may queue a notice: look again before the pass ends.
                             look_again = look_again or result in ("bounced", "failed")
+                    waiting.extendleft(reversed(given_back))
         finally:
             if in_flight:  # an error above: let the other sends finish and record their results
                 for task, claim_ids in in_flight.items():
@@ -688,6 +731,7 @@ class OutboxWorker:
                         continue
                     marks.extend((claim_id, result) for claim_id, result in zip(claim_ids, results, strict=True)
                                  if isinstance(result, asyncio.Future))
+                    waiting.extend(result for result in results if isinstance(result, _Claim))
             if waiting:  # stopping: what was claimed but not sent is due again at once, for anyone
                 await asyncio.to_thread(self._release, list(waiting))
             await recorder.drain()

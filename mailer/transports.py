@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import aiosmtplib
@@ -48,7 +48,11 @@ Outgoing = tuple[str, list[str], bytes]
 class BatchTransport(Transport, Protocol):
     """A transport that takes several emails at once, each with its own answer or error (in order)."""
 
-    async def send_batch(self, emails: Sequence[Outgoing]) -> list[str | TransportError]: ...
+    async def send_batch(self, emails: Sequence[Outgoing], cut_short: Callable[[], bool] | None = None
+                         ) -> list[str | TransportError]:
+        """Each email's answer or error, in order. Once ``cut_short()`` is true (asked before each email but
+        the first) the rest are not sent: the answers are then those of the emails before them."""
+        ...
 
 
 class MaildirTransport:
@@ -60,13 +64,14 @@ class MaildirTransport:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _deliver(self, emails: Sequence[Outgoing]) -> list[str | TransportError]:
+    def _deliver(self, emails: Sequence[Outgoing], cut_short: Callable[[], bool] | None = None
+                 ) -> list[str | TransportError]:
         # A delivery agent records the envelope sender as Return-Path. The outbox marks the rows
         # sent right after this returns, so ``deliver_many`` puts the files and their names on disk first.
         raws = [b"Return-Path: <" + envelope_from.encode() + b">\r\n" + raw for envelope_from, _, raw in emails]
         # A full or read-only disk: a failed attempt like a relay's 4xx, counted and retried.
         try:
-            results = deliver_many(self.path, raws)
+            results = deliver_many(self.path, raws, cut_short)
         except OSError as exc:  # the folders could not be made: every email's failure
             results = [exc] * len(raws)
         return [f"maildir {result}" if isinstance(result, str)
@@ -79,8 +84,9 @@ class MaildirTransport:
             raise result
         return result
 
-    async def send_batch(self, emails: Sequence[Outgoing]) -> list[str | TransportError]:
-        return await asyncio.to_thread(self._deliver, emails)
+    async def send_batch(self, emails: Sequence[Outgoing], cut_short: Callable[[], bool] | None = None
+                         ) -> list[str | TransportError]:
+        return await asyncio.to_thread(self._deliver, emails, cut_short)
 
     async def close(self) -> None:
         pass

@@ -21,10 +21,12 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
 from daemon.accepts import Accepts
+from daemon.arrivals import Arrivals
 from daemon.app import Cabinet, build
 from daemon.config import load_config
 from daemon.onboarding import NewClient
 from daemon.roster import AcceptResult, InvitationUnavailable, Roster
+from mailer.maildir import _delivery_order, list_mail
 from tests.conftest import PASSWORD, Cli, Env, FakeClock, invitation_token
 
 ACCOUNTANT, FIRM = "marie@tremblay.example", "Tremblay CPA"
@@ -303,6 +305,72 @@ def test_background_work_gives_way_to_accepts_coming_in_but_never_for_long(cabin
         await asyncio.wait_for(bounded.wait_for_lull(), MEETING_TIMEOUT)
 
     asyncio.run(scenario())
+
+
+def test_an_accept_in_flight_holds_background_work_back_until_it_is_answered() -> None:
+    """A client on a kept-alive connection sends its next request only once answered: while an accept is
+    being served nothing arrives, yet it is no lull. ``lull=0``: only what is in flight holds back."""
+    arrivals = Arrivals(lull=0, max_wait=0)
+    assert not arrivals.busy() and arrivals.wait_for_lull()
+    arrivals.serving()
+    arrivals.serving()
+    # In flight, however long ago it arrived: busy; a wait ends only at max_wait, saying so (False).
+    assert arrivals.busy()
+    assert arrivals.wait_for_lull() is False
+    assert asyncio.run(arrivals.lull()) is False
+    arrivals.answered()
+    assert arrivals.busy()  # the other one is still in flight
+    arrivals.answered()
+    assert not arrivals.busy() and arrivals.wait_for_lull() is True and asyncio.run(arrivals.lull()) is True
+
+
+def test_the_outbox_worker_starts_no_more_emails_once_an_accept_comes_in(cabinet: Cabinet, env: Env) -> None:
+    """The worker gives way within one email: an accept that comes in while a batch of emails is being
+    rendered stops the batch's rendering at once, and its Maildir delivery after the first email; the rest
+    wait (here until ``max_wait``: the lull of an hour never comes) and are then sent, each once, in order."""
+    me = user_id(cabinet)
+    invitations = send(cabinet, COMPANIES)  # an invitation email each, queued
+    token = invitation_token(cabinet, invitations[0])
+    accepts = Accepts(cabinet.roster, cabinet.engine.dialect.name == "sqlite", lull=3600, max_wait=0.05)
+    worker = cabinet.worker
+    worker._give_way = accepts  # the accepts this test sends come through these
+    events: list[tuple[Any, ...]] = []
+    started: list[asyncio.Task[AcceptResult]] = []
+    compose, send_batch = worker._compose, worker._transport.send_batch  # type: ignore[attr-defined]
+
+    def rendering(row: Any) -> bytes:
+        events.append(("render", row.id))
+        if len(events) == 3 and not started:  # an accept comes in while the second batch is being rendered
+            events.append(("accept",))
+            started.append(asyncio.get_running_loop().create_task(accepts.accept(token, me, None, "link")))
+        return compose(row)
+
+    async def delivering(emails: Any, cut_short: Any = None) -> Any:
+        answers = await send_batch(emails, cut_short)
+        events.append(("delivered", len(emails), len(answers)))
+        return answers
+
+    worker._compose = rendering
+    worker._transport.send_batch = delivering  # type: ignore[attr-defined]
+
+    async def scenario() -> int:
+        sent = await worker.send_due()
+        assert isinstance(await started[0], AcceptResult)
+        return sent
+
+    # The accept's two emails too, once it is answered.
+    assert asyncio.run(scenario()) == len(COMPANIES) + 2
+    # Claims grow 1, 2, 4…: the first batch is one email, the second two. Once the accept came in, the
+    # second batch's next email was not rendered, and its delivery was one email, not the two.
+    first, second = events[0][1], events[2][1]
+    assert events[:5] == [("render", first), ("delivered", 1, 1), ("render", second), ("accept",), ("delivered", 1, 1)]
+    rows = env.sql("SELECT id, state, attempts, last_answer FROM outbox ORDER BY id")
+    assert [(r.state, r.attempts) for r in rows] == [("sent", 1)] * (len(COMPANIES) + 2)
+    # Delivered in the outbox's order (the one given back went first), each once.
+    keys = [r.last_answer.removeprefix("maildir ") for r in rows]
+    assert sorted(keys, key=_delivery_order) == keys
+    assert sorted(item.id for item in list_mail(env.maildir)) == sorted(keys)
+    assert sorted(event[1] for event in events if event[0] == "render") == [r.id for r in rows]
 
 
 def _database_rows(database: Any) -> dict[str, list[tuple[Any, ...]]]:

@@ -105,6 +105,28 @@ def test_one_file_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
     assert os.listdir(staging) == []  # no temporary file left, the failed one's included
 
 
+def test_a_batch_cut_short_delivers_the_emails_before_the_cut_and_syncs_their_names(env: Env,
+                                                                                     fsyncs: FsyncLog) -> None:
+    """``cut_short`` (the outbox worker's: an accept came in) is asked before each email but the first; once
+    true, the rest are not delivered, and what was delivered is durable as for a whole batch."""
+    raws = [b"Subject: %d\r\n\r\nbody\r\n" % n for n in range(5)]
+    for sub in ("tmp", "new", "cur"):  # an existing Maildir (a first delivery makes them, then delivers again)
+        (env.maildir / sub).mkdir(parents=True, exist_ok=True)
+    asked: list[int] = []
+
+    def cut_short() -> bool:
+        asked.append(len(os.listdir(env.maildir / "new")))
+        return len(asked) == 2  # the third email finds foreground work come in
+
+    keys = deliver_many(env.maildir, raws, cut_short)
+    assert asked == [1, 2]  # never before the first email, and not after the cut
+    assert len(keys) == 2 and all(isinstance(key, str) for key in keys)
+    assert [read_raw(env.maildir, str(key)) for key in keys] == raws[:2]
+    assert sorted(os.listdir(env.maildir / "new")) == sorted(map(str, keys))
+    assert os.listdir(env.maildir / "tmp") == []
+    assert [seen for path, seen in fsyncs.calls if path == env.maildir / "new"] == [sorted(map(str, keys))]
+
+
 def engine_write(env: Env, query: str, **params: Any) -> None:
     """A write of the test's own (another worker's), straight to the database."""
     engine = create_engine(env.database_url, poolclass=NullPool)
