@@ -24,6 +24,8 @@ from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
+from daemon.reads import POSTGRESQL_KEPT
+from daemon.thread_reads import THREAD_READS, ThreadReads
 from daemon.arrivals import Arrivals
 from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app, make_metrics_app
@@ -113,6 +115,11 @@ class Service:
             self._lock.acquire(config.database_url)
         self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock, self.cabinet.worker.stats)
         app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
+        if not config.is_sqlite:  # SQLite's page reads run on the loop (daemon.web.context.read)
+            # As many as the hot reads keep connections: a read in each never opens one of its own.
+            reads = ThreadReads(POSTGRESQL_KEPT)
+            app[THREAD_READS] = reads
+            self._stoppers.append(reads.close)
         self._runner = web.AppRunner(
             app, access_log=logging.getLogger("aiohttp.access"), shutdown_timeout=5.0,
             access_log_format='%a "%r" %s %b %Tfs',
