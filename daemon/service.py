@@ -24,6 +24,9 @@ from daemon.instance import RECORDED
 from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
+from daemon.reads import POSTGRESQL_KEPT
+from daemon.thread_reads import THREAD_READS, ThreadReads
+from daemon.accepts import POSTGRESQL_WRITERS
 from daemon.arrivals import Arrivals
 from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app, make_metrics_app
@@ -117,6 +120,13 @@ class Service:
             checkpoint_in_background(self.cabinet.sessions)
         self.metrics = Metrics(self.cabinet.sessions, self.cabinet.clock, self.cabinet.worker.stats)
         app = make_app(self.cabinet, self.web_sessions, self.pages, self.metrics, self._readiness)
+        if not config.is_sqlite:  # SQLite's page reads run on the loop (daemon.web.context.read)
+            # The hot reads keep POSTGRESQL_KEPT connections, shared with the accept batches' threads
+            # (their plans' reads): with these, never more readers at once than kept connections, so a
+            # read never opens one of its own. 12 threads served the link GET as well as 20 (A/B).
+            reads = ThreadReads(POSTGRESQL_KEPT - POSTGRESQL_WRITERS)
+            app[THREAD_READS] = reads
+            self._stoppers.append(reads.close)
         self._runner = web.AppRunner(
             app, access_log=logging.getLogger("aiohttp.access"), access_log_class=AccessLine, shutdown_timeout=5.0,
         )

@@ -19,6 +19,7 @@ from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
 from daemon.link_opens import Opening
+from daemon.thread_reads import THREAD_READS
 from daemon.web.browser_ids import BrowserIds
 from daemon.web.pages import Pages
 from daemon.web.security import SECURITY, SecuredResponse
@@ -114,10 +115,12 @@ async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     A SQLite read in WAL mode takes no lock a writer holds and reads pages the OS has cached: it is
     over sooner than a thread hop (queue, wake-up, GIL hand-over, the loop's self-pipe) would be; the
     reads of one turn of the loop share one read transaction (``daemon.reads.ReadConnections``).
-    PostgreSQL's read is a network round trip: it keeps the thread."""
-    if request.app[CABINET].engine.dialect.name == "sqlite":
+    PostgreSQL's read is a network round trip: it keeps the thread, one of ``cabinet serve``'s read
+    threads (``daemon.thread_reads``: a third of ``run``'s cost per hop)."""
+    app = request.app  # a property of a property: read once
+    if app[CABINET].engine.dialect.name == "sqlite":
         return fn(*args)
-    return await run(fn, *args)
+    return await app[THREAD_READS].run(fn, *args)
 
 
 def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
