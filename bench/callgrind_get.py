@@ -1,0 +1,123 @@
+"""Instructions per link GET, counted by callgrind: a figure the machine's load does not move.
+
+``cabinet serve`` runs under ``valgrind --tool=callgrind`` twice, on an instance seeded as the link
+bench's (1,000 invitations, each link opened once already: the steady rounds' page). Each run first
+sends every link once (the kept pages rendered, the tokens checked and kept), then the second run sends
+GETS more, each a new browser without a cookie, 16 at a time over keep-alive connections. The
+difference of the two totals, divided by GETS, is a page's instructions without start-up and shut-down.
+``--ceiling`` counts the ceiling's (``bench.ceilings static``) the same way.
+
+    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling]
+
+WORKDIR keeps the seeded instance (seeding takes minutes) and the callgrind files, for
+``callgrind_annotate``. Background work that runs by the clock (the outbox worker's polls) is counted
+too: it is small next to the pages, but a slower machine runs longer and counts more of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import seed
+from bench.instance import BIN, Instance, free_port
+
+CONNECTIONS = 16
+
+
+async def load(port: int, paths: list[str], count: int) -> None:
+    """``count`` GETs of ``paths`` in turn, without cookies, each answered 200 and read whole."""
+    todo = iter(range(count))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in todo:
+            writer.write(f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head[:200].decode(errors="replace"))
+            length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+
+
+def instance(work: Path) -> tuple[Path, int, list[str]]:
+    """The config, port and links of the instance seeded in ``work`` (made on the first call)."""
+    config, paths_file = work / "instance" / "cabinet.toml", work / "paths.pickle"
+    if not paths_file.exists():
+        inst = Instance(work / "instance")  # writes the config, with free ports
+        inst.cli("init")
+        paths = seed.seed_invitations(inst.config, 1000).invitation_paths
+        inst.start()
+        try:
+            for path in paths:  # the first openings, recorded: every later GET is a steady one
+                page = httpx.get(inst.base_url + path).raise_for_status()
+        finally:
+            inst.stop()
+        (work / "page_size").write_text(str(len(page.content)))  # the ceiling's page is as long
+        paths_file.write_bytes(pickle.dumps(paths))
+    port = int(re.search(r'listen = "127.0.0.1:(\d+)"', config.read_text()).group(1))  # type: ignore[union-attr]
+    return config, port, pickle.loads(paths_file.read_bytes())
+
+
+def counted(argv: list[str], port: int, paths: list[str], gets: int, out: Path) -> int:
+    """Instructions of ``argv`` under callgrind, serving every link once and then ``gets`` GETs."""
+    log = out.with_suffix(".log")
+    with log.open("wb") as handle:
+        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{paths[0]}", timeout=60).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer under valgrind:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    asyncio.run(load(port, paths, len(paths)))
+    asyncio.run(load(port, paths, gets))
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=900)
+    found = re.search(r"Collected : (\d+)", log.read_text())
+    if found is None:
+        raise RuntimeError(f"no count in {log}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--gets", type=int, default=2000)
+    parser.add_argument("--ceiling", action="store_true", help="count the ceiling's instructions instead")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    config, cabinet_port, paths = instance(args.work)
+    if args.ceiling:
+        port = free_port()
+        size = (args.work / "page_size").read_text()
+        command = [sys.executable, "-m", "bench.ceilings", "static", str(port), size]
+        name = "ceiling"
+    else:
+        port = cabinet_port
+        command = [str(BIN / "cabinet"), "--config", str(config), "serve"]
+        name = "cabinet"
+    totals = [counted(command, port, paths, gets, args.work / f"{name}-{gets}.cg") for gets in (0, args.gets)]
+    print(f"{name}: {(totals[1] - totals[0]) / args.gets:,.0f} instructions per GET "
+          f"({totals[0]:,} and {totals[1]:,} in all; files in {args.work})")
+
+
+if __name__ == "__main__":
+    main()
