@@ -383,6 +383,12 @@ class Event(Base):
     """Append-only activity log: who did what, when, through which channel."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # By company and kind: "is this link's opening recorded?" (daemon.link_opens.opened_before, in
+        # every link page's read) reads the company's first openings alone, where an index on the company
+        # alone read every event of the company from the table. Its prefix serves what that index served.
+        Index("ix_events_company_kind", "company_id", "kind"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -390,7 +396,7 @@ class Event(Base):
     actor: Mapped[str] = mapped_column(String(320))
     channel: Mapped[str] = mapped_column(String(20))  # "link" | "cli" | "reply" | "scheduler"
     firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"), index=True)
-    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))  # ix_events_company_kind
     client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True)
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
 

@@ -10,9 +10,14 @@ import pytest
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import processors
 
+from daemon.app import build
+from daemon.config import load_config
+from daemon.errors import LinkTampered
 from daemon.models import UTCDateTime
 from daemon.prepared import _sqlite_utc
+from daemon.tokens import Purpose
 from daemon.views import InvitationView
+from tests.conftest import Cli, Env, Seed
 
 NOW = datetime(2026, 12, 1, 0, 59, 34, 917534, tzinfo=timezone.utc)
 
@@ -101,3 +106,58 @@ def test_views_differing_in_any_field_are_not_equal() -> None:
         assert other != view and view != other, f.name
         assert {(view,): 1}.get((other,)) is None, f.name
     assert view != object() and view != tuple(vars(view).values())
+
+
+def _token(sent: str) -> str:
+    return sent.split("/invitations/")[1].split()[0]
+
+
+def test_the_link_pages_read_gives_what_the_orms_long_way_gives(cli: Cli, seed: Seed, env: Env) -> None:
+    """``Roster.open_invitation_link`` (one prepared statement: the id and nonce compared in it, the view
+    built from the row) against the ORM's way for every field: ``_invitation_view`` on the invitation the
+    link names, the invited address's zone, and ``LinkOpens.opening_of`` for the first opening."""
+    cli("company", "add", "Érablière Roy", "--admin-email", "paul@erabliere.example", "--admin-name", "Paul Roy")
+    cli("company", "add", "Fromagerie Côté", "--admin-email", "ana@cote.example", "--admin-name", "Ana Côté")
+    accepted = _token(cli("invitation", "send", "--company", seed.company, "--email", seed.accountant).output)
+    declined = _token(cli("invitation", "send", "--company", "Érablière Roy", "--email", seed.accountant).output)
+    stranger = _token(cli("invitation", "send", "--company", "Fromagerie Côté", "--email", "nobody@elsewhere.example").output)
+    cabinet = build(load_config(env.config_path))
+    try:
+        roster = cabinet.roster
+        user_id = env.sql("SELECT id FROM users WHERE email = :e", e=seed.accountant)[0][0]
+        roster.accept_invitation(accepted, user_id, None)
+        roster.decline_invitation(declined, user_id)
+        revoked = _token(cli("invitation", "send", "--company", "Fromagerie Côté", "--email", seed.accountant).output)
+        opened = _token(cli("invitation", "send", "--company", seed.company, "--email", "other@elsewhere.example").output)
+        roster.revoke_invitation(roster.open_invitation(revoked).id)
+        opening = cabinet.link_opens.opening_of("/invitations/" + opened)
+        assert opening is not None
+        cabinet.link_opens.record_openings([opening])
+        zones = dict(env.sql("SELECT email, timezone FROM users"))
+        shown = set()
+        for token in (accepted, declined, stranger, revoked, opened):
+            view, first = roster.open_invitation_link(token)
+            with roster._sessions() as s:
+                invitation = roster._invitation_from_token(s, token)
+                long_way = roster._invitation_view(s, invitation)
+            assert vars(view) == {**vars(long_way), "invited_timezone": zones.get(invitation.email)}, token
+            assert first == cabinet.link_opens.opening_of("/invitations/" + token)
+            assert view.id == invitation.id and view.url is None and view.delivery is None
+            shown.add((view.status, first is None))
+        assert shown == {("accepted", False), ("declined", False), ("pending", False), ("revoked", False),
+                         ("pending", True)}
+        # Past its expiry date the page says so; the link's signature is not past its age, so its opening counts.
+        later = NOW.replace(year=2030)
+        view, first = roster.open_invitation_link(stranger, now=later)
+        assert view.status == "expired" and first is not None
+        # A link naming an invitation with another nonce, an unknown id, or a nonce never signed as text.
+        stranger_id = roster.open_invitation(stranger).id
+        for payload in ([stranger_id, "not-its-nonce"], [999_999, "x"], [stranger_id, 12345]):
+            forged = roster._signer.sign(Purpose.INVITE, payload)
+            with pytest.raises(LinkTampered):
+                roster.open_invitation_link(forged)
+            with pytest.raises(LinkTampered):
+                with roster._sessions() as s:
+                    roster._invitation_from_token(s, forged)
+    finally:
+        cabinet.close()

@@ -40,13 +40,18 @@ def test_the_invitation_page_read_gives_the_rows_core_gives(cli: Cli, seed: Seed
         opening = cabinet.link_opens.opening_of("/invitations/" + accepted)
         assert opening is not None
         cabinet.link_opens.record_openings([opening])  # one opening recorded: "opened" is true there
-        ids = [row[0] for row in env.sql("SELECT id FROM invitations ORDER BY id")]
+        nonces = dict(env.sql("SELECT id, nonce FROM invitations ORDER BY id"))
+        ids = list(nonces)
         assert pending in ids and len(ids) == 4
         engine = engine_of(cabinet.sessions)
         prepared = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
         states = set()
-        for invitation_id in [*ids, 999_999]:
-            binds: dict[str, Any] = {"id": invitation_id, "opened_detail": detail_text(invitation_detail(invitation_id))}
+        # Each invitation with its own nonce, one with another's (no row: the link is not that invitation's),
+        # and an id that names none.
+        for invitation_id, nonce in [*nonces.items(), (ids[0], nonces[ids[1]]), (999_999, nonces[ids[0]])]:
+            binds: dict[str, Any] = {
+                "id": invitation_id, "nonce": nonce, "opened_detail": detail_text(invitation_detail(invitation_id)),
+            }
             with engine.connect() as connection:
                 core = connection.execute(_INVITATION_PAGE, binds).one_or_none()
             ours = prepared.one_or_none(**binds)
@@ -79,7 +84,7 @@ def test_a_failing_read_raises_sqlalchemys_error_and_gives_its_connection_back(c
         assert engine.pool.checkedout() == 0
         # The same read works again on the same pool: nothing was left broken.
         again = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
-        assert again.one_or_none(id=1, opened_detail="") is None
+        assert again.one_or_none(id=1, nonce="", opened_detail="") is None
     finally:
         cabinet.close()
 
@@ -99,7 +104,7 @@ def test_a_lost_database_is_a_storage_fault_not_a_bug(cli: Cli, env: Env) -> Non
         database.mkdir()  # a folder where the file was: SQLite cannot open it
         try:
             with pytest.raises(DBAPIError) as raised:
-                PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE).one_or_none(id=1, opened_detail="")
+                PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE).one_or_none(id=1, nonce="", opened_detail="")
             assert storage_fault(raised.value) is not None
         finally:
             database.rmdir()

@@ -21,9 +21,16 @@ from tests.conftest import Browser, Cli, Env, Mailbox, RunningServer, Seed, link
 
 
 
+def _nonce(cabinet: Cabinet, invitation_id: int) -> str:
+    """The invitation's nonce (the page's read takes the link's), read on a pooled connection of its own."""
+    with engine_of(cabinet.sessions).connect() as connection:
+        return str(connection.execute(text("SELECT nonce FROM invitations WHERE id = :id"), {"id": invitation_id}).scalar_one())
+
+
 def _page(cabinet: Cabinet, invitation_id: int) -> Any:
     read = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
-    return read.one_or_none(id=invitation_id, opened_detail=detail_text(invitation_detail(invitation_id)))
+    return read.one_or_none(
+        id=invitation_id, nonce=_nonce(cabinet, invitation_id), opened_detail=detail_text(invitation_detail(invitation_id)))
 
 
 def test_a_read_sees_committed_rows_only_and_leaves_no_transaction_open(

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from daemon.app import Cabinet
-from daemon.db import read_connections
+from daemon.db import engine_of, read_connections
 from daemon.link_opens import detail_text, invitation_detail
 from daemon.prepared import PreparedRead
 from daemon.roster import _INVITATION_PAGE
@@ -32,9 +32,16 @@ def env(env: Env) -> Env:
 
 
 
+def _nonce(cabinet: Cabinet, invitation_id: int) -> str:
+    """The invitation's nonce (the page's read takes the link's), read on a pooled connection of its own."""
+    with engine_of(cabinet.sessions).connect() as connection:
+        return str(connection.execute(text("SELECT nonce FROM invitations WHERE id = :id"), {"id": invitation_id}).scalar_one())
+
+
 def _state(cabinet: Cabinet, invitation_id: int) -> str:
     read = PreparedRead(read_connections(cabinet.sessions), _INVITATION_PAGE)
-    row: Any = read.one_or_none(id=invitation_id, opened_detail=detail_text(invitation_detail(invitation_id)))
+    row: Any = read.one_or_none(
+        id=invitation_id, nonce=_nonce(cabinet, invitation_id), opened_detail=detail_text(invitation_detail(invitation_id)))
     return str(row.state)
 
 
