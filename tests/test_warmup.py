@@ -4,10 +4,13 @@ the first link page and the first accept after a start or a SIGHUP pay no compil
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import pytest
 
 from daemon.config import LOCALES
 from daemon.service import HOT_EMAILS, HOT_PAGES
-from tests.conftest import WAIT_TIMEOUT
+from tests.conftest import WAIT_TIMEOUT, Cli, Env, FakeClock, RunningServer, write_config
 
 
 def template_names(env) -> set[str]:
@@ -49,3 +52,32 @@ def test_a_reload_compiles_the_templates_again(server) -> None:
     asyncio.run_coroutine_threadsafe(reload(), server.loop).result(WAIT_TIMEOUT)
     assert server.service.pages._envs[LOCALES[0]] is not old_env
     assert_templates_compiled(server.service)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    """Instances here read overrides from ``overrides/``, next to their config file (empty unless a test
+    writes one)."""
+    (tmp_path / "overrides").mkdir()
+    return write_config(tmp_path, '\n[templates]\ndir = "overrides"\n')
+
+
+def test_the_warm_up_compiles_the_operators_overrides_and_a_broken_one_does_not_stop_serve(
+    env: Env, cli: Cli, clock: FakeClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    web = env.root / "overrides" / "web"
+    web.mkdir()
+    (web / "invitation.html").write_text('{% extends "layout.html" %}{% block content %}Ours{% endblock %}')
+    (web / "sign_in.html").write_text("{% if %}")  # fails on its own request, as it always did
+    running = RunningServer(env, clock)
+    running.start()
+    try:
+        pages = running.service.pages
+        for locale in LOCALES:
+            template, _ = pages._templates[(locale, "invitation.html")]
+            assert template.filename == str(web / "invitation.html")
+            assert (locale, "sign_in.html") not in pages._templates
+        assert "sign_in.html" in caplog.text
+        assert running.service.http_port  # serving
+    finally:
+        running.stop()
