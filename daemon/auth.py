@@ -81,7 +81,7 @@ class WebSessions:
 
     def warm(self) -> None:
         """Compile the signed-in user's read now (``cabinet serve``'s start), not on the first request."""
-        self._session_user  # noqa: B018 - cached on first access
+        self._session_user  # compiled on its first access
 
     def user(self, token: str | None) -> UserView | None:
         """The staff member signed in with ``token``; None for no, an expired or a disabled account's session."""
