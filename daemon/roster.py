@@ -737,6 +737,14 @@ class Roster(DomainService):
         reads = read_connections(self._sessions)
         return PreparedRead(reads, ACCEPT_READ[reads.dialect.name])
 
+    def warm(self) -> None:
+        """Compile the link page's and the accept's statements for this engine now (``cabinet serve``'s
+        start), not on the first request, which paid for them on the event loop. No database work."""
+        self._invitation_page, self._user_with_firms, self._accept_read  # each compiled on its first access
+        dialect = read_connections(self._sessions).dialect
+        _CLIENT_INSERT[dialect.name].compiled(dialect)
+        _EVENT_INSERT.compiled(dialect)
+
     def open_invitation(self, token: str) -> InvitationView:
         """What an invitation link shows. Reads only: opening a link changes nothing."""
         return self.open_invitation_link(token)[0]

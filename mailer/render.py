@@ -9,13 +9,16 @@ fails loudly in tests instead of producing an email with a blank in it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, select_autoescape
 
 from daemon.i18n import date_filters
+
+log = logging.getLogger(__name__)
 
 EMAIL_PARTS = ("subject", "txt", "html")
 # Shared by every email's HTML part.
@@ -99,6 +102,25 @@ class EmailRenderer:
         if template is None:
             template = self._subjects[(name, locale)] = self._env.get_template(f"{locale}/{name}.subject")
         return " ".join(self._run(template, self._values(locale, timezone, context)).split())
+
+    def warm(self, names: Sequence[str], locales: Sequence[str]) -> None:
+        """Compile the emails ``names`` (subject and bodies) in ``locales`` now, rather than when the first
+        request that queues one renders its subject (on the event loop, inside an accept) or the worker
+        its bodies. What ``_templates`` would load, the operator's override first; an email that fails
+        to load is left to fail where it always did, when it is rendered."""
+        for name in names:
+            for locale in locales:
+                try:
+                    subject, _, _ = self._templates(name, locale)
+                except TemplateError as exc:
+                    log.warning("email %s/%s could not be compiled ahead of its first use: %s", locale, name, exc)
+                    continue
+                self._subjects[(name, locale)] = subject
+        for layout in EMAIL_LAYOUTS:  # what every HTML part extends or imports, loaded when it first renders
+            try:
+                self._env.get_template(layout)
+            except TemplateError as exc:
+                log.warning("email %s could not be compiled ahead of its first use: %s", layout, exc)
 
     def reload(self) -> None:
         """Forget compiled templates (SIGHUP): edited files and new override files are read again."""

@@ -25,6 +25,7 @@ and dropped with the templates on reload.
 from __future__ import annotations
 
 import io
+import logging
 import secrets
 from gettext import NullTranslations
 from datetime import datetime, timedelta, timezone
@@ -34,7 +35,7 @@ from typing import Any
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, meta, nodes
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, meta, nodes
 from markupsafe import Markup
 
 from daemon.config import LOCALES
@@ -43,6 +44,7 @@ from daemon.i18n import CLOCK_READS, date_filters, duration_span
 from daemon.template_folders import TemplateFolders
 from daemon.web.compiled_gettext import CompiledGettext
 
+log = logging.getLogger(__name__)
 
 #: The filters that measure from the page's ``now`` (``daemon.i18n.date_filters``).
 RELATIVE_FILTERS = ("deadline", "remaining")
@@ -106,15 +108,35 @@ class Pages:
         self._shared = {}
         self._reads_clock = {}
 
-    def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
-        """``Template.render`` without its per-render copies: the template is kept here (no loader
-        cache lookup) with its globals as one dict (jinja copies them out of a ``ChainMap`` into every
-        context it makes, twice), merged with ``context`` in one copy."""
+    def _template(self, name: str, locale: str) -> tuple[Template, dict[str, Any]]:
         found = self._templates.get((locale, name))
         if found is None:
             template = self._envs[locale].get_template(name)
             found = self._templates[(locale, name)] = (template, dict(template.globals))
-        template, globals_ = found
+        return found
+
+    def warm(self, names: tuple[str, ...]) -> None:
+        """Compile ``names`` in every language, and decide ``reads_clock`` for each, now rather than on
+        the first request that shows them (on the event loop: ~50 ms of a fresh serve's first link GET,
+        whose later ones take ~2 ms); what a page extends or imports too, which jinja loads only when the
+        page first renders. The templates are the ones ``render`` would load, the operator's override
+        first; one that fails to load is left to fail where it always did, on its request."""
+        for name in names:
+            for locale in LOCALES:
+                try:
+                    self._template(name, locale)
+                    _compile_referenced(self._envs[locale], name)
+                except TemplateError as exc:
+                    log.warning("template %s could not be compiled ahead of its first page: %s", name, exc)
+                    break
+            else:
+                self.reads_clock(name)
+
+    def render(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
+        """``Template.render`` without its per-render copies: the template is kept here (no loader
+        cache lookup) with its globals as one dict (jinja copies them out of a ``ChainMap`` into every
+        context it makes, twice), merged with ``context`` in one copy."""
+        template, globals_ = self._template(name, locale)
         env = template.environment
         parent = {**globals_, **context, "locale": locale, "timezone": timezone}
         ctx = env.context_class(env, parent, template.name, template.blocks, globals=globals_)
@@ -166,6 +188,20 @@ class Pages:
         text = render(error.code, error.params, self._translations[locale].pgettext)
         text = text[:1].upper() + text[1:]
         return text if text.endswith((".", "!", "?", "»")) else text + "."
+
+
+def _compile_referenced(env: Environment, name: str) -> None:
+    """Compile into ``env``'s cache each template ``name`` extends, includes or imports (by a constant
+    name), and theirs: jinja loads those when the page first renders, not when it compiles."""
+    seen = {name}
+    waiting = [name]
+    while waiting:
+        source, _, _ = env.loader.get_source(env, waiting.pop())  # type: ignore[union-attr]
+        for referenced in meta.find_referenced_templates(env.parse(source)):
+            if referenced is not None and referenced not in seen:
+                seen.add(referenced)
+                env.get_template(referenced)
+                waiting.append(referenced)
 
 
 def _kept_while(reads: list[tuple[datetime, bool]], now: datetime) -> tuple[datetime, datetime]:
