@@ -178,10 +178,12 @@ class GroupWriter:
     that is not durable; so does a unit that loses the connection (a file
     found read-only), at once, and the units queued behind it start a new group.
 
-    Background units (inbound processing) give way: one does not start while a
-    foreground unit (an SMTP store, a click) waits, and ``contended`` tells a
-    long background unit to end early so that the waiting one runs next, in the
-    same group.
+    Background units (inbound processing, the outbox worker's claims and marks)
+    give way: one does not start while a foreground unit (an SMTP store, a
+    click) waits, and ``contended`` tells a long background unit to end early
+    so that the waiting one runs next, in the same group. A background unit
+    waits until no foreground unit is queued at all, however long an unbroken
+    stream of them lasts: a write with a deadline (a lease renewal) is not one.
     """
 
     def __init__(self, engine: Engine, max_group: int = 64, max_age: float = 0.05) -> None:
@@ -280,14 +282,14 @@ class GroupWriter:
                 session.close()
 
     @contextmanager
-    def core_unit(self) -> Iterator[Connection]:
+    def core_unit(self, background: bool = False) -> Iterator[Connection]:
         """A write transaction on the write connection itself, for Core statements only (no Session to
-        build, begin and close inside the lock): a SAVEPOINT of the group, as ``unit``.
+        build, begin and close inside the lock): a SAVEPOINT of the group, as ``unit`` (``background`` too).
 
         The SAVEPOINT and its RELEASE go to the driver itself: through ``begin_nested`` each was a
         compiled statement and a transaction object, a tenth of an accept's CPU for two words of SQL.
         """
-        with self._slot() as (connection, group):
+        with self._slot(background) as (connection, group):
             with savepoint(connection, "core_unit"):
                 yield connection
             group.members += 1
@@ -421,15 +423,15 @@ def engine_of(sessions: sessionmaker[Session]) -> Engine:
 
 
 @contextmanager
-def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
+def write_connection(sessions: sessionmaker[Session], background: bool = False) -> Iterator[Connection]:
     """``write_transaction`` for Core statements only: a connection, no Session.
 
     On SQLite a unit of the group writer (``GroupWriter.core_unit``); on PostgreSQL a
-    short transaction of its own from the pool.
+    short transaction of its own from the pool (``background`` changes nothing there).
     """
     writer = getattr(sessions, "writer", None)
     if writer is not None:
-        with writer.core_unit() as connection:
+        with writer.core_unit(background) as connection:
             yield connection
         return
     with engine_of(sessions).connect() as connection:

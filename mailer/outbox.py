@@ -352,7 +352,9 @@ class OutboxWorker:
         free = or_(table.c.claimed_until.is_(None), table.c.claimed_until < now)
         token = secrets.token_hex(16)
         # Core rows, not ORM objects: nothing to build, track and expunge while the write lock is held.
-        with write_connection(self._sessions) as connection:
+        # The worker's writes are background units (``GroupWriter``): nobody waits for their answer, so
+        # the accepts and clicks queued for SQLite's writer go first (no-op on PostgreSQL).
+        with write_connection(self._sessions, background=True) as connection:
             ids = connection.scalars(
                 select(table.c.id)
                 .where(table.c.state == "pending", table.c.next_attempt_at <= now, free)
@@ -386,7 +388,7 @@ class OutboxWorker:
 
     def _release(self, claims: Sequence[_Claim]) -> None:
         """Give back claims not sent (the worker is stopping): due again at once, for any instance."""
-        with write_transaction(self._sessions) as session:
+        with write_transaction(self._sessions) as session:  # foreground: ``stop`` waits for it
             for claim in claims:
                 session.execute(update(OutboxMessage).where(self._mine(claim)).values(claimed_until=None, claim_token=None))
 
@@ -395,7 +397,11 @@ class OutboxWorker:
                     OutboxMessage.state == "pending")
 
     def _renew(self, claim: _Claim) -> bool:
-        """Extend the lease; False when the claim is no longer this worker's."""
+        """Extend the lease; False when the claim is no longer this worker's.
+
+        A foreground unit, unlike the worker's other writes: a background one waits while any foreground
+        unit is queued, so a long unbroken run of accepts could keep it waiting past the lease's end (and
+        the email would be sent twice). One short UPDATE per email a third of a lease into its send."""
         with write_transaction(self._sessions) as session:
             return rows_changed(
                 session,
@@ -407,7 +413,7 @@ class OutboxWorker:
         return {"raw": raw} if raw is not None and not claim.rendered else {}
 
     def _record_sent(self, claim: _Claim, answer: str, raw: bytes | None = None) -> bool:
-        with write_transaction(self._sessions) as session:
+        with write_transaction(self._sessions, background=True) as session:
             return rows_changed(
                 session,
                 update(OutboxMessage).where(self._mine(claim)).values(
@@ -429,7 +435,7 @@ class OutboxWorker:
         with_raw = [r for r in results if r[2] is not None and not r[0].rendered]
         without_raw = [r for r in results if not (r[2] is not None and not r[0].rendered)]
         try:
-            with write_transaction(self._sessions) as session:
+            with write_transaction(self._sessions, background=True) as session:
                 connection = session.connection()
                 for group, extra in ((with_raw, {"raw": bindparam("b_raw")}), (without_raw, {})):
                     if not group:
@@ -475,7 +481,7 @@ class OutboxWorker:
         else:
             outcome = "deferred"
             values["next_attempt_at"] = min(now + jittered(backoff(claim.attempts + 1), self._rng), deadline)
-        with write_transaction(self._sessions) as session:
+        with write_transaction(self._sessions, background=True) as session:
             if rows_changed(session, update(OutboxMessage).where(self._mine(claim)).values(**values)) != 1:
                 return None
             if error.permanent:

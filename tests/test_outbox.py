@@ -7,18 +7,25 @@ here); everything on Cabinet's side is real.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import threading
 from email import message_from_bytes
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session, SMTP
+from sqlalchemy import event, text
 
 from daemon.app import build
 from daemon.config import load_config
+from daemon.db import engine_of, write_transaction, writes_waiting
 from mailer.outbox import backoff, jittered
+from mailer.transports import TransportError
 from tests.conftest import Cli, Env, FakeClock, free_port, write_config
+from tests.test_group_commit import wait_for
 
 
 class Sink:
@@ -248,3 +255,71 @@ def test_relay_connections_are_kept_open_and_replaced_when_the_relay_drops_them(
         controller.stop()
     assert len(sink.received) == 7
     assert env.sql("SELECT count(*) FROM outbox WHERE state = 'sent' AND attempts = 1") == [(7,)]
+
+
+
+WORKER_WRITES: dict[str, Callable[[Any, Any], object]] = {
+    "claim": lambda worker, claim: worker._claim_batch(10),
+    "sent": lambda worker, claim: worker._record_sent_many([(claim, "250 OK", None)]),
+    "failure": lambda worker, claim: worker._record_failure(claim, TransportError("451 try again later")),
+}
+
+
+@pytest.mark.skipif("CABINET_TEST_DATABASE_URL" in os.environ, reason="SQLite's one writer (GroupWriter)")
+@pytest.mark.parametrize("write", list(WORKER_WRITES))
+def test_the_workers_writes_wait_behind_a_queued_foreground_write(env: Env, cli: Cli, write: str) -> None:
+    """The worker's claims, "sent" marks and failures are background units: none takes SQLite's one
+    writer ahead of a foreground write (an accept, a click) already queued for it; each waits on the
+    writer's queue, not beside that write on the lock, and runs once the write has."""
+    cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
+    cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example")
+    cli("invitation", "send", "--company", "Boulangerie Roy", "--email", "marie@tremblay.example")
+    cabinet = build(load_config(env.config_path))
+    sessions, worker = cabinet.sessions, cabinet.worker
+    writer = sessions.writer  # type: ignore[attr-defined]
+    order: list[str] = []
+    watching = threading.Event()
+
+    def on_statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if watching.is_set() and statement.startswith("UPDATE outbox"):
+            order.append(write)
+
+    event.listen(engine_of(sessions), "before_cursor_execute", on_statement)
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with write_transaction(sessions) as s:
+            s.execute(text("SELECT 1"))
+            holding.set()
+            release.wait()
+
+    def store() -> None:
+        with write_transaction(sessions) as s:
+            s.execute(text("SELECT 1"))
+            order.append("store")
+
+    done: list[object] = []
+    try:
+        claim = None if write == "claim" else worker._claim_batch(10)[0]
+        watching.set()
+        threads = [threading.Thread(target=holder)]
+        threads[0].start()
+        holding.wait()
+        threads.append(threading.Thread(target=store))
+        threads[-1].start()
+        wait_for(lambda: writes_waiting(sessions), "the store to queue")
+        threads.append(threading.Thread(target=lambda: done.append(WORKER_WRITES[write](worker, claim))))
+        threads[-1].start()
+        # Queued one way or the other: on the writer's queue (background), or on the lock (foreground).
+        wait_for(lambda: len(writer._queue._waiters) == 1 or writer._waiting == 2, f"the {write} to queue")
+        assert len(writer._queue._waiters) == 1 and writer._waiting == 1  # it waits its turn
+        release.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        release.set()
+        cabinet.close()
+    assert order == ["store", write]
+    assert len(done) == 1
+    assert env.sql("SELECT state, claim_token IS NULL FROM outbox") == [
+        {"claim": ("pending", False), "sent": ("sent", True), "failure": ("pending", True)}[write]]
