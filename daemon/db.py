@@ -151,6 +151,12 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# Seconds a background unit gives way to foreground units at most (``GroupWriter``): a second of
+# accepts or stores without a pause delays an outbox mark or inbound processing by that much, far
+# inside an outbox lease (minutes).
+MAX_GIVE_WAY = 1.0
+
+
 class _Group:
     """Write transactions committed together: their callers wait for ``done``."""
 
@@ -182,17 +188,22 @@ class GroupWriter:
     give way: one does not start while a foreground unit (an SMTP store, a
     click) waits, and ``contended`` tells a long background unit to end early
     so that the waiting one runs next, in the same group. A background unit
-    waits until no foreground unit is queued at all, however long an unbroken
-    stream of them lasts: a write with a deadline (a lease renewal) is not one.
+    waits until no foreground unit is queued, but ``max_give_way`` seconds at
+    most: under an unbroken stream of foreground units it then queues with
+    them, so that background work (a "sent" mark, whose lease would otherwise
+    run out) is late, never starved. A write with a tighter deadline (a lease
+    renewal) is not a background unit.
     """
 
-    def __init__(self, engine: Engine, max_group: int = 64, max_age: float = 0.05) -> None:
+    def __init__(self, engine: Engine, max_group: int = 64, max_age: float = 0.05,
+                 max_give_way: float | None = MAX_GIVE_WAY) -> None:
         from sqlalchemy.orm import Session  # see make_sessionmaker
 
         self._session = Session
         self._engine = engine
         self._max_group = max_group
         self._max_age = max_age
+        self.max_give_way = max_give_way  # None: no limit (tests that step through the queue)
         self._lock = threading.Lock()
         self._queue = threading.Condition()  # guards _waiting and _urgent
         self._waiting = 0
@@ -302,8 +313,8 @@ class GroupWriter:
         if self._owner == me:
             raise RuntimeError("a write transaction inside another one on the same thread would wait for itself")
         with self._queue:
-            if background:  # behind every foreground unit already waiting
-                self._queue.wait_for(lambda: self._urgent == 0)
+            if background:  # behind every foreground unit waiting, for a while
+                self._queue.wait_for(lambda: self._urgent == 0, timeout=self.max_give_way)
             else:
                 self._urgent += 1
             self._waiting += 1

@@ -147,6 +147,7 @@ def test_a_background_unit_gives_way_to_a_waiting_foreground_one(engine: Engine)
     and a long background unit is told that one waits (``writes_waiting``) so that it can end early."""
     sessions = db.make_sessionmaker(engine)
     writer = sessions.writer  # type: ignore[attr-defined]
+    writer.max_give_way = None  # gives way for as long as the test takes (a busy machine may take seconds)
     order: list[str] = []
     holding, release = threading.Event(), threading.Event()
 
@@ -181,6 +182,45 @@ def test_a_background_unit_gives_way_to_a_waiting_foreground_one(engine: Engine)
     assert order == ["told: True", "store", "processing"]
     assert rows(engine) == [1, 2, 3]
     assert not db.writes_waiting(sessions)
+
+
+def test_a_background_unit_gives_way_for_a_while_not_for_ever(engine: Engine) -> None:
+    """Under foreground units that never stop queueing (here: one that stays queued), a background unit
+    (an outbox "sent" mark, whose lease runs out) stops giving way after ``max_give_way`` seconds and
+    queues for the lock with them: late, never starved."""
+    sessions = db.make_sessionmaker(engine)
+    writer = sessions.writer  # type: ignore[attr-defined]
+    writer.max_give_way = 0.2
+    done: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with db.write_transaction(sessions) as s:
+            s.execute(text("INSERT INTO child (id, parent_id) VALUES (1, 1)"))
+            holding.set()
+            release.wait()
+
+    def unit(name: str, background: bool, row_id: int) -> None:
+        with db.write_transaction(sessions, background=background) as s:
+            s.execute(text("INSERT INTO child (id, parent_id) VALUES (:id, 1)"), {"id": row_id})
+        done.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    holding.wait()
+    threads.append(threading.Thread(target=unit, args=("store", False, 2)))
+    threads[-1].start()
+    wait_for(lambda: writer._waiting == 1, "the store to queue")
+    threads.append(threading.Thread(target=unit, args=("mark", True, 3)))
+    threads[-1].start()
+    # The store stays queued while the holder holds: the mark gave way its 0.2 s, then queued beside it.
+    wait_for(lambda: writer._waiting == 2, "the background unit to stop giving way")
+    release.set()
+    for thread in threads:
+        thread.join()
+    db.close_sessions(sessions)
+    assert sorted(done) == ["mark", "store"]
+    assert rows(engine) == [1, 2, 3]
 
 
 def test_a_failing_core_unit_rolls_back_alone_inside_a_shared_group(engine: Engine) -> None:
