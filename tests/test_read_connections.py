@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Integer, String, bindparam, cast, create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -122,3 +122,74 @@ def test_the_server_reads_again_after_the_database_server_dropped_its_connection
     assert ended >= 1
     page = browser.get(link)
     assert page.status_code == 200 and seed.company in page.text and "Marie Tremblay" in page.text
+
+
+class _Cursors:
+    """The cursors the kept connections run statements on, heard through ``before_cursor_execute``
+    (kept referenced, so an identity compared is never a recycled one). The kept reads tell it no
+    SQLAlchemy connection; the pool's statements (``_nonce``) do, and are not counted."""
+
+    def __init__(self, cabinet: Cabinet) -> None:
+        self.seen: list[Any] = []
+        self._engine = engine_of(cabinet.sessions)
+        event.listen(self._engine, "before_cursor_execute", self._heard)
+
+    def _heard(self, connection: Any, cursor: Any, *_: Any) -> None:
+        if connection is None:
+            self.seen.append(cursor)
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._heard)
+
+
+def test_a_kept_connection_reruns_a_statement_on_its_cursor_and_a_failed_read_takes_its_cursors_with_it(
+    cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
+) -> None:
+    if env.is_sqlite:
+        pytest.skip("SQLite's reads take a cursor each (PostgreSQL's keep one per statement)")
+    invitation_id = sent_invitation(cli, seed, env)
+    reads = read_connections(cabinet.sessions)
+    failing = PreparedRead(reads, select(cast(bindparam("text", type_=String), Integer).label("number")))
+    cursors = _Cursors(cabinet)
+    try:
+        assert _page(cabinet, invitation_id).state == "pending"
+        assert _page(cabinet, invitation_id).state == "pending"
+        first, second = cursors.seen
+        assert second is first  # the same statement on the same kept connection: its cursor again
+        # A read that fails on the server surfaces as before, and its connection (with its cursors) goes.
+        with pytest.raises(DBAPIError) as raised:
+            failing.one_or_none(text="not a number")
+        assert not raised.value.connection_invalidated
+        assert storage_fault(raised.value) is None  # the statement's fault, not the database's
+        assert first.connection.closed
+        assert _page(cabinet, invitation_id).state == "pending"  # the reads after it still work
+        after = cursors.seen[-1]
+        assert after is not first and not after.connection.closed
+        assert failing.one_or_none(text="12") == (12,)  # and that statement too, on a new connection
+    finally:
+        cursors.close()
+
+
+def test_a_connection_the_server_dropped_takes_its_cursors_with_it(
+    cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
+) -> None:
+    if env.is_sqlite:
+        pytest.skip("a PostgreSQL backend is what this terminates")
+    invitation_id = sent_invitation(cli, seed, env)
+    reads = read_connections(cabinet.sessions)
+    cursors = _Cursors(cabinet)
+    try:
+        assert _page(cabinet, invitation_id).state == "pending"
+        dropped = cursors.seen[-1]
+        assert env.sql("SELECT pg_terminate_backend(:pid)", pid=dropped.connection.info.backend_pid) == [(True,)]
+        # The read tries the dropped connection's cursor once, finds it lost and reads on a new one.
+        assert _page(cabinet, invitation_id).state == "pending"
+        lost, fresh = cursors.seen[-2:]
+        assert lost is dropped and fresh is not dropped and fresh.connection is not dropped.connection
+        assert _page(cabinet, invitation_id).state == "pending"
+        assert cursors.seen[-1] is fresh  # the new connection's cursor is the one kept now
+        assert dropped.connection.closed
+        ((pid,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
+        assert pid == fresh.connection.info.backend_pid
+    finally:
+        cursors.close()
