@@ -52,6 +52,13 @@ def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
         time.sleep(0.001)
 
 
+def insert_child(sessions: Any, row_id: int, background: bool, order: list[str], name: str) -> None:
+    """A write unit inserting child ``row_id``; ``name`` noted in ``order`` while it holds the writer."""
+    with db.write_transaction(sessions, background=background) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (:id, 1)"), {"id": row_id})
+        order.append(name)
+
+
 def test_concurrent_writers_all_commit_in_fewer_groups(engine: Engine) -> None:
     sessions = db.make_sessionmaker(engine)
     commits = commits_counted(engine)
@@ -159,19 +166,14 @@ def test_a_background_unit_gives_way_to_a_waiting_foreground_one(engine: Engine)
             # What processing checks between messages: a store waits behind this unit.
             order.append(f"told: {db.writes_waiting(sessions)}")
 
-    def unit(name: str, background: bool, row_id: int) -> None:
-        with db.write_transaction(sessions, background=background) as s:
-            s.execute(text("INSERT INTO child (id, parent_id) VALUES (:id, 1)"), {"id": row_id})
-            order.append(name)
-
     threads = [threading.Thread(target=holder)]
     threads[0].start()
     holding.wait()
     assert not db.writes_waiting(sessions)
-    threads.append(threading.Thread(target=unit, args=("store", False, 2)))
+    threads.append(threading.Thread(target=insert_child, args=(sessions, 2, False, order, "store")))
     threads[-1].start()
     wait_for(lambda: db.writes_waiting(sessions), "the store to queue")
-    threads.append(threading.Thread(target=unit, args=("processing", True, 3)))
+    threads.append(threading.Thread(target=insert_child, args=(sessions, 3, True, order, "processing")))
     threads[-1].start()
     # The background unit waits for the store to go first, not for the lock beside it.
     wait_for(lambda: len(writer._queue._waiters) == 1, "the background unit to wait its turn")
@@ -200,18 +202,13 @@ def test_a_background_unit_gives_way_for_a_while_not_for_ever(engine: Engine) ->
             holding.set()
             release.wait()
 
-    def unit(name: str, background: bool, row_id: int) -> None:
-        with db.write_transaction(sessions, background=background) as s:
-            s.execute(text("INSERT INTO child (id, parent_id) VALUES (:id, 1)"), {"id": row_id})
-        done.append(name)
-
     threads = [threading.Thread(target=holder)]
     threads[0].start()
     holding.wait()
-    threads.append(threading.Thread(target=unit, args=("store", False, 2)))
+    threads.append(threading.Thread(target=insert_child, args=(sessions, 2, False, done, "store")))
     threads[-1].start()
     wait_for(lambda: writer._waiting == 1, "the store to queue")
-    threads.append(threading.Thread(target=unit, args=("mark", True, 3)))
+    threads.append(threading.Thread(target=insert_child, args=(sessions, 3, True, done, "mark")))
     threads[-1].start()
     # The store stays queued while the holder holds: the mark gave way its 0.2 s, then queued beside it.
     wait_for(lambda: writer._waiting == 2, "the background unit to stop giving way")

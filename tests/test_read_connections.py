@@ -60,22 +60,52 @@ def test_a_read_sees_committed_rows_only_and_leaves_no_transaction_open(
     assert engine_of(cabinet.sessions).pool.checkedout() == 0
 
 
-def test_a_connection_the_server_dropped_is_replaced_on_the_next_read(
+class _Cursors:
+    """The cursors the kept connections run statements on, heard through ``before_cursor_execute``
+    (kept referenced, so an identity compared is never a recycled one). The kept reads tell it no
+    SQLAlchemy connection; the pool's statements (``_nonce``) do, and are not counted."""
+
+    def __init__(self, cabinet: Cabinet) -> None:
+        self.seen: list[Any] = []
+        self._engine = engine_of(cabinet.sessions)
+        event.listen(self._engine, "before_cursor_execute", self._heard)
+
+    def _heard(self, connection: Any, cursor: Any, *_: Any) -> None:
+        if connection is None:
+            self.seen.append(cursor)
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._heard)
+
+
+def test_a_connection_the_server_dropped_is_replaced_on_the_next_read_and_takes_its_cursors_with_it(
     cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
 ) -> None:
     if env.is_sqlite:
         pytest.skip("a PostgreSQL backend is what this terminates")
     invitation_id = sent_invitation(cli, seed, env)
     reads = read_connections(cabinet.sessions)
-    ((before,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
-    assert _page(cabinet, invitation_id).state == "pending"
-    # An administrator (or a restart, or an idle timeout) ends the kept connection's backend.
-    assert env.sql("SELECT pg_terminate_backend(:pid)", pid=before) == [(True,)]
-    # The next read finds it lost, drops it and reads on a new connection: the caller sees its row.
-    assert _page(cabinet, invitation_id).state == "pending"
-    ((after,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
-    assert after != before
-    assert env.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid", pid=before) == [(0,)]
+    cursors = _Cursors(cabinet)
+    try:
+        ((before,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
+        assert _page(cabinet, invitation_id).state == "pending"
+        dropped = cursors.seen[-1]
+        # An administrator (or a restart, or an idle timeout) ends the kept connection's backend.
+        assert env.sql("SELECT pg_terminate_backend(:pid)", pid=before) == [(True,)]
+        # The next read tries the dropped connection's cursor once, finds it lost, drops it and reads on
+        # a new connection: the caller sees its row.
+        assert _page(cabinet, invitation_id).state == "pending"
+        lost, fresh = cursors.seen[-2:]
+        assert lost is dropped and fresh is not dropped and fresh.connection is not dropped.connection
+        assert _page(cabinet, invitation_id).state == "pending"
+        assert cursors.seen[-1] is fresh  # the new connection's cursor is the one kept now
+        assert dropped.connection.closed
+        ((after,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
+        assert after != before
+        assert after == fresh.connection.info.backend_pid
+        assert env.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid", pid=before) == [(0,)]
+    finally:
+        cursors.close()
 
 
 def test_a_database_that_is_gone_is_a_storage_fault_even_after_reads_kept_a_connection(
@@ -124,24 +154,6 @@ def test_the_server_reads_again_after_the_database_server_dropped_its_connection
     assert page.status_code == 200 and seed.company in page.text and "Marie Tremblay" in page.text
 
 
-class _Cursors:
-    """The cursors the kept connections run statements on, heard through ``before_cursor_execute``
-    (kept referenced, so an identity compared is never a recycled one). The kept reads tell it no
-    SQLAlchemy connection; the pool's statements (``_nonce``) do, and are not counted."""
-
-    def __init__(self, cabinet: Cabinet) -> None:
-        self.seen: list[Any] = []
-        self._engine = engine_of(cabinet.sessions)
-        event.listen(self._engine, "before_cursor_execute", self._heard)
-
-    def _heard(self, connection: Any, cursor: Any, *_: Any) -> None:
-        if connection is None:
-            self.seen.append(cursor)
-
-    def close(self) -> None:
-        event.remove(self._engine, "before_cursor_execute", self._heard)
-
-
 def test_a_kept_connection_reruns_a_statement_on_its_cursor_and_a_failed_read_takes_its_cursors_with_it(
     cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
 ) -> None:
@@ -166,30 +178,5 @@ def test_a_kept_connection_reruns_a_statement_on_its_cursor_and_a_failed_read_ta
         after = cursors.seen[-1]
         assert after is not first and not after.connection.closed
         assert failing.one_or_none(text="12") == (12,)  # and that statement too, on a new connection
-    finally:
-        cursors.close()
-
-
-def test_a_connection_the_server_dropped_takes_its_cursors_with_it(
-    cli: Cli, seed: Seed, env: Env, cabinet: Cabinet
-) -> None:
-    if env.is_sqlite:
-        pytest.skip("a PostgreSQL backend is what this terminates")
-    invitation_id = sent_invitation(cli, seed, env)
-    reads = read_connections(cabinet.sessions)
-    cursors = _Cursors(cabinet)
-    try:
-        assert _page(cabinet, invitation_id).state == "pending"
-        dropped = cursors.seen[-1]
-        assert env.sql("SELECT pg_terminate_backend(:pid)", pid=dropped.connection.info.backend_pid) == [(True,)]
-        # The read tries the dropped connection's cursor once, finds it lost and reads on a new one.
-        assert _page(cabinet, invitation_id).state == "pending"
-        lost, fresh = cursors.seen[-2:]
-        assert lost is dropped and fresh is not dropped and fresh.connection is not dropped.connection
-        assert _page(cabinet, invitation_id).state == "pending"
-        assert cursors.seen[-1] is fresh  # the new connection's cursor is the one kept now
-        assert dropped.connection.closed
-        ((pid,),) = reads.execute("SELECT pg_backend_pid()", {}, 1)
-        assert pid == fresh.connection.info.backend_pid
     finally:
         cursors.close()
