@@ -2,7 +2,8 @@
 
 wrk repeats requests for a fixed duration; an accept must be sent once per
 invitation, so this sends a finite list over N keep-alive connections, on raw
-asyncio streams (fast enough that one core of load outruns the ceiling).
+asyncio streams. It outruns Cabinet's accepts, not the bare POST ceiling (about
+half of wrk's rate against it): the ceilings are measured with wrk.
 
     python -m bench.httpload BASE_URL REQUESTS.txt CONNECTIONS [TIMES.tsv]
 

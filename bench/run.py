@@ -282,8 +282,7 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
             def run_ceiling(r: int) -> Sample:
                 paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"accept-c{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
-                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16,
-                                args.times and args.times / f"accept-ceiling-{r}.tsv")
+                return wrk(f"http://127.0.0.1:{ceiling.port}", requests, 16, args.duration)
 
             alternate(args.rounds, row, run_cabinet, on_cpu(ceiling.process.pid, run_ceiling))
         finally:
@@ -369,7 +368,7 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
                 paths = seeded.paths[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"floor-accept-{composer}-c{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
-                return httpload(f"http://127.0.0.1:{ceiling.port}", requests, 16)
+                return wrk(f"http://127.0.0.1:{ceiling.port}", requests, 16, args.duration)
 
             alternate(args.rounds, accept_row, run_floor, on_cpu(ceiling.process.pid, run_ceiling))
         finally:
@@ -628,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the floor's page size (default: Cabinet's invitation page, measured)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--times", type=Path, help="a folder for each accept round's per-request times "
-                        "(bench.httpload's TIMES.tsv: accept-R.tsv, accept-ceiling-R.tsv)")
+                        "(bench.httpload's TIMES.tsv: accept-R.tsv)")
     args = parser.parse_args(argv)
     chosen: dict[str, Callable[[Path, Databases, argparse.Namespace], Row | list[Row]]] = dict(PATHS)
     if args.big:
