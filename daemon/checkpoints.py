@@ -32,8 +32,9 @@ The wal-index header is read from a kept descriptor on the ``-shm`` file. SQLite
 when the last connection to the database closes (the thread's own is closed after a failed
 checkpoint; the pool's may all be) and the next connection creates another: a descriptor kept on the
 deleted one would read the same counts for ever, the thread would never be woken and the WAL would
-grow without bound. So each read first checks that the path still names the kept file (a ``stat``,
-0.8 µs against a group's COMMIT) and, when another has taken its place, reads that one.
+grow without bound. So each read first checks that the path still names the kept file (a ``stat``:
+the read went from 0.7 to 2.4 µs, once per group's COMMIT of accepts of 1-2 ms of CPU each) and, when
+another has taken its place, reads that one.
 """
 
 from __future__ import annotations
