@@ -178,12 +178,12 @@ def test_the_checkpoints_follow_the_wal_index_sqlite_creates_again(engine: Engin
         checkpoints._drop()
     engine.dispose()
     assert not shm.exists(), "SQLite kept its -shm file after its last connection closed"
-    runs = checkpoints.runs + checkpoints.writer_runs
+    runs = checkpoints.runs
     sizes: list[int] = []
     write_stream(writer, 800, after=sizes)  # about 2,000 pages
     assert (shm.stat().st_dev, shm.stat().st_ino) != (deleted.st_dev, deleted.st_ino)
     assert max(sizes) <= (checkpoints.limit + 16) * (checkpoints.page_size + 24) + 32
-    assert checkpoints.runs + checkpoints.writer_runs > runs, "nothing checkpointed after -shm was created again"
+    assert checkpoints.runs > runs, "the thread never checkpointed again (on a connection of its own)"
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM item").scalar() == 808
     writer.close()
