@@ -163,6 +163,50 @@ def test_a_failed_checkpoint_is_logged_and_tried_again(engine: Engine, tmp_path:
     writer.close()
 
 
+
+def test_the_checkpoints_follow_the_wal_index_sqlite_creates_again(engine: Engine) -> None:
+    """SQLite deletes ``-shm`` as the last connection to the database closes, and the next connection
+    creates another: the checkpoints read that one, and the WAL stays bounded."""
+    writer = db.GroupWriter(engine)
+    checkpoints = writer.checkpoint_in_background(bound=64)
+    assert checkpoints is not None
+    shm = Path(str(database_file(engine)) + "-shm")
+    write_stream(writer, 8)
+    deleted = shm.stat()
+    # Every connection closed: the thread's, as after a failed checkpoint, and the pool's.
+    with checkpoints._checkpointing:
+        checkpoints._drop()
+    engine.dispose()
+    assert not shm.exists(), "SQLite kept its -shm file after its last connection closed"
+    runs = checkpoints.runs
+    sizes: list[int] = []
+    write_stream(writer, 800, after=sizes)  # about 2,000 pages
+    assert (shm.stat().st_dev, shm.stat().st_ino) != (deleted.st_dev, deleted.st_ino)
+    assert max(sizes) <= (checkpoints.limit + 16) * (checkpoints.page_size + 24) + 32
+    assert checkpoints.runs > runs, "the thread never checkpointed again (on a connection of its own)"
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM item").scalar() == 808
+    writer.close()
+
+
+
+def test_the_checkpoints_keep_reading_a_wal_index_deleted_under_open_connections(engine: Engine) -> None:
+    """``-shm`` deleted while connections are open (an operator's ``rm``): SQLite's connections keep the
+    file they mapped, and so do the checkpoints, until another file takes its name."""
+    writer = db.GroupWriter(engine)
+    checkpoints = writer.checkpoint_in_background(bound=64)
+    assert checkpoints is not None
+    write_stream(writer, 8)
+    Path(str(database_file(engine)) + "-shm").unlink()
+    sizes: list[int] = []
+    write_stream(writer, 800, after=sizes)
+    assert max(sizes) <= (checkpoints.limit + 16) * (checkpoints.page_size + 24) + 32
+    assert checkpoints.runs > 0
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM item").scalar() == 808
+    writer.close()
+
+
 # A process that writes a row at a time through the group writer, checkpoints on their thread every
 # 16 pages, and prints each row's id once its COMMIT returned (acknowledged).
 WRITER_PROCESS = """

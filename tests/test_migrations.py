@@ -10,6 +10,7 @@ import importlib.util
 from datetime import datetime, timezone
 from pathlib import Path
 from pprint import pformat
+from types import ModuleType
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -82,13 +83,48 @@ def insert(conn, sql: str, **params) -> None:
     conn.execute(statement, params)
 
 
-def catalogue_of_migration_0002() -> list[tuple[str, str, str]]:
-    path = next((db.MIGRATIONS / "versions").glob("0002_*.py"))
-    spec = importlib.util.spec_from_file_location("cabinet_migration_0002", path)
+def migration(revision: str) -> ModuleType:
+    """A migration's module, for its constants (migrations are files, not a package)."""
+    path = next((db.MIGRATIONS / "versions").glob(f"{revision}_*.py"))
+    spec = importlib.util.spec_from_file_location(f"cabinet_migration_{revision}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.CATALOGUE)
+    return module
+
+
+def catalogue_of_migration_0002() -> list[tuple[str, str, str]]:
+    return list(migration("0002").CATALOGUE)
+
+
+def test_the_database_at_head_has_the_triggers_the_code_relies_on(tmp_path: Path) -> None:
+    """The roster's search index (0015) and its counts (0016, 0017) are kept by triggers on ``clients``.
+    On SQLite a migration that rebuilds ``clients`` (Alembic's batch mode copies the table and drops the
+    old one) drops them with it: the counts' and search's tests then fail far from the cause, where this
+    one names the triggers missing (or one no migration meant to leave)."""
+    url = fresh_database_url(tmp_path)
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                found = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars())
+                search_index = conn.exec_driver_sql(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'clients_search'").scalar()
+            else:
+                found = set(conn.exec_driver_sql(
+                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+                    "AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace)"
+                ).scalars())
+    finally:
+        engine.dispose()
+    if engine.dialect.name == "sqlite":
+        # Without FTS5's trigram tokenizer 0015 builds no search index, and the search scans the roster.
+        search = {sql.split()[2] for sql in migration("0015").SQLITE_TRIGGERS}  # CREATE TRIGGER name …
+        expected = set(migration("0017").SQLITE_TRIGGERS) | (search if search_index else set())
+    else:  # the search index is GIN indexes (tests/test_client_search.py); 0017 kept 0016's triggers
+        expected = set(migration("0016").PG_TRIGGERS)
+    assert found == expected
 
 
 def test_upgrading_a_database_made_by_the_first_migration_keeps_its_data(tmp_path: Path) -> None:
