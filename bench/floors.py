@@ -5,11 +5,13 @@ request. ``bench/run.py``'s ``floor`` path measures them against the same ceilin
 load, pinned the same way, as Cabinet's ``link_get`` and ``accept``: they are upper bounds for
 what Cabinet's ratios could be in Python, not a second product.
 
-    python -m bench.floors get PORT FOLDER PAGE_SIZE     the invitation page
-    python -m bench.floors accept PORT FOLDER RELAY_PORT [email-package|direct]
+    python -m bench.floors get PORT FOLDER PAGE_SIZE [thread|async]
+                                                         the invitation page
+    python -m bench.floors accept PORT FOLDER RELAY_PORT [email-package|direct] [plain|pipeline]
                                                          the accept, its two emails sent to RELAY_PORT
 
-FOLDER holds the database and the key a ``seed_*`` function below wrote.
+FOLDER holds the database and the key ``seed`` below wrote; or the key and the name of a PostgreSQL
+database ``bench.floors_pg`` seeded (the last arguments are how that path reads and writes).
 
 What each does per request:
 
@@ -196,9 +198,14 @@ class Seeded:
     csrf: str  # the CSRF token bound to that browser
 
 
-def seed(folder: Path, count: int) -> Seeded:
+def seed(folder: Path, count: int, database: str = "") -> Seeded:
     """A firm, its accountant (member, signed in), ``count`` companies each with a pending invitation
-    for that accountant; the tokens made by itsdangerous itself."""
+    for that accountant; the tokens made by itsdangerous itself. ``database``: an empty PostgreSQL
+    database's URL to seed instead of SQLite (``bench.floors_pg``)."""
+    if database:
+        from bench import floors_pg  # it builds on this module
+
+        return floors_pg.seed(folder, count, database)
     folder.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     (folder / KEY_FILE).write_text(secret + "\n", encoding="utf-8")
@@ -227,6 +234,12 @@ def seed(folder: Path, count: int) -> Seeded:
         connection.execute("COMMIT")
     finally:
         connection.close()
+    return signed_in(secret, nonces)
+
+
+def signed_in(secret: str, nonces: list[str]) -> Seeded:
+    """The seeded invitations' links, and the accountant's cookies and CSRF token, signed with ``secret``."""
+    count = len(nonces)
     invite = serializer(secret, INVITE)
     paths = [f"/invitations/{invite.dumps([i + 1, nonces[i]])}" for i in range(count)]
     browser_id = secrets.token_urlsafe(32)
@@ -326,10 +339,11 @@ def _timestamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
 
 
-def _page_parts(row: tuple[Any, ...], path: str, expired: bool, size: int, token_length: int) -> tuple[bytes, bytes]:
+def page_parts(row: tuple[Any, ...], path: str, expired: bool, size: int, token_length: int) -> tuple[bytes, bytes]:
     """The page around its CSRF token, padded to ``size`` bytes with it (Cabinet's page's size)."""
     zone = ZoneInfo(row[16] or ZONE)
-    expires = datetime.strptime(row[8], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    expires = row[8] if isinstance(row[8], datetime) else (  # PostgreSQL's an aware datetime, SQLite's text
+        datetime.strptime(row[8], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc))
     hours = max(0, int((expires - datetime.now(timezone.utc)).total_seconds() // 3600))
     state = "expirée" if expired and row[6] == "pending" else row[6]
     head = (
@@ -344,7 +358,14 @@ def _page_parts(row: tuple[Any, ...], path: str, expired: bool, size: int, token
     return head.encode(), tail.replace("{filler}", "<!--" + "x" * max(0, filler) + "-->").encode()
 
 
-def invitation_app(folder: Path, page_size: int) -> web.Application:
+def invitation_app(folder: Path, page_size: int, read_mode: str = "thread") -> web.Application:
+    """The invitation page; on PostgreSQL when ``folder`` names a database (``bench.floors_pg``, its row
+    read as ``read_mode`` says)."""
+    from bench import floors_pg  # it builds on this module
+
+    url = floors_pg.database_url(folder)
+    if url is not None:
+        return floors_pg.invitation_app(folder, page_size, url, read_mode)
     tokens = Tokens((folder / KEY_FILE).read_text(encoding="utf-8").strip())
     reader = connect(folder)
     writer = connect(folder)
@@ -383,7 +404,7 @@ def invitation_app(folder: Path, page_size: int) -> web.Application:
         if parts is None:
             if len(pages) >= KEPT_PAGES:
                 pages.clear()
-            parts = pages[key] = _page_parts(row, request.path, expired, page_size, token_length)
+            parts = pages[key] = page_parts(row, request.path, expired, page_size, token_length)
         browser_id = secrets.token_urlsafe(32)
         csrf = tokens.sign_random(CSRF, browser_id)
         headers = dict(base)
@@ -544,14 +565,20 @@ def compose_direct(email: Email) -> bytes:
     ])
 
 
+def _mark_sent(ids: tuple[int, ...]) -> Callable[[sqlite3.Connection], Any]:
+    return lambda c: c.execute(SENT + f"({','.join('?' * len(ids))})", (_now_text(), *ids))
+
+
 class Sender:
     """Sends queued emails over one persistent relay connection, and marks them sent in batches.
 
     One task composes (CPU on the loop), another sends (waiting on the relay's answers): the next email
     is composed while the relay answers the one before; at most two wait composed."""
 
-    def __init__(self, relay_port: int, commit: GroupCommit, composer: Callable[[Email], bytes]) -> None:
+    def __init__(self, relay_port: int, commit: Any, composer: Callable[[Email], bytes],
+                 mark_sent: Callable[[tuple[int, ...]], Callable[[Any], Any]] | None = None) -> None:
         self._relay_port = relay_port
+        self._mark_sent = mark_sent or _mark_sent
         self._composer = composer
         self._commit = commit
         self.queue: asyncio.Queue[Email] = asyncio.Queue()
@@ -586,8 +613,7 @@ class Sender:
                 sent.append(email.outbox_id)
                 if (self._composed.empty() and self.queue.empty()) or len(sent) >= 64:
                     break
-            ids = tuple(sent)
-            await self._commit.run(lambda c: c.execute(SENT + f"({','.join('?' * len(ids))})", (_now_text(), *ids)))
+            await self._commit.run(self._mark_sent(tuple(sent)))
 
     async def close(self) -> None:
         if self._smtp is not None and self._smtp.is_connected:
@@ -597,11 +623,27 @@ class Sender:
 COMPOSERS = {"email-package": compose, "direct": compose_direct}
 
 
-def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "email-package") -> web.Application:
+def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "email-package",
+               write_mode: str = "plain") -> web.Application:
+    """The accept; on PostgreSQL when ``folder`` names a database (``bench.floors_pg``, its transactions
+    written as ``write_mode`` says)."""
+    from bench import floors_pg  # it builds on this module
+
     tokens = Tokens((folder / KEY_FILE).read_text(encoding="utf-8").strip())
-    writer = connect(folder)
-    commit = GroupCommit(writer)
-    sender = Sender(relay_port, commit, COMPOSERS[composer])
+    url = floors_pg.database_url(folder)
+    commit: Any
+    if url is None:
+        writer: sqlite3.Connection | None = connect(folder)
+        commit = GroupCommit(writer)  # type: ignore[arg-type]
+        accept_write: Callable[[int, str, int, int], Callable[[Any], Any]] = _accept_write
+        sender = Sender(relay_port, commit, COMPOSERS[composer])
+    else:
+        if write_mode not in floors_pg.WRITE_MODES:
+            raise SystemExit(f"unknown write mode {write_mode!r}: {', '.join(floors_pg.WRITE_MODES)}")
+        writer = None
+        commit = floors_pg.Writers(url, pipeline=write_mode == "pipeline")
+        accept_write = floors_pg.accept_write
+        sender = Sender(relay_port, commit, COMPOSERS[composer], floors_pg.mark_sent)
     invitation_age = INVITATION_TTL.total_seconds()
     refused = {**HEADERS, "Server": SERVER}
 
@@ -625,7 +667,7 @@ def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "emai
         invitation = tokens.verify(INVITE, token, invitation_age)
         if type(invitation) is not list or len(invitation) != 2:
             raise web.HTTPNotFound()
-        emails = await commit.run(_accept_write(invitation[0], invitation[1], session[0], session[1]))
+        emails = await commit.run(accept_write(invitation[0], invitation[1], session[0], session[1]))
         if emails is None:
             return web.Response(status=409, text="not pending", headers=refused)
         for email in emails:
@@ -639,7 +681,8 @@ def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "emai
             task.cancel()
         await sender.close()
         commit.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     app = web.Application()
     app.router.add_post("/invitations/{token}/accept", accept)
@@ -650,9 +693,9 @@ def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "emai
 def main(argv: list[str]) -> None:
     kind, port, folder = argv[0], int(argv[1]), Path(argv[2])
     if kind == "get":
-        app = invitation_app(folder, int(argv[3]))
+        app = invitation_app(folder, int(argv[3]), *argv[4:5])
     elif kind == "accept":
-        app = accept_app(folder, int(argv[3]), f"http://127.0.0.1:{port}", *argv[4:5])
+        app = accept_app(folder, int(argv[3]), f"http://127.0.0.1:{port}", *argv[4:6])
     else:
         raise SystemExit(f"unknown floor {kind!r}")
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)

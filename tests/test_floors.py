@@ -1,5 +1,8 @@
 """The bench's floors (bench/floors.py) still do their work: each started on a loopback port and asked
-with a real HTTP client, the accept's emails received by a real aiosmtpd relay. No timings here."""
+with a real HTTP client, the accept's emails received by a real aiosmtpd relay. No timings here.
+
+On SQLite, and also on PostgreSQL (bench/floors_pg.py, each of its read and write modes) when
+``CABINET_TEST_DATABASE_URL`` names a server: the same requests, the same checks."""
 
 from __future__ import annotations
 
@@ -13,12 +16,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
+import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
-from bench import floors
+from bench import floors, floors_pg
 from bench.instance import free_port
-from tests.conftest import wait_until
+from tests.conftest import SERVER_DATABASES, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +69,29 @@ def start_floor(tmp_path: Path) -> Iterator[Callable[..., int]]:
         process.wait(timeout=60)
 
 
+# The databases each floor is checked on: SQLite, and a fresh PostgreSQL database on the test server if
+# there is one; "" is SQLite, else how the PostgreSQL floor reads (get) or writes (accept).
+ON_SERVER = pytest.mark.skipif(SERVER_DATABASES is None, reason="CABINET_TEST_DATABASE_URL names no PostgreSQL server")
+GET_DATABASES = [pytest.param("", id="sqlite")] + [pytest.param(mode, id=f"postgresql-{mode}", marks=ON_SERVER)
+                                                    for mode in floors_pg.READ_MODES]
+ACCEPT_DATABASES = [pytest.param("", id="sqlite")] + [pytest.param(mode, id=f"postgresql-{mode}", marks=ON_SERVER)
+                                                       for mode in floors_pg.WRITE_MODES]
+
+
+def seed(folder: Path, count: int, mode: str) -> floors.Seeded:
+    """The floor's data in ``folder``: SQLite, or (``mode``) a new database on the test server."""
+    if not mode:
+        return floors.seed(folder, count)
+    assert SERVER_DATABASES is not None
+    return floors.seed(folder, count, SERVER_DATABASES.create())
+
+
 def rows(folder: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """``sql``'s rows in the floor's database (written with ``?`` placeholders, as for SQLite)."""
+    url = floors_pg.database_url(folder)
+    if url is not None:
+        with psycopg.connect(floors_pg.psycopg_url(url), autocommit=True) as server:
+            return [tuple(row) for row in server.execute(sql.replace("?", "%s"), params).fetchall()]  # type: ignore[arg-type]
     connection = sqlite3.connect(folder / floors.DATABASE)
     try:
         return connection.execute(sql, params).fetchall()
@@ -73,11 +99,13 @@ def rows(folder: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         connection.close()
 
 
-def test_the_get_floor_answers_a_page_with_a_csrf_token_and_a_cookie(tmp_path: Path, start_floor: Any) -> None:
+@pytest.mark.parametrize("mode", GET_DATABASES)
+def test_the_get_floor_answers_a_page_with_a_csrf_token_and_a_cookie(tmp_path: Path, start_floor: Any,
+                                                                     mode: str) -> None:
     folder = tmp_path / "get"
-    seeded = floors.seed(folder, 3)
+    seeded = seed(folder, 3, mode)
     secret = (folder / floors.KEY_FILE).read_text().strip()
-    port = start_floor("get", folder, "3000")
+    port = start_floor("get", folder, "3000", *([mode] if mode else []))
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         answer = client.get(seeded.paths[0])
         assert answer.status_code == 200
@@ -100,7 +128,8 @@ def test_the_get_floor_answers_a_page_with_a_csrf_token_and_a_cookie(tmp_path: P
     # The first opening of each link is noted once; a forged link's not at all.
     wait_for(lambda: rows(folder, "SELECT count(*) FROM events WHERE company_id = 2")[0][0] == 1,
              "the second link's opening written")
-    assert rows(folder, "SELECT company_id, count(*) FROM events WHERE kind = 'link.opened' GROUP BY 1") == [(1, 1), (2, 1)]
+    assert rows(folder, "SELECT company_id, count(*) FROM events WHERE kind = 'link.opened' GROUP BY 1 "
+                        "ORDER BY 1") == [(1, 1), (2, 1)]
 
 
 class Sink:
@@ -114,17 +143,18 @@ class Sink:
         return "250 OK"
 
 
+@pytest.mark.parametrize("mode", ACCEPT_DATABASES)
 @pytest.mark.parametrize("composer", sorted(floors.COMPOSERS))
 def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path, start_floor: Any,
-                                                                   composer: str) -> None:
+                                                                   composer: str, mode: str) -> None:
     folder = tmp_path / "accept"
-    seeded = floors.seed(folder, 3)
+    seeded = seed(folder, 3, mode)
     secret = (folder / floors.KEY_FILE).read_text().strip()
     sink = Sink()
     relay = Controller(sink, hostname="127.0.0.1", port=free_port())
     relay.start()
     try:
-        port = start_floor("accept", folder, str(relay.port), composer)
+        port = start_floor("accept", folder, str(relay.port), composer, *([mode] if mode else []))
         base = f"http://127.0.0.1:{port}"
         headers = {"Cookie": seeded.cookie, "Origin": base, "Sec-Fetch-Site": "same-origin"}
         with httpx.Client(base_url=base) as client:
