@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+import psycopg
 from sqlalchemy import Engine, create_engine, make_url
 
-from bench import floors, pages, seed
+from bench import floors, floors_pg, pages, seed
 from bench.instance import LOAD_CPU, SERVER_CPU, Ceiling, Instance, pinned, wait_until
 from bench.stats import median, spread
 
@@ -49,6 +50,7 @@ class Sample:
     errors: int = 0
     count: int = 0  # requests answered
     cpu_ms: float = 0.0  # the server's CPU (every thread) per request, when measured (``on_cpu``)
+    db_cpu_ms: float = 0.0  # on PostgreSQL, its backends' CPU per request (``Backends``), when measured
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -57,14 +59,50 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def on_cpu(pid: int, run: Callable[[int], Sample]) -> Callable[[int], Sample]:
+class Backends:
+    """The CPU of the PostgreSQL backends serving one database: separate processes of the server (on
+    this machine), not counted in the server under test's CPU. Summed over the backends connected
+    before and after a round (``cpu`` is a snapshot): a backend that exits during the round is missed,
+    one that starts is counted from its start; the server's shared processes (WAL writer,
+    checkpointer) are left out — other databases on the shared server use them too."""
+
+    def __init__(self, maintenance_url: str, database_url: str) -> None:
+        self._maintenance = floors_pg.psycopg_url(maintenance_url)
+        self._name = make_url(database_url).database
+
+    def cpu(self) -> dict[int, float]:
+        with psycopg.connect(self._maintenance, autocommit=True) as connection:
+            pids = [row[0] for row in connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'", (self._name,))]
+        seen = {}
+        for pid in pids:
+            try:
+                seen[pid] = _cpu_seconds(pid)
+            except OSError:  # gone since
+                pass
+        return seen
+
+    @staticmethod
+    def spent(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def backends(dbs: Databases, database_url: str) -> Backends | None:
+    return Backends(dbs.postgres, database_url) if dbs.postgres and database_url else None
+
+
+def on_cpu(pid: int, run: Callable[[int], Sample], db: Backends | None = None) -> Callable[[int], Sample]:
     """``run`` with the server's CPU per request noted in its sample: steadier than a rate when other
-    work shares the machine (the rate counts the time the server waited for a core; CPU time does not)."""
+    work shares the machine (the rate counts the time the server waited for a core; CPU time does not);
+    with ``db``, also its PostgreSQL backends' CPU per request."""
     def measured(r: int) -> Sample:
         before = _cpu_seconds(pid)
+        db_before = db.cpu() if db else {}
         sample = run(r)
         if sample.count:
             sample.cpu_ms = (_cpu_seconds(pid) - before) * 1000 / sample.count
+            if db:
+                sample.db_cpu_ms = Backends.spent(db_before, db.cpu()) * 1000 / sample.count
         return sample
     return measured
 
@@ -174,12 +212,14 @@ def alternate(rounds: int, row: Row, run_cabinet: Callable[[int], Sample], run_c
             label = "floor" if side == "cabinet" and row.name.startswith("floor") else side
             print(f"  {row.path} round {r + 1} {label}: {sample.rate:.1f} {row.unit}, p50 {sample.p50:.1f} ms, "
                   f"p99 {sample.p99:.1f} ms, errors {sample.errors}"
-                  + (f", server CPU {sample.cpu_ms:.3f} ms per request" if sample.cpu_ms else ""), flush=True)
+                  + (f", server CPU {sample.cpu_ms:.3f} ms per request" if sample.cpu_ms else "")
+                  + (f", PostgreSQL backends' CPU {sample.db_cpu_ms:.3f} ms" if sample.db_cpu_ms else ""), flush=True)
 
 
 def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
     row = Row("link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="link_get")
-    inst = Instance(work / "links", dbs.new())
+    database = dbs.new()
+    inst = Instance(work / "links", database)
     inst.cli("init")
     seeded = seed.seed_invitations(inst.config, 1000)
     inst.start()
@@ -190,7 +230,8 @@ def link_get(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
         ceiling = Ceiling(work, "static", str(size))
         try:
             assert inst.process is not None
-            alternate(args.rounds, row, on_cpu(inst.process.pid, lambda r: wrk(inst.base_url, requests, 32, args.duration)),
+            alternate(args.rounds, row, on_cpu(inst.process.pid, lambda r: wrk(inst.base_url, requests, 32, args.duration),
+                                               backends(dbs, database)),
                       on_cpu(ceiling.process.pid,
                              lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration)))
         finally:
@@ -229,10 +270,13 @@ class EmailsOut:
     whole_cpu: list[float] = field(default_factory=list)  # server CPU per accept until its emails are out
 
     def round(self, pid: int, url: str, requests: Path, count: int, out: Callable[[], bool], what: str,
-              times: Path | None = None) -> Sample:
+              times: Path | None = None, db: Backends | None = None) -> Sample:
         before = _cpu_seconds(pid)
+        db_before = db.cpu() if db else {}
         sample = httpload(url, requests, 16, times)
         sample.cpu_ms = (_cpu_seconds(pid) - before) * 1000 / max(sample.count, 1)
+        if db:  # the 303s' statements; the emails' come after
+            sample.db_cpu_ms = Backends.spent(db_before, db.cpu()) * 1000 / max(sample.count, 1)
         ended = time.perf_counter()
         wait_until(out, 600, what)
         self.drains.append(time.perf_counter() - ended)
@@ -274,7 +318,7 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
                 assert inst.process is not None
                 sample = emails.round(inst.process.pid, inst.base_url, requests, per_round,
                                       lambda: _emails_waiting(engine) == 0, "Cabinet's emails of the round",
-                                      args.times and args.times / f"accept-{r}.tsv")
+                                      args.times and args.times / f"accept-{r}.tsv", backends(dbs, database))
                 print(f"  accept round {r + 1}: every email sent {emails.drains[-1]:.2f} s after the last 303 "
                       f"({emails.overall[-1]:.1f} accepts/s with their emails out)", flush=True)
                 return sample
@@ -315,40 +359,47 @@ def _count(path: Path) -> int:
 
 def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
     """The floors (``bench/floors.py``) against the same ceilings, with the same load, pinning and
-    alternation as ``link_get`` and ``accept``. Always on SQLite."""
+    alternation as ``link_get`` and ``accept``; on SQLite, or on the PostgreSQL server (``--postgres``:
+    ``bench/floors_pg.py``, reading and writing as ``--floor-read`` and ``--floor-write`` say)."""
     size = args.page_size or _cabinet_page_size(work, dbs)
     get_row = Row("floor: link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="floor_get")
-    links = floors.seed(work / "floor-get", 1000)
+    database = dbs.new()
+    links = floors.seed(work / "floor-get", 1000, database)
     requests = write_requests(work / "floor-links.txt", [("GET", p, "", "") for p in links.paths])
-    server = Ceiling(work, "get", str(work / "floor-get"), str(size), module="bench.floors")
+    server = Ceiling(work, "get", str(work / "floor-get"), str(size), *([args.floor_read] if database else []),
+                     module="bench.floors")
     try:
         ceiling = Ceiling(work, "static", str(size))
         try:
             alternate(args.rounds, get_row,
                       on_cpu(server.process.pid,
-                             lambda r: wrk(f"http://127.0.0.1:{server.port}", requests, 32, args.duration)),
+                             lambda r: wrk(f"http://127.0.0.1:{server.port}", requests, 32, args.duration),
+                             backends(dbs, database)),
                       on_cpu(ceiling.process.pid,
                              lambda r: wrk(f"http://127.0.0.1:{ceiling.port}", requests, 32, args.duration)))
         finally:
             ceiling.stop()
     finally:
         server.stop()
-    get_row.note = f"page {size} bytes (Cabinet's)"
+    get_row.note = f"page {size} bytes (Cabinet's)" + (f"; row read {args.floor_read}" if database else "")
 
-    return [get_row, _floor_accept(work, args, "direct", "floor_accept", "emails written as bytes"),
-            _floor_accept(work, args, "email-package", "floor_accept_email", "emails by EmailMessage")]
+    return [get_row, _floor_accept(work, dbs, args, "direct", "floor_accept", "emails written as bytes"),
+            _floor_accept(work, dbs, args, "email-package", "floor_accept_email", "emails by EmailMessage")]
 
 
-def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str, label: str) -> Row:
+def _floor_accept(work: Path, dbs: Databases, args: argparse.Namespace, composer: str, name: str, label: str) -> Row:
     """The accept floor, its emails composed by ``composer`` (``bench.floors.COMPOSERS``)."""
     per_round = args.accepts
     accept_row = Row(f"floor: accept POST (own invitation, signed in, CSRF, 2 emails sent; {label})", "accepts/s", 0.2,
                      name=name)
     folder = work / f"floor-accept-{composer}"
-    seeded = floors.seed(folder, per_round * args.rounds)
+    database = dbs.new()
+    db = backends(dbs, database)
+    seeded = floors.seed(folder, per_round * args.rounds, database)
     count_file = work / f"floor-sink-{composer}.count"
     sink = Ceiling(work, "sink", str(count_file), cpu=LOAD_CPU)
-    server = Ceiling(work, "accept", str(folder), str(sink.port), composer, module="bench.floors")
+    server = Ceiling(work, "accept", str(folder), str(sink.port), composer, *([args.floor_write] if database else []),
+                     module="bench.floors")
     emails = EmailsOut()
     body = f"csrf_token={seeded.csrf}"
     try:
@@ -359,7 +410,7 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
                 requests = write_requests(work / f"floor-accept-{composer}-{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
                 sample = emails.round(server.process.pid, f"http://127.0.0.1:{server.port}", requests, per_round,
-                                      lambda: _count(count_file) >= 2 * per_round * (r + 1), "the floor's emails")
+                                      lambda: _count(count_file) >= 2 * per_round * (r + 1), "the floor's emails", db=db)
                 print(f"  floor accept ({label}) round {r + 1}: every email sent {emails.drains[-1]:.2f} s after the "
                       f"last 303 ({emails.overall[-1]:.1f} accepts/s with their emails out)", flush=True)
                 return sample
@@ -376,7 +427,7 @@ def _floor_accept(work: Path, args: argparse.Namespace, composer: str, name: str
     finally:
         server.stop()
         sink.stop()
-    accept_row.note = emails.note(accept_row)
+    accept_row.note = emails.note(accept_row) + (f"; written {args.floor_write}" if database else "")
     return accept_row
 
 
@@ -592,6 +643,8 @@ def report(rows: list[Row], database: str) -> str:
             cpu = [b.cpu_ms / c.cpu_ms for c, b in zip(row.cabinet, row.ceiling)]
             note += ("; " if note else "") + (f"server CPU per request {median([s.cpu_ms for s in row.cabinet]):.3f} ms (ceiling "
                      f"{median([s.cpu_ms for s in row.ceiling]):.3f}): ratio by CPU {median(cpu):.3f} ({spread(cpu)})")
+        if all(s.db_cpu_ms for s in row.cabinet):
+            note += f"; PostgreSQL backends' CPU per request {median([s.db_cpu_ms for s in row.cabinet]):.3f} ms (not in the above)"
         lines.append(
             f"| {row.path} | {cab:,.1f} {row.unit} | {ceil:,.1f} {row.unit} | {median(ratios):.3f} ({spread(ratios)}) "
             f"| ≥ {row.budget} | {p50:.1f} / {p99:.1f} ms | {note} |"
@@ -606,6 +659,10 @@ def report(rows: list[Row], database: str) -> str:
                 floor_cpu = median([s.cpu_ms for s in named[floor_name].cabinet])
                 if cabinet_cpu and floor_cpu:
                     line += f"; server CPU per request {cabinet_cpu:.3f} ms against the floor's {floor_cpu:.3f} ({floor_cpu / cabinet_cpu:.2f})"
+                cabinet_db = median([s.db_cpu_ms for s in named[product].cabinet])
+                floor_db = median([s.db_cpu_ms for s in named[floor_name].cabinet])
+                if cabinet_db and floor_db:
+                    line += f"; PostgreSQL backends' CPU per request {cabinet_db:.3f} ms against the floor's {floor_db:.3f}"
                 lines.append(line + ".")
     return "\n".join(lines)
 
@@ -625,6 +682,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--postgres", help="maintenance database URL of a PostgreSQL server to run on")
     parser.add_argument("--page-size", type=int, default=0,
                         help="the floor's page size (default: Cabinet's invitation page, measured)")
+    parser.add_argument("--floor-read", choices=floors_pg.READ_MODES, default="thread",
+                        help="on PostgreSQL, how the GET floor reads its row (bench/floors_pg.py)")
+    parser.add_argument("--floor-write", choices=floors_pg.WRITE_MODES, default="plain",
+                        help="on PostgreSQL, how the accept floor writes its transactions (bench/floors_pg.py)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--times", type=Path, help="a folder for each accept round's per-request times "
                         "(bench.httpload's TIMES.tsv: accept-R.tsv)")
