@@ -362,6 +362,13 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
     alternation as ``link_get`` and ``accept``; on SQLite, or on the PostgreSQL server (``--postgres``:
     ``bench/floors_pg.py``, reading and writing as ``--floor-read`` and ``--floor-write`` say)."""
     size = args.page_size or _cabinet_page_size(work, dbs)
+    return [_floor_get(work, dbs, args, size),
+            _floor_accept(work, dbs, args, "direct", "floor_accept", "emails written as bytes"),
+            _floor_accept(work, dbs, args, "email-package", "floor_accept_email", "emails by EmailMessage")]
+
+
+def _floor_get(work: Path, dbs: Databases, args: argparse.Namespace, size: int) -> Row:
+    """The GET floor, its page ``size`` bytes."""
     get_row = Row("floor: link GET (wrk, 32 connections, 1,000 links)", "req/s", 0.4, name="floor_get")
     database = dbs.new()
     links = floors.seed(work / "floor-get", 1000, database)
@@ -382,9 +389,7 @@ def floor(work: Path, dbs: Databases, args: argparse.Namespace) -> list[Row]:
     finally:
         server.stop()
     get_row.note = f"page {size} bytes (Cabinet's)" + (f"; row read {args.floor_read}" if database else "")
-
-    return [get_row, _floor_accept(work, dbs, args, "direct", "floor_accept", "emails written as bytes"),
-            _floor_accept(work, dbs, args, "email-package", "floor_accept_email", "emails by EmailMessage")]
+    return get_row
 
 
 def _floor_accept(work: Path, dbs: Databases, args: argparse.Namespace, composer: str, name: str, label: str) -> Row:
