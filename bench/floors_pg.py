@@ -38,8 +38,8 @@ from bench import floors
 DATABASE_URL_FILE = "floor.database"
 READ_MODES = ("thread", "async")
 WRITE_MODES = ("plain", "pipeline")
-READERS = 4  # kept read connections (and threads, ``thread``): the link bench's 32 connections wait on a few
-WRITERS = 8  # as daemon/accepts.py POSTGRESQL_WRITERS
+READERS = 16  # kept read connections and threads: 16 threads read at 0.17-0.20 ms of server CPU a page, 4 at 0.20-0.23 (2 x 3 rounds each)
+WRITERS = 8  # as daemon/accepts.py POSTGRESQL_WRITERS; 2 and 4 (pipeline) wrote no faster (2 x 3 rounds each)
 BATCH = 64  # accepts in one transaction at most, as daemon/accepts.py BATCH
 
 
