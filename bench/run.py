@@ -6,7 +6,8 @@
     ./bench/run.sh --big                   also the 100k client list, the 1M-row roster and the pages
     ./bench/run.sh --only pages            the roster and client pages at 100k clients (p99 < 50 ms)
     ./bench/run.sh --only floor            the floors (bench/floors.py): a minimal Python link GET and
-                                           accept, against the same ceilings
+                                           accept, against the same ceilings (with --postgres, on it:
+                                           bench/floors_pg.py)
     ./bench/run.sh --only link_get,accept,floor   also Cabinet's ratio as a fraction of the floor's
 
 The server under test (Cabinet or the ceiling) is pinned to core 0 and the load

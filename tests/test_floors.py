@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
-from bench import floors, floors_pg
+from bench import floors, floors_pg, run
 from bench.instance import free_port
 from tests.conftest import SERVER_DATABASES, wait_until
 
@@ -203,3 +203,18 @@ def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path
         assert rows(folder, "SELECT count(*) FROM outbox")[0][0] == 4
     finally:
         relay.stop()
+
+
+@ON_SERVER
+def test_the_bench_counts_the_cpu_of_the_backends_of_its_database() -> None:
+    """bench/run.py's ``Backends``: the server's processes serving one database, their CPU from /proc."""
+    assert SERVER_DATABASES is not None
+    url = SERVER_DATABASES.create()
+    backends = run.Backends(SERVER_DATABASES.url.render_as_string(hide_password=False), url)
+    with psycopg.connect(floors_pg.psycopg_url(url), autocommit=True) as busy, \
+            psycopg.connect(floors_pg.psycopg_url(SERVER_DATABASES.create()), autocommit=True) as elsewhere:
+        before = backends.cpu()
+        assert busy.info.backend_pid in before and elsewhere.info.backend_pid not in before
+        busy.execute("SELECT count(*) FROM generate_series(1, 3000000)")  # some 100 ms of the backend's CPU
+        after = backends.cpu()
+    assert run.Backends.spent(before, after) > 0
