@@ -5,9 +5,11 @@ bench's (1,000 invitations, each link opened once already: the steady rounds' pa
 sends every link once (the kept pages rendered, the tokens checked and kept), then the second run sends
 GETS more, each a new browser without a cookie, 16 at a time over keep-alive connections. The
 difference of the two totals, divided by GETS, is a page's instructions without start-up and shut-down.
-``--ceiling`` counts the ceiling's (``bench.ceilings static``) the same way.
+``--ceiling`` counts the ceiling's (``bench.ceilings static``) the same way, and ``--floor`` the GET
+floor's (``bench.floors get``, its own 1,000 invitations seeded in WORKDIR/floor, a page as long as
+Cabinet's), so the three are counted under the same load.
 
-    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling]
+    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling | --floor]
 
 WORKDIR keeps the seeded instance (seeding takes minutes) and the callgrind files, for
 ``callgrind_annotate``. Background work that runs by the clock (the outbox worker's polls) is counted
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import seed
+from bench import floors, seed
 from bench.instance import BIN, Instance, free_port
 
 CONNECTIONS = 16
@@ -71,6 +73,15 @@ def instance(work: Path) -> tuple[Path, int, list[str]]:
     return config, port, pickle.loads(paths_file.read_bytes())
 
 
+def floor_paths(folder: Path, count: int) -> list[str]:
+    """The links of the floor's ``count`` invitations, seeded in ``folder`` on the first call."""
+    paths_file = folder / "paths.pickle"
+    if not paths_file.exists():
+        paths_file.parent.mkdir(parents=True, exist_ok=True)
+        paths_file.write_bytes(pickle.dumps(floors.seed(folder, count).paths))
+    return pickle.loads(paths_file.read_bytes())
+
+
 def counted(argv: list[str], port: int, paths: list[str], gets: int, out: Path) -> int:
     """Instructions of ``argv`` under callgrind, serving every link once and then ``gets`` GETs."""
     log = out.with_suffix(".log")
@@ -101,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", type=Path)
     parser.add_argument("--gets", type=int, default=2000)
-    parser.add_argument("--ceiling", action="store_true", help="count the ceiling's instructions instead")
+    server = parser.add_mutually_exclusive_group()
+    server.add_argument("--ceiling", action="store_true", help="count the ceiling's instructions instead")
+    server.add_argument("--floor", action="store_true", help="count the GET floor's instructions instead")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     config, cabinet_port, paths = instance(args.work)
@@ -110,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
         size = (args.work / "page_size").read_text()
         command = [sys.executable, "-m", "bench.ceilings", "static", str(port), size]
         name = "ceiling"
+    elif args.floor:
+        port = free_port()
+        paths = floor_paths(args.work / "floor", len(paths))
+        size = (args.work / "page_size").read_text()
+        command = [sys.executable, "-m", "bench.floors", "get", str(port), str(args.work / "floor"), size]
+        name = "floor"
     else:
         port = cabinet_port
         command = [str(BIN / "cabinet"), "--config", str(config), "serve"]
