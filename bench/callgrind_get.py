@@ -5,19 +5,23 @@ bench's (1,000 invitations, each link opened once already: the steady rounds' pa
 sends every link once (the kept pages rendered, the tokens checked and kept), then the second run sends
 GETS more, each a new browser without a cookie, 16 at a time over keep-alive connections. The
 difference of the two totals, divided by GETS, is a page's instructions without start-up and shut-down.
-``--ceiling`` counts the ceiling's (``bench.ceilings static``) the same way.
+``--ceiling`` counts the ceiling's (``bench.ceilings static``) the same way, and ``--floor`` the GET
+floor's (``bench.floors get``, its own 1,000 invitations seeded in WORKDIR/floor, a page as long as
+Cabinet's), so the three are counted under the same load.
 
-    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling]
+    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling | --floor]
 
 WORKDIR keeps the seeded instance (seeding takes minutes) and the callgrind files, for
-``callgrind_annotate``. Background work that runs by the clock (the outbox worker's polls) is counted
-too: it is small next to the pages, but a slower machine runs longer and counts more of it.
+``callgrind_annotate``. Cabinet's work by the clock (the outbox worker's polls, the scheduler's
+passes) is put off for the count (``QUIET``): on a loaded machine a run under callgrind lasts ten
+times as long, and its polls added up to 40-60k instructions a GET.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pickle
 import re
 import signal
@@ -28,10 +32,12 @@ from pathlib import Path
 
 import httpx
 
-from bench import seed
+from bench import floors, seed
 from bench.instance import BIN, Instance, free_port
 
 CONNECTIONS = 16
+# Cabinet's clock-driven work, put off past the count (no GET queues an email or needs a pass).
+QUIET = {"CABINET_MAIL_POLL_INTERVAL": "3600", "CABINET_SCHEDULER_INTERVAL": "3600"}
 
 
 async def load(port: int, paths: list[str], count: int) -> None:
@@ -71,22 +77,45 @@ def instance(work: Path) -> tuple[Path, int, list[str]]:
     return config, port, pickle.loads(paths_file.read_bytes())
 
 
+def floor_paths(folder: Path, count: int, page_size: str) -> list[str]:
+    """The links of the floor's ``count`` invitations, seeded in ``folder`` on the first call and each
+    opened once there, as Cabinet's are: every counted GET is a steady one (no first opening written)."""
+    paths_file = folder / "paths.pickle"
+    if not paths_file.exists():
+        paths = floors.seed(folder, count).paths
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "bench.floors", "get", str(port), str(folder), page_size])
+        try:
+            wait_for(server, f"http://127.0.0.1:{port}{paths[0]}", None)
+            asyncio.run(load(port, paths, len(paths)))
+        finally:
+            server.send_signal(signal.SIGINT)  # aiohttp's run_app: its cleanup commits the openings
+            server.wait(timeout=60)
+        paths_file.write_bytes(pickle.dumps(paths))
+    return pickle.loads(paths_file.read_bytes())
+
+
+def wait_for(process: subprocess.Popen[bytes], url: str, log: Path | None) -> None:
+    """Until ``url`` answers 200 (a server under valgrind takes a while to start)."""
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            if httpx.get(url, timeout=60).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer:\n{log.read_text()[-2000:] if log else ''}")
+        time.sleep(0.5)
+
+
 def counted(argv: list[str], port: int, paths: list[str], gets: int, out: Path) -> int:
     """Instructions of ``argv`` under callgrind, serving every link once and then ``gets`` GETs."""
     log = out.with_suffix(".log")
     with log.open("wb") as handle:
         process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
-                                   stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{paths[0]}", timeout=60).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not answer under valgrind:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
+                                   stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **QUIET})
+    wait_for(process, f"http://127.0.0.1:{port}{paths[0]}", log)
     asyncio.run(load(port, paths, len(paths)))
     asyncio.run(load(port, paths, gets))
     process.send_signal(signal.SIGTERM)
@@ -101,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", type=Path)
     parser.add_argument("--gets", type=int, default=2000)
-    parser.add_argument("--ceiling", action="store_true", help="count the ceiling's instructions instead")
+    server = parser.add_mutually_exclusive_group()
+    server.add_argument("--ceiling", action="store_true", help="count the ceiling's instructions instead")
+    server.add_argument("--floor", action="store_true", help="count the GET floor's instructions instead")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     config, cabinet_port, paths = instance(args.work)
@@ -110,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         size = (args.work / "page_size").read_text()
         command = [sys.executable, "-m", "bench.ceilings", "static", str(port), size]
         name = "ceiling"
+    elif args.floor:
+        port = free_port()
+        size = (args.work / "page_size").read_text()
+        paths = floor_paths(args.work / "floor", len(paths), size)
+        command = [sys.executable, "-m", "bench.floors", "get", str(port), str(args.work / "floor"), size]
+        name = "floor"
     else:
         port = cabinet_port
         command = [str(BIN / "cabinet"), "--config", str(config), "serve"]
