@@ -95,8 +95,10 @@ def counted(argv: list[str], port: int, requests: list[tuple[str, str, str]], ou
     """Instructions of ``argv`` under callgrind, serving ``requests``."""
     log = out.with_suffix(".log")
     with log.open("wb") as handle:
+        # Started in the run's folder: ``python -c`` imports from its working directory first, which must
+        # not be a checkout other than the one whose interpreter was asked for.
         process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
-                                   stdout=handle, stderr=subprocess.STDOUT)
+                                   stdout=handle, stderr=subprocess.STDOUT, cwd=out.parent)
     deadline = time.monotonic() + 900
     while True:
         try:
