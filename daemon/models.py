@@ -40,6 +40,10 @@ NAMING = {
 }
 
 
+# SQLAlchemy's SQLite DATETIME storage format (``sqlite.DATETIME``'s default), naive UTC.
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
 
@@ -52,6 +56,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the database; use an aware UTC datetime")
         return value.astimezone(timezone.utc)
+
+    def bind_processor(self, dialect: Any) -> Any:
+        """On SQLite, the text SQLAlchemy's DATETIME writes, from the fields as a tuple: its processor fills
+        the same format from a dict of them, 20 k instructions a value where this takes 13 k, and an
+        accept binds about ten (every write's timestamps). Elsewhere the driver takes the datetime."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        check = self.process_bind_param
+
+        def process(value: datetime | None) -> str | None:
+            utc = check(value, dialect)
+            if utc is None:
+                return None
+            return _SQLITE_DATETIME % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second,
+                                       utc.microsecond)
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:

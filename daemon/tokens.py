@@ -86,6 +86,14 @@ class SecretKeys:
 RANDOM_PAYLOADS = frozenset({Purpose.CSRF, Purpose.BROWSER})
 
 
+#: The longest address payload (JSON bytes) written without trying zlib. The refs Cabinet signs are 12 hex
+#: digits (14 bytes): zlib shortens so short a payload only when it repeats itself ("000000000000"; none of
+#: 200,000 random refs), and trying cost each email 10–70 µs, most of it zlib's 256 KB of state allocated
+#: and cleared for 14 bytes (7% of an accept's instructions, for its two emails). Either form verifies:
+#: itsdangerous reads a payload as it is unless it starts with ".".
+SHORT_ADDRESS_PAYLOAD = 32
+
+
 class _OneSignerSerializer(URLSafeTimedSerializer):
     """itsdangerous builds a new signer for every dumps and loads; one per salt does (a signer keeps
     only its settings, so threads can share it)."""
@@ -329,11 +337,14 @@ class LinkSigner:
         arrive days later. The outbox row the reference names decides the rest.
         """
         # ``URLSafeSerializer.dumps``'s bytes (its compact JSON, zlib only when it is shorter, URL-safe
-        # base64, the django-concat key's HMAC) written directly: every queued email signs its bounce+
+        # base64, the django-concat key's HMAC; zlib not tried on a short payload: SHORT_ADDRESS_PAYLOAD) written directly: every queued email signs its bounce+
         # address and the worker its reply+ one, and itsdangerous's Python layers were three quarters of that.
         payload = self._address_json.encode(ref).encode()
-        compressed = zlib.compress(payload)
-        body = b"." + _b64(compressed) if len(compressed) < len(payload) - 1 else _b64(payload)
+        body = _b64(payload)
+        if len(payload) > SHORT_ADDRESS_PAYLOAD:
+            compressed = zlib.compress(payload)
+            if len(compressed) < len(payload) - 1:
+                body = b"." + _b64(compressed)
         return (body + b"." + _b64(_mac(self._macs[purpose][0], body))).decode("ascii")
 
     def verify_address(self, purpose: Purpose, token: str) -> str:

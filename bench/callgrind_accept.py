@@ -1,0 +1,157 @@
+"""Instructions per accept POST, counted by callgrind: a figure the machine's load does not move.
+
+The accept's own work only: the emails it queues are not sent during the count (the server runs with
+its outbox worker's ``send_due`` idle, the floor with its sender idle), since sending them is measured
+on its own (README "Each email") and comes after a burst anyway. An instance is seeded once (WARM +
+ACCEPTS invitations, the accountant signed in: the cookie and CSRF token the bench sends) and copied
+fresh for each run. A run sends WARM accepts, then, in the second run only, ACCEPTS more, 16 at a time
+over keep-alive connections, as the accept bench does; the difference of the two totals divided by
+ACCEPTS is an accept's instructions without start-up, warm-up and shut-down.
+
+    .venv/bin/python -m bench.callgrind_accept WORKDIR [--accepts 500] [--python PY] [--floor] [--runs 1]
+
+``--python``: the interpreter whose ``daemon`` serves (another worktree's venv: an A/B on one seed).
+``--floor`` counts ``bench.floors``' accept the same way. WORKDIR keeps the seeds and callgrind files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import floors, seed
+from bench.instance import Instance, free_port
+from bench.run import _signed_in
+
+CONNECTIONS = 16
+WARM = 100
+
+# The servers, their background email work idle (see the docstring).
+CABINET = ("import sys; from mailer.outbox import OutboxWorker\n"
+           "async def idle(self, *a, **k): return 0\n"
+           "OutboxWorker.send_due = idle\n"
+           "from daemon.cli import main; sys.argv[0] = 'cabinet'; sys.exit(main())")
+FLOOR = ("import asyncio, sys; from bench import floors\n"
+         "async def idle(self): await asyncio.Event().wait()\n"
+         "floors.Sender.compose = idle; floors.Sender.send = idle\n"
+         "floors.main(sys.argv[1:])")
+
+
+async def load(port: int, requests: list[tuple[str, str, str]]) -> None:
+    """Each (path, body, cookie) POSTed once, answered 303 and read whole."""
+    todo = iter(requests)
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        origin = f"http://127.0.0.1:{port}"
+        for path, body, cookie in todo:
+            writer.write((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\n"
+                          f"Sec-Fetch-Site: same-origin\r\nCookie: {cookie}\r\n"
+                          f"Content-Type: application/x-www-form-urlencoded\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 303"):
+                raise RuntimeError(head[:300].decode(errors="replace"))
+            length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+
+
+def seeded(work: Path, count: int, floor: bool) -> tuple[Path, list[tuple[str, str, str]]]:
+    """The seed folder and its (path, body, cookie) accepts, made on the first call."""
+    folder = work / ("floor-seed" if floor else "seed")
+    requests_file = folder.with_suffix(".json")
+    if not requests_file.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        if floor:
+            made = floors.seed(folder, count)
+            paths, cookie, csrf = made.paths, made.cookie, made.csrf
+        else:
+            inst = Instance(folder)
+            inst.cli("init")
+            paths = seed.seed_invitations(inst.config, count).invitation_paths
+            inst.start()
+            try:
+                cookie, csrf = _signed_in(inst.base_url)
+            finally:
+                inst.stop()
+        requests_file.write_text(json.dumps([(p + "/accept", f"csrf_token={csrf}", cookie) for p in paths]))
+    return folder, [tuple(r) for r in json.loads(requests_file.read_text())]  # type: ignore[misc]
+
+
+def counted(argv: list[str], port: int, requests: list[tuple[str, str, str]], out: Path) -> int:
+    """Instructions of ``argv`` under callgrind, serving ``requests``."""
+    log = out.with_suffix(".log")
+    with log.open("wb") as handle:
+        # Started in the run's folder: ``python -c`` imports from its working directory first, which must
+        # not be a checkout other than the one whose interpreter was asked for.
+        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+                                   stdout=handle, stderr=subprocess.STDOUT, cwd=out.parent)
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=60)
+            break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer under valgrind:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    asyncio.run(load(port, requests))
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=900)
+    found = re.search(r"Collected : (\d+)", log.read_text())
+    if found is None:
+        raise RuntimeError(f"no count in {log}")
+    return int(found.group(1))
+
+
+def one(work: Path, seed_folder: Path, requests: list[tuple[str, str, str]], python: str, floor: bool,
+        name: str) -> int:
+    """A fresh copy of the seed served under callgrind with ``requests``."""
+    run = work / f"run-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(seed_folder, run)
+    if floor:
+        port = free_port()
+        argv = [python, "-c", FLOOR, "accept", str(port), str(run), "1", "direct"]
+    else:
+        config = run / "cabinet.toml"
+        text = config.read_text().replace(str(seed_folder), str(run))
+        config.write_text(text)
+        port = int(re.search(r'listen = "127.0.0.1:(\d+)"', text).group(1))  # type: ignore[union-attr]
+        argv = [python, "-c", CABINET, "--config", str(config), "serve"]
+    return counted(argv, port, requests, work / f"{name}.cg")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--accepts", type=int, default=500)
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--floor", action="store_true")
+    parser.add_argument("--tag", default="", help="a name for this run's files")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    folder, requests = seeded(args.work, WARM + args.accepts, args.floor)
+    kind = "floor" if args.floor else "cabinet"
+    totals = [one(args.work, folder, requests[:count], args.python, args.floor, f"{kind}{args.tag}-{count}")
+              for count in (WARM, WARM + args.accepts)]
+    print(f"{kind}{args.tag}: {(totals[1] - totals[0]) / args.accepts:,.0f} instructions per accept "
+          f"({totals[0]:,} and {totals[1]:,} in all; files in {args.work})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
