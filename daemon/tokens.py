@@ -336,9 +336,10 @@ class LinkSigner:
         No timestamp: a local part has at most 64 characters, and a bounce may
         arrive days later. The outbox row the reference names decides the rest.
         """
-        # ``URLSafeSerializer.dumps``'s bytes (its compact JSON, zlib only when it is shorter, URL-safe
-        # base64, the django-concat key's HMAC; zlib not tried on a short payload: SHORT_ADDRESS_PAYLOAD) written directly: every queued email signs its bounce+
-        # address and the worker its reply+ one, and itsdangerous's Python layers were three quarters of that.
+        # ``URLSafeSerializer.dumps``'s bytes (its compact JSON, zlib only when it is shorter and the
+        # payload not short: SHORT_ADDRESS_PAYLOAD, URL-safe base64, the django-concat key's HMAC) written
+        # directly: every queued email signs its bounce+ address and the worker its reply+ one, and
+        # itsdangerous's Python layers were three quarters of that.
         payload = self._address_json.encode(ref).encode()
         body = _b64(payload)
         if len(payload) > SHORT_ADDRESS_PAYLOAD:
