@@ -24,6 +24,21 @@ _BRACKETED = re.compile(r"<([\x21-\x3d\x3f-\x7e]+)>")
 # Some MTAs leave the brackets out: a bare id-left@id-right is taken as it is.
 _BARE = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+")
 _UNSTORABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Where an empty line starts: after a line's end (LF, or CR not followed by LF), a CR or LF. The
+# parser splits lines at CRLF, CR and LF; "\r\n" alone is one line's end, every other pair is not.
+_EMPTY_LINE = re.compile(rb"\n[\r\n]|\r\r")
+
+
+def header_block(raw: bytes) -> bytes:
+    """``raw`` up to its first empty line (the end of its last header line kept), or all of it.
+
+    The header parser stops at the first line that is no header, at the
+    latest at the first empty line, so it reads from this what it reads from
+    ``raw``; without the cut it read the body's lines too (a 5 KB reply's
+    header parse cost 2-4 times as much).
+    """
+    empty = _EMPTY_LINE.search(raw)
+    return raw if empty is None else raw[:empty.start() + 1]
 
 
 def message_id(raw: bytes, limit: int = 255) -> str | None:
@@ -33,7 +48,7 @@ def message_id(raw: bytes, limit: int = 255) -> str | None:
     Message-ID (the standard library's header parser raises on some of these).
     """
     try:
-        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(header_block(raw))
         values = [value for name, value in headers.raw_items() if name.lower() == "message-id"]
     except Exception:  # the parser is meant never to raise; a message is stored regardless
         return None
