@@ -101,8 +101,11 @@ def one(work: Path, seed_folder: Path, jobs: list[dict[str, str]], python: str, 
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(seed_folder, run)
         config = run / "cabinet.toml"
-        text = config.read_text()
-        port = int(re.search(r'\[smtp\]\nlisten = "127.0.0.1:(\d+)"', text).group(1))  # type: ignore[union-attr]
+        # Ports of its own, so that two counts (an A/B) can run at once (the public URL stays: it is recorded).
+        port = free_port()
+        text = re.sub(r'listen = "127\.0\.0\.1:\d+"', lambda _: f'listen = "127.0.0.1:{free_port()}"',
+                      config.read_text())
+        config.write_text(re.sub(r'(\[smtp\]\nlisten = "127\.0\.0\.1:)\d+', rf"\g<1>{port}", text))
         argv = [python, "-c", CABINET, "--config", str(config), "serve"]
     return counted(argv, port, jobs, work / f"{name}.cg", env)
 

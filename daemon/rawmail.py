@@ -41,6 +41,24 @@ def header_block(raw: bytes) -> bytes:
     return raw if empty is None else raw[:empty.start() + 1]
 
 
+# A header block as nearly every MTA writes it: every line CRLF-ended, either a field's name (printable
+# ASCII, no colon) and a colon, or a folded continuation (space or tab first). The parser splits lines at
+# CR and LF only, and reads such a block as exactly these fields, so its Message-ID is read here without
+# the parser (a tenth of its cost); any other block goes to the parser.
+_PLAIN_BLOCK = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*")
+_MESSAGE_ID_FIELD = re.compile(rb"^message-id:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def _message_id_field(block: bytes) -> str | None:
+    """The first Message-ID field's value in the header block ``block``, as the compat32 parser gives
+    it (up to whitespace, which ``message_id`` folds), or None if there is none."""
+    if _PLAIN_BLOCK.fullmatch(block):
+        found = _MESSAGE_ID_FIELD.search(block)
+        return None if found is None else found[1].decode("ascii", "surrogateescape")
+    headers = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    return next((str(value) for name, value in headers.raw_items() if name.lower() == "message-id"), None)
+
+
 def message_id(raw: bytes, limit: int = 255) -> str | None:
     """The first Message-ID of ``raw`` as stored for duplicate checks, or None if it has no usable one.
 
@@ -48,13 +66,12 @@ def message_id(raw: bytes, limit: int = 255) -> str | None:
     Message-ID (the standard library's header parser raises on some of these).
     """
     try:
-        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(header_block(raw))
-        values = [value for name, value in headers.raw_items() if name.lower() == "message-id"]
+        value = _message_id_field(header_block(raw))
     except Exception:  # the parser is meant never to raise; a message is stored regardless
         return None
-    if not values:
+    if value is None:
         return None
-    text = " ".join(str(values[0]).split())
+    text = " ".join(value.split())
     match = _BRACKETED.search(text) or _BARE.fullmatch(text.split(" ")[0])
     if match is None or len(match.group(0)) > limit:
         return None
