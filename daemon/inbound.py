@@ -28,6 +28,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
@@ -35,12 +36,13 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import dialect_insert, write_connection, write_transaction, writes_waiting
+from daemon.db import write_connection, write_transaction, writes_waiting
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.inbound_reads import BatchReads
 from daemon.models import Company, Event, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
+from daemon.prepared_write import PreparedWrite
 from daemon.replies import Command, parse_command, reply_text
 from daemon.roster import Roster
 from daemon.senders import SenderVerdict, prove_sender
@@ -144,6 +146,16 @@ _FINISH_MANY = TransitionEach(InboundMessage, (InboundState.RECEIVED,), values={
     "attempts": _INBOUND.c.attempts + 1,
 })
 _INSERT_EVENT = insert(Event.__table__)
+# The store's INSERT, one per dialect. The unique digest decides, not a check before the insert: two
+# sessions storing the same bytes at once end with one row, and neither fails. RETURNING names the new rows.
+# Its columns are those ``Inbound._row`` gives (``PreparedWrite``: no Python default is left to fill in).
+_STORE_COLUMNS = ("received_at", "mail_from", "recipients", "raw", "state", "message_id", "digest", "attempts",
+                  "next_attempt_at")
+_STORE = {
+    name: PreparedWrite(dialect.insert(_INBOUND).on_conflict_do_nothing(index_elements=["digest"])
+                        .returning(_INBOUND.c.digest, _INBOUND.c.id), _STORE_COLUMNS)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
 # The ids of messages already stored (the same bytes delivered again after a lost 250).
 _BY_DIGEST = select(_INBOUND.c.digest, _INBOUND.c.id).where(_INBOUND.c.digest.in_(bindparam("digests", expanding=True)))
 
@@ -208,7 +220,6 @@ class Inbound(DomainService):
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
         self._headers = rawmail.HeaderCache()  # headers that repeat across messages, parsed once
-        self._store_rows: Any = None  # the store's INSERT, built at the first store (it is the database's own)
         # A processed message's last move, one Core statement each (no ORM bulk update per message).
         finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
                   "processed_at": bindparam("new_processed_at"), "attempts": InboundMessage.__table__.c.attempts + 1}
@@ -284,17 +295,20 @@ class Inbound(DomainService):
         )
 
     def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert ``rows`` (one statement, many parameter sets, Core on the write connection: no Session
-        for a store); the id stored under each digest."""
-        if self._store_rows is None:
-            with self._sessions() as s:
-                # The unique digest decides, not a check before the insert: two sessions storing the
-                # same bytes at once end with one row, and neither fails. RETURNING names the new rows.
-                self._store_rows = (
-                    dialect_insert(s)(_INBOUND).on_conflict_do_nothing(index_elements=["digest"])
-                    .returning(_INBOUND.c.digest, _INBOUND.c.id)
-                )
-        stored: dict[str, int] = {digest: row_id for digest, row_id in connection.execute(self._store_rows, rows)}
+        """Insert ``rows`` (one statement, on the write connection: no Session for a store); the id stored
+        under each digest.
+
+        On SQLite one multi-row ``VALUES`` straight on the driver's cursor (``PreparedWrite.rows``):
+        through ``Connection.execute`` the execution context, the cache lookup and the result object cost
+        more than the statement. PostgreSQL's driver takes named parameters, which ``rows`` does not
+        write: there the statement goes through ``Connection.execute`` (its insertmanyvalues).
+        """
+        store = _STORE[connection.dialect.name]
+        if connection.dialect.name == "sqlite":
+            returned = store.rows(connection, rows)
+        else:
+            returned = connection.execute(store.statement, rows).all()
+        stored: dict[str, int] = {digest: row_id for digest, row_id in returned}
         digests = {row["digest"] for row in rows}
         if len(stored) < len(digests):  # bytes stored before: the first copy's id
             stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())

@@ -24,6 +24,39 @@ _BRACKETED = re.compile(r"<([\x21-\x3d\x3f-\x7e]+)>")
 # Some MTAs leave the brackets out: a bare id-left@id-right is taken as it is.
 _BARE = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+")
 _UNSTORABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Where an empty line starts: after a line's end (LF, or CR not followed by LF), a CR or LF. The
+# parser splits lines at CRLF, CR and LF; "\r\n" alone is one line's end, every other pair is not.
+_EMPTY_LINE = re.compile(rb"\n[\r\n]|\r\r")
+
+
+def header_block(raw: bytes) -> bytes:
+    """``raw`` up to its first empty line (the end of its last header line kept), or all of it.
+
+    The header parser stops at the first line that is no header, at the
+    latest at the first empty line, so it reads from this what it reads from
+    ``raw``; without the cut it read the body's lines too (a 5 KB reply's
+    header parse cost 2-4 times as much).
+    """
+    empty = _EMPTY_LINE.search(raw)
+    return raw if empty is None else raw[:empty.start() + 1]
+
+
+# A header block as nearly every MTA writes it: every line CRLF-ended, either a field's name (printable
+# ASCII, no colon) and a colon, or a folded continuation (space or tab first). The parser splits lines at
+# CR and LF only, and reads such a block as exactly these fields, so its Message-ID is read here without
+# the parser (a tenth of its cost); any other block goes to the parser.
+_PLAIN_BLOCK = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*")
+_MESSAGE_ID_FIELD = re.compile(rb"^message-id:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def _message_id_field(block: bytes) -> str | None:
+    """The first Message-ID field's value in the header block ``block``, as the compat32 parser gives
+    it (up to whitespace, which ``message_id`` folds), or None if there is none."""
+    if _PLAIN_BLOCK.fullmatch(block):
+        found = _MESSAGE_ID_FIELD.search(block)
+        return None if found is None else found[1].decode("ascii", "surrogateescape")
+    headers = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    return next((str(value) for name, value in headers.raw_items() if name.lower() == "message-id"), None)
 
 
 def message_id(raw: bytes, limit: int = 255) -> str | None:
@@ -33,13 +66,12 @@ def message_id(raw: bytes, limit: int = 255) -> str | None:
     Message-ID (the standard library's header parser raises on some of these).
     """
     try:
-        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-        values = [value for name, value in headers.raw_items() if name.lower() == "message-id"]
+        value = _message_id_field(header_block(raw))
     except Exception:  # the parser is meant never to raise; a message is stored regardless
         return None
-    if not values:
+    if value is None:
         return None
-    text = " ".join(str(values[0]).split())
+    text = " ".join(value.split())
     match = _BRACKETED.search(text) or _BARE.fullmatch(text.split(" ")[0])
     if match is None or len(match.group(0)) > limit:
         return None
