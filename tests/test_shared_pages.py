@@ -92,6 +92,32 @@ def test_the_kept_page_outlives_the_minute_until_its_deadline_text_changes(
         assert renders == ["invitation.html", "invitation.html"] and later != first
 
 
+def test_a_kept_page_is_served_only_in_its_own_language(
+        server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env, clock: FakeClock):
+    """The language is part of the key a kept page is found by (looked up before the page's values are
+    put together): a browser asking in French is not served the English page kept a moment before, and
+    the English one is still kept for the next English visitor."""
+    link = _invite(cli, mailbox, seed)
+    clock.freeze()  # after the email: one minute, one deadline text for every GET
+    pages = server.service.pages
+    renders: list[str] = []
+    render = pages.render
+
+    def counted(name: str, locale: str, *args: object) -> str:
+        renders.append(locale)
+        return render(name, locale, *args)
+
+    pages.render = counted  # type: ignore[method-assign]  # the real render, counted
+    with httpx.Client(base_url=env.base_url) as client:
+        english = client.get(link, headers={"Accept-Language": "en"}).text
+        french = client.get(link, headers={"Accept-Language": "fr"}).text
+        again = client.get(link, headers={"Accept-Language": "en"}).text
+    assert "This invitation is valid until" in english
+    assert "Cette invitation est valide jusqu" in french and "valid until" not in french
+    assert renders == ["en", "fr"]  # the third served from the kept English page
+    assert again.replace(csrf_of(again), "") == english.replace(csrf_of(english), "")
+
+
 def test_a_new_browsers_link_page_leaves_no_garbage_cycles(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env):
     """A link page for a new browser (its id, token and cookie minted) frees what it made as soon as it
     is done, without the cyclic collector: each page used to leave its visitor, token and a closure in a
