@@ -9,7 +9,10 @@ import os
 import pytest
 
 from tests.conftest import PASSWORD, Cli, Mailbox, Seed, any_link_in, csrf_of
-from tests.test_workspace import add_staff, client_id, quiet, signed_in  # noqa: F401 - quiet is a fixture
+from tests import test_workspace
+from tests.test_workspace import add_staff, client_id, signed_in
+
+quiet = test_workspace.quiet  # the fixture, found by pytest under this module's name for it
 
 
 def add_business(cli: Cli, firm: str, name: str, email: str, billing: str = "wholesale") -> None:
