@@ -21,15 +21,13 @@ import asyncio
 import json
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from bench import floors, seed
+from bench.callgrind import collected, read_answer, report
 from bench.instance import Instance, free_port
 from bench.run import _signed_in
 
@@ -59,11 +57,7 @@ async def load(port: int, requests: list[tuple[str, str, str]]) -> None:
                           f"Sec-Fetch-Site: same-origin\r\nCookie: {cookie}\r\n"
                           f"Content-Type: application/x-www-form-urlencoded\r\n"
                           f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 303"):
-                raise RuntimeError(head[:300].decode(errors="replace"))
-            length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
-            await reader.readexactly(int(length.group(1)) if length else 0)
+            await read_answer(reader, b"303")
         writer.close()
 
     await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
@@ -91,31 +85,19 @@ def seeded(work: Path, count: int, floor: bool) -> tuple[Path, list[tuple[str, s
     return folder, [tuple(r) for r in json.loads(requests_file.read_text())]  # type: ignore[misc]
 
 
+def _answers(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=60)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
 def counted(argv: list[str], port: int, requests: list[tuple[str, str, str]], out: Path) -> int:
-    """Instructions of ``argv`` under callgrind, serving ``requests``."""
-    log = out.with_suffix(".log")
-    with log.open("wb") as handle:
-        # Started in the run's folder: ``python -c`` imports from its working directory first, which must
-        # not be a checkout other than the one whose interpreter was asked for.
-        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
-                                   stdout=handle, stderr=subprocess.STDOUT, cwd=out.parent)
-    deadline = time.monotonic() + 900
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=60)
-            break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not answer under valgrind:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
-    asyncio.run(load(port, requests))
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=900)
-    found = re.search(r"Collected : (\d+)", log.read_text())
-    if found is None:
-        raise RuntimeError(f"no count in {log}")
-    return int(found.group(1))
+    """Instructions of ``argv`` under callgrind, serving ``requests``. Started in the run's folder: ``python -c``
+    imports from its working directory first, which must not be a checkout other than the one whose
+    interpreter was asked for."""
+    return collected(argv, out, lambda: _answers(port), lambda: asyncio.run(load(port, requests)), cwd=out.parent)
 
 
 def one(work: Path, seed_folder: Path, requests: list[tuple[str, str, str]], python: str, floor: bool,
@@ -149,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     kind = "floor" if args.floor else "cabinet"
     totals = [one(args.work, folder, requests[:count], args.python, args.floor, f"{kind}{args.tag}-{count}")
               for count in (WARM, WARM + args.accepts)]
-    print(f"{kind}{args.tag}: {(totals[1] - totals[0]) / args.accepts:,.0f} instructions per accept "
-          f"({totals[0]:,} and {totals[1]:,} in all; files in {args.work})", flush=True)
+    report(f"{kind}{args.tag}", totals, args.accepts, "accept", args.work)
 
 
 if __name__ == "__main__":

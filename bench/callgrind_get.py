@@ -27,12 +27,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
 from bench import floors, seed
+from bench.callgrind import collected, read_answer, report, wait_until_ready
 from bench.instance import BIN, Instance, free_port
 
 CONNECTIONS = 16
@@ -48,11 +49,7 @@ async def load(port: int, paths: list[str], count: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for i in todo:
             writer.write(f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(head[:200].decode(errors="replace"))
-            length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
-            await reader.readexactly(int(length.group(1)) if length else 0)
+            await read_answer(reader, b"200")
         writer.close()
 
     await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
@@ -86,7 +83,7 @@ def floor_paths(folder: Path, count: int, page_size: str) -> list[str]:
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "bench.floors", "get", str(port), str(folder), page_size])
         try:
-            wait_for(server, f"http://127.0.0.1:{port}{paths[0]}", None)
+            wait_until_ready(server, answers(f"http://127.0.0.1:{port}{paths[0]}"), None)
             asyncio.run(load(port, paths, len(paths)))
         finally:
             server.send_signal(signal.SIGINT)  # aiohttp's run_app: its cleanup commits the openings
@@ -95,35 +92,23 @@ def floor_paths(folder: Path, count: int, page_size: str) -> list[str]:
     return pickle.loads(paths_file.read_bytes())
 
 
-def wait_for(process: subprocess.Popen[bytes], url: str, log: Path | None) -> None:
-    """Until ``url`` answers 200 (a server under valgrind takes a while to start)."""
-    deadline = time.monotonic() + 900
-    while True:
+def answers(url: str) -> Callable[[], bool]:
+    """Whether ``url`` answers 200 now."""
+    def ready() -> bool:
         try:
-            if httpx.get(url, timeout=60).status_code == 200:
-                return
+            return httpx.get(url, timeout=60).status_code == 200
         except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not answer:\n{log.read_text()[-2000:] if log else ''}")
-        time.sleep(0.5)
+            return False
+    return ready
 
 
 def counted(argv: list[str], port: int, paths: list[str], gets: int, out: Path) -> int:
     """Instructions of ``argv`` under callgrind, serving every link once and then ``gets`` GETs."""
-    log = out.with_suffix(".log")
-    with log.open("wb") as handle:
-        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
-                                   stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **QUIET})
-    wait_for(process, f"http://127.0.0.1:{port}{paths[0]}", log)
-    asyncio.run(load(port, paths, len(paths)))
-    asyncio.run(load(port, paths, gets))
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=900)
-    found = re.search(r"Collected : (\d+)", log.read_text())
-    if found is None:
-        raise RuntimeError(f"no count in {log}")
-    return int(found.group(1))
+    def drive() -> None:
+        asyncio.run(load(port, paths, len(paths)))
+        asyncio.run(load(port, paths, gets))
+
+    return collected(argv, out, answers(f"http://127.0.0.1:{port}{paths[0]}"), drive, env={**os.environ, **QUIET})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,8 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [str(BIN / "cabinet"), "--config", str(config), "serve"]
         name = "cabinet"
     totals = [counted(command, port, paths, gets, args.work / f"{name}-{gets}.cg") for gets in (0, args.gets)]
-    print(f"{name}: {(totals[1] - totals[0]) / args.gets:,.0f} instructions per GET "
-          f"({totals[0]:,} and {totals[1]:,} in all; files in {args.work})")
+    report(name, totals, args.gets, "GET", args.work)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import seed, smtpload
+from bench.callgrind import collected, report
 from bench.callgrind_get import QUIET
 from bench.instance import Instance, free_port
 
@@ -66,27 +64,15 @@ def _greets(port: int) -> bool:
 
 
 def counted(argv: list[str], port: int, jobs: list[dict[str, str]], out: Path, env: dict[str, str]) -> int:
-    """Instructions of ``argv`` under callgrind, storing ``jobs`` (each answered 250)."""
-    log = out.with_suffix(".log")
-    with log.open("wb") as handle:
-        # Started in the run's folder: ``python -c`` imports from its working directory first, which must
-        # not be a checkout other than the one whose interpreter was asked for.
-        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
-                                   stdout=handle, stderr=subprocess.STDOUT, cwd=out.parent, env=env)
-    deadline = time.monotonic() + 900
-    while not _greets(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not greet under valgrind:\n{log.read_text()[-2000:]}")
-        time.sleep(0.5)
-    result = asyncio.run(smtpload.run("127.0.0.1", port, jobs, CONNECTIONS))
-    if result["codes"] != {"250": len(jobs)}:
-        raise RuntimeError(f"not every message was stored: {result['codes']}")
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=900)
-    found = re.search(r"Collected : (\d+)", log.read_text())
-    if found is None:
-        raise RuntimeError(f"no count in {log}")
-    return int(found.group(1))
+    """Instructions of ``argv`` under callgrind, storing ``jobs`` (each answered 250). Started in the run's
+    folder: ``python -c`` imports from its working directory first, which must not be a checkout other
+    than the one whose interpreter was asked for."""
+    def drive() -> None:
+        result = asyncio.run(smtpload.run("127.0.0.1", port, jobs, CONNECTIONS))
+        if result["codes"] != {"250": len(jobs)}:
+            raise RuntimeError(f"not every message was stored: {result['codes']}")
+
+    return collected(argv, out, lambda: _greets(port), drive, env=env, cwd=out.parent)
 
 
 def one(work: Path, seed_folder: Path, jobs: list[dict[str, str]], python: str, ceiling: bool, name: str) -> int:
@@ -124,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     kind = "ceiling" if args.ceiling else "cabinet"
     totals = [one(args.work, folder, jobs[:count], args.python, args.ceiling, f"{kind}{args.tag}-{count}")
               for count in (WARM, WARM + args.messages)]
-    print(f"{kind}{args.tag}: {(totals[1] - totals[0]) / args.messages:,.0f} instructions per stored message "
-          f"({totals[0]:,} and {totals[1]:,} in all; files in {args.work})", flush=True)
+    report(f"{kind}{args.tag}", totals, args.messages, "stored message", args.work)
 
 
 if __name__ == "__main__":

@@ -455,34 +455,52 @@ class Email:
     facts: dict[str, str]
 
 
+@dataclass(frozen=True)
+class AcceptSql:
+    """The accept's statements in one driver's parameter style (``bench.floors_pg`` has PostgreSQL's)."""
+    accept: str
+    client: str
+    event: str
+    outbox: str
+
+
+SQLITE_ACCEPT = AcceptSql(ACCEPT, CLIENT, EVENT, OUTBOX)
+
+
+def accept_rows(c: Any, sql: AcceptSql, now: Any, invitation_id: int, nonce: str, user_id: int, firm_id: int,
+                outbox_id: Callable[[Any], int]) -> list[Email] | None:
+    """The accept's guarded UPDATE and its client, event and two outbox rows on ``c`` (sqlite3 or psycopg),
+    in the caller's transaction; None when the UPDATE found nothing to change. ``outbox_id`` reads an
+    outbox INSERT's id from its cursor, once both are sent (psycopg's pipeline mode sends them together)."""
+    row = c.execute(sql.accept, (now, firm_id, user_id, invitation_id, nonce, now, user_id, firm_id, user_id,
+                                 firm_id)).fetchone()
+    if row is None:
+        return None  # not pending any more (or not this link, or not a member): nothing written
+    company_id, accountant, accountant_name, firm = row
+    client_id, company, admin = c.execute(sql.client, (firm_id, now, now, company_id)).fetchone()
+    c.execute(sql.event, (now, accountant, firm_id, company_id, client_id,
+                          f'{{"client_id": {client_id}, "invitation_id": {invitation_id}}}'))
+    facts = {"company": company, "firm": firm, "accountant_name": accountant_name}
+    content = json.dumps(facts)
+    inserted = []
+    for kind, recipient, subject, audience in (
+        ("invitation_accepted", admin, f"{accountant_name} a accepté votre invitation pour {company}", "client"),
+        ("client_added", accountant, f"L'entreprise {company} a été ajoutée à la liste de clients du cabinet {firm}",
+         "firm"),
+    ):
+        ref = secrets.token_hex(8)
+        message_id = f"<{ref}.{invitation_id}@cabinet.bench.example>"
+        cursor = c.execute(sql.outbox, (message_id, ref, kind, f"bounce+{ref}@cabinet.bench.example", recipient,
+                                        subject, now, now, invitation_id, company_id, firm_id, audience, content))
+        inserted.append((cursor, message_id, recipient, subject, kind))
+    return [Email(outbox_id(cursor), message_id, recipient, subject, kind, facts)
+            for cursor, message_id, recipient, subject, kind in inserted]
+
+
 def _accept_write(invitation_id: int, nonce: str, user_id: int, firm_id: int) -> Callable[[sqlite3.Connection],
                                                                                             list[Email] | None]:
-    def write(c: sqlite3.Connection) -> list[Email] | None:
-        now = _now_text()
-        row = c.execute(ACCEPT, (now, firm_id, user_id, invitation_id, nonce, now, user_id, firm_id, user_id,
-                                 firm_id)).fetchone()
-        if row is None:
-            return None  # not pending any more (or not this link, or not a member): nothing written
-        company_id, accountant, accountant_name, firm = row
-        client_id, company, admin = c.execute(CLIENT, (firm_id, now, now, company_id)).fetchone()
-        c.execute(EVENT, (now, accountant, firm_id, company_id, client_id,
-                          f'{{"client_id": {client_id}, "invitation_id": {invitation_id}}}'))
-        facts = {"company": company, "firm": firm, "accountant_name": accountant_name}
-        content = json.dumps(facts)
-        emails = []
-        for kind, recipient, subject, audience in (
-            ("invitation_accepted", admin, f"{accountant_name} a accepté votre invitation pour {company}", "client"),
-            ("client_added", accountant, f"L'entreprise {company} a été ajoutée à la liste de clients du cabinet {firm}",
-             "firm"),
-        ):
-            ref = secrets.token_hex(8)
-            message_id = f"<{ref}.{invitation_id}@cabinet.bench.example>"
-            cursor = c.execute(OUTBOX, (message_id, ref, kind, f"bounce+{ref}@cabinet.bench.example", recipient, subject,
-                                        now, now, invitation_id, company_id, firm_id, audience, content))
-            emails.append(Email(int(cursor.lastrowid or 0), message_id, recipient, subject, kind, facts))
-        return emails
-
-    return write
+    return lambda c: accept_rows(c, SQLITE_ACCEPT, _now_text(), invitation_id, nonce, user_id, firm_id,
+                                 lambda cursor: int(cursor.lastrowid or 0))
 
 
 TEXT = {

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import secrets
 import time
 from collections import deque
@@ -318,37 +317,14 @@ def invitation_app(folder: Path, page_size: int, url: str, mode: str = "thread")
 
 # --- the accept --------------------------------------------------------------------------------------
 
+POSTGRESQL_ACCEPT = floors.AcceptSql(ACCEPT, CLIENT, EVENT, OUTBOX)
+
+
 def accept_write(invitation_id: int, nonce: str, user_id: int, firm_id: int
                  ) -> Callable[[psycopg.Connection[Any]], list[floors.Email] | None]:
-    """``floors._accept_write``'s statements, on PostgreSQL."""
-    def write(c: psycopg.Connection[Any]) -> list[floors.Email] | None:
-        now = datetime.now(timezone.utc)
-        row = c.execute(ACCEPT, (now, firm_id, user_id, invitation_id, nonce, now, user_id, firm_id, user_id,
-                                 firm_id)).fetchone()
-        if row is None:
-            return None  # not pending any more (or not this link, or not a member): nothing written
-        company_id, accountant, accountant_name, firm = row
-        client_id, company, admin = c.execute(CLIENT, (firm_id, now, now, company_id)).fetchone()  # type: ignore[misc]
-        c.execute(EVENT, (now, accountant, firm_id, company_id, client_id,
-                          f'{{"client_id": {client_id}, "invitation_id": {invitation_id}}}'))
-        facts = {"company": company, "firm": firm, "accountant_name": accountant_name}
-        content = json.dumps(facts)
-        inserted = []
-        for kind, recipient, subject, audience in (
-            ("invitation_accepted", admin, f"{accountant_name} a accepté votre invitation pour {company}", "client"),
-            ("client_added", accountant, f"L'entreprise {company} a été ajoutée à la liste de clients du cabinet {firm}",
-             "firm"),
-        ):
-            ref = secrets.token_hex(8)
-            message_id = f"<{ref}.{invitation_id}@cabinet.bench.example>"
-            # In pipeline mode both inserts go out before either's id is asked for.
-            cursor = c.execute(OUTBOX, (message_id, ref, kind, f"bounce+{ref}@cabinet.bench.example", recipient,
-                                        subject, now, now, invitation_id, company_id, firm_id, audience, content))
-            inserted.append((cursor, message_id, recipient, subject, kind))
-        return [floors.Email(int(cursor.fetchone()[0]), message_id, recipient, subject, kind, facts)  # type: ignore[index]
-                for cursor, message_id, recipient, subject, kind in inserted]
-
-    return write
+    """``floors.accept_rows`` on PostgreSQL: the outbox ids from the INSERTs' RETURNING."""
+    return lambda c: floors.accept_rows(c, POSTGRESQL_ACCEPT, datetime.now(timezone.utc), invitation_id, nonce,
+                                        user_id, firm_id, lambda cursor: int(cursor.fetchone()[0]))
 
 
 def mark_sent(ids: tuple[int, ...]) -> Callable[[psycopg.Connection[Any]], Any]:
