@@ -264,6 +264,7 @@ class GroupCommit:
         self._committing = False
         self._scheduled = False
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._woken: asyncio.Future[None] | None = None  # ``close`` waiting for the groups in flight
         self.groups = 0
 
     def run(self, work: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
@@ -317,8 +318,15 @@ class GroupCommit:
         if self._queued and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._start)
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Write what is queued, then stop: a first opening fired just before the server stops is written
+        before its connection closes (it once ran on the closed connection)."""
+        while self._queued or self._scheduled or self._committing:
+            self._woken = asyncio.get_running_loop().create_future()
+            await self._woken
         self._thread.shutdown(wait=True)
 
 
@@ -412,7 +420,7 @@ def invitation_app(folder: Path, page_size: int, read_mode: str = "thread") -> w
         return web.Response(body=parts[0] + csrf.encode() + parts[1], headers=headers)
 
     async def closing(app: web.Application) -> None:
-        commit.close()
+        await commit.close()
         reader.close()
         writer.close()
 
@@ -698,7 +706,7 @@ def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "emai
         for task in tasks:
             task.cancel()
         await sender.close()
-        commit.close()
+        await commit.close()
         if writer is not None:
             writer.close()
 

@@ -131,6 +131,7 @@ class Writers:
         self._pipeline = pipeline
         self._queued: list[tuple[Callable[[psycopg.Connection[Any]], Any], asyncio.Future[Any] | None]] = []
         self._busy = 0
+        self._woken: asyncio.Future[None] | None = None  # ``close`` waiting for the groups in flight
         self._scheduled = False
         self.groups = 0
 
@@ -199,8 +200,14 @@ class Writers:
         if self._queued and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._start)
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Write what is queued, then stop the threads and close their connections."""
+        while self._queued or self._scheduled or self._busy:
+            self._woken = asyncio.get_running_loop().create_future()
+            await self._woken
         self._threads.shutdown(wait=True)
         while self._connections:
             self._connections.pop().close()
@@ -305,7 +312,7 @@ def invitation_app(folder: Path, page_size: int, url: str, mode: str = "thread")
         reads = await AsyncReads.open(url) if mode == "async" else ThreadReads(url)
         yield
         await reads.close()
-        commit.close()
+        await commit.close()
 
     if mode not in READ_MODES:
         raise SystemExit(f"unknown read mode {mode!r}: {', '.join(READ_MODES)}")

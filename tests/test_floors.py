@@ -106,7 +106,7 @@ def test_the_get_floor_answers_a_page_with_a_csrf_token_and_a_cookie(tmp_path: P
     seeded = seed(folder, 3, mode)
     secret = (folder / floors.KEY_FILE).read_text().strip()
     port = start_floor("get", folder, "3000", *([mode] if mode else []))
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         answer = client.get(seeded.paths[0])
         assert answer.status_code == 200
         assert len(answer.content) == 3000  # Cabinet's page size, as asked
@@ -157,7 +157,7 @@ def test_the_accept_floor_writes_answers_303_and_sends_two_emails(tmp_path: Path
         port = start_floor("accept", folder, str(relay.port), composer, *([mode] if mode else []))
         base = f"http://127.0.0.1:{port}"
         headers = {"Cookie": seeded.cookie, "Origin": base, "Sec-Fetch-Site": "same-origin"}
-        with httpx.Client(base_url=base) as client:
+        with httpx.Client(base_url=base, timeout=60) as client:
             answer = client.post(seeded.paths[0] + "/accept", data={"csrf_token": seeded.csrf}, headers=headers)
             assert answer.status_code == 303
             assert answer.headers["Location"] == seeded.paths[0]
@@ -218,3 +218,30 @@ def test_the_bench_counts_the_cpu_of_the_backends_of_its_database() -> None:
         busy.execute("SELECT count(*) FROM generate_series(1, 3000000)")  # some 100 ms of the backend's CPU
         after = backends.cpu()
     assert run.Backends.spent(before, after) > 0
+
+
+def test_group_commit_close_writes_what_is_queued(tmp_path: Path) -> None:
+    """``GroupCommit.close`` writes the works queued behind a COMMIT in flight before it returns (the floor's
+    first openings fired just before its server stopped once ran on the closed connection, and were lost)."""
+    import asyncio
+
+    connection = sqlite3.connect(tmp_path / "floor.db", isolation_level=None, check_same_thread=False)
+    connection.execute("CREATE TABLE t (n INTEGER)")
+
+    def insert(n: int) -> Callable[[sqlite3.Connection], None]:
+        return lambda c: c.execute("INSERT INTO t VALUES (?)", (n,)) and None
+
+    async def scenario() -> int:
+        commit = floors.GroupCommit(connection)
+        first = commit.run(insert(1))
+        await asyncio.sleep(0)  # the first group starts: its COMMIT goes to the thread
+        commit.fire(insert(2))  # queued behind that COMMIT, nobody waiting for it
+        await commit.close()
+        assert first.done() and first.exception() is None
+        return commit.groups
+
+    groups = asyncio.run(scenario())
+    connection.close()
+    with sqlite3.connect(tmp_path / "floor.db") as check:
+        assert sorted(n for (n,) in check.execute("SELECT n FROM t")) == [1, 2]
+    assert groups == 2
