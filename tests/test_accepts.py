@@ -356,7 +356,9 @@ def test_the_outbox_worker_starts_no_more_emails_once_an_accept_comes_in(cabinet
     async def scenario() -> int:
         sent = await worker.send_due()
         assert isinstance(await started[0], AcceptResult)
-        return sent
+        # The accept's two emails go in this pass when it was answered before the worker's last claim; on a
+        # busy machine (PostgreSQL's accept runs in a thread) it can be answered after it: then the next pass.
+        return sent + await worker.send_due()
 
     # The accept's two emails too, once it is answered.
     assert asyncio.run(scenario()) == len(COMPANIES) + 2

@@ -27,15 +27,15 @@ def sqlite_only(env: Env) -> None:
 
 
 def test_health_readiness_and_metrics(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env):
-    assert httpx.get(f"{env.base_url}/healthz").text == "ok\n"
-    ready = httpx.get(f"{env.base_url}/readyz")
+    assert httpx.get(f"{env.base_url}/healthz", timeout=60).text == "ok\n"
+    ready = httpx.get(f"{env.base_url}/readyz", timeout=60)
     assert ready.status_code == 200 and ready.text == "ready\n"
     cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
     link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[0])
     Browser(env.base_url).get(link)
     # Not on the public listener: on [metrics] listen only.
-    assert httpx.get(f"{env.base_url}/metrics").status_code == 404
-    metrics = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics")
+    assert httpx.get(f"{env.base_url}/metrics", timeout=60).status_code == 404
+    metrics = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics", timeout=60)
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert 'cabinet_emails{state="sent"} 1.0' in text
@@ -57,7 +57,7 @@ def test_a_second_serve_on_the_same_sqlite_file_refuses(env: Env, cli: Cli):
         )
         assert second.returncode == 78
         assert "another `cabinet serve`" in second.stderr and f"pid {first.pid}" in second.stderr
-        assert httpx.get(f"{env.base_url}/healthz").status_code == 200  # the first one is unharmed
+        assert httpx.get(f"{env.base_url}/healthz", timeout=60).status_code == 200  # the first one is unharmed
     finally:
         assert first.stop() == 0, first.tail()
 
@@ -68,7 +68,7 @@ def test_json_logs_never_carry_a_full_token_and_sighup_reloads(env: Env, cli: Cl
         cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
         link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[0])
         token = link.rsplit("/", 1)[1]
-        assert httpx.get(link).status_code == 200
+        assert httpx.get(link, timeout=60).status_code == 200
         daemon.send_signal(signal.SIGHUP)
         wait_until(lambda: "reloaded" in daemon.output(), what="the SIGHUP reload to be logged", detail=daemon.tail)
         daemon.send_signal(signal.SIGTERM)

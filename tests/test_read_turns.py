@@ -138,7 +138,7 @@ def test_an_accept_shows_on_the_get_its_303_leads_to(
     # A revoke from another process (the CLI) shows on the next GET (signed out: the kept page).
     cli("invitation", "send", "--company", seed.company, "--email", "other@tremblay.example")
     other = link_in(mailbox.wait("other@tremblay.example", subject="Invitation", count=1)[-1])
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         assert "valid until" in client.get(other).text
         cli("invitation", "revoke", str(env.sql("SELECT max(id) FROM invitations")[0][0]))
         after = client.get(other).text

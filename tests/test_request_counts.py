@@ -66,10 +66,10 @@ def test_metrics_count_every_link_page_served(server, cli: Cli, seed: Seed, mail
     link = link_in(mailbox.wait(seed.accountant, subject="Invitation")[0])
     opened = 7
     for _ in range(opened):
-        assert httpx.get(link).status_code == 200
-    assert httpx.head(link).status_code == 200
-    assert httpx.get(f"{env.base_url}/no-such-page").status_code == 404
-    text = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics").text
+        assert httpx.get(link, timeout=60).status_code == 200
+    assert httpx.head(link, timeout=60).status_code == 200
+    assert httpx.get(f"{env.base_url}/no-such-page", timeout=60).status_code == 404
+    text = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics", timeout=60).text
     page = 'route="/invitations/{token}"'  # labels are written in name order
     assert f'cabinet_http_request_duration_seconds_count{{method="GET",{page}}} {float(opened)}' in text
     assert f'cabinet_http_request_duration_seconds_bucket{{le="+Inf",method="GET",{page}}} {float(opened)}' in text

@@ -41,7 +41,7 @@ def test_a_link_page_signed_out_signed_in_and_an_error_page_send_these_headers(
     cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
     url = link_in(mailbox.wait(seed.accountant, subject="Invitation", count=1)[-1])
     link = httpx.URL(url).path
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         new_browser = client.get(link)  # a page with a form: the new browser gets its cookie
         again = client.get(link)  # the same browser: no new cookie
         missing = client.get("/no-such-page")

@@ -23,7 +23,8 @@ def _language_switch(client: httpx.Client, token: str) -> int:
 
 def test_two_visitors_of_one_page_never_see_each_others_token(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env):
     link = _invite(cli, mailbox, seed)
-    with httpx.Client(base_url=env.base_url) as first, httpx.Client(base_url=env.base_url) as second:
+    with httpx.Client(base_url=env.base_url, timeout=60) as first, \
+            httpx.Client(base_url=env.base_url, timeout=60) as second:
         pages = [first.get(link), second.get(link), first.get(link), second.get(link)]
         assert all(page.status_code == 200 for page in pages)
         tokens = [csrf_of(page.text) for page in pages]
@@ -42,7 +43,7 @@ def test_two_visitors_of_one_page_never_see_each_others_token(server, cli: Cli, 
 def test_a_change_to_the_invitation_shows_at_once(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env,
                                                    clock: FakeClock):
     link = _invite(cli, mailbox, seed)
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         before = client.get(link).text
         assert "valid until" in before and "withdrew" not in before
         assert client.get(link).text.replace(csrf_of(client.get(link).text), "").count("valid until") == 1
@@ -55,7 +56,7 @@ def test_a_change_to_the_invitation_shows_at_once(server, cli: Cli, seed: Seed, 
 def test_the_deadline_text_follows_the_clock(server, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env,
                                               clock: FakeClock):
     link = _invite(cli, mailbox, seed)
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         first = client.get(link).text
         clock.advance(days=3)
         later = client.get(link).text
@@ -80,7 +81,7 @@ def test_the_kept_page_outlives_the_minute_until_its_deadline_text_changes(
         return render(name, *args)
 
     pages.render = counted  # type: ignore[method-assign]  # the real render, counted
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         first = client.get(link).text
         assert renders == ["invitation.html"]
         clock.advance(minutes=3)
@@ -108,7 +109,7 @@ def test_a_kept_page_is_served_only_in_its_own_language(
         return render(name, locale, *args)
 
     pages.render = counted  # type: ignore[method-assign]  # the real render, counted
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         english = client.get(link, headers={"Accept-Language": "en"}).text
         french = client.get(link, headers={"Accept-Language": "fr"}).text
         again = client.get(link, headers={"Accept-Language": "en"}).text

@@ -87,7 +87,7 @@ def test_sign_in_from_another_site_is_refused(server, browser: Browser, seed: Se
 
 def test_a_browser_id_the_client_chose_is_never_accepted(server, seed: Seed, env: Env):
     chosen = "A" * 43  # what the old code took as a browser id, unchecked
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         page = client.get("/sign-in", headers={"Cookie": f"cabinet_browser={chosen}"})
         issued = page.cookies.get("cabinet_browser")
         assert issued and issued != chosen  # the server issues its own, signed id
@@ -118,7 +118,7 @@ def test_the_browser_id_is_rotated_at_sign_in(server, browser: Browser, seed: Se
 
 
 def test_anonymous_pages_without_a_form_set_no_cookie(server, env: Env):
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         for path in ("/healthz", "/readyz", "/static/cabinet.css", "/no-such-page", "/company/forged-token"):
             response = client.get(path)
             assert "set-cookie" not in response.headers, path
@@ -175,7 +175,7 @@ def test_cr_lf_in_next_on_the_raw_wire_does_not_break_the_connection(server, env
 # -- headers on every response -----------------------------------------------------------------------
 
 def test_every_response_carries_the_security_headers_and_no_version(server, env: Env):
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         answers = {
             "page": client.get("/sign-in"),
             "static": client.get("/static/cabinet.css"),
@@ -208,7 +208,7 @@ def https_server(env: Env, cli: Cli, clock: FakeClock) -> Iterator[RunningServer
 
 
 def test_over_https_cookies_are_host_only_and_hsts_is_sent(https_server, seed: Seed, env: Env):
-    with httpx.Client(base_url=env.base_url) as client:
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
         page = client.get("/sign-in")
         assert page.headers["Strict-Transport-Security"].startswith("max-age=")
         cookie = page.headers["set-cookie"]
@@ -224,8 +224,8 @@ def test_over_https_cookies_are_host_only_and_hsts_is_sent(https_server, seed: S
 # -- metrics -----------------------------------------------------------------------------------
 
 def test_metrics_are_only_on_their_own_listener(server: RunningServer, env: Env):
-    assert httpx.get(f"{env.base_url}/metrics").status_code == 404
-    own = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics")
+    assert httpx.get(f"{env.base_url}/metrics", timeout=60).status_code == 404
+    own = httpx.get(f"http://127.0.0.1:{server.service.metrics_port}/metrics", timeout=60)
     assert own.status_code == 200 and "cabinet_outbox_depth" in own.text
 
 
@@ -275,8 +275,8 @@ def test_tokens_of_every_purpose_are_shortened_in_the_real_log(env: Env, cli: Cl
     process = ServeProcess(env).start()  # its output goes to a log file we read below
     try:
         for prefix, token in tokens.items():
-            httpx.get(f"{env.base_url}{prefix}{token}")
-        httpx.get(f"{env.base_url}/sign-in", params={"next": "/payment/" + tokens["/payment/"]})
+            httpx.get(f"{env.base_url}{prefix}{token}", timeout=60)
+        httpx.get(f"{env.base_url}/sign-in", params={"next": "/payment/" + tokens["/payment/"]}, timeout=60)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait()
@@ -318,7 +318,7 @@ def test_the_browser_cookie_header_is_the_one_aiohttp_writes(public_url: str):
 
 
 def test_a_page_carries_each_security_header_once(server, env: Env):
-    page = httpx.get(f"{env.base_url}/sign-in")
+    page = httpx.get(f"{env.base_url}/sign-in", timeout=60)
     for name in SECURITY_HEADERS:
         assert len(page.headers.get_list(name)) == 1, name
     assert page.headers.get_list("Server") == ["Cabinet"]
