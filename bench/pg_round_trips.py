@@ -54,6 +54,7 @@ class Counts:
         for text, counted in ((before, False), (trace, True)):
             pending = ""
             waiting = False  # the client sent what it waits for; the server's answer not read yet
+            asked = False  # a statement was sent since the last wait
             for message in _MESSAGES.split(text):  # a statement's SQL may span lines
                 found = _MESSAGE.match(message)
                 if found is None:
@@ -72,9 +73,14 @@ class Counts:
                     pending = prepared.get(quoted[1], quoted[1])
                 if not counted:
                     continue
-                if kind in _WAITS and not waiting:  # a Sync and a Flush sent together are one wait
-                    self.round_trips += 1
-                    waiting = True
+                if kind in _WAITS:
+                    # A Sync and a Flush sent together are one wait; so is a Flush that asks for nothing new
+                    # (psycopg may send one after a Sync whose answer is still on its way).
+                    if not waiting and (kind != "Flush" or asked):
+                        self.round_trips += 1
+                    waiting, asked = True, False
+                else:
+                    asked = True
                 if kind in _STATEMENTS:
                     self.statements += 1
                     self.by_statement[_short(quoted[0] if kind == "Query" and quoted else pending)] += 1

@@ -862,29 +862,32 @@ class Roster(DomainService):
         rest committed then. A failed COMMIT fails the whole batch: raised, so nobody is told it is done."""
         last = order[-1]
         with engine_of(self._sessions).connect() as connection:
-            # Autocommit at the driver: psycopg would send a BEGIN of its own and wait for it.
+            # Autocommit at the driver: psycopg would send a BEGIN of its own and wait for it. SQLAlchemy's
+            # transaction is bookkeeping only (no statement: BEGIN and COMMIT are ``pipelined``'s), but without
+            # it SQLAlchemy answers a statement's error with a ROLLBACK of the whole batch.
             connection.execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                with pipelined(connection, transaction=True) as sync:
-                    for n in order:
-                        plan, channel = plans[n]
-                        try:
-                            # Not released: the COMMIT ends them all, a statement fewer per accept.
-                            with savepoint(connection, "accept_plan", release=False, sync=sync):
-                                outcomes[n] = self._accept_planned(connection, plan, channel, in_pipeline=True)
-                                if n != last:
-                                    sync()  # this accept's errors raised here, inside its savepoint
-                        except _Replan:
-                            outcomes[n] = None
-                        except Exception as exc:
-                            # A deadlock or serialization failure is a race lost, not a failure: decided again.
-                            outcomes[n] = None if _lost_race(exc) else exc
-            except Exception as exc:
-                if not (_failed_transaction(connection) and isinstance(outcomes[last], AcceptResult)):
-                    raise  # the COMMIT failed (or the connection): none of the batch is durable
-                # The last accept's own statements failed, and the server skipped the COMMIT sent after them.
-                outcomes[last] = None if _lost_race(exc) else exc
-                _driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
+            with connection.begin():
+                try:
+                    with pipelined(connection, transaction=True) as sync:
+                        for n in order:
+                            plan, channel = plans[n]
+                            try:
+                                # Not released: the COMMIT ends them all, a statement fewer per accept.
+                                with savepoint(connection, "accept_plan", release=False, sync=sync):
+                                    outcomes[n] = self._accept_planned(connection, plan, channel, in_pipeline=True)
+                                    if n != last:
+                                        sync()  # this accept's errors raised here, inside its savepoint
+                            except _Replan:
+                                outcomes[n] = None
+                            except Exception as exc:
+                                # A deadlock or serialization failure is a race lost, not a failure: decided again.
+                                outcomes[n] = None if _lost_race(exc) else exc
+                except Exception as exc:
+                    if not (_failed_transaction(connection) and isinstance(outcomes[last], AcceptResult)):
+                        raise  # the COMMIT failed (or the connection): none of the batch is durable
+                    # The last accept's statements failed, and the server skipped the COMMIT sent after them.
+                    outcomes[last] = None if _lost_race(exc) else exc
+                    _driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
         return outcomes
 
     def _all_written(self, connection: Connection, plans: Sequence[tuple[AcceptPlan, str]], order: list[int],
