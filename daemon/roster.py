@@ -174,6 +174,8 @@ def _failed_transaction(connection: Connection) -> bool:
     """PostgreSQL: the connection's transaction is open and failed (a statement's error), not over."""
     from psycopg import pq
 
+    if connection.invalidated:  # lost: its transaction went with it
+        return False
     driver = connection.connection.driver_connection
     return driver is not None and not driver.closed and driver.info.transaction_status == pq.TransactionStatus.INERROR
 
