@@ -2,12 +2,13 @@
 the machine's load does not move.
 
 Every connection Cabinet's engine opens (pooled writes and kept reads alike) is traced by libpq
-(``PGconn.trace``) while the accepts run. A round trip is what the client sends before it waits for the
-server: a simple ``Query``, or in the extended protocol (and psycopg's pipeline mode) a ``Sync`` or a
-``Flush`` (several sent together before any answer are one). A statement is a ``Query`` or an ``Execute``. The accepts go through the real service
-(``Cabinet.accepts.accept``, as the link handler awaits it), BATCH at a time on one event loop so that
-each group is one batch; the signed-in visitor's session read, which the web handler makes before it,
-is not counted.
+(``PGconn.trace``) while the accepts run. A round trip is what the client sends before it waits for
+the server: a simple ``Query``, or in the extended protocol (and psycopg's pipeline mode) a ``Sync`` or
+a ``Flush`` (several sent before any answer is read are one; a ``Flush`` asking for nothing new after a
+``Sync`` is none). A statement is a ``Query`` or an ``Execute``. The accepts go through the real
+service (``Cabinet.accepts.accept``, as the link handler awaits it), BATCH at a time on one event loop
+so that each group is one batch; the signed-in visitor's session read, which the web handler makes
+before it, is not counted.
 
     .venv/bin/python -m bench.pg_round_trips [--url URL] [--accepts 48] [--batch 1,4,16] [--prefix NAME]
 

@@ -548,7 +548,7 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 pass
 
 
-def sent(connection: Connection, sql: str, parameters: Any) -> Callable[[], Any]:
+def sent_in_pipeline(connection: Connection, sql: str, parameters: Any) -> Callable[[], Any]:
     """In psycopg's pipeline mode (``pipelined``): ``sql`` sent now, on a cursor of the connection's own,
     its result not waited for; the function returned reads its first row (None if none), so that
     statements sent one after the other come back in one round trip. An error is raised by that read,

@@ -22,7 +22,9 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
-from daemon.db import engine_of, pipelined, read_connections, rows_changed, savepoint, sent, write_connection
+from daemon.db import (
+    engine_of, pipelined, read_connections, rows_changed, savepoint, sent_in_pipeline, write_connection,
+)
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -1072,7 +1074,7 @@ class Roster(DomainService):
         the insert found one there) or raises ``TransitionLost``."""
         if plan.client is None:
             compiled = _CLIENT_INSERT["postgresql"].compiled(connection.dialect)
-            read = sent(connection, compiled.sql, compiled.parameters(self._client_values(plan)))
+            read = sent_in_pipeline(connection, compiled.sql, compiled.parameters(self._client_values(plan)))
             return lambda: None if (row := read()) is None else compiled.typed(row)
         read = plan.read
         found_by_company = plan.client.company_id is not None

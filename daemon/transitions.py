@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, Connection, bindparam, inspect, or_, selec
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from daemon.db import rows_changed, sent
+from daemon.db import rows_changed, sent_in_pipeline
 from daemon.errors import InvalidState
 from daemon.prepared_write import PreparedWrite
 from daemon.models import BillingTransfer, Client, InboundMessage, Invitation, OutboxMessage, SetupInvitation
@@ -174,7 +174,7 @@ class Transition:
         between comes back in the same round trip. The row count still decides: no row, ``TransitionLost``."""
         checkpoint(self._table, row_id, self._to)
         compiled = self._statement.compiled(connection.dialect)
-        read = sent(connection, compiled.sql, compiled.parameters({"transition_row_id": row_id, **binds}))
+        read = sent_in_pipeline(connection, compiled.sql, compiled.parameters({"transition_row_id": row_id, **binds}))
 
         def outcome() -> Any:
             fresh = read()
