@@ -1,6 +1,7 @@
 """PostgreSQL's batch of accepts (``Roster.accept_planned_many``) in psycopg's pipeline mode: how many
-round trips it costs, counted from libpq's own protocol trace (``bench.pg_round_trips``), and what its
-COMMIT's failure does now that the COMMIT is sent with the last accept's statements.
+round trips it costs, counted from libpq's own protocol trace (``bench.pg_round_trips``), and what each
+accept is told when something fails now that statements wait for their answers together: a COMMIT sent
+with the last accept's statements, a guarded UPDATE read with the roster entry's statement.
 
 A batch of N accepts costs N plan reads, one round trip per accept for its guarded UPDATE and its
 roster entry's INSERT together, a sync at the end of each accept but the last, and one for the last
@@ -20,9 +21,9 @@ from bench.pg_round_trips import RoundTrips
 from daemon.app import Cabinet
 from daemon.accepts import Accepts
 from daemon.roster import AcceptResult, InvitationUnavailable, Roster
-from tests.conftest import Env, invitation_token
+from tests.conftest import Cli, Env, invitation_token
 from tests import test_accepts
-from tests.test_accepts import COMPANIES, accept_together, send, user_id
+from tests.test_accepts import COMPANIES, FIRM, accept_together, send, user_id
 
 cabinet = test_accepts.cabinet  # the same instance as test_accepts' tests
 
@@ -171,3 +172,36 @@ def test_a_connection_lost_mid_batch_fails_every_accept(cabinet: Cabinet, env: E
     assert env.sql("SELECT DISTINCT state FROM invitations") == [("pending",)]
     assert env.sql("SELECT count(*) FROM clients") == [(0,)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(0,)]
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_roster_entry_found_by_its_name_is_connected_in_the_batch(
+    cabinet: Cabinet, env: Env, cli: Cli, monkeypatch: pytest.MonkeyPatch, changed: bool
+) -> None:
+    """The firm added the company by name before (no company yet): the batch's accept connects that entry
+    (its guarded UPDATE sent with the invitation's). ``changed``: the entry was renamed between the plan
+    and the write, so its guarded UPDATE matches nothing though the invitation's did: that accept is
+    undone alone and decided again (a new entry, as a serial order gives), the others are written."""
+    cli("client", "add", "--firm", FIRM, "--kind", "business", "--name", COMPANIES[1], "--billing", "none")
+    (entry,) = env.sql("SELECT id FROM clients")[0]
+    sent = send(cabinet, COMPANIES[:3])
+    if changed:
+        plan = cabinet.roster.plan_accept
+
+        def read_then_rename(token: str, *args: Any) -> Any:
+            planned = plan(token, *args)
+            assert planned is not None
+            if planned.read.invitation_id == sent[1]:
+                assert planned.client is not None and planned.client.id == entry
+                _ddl(env, f"UPDATE clients SET name = 'Renamed', name_key = 'renamed' WHERE id = {int(entry)}")
+            return planned
+
+        monkeypatch.setattr(cabinet.roster, "plan_accept", read_then_rename)
+    outcomes = accept_together(cabinet.accepts, [invitation_token(cabinet, n) for n in sent], user_id(cabinet))
+    assert all(isinstance(o, AcceptResult) for o in outcomes), outcomes
+    assert (outcomes[1].client.id == entry) is not changed
+    assert env.sql("SELECT DISTINCT state FROM invitations") == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM clients") == [(4 if changed else 3,)]
+    assert env.sql("SELECT count(*) FROM clients WHERE company_id IS NULL") == [(1 if changed else 0,)]
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(3,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(6,)]
