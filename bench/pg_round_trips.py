@@ -10,7 +10,7 @@ service (``Cabinet.accepts.accept``, as the link handler awaits it), BATCH at a 
 so that each group is one batch; the signed-in visitor's session read, which the web handler makes
 before it, is not counted.
 
-    .venv/bin/python -m bench.pg_round_trips [--url URL] [--accepts 48] [--batch 1,4,16] [--prefix NAME]
+    .venv/bin/python -m bench.pg_round_trips [--url URL] [--accepts 48] [--batch 1,4,16] [--prefix NAME] [--cpu]
 
 The database is created on the server ``--url`` names (``PREFIX_<random>``) and dropped at the end.
 """
@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +163,10 @@ def _config(root: Path, database_url: str) -> Path:
     return config
 
 
-def measure(database_url: str, root: Path, accepts: int, batch: int) -> Counts:
-    """A fresh instance on ``database_url`` (migrated), ``accepts`` invitations, accepted ``batch`` at a time."""
+def measure(database_url: str, root: Path, accepts: int, batch: int, trace: bool = True) -> tuple[Counts, float]:
+    """A fresh instance on ``database_url`` (migrated), ``accepts`` invitations, accepted ``batch`` at a time
+    after a first batch: what the later ones sent (``trace``; else nothing counted) and this process's CPU
+    seconds for them (all its threads; the PostgreSQL backends' not included)."""
     from click.testing import CliRunner
 
     from bench import seed
@@ -178,7 +181,8 @@ def measure(database_url: str, root: Path, accepts: int, batch: int) -> Counts:
     if initialised.exit_code != 0:
         raise RuntimeError(f"cabinet init: {initialised.output}")
     seed.seed_invitations(config, accepts)
-    counter = RoundTrips(Pool)  # every pool's connections, the app's engine's included, from their opening
+    # Every pool's connections, the app's engine's included, from their opening.
+    counter = RoundTrips(Pool) if trace else None
     app = build(load_config(config))
     try:
         user = app.roster.find_staff(seed.ACCOUNTANT).id
@@ -191,12 +195,16 @@ def measure(database_url: str, root: Path, accepts: int, batch: int) -> Counts:
             assert all(result.invitation.state == "accepted" for result in results)
 
         asyncio.run(group(tokens[:batch]))  # warm: the pool's and the read connections' first opening
-        counter.start()
+        if counter is not None:
+            counter.start()
+        cpu = time.process_time()
         for start in range(batch, len(tokens), batch):
             asyncio.run(group(tokens[start:start + batch]))
-        return counter.stop()
+        cpu = time.process_time() - cpu
+        return (counter.stop() if counter is not None else Counts()), cpu
     finally:
-        counter.close()
+        if counter is not None:
+            counter.close()
         app.close()
 
 
@@ -206,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accepts", type=int, default=48, help="accepts counted per batch size")
     parser.add_argument("--batch", default="1,4,16", help="accepts per batch, comma-separated")
     parser.add_argument("--prefix", default="cabinet_round_trips", help="the made database's name prefix")
+    parser.add_argument("--cpu", action="store_true",
+                        help="untraced: this process's CPU per accept instead (alternate A/B runs: load moves it)")
     args = parser.parse_args(argv)
     server = make_url(args.url)
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
@@ -217,11 +227,14 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 with tempfile.TemporaryDirectory() as root:
                     url = server.set(database=name).render_as_string(hide_password=False)
-                    counts = measure(url, Path(root), args.accepts + batch, batch)
+                    counts, cpu = measure(url, Path(root), args.accepts + batch, batch, trace=not args.cpu)
             finally:
                 with admin.connect() as connection:
                     connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             batches = args.accepts // batch
+            if args.cpu:
+                print(f"batch of {batch}: {1000 * cpu / args.accepts:.3f} ms of this process's CPU per accept")
+                continue
             print(f"batch of {batch}: {counts.round_trips / batches:.2f} round trips and "
                   f"{counts.statements / batches:.2f} statements per batch; "
                   f"{counts.round_trips / args.accepts:.2f} and {counts.statements / args.accepts:.2f} per accept")
