@@ -451,14 +451,19 @@ def write_connection(sessions: sessionmaker[Session], background: bool = False) 
 
 
 @contextmanager
-def savepoint(connection: Connection, name: str, release: bool = True) -> Iterator[None]:
+def savepoint(connection: Connection, name: str, release: bool = True,
+              sync: Callable[[], None] | None = None) -> Iterator[None]:
     """A SAVEPOINT on a Core write connection, straight to the driver (``GroupWriter.core_unit``'s, and
     each of a batch of accepts'): an exception undoes only what ran inside it, and is raised on.
 
     ``release=False`` leaves it in place when the block succeeds (and after it is rolled back to): a
     statement, and on PostgreSQL a round trip, saved for each of a batch's savepoints. What ran inside
     stays part of the enclosing transaction either way, and the next SAVEPOINT of the same name hides
-    this one; the enclosing transaction's end (or an enclosing savepoint's release) ends them all."""
+    this one; the enclosing transaction's end (or an enclosing savepoint's release) ends them all.
+
+    ``sync``: the connection is in psycopg's pipeline mode (``pipelined``). A statement's error read with
+    its result (not at a sync) leaves the pipeline aborted, and the server would skip the ROLLBACK TO
+    sent after it: the pipeline is synced first (one round trip, on that failure only)."""
     driver = connection.connection.driver_connection
     assert driver is not None
     driver.execute(f"SAVEPOINT {name}")
@@ -466,6 +471,11 @@ def savepoint(connection: Connection, name: str, release: bool = True) -> Iterat
         yield
     except BaseException:
         try:
+            if sync is not None and _pipeline_aborted(driver):
+                try:
+                    sync()
+                except Exception:  # noqa: BLE001 - the error already raised, or "pipeline aborted"
+                    pass
             driver.execute(f"ROLLBACK TO SAVEPOINT {name}")
             if release:
                 driver.execute(f"RELEASE SAVEPOINT {name}")
@@ -476,29 +486,93 @@ def savepoint(connection: Connection, name: str, release: bool = True) -> Iterat
         driver.execute(f"RELEASE SAVEPOINT {name}")
 
 
+def _pipeline_aborted(driver: Any) -> bool:
+    from psycopg import pq
+
+    return bool(driver.pgconn.pipeline_status == pq.PipelineStatus.ABORTED)
+
+
 @contextmanager
-def pipelined(connection: Connection) -> Iterator[Callable[[], None]]:
+def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Callable[[], None]]:
     """PostgreSQL: the connection in psycopg's pipeline mode; yields ``sync``, which waits for what was
     sent and raises the first error among it (as ``Connection.execute`` raises it).
 
     A statement whose result is not read (an INSERT without RETURNING, a SAVEPOINT) costs no round
     trip of its own: it goes with the next one whose result is read, or with ``sync``. A batch of
     accepts syncs at the end of each accept, inside its savepoint, so an error is that accept's.
-    Elsewhere (SQLite) statements run one by one as before, and ``sync`` does nothing."""
+    Elsewhere (SQLite) statements run one by one as before, and ``sync`` does nothing.
+
+    ``transaction``: the block is one transaction, for a connection in autocommit at the driver
+    (``isolation_level="AUTOCOMMIT"``). Its BEGIN is sent with the first statements (psycopg's own BEGIN
+    waits for a sync of its own: a round trip), and its COMMIT with the pipeline's closing sync, which
+    the pipeline's end sends anyway: together with whatever the block sent last, unsynced. That sync's
+    error is raised here: the COMMIT's own (the transaction is then over, nothing of it kept), or that
+    of a statement sent after the block's last ``sync`` (the server then skipped the COMMIT: the
+    transaction is left open and failed, for the caller to roll back to a savepoint and commit, or to
+    roll back). A block that raises is rolled back."""
     driver = connection.connection.driver_connection
     if connection.dialect.name != "postgresql" or driver is None:
         yield lambda: None
         return
     error = connection.dialect.loaded_dbapi.Error
-    with driver.pipeline() as pipeline:
-        def sync() -> None:
-            try:
-                pipeline.sync()
-            except error as exc:
-                connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
-                raise  # pragma: no cover - the handler always raises
+    if transaction:
+        assert driver.autocommit, "a pipelined transaction sends its own BEGIN: autocommit at the driver"
+    raised = False
+    try:
+        with driver.pipeline() as pipeline:
+            def sync() -> None:
+                try:
+                    pipeline.sync()
+                except error as exc:
+                    connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
+                    raise  # pragma: no cover - the handler always raises
 
-        yield sync
+            if transaction:
+                driver.execute("BEGIN")
+            try:
+                yield sync
+            except BaseException:
+                raised = True
+                raise
+            if transaction:
+                driver.execute("COMMIT")
+    except error as exc:
+        connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
+        raise  # pragma: no cover - the handler always raises
+    finally:
+        # Rolled back once out of the pipeline: in an aborted pipeline the server would skip a ROLLBACK.
+        if transaction and raised:
+            try:
+                driver.rollback()
+            except Exception:  # noqa: BLE001 - a lost connection: its transaction is gone with it
+                pass
+
+
+def sent_in_pipeline(connection: Connection, sql: str, parameters: Any) -> Callable[[], Any]:
+    """In psycopg's pipeline mode (``pipelined``): ``sql`` sent now, on a cursor of the connection's own,
+    its result not waited for; the function returned reads its first row (None if none), so that
+    statements sent one after the other come back in one round trip. An error is raised by that read,
+    as ``Connection.execute`` raises it. The engine's ``before_cursor_execute`` listeners hear of it."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    error = connection.dialect.loaded_dbapi.Error
+    for listener in connection.engine.dispatch.before_cursor_execute:
+        listener(connection, cursor, sql, parameters, None, False)
+    try:
+        cursor.execute(sql, parameters)
+    except error as exc:
+        connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
+        raise  # pragma: no cover - the handler always raises
+
+    def first_row() -> Any:
+        try:
+            row = cursor.fetchone()
+            cursor.close()
+        except error as exc:
+            connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
+            raise  # pragma: no cover - the handler always raises
+        return row
+
+    return first_row
 
 
 def rows_changed(session: Session, statement: Executable) -> int:

@@ -22,7 +22,9 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
-from daemon.db import pipelined, read_connections, rows_changed, savepoint, write_connection
+from daemon.db import (
+    engine_of, pipelined, read_connections, rows_changed, savepoint, sent_in_pipeline, write_connection,
+)
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
@@ -168,6 +170,28 @@ _RACE_LOST = frozenset({"40P01", "40001"})
 
 def _lost_race(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None) in _RACE_LOST
+
+
+def _failed_transaction(connection: Connection) -> bool:
+    """PostgreSQL: the connection's transaction is open and failed (a statement's error), not over."""
+    from psycopg import pq
+
+    if connection.invalidated:  # lost: its transaction went with it
+        return False
+    driver = connection.connection.driver_connection
+    return driver is not None and not driver.closed and driver.info.transaction_status == pq.TransactionStatus.INERROR
+
+
+def _driver_commands(connection: Connection, *commands: str) -> None:
+    """Plain commands on the connection's driver, one by one; an error raised as SQLAlchemy's."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    try:
+        for command in commands:
+            driver.execute(command)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        connection._handle_dbapi_exception(exc, None, None, None, None)  # raises
+        raise  # pragma: no cover - the handler always raises
 
 
 @dataclass(frozen=True)
@@ -813,23 +837,61 @@ class Roster(DomainService):
         # Written in invitation order: two instances writing batches that share rows lock them in the same
         # order (PostgreSQL), so one waits for the other instead of both deadlocking.
         order = sorted(range(len(plans)), key=lambda n: plans[n][0].read.invitation_id)
-        with write_connection(self._sessions) as connection, pipelined(connection) as sync:
-            sqlite = connection.dialect.name == "sqlite"
-            if sqlite and len(order) > 1 and self._all_written(connection, plans, order, outcomes):
+        if engine_of(self._sessions).dialect.name == "postgresql":
+            return self._written_in_pipeline(plans, order, outcomes)
+        with write_connection(self._sessions) as connection:
+            if len(order) > 1 and self._all_written(connection, plans, order, outcomes):
                 return outcomes
             for n in order:
                 plan, channel = plans[n]
                 try:
-                    # Not released: the transaction's end (its COMMIT, or SQLite's group unit's RELEASE)
-                    # ends them all, a statement (PostgreSQL: a round trip) fewer per accept.
+                    # Not released: the group unit's RELEASE ends them all, a statement fewer per accept.
                     with savepoint(connection, "accept_plan", release=False):
                         outcomes[n] = self._accept_planned(connection, plan, channel)
-                        sync()  # this accept's errors raised here, inside its savepoint
                 except _Replan:
                     outcomes[n] = None
                 except Exception as exc:
-                    # A deadlock or serialization failure (PostgreSQL) is a race lost, not a failure: decided again.
-                    outcomes[n] = None if _lost_race(exc) else exc
+                    outcomes[n] = exc
+        return outcomes
+
+    def _written_in_pipeline(self, plans: Sequence[tuple[AcceptPlan, str]], order: list[int],
+                             outcomes: list[AcceptResult | Exception | None]) -> list[AcceptResult | Exception | None]:
+        """PostgreSQL: the batch in one transaction in psycopg's pipeline mode, a SAVEPOINT per accept.
+
+        Round trips: each accept's guarded UPDATE and its roster entry's statement come back together
+        (``_accept_planned``), and its event and emails with a sync at its end, inside its savepoint, so
+        that an error is that accept's; the BEGIN goes with the first accept's statements, and the COMMIT
+        with the last accept's, in place of its sync (``pipelined``). If one of those last statements
+        failed, the server skipped the COMMIT: that accept alone is rolled back to its savepoint, and the
+        rest committed then. A failed COMMIT fails the whole batch: raised, so nobody is told it is done."""
+        last = order[-1]
+        with engine_of(self._sessions).connect() as connection:
+            # Autocommit at the driver: psycopg would send a BEGIN of its own and wait for it. SQLAlchemy's
+            # transaction is bookkeeping only (no statement: BEGIN and COMMIT are ``pipelined``'s), but without
+            # it SQLAlchemy answers a statement's error with a ROLLBACK of the whole batch.
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            with connection.begin():
+                try:
+                    with pipelined(connection, transaction=True) as sync:
+                        for n in order:
+                            plan, channel = plans[n]
+                            try:
+                                # Not released: the COMMIT ends them all, a statement fewer per accept.
+                                with savepoint(connection, "accept_plan", release=False, sync=sync):
+                                    outcomes[n] = self._accept_planned(connection, plan, channel, in_pipeline=True)
+                                    if n != last:
+                                        sync()  # this accept's errors raised here, inside its savepoint
+                            except _Replan:
+                                outcomes[n] = None
+                            except Exception as exc:
+                                # A deadlock or serialization failure is a race lost, not a failure: decided again.
+                                outcomes[n] = None if _lost_race(exc) else exc
+                except Exception as exc:
+                    if not (_failed_transaction(connection) and isinstance(outcomes[last], AcceptResult)):
+                        raise  # the COMMIT failed (or the connection): none of the batch is durable
+                    # The last accept's statements failed, and the server skipped the COMMIT sent after them.
+                    outcomes[last] = None if _lost_race(exc) else exc
+                    _driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
         return outcomes
 
     def _all_written(self, connection: Connection, plans: Sequence[tuple[AcceptPlan, str]], order: list[int],
@@ -934,12 +996,26 @@ class Roster(DomainService):
             invitation = self._invitation_from_token(s, token, (joinedload(Invitation.company),))
             self._chosen_firm(s, self._invited_user(s, invitation, user_id, "accept"), firm_id)
 
-    def _accept_planned(self, connection: Connection, plan: AcceptPlan, channel: str) -> AcceptResult:
+    def _accept_planned(self, connection: Connection, plan: AcceptPlan, channel: str,
+                        in_pipeline: bool = False) -> AcceptResult:
         """The accept's write: prepared Core statements only, each guarded by what the plan read; raises
-        ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest)."""
+        ``_Replan`` when one finds its row changed since (the caller's rollback undoes the rest).
+
+        ``in_pipeline`` (psycopg's pipeline mode): the guarded UPDATE and the roster entry's statement are
+        both sent, then both read, one round trip. The UPDATE's row count still decides: when it moved
+        nothing, what the entry's statement did is undone with the rest (the caller's savepoint)."""
         try:
-            _ACCEPT.run(connection, plan.read.invitation_id, self._ctx.checkpoint, **self._accept_binds(plan))
-            client = self._connect_planned(connection, plan)
+            if in_pipeline:
+                accepted = _ACCEPT.send(connection, plan.read.invitation_id, self._ctx.checkpoint,
+                                        **self._accept_binds(plan))
+                entry = self._send_entry(connection, plan)
+                accepted()
+                client = entry()
+                if client is None:  # a row another writer added since: the locked path says what it found
+                    raise _Replan()
+            else:
+                _ACCEPT.run(connection, plan.read.invitation_id, self._ctx.checkpoint, **self._accept_binds(plan))
+                client = self._connect_planned(connection, plan)
         except TransitionLost:
             raise _Replan() from None
         _EVENT_INSERT.one(connection, self._accepted_event(plan, channel, client))
@@ -992,6 +1068,20 @@ class Roster(DomainService):
                 raise _Replan()
             return inserted
         return self._reconnect_planned(connection, plan)
+
+    def _send_entry(self, connection: Connection, plan: AcceptPlan) -> Callable[[], Any]:
+        """``_connect_planned``'s statement sent in a pipeline; the function returned reads the entry (None:
+        the insert found one there) or raises ``TransitionLost``."""
+        if plan.client is None:
+            compiled = _CLIENT_INSERT["postgresql"].compiled(connection.dialect)
+            read = sent_in_pipeline(connection, compiled.sql, compiled.parameters(self._client_values(plan)))
+            return lambda: None if (row := read()) is None else compiled.typed(row)
+        read = plan.read
+        found_by_company = plan.client.company_id is not None
+        return _RECONNECT[found_by_company].send(
+            connection, plan.client.id, self._ctx.checkpoint, b_firm=plan.firm_id, b_company=read.id,
+            b_name_key=read.name_key, b_billing=SUBSCRIPTION_BILLING[read.subscription], b_now=plan.now,
+        )
 
     @staticmethod
     def _client_values(plan: AcceptPlan) -> dict[str, Any]:

@@ -172,9 +172,9 @@ class Savepoints:
         self.names: list[str] = []
         real = daemon.roster.savepoint
 
-        def counted(connection: Any, name: str, release: bool = True) -> Any:
+        def counted(connection: Any, name: str, release: bool = True, **pipeline: Any) -> Any:
             self.names.append(name)
-            return real(connection, name, release)
+            return real(connection, name, release, **pipeline)
 
         monkeypatch.setattr(daemon.roster, "savepoint", counted)
 
