@@ -95,8 +95,10 @@ class KeptWrites:
         for attempt in (1, 2):
             generation, connection, cursor, kept = self._take()
             try:
-                for listener in self.engine.dispatch.before_cursor_execute:
-                    listener(None, cursor, sql, parameters, None, False)
+                listeners = self.engine.dispatch.before_cursor_execute
+                if listeners:  # none outside tests: no iteration through SQLAlchemy's empty-listener object
+                    for listener in listeners:
+                        listener(None, cursor, sql, parameters, None, False)
                 cursor.execute(sql, parameters)
                 found = cursor.fetchall() if cursor.description is not None else []
             except self._error as exc:
