@@ -222,6 +222,35 @@ def main(argv: list[str] | None = None) -> None:
               f" (traces in {args.work})", flush=True)
         return
     report(f"{kind}{args.tag}", [int(total) for total in runs], args.messages, "stored message", args.work)
+    if args.postgres and not args.ceiling:
+        # How many statements the extra messages took (their batches: a message's share of a batch's cost
+        # depends on how many it held), from libpq's calls that callgrind counted.
+        first, second = (libpq_sends(args.work / f"{kind}{args.tag}_{count}.cg") for count in (WARM, WARM + args.messages))
+        print(f"{kind}{args.tag}: libpq sends for the {args.messages} messages: "
+              + ", ".join(f"{name} {second[name] - first[name]}" for name in sorted(second)), flush=True)
+
+
+# libpq's functions that send a statement: extended protocol (a statement with parameters, prepared or
+# not), the simple protocol (psycopg's BEGIN and COMMIT), a statement's preparation.
+LIBPQ_SENDS = ("PQsendQueryParams", "PQsendQueryPrepared", "PQsendQuery", "PQsendPrepare")
+
+
+def libpq_sends(callgrind_file: Path) -> Counter[str]:
+    """Calls of each of ``LIBPQ_SENDS`` in a callgrind file (every caller's ``calls=`` to it, summed)."""
+    names: dict[str, str] = {}
+    found: Counter[str] = Counter({name: 0 for name in LIBPQ_SENDS})
+    called = None
+    with callgrind_file.open(errors="replace") as lines:
+        for line in lines:
+            named = re.match(r"(c?fn)=\((\d+)\)(?: (.+))?", line)
+            if named:
+                if named[3]:
+                    names[named[2]] = named[3].strip()
+                if named[1] == "cfn":
+                    called = names.get(named[2])
+            elif line.startswith("calls=") and called in found:
+                found[called] += int(line[6:].split()[0])
+    return found
 
 
 if __name__ == "__main__":
