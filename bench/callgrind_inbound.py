@@ -11,12 +11,15 @@ start-up, warm-up and shut-down. ``--ceiling`` counts the no-op aiosmtpd (``benc
 same way.
 
     .venv/bin/python -m bench.callgrind_inbound WORKDIR [--messages 500] [--python PY] [--ceiling] [--tag T]
-        [--postgres URL [--round-trips]]
+        [--postgres URL [--round-trips]] [--cpu PAIRS --against PY]
 
 ``--python``: the interpreter whose ``daemon`` serves (another worktree's venv: an A/B on one seed).
 WORKDIR keeps the seed and the callgrind files, for ``callgrind_annotate``.
 ``--postgres``: the instance on that PostgreSQL server (a maintenance database's URL): the seed is a
 database of its own (``--database-prefix`` then ``seed``), each run a copy of it, dropped afterwards.
+``--cpu PAIRS --against PY``: instead of instructions, the CPU time per stored message of the served
+process and of its PostgreSQL backends (on ``--postgres``), not under callgrind, in PAIRS runs of
+``--python`` and ``--against`` alternating (an A/B on a machine whose load moves CPU time too).
 ``--round-trips`` (with ``--postgres``): instead of instructions, the round trips and statements the
 served process sent PostgreSQL (``bench.roundtrips``: libpq's trace of every connection), per stored
 message and per store statement (a batch of the DATAs that arrived while the last one was written), the
@@ -38,13 +41,15 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from statistics import median
+from typing import Any
 
 from sqlalchemy import create_engine, make_url
 
 from bench import roundtrips, seed, smtpload
 from bench.callgrind import collected, report, wait_until_ready
 from bench.callgrind_get import QUIET
-from bench.instance import Instance, free_port
+from bench.instance import SERVER_CPU, Instance, free_port, pinned
 
 CONNECTIONS = 8
 WARM = 100
@@ -77,6 +82,19 @@ class Server:
         self._maintenance(f'DROP DATABASE IF EXISTS "{self.prefix + name}" WITH (FORCE)',
                           f'CREATE DATABASE "{self.prefix + name}"{copy}')
         return self.url(name)
+
+    def backends_cpu(self, database: str) -> dict[int, float]:
+        """CPU seconds of each backend connected to ``database`` (PostgreSQL on this machine; {} on SQLite)."""
+        if self.postgres is None:
+            return {}
+        engine = create_engine(self.postgres)
+        try:
+            with engine.connect() as connection:
+                pids = [pid for pid, in connection.exec_driver_sql(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %(name)s", {"name": database})]
+        finally:
+            engine.dispose()
+        return {pid: _cpu(pid) for pid in pids}
 
     def drop(self, name: str) -> None:
         if self.postgres is not None:
@@ -157,16 +175,49 @@ def traced(argv: list[str], port: int, jobs: list[dict[str, str]], out: Path, en
     return roundtrips.counted(out)
 
 
+def on_cpu(argv: list[str], port: int, jobs: list[dict[str, str]], log: Path, env: dict[str, str], cwd: Path,
+           server: Server, database: str) -> tuple[float, float]:
+    """CPU seconds ``argv`` spent storing ``jobs[WARM:]`` (after ``jobs[:WARM]``), and those its PostgreSQL
+    backends spent (0 on SQLite; read from /proc: the server runs on this machine). Not under callgrind:
+    for A/B runs that alternate, since the machine's load moves CPU time too."""
+    with log.open("wb") as handle:
+        process = subprocess.Popen(pinned(SERVER_CPU, argv), stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        wait_until_ready(process, lambda: _greets(port), log)
+        _drive(port, jobs[:WARM])
+        server_before, backends_before = _cpu(process.pid), server.backends_cpu(database)
+        _drive(port, jobs[WARM:])
+        server_after, backends_after = _cpu(process.pid), server.backends_cpu(database)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=300)
+    return server_after - server_before, sum(cpu - backends_before.get(pid, 0.0) for pid, cpu in backends_after.items())
+
+
+def _cpu(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+MODES = ("callgrind", "trips", "cpu")
+
+
 def one(work: Path, seed_folder: Path, jobs: list[dict[str, str]], python: str, ceiling: bool, name: str,
-        server: Server, trips: bool = False) -> int | Counter[str]:
-    """A fresh copy of the seed (or the ceiling) served under callgrind with ``jobs`` (``trips``: traced
-    for its round trips instead)."""
+        server: Server, mode: str = "callgrind") -> Any:
+    """A fresh copy of the seed (or the ceiling) served with ``jobs``: under callgrind (its instructions),
+    traced (``trips``: its round trips) or timed (``cpu``: ``on_cpu``'s figures)."""
     env = {**os.environ, **QUIET}
     if ceiling:
         port = free_port()
         argv = [python, "-m", "bench.ceilings", "smtp", str(port)]
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
         return counted(argv, port, jobs, work / f"{name}.cg", env)
+    # The served checkout is the interpreter's own (``--python``): a PYTHONPATH would put another first.
+    env.pop("PYTHONPATH", None)
     run = work / f"run-{name}"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(seed_folder, run)
@@ -180,12 +231,31 @@ def one(work: Path, seed_folder: Path, jobs: list[dict[str, str]], python: str, 
         text = text.replace(f'database_url = "{server.url(SEED)}"', f'database_url = "{server.create(name, SEED)}"')
     config.write_text(text)
     try:
-        if trips:
+        if mode == "trips":
             return traced([python, "-c", roundtrips.PRELUDE + CABINET, "--config", str(config), "serve"], port, jobs,
                           work / f"{name}.trace", env, run)
+        if mode == "cpu":
+            return on_cpu([python, "-c", CABINET, "--config", str(config), "serve"], port, jobs, run / "serve.log",
+                          env, run, server, server.prefix + name)
         return counted([python, "-c", CABINET, "--config", str(config), "serve"], port, jobs, work / f"{name}.cg", env)
     finally:
         server.drop(name)
+
+
+def cpu_pairs(args: argparse.Namespace, folder: Path, jobs: list[dict[str, str]], server: Server) -> None:
+    """``--cpu PAIRS``: ``--python`` and ``--against`` in turn (the order swapped each pair), CPU per message."""
+    sides = {"python": args.python, "against": args.against}
+    found: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
+    for pair in range(args.cpu):
+        for side in (list(sides) if pair % 2 == 0 else list(reversed(sides))):
+            spent = one(args.work, folder, jobs, sides[side], False, f"cpu{args.tag}_{side}_{pair}", server, "cpu")
+            found[side].append(spent)
+            print(f"pair {pair} {side}: {spent[0] / args.messages * 1000:.3f} ms per stored message, "
+                  f"its PostgreSQL backends {spent[1] / args.messages * 1000:.3f} ms", flush=True)
+    for side, spent in found.items():
+        print(f"{side} ({sides[side]}): median {median(s[0] for s in spent) / args.messages * 1000:.3f} ms per "
+              f"stored message, backends {median(s[1] for s in spent) / args.messages * 1000:.3f} ms "
+              f"({len(spent)} runs)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the start of the names of the databases made on --postgres's server")
     parser.add_argument("--round-trips", action="store_true",
                         help="count round trips and statements to PostgreSQL, not instructions (--postgres)")
+    parser.add_argument("--cpu", type=int, metavar="PAIRS",
+                        help="CPU time per stored message instead (and PostgreSQL's backends'), PAIRS runs of "
+                             "--python and --against alternating")
+    parser.add_argument("--against", help="the other interpreter of --cpu's pairs (another worktree's venv)")
     args = parser.parse_args(argv)
     if args.round_trips and (not args.postgres or args.ceiling):
         parser.error("--round-trips counts Cabinet's traffic to PostgreSQL: it needs --postgres, not --ceiling")
@@ -207,9 +281,14 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     server = Server(args.postgres, args.database_prefix)
     folder, jobs = seeded(args.work, WARM + args.messages, server)
+    if args.cpu:
+        if not args.against or args.ceiling or args.round_trips:
+            parser.error("--cpu alternates Cabinet under --python and --against")
+        cpu_pairs(args, folder, jobs[:WARM + args.messages], server)
+        return
     kind = "ceiling" if args.ceiling else "cabinet"
     runs = [one(args.work, folder, jobs[:count], args.python, args.ceiling, f"{kind}{args.tag}_{count}", server,
-                args.round_trips)
+                "trips" if args.round_trips else "callgrind")
             for count in (WARM, WARM + args.messages)]
     if args.round_trips:
         first, second = runs
