@@ -16,7 +16,7 @@ same way.
 ``--python``: the interpreter whose ``daemon`` serves (another worktree's venv: an A/B on one seed).
 WORKDIR keeps the seed and the callgrind files, for ``callgrind_annotate``.
 ``--postgres``: the instance on that PostgreSQL server (a maintenance database's URL): the seed is a
-database of its own (``--database-prefix`` then ``seed``), each run a copy of it, dropped afterwards.
+database of its own (``--database-prefix``, ``seed_`` and the work folder's hash), each run a copy of it, dropped afterwards.
 ``--cpu PAIRS --against PY``: instead of instructions, the CPU time per stored message of the served
 process and of its PostgreSQL backends (on ``--postgres``), not under callgrind, in PAIRS runs of
 ``--python`` and ``--against`` alternating (an A/B on a machine whose load moves CPU time too).
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -66,9 +67,11 @@ class Server:
     """Where the instances keep their data: SQLite in their folders (``postgres`` None), or databases of
     their own on a PostgreSQL server, named ``prefix`` then a run's name."""
 
-    def __init__(self, postgres: str | None, prefix: str) -> None:
+    def __init__(self, postgres: str | None, prefix: str, work: Path) -> None:
         self.postgres = postgres
         self.prefix = prefix
+        # The seed's database, named after the work folder whose seed it is (two folders, two seeds).
+        self.seed = "seed_" + hashlib.sha1(str(work).encode()).hexdigest()[:8]
 
     def url(self, name: str) -> str:
         assert self.postgres is not None
@@ -110,9 +113,6 @@ class Server:
             engine.dispose()
 
 
-SEED = "seed"
-
-
 def seeded(work: Path, count: int, server: Server) -> tuple[Path, list[dict[str, str]]]:
     """The seed folder and its replies (``count`` of them), made on the first call (on PostgreSQL, also
     its database, named by ``server``; made again when it is gone)."""
@@ -123,14 +123,14 @@ def seeded(work: Path, count: int, server: Server) -> tuple[Path, list[dict[str,
         try:
             with engine.connect() as connection:
                 present = connection.exec_driver_sql(
-                    "SELECT 1 FROM pg_database WHERE datname = %(name)s", {"name": server.prefix + SEED}).first()
+                    "SELECT 1 FROM pg_database WHERE datname = %(name)s", {"name": server.prefix + server.seed}).first()
         finally:
             engine.dispose()
         if present is None:
             jobs_file.unlink()
     if not jobs_file.exists():
         shutil.rmtree(folder, ignore_errors=True)
-        inst = Instance(folder, server.create(SEED))
+        inst = Instance(folder, server.create(server.seed))
         inst.cli("init")
         jobs_file.write_text(json.dumps(seed.reply_jobs(seed.seed_invitations(inst.config, 200), count)))
     return folder, json.loads(jobs_file.read_text())
@@ -228,7 +228,8 @@ def one(work: Path, seed_folder: Path, jobs: list[dict[str, str]], python: str, 
                   config.read_text())
     text = re.sub(r'(\[smtp\]\nlisten = "127\.0\.0\.1:)\d+', rf"\g<1>{port}", text)
     if server.postgres is not None:  # a copy of the seed's database of its own
-        text = text.replace(f'database_url = "{server.url(SEED)}"', f'database_url = "{server.create(name, SEED)}"')
+        text = text.replace(f'database_url = "{server.url(server.seed)}"',
+                            f'database_url = "{server.create(name, server.seed)}"')
     config.write_text(text)
     try:
         if mode == "trips":
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--round-trips counts Cabinet's traffic to PostgreSQL: it needs --postgres, not --ceiling")
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    server = Server(args.postgres, args.database_prefix)
+    server = Server(args.postgres, args.database_prefix, args.work)
     folder, jobs = seeded(args.work, WARM + args.messages, server)
     if args.cpu:
         if not args.against or args.ceiling or args.round_trips:
