@@ -36,10 +36,11 @@ from daemon import rawmail
 from daemon.autoreplies import is_auto_reply
 from daemon.bounces import Bounce, UnreadableBounce, parse_bounce
 from daemon.config import InboundConfig
-from daemon.db import write_connection, write_transaction, writes_waiting
+from daemon.db import engine_of, write_connection, write_transaction, writes_waiting
 from daemon.domain import DomainContext, DomainService, name_key
 from daemon.errors import CabinetError, InvalidState, LinkTampered, NotFound
 from daemon.inbound_reads import BatchReads
+from daemon.kept_writes import KeptWrites
 from daemon.models import Company, Event, Firm, InboundMessage, InboundState, Invitation, Membership, OutboxMessage, User
 from daemon.notices import Notice
 from daemon.prepared_write import PreparedWrite
@@ -149,6 +150,7 @@ _INSERT_EVENT = insert(Event.__table__)
 # The store's INSERT, one per dialect. The unique digest decides, not a check before the insert: two
 # sessions storing the same bytes at once end with one row, and neither fails. RETURNING names the new rows.
 # Its columns are those ``Inbound._row`` gives (``PreparedWrite``: no Python default is left to fill in).
+# Run twice, it stores nothing more (``KeptWrites`` runs it again when its connection is lost mid-way).
 _STORE_COLUMNS = ("received_at", "mail_from", "recipients", "raw", "state", "message_id", "digest", "attempts",
                   "next_attempt_at")
 _STORE = {
@@ -220,6 +222,9 @@ class Inbound(DomainService):
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
         self._headers = rawmail.HeaderCache()  # headers that repeat across messages, parsed once
+        # PostgreSQL: a store is one autocommit statement on a kept connection (``_insert_kept``).
+        engine = engine_of(self._sessions)
+        self._kept = KeptWrites(engine) if engine.dialect.name == "postgresql" else None
         # A processed message's last move, one Core statement each (no ORM bulk update per message).
         finish = {"kind": bindparam("new_kind"), "outcome": bindparam("new_outcome"),
                   "processed_at": bindparam("new_processed_at"), "attempts": InboundMessage.__table__.c.attempts + 1}
@@ -256,8 +261,7 @@ class Inbound(DomainService):
         retry after a lost 250); the first copy's id is returned.
         """
         values = self._row(mail_from, recipients, raw, self._now())
-        with write_connection(self._sessions) as connection:
-            return self._insert(connection, [values])[values["digest"]]
+        return self._stored([values])[values["digest"]]
 
     def store_many(self, messages: Sequence[tuple[str, list[str], bytes]]) -> list[int | Exception]:
         """``store`` for several messages at once (the SMTP listener's concurrent DATAs): one transaction.
@@ -269,8 +273,7 @@ class Inbound(DomainService):
         now = self._now()
         try:
             rows = [self._row(mail_from, recipients, raw, now) for mail_from, recipients, raw in messages]
-            with write_connection(self._sessions) as connection:
-                ids = self._insert(connection, rows)
+            ids = self._stored(rows)
             return [ids[row["digest"]] for row in rows]
         except Exception:
             if len(messages) == 1:
@@ -294,24 +297,44 @@ class Inbound(DomainService):
             digest=hashlib.sha256(raw).hexdigest(), attempts=0, next_attempt_at=now,
         )
 
-    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert ``rows`` (one statement, on the write connection: no Session for a store); the id stored
-        under each digest.
+    def _stored(self, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Store ``rows`` in one statement, durable when this returns; the id stored under each digest
+        (the first copy's, for bytes stored before or twice in ``rows``)."""
+        if not rows:
+            return {}
+        if self._kept is not None:
+            return self._insert_kept(self._kept, rows)
+        with write_connection(self._sessions) as connection:
+            return self._insert(connection, rows)
 
-        On SQLite one multi-row ``VALUES`` straight on the driver's cursor (``PreparedWrite.rows``):
-        through ``Connection.execute`` the execution context, the cache lookup and the result object cost
-        more than the statement. PostgreSQL's driver takes named parameters, which ``rows`` does not
-        write: there the statement goes through ``Connection.execute`` (its insertmanyvalues).
+    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert ``rows`` (one statement, in a unit of SQLite's group writer: no Session for a store).
+
+        One multi-row ``VALUES`` straight on the driver's cursor (``PreparedWrite.rows``): through
+        ``Connection.execute`` the execution context, the cache lookup and the result object cost more
+        than the statement.
         """
-        store = _STORE[connection.dialect.name]
-        if connection.dialect.name == "sqlite":
-            returned = store.rows(connection, rows)
-        else:
-            returned = connection.execute(store.statement, rows).all()
-        stored: dict[str, int] = {digest: row_id for digest, row_id in returned}
+        stored: dict[str, int] = {digest: row_id for digest, row_id in _STORE[connection.dialect.name].rows(connection, rows)}
         digests = {row["digest"] for row in rows}
         if len(stored) < len(digests):  # bytes stored before: the first copy's id
             stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())
+        assert len(stored) == len(digests)
+        return stored
+
+    def _insert_kept(self, kept: KeptWrites, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """PostgreSQL: ``rows`` as one multi-row INSERT in autocommit on a kept connection: its own
+        transaction, one round trip (the pool's BEGIN, INSERT, COMMIT were three, and SQLAlchemy's
+        execution context on top). Bytes stored before (a sender's retry after a lost 250) insert nothing:
+        their first copy's id is read after, on a pooled connection (rare; the row is committed, as the
+        INSERT waited for the transaction that wrote it)."""
+        store = _STORE["postgresql"]
+        sql, parameters = store.rows_statement(kept.dialect, rows)
+        typed = store.compiled(kept.dialect).typed
+        stored: dict[str, int] = {row.digest: row.id for row in map(typed, kept.run(sql, parameters))}
+        digests = {row["digest"] for row in rows}
+        if len(stored) < len(digests):
+            with kept.engine.connect() as connection:
+                stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())
         assert len(stored) == len(digests)
         return stored
 

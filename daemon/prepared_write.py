@@ -15,7 +15,10 @@ The engine's ``before_cursor_execute`` listeners still hear of each statement (t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -39,6 +42,38 @@ class _Compiled(Compiled):
             raise ValueError("a prepared write needs every column with a Python default given")
         returning = list(compiled.statement._returning) if compiled.statement._returning else []
         super().__init__(compiled, dialect, returning)
+        self.paramstyle: str = dialect.paramstyle
+        self.bind_names = frozenset(compiled.bind_names.values())
+
+    @cached_property
+    def values_group(self) -> _ValuesGroup:
+        """The INSERT cut around its one ``VALUES`` group (worked out on first use: ``rows``'s statements)."""
+        return _values_group(self)
+
+
+@dataclass(frozen=True)
+class _ValuesGroup:
+    """A one-row INSERT's SQL cut around its ``VALUES`` group, to write the group once per row.
+
+    ``group`` is in a positional parameter style: SQLite's ``?`` as compiled, or psycopg's ``%s`` for its
+    named ``%(name)s`` (the same ``%%`` escaping holds in both: nothing else in the SQL changes).
+    ``names``: the group's parameters in order, when the compiled statement's are named (the values of a
+    row's named parameters are put in that order); None when they are positional already."""
+
+    head: str
+    group: str
+    tail: str
+    names: tuple[str, ...] | None
+
+    def sql(self, count: int) -> str:
+        return self.head + ", ".join([self.group] * count) + self.tail
+
+    def parameters(self, compiled: _Compiled, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """Every row's parameters, processed as ``one``'s are, one after the other."""
+        if self.names is None:
+            return [value for row in rows for value in compiled.parameters(row)]
+        names = self.names
+        return [parameters[name] for parameters in map(compiled.parameters, rows) for name in names]
 
 
 class PreparedWrite:
@@ -89,18 +124,24 @@ class PreparedWrite:
 
         SQLite ends each statement's work at its end: an executemany runs the statement once per row,
         and a trigger that writes an FTS5 index flushes one segment per row; one statement, one segment.
-        The one-row statement's SQL with its ``VALUES`` group repeated, each row's binds processed as
-        ``one``'s are (compiling a statement per number of rows took SQLAlchemy 6–24 ms each). Positional
-        parameter styles only (SQLite's): what it is for.
+        On PostgreSQL one statement is one round trip, and its own transaction on an autocommit
+        connection (``rows_statement`` for such a connection's cursor).
         """
         if not rows:
             return []
         compiled = self.compiled(connection.dialect)
-        group = _values_group(compiled)
-        parameters = [value for row in rows for value in compiled.parameters(row)]
-        sql = compiled.sql.replace(group, ", ".join([group] * len(rows)), 1)
+        sql, parameters = self.rows_statement(connection.dialect, rows)
         found = _run(connection, sql, parameters, False, _fetch_all if compiled.row is not None else _no_rows)
         return [compiled.typed(row) for row in found]
+
+    def rows_statement(self, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> tuple[str, list[Any]]:
+        """The SQL and the driver's parameters of ``rows`` as one multi-row INSERT (``rows``): the one-row
+        statement's SQL with its ``VALUES`` group written once per row, in a positional parameter style,
+        each row's binds processed as ``one``'s are (compiling a statement per number of rows took
+        SQLAlchemy 6–24 ms each). ``compiled(dialect).typed`` types the rows it returns."""
+        compiled = self.compiled(dialect)
+        values = compiled.values_group
+        return values.sql(len(rows)), values.parameters(compiled, rows)
 
 
 def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, result: Callable[[Any], T]) -> T:
@@ -148,10 +189,32 @@ def _heard(connection: Connection, cursor: Any, sql: str, parameters: Any, execu
         listener(connection, cursor, sql, parameters, None, executemany)
 
 
-def _values_group(compiled: _Compiled) -> str:
-    """The one-row INSERT's ``(?, ?, …)``: every parameter of the statement, found once in its SQL."""
-    names = compiled.names
-    group = "(" + ", ".join("?" * len(names)) + ")" if names is not None else ""
-    if not group or compiled.fixed or compiled.sql.count(group) != 1 or not compiled.sql.startswith("INSERT"):
-        raise ValueError("rows() runs a plain INSERT … VALUES with qmark parameters (SQLite)")
-    return group
+# psycopg's named parameter, as SQLAlchemy writes it for the ``pyformat`` style.
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+def _values_group(compiled: _Compiled) -> _ValuesGroup:
+    """The one-row INSERT's ``(?, ?, …)`` (SQLite) or ``(%(a)s, %(b)s::TYPE, …)`` (psycopg, written as
+    ``(%s, %s::TYPE, …)``): the group after ``VALUES`` holding every parameter of the statement, once."""
+    sql = compiled.sql
+    start = sql.find(" VALUES (")
+    if not sql.startswith("INSERT") or start < 0 or compiled.fixed:
+        raise ValueError("rows() runs a plain INSERT … VALUES whose parameters are all given per row")
+    start += len(" VALUES ")
+    depth, end = 0, start
+    for end in range(start, len(sql)):  # the group's closing parenthesis (a cast may hold its own)
+        depth += {"(": 1, ")": -1}.get(sql[end], 0)
+        if depth == 0:
+            break
+    head, group, tail = sql[:start], sql[start:end + 1], sql[end + 1:]
+    if compiled.paramstyle == "qmark" and compiled.names is not None:
+        if group != "(" + ", ".join("?" * len(compiled.names)) + ")" or "?" in head + tail:
+            raise ValueError("rows(): the qmark VALUES group must hold every parameter, once each")
+        return _ValuesGroup(head, group, tail, None)
+    if compiled.paramstyle == "pyformat" and compiled.names is None:
+        names = tuple(_NAMED.findall(group))
+        if not names or len(set(names)) != len(names) or _NAMED.search(head + tail) \
+                or set(names) != compiled.bind_names:
+            raise ValueError("rows(): the VALUES group must hold every named parameter, once each")
+        return _ValuesGroup(head, _NAMED.sub("%s", group), tail, names)
+    raise ValueError(f"rows() writes SQLite's qmark or psycopg's pyformat parameters, not {compiled.paramstyle}")

@@ -144,18 +144,15 @@ def test_the_accepts_writes_store_what_core_stores(cli: Cli, seed: Seed, env: En
         copies = [{**email, "message_id": f"<copy{i}@example>", "ref": f"copy{i}"} for i, email in enumerate(emails)]
         _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, copies, copies, many=True)
 
-        # The same rows as ONE multi-row INSERT (``rows``, SQLite's): stored as Core's executemany stores them.
-        if engine.dialect.name == "sqlite":
-            _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, copies, copies, together=True)
-            events = [{**event, "actor": f"{n}@example"} for n in range(3)]
-            _both_ways(engine, _EVENT_INSERT, Event.__table__, events, events, together=True)
-            clients = [{**client, "name": name, "name_key": name.lower(), "company_id": None,
-                        "search_key": search_key(name)} for name in ("Érablière A", "Érablière B")]
-            _both_ways(engine, prepared_client, Client.__table__,
-                       [{k: v for k, v in row.items() if k != "search_key"} for row in clients], clients, together=True)
-        else:  # a named parameter style: refused, not run wrong
-            with engine.connect() as connection, connection.begin(), pytest.raises(ValueError):
-                _EVENT_INSERT.rows(connection, [event, event])
+        # The same rows as ONE multi-row INSERT (``rows``: SQLite's ``?`` groups, psycopg's ``%(name)s``
+        # written as ``%s`` groups): stored as Core's executemany stores them.
+        _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, copies, copies, together=True)
+        events = [{**event, "actor": f"{n}@example"} for n in range(3)]
+        _both_ways(engine, _EVENT_INSERT, Event.__table__, events, events, together=True)
+        clients = [{**client, "name": name, "name_key": name.lower(), "company_id": None,
+                    "search_key": search_key(name)} for name in ("Érablière A", "Érablière B")]
+        _both_ways(engine, prepared_client, Client.__table__,
+                   [{k: v for k, v in row.items() if k != "search_key"} for row in clients], clients, together=True)
     finally:
         cabinet.close()
 
