@@ -127,12 +127,26 @@ def _postgresql_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     backend's FATAL message, then EOF), or a hang-up, means it is gone; the pool then opens another
     (``DisconnectionError``). A silently dead peer (no FIN) is found by the first statement, as the
     ping would have found it, after its time-out: SQLAlchemy then invalidates the pool."""
+    if not idle_postgresql_alive(dbapi_connection):
+        raise DisconnectionError("the server closed the connection, or sent something to it while idle")
+
+
+def idle_postgresql_alive(dbapi_connection: Any) -> bool:
+    """Whether an idle psycopg connection is still there, asked of its socket (no round trip): the server
+    sends an idle connection nothing, so anything readable, a hang-up or an error means it is gone."""
     if dbapi_connection.closed or dbapi_connection.broken:
-        raise DisconnectionError("connection closed")
+        return False
     poller = select.poll()
     poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
-    if poller.poll(0):  # readable, hung up or in error: never so while healthy and idle
-        raise DisconnectionError("the server sent something to an idle connection, or closed it")
+    return not poller.poll(0)
+
+
+def close_quietly(dbapi_connection: Any) -> None:
+    """Close a kept DBAPI connection that may already be lost (nothing left to release then)."""
+    try:
+        dbapi_connection.close()
+    except Exception:  # noqa: BLE001 - a connection already lost
+        pass
 
 
 def make_engine(url: str) -> Engine:

@@ -26,12 +26,13 @@ Errors are SQLAlchemy's (``DBAPIError.instance``), as ``Connection.execute`` rai
 
 from __future__ import annotations
 
-import select
 from collections import deque
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
+
+from daemon.db import close_quietly as _close, idle_postgresql_alive as _alive
 
 # Idle connections kept: the SMTP listener writes one store at a time (``mailer.recorder.BatchRecorder``,
 # one writer); a second for a store from elsewhere at the same moment (a command, another thread).
@@ -117,19 +118,3 @@ class KeptWrites:
             return found
         raise AssertionError("unreachable")  # the second attempt returns or raises
 
-
-def _alive(connection: Any) -> bool:
-    """Whether an idle connection is still there, asked of its socket: the server sends an idle
-    connection nothing, so anything readable (a terminated backend's FATAL message, EOF) means it is gone."""
-    if connection.closed or connection.broken:
-        return False
-    poller = select.poll()
-    poller.register(connection.fileno(), select.POLLIN | select.POLLPRI)
-    return not poller.poll(0)
-
-
-def _close(connection: Any) -> None:
-    try:
-        connection.close()
-    except Exception:  # noqa: BLE001 - a connection already lost: nothing left to release
-        pass

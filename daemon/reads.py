@@ -61,7 +61,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
-from daemon.db import POSTGRESQL_ENGINE_OPTIONS
+from daemon.db import POSTGRESQL_ENGINE_OPTIONS, close_quietly as _close
 
 # Idle connections kept. SQLite's hot reads run inline on the event loop (one at a time; a thread's
 # read now and then). On PostgreSQL each of serve's threads (as many as the pool has connections,
@@ -255,9 +255,3 @@ class ReadConnections:
             return
         self._give_back(generation, connection, None)
 
-
-def _close(connection: Any) -> None:
-    try:
-        connection.close()
-    except Exception:  # noqa: BLE001 - a connection already lost: nothing left to release
-        pass
