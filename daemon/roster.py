@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -126,6 +126,21 @@ def _invitation_page() -> Select[Any]:
 
 
 _INVITATION_PAGE = _invitation_page()
+# Where the page's row has the invited address's staff zone, and whether the link's opening is recorded:
+# last, so that ``row[:INVITATION_PAGE_SHOWN]`` is what the page shows (the opening is not on it).
+INVITATION_PAGE_ZONE = [column.key for column in _INVITATION_PAGE.selected_columns].index("zone")
+_PAGE_OPENED = INVITATION_PAGE_SHOWN = [column.key for column in _INVITATION_PAGE.selected_columns].index("opened")
+assert INVITATION_PAGE_SHOWN == len(_INVITATION_PAGE.selected_columns) - 1
+
+
+class InvitationLinkRow(NamedTuple):
+    """An invitation link's page as read (``Roster.invitation_link_row``): the invitation's id, the page
+    statement's row as the driver gave it, and what the link's first opening records (None: recorded
+    already, or the link is past its age)."""
+
+    id: int
+    row: tuple[Any, ...]
+    opening: Opening | None
 
 
 def _user_with_firms() -> Select[Any]:
@@ -757,27 +772,41 @@ class Roster(DomainService):
 
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
+        link = self.invitation_link_row(token)
+        return self.invitation_link_view(link, now or self._clock.now()), link.opening
+
+    def invitation_link_row(self, token: str) -> InvitationLinkRow:
+        """An invitation link's page as the database has it: its one statement's row as the driver gave it
+        (untyped: the web adapter finds a kept rendering by it, and makes the view only to render anew,
+        ``invitation_link_view``) and what its first opening records, as ``open_invitation_link`` says."""
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
         if type(ref.bound) is not str:  # never signed so; the statement compares it with a text column
             raise LinkTampered("link.no_invitation")
-        row = self._invitation_page.one_or_none(
-            id=ref.id, nonce=ref.bound, opened_detail=detail_text(invitation_detail(ref.id)))
+        read = self._invitation_page
+        row = read.driver_row(id=ref.id, nonce=ref.bound, opened_detail=detail_text(invitation_detail(ref.id)))
         if row is None:  # no such invitation, or not this link's nonce
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
+        if ref.expired or row[_PAGE_OPENED]:
+            return InvitationLinkRow(ref.id, row, None)
+        typed = read.typed(row)
+        return InvitationLinkRow(ref.id, row, Opening(typed.email, typed.firm_id, typed.company_id,
+                                                      invitation_detail(ref.id)))
+
+    def invitation_link_view(self, link: InvitationLinkRow, now: datetime) -> InvitationView:
+        """The view of ``invitation_link_row``'s row at ``now`` (its status: past its expiry date a pending
+        invitation is "expired")."""
+        row = self._invitation_page.typed(link.row)
         status = row.state
-        if status == "pending" and (now or self._clock.now()) >= row.expires_at:
+        if status == "pending" and now >= row.expires_at:
             status = "expired"
         if status == "expired" and row.superseded_by_id is not None:
             status = "superseded"  # a fresh invitation went out since: point to it
-        view = InvitationView.of_link(
-            id=ref.id, company=row.company, email=row.email, invited_by=row.invited_by, state=row.state,
+        return InvitationView.of_link(
+            id=link.id, company=row.company, email=row.email, invited_by=row.invited_by, state=row.state,
             status=status, created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
             firm=row.firm, accepted_by=row.accepted_by, accepted_by_email=row.accepted_by_email,
             renewal_requested_at=row.renewal_requested_at, invited_timezone=row.zone,
         )
-        if ref.expired or row.opened:
-            return view, None
-        return view, Opening(row.email, row.firm_id, row.company_id, invitation_detail(ref.id))
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once.

@@ -182,43 +182,57 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
         raise CsrfFailed("csrf.other_browser")
 
 
-def page(
-    request: web.Request, template: str, status: int = 200, *, now: datetime | None = None,
-    shared_key: tuple[Any, ...] | None = None, **context: Any,
-) -> web.Response:
-    """The page ``template`` for this request's visitor.
-
-    With ``shared_key``, for a signed-out visitor, the page is rendered once and kept
-    (``Pages.render_shared``) under a key of everything it is made of: ``context`` (hashable values),
-    the path, the settings it shows, ``now`` to the minute when the template shows ``now`` itself
-    (``Pages.reads_clock``; its relative-time filters are followed by ``render_shared``), and
-    ``shared_key``, which must name whatever else the page is made of. Each visitor's own CSRF token is
-    put into the kept page."""
+def page(request: web.Request, template: str, status: int = 200, *, now: datetime | None = None,
+         **context: Any) -> web.Response:
+    """The page ``template`` for this request's visitor."""
     v = visitor(request)
     app = request.app  # a property of a property: read once
     cabinet = app[CABINET]
-    now = now or cabinet.clock.now()
     values = {
         **context,
         "user": v.user,
         "csrf_token": v.csrf_token,
         "path": request.path,
         "public_url": cabinet.config.http.public_url,
-        "now": now,
+        "now": now or cabinet.clock.now(),
         "product_name": cabinet.config.general.product_name,
     }
-    pages = app[PAGES]
-    if shared_key is not None and v.user is None:
-        minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
-        # ``context`` in the caller's order (a call site names its values in one order): not sorted.
-        key = (shared_key, tuple(context.items()), request.path, minute,
-               values["public_url"], values["product_name"])
-        body = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
-    else:
-        body = pages.render(template, v.locale, v.timezone, values).encode()
+    body = app[PAGES].render(template, v.locale, v.timezone, values).encode()
     # Made with the security headers (``security._add_headers`` then leaves it alone). The body as bytes
     # with its content type among them: what ``text=`` and ``content_type=`` make, set once.
     return SecuredResponse(body=body, status=status, headers=app[SECURITY].page_headers)
+
+
+#: What ``shared_page``'s ``context`` gives: the page's values, and the instants strictly between which
+#: they hold (an invitation's status changes at its expiry date).
+SharedContext = tuple[dict[str, Any], datetime, datetime]
+
+
+def shared_page(
+    request: web.Request, template: str, key: tuple[Any, ...], now: datetime, context: Callable[[], SharedContext],
+) -> web.Response:
+    """The page ``template`` for a signed-out visitor, when it is a pure function of ``key`` (with the
+    template, the visitor's language and zone, and the site's settings) but for its CSRF token: rendered
+    once and kept (``Pages.keep``), each visitor's own token put in (``Pages.with_token``).
+
+    ``key`` must name whatever else the page is made of (the path it shows included), and is looked for
+    before anything else is made; ``context()`` is called only to render anew. A template that shows
+    ``now`` itself (``Pages.reads_clock``) is kept for the minute (its relative-time filters are followed by
+    ``Pages.keep``)."""
+    v = visitor(request)
+    app = request.app  # a property of a property: read once
+    cabinet = app[CABINET]
+    pages = app[PAGES]
+    public_url, product_name = cabinet.config.http.public_url, cabinet.config.general.product_name
+    minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
+    full_key = (template, v.locale, v.timezone, public_url, product_name, minute, key)
+    parts = pages.kept(full_key, now)
+    if parts is None:
+        values, start, end = context()
+        values = {**values, "user": None, "path": request.path, "public_url": public_url, "now": now,
+                  "product_name": product_name}
+        parts = pages.keep(full_key, template, v.locale, v.timezone, values, start, end)
+    return SecuredResponse(body=pages.with_token(parts, v.csrf_token), headers=app[SECURITY].page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

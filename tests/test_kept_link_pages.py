@@ -1,0 +1,83 @@
+"""The signed-out invitation page is kept by the link's row as the database gives it
+(``daemon.web.invitations.show``): whatever the page shows, from the invitation's row or the rows it joins,
+shows on the next request once changed, and what the clock decides (the invitation's status at its
+expiry date) bounds how long a kept page is served, whatever its template shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from tests.conftest import Cli, Env, FakeClock, Mailbox, RunningServer, Seed, csrf_of, link_in, write_config
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    """Instances that read overrides from ``overrides/`` (none unless a test puts one there)."""
+    (tmp_path / "overrides").mkdir()
+    return write_config(tmp_path, '\n[templates]\ndir = "overrides"\n')
+
+
+def _invite(cli: Cli, mailbox: Mailbox, seed: Seed) -> str:
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    return link_in(mailbox.wait(seed.accountant, subject="Invitation", count=1)[-1])
+
+
+def _without_token(page: httpx.Response) -> str:
+    return page.text.replace(csrf_of(page.text), "")
+
+
+def _write(env: Env, statement: str, **params: object) -> None:
+    """A change made straight in the database, as another instance (or an operator) would make it."""
+    engine = create_engine(env.database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def test_a_kept_page_is_not_served_past_the_invitations_expiry(
+        server: RunningServer, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env, clock: FakeClock):
+    """A template that shows the invitation's status and no date: nothing on the page itself changes with
+    the clock, but the status does, at the expiry date; the kept page must not outlive it."""
+    (env.root / "overrides" / "web").mkdir()
+    (env.root / "overrides" / "web" / "invitation.html").write_text(
+        '{% extends "layout.html" %}{% block content %}<p>Status: {{ invitation.status }}</p>{% endblock %}\n')
+    server.service.reload()
+    link = _invite(cli, mailbox, seed)
+    clock.freeze()  # after the email: the CLI queued it on the system clock
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
+        assert "Status: pending" in client.get(link).text
+        assert "Status: pending" in client.get(link).text  # kept
+        clock.advance(days=29, hours=23)
+        assert "Status: pending" in client.get(link).text
+        clock.advance(hours=2)  # past the 30 days an invitation is valid
+        assert "Status: expired" in client.get(link).text
+
+
+def test_what_the_page_shows_from_other_rows_shows_at_once(
+        server: RunningServer, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env, clock: FakeClock):
+    """The company's name, the invited accountant's time zone (the page's dates are in it), and the
+    invitation's acceptance by the firm: each changed between two requests of the same second."""
+    link = _invite(cli, mailbox, seed)
+    clock.freeze()
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
+        client.get(link)  # its first opening recorded
+        before = client.get(link)
+        assert seed.company in before.text and _without_token(client.get(link)) == _without_token(before)
+        _write(env, "UPDATE companies SET name = 'Boulangerie Roy et Fils' WHERE name = :name", name=seed.company)
+        renamed = client.get(link)
+        assert "Boulangerie Roy et Fils" in renamed.text
+        cli("staff", "edit", seed.accountant, "--timezone", "Asia/Tokyo")
+        zoned = client.get(link)
+        assert "+0900" in zoned.text  # Tokyo time
+        assert _without_token(zoned) != _without_token(renamed)
+        user_id = env.sql("SELECT id FROM users WHERE email = :e", e=seed.accountant)[0][0]
+        server.cabinet.roster.accept_invitation(link.rsplit("/", 1)[1], user_id, None)
+        accepted = client.get(link).text
+        assert "This invitation was accepted by Marie Tremblay" in accepted and "valid until" not in accepted
