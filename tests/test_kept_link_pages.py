@@ -81,3 +81,34 @@ def test_what_the_page_shows_from_other_rows_shows_at_once(
         server.cabinet.roster.accept_invitation(link.rsplit("/", 1)[1], user_id, None)
         accepted = client.get(link).text
         assert "This invitation was accepted by Marie Tremblay" in accepted and "valid until" not in accepted
+
+
+def test_a_page_that_shows_now_is_kept_for_its_minute_only(
+        server: RunningServer, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env, clock: FakeClock):
+    """A template that shows ``now`` (to the minute) is kept while the minute lasts, and not a moment past
+    it: rendered at :50, it is rendered again 15 seconds later, in the next minute."""
+    (env.root / "overrides" / "web").mkdir()
+    (env.root / "overrides" / "web" / "invitation.html").write_text(
+        '{% extends "layout.html" %}{% block content %}<p>Shown at {{ now|datetime }}</p>{% endblock %}\n')
+    server.service.reload()
+    assert server.service.pages.reads_clock("invitation.html")
+    link = _invite(cli, mailbox, seed)
+    clock.freeze()
+    clock.advance(seconds=(50 - clock.now().second) % 60 - clock.now().microsecond / 1e6)  # hh:mm:50.000000
+    renders: list[str] = []
+    render = server.service.pages.render
+
+    def counted(name: str, *args: object) -> str:
+        renders.append(name)
+        return render(name, *args)  # type: ignore[arg-type]
+
+    server.service.pages.render = counted  # type: ignore[method-assign]  # the real render, counted
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
+        client.get(link)  # its first opening recorded
+        first = client.get(link)
+        clock.advance(seconds=9)
+        assert _without_token(client.get(link)) == _without_token(first)  # hh:mm:59: kept
+        count = len(renders)
+        clock.advance(seconds=1)  # the next minute, to the microsecond
+        later = client.get(link)
+        assert len(renders) == count + 1 and _without_token(later) != _without_token(first)

@@ -203,6 +203,9 @@ def page(request: web.Request, template: str, status: int = 200, *, now: datetim
     return SecuredResponse(body=body, status=status, headers=app[SECURITY].page_headers)
 
 
+_INSTANT = timedelta(microseconds=1)  # a datetime's resolution: "from" as a strict bound
+_MINUTE = timedelta(minutes=1)
+
 #: What ``shared_page``'s ``context`` gives: the page's values, and the instants strictly between which
 #: they hold (an invitation's status changes at its expiry date).
 SharedContext = tuple[dict[str, Any], datetime, datetime]
@@ -217,20 +220,23 @@ def shared_page(
 
     ``key`` must name whatever else the page is made of (the path it shows included), and is looked for
     before anything else is made; ``context()`` is called only to render anew. A template that shows
-    ``now`` itself (``Pages.reads_clock``) is kept for the minute (its relative-time filters are followed by
-    ``Pages.keep``)."""
+    ``now`` itself (``Pages.reads_clock``) is kept for the minute it was rendered in, which bounds the kept
+    page's span rather than being part of its key (nothing worked out from the clock before the lookup);
+    its relative-time filters are followed by ``Pages.keep``."""
     v = visitor(request)
     app = request.app  # a property of a property: read once
     cabinet = app[CABINET]
     pages = app[PAGES]
     public_url, product_name = cabinet.config.http.public_url, cabinet.config.general.product_name
-    minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
-    full_key = (template, v.locale, v.timezone, public_url, product_name, minute, key)
+    full_key = (template, v.locale, v.timezone, public_url, product_name, key)
     parts = pages.kept(full_key, now)
     if parts is None:
         values, start, end = context()
         values = {**values, "user": None, "path": request.path, "public_url": public_url, "now": now,
                   "product_name": product_name}
+        if pages.reads_clock(template):  # it shows the minute: kept for that minute only
+            minute = now.replace(second=0, microsecond=0)
+            start, end = max(start, minute - _INSTANT), min(end, minute + _MINUTE)
         parts = pages.keep(full_key, template, v.locale, v.timezone, values, start, end)
     return SecuredResponse(body=pages.with_token(parts, v.csrf_token), headers=app[SECURITY].page_headers)
 
