@@ -15,7 +15,7 @@ from daemon.errors import InvalidInput, LinkTampered
 from daemon.roster import INVITATION_PAGE_SHOWN, INVITATION_PAGE_ZONE, InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
 from daemon.web.context import (
-    CABINET, FIRST_OPENING, SharedContext, form, message, page, read, redirect, run, shared_page, visitor,
+    CABINET, VISITOR, SharedContext, form, message, page, read, redirect, run, shared_page, visitor,
 )
 from daemon.web.pages import EARLIEST, LATEST
 
@@ -73,15 +73,16 @@ _INSTANT = timedelta(microseconds=1)  # a datetime's resolution: "on or after" a
 
 
 async def show(request: web.Request) -> web.Response:
-    cabinet = request.app[CABINET]
-    roster = cabinet.roster
-    now = cabinet.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
+    v = request[VISITOR]
+    site = v.site
+    assert site is not None  # every request's visitor has its app's (``daemon.web.through``)
+    roster = site.cabinet.roster
+    now = site.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
     try:
-        link = await read(request, roster.invitation_link_row, _token(request))
+        link = await read(request, site, roster.invitation_link_row, request.match_info["token"])
     except LinkTampered:
         return _invalid_link(request)
-    request[FIRST_OPENING] = link.opening
-    v = visitor(request)
+    v.found_opening(link.opening)
     if v.user is not None:
         return _invitation_page(request, roster.invitation_link_view(link, now), now=now)
     # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the language
@@ -89,6 +90,7 @@ async def show(request: web.Request) -> web.Response:
     zone = link.row[INVITATION_PAGE_ZONE]
     if zone:
         v.timezone = zone
+    path = request.path
     confirm = _confirm(request)
 
     def rendered() -> SharedContext:
@@ -96,14 +98,14 @@ async def show(request: web.Request) -> web.Response:
         start, end = _status_holds(invitation)
         return {
             "invitation": invitation, "wrong_account": False, "error": None, "has_account": zone is not None,
-            "failed": False, "email": invitation.email, "next": request.path, "confirm": confirm,
+            "failed": False, "email": invitation.email, "next": path, "confirm": confirm,
         }, start, end
 
     # The page is what the link's row shows (its state, names and dates as the database has them now:
     # a change shows on the next request), kept by the row as the driver gave it (no view made to find it),
     # but for whether the link's opening is recorded, which the page does not show.
     shown = link.row[:INVITATION_PAGE_SHOWN]
-    return shared_page(request, "invitation.html", (request.path, confirm, shown), now, rendered)
+    return shared_page(v, site, "invitation.html", path, (confirm, shown), now, rendered)
 
 
 async def _act(request: web.Request, action: str) -> web.Response:
