@@ -6,12 +6,15 @@ expiry date) bounds how long a kept page is served, whatever its template shows.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 
+from daemon.app import build
+from daemon.config import load_config
 from tests.conftest import Cli, Env, FakeClock, Mailbox, RunningServer, Seed, csrf_of, link_in, write_config
 
 
@@ -112,3 +115,62 @@ def test_a_page_that_shows_now_is_kept_for_its_minute_only(
         clock.advance(seconds=1)  # the next minute, to the microsecond
         later = client.get(link)
         assert len(renders) == count + 1 and _without_token(later) != _without_token(first)
+
+
+def _opened(env: Env) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in env.sql(
+        "SELECT actor, detail FROM events WHERE kind = 'link.opened' ORDER BY id")]
+
+
+def test_a_link_known_opened_is_read_without_asking_again(
+        server: RunningServer, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env, clock: FakeClock):
+    """Once this process has recorded a link's first opening, its page's read leaves out the "opened
+    already?" test (``link_opens.KnownOpenings``); the opening stays recorded once, and the page still
+    shows what the database has (here a revoke made meanwhile)."""
+    link = _invite(cli, mailbox, seed)
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "invitations.nonce = " in statement:  # the link page's read (the link names id and nonce)
+            statements.append(statement)
+
+    engine = server.cabinet.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with httpx.Client(base_url=env.base_url, timeout=60) as client:
+            first = client.get(link)  # the first opening, written before the page is answered
+            again = client.get(link)
+            invitation_id = env.sql("SELECT id FROM invitations")[0][0]
+            cli("invitation", "revoke", str(invitation_id))
+            revoked = client.get(link).text
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert first.status_code == again.status_code == 200
+    assert _without_token(again) == _without_token(first)
+    assert "withdrew this invitation" in revoked
+    assert ["EXISTS" in statement for statement in statements] == [True, False, False]
+    assert _opened(env) == [(seed.accountant, f'{{"invitation_id": {invitation_id}, "purpose": "invitation", '
+                                              f'"ref": {invitation_id}}}')]
+
+
+def test_an_opening_recorded_by_another_instance_is_not_recorded_again(
+        server: RunningServer, cli: Cli, seed: Seed, mailbox: Mailbox, env: Env):
+    """Another instance on the same database recorded the first opening: this one knows nothing of it,
+    asks, finds it, and from then on knows; the event is there once."""
+    link = _invite(cli, mailbox, seed)
+    other = build(load_config(env.config_path))  # another instance's Cabinet, its own process state
+    try:
+        opening = other.link_opens.opening_of(urlsplit(link).path)
+        assert opening is not None
+        assert other.link_opens.record_openings([opening]) == [None]
+    finally:
+        other.close()
+    assert len(_opened(env)) == 1
+    invitation_id = env.sql("SELECT id FROM invitations")[0][0]
+    known = server.cabinet.link_opens.known.ids
+    assert invitation_id not in known
+    with httpx.Client(base_url=env.base_url, timeout=60) as client:
+        assert client.get(link).status_code == 200
+        assert invitation_id in known  # read as recorded
+        assert client.get(link).status_code == 200
+    assert len(_opened(env)) == 1

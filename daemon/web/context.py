@@ -19,7 +19,7 @@ from daemon.config import LOCALES
 from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
-from daemon.link_opens import Opening
+from daemon.link_opens import KnownOpenings, Opening
 from daemon.thread_reads import THREAD_READS
 from daemon.web.browser_ids import BrowserIds
 from daemon.web.pages import Pages
@@ -52,6 +52,7 @@ class Site:
     timezone: str
     sqlite: bool  # the page reads run on the event loop (``read``)
     page_headers: CIMultiDictProxy[str]  # ``security``'s, with an HTML page's content type
+    known_openings: KnownOpenings  # ``cabinet.link_opens.known``: links whose page need not ask
     # The request metrics' series per (route, method) (``daemon.web._measure``), filled as routes are first
     # seen: the app's own, as ``MEASURED`` holds it.
     measured: dict[tuple[Any, str], Any]
@@ -66,7 +67,7 @@ class Site:
             public_url=cabinet.config.http.public_url, product_name=general.product_name,
             default_locale=general.default_locale, timezone=general.timezone,
             sqlite=cabinet.engine.dialect.name == "sqlite", page_headers=app[SECURITY].page_headers,
-            measured=measured,
+            known_openings=cabinet.link_opens.known, measured=measured,
         )
 
 

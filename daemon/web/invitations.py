@@ -79,7 +79,7 @@ async def show(request: web.Request) -> web.Response:
     roster = site.cabinet.roster
     now = site.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
     try:
-        link = await read(request, site, roster.invitation_link_row, request.match_info["token"])
+        link = await read(request, site, roster.invitation_link_row, request.match_info["token"], site.known_openings)
     except LinkTampered:
         return _invalid_link(request)
     v.found_opening(link.opening)
