@@ -84,14 +84,15 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
     site = request.app[SITE]  # once per request: a property of a property, then the app's mapping
     try:
         try:
-            refused = security.cross_site_refusal(request)
-            if refused is not None:
-                return refused
+            method = request.method
+            if method not in ("GET", "HEAD"):  # only a request that may change state can be refused
+                refused = security.cross_site_refusal(request)
+                if refused is not None:
+                    return refused
             path = request.path
             if path.startswith("/static/") or path in PLAIN_PATHS:
                 return await handler(request)
             v = request[VISITOR] = await load_visitor(request, site)
-            method = request.method
             if method == "POST":
                 submitted = await request.post()
                 request[FORM] = submitted

@@ -187,15 +187,23 @@ def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
 
 
 async def load_visitor(request: web.Request, site: Site) -> Visitor:
-    cookies = request.cookies
-    browser_id = _browser_id(site.signer, cookies.get(site.security.browser_cookie))
-    token = cookies.get(site.security.session_cookie)
+    headers = request.headers
+    if "Cookie" in headers:
+        cookies = request.cookies
+        browser_id = _browser_id(site.signer, cookies.get(site.security.browser_cookie))
+        token = cookies.get(site.security.session_cookie)
+        chosen = cookies.get(LANGUAGE_COOKIE, "")
+    else:  # a new browser (a first click, a mail scanner): no header to parse into an empty mapping
+        browser_id = token = None
+        chosen = ""
     user = await read(request, site, site.sessions.user, token) if token else None
-    chosen = cookies.get(LANGUAGE_COOKIE, "")
     if chosen in LOCALES:
         locale = chosen
+    elif user:
+        locale = user.locale
     else:
-        locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), site.default_locale)
+        accept = headers.get("Accept-Language")
+        locale = negotiate(accept, site.default_locale) if accept else site.default_locale
     return Visitor(
         known_browser=browser_id,
         session_token=token if user else None,
