@@ -130,7 +130,8 @@ def _invitation_page(opened: bool = True) -> Select[Any]:
 
 _INVITATION_PAGE = _invitation_page()
 # A link whose opening this process knows to be recorded (``link_opens.KnownOpenings``): the same row
-# without the ``EXISTS`` (3.8k of the read's 13k instructions under callgrind).
+# without the ``EXISTS`` and its column (callgrind, bench/callgrind_get.py: sqlite3's execute took 34k
+# instructions a GET with them, 25k without).
 _OPENED_INVITATION_PAGE = _invitation_page(opened=False)
 # Where the page's row has the invited address's staff zone, and whether the link's opening is recorded:
 # last, so that ``row[:INVITATION_PAGE_SHOWN]`` is what the page shows (the opening is not on it).
