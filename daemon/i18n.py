@@ -161,7 +161,7 @@ def negotiate(accept_language: str | None, default: str) -> str:
 
 #: Where a render may keep a list for the relative-time filters (``|deadline``, ``|remaining``) to note
 #: each (instant, direction) they measured from ``now``: a kept page is then good for as long as each
-#: of those texts stays the same (``daemon.web.pages.Pages.render_shared``).
+#: of those texts stays the same (``daemon.web.pages.Pages.keep``).
 CLOCK_READS = "_clock_reads"
 
 

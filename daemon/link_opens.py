@@ -122,6 +122,29 @@ def _first_opening() -> Insert:
 
 _FIRST_OPENING = PreparedWrite(_first_opening())
 
+#: Invitations ``KnownOpenings`` remembers at most; past that it forgets them all at once (their pages then
+#: ask the database again, once each).
+KNOWN_OPENINGS = 65536
+
+
+class KnownOpenings:
+    """The invitations whose first opening this process knows to be recorded: written by its own
+    ``LinkOpens.note`` (durable) or read on their page (``Roster.invitation_link_row``). Their page is read
+    without the "opened already?" test: a ``link.opened`` event is never deleted, so one known is there for
+    good. Knowing none (a new process, another instance's openings, a forgotten batch) only costs that test
+    again; what records a first opening, once, is the guarded insert (``_first_opening``), as before."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()  # read by the hot page (``id in known.ids``, no Python call)
+
+    def add(self, invitation_id: int) -> None:
+        if len(self.ids) >= KNOWN_OPENINGS:
+            self.ids.clear()  # bounded; the busy links come back after one read each
+        self.ids.add(invitation_id)
+
+
 # First openings written in one write unit at most (the accepts' batch size, daemon.accepts).
 BATCH = 64
 # PostgreSQL: batches written at once, each in its own thread, mostly waiting for round trips. SQLite
@@ -136,6 +159,7 @@ class LinkOpens(DomainService):
         # max_age=0: a batch is written at once; the openings noted while it is written make the next one.
         self._batches: BatchRecorder[Opening, Exception | None] = BatchRecorder(
             self.record_openings, size=BATCH, max_age=0, writers=writers)
+        self.known = KnownOpenings()
 
     async def note(self, opening: Opening) -> None:
         """Record a first opening a read found missing, with the others in flight; returns once it is
@@ -143,6 +167,9 @@ class LinkOpens(DomainService):
         outcome = await self._batches.add(opening)
         if outcome is not None:
             raise outcome
+        detail = opening.detail
+        if detail.get("purpose") == "invitation":  # durable now: its page need not ask again
+            self.known.add(detail["ref"])
 
     def opening_of(self, path: str) -> Opening | None:
         """What a first opening of the emailed link at ``path`` records, or None (not an emailed link, not

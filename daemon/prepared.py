@@ -140,10 +140,25 @@ class PreparedRead:
         self._compiled = Compiled(compiled, dialect, list(statement.selected_columns))
 
     def one_or_none(self, **binds: Any) -> Any:
+        row = self.driver_row(**binds)
+        return None if row is None else self._compiled.typed(row)
+
+    def driver_row(self, **binds: Any) -> Any:
+        """The one row (or None) as the driver gave it, untyped: a caller that keeps what it made of a row
+        finds it again by this, and types it (``typed``) only when it makes something new."""
         rows = self._reads.execute(self._compiled.sql, self._compiled.parameters(binds), 2)
         if len(rows) > 1:
             raise MultipleResultsFound("Multiple rows were found when one or none was required")
-        return self._compiled.typed(rows[0]) if rows else None
+        return rows[0] if rows else None
+
+    def typed(self, row: Any) -> Any:
+        """A row of ``driver_row`` as ``one_or_none`` gives it: a named tuple of its typed values."""
+        return self._compiled.typed(row)
+
+    def position(self, name: str) -> int:
+        """Where the column ``name`` is in a row."""
+        assert self._compiled.row is not None
+        return self._compiled.row._fields.index(name)
 
     def all(self, **binds: Any) -> list[Any]:
         compiled = self._compiled

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from sqlalchemy import Connection, Select, Text, and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -45,7 +45,7 @@ from daemon.errors import (
     NotFound,
 )
 from daemon.i18n import check_locale, check_timezone
-from daemon.link_opens import Opening, detail_text, invitation_detail, opened_before
+from daemon.link_opens import KnownOpenings, Opening, detail_text, invitation_detail, opened_before
 from daemon.models import (
     Client,
     ClientStatus,
@@ -99,27 +99,30 @@ class RenewalResult:
     already_requested: bool
 
 
-def _invitation_page() -> Select[Any]:
+def _invitation_page(opened: bool = True) -> Select[Any]:
     """The invitation link's page in one statement of plain rows: the invitation, the names it shows,
-    the invited address's staff zone, and whether its opening is recorded; no row unless the link's
-    nonce is the invitation's (binds: ``id``, ``nonce``, ``opened_detail``). Built once: an execution
-    only binds (no construction, no cache key).
+    the invited address's staff zone, and whether its opening is recorded (``opened``: else that column is
+    left out, for a link known to be opened, and so is the bind); no row unless the link's nonce is the
+    invitation's (binds: ``id``, ``nonce``, ``opened_detail``). Built once: an execution only binds (no
+    construction, no cache key).
 
     The id and the nonce are compared, not selected: the link gives both, and each column of a row
     costs the driver about 2.7k instructions (Python 3.11's sqlite3 releases the GIL to read its type,
     and names it in the cursor's description), 2% of the read each."""
     inv, company, firm = Invitation.__table__, Company.__table__, Firm.__table__
     accepted, invited = User.__table__.alias("accepted_by"), User.__table__
+    columns = [
+        inv.c.company_id, inv.c.firm_id, inv.c.email, inv.c.invited_by, inv.c.state,
+        inv.c.created_at, inv.c.expires_at, inv.c.decided_at, inv.c.superseded_by_id, inv.c.renewal_requested_at,
+        company.c.name.label("company"), firm.c.name.label("firm"),
+        accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
+        # The page's dates are in the invited accountant's zone when signed out.
+        select(invited.c.timezone).where(invited.c.email == inv.c.email).scalar_subquery().label("zone"),
+    ]
+    if opened:
+        columns.append(opened_before(inv.c.company_id, bindparam("opened_detail", type_=Text)).label("opened"))
     return (
-        select(
-            inv.c.company_id, inv.c.firm_id, inv.c.email, inv.c.invited_by, inv.c.state,
-            inv.c.created_at, inv.c.expires_at, inv.c.decided_at, inv.c.superseded_by_id, inv.c.renewal_requested_at,
-            company.c.name.label("company"), firm.c.name.label("firm"),
-            accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
-            # The page's dates are in the invited accountant's zone when signed out.
-            select(invited.c.timezone).where(invited.c.email == inv.c.email).scalar_subquery().label("zone"),
-            opened_before(inv.c.company_id, bindparam("opened_detail", type_=Text)).label("opened"),
-        )
+        select(*columns)
         .join(company, company.c.id == inv.c.company_id)
         .outerjoin(firm, firm.c.id == inv.c.firm_id)
         .outerjoin(accepted, accepted.c.id == inv.c.accepted_by_id)
@@ -128,6 +131,25 @@ def _invitation_page() -> Select[Any]:
 
 
 _INVITATION_PAGE = _invitation_page()
+# A link whose opening this process knows to be recorded (``link_opens.KnownOpenings``): the same row
+# without the ``EXISTS`` and its column (callgrind, bench/callgrind_get.py: sqlite3's execute took 34k
+# instructions a GET with them, 25k without).
+_OPENED_INVITATION_PAGE = _invitation_page(opened=False)
+# Where the page's row has the invited address's staff zone, and whether the link's opening is recorded:
+# last, so that ``row[:INVITATION_PAGE_SHOWN]`` is what the page shows (the opening is not on it).
+INVITATION_PAGE_ZONE = [column.key for column in _INVITATION_PAGE.selected_columns].index("zone")
+_PAGE_OPENED = INVITATION_PAGE_SHOWN = [column.key for column in _INVITATION_PAGE.selected_columns].index("opened")
+assert INVITATION_PAGE_SHOWN == len(_INVITATION_PAGE.selected_columns) - 1 == len(_OPENED_INVITATION_PAGE.selected_columns)
+
+
+class InvitationLinkRow(NamedTuple):
+    """An invitation link's page as read (``Roster.invitation_link_row``): the invitation's id, the page
+    statement's row as the driver gave it, and what the link's first opening records (None: recorded
+    already, or the link is past its age)."""
+
+    id: int
+    row: tuple[Any, ...]
+    opening: Opening | None
 
 
 def _user_with_firms() -> Select[Any]:
@@ -753,6 +775,10 @@ class Roster(DomainService):
         return PreparedRead(read_connections(self._sessions), _INVITATION_PAGE)
 
     @cached_property
+    def _opened_invitation_page(self) -> PreparedRead:
+        return PreparedRead(read_connections(self._sessions), _OPENED_INVITATION_PAGE)
+
+    @cached_property
     def _user_with_firms(self) -> PreparedRead:
         return PreparedRead(read_connections(self._sessions), _USER_WITH_FIRMS)
 
@@ -764,7 +790,8 @@ class Roster(DomainService):
     def warm(self) -> None:
         """Compile the link page's and the accept's statements for this engine now (``cabinet serve``'s
         start), not on the first request, which paid for them on the event loop. No database work."""
-        self._invitation_page, self._user_with_firms, self._accept_read  # each compiled on its first access
+        # each compiled on its first access
+        self._invitation_page, self._opened_invitation_page, self._user_with_firms, self._accept_read
         dialect = read_connections(self._sessions).dialect
         _CLIENT_INSERT[dialect.name].compiled(dialect)
         _EVENT_INSERT.compiled(dialect)
@@ -781,27 +808,54 @@ class Roster(DomainService):
 
         The hot page: one statement returning plain rows (no ORM entities), the token verified once.
         """
+        link = self.invitation_link_row(token)
+        return self.invitation_link_view(link, now or self._clock.now()), link.opening
+
+    def invitation_link_row(self, token: str, known: KnownOpenings | None = None) -> InvitationLinkRow:
+        """An invitation link's page as the database has it: its one statement's row as the driver gave it
+        (untyped: the web adapter finds a kept rendering by it, and makes the view only to render anew,
+        ``invitation_link_view``) and what its first opening records, as ``open_invitation_link`` says.
+
+        ``known``: the invitations whose opening this process knows to be recorded (the web adapter's;
+        a page that finds its opening recorded adds its own): theirs are read without asking again."""
         ref = self._link_ref(Purpose.INVITE, token, max_age=self._policy.invitation_ttl, expired_ok=True)
         if type(ref.bound) is not str:  # never signed so; the statement compares it with a text column
             raise LinkTampered("link.no_invitation")
-        row = self._invitation_page.one_or_none(
-            id=ref.id, nonce=ref.bound, opened_detail=detail_text(invitation_detail(ref.id)))
+        if known is not None and ref.id in known.ids:
+            row = self._opened_invitation_page.driver_row(id=ref.id, nonce=ref.bound)
+            if row is None:
+                raise LinkTampered("link.no_invitation")
+            return InvitationLinkRow(ref.id, row, None)
+        read = self._invitation_page
+        row = read.driver_row(id=ref.id, nonce=ref.bound, opened_detail=detail_text(invitation_detail(ref.id)))
         if row is None:  # no such invitation, or not this link's nonce
             raise LinkTampered("link.no_invitation")  # as _row_from_token says it
+        if row[_PAGE_OPENED]:
+            if known is not None:
+                known.add(ref.id)
+            return InvitationLinkRow(ref.id, row, None)
+        if ref.expired:
+            return InvitationLinkRow(ref.id, row, None)
+        typed = read.typed(row)
+        return InvitationLinkRow(ref.id, row, Opening(typed.email, typed.firm_id, typed.company_id,
+                                                      invitation_detail(ref.id)))
+
+    def invitation_link_view(self, link: InvitationLinkRow, now: datetime) -> InvitationView:
+        """The view of ``invitation_link_row``'s row at ``now`` (its status: past its expiry date a pending
+        invitation is "expired")."""
+        # The columns the page shows, typed alike whichever statement read them.
+        row = self._opened_invitation_page.typed(link.row[:INVITATION_PAGE_SHOWN])
         status = row.state
-        if status == "pending" and (now or self._clock.now()) >= row.expires_at:
+        if status == "pending" and now >= row.expires_at:
             status = "expired"
         if status == "expired" and row.superseded_by_id is not None:
             status = "superseded"  # a fresh invitation went out since: point to it
-        view = InvitationView.of_link(
-            id=ref.id, company=row.company, email=row.email, invited_by=row.invited_by, state=row.state,
+        return InvitationView.of_link(
+            id=link.id, company=row.company, email=row.email, invited_by=row.invited_by, state=row.state,
             status=status, created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
             firm=row.firm, accepted_by=row.accepted_by, accepted_by_email=row.accepted_by_email,
             renewal_requested_at=row.renewal_requested_at, invited_timezone=row.zone,
         )
-        if ref.expired or row.opened:
-            return view, None
-        return view, Opening(row.email, row.firm_id, row.company_id, invitation_detail(ref.id))
 
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once.

@@ -207,7 +207,7 @@ _KEPT_DURATIONS = cached_durations(64)  # small: the examples also refill it aft
 def test_a_duration_text_reads_the_same_anywhere_inside_its_span(
     seconds: float, negative: bool, where: float, direction: bool, locale: str,
 ) -> None:
-    # What a kept page relies on (``Pages.render_shared``): inside the span, babel's own text is unchanged.
+    # What a kept page relies on (``Pages.keep``): inside the span, babel's own text is unchanged.
     delta = timedelta(seconds=-seconds if negative else seconds)
     low, high = duration_span(delta)
     at = delta.total_seconds()

@@ -1,4 +1,4 @@
-"""The signed-out invitation page is rendered once per everything it shows (``Pages.render_shared``):
+"""The signed-out invitation page is rendered once per everything it shows (``Pages.keep``):
 each visitor still gets a CSRF token of their own, and any change to the invitation shows at once."""
 
 from __future__ import annotations

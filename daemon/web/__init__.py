@@ -31,12 +31,13 @@ from daemon.config import LOCALES
 from daemon.web.context import (
     BROWSER_IDS,
     CABINET,
-    FIRST_OPENING,
     FORM,
     LANGUAGE_COOKIE,
     PAGES,
     SESSIONS,
+    SITE,
     VISITOR,
+    Site,
     CsrfToken,
     Visitor,
     check_csrf,
@@ -80,30 +81,33 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
     CSRF check (``_visitor_for``); the handler; an emailed link's first opening noted
     (``_note_opening``); and the browser cookie a page with a form needs."""
     started = time.perf_counter()
+    site = request.app[SITE]  # once per request: a property of a property, then the app's mapping
     try:
         try:
-            refused = security.cross_site_refusal(request)
-            if refused is not None:
-                return refused
-            if request.path.startswith("/static/") or request.path in PLAIN_PATHS:
+            method = request.method
+            if method not in ("GET", "HEAD"):  # only a request that may change state can be refused
+                refused = security.cross_site_refusal(request)
+                if refused is not None:
+                    return refused
+            path = request.path
+            if path.startswith("/static/") or path in PLAIN_PATHS:
                 return await handler(request)
-            v = request[VISITOR] = await load_visitor(request)
-            if request.method == "POST":
+            v = request[VISITOR] = await load_visitor(request, site)
+            if method == "POST":
                 submitted = await request.post()
                 request[FORM] = submitted
                 csrf = submitted.get("csrf_token")
                 check_csrf(request, csrf if isinstance(csrf, str) else None)
-            elif request.method not in ("GET", "HEAD"):
-                raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
+            elif method not in ("GET", "HEAD"):
+                raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD", "POST"])
             response = await handler(request)
             # A page whose own read found the opening already recorded (None) leaves nothing to note.
-            if request.method == "GET" and response.status == 200 and request.get(FIRST_OPENING, True) is not None:
-                await _note_opening(request)
-            cookies = request.app[security.SECURITY]
+            if method == "GET" and response.status == 200 and (v.first_opening is not None or not v.opening_checked):
+                await _note_opening(request, v)
             # Only a page with a form needs the browser cookie; sign-in sets its own (rotated) one.
             cookie = v.csrf_token.cookie  # minted with the token a page's form showed
-            if cookie is not None and cookies.browser_cookie not in response.cookies:
-                cookies.set_browser_cookie(response, cookie)
+            if cookie is not None and site.security.browser_cookie not in response.cookies:
+                site.security.set_browser_cookie(response, cookie)
             return response
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
             # aiohttp's own "404: Not Found" is plain text: show the site's page, in the visitor's language.
@@ -118,15 +122,14 @@ async def through(request: web.Request, handler: Handler) -> web.StreamResponse:
         except Exception as exc:
             return _error_page(request, exc)
     finally:
-        _measure(request, started)
+        _measure(request, site, started)
 
 
-def _measure(request: web.Request, started: float) -> None:
+def _measure(request: web.Request, site: Site, started: float) -> None:
     """Latency per route, and link opens (GET) versus actions (POST) per purpose."""
     route = request.match_info.route
     method = request.method
-    measured = request.app[MEASURED]
-    series = measured.get((route, method))
+    series = site.measured.get((route, method))
     if series is None:
         series = _series(request, route, method)
     latency, clicks = series
@@ -155,16 +158,16 @@ def _series(request: web.Request, route: Any, method: str) -> tuple[list[float],
     return series
 
 
-async def _note_opening(request: web.Request) -> None:
+async def _note_opening(request: web.Request, v: Visitor) -> None:
     """After an emailed link's page was shown (GET, 200), note that it was opened: an append-only
     telemetry row that changes nothing the link does (see daemon.link_opens for why this is not a
     state change). A failure to note it is logged; the visitor still gets the page."""
-    checked = FIRST_OPENING in request  # the page's own read looked for an earlier opening
+    checked = v.opening_checked  # the page's own read looked for an earlier opening
     if checked or is_emailed_link(request.path):
         opens = request.app[CABINET].link_opens
         try:
             # Another emailed link's page: its opening is read in a thread (an ORM read, any database).
-            opening = request[FIRST_OPENING] if checked else await run(opens.opening_of, request.path)
+            opening = v.first_opening if checked else await run(opens.opening_of, request.path)
             if opening is not None:  # none yet: written with the other first openings in flight
                 await opens.note(opening)
         except Exception as exc:  # noqa: BLE001 - telemetry never fails a page
@@ -181,7 +184,7 @@ def anonymous_visitor(request: web.Request) -> Visitor:
     return Visitor(
         known_browser=None, session_token=None, user=None, locale=locale,
         timezone=cabinet.config.general.timezone,
-        csrf_token=CsrfToken(cabinet.signer, None, request.app[BROWSER_IDS]),
+        csrf_token=CsrfToken(cabinet.signer, None, request.app[BROWSER_IDS]), site=request.app[SITE],
     )
 
 
@@ -270,6 +273,7 @@ def make_app(
     app[MEASURED] = _Measured()
     app[BROWSER_IDS] = BrowserIds()
     app[READINESS] = readiness
+    app[SITE] = Site.of(app, app[MEASURED])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/favicon.ico", favicon)

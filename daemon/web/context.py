@@ -9,25 +9,69 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import CIMultiDictProxy, MultiDictProxy
 
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
+from daemon.clock import Clock
 from daemon.errors import CabinetError, LinkError
 from daemon.config import LOCALES
 from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
-from daemon.link_opens import Opening
+from daemon.link_opens import KnownOpenings, Opening
 from daemon.thread_reads import THREAD_READS
 from daemon.web.browser_ids import BrowserIds
 from daemon.web.pages import Pages
-from daemon.web.security import SECURITY, SecuredResponse
+from daemon.web.security import SECURITY, SecuredResponse, WebSecurity
 
 CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
 SESSIONS = web.AppKey("web_sessions", WebSessions)
 BROWSER_IDS = web.AppKey("browser_ids", BrowserIds)
+
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What every request of the app is served with (the settings change only on a restart; the templates
+    on SIGHUP, inside ``pages``), found once per request: ``request.app[SITE]`` (a property of a property,
+    then the application's mapping: Python calls each) where the link page's path looked up one app key per
+    value, nine times a page (``daemon.web.through`` reads it and hands it on in the ``Visitor``)."""
+
+    cabinet: Cabinet
+    pages: Pages
+    security: WebSecurity
+    sessions: WebSessions
+    browser_ids: BrowserIds
+    clock: Clock
+    signer: LinkSigner
+    public_url: str
+    product_name: str
+    default_locale: str
+    timezone: str
+    sqlite: bool  # the page reads run on the event loop (``read``)
+    page_headers: CIMultiDictProxy[str]  # ``security``'s, with an HTML page's content type
+    known_openings: KnownOpenings  # ``cabinet.link_opens.known``: links whose page need not ask
+    # The request metrics' series per (route, method) (``daemon.web._measure``), filled as routes are first
+    # seen: the app's own, as ``MEASURED`` holds it.
+    measured: dict[tuple[Any, str], Any]
+
+    @classmethod
+    def of(cls, app: web.Application, measured: dict[tuple[Any, str], Any]) -> Site:
+        cabinet = app[CABINET]
+        general = cabinet.config.general
+        return cls(
+            cabinet=cabinet, pages=app[PAGES], security=app[SECURITY], sessions=app[SESSIONS],
+            browser_ids=app[BROWSER_IDS], clock=cabinet.clock, signer=cabinet.signer,
+            public_url=cabinet.config.http.public_url, product_name=general.product_name,
+            default_locale=general.default_locale, timezone=general.timezone,
+            sqlite=cabinet.engine.dialect.name == "sqlite", page_headers=app[SECURITY].page_headers,
+            known_openings=cabinet.link_opens.known, measured=measured,
+        )
+
+
+SITE = web.AppKey("site", Site)
 
 #: The language a visitor chose with the switch on every page; it wins over everything else.
 LANGUAGE_COOKIE = "cabinet_lang"
@@ -83,6 +127,18 @@ class Visitor:
     timezone: str
     csrf_token: CsrfToken
     chosen_locale: bool = False  # from the language switch's cookie
+    site: Site | None = None  # the app's (``through``); None only for a visitor made without a request's app
+    # Set by a link's page whose own read checked its "link opened" record (``opening_checked``): what a
+    # first opening records (``daemon.web.through`` writes it), or None. Unchecked, ``through`` reads the
+    # link itself.
+    opening_checked: bool = False
+    first_opening: Opening | None = None
+
+    def found_opening(self, opening: Opening | None) -> None:
+        """The page's own read checked the link's "link opened" record: ``opening`` is what a first opening
+        records, or None (recorded already, or not a valid link's)."""
+        self.opening_checked = True
+        self.first_opening = opening
 
     @property
     def new_browser(self) -> bool:
@@ -91,9 +147,6 @@ class Visitor:
 
 VISITOR = web.RequestKey("visitor", Visitor)
 FORM = web.RequestKey("form", MultiDictProxy)
-# Set by a link's page whose own read checked its "link opened" record: what a first opening records
-# (the link_opens middleware writes it), or None; unset, the middleware reads the link itself.
-FIRST_OPENING = web.RequestKey("first_opening", Opening | None)  # type: ignore[arg-type]
 
 
 def visitor(request: web.Request) -> Visitor:
@@ -109,7 +162,7 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+async def read(request: web.Request, site: Site, fn: Callable[..., T], *args: Any) -> T:
     """A hot page's one indexed read: on SQLite, inline on the event loop; elsewhere in a thread (``run``).
 
     A SQLite read in WAL mode takes no lock a writer holds and reads pages the OS has cached: it is
@@ -117,10 +170,9 @@ async def read(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
     reads of one turn of the loop share one read transaction (``daemon.reads.ReadConnections``).
     PostgreSQL's read is a network round trip: it keeps the thread, one of ``cabinet serve``'s read
     threads (``daemon.thread_reads``: a third of ``run``'s cost per hop)."""
-    app = request.app  # a property of a property: read once
-    if app[CABINET].engine.dialect.name == "sqlite":
+    if site.sqlite:
         return fn(*args)
-    return await app[THREAD_READS].run(fn, *args)
+    return await request.app[THREAD_READS].run(fn, *args)
 
 
 def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
@@ -134,28 +186,33 @@ def _browser_id(signer: LinkSigner, cookie: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def load_visitor(request: web.Request) -> Visitor:
-    app = request.app  # a property of a property: read once
-    cabinet = app[CABINET]
-    security = app[SECURITY]
-    browser_id = _browser_id(cabinet.signer, request.cookies.get(security.browser_cookie))
-    token = request.cookies.get(security.session_cookie)
-    user = await read(request, app[SESSIONS].user, token) if token else None
-    default = cabinet.config.general.default_locale
-    chosen = request.cookies.get(LANGUAGE_COOKIE, "")
+async def load_visitor(request: web.Request, site: Site) -> Visitor:
+    headers = request.headers
+    if "Cookie" in headers:
+        cookies = request.cookies
+        browser_id = _browser_id(site.signer, cookies.get(site.security.browser_cookie))
+        token = cookies.get(site.security.session_cookie)
+        chosen = cookies.get(LANGUAGE_COOKIE, "")
+    else:  # a new browser (a first click, a mail scanner): no header to parse into an empty mapping
+        browser_id = token = None
+        chosen = ""
+    user = await read(request, site, site.sessions.user, token) if token else None
     if chosen in LOCALES:
         locale = chosen
+    elif user:
+        locale = user.locale
     else:
-        locale = user.locale if user else negotiate(request.headers.get("Accept-Language"), default)
-    timezone = user.timezone if user else cabinet.config.general.timezone
+        accept = headers.get("Accept-Language")
+        locale = negotiate(accept, site.default_locale) if accept else site.default_locale
     return Visitor(
         known_browser=browser_id,
         session_token=token if user else None,
         user=user,
         locale=locale,
-        timezone=timezone,
-        csrf_token=CsrfToken(cabinet.signer, browser_id, app[BROWSER_IDS]),
+        timezone=user.timezone if user else site.timezone,
+        csrf_token=CsrfToken(site.signer, browser_id, site.browser_ids),
         chosen_locale=chosen in LOCALES,
+        site=site,
     )
 
 
@@ -182,43 +239,61 @@ def check_csrf(request: web.Request, submitted: str | None) -> None:
         raise CsrfFailed("csrf.other_browser")
 
 
-def page(
-    request: web.Request, template: str, status: int = 200, *, now: datetime | None = None,
-    shared_key: tuple[Any, ...] | None = None, **context: Any,
-) -> web.Response:
-    """The page ``template`` for this request's visitor.
-
-    With ``shared_key``, for a signed-out visitor, the page is rendered once and kept
-    (``Pages.render_shared``) under a key of everything it is made of: ``context`` (hashable values),
-    the path, the settings it shows, ``now`` to the minute when the template shows ``now`` itself
-    (``Pages.reads_clock``; its relative-time filters are followed by ``render_shared``), and
-    ``shared_key``, which must name whatever else the page is made of. Each visitor's own CSRF token is
-    put into the kept page."""
+def page(request: web.Request, template: str, status: int = 200, *, now: datetime | None = None,
+         **context: Any) -> web.Response:
+    """The page ``template`` for this request's visitor."""
     v = visitor(request)
     app = request.app  # a property of a property: read once
     cabinet = app[CABINET]
-    now = now or cabinet.clock.now()
     values = {
         **context,
         "user": v.user,
         "csrf_token": v.csrf_token,
         "path": request.path,
         "public_url": cabinet.config.http.public_url,
-        "now": now,
+        "now": now or cabinet.clock.now(),
         "product_name": cabinet.config.general.product_name,
     }
-    pages = app[PAGES]
-    if shared_key is not None and v.user is None:
-        minute = now.replace(second=0, microsecond=0) if pages.reads_clock(template) else None
-        # ``context`` in the caller's order (a call site names its values in one order): not sorted.
-        key = (shared_key, tuple(context.items()), request.path, minute,
-               values["public_url"], values["product_name"])
-        body = pages.render_shared(template, v.locale, v.timezone, key, values, v.csrf_token)
-    else:
-        body = pages.render(template, v.locale, v.timezone, values).encode()
+    body = app[PAGES].render(template, v.locale, v.timezone, values).encode()
     # Made with the security headers (``security._add_headers`` then leaves it alone). The body as bytes
     # with its content type among them: what ``text=`` and ``content_type=`` make, set once.
     return SecuredResponse(body=body, status=status, headers=app[SECURITY].page_headers)
+
+
+_INSTANT = timedelta(microseconds=1)  # a datetime's resolution: "from" as a strict bound
+_MINUTE = timedelta(minutes=1)
+
+#: What ``shared_page``'s ``context`` gives: the page's values, and the instants strictly between which
+#: they hold (an invitation's status changes at its expiry date).
+SharedContext = tuple[dict[str, Any], datetime, datetime]
+
+
+def shared_page(
+    v: Visitor, site: Site, template: str, path: str, key: tuple[Any, ...], now: datetime,
+    context: Callable[[], SharedContext],
+) -> web.Response:
+    """The page ``template`` for ``v``, a signed-out visitor, at ``path``, when it is a pure function of
+    ``key`` (with the template, path, the visitor's language and zone, and the site's settings) but for its
+    CSRF token: rendered once and kept (``Pages.keep``), each visitor's own token put in
+    (``Pages.with_token``).
+
+    ``key`` must name whatever else the page is made of, and is looked for before anything else is made;
+    ``context()`` is called only to render anew. A template that shows ``now`` itself
+    (``Pages.reads_clock``) is kept for the minute it was rendered in, which bounds the kept page's span
+    rather than being part of its key (nothing worked out from the clock before the lookup); its
+    relative-time filters are followed by ``Pages.keep``."""
+    pages = site.pages
+    full_key = (template, v.locale, v.timezone, path, site.public_url, site.product_name, key)
+    parts = pages.kept(full_key, now)
+    if parts is None:
+        values, start, end = context()
+        values = {**values, "user": None, "path": path, "public_url": site.public_url, "now": now,
+                  "product_name": site.product_name}
+        if pages.reads_clock(template):  # it shows the minute: kept for that minute only
+            minute = now.replace(second=0, microsecond=0)
+            start, end = max(start, minute - _INSTANT), min(end, minute + _MINUTE)
+        parts = pages.keep(full_key, template, v.locale, v.timezone, values, start, end)
+    return SecuredResponse(body=pages.with_token(parts, v.csrf_token), headers=site.page_headers)
 
 
 def message(request: web.Request, error: CabinetError) -> str:

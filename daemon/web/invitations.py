@@ -7,14 +7,17 @@ link, which now shows the invitation's new state.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiohttp import web
 
 from daemon.errors import InvalidInput, LinkTampered
-from daemon.roster import InvitationUnavailable, WrongAccount
+from daemon.roster import INVITATION_PAGE_SHOWN, INVITATION_PAGE_ZONE, InvitationUnavailable, WrongAccount
 from daemon.views import InvitationView
-from daemon.web.context import CABINET, FIRST_OPENING, form, message, page, read, redirect, run, speak_to, visitor
+from daemon.web.context import (
+    CABINET, VISITOR, SharedContext, form, message, page, read, redirect, run, shared_page, visitor,
+)
+from daemon.web.pages import EARLIEST, LATEST
 
 
 def _token(request: web.Request) -> str:
@@ -32,9 +35,6 @@ def _invitation_page(
         "invitation.html",
         status=status,
         now=now or request.app[CABINET].clock.now(),
-        # Signed out, the page is what these show (the invitation as read now, its state included): kept
-        # once rendered (``context.page``; ``|deadline``'s "in 47 hours" is followed by ``render_shared``).
-        shared_key=(),
         invitation=invitation,
         wrong_account=wrong_account,
         error=error,
@@ -42,36 +42,70 @@ def _invitation_page(
         failed=False,
         email=invitation.email,
         next=request.path,
-        # "?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
-        # Only that value means anything to the page: any other is "" (and not a key of its own).
-        # (The query is parsed only when there is one: a link as emailed has none.)
-        confirm="decline" if request.method == "GET" and request.query_string
-        and request.query.get("confirm") == "decline" else "",
+        confirm=_confirm(request),
     )
+
+
+def _confirm(request: web.Request) -> str:
+    """"?confirm=decline": the confirmation step before an action that cannot be undone (GET only shows).
+    Only that value means anything to the page: any other is "" (and not a key of its own).
+    (The query is parsed only when there is one: a link as emailed has none.)"""
+    return "decline" if request.method == "GET" and request.query_string \
+        and request.query.get("confirm") == "decline" else ""
 
 
 def _invalid_link(request: web.Request) -> web.Response:
     return page(request, "link_invalid.html", status=404)
 
 
+def _status_holds(invitation: InvitationView) -> tuple[datetime, datetime]:
+    """The instants strictly between which ``invitation``'s status reads as it does: a pending
+    invitation is "expired" from its expiry date on (``Roster.invitation_link_view``); any other status
+    is its row's alone."""
+    if invitation.state != "pending":
+        return EARLIEST, LATEST
+    if invitation.status == "pending":
+        return EARLIEST, invitation.expires_at
+    return invitation.expires_at - _INSTANT, LATEST
+
+
+_INSTANT = timedelta(microseconds=1)  # a datetime's resolution: "on or after" as a strict bound
+
+
 async def show(request: web.Request) -> web.Response:
-    cabinet = request.app[CABINET]
-    now = cabinet.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
+    v = request[VISITOR]
+    site = v.site
+    assert site is not None  # every request's visitor has its app's (``daemon.web.through``)
+    roster = site.cabinet.roster
+    now = site.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
     try:
-        invitation, request[FIRST_OPENING] = await read(
-            request, cabinet.roster.open_invitation_link, _token(request), now)
+        link = await read(request, site, roster.invitation_link_row, request.match_info["token"], site.known_openings)
     except LinkTampered:
         return _invalid_link(request)
-    has_account = True
-    if visitor(request).user is None:
-        # The invited address's staff zone comes with the invitation (None: no account there yet).
-        if invitation.invited_timezone is None:
-            has_account = False  # offer "Create your account"
-        else:
-            # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the
-            # language stays the browser's, or the switch's, until they sign in).
-            speak_to(request, "", invitation.invited_timezone)
-    return _invitation_page(request, invitation, has_account=has_account, now=now)
+    v.found_opening(link.opening)
+    if v.user is not None:
+        return _invitation_page(request, roster.invitation_link_view(link, now), now=now)
+    # Signed out: dates in the invited accountant's recorded zone, as in the invitation email (the language
+    # stays the browser's, or the switch's, until they sign in); no zone: no account there yet.
+    zone = link.row[INVITATION_PAGE_ZONE]
+    if zone:
+        v.timezone = zone
+    path = request.path
+    confirm = _confirm(request)
+
+    def rendered() -> SharedContext:
+        invitation = roster.invitation_link_view(link, now)
+        start, end = _status_holds(invitation)
+        return {
+            "invitation": invitation, "wrong_account": False, "error": None, "has_account": zone is not None,
+            "failed": False, "email": invitation.email, "next": path, "confirm": confirm,
+        }, start, end
+
+    # The page is what the link's row shows (its state, names and dates as the database has them now:
+    # a change shows on the next request), kept by the row as the driver gave it (no view made to find it),
+    # but for whether the link's opening is recorded, which the page does not show.
+    shown = link.row[:INVITATION_PAGE_SHOWN]
+    return shared_page(v, site, "invitation.html", path, (confirm, shown), now, rendered)
 
 
 async def _act(request: web.Request, action: str) -> web.Response:

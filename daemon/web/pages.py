@@ -6,20 +6,23 @@ start-up with Babel, so there is no build step to forget (and no ``.mo`` file
 to ship). Templates and catalogues are looked up file by file: the operator's
 override folder first, then the built-in templates.
 
-Shared pages (``Pages.render_shared``): the page an emailed invitation link shows a signed-out visitor
-is opened again and again (by its accountant, by mail scanners) and is the same for everyone who opens
-it but for the CSRF token in its forms. It is kept once rendered, under a key of everything it is made
-of: the template, language and time zone; every value the page was given (the invitation as read from
-the database on this request, its state and dates included, so a change shows on the next request);
-the link's path; the settings it shows; and the clock's minute only when the template (or one it
-extends, includes or imports) names ``now`` itself (``reads_clock``, decided once per template; a
-template named by an expression counts as naming it). Its relative texts ("in 47 hours", the
-``|deadline`` and ``|remaining`` filters) are noted as the page renders, and a kept page is served only
-while each still reads the same (``daemon.i18n.duration_span``): the built-in invitation page is rendered
-again when its deadline's text changes, not every minute. Never a signed-in page: those show the user.
-The token is rendered as a random marker and each response gets its own visitor's token in its place,
-so no visitor ever sees another's token (``tests/test_shared_pages.py``). The kept pages are bounded
-and dropped with the templates on reload.
+Shared pages (``Pages.kept`` and ``Pages.keep``): the page an emailed invitation link shows a signed-out
+visitor is opened again and again (by its accountant, by mail scanners) and is the same for everyone who
+opens it but for the CSRF token in its forms. It is kept once rendered, under a key of everything it is
+made of: the template, language and time zone; the link's path; the settings it shows; the invitation's
+row as the database driver gave it on this request (its state, names and dates, and those of the rows it
+joins: a change shows on the next request; found before any view of it is made,
+``daemon.web.invitations.show``); and the clock's minute only when the template (or one it extends,
+includes or imports) names ``now`` itself (``reads_clock``, decided once per template; a template named
+by an expression counts as naming it). What the clock decides is bounded: a kept page is served only
+strictly between two instants, the ones over which what it shows holds (a pending invitation's status
+until its expiry date) narrowed to those over which each of its relative texts ("in 47 hours", the
+``|deadline`` and ``|remaining`` filters, noted as the page renders) reads the same
+(``daemon.i18n.duration_span``): the built-in invitation page is rendered again when its deadline's text
+changes, not every minute. Never a signed-in page: those show the user. The token is rendered as a random
+marker and each response gets its own visitor's token in its place, so no visitor ever sees another's
+token (``tests/test_shared_pages.py``). The kept pages are bounded and dropped with the templates on
+reload.
 """
 
 from __future__ import annotations
@@ -49,11 +52,11 @@ log = logging.getLogger(__name__)
 #: The filters that measure from the page's ``now`` (``daemon.i18n.date_filters``).
 RELATIVE_FILTERS = ("deadline", "remaining")
 
-#: Pages ``render_shared`` keeps: a few KB each.
+#: Pages ``keep`` keeps: a few KB each.
 SHARED_PAGES = 2048
 
-_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
-_LATEST = datetime.max.replace(tzinfo=timezone.utc)
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def load_translations(po: Path | None, locale: str) -> NullTranslations:
@@ -77,7 +80,7 @@ class Pages:
         # which its relative texts read as they did when it was rendered (``_kept_while``).
         self._shared: dict[tuple[Any, ...], tuple[tuple[bytes, ...], datetime, datetime]] = {}
         self._reads_clock: dict[str, bool] = {}
-        # Where a shared page's CSRF token goes (``render_shared``): random per process, so no text a
+        # Where a shared page's CSRF token goes (``keep``): random per process, so no text a
         # visitor or an invitation brings can name it.
         self._token_marker = f"csrf-{secrets.token_hex(16)}"
         self.reload()
@@ -146,29 +149,39 @@ class Pages:
             env.handle_exception()
         raise AssertionError("unreachable: handle_exception raises")
 
-    def render_shared(
-        self, name: str, locale: str, timezone: str, key: tuple[Any, ...], context: dict[str, Any], csrf_token: Any,
-    ) -> bytes:
-        """``render`` of a page that is a pure function of ``key`` (with ``name``, ``locale``, ``timezone``)
-        but for its CSRF token, as UTF-8 bytes: kept once rendered, cut where the token goes, and each call
-        puts its own visitor's ``csrf_token`` in (signing it only when the page shows a form).
+    def kept(self, key: tuple[Any, ...], now: datetime) -> tuple[bytes, ...] | None:
+        """The page ``keep`` kept under ``key``, while ``now`` is strictly inside the span it holds for; else
+        None. Looked up before anything else of the page is made: a page served again is two comparisons."""
+        kept = self._shared.get(key)
+        if kept is not None and kept[1] < now < kept[2]:
+            return kept[0]
+        return None
 
-        The caller's key must name everything the page shows (see ``daemon.web.invitations``): a kept
-        page is only ever served for the same key, and while ``now`` is inside the span over which each
-        of its relative texts reads the same (``_kept_while``). Bounded; ``reload`` empties it with the
-        templates."""
-        full_key = (name, locale, timezone, key)
-        now = context["now"]
-        kept = self._shared.get(full_key)
-        if kept is None or not kept[1] < now < kept[2]:
-            reads: list[tuple[datetime, bool]] = []
-            html = self.render(name, locale, timezone,
-                               {**context, "csrf_token": Markup(self._token_marker), CLOCK_READS: reads})
-            if kept is None and len(self._shared) >= SHARED_PAGES:
-                self._shared.clear()  # bounded; the hot pages come back in a few requests
-            kept = self._shared[full_key] = (
-                tuple(html.encode().split(self._token_marker.encode())), *_kept_while(reads, now))
-        parts = kept[0]
+    def keep(
+        self, key: tuple[Any, ...], name: str, locale: str, timezone: str, context: dict[str, Any],
+        start: datetime = EARLIEST, end: datetime = LATEST,
+    ) -> tuple[bytes, ...]:
+        """``render`` of a page that is a pure function of ``key`` but for its CSRF token, kept for ``kept``
+        as UTF-8 bytes cut where the token goes (``with_token`` puts each visitor's own in).
+
+        The caller's key must name everything the page is made of (the template, language and zone
+        included; see ``daemon.web.context.shared_page``), and ``start`` and ``end`` the instants strictly
+        between which what it shows holds (an invitation's status, the minute of a page that shows ``now``);
+        the span is narrowed to the one over which each of its relative texts reads the same
+        (``_kept_while``). Bounded; ``reload`` empties it with the templates."""
+        reads: list[tuple[datetime, bool]] = []
+        html = self.render(name, locale, timezone,
+                           {**context, "csrf_token": Markup(self._token_marker), CLOCK_READS: reads})
+        if key not in self._shared and len(self._shared) >= SHARED_PAGES:
+            self._shared.clear()  # bounded; the hot pages come back in a few requests
+        low, high = _kept_while(reads, context["now"])
+        parts = tuple(html.encode().split(self._token_marker.encode()))
+        self._shared[key] = (parts, max(low, start), min(high, end))
+        return parts
+
+    @staticmethod
+    def with_token(parts: tuple[bytes, ...], csrf_token: Any) -> bytes:
+        """A kept page (``keep``) with ``csrf_token`` where its token goes, signed only if it has a form."""
         if len(parts) == 1:
             return parts[0]
         return str(csrf_token).encode("ascii").join(parts)
@@ -177,7 +190,7 @@ class Pages:
         """Whether the page ``name`` shows ``now`` itself, so that a kept rendering of it is good for the
         minute only (``daemon.web.context.page``). Decided once per template, from its source and that of
         every template it extends, includes or imports: one named by an expression, or one that cannot be
-        read, counts as yes. The relative-time filters are not this: ``render_shared`` follows them."""
+        read, counts as yes. The relative-time filters are not this: ``keep`` follows them."""
         found = self._reads_clock.get(name)
         if found is None:
             found = self._reads_clock[name] = _names_now(self._envs[LOCALES[0]], name)
@@ -209,7 +222,7 @@ def _kept_while(reads: list[tuple[datetime, bool]], now: datetime) -> tuple[date
     instant, measured from ``now``: ``reads``) reads the same (``daemon.i18n.duration_span``): a request
     inside them is served the kept page with two comparisons, where each text's key was worked out
     again on every request."""
-    start, end = _EARLIEST, _LATEST
+    start, end = EARLIEST, LATEST
     for at, _ in reads:
         low, high = duration_span(at - now)
         try:
