@@ -6,22 +6,21 @@ engine opens (pool and kept connections alike: a pool ``connect`` event, before 
 writes libpq's trace of the messages it sends and receives to a file of its own in ``$CABINET_PG_TRACE``.
 ``counted(folder)`` reads them once the process has ended (its trace buffers flushed at exit):
 
-- a round trip is one ``ReadyForQuery`` the server sent: the client sent a ``Sync`` (the extended
-  protocol: Parse/Bind/Execute…) or a simple ``Query`` and waited for the answer, whatever it held;
-- a statement is one ``Execute`` or ``Query`` the client sent (``BEGIN`` and ``COMMIT`` included, and
-  counted apart too);
-- each statement is also counted under its SQL's first three words (``INSERT INTO inbound``), read from
-  the ``Query``, or from the ``Parse`` of the statement its ``Bind`` names (psycopg prepares a statement
-  it ran often, then binds it by name).
+- round trips and statements as ``bench.pg_round_trips.Counts`` reads them from a trace (one parser
+  for both counters): a round trip is what the client sends before it waits for the server (a simple
+  ``Query``, or a ``Sync``/``Flush`` in the extended protocol and psycopg's pipeline mode), a statement
+  one ``Execute`` or ``Query`` (``BEGIN`` and ``COMMIT`` included, and counted apart too);
+- each statement is also counted under its SQL's first three words (``INSERT INTO inbound``).
 
 The difference of two runs' counts (one with more work than the other) is that work's, without the start-up's.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
+
+from bench.pg_round_trips import Counts
 
 TRACE_FOLDER = "CABINET_PG_TRACE"
 
@@ -40,14 +39,6 @@ PRELUDE = (
     "event.listen(Engine, 'connect', _traced)\n"
 )
 
-_LINE = re.compile(rb'^([FB])\t\d+\t(\w+)(?:\t (.*))?$', re.M)
-_NAMED = re.compile(rb'"([^"]*)" "(.*)')  # Parse's statement and SQL, Bind's portal and statement
-_WORDS = 3
-
-
-def _head(sql: bytes) -> str:
-    return " ".join(sql.decode(errors="replace").split()[:_WORDS])
-
 
 def counted(folder: Path) -> Counter[str]:
     """``round_trips``, ``statements``, ``begin``, ``commit``, ``connections`` and each statement's count
@@ -55,27 +46,11 @@ def counted(folder: Path) -> Counter[str]:
     found: Counter[str] = Counter()
     for trace in folder.glob("trace-*"):
         found["connections"] += 1
-        parsed: dict[bytes, str] = {}  # statement name ("" the unnamed one) -> its SQL's first words
-        bound = ""
-        for side, message, rest in _LINE.findall(trace.read_bytes()):
-            if side == b"B":
-                if message == b"ReadyForQuery":
-                    found["round_trips"] += 1
-                continue
-            if message == b"Parse" or message == b"Bind":
-                named = _NAMED.match(rest)
-                assert named is not None, rest[:200]
-                if message == b"Parse":
-                    parsed[named[1]] = _head(named[2])
-                else:
-                    bound = parsed[named[2].partition(b'"')[0]]
-            elif message == b"Execute":
-                found["statements"] += 1
-                found[bound] += 1
-            elif message == b"Query":
-                found["statements"] += 1
-                sql = rest.strip(b'"')
-                found[_head(sql)] += 1
-                if sql in (b"BEGIN", b"COMMIT"):
-                    found[sql.decode().lower()] += 1
+        counts = Counts()
+        counts.add(trace.read_bytes().decode(errors="replace"))
+        found["round_trips"] += counts.round_trips
+        found["statements"] += counts.statements
+        found.update(counts.by_statement)
+        found["begin"] += counts.by_statement["BEGIN"]
+        found["commit"] += counts.by_statement["COMMIT"]
     return found
