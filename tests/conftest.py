@@ -325,6 +325,17 @@ class Env:
         finally:
             engine.dispose()
 
+    def write(self, *statements: str, **params: Any) -> None:
+        """Change the real database directly, in one committed transaction, as another instance or an
+        operator would (each statement with the same ``params``)."""
+        engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                for statement in statements:
+                    conn.execute(text(statement), params)
+        finally:
+            engine.dispose()
+
     def columns(self, table: str) -> list[str]:
         """The names of ``table``'s columns, as the database reports them."""
         engine = create_engine(self.database_url, poolclass=NullPool)

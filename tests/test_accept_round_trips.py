@@ -13,9 +13,7 @@ from dataclasses import replace
 from typing import Any, Iterator
 
 import pytest
-from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 
 from bench.pg_round_trips import RoundTrips
 from daemon.app import Cabinet
@@ -69,8 +67,7 @@ def test_a_failing_commit_fails_every_accept_of_the_batch(cabinet: Cabinet, env:
     web answers none of them 303), and nothing of the batch is kept."""
     sent = send(cabinet, COMPANIES[:3])
     # Checked at COMMIT only: an accepted event for the second company fails the whole transaction then.
-    _ddl(env,
-         "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    env.write("CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
          f"IF NEW.company_id = {_company_of(env, sent[1])} AND NEW.kind = 'invitation.accepted' THEN "
          "RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$",
          "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED "
@@ -81,17 +78,6 @@ def test_a_failing_commit_fails_every_accept_of_the_batch(cabinet: Cabinet, env:
     assert env.sql("SELECT count(*) FROM clients") == [(0,)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(0,)]
     assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(0,)]
-
-
-def _ddl(env: Env, *statements: str) -> None:
-    """Statements on the test's database, committed (``env.sql`` reads)."""
-    engine = create_engine(env.database_url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            for statement in statements:
-                connection.exec_driver_sql(statement)
-    finally:
-        engine.dispose()
 
 
 def _company_of(env: Env, invitation_id: int) -> int:
@@ -137,8 +123,7 @@ def test_an_error_read_with_the_entrys_row_fails_that_accept_alone(
     any sync, which leaves psycopg's pipeline aborted; the pipeline is synced before the ROLLBACK TO
     (which the server would otherwise skip), that accept fails alone, and the rest is committed."""
     sent = send(cabinet, COMPANIES[:3])
-    _ddl(env,
-         "CREATE FUNCTION refuse_client() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    env.write("CREATE FUNCTION refuse_client() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
          f"IF NEW.company_id = {_company_of(env, sent[failing])} THEN RAISE EXCEPTION 'client refused'; END IF; "
          "RETURN NEW; END $$",
          "CREATE TRIGGER refuse_client BEFORE INSERT ON clients FOR EACH ROW EXECUTE FUNCTION refuse_client()")
@@ -163,7 +148,7 @@ def test_a_connection_lost_mid_batch_fails_every_accept(cabinet: Cabinet, env: E
     def terminate_at_the_second(table: str, row_id: int, wanted: str) -> None:
         seen.append(row_id)
         if len(seen) == 2:
-            _ddl(env, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            env.write("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
     roster = Roster(replace(cabinet.roster.context, checkpoint=terminate_at_the_second))
@@ -193,7 +178,7 @@ def test_a_roster_entry_found_by_its_name_is_connected_in_the_batch(
             assert planned is not None
             if planned.read.invitation_id == sent[1]:
                 assert planned.client is not None and planned.client.id == entry
-                _ddl(env, f"UPDATE clients SET name = 'Renamed', name_key = 'renamed' WHERE id = {int(entry)}")
+                env.write(f"UPDATE clients SET name = 'Renamed', name_key = 'renamed' WHERE id = {int(entry)}")
             return planned
 
         monkeypatch.setattr(cabinet.roster, "plan_accept", read_then_rename)

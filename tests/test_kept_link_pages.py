@@ -10,8 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import event
 
 from daemon.app import build
 from daemon.config import load_config
@@ -32,16 +31,6 @@ def _invite(cli: Cli, mailbox: Mailbox, seed: Seed) -> str:
 
 def _without_token(page: httpx.Response) -> str:
     return page.text.replace(csrf_of(page.text), "")
-
-
-def _write(env: Env, statement: str, **params: object) -> None:
-    """A change made straight in the database, as another instance (or an operator) would make it."""
-    engine = create_engine(env.database_url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text(statement), params)
-    finally:
-        engine.dispose()
 
 
 def test_a_kept_page_is_not_served_past_the_invitations_expiry(
@@ -73,7 +62,7 @@ def test_what_the_page_shows_from_other_rows_shows_at_once(
         client.get(link)  # its first opening recorded
         before = client.get(link)
         assert seed.company in before.text and _without_token(client.get(link)) == _without_token(before)
-        _write(env, "UPDATE companies SET name = 'Boulangerie Roy et Fils' WHERE name = :name", name=seed.company)
+        env.write("UPDATE companies SET name = 'Boulangerie Roy et Fils' WHERE name = :name", name=seed.company)
         renamed = client.get(link)
         assert "Boulangerie Roy et Fils" in renamed.text
         cli("staff", "edit", seed.accountant, "--timezone", "Asia/Tokyo")

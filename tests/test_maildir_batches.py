@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from daemon import durable
 from daemon.app import build
@@ -127,16 +125,6 @@ def test_a_batch_cut_short_delivers_the_emails_before_the_cut_and_syncs_their_na
     assert [seen for path, seen in fsyncs.calls if path == env.maildir / "new"] == [sorted(map(str, keys))]
 
 
-def engine_write(env: Env, query: str, **params: Any) -> None:
-    """A write of the test's own (another worker's), straight to the database."""
-    engine = create_engine(env.database_url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(query), params)
-    finally:
-        engine.dispose()
-
-
 def _invite(cli: Cli, count: int) -> None:
     cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
     cli("company", "add", "Boulangerie Roy", "--admin-email", "julie@roy.example", "--admin-name", "Julie Roy")
@@ -188,7 +176,7 @@ def test_an_email_of_a_batch_whose_claim_passed_to_another_worker_is_not_recorde
         # While the batch is being delivered, its lease ran out and another worker claimed one of its emails.
         if not stolen:
             row = env.sql("SELECT id FROM outbox WHERE claim_token IS NOT NULL ORDER BY id DESC LIMIT 1")[0]
-            engine_write(env, "UPDATE outbox SET claim_token = 'someone-else' WHERE id = :id", id=row.id)
+            env.write("UPDATE outbox SET claim_token = 'someone-else' WHERE id = :id", id=row.id)
             stolen.append(row.id)
 
     fsyncs.on_new = steal_one
