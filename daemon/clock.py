@@ -7,8 +7,15 @@ can move. There is no global switch.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
+
+
+#: Bounds of a span of time that has none on one side, and a datetime's resolution (to write "from t on"
+#: as the strict bound "after t - INSTANT").
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=timezone.utc)
+INSTANT = timedelta(microseconds=1)
 
 
 class Clock(Protocol):

@@ -30,7 +30,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError
@@ -127,26 +127,12 @@ def _postgresql_alive(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     backend's FATAL message, then EOF), or a hang-up, means it is gone; the pool then opens another
     (``DisconnectionError``). A silently dead peer (no FIN) is found by the first statement, as the
     ping would have found it, after its time-out: SQLAlchemy then invalidates the pool."""
-    if not idle_postgresql_alive(dbapi_connection):
-        raise DisconnectionError("the server closed the connection, or sent something to it while idle")
-
-
-def idle_postgresql_alive(dbapi_connection: Any) -> bool:
-    """Whether an idle psycopg connection is still there, asked of its socket (no round trip): the server
-    sends an idle connection nothing, so anything readable, a hang-up or an error means it is gone."""
     if dbapi_connection.closed or dbapi_connection.broken:
-        return False
+        raise DisconnectionError("connection closed")
     poller = select.poll()
     poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
-    return not poller.poll(0)
-
-
-def close_quietly(dbapi_connection: Any) -> None:
-    """Close a kept DBAPI connection that may already be lost (nothing left to release then)."""
-    try:
-        dbapi_connection.close()
-    except Exception:  # noqa: BLE001 - a connection already lost
-        pass
+    if poller.poll(0):  # readable, hung up or in error: never so while healthy and idle
+        raise DisconnectionError("the server sent something to an idle connection, or closed it")
 
 
 def make_engine(url: str) -> Engine:
@@ -538,8 +524,7 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 try:
                     pipeline.sync()
                 except error as exc:
-                    connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
-                    raise  # pragma: no cover - the handler always raises
+                    raise_as_sqlalchemy(connection, exc)
 
             if transaction:
                 driver.execute("BEGIN")
@@ -551,8 +536,7 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
             if transaction:
                 driver.execute("COMMIT")
     except error as exc:
-        connection._handle_dbapi_exception(exc, None, None, None, None)  # raises SQLAlchemy's error
-        raise  # pragma: no cover - the handler always raises
+        raise_as_sqlalchemy(connection, exc)
     finally:
         # Rolled back once out of the pipeline: in an aborted pipeline the server would skip a ROLLBACK.
         if transaction and raised:
@@ -562,31 +546,34 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 pass
 
 
-def sent_in_pipeline(connection: Connection, sql: str, parameters: Any) -> Callable[[], Any]:
-    """In psycopg's pipeline mode (``pipelined``): ``sql`` sent now, on a cursor of the connection's own,
-    its result not waited for; the function returned reads its first row (None if none), so that
-    statements sent one after the other come back in one round trip. An error is raised by that read,
-    as ``Connection.execute`` raises it. The engine's ``before_cursor_execute`` listeners hear of it."""
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    error = connection.dialect.loaded_dbapi.Error
-    for listener in connection.engine.dispatch.before_cursor_execute:
-        listener(connection, cursor, sql, parameters, None, False)
+def transaction_failed(connection: Connection) -> bool:
+    """PostgreSQL: the connection's transaction is open and failed (a statement's error), not over."""
+    from psycopg import pq
+
+    if connection.invalidated:  # lost: its transaction went with it
+        return False
+    driver = connection.connection.driver_connection
+    return driver is not None and not driver.closed and driver.info.transaction_status == pq.TransactionStatus.INERROR
+
+
+def driver_commands(connection: Connection, *commands: str) -> None:
+    """Plain commands on the connection's driver, one by one; an error raised as SQLAlchemy's."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
     try:
-        cursor.execute(sql, parameters)
-    except error as exc:
-        connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
-        raise  # pragma: no cover - the handler always raises
+        for command in commands:
+            driver.execute(command)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        raise_as_sqlalchemy(connection, exc)
 
-    def first_row() -> Any:
-        try:
-            row = cursor.fetchone()
-            cursor.close()
-        except error as exc:
-            connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
-            raise  # pragma: no cover - the handler always raises
-        return row
 
-    return first_row
+def raise_as_sqlalchemy(connection: Connection, exc: Exception, sql: str | None = None, parameters: Any = None,
+                        cursor: Any = None) -> NoReturn:
+    """A driver's error from a statement run straight on ``connection``'s DBAPI connection, raised as
+    ``Connection.execute`` raises it: through the connection's handler (SQLAlchemy's exception, the
+    engine's ``handle_error`` listeners, a lost connection invalidated)."""
+    connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
+    raise AssertionError("unreachable: the handler always raises")  # pragma: no cover
 
 
 def rows_changed(session: Session, statement: Executable) -> int:

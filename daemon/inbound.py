@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -208,6 +209,19 @@ def _address(header_value: str | None) -> str:
     return parseaddr(header_value or "")[1].strip().lower()
 
 
+def _with_first_copies(inserted: dict[str, int], rows: list[dict[str, Any]],
+                       connect: Callable[[], AbstractContextManager[Connection]]) -> dict[str, int]:
+    """``inserted`` (the new rows' ids by digest) with the ids of the bytes stored before (a sender's
+    retry after a lost 250, which ``ON CONFLICT DO NOTHING`` inserted nothing for): their first copy's,
+    read on ``connect()``'s connection only when there are any."""
+    missing = sorted({row["digest"] for row in rows} - inserted.keys())
+    if missing:
+        with connect() as connection:
+            inserted.update(connection.execute(_BY_DIGEST, {"digests": missing}).all())
+    assert len(inserted) == len({row["digest"] for row in rows})
+    return inserted
+
+
 class Inbound(DomainService):
     def __init__(
         self, ctx: DomainContext, roster: Roster, config: InboundConfig, domain: str, from_address: str,
@@ -222,7 +236,7 @@ class Inbound(DomainService):
         self._dnsfunc = dnsfunc  # DKIM key lookups (dkimpy's resolver when None)
         self._answer_interval = answer_interval
         self._headers = rawmail.HeaderCache()  # headers that repeat across messages, parsed once
-        # PostgreSQL: a store is one autocommit statement on a kept connection (``_insert_kept``).
+        # PostgreSQL: a store is one autocommit statement on a kept connection (``_stored``).
         engine = engine_of(self._sessions)
         self._kept = KeptWrites(engine) if engine.dialect.name == "postgresql" else None
         # A processed message's last move, one Core statement each (no ORM bulk update per message).
@@ -299,44 +313,27 @@ class Inbound(DomainService):
 
     def _stored(self, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Store ``rows`` in one statement, durable when this returns; the id stored under each digest
-        (the first copy's, for bytes stored before or twice in ``rows``)."""
-        if not rows:
-            return {}
-        if self._kept is not None:
-            return self._insert_kept(self._kept, rows)
-        with write_connection(self._sessions) as connection:
-            return self._insert(connection, rows)
-
-    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert ``rows`` (one statement, in a unit of SQLite's group writer: no Session for a store).
+        (the first copy's, for bytes stored before or twice in ``rows``).
 
         One multi-row ``VALUES`` straight on the driver's cursor (``PreparedWrite.rows``): through
         ``Connection.execute`` the execution context, the cache lookup and the result object cost more
-        than the statement.
+        than the statement. On SQLite in a unit of the group writer (no Session for a store); on
+        PostgreSQL in autocommit on a kept connection (``KeptWrites``): its own transaction, one round trip
+        where the pool's BEGIN, INSERT and COMMIT were three.
         """
-        stored: dict[str, int] = {digest: row_id for digest, row_id in _STORE[connection.dialect.name].rows(connection, rows)}
-        digests = {row["digest"] for row in rows}
-        if len(stored) < len(digests):  # bytes stored before: the first copy's id
-            stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())
-        assert len(stored) == len(digests)
-        return stored
-
-    def _insert_kept(self, kept: KeptWrites, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """PostgreSQL: ``rows`` as one multi-row INSERT in autocommit on a kept connection: its own
-        transaction, one round trip (the pool's BEGIN, INSERT, COMMIT were three, and SQLAlchemy's
-        execution context on top). Bytes stored before (a sender's retry after a lost 250) insert nothing:
-        their first copy's id is read after, on a pooled connection (rare; the row is committed, as the
-        INSERT waited for the transaction that wrote it)."""
+        if not rows:
+            return {}
+        kept = self._kept
+        if kept is None:
+            with write_connection(self._sessions) as connection:
+                inserted = dict(_STORE[connection.dialect.name].rows(connection, rows))
+                return _with_first_copies(inserted, rows, lambda: nullcontext(connection))
         store = _STORE["postgresql"]
         sql, parameters = store.rows_statement(kept.dialect, rows)
-        typed = store.compiled(kept.dialect).typed
-        stored: dict[str, int] = {row.digest: row.id for row in map(typed, kept.run(sql, parameters))}
-        digests = {row["digest"] for row in rows}
-        if len(stored) < len(digests):
-            with kept.engine.connect() as connection:
-                stored.update(connection.execute(_BY_DIGEST, {"digests": sorted(digests - stored.keys())}).all())
-        assert len(stored) == len(digests)
-        return stored
+        inserted = dict(map(store.compiled(kept.dialect).typed, kept.run(sql, parameters)))
+        # The first copies' ids read on a pooled connection (rare; those rows are committed: the INSERT
+        # waited for the transaction that wrote them).
+        return _with_first_copies(inserted, rows, kept.engine.connect)
 
     # -- processing --------------------------------------------------------------------
 

@@ -155,11 +155,6 @@ class PreparedRead:
         """A row of ``driver_row`` as ``one_or_none`` gives it: a named tuple of its typed values."""
         return self._compiled.typed(row)
 
-    def position(self, name: str) -> int:
-        """Where the column ``name`` is in a row."""
-        assert self._compiled.row is not None
-        return self._compiled.row._fields.index(name)
-
     def all(self, **binds: Any) -> list[Any]:
         compiled = self._compiled
         return [compiled.typed(row) for row in self._reads.execute(compiled.sql, compiled.parameters(binds), None)]

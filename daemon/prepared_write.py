@@ -25,6 +25,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
 
+from daemon.db import raise_as_sqlalchemy
 from daemon.prepared import Compiled
 
 T = TypeVar("T")
@@ -134,6 +135,30 @@ class PreparedWrite:
         found = _run(connection, sql, parameters, False, _fetch_all if compiled.row is not None else _no_rows)
         return [compiled.typed(row) for row in found]
 
+    def send(self, connection: Connection, binds: dict[str, Any]) -> Callable[[], Any]:
+        """``one`` in two halves, in psycopg's pipeline mode (``daemon.db.pipelined``): the statement sent
+        now, its result not waited for; the function returned reads its row (typed; None if none), so that
+        statements sent one after the other come back in one round trip. An error is raised by that read."""
+        compiled = self.compiled(connection.dialect)
+        sql, parameters = compiled.sql, compiled.parameters(binds)
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        error = connection.dialect.loaded_dbapi.Error
+        try:
+            _heard(connection, cursor, sql, parameters, False)
+            cursor.execute(sql, parameters)
+        except error as exc:
+            raise_as_sqlalchemy(connection, exc, sql, parameters, cursor)
+
+        def row() -> Any:
+            try:
+                found = cursor.fetchone()
+                cursor.close()
+            except error as exc:
+                raise_as_sqlalchemy(connection, exc, sql, parameters, cursor)
+            return None if found is None else compiled.typed(found)
+
+        return row
+
     def rows_statement(self, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> tuple[str, list[Any]]:
         """The SQL and the driver's parameters of ``rows`` as one multi-row INSERT (``rows``): the one-row
         statement's SQL with its ``VALUES`` group written once per row, in a positional parameter style,
@@ -158,8 +183,7 @@ def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, r
         found = result(cursor)
         cursor.close()
     except connection.dialect.loaded_dbapi.Error as exc:
-        connection._handle_dbapi_exception(exc, sql, parameters, cursor, None)  # raises
-        raise  # pragma: no cover - the handler always raises
+        raise_as_sqlalchemy(connection, exc, sql, parameters, cursor)
     return found
 
 

@@ -49,6 +49,9 @@ PostgreSQL connection lost (a server restart, an idle timeout, a terminated back
 connection and runs once more on a fresh one. ``engine.dispose()`` and a connection the engine found
 lost (a SQLite file reopened read-only, see ``db._sqlite_read_only_connection``) drop them too, so a
 read never keeps a file or a server the pool has let go of.
+
+The inbound store's one-statement write on PostgreSQL keeps a set of its own the same way
+(``daemon.kept_writes``).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
-from daemon.db import POSTGRESQL_ENGINE_OPTIONS, close_quietly as _close
+from daemon.db import POSTGRESQL_ENGINE_OPTIONS
 
 # Idle connections kept. SQLite's hot reads run inline on the event loop (one at a time; a thread's
 # read now and then). On PostgreSQL each of serve's threads (as many as the pool has connections,
@@ -74,11 +77,11 @@ POSTGRESQL_KEPT = POSTGRESQL_ENGINE_OPTIONS["pool_size"] + POSTGRESQL_ENGINE_OPT
 class ReadConnections:
     """``execute`` runs one statement on a kept connection."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keep: int | None = None) -> None:
         self.engine = engine
         self.dialect = engine.dialect
         postgresql = engine.dialect.name == "postgresql"
-        self._keep = POSTGRESQL_KEPT if postgresql else SQLITE_KEPT
+        self._keep = keep if keep is not None else POSTGRESQL_KEPT if postgresql else SQLITE_KEPT
         # (generation, DBAPI connection, its cursors by SQL or None: SQLite), last used on the right
         self._idle: deque[tuple[int, Any, dict[str, Any] | None]] = deque()
         self._generation = 0
@@ -255,3 +258,9 @@ class ReadConnections:
             return
         self._give_back(generation, connection, None)
 
+
+def _close(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - a connection already lost: nothing left to release
+        pass

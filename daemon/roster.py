@@ -22,8 +22,10 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, staff_of
 from daemon.client_list import client_views
+from daemon.clock import EARLIEST, INSTANT, LATEST
 from daemon.db import (
-    engine_of, pipelined, read_connections, rows_changed, savepoint, sent_in_pipeline, write_connection,
+    driver_commands, engine_of, pipelined, read_connections, rows_changed, savepoint, transaction_failed,
+    write_connection,
 )
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
 from daemon.transitions import Transition, TransitionLost
@@ -192,28 +194,6 @@ _RACE_LOST = frozenset({"40P01", "40001"})
 
 def _lost_race(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None) in _RACE_LOST
-
-
-def _failed_transaction(connection: Connection) -> bool:
-    """PostgreSQL: the connection's transaction is open and failed (a statement's error), not over."""
-    from psycopg import pq
-
-    if connection.invalidated:  # lost: its transaction went with it
-        return False
-    driver = connection.connection.driver_connection
-    return driver is not None and not driver.closed and driver.info.transaction_status == pq.TransactionStatus.INERROR
-
-
-def _driver_commands(connection: Connection, *commands: str) -> None:
-    """Plain commands on the connection's driver, one by one; an error raised as SQLAlchemy's."""
-    driver = connection.connection.driver_connection
-    assert driver is not None
-    try:
-        for command in commands:
-            driver.execute(command)
-    except connection.dialect.loaded_dbapi.Error as exc:
-        connection._handle_dbapi_exception(exc, None, None, None, None)  # raises
-        raise  # pragma: no cover - the handler always raises
 
 
 @dataclass(frozen=True)
@@ -857,6 +837,17 @@ class Roster(DomainService):
             renewal_requested_at=row.renewal_requested_at, invited_timezone=row.zone,
         )
 
+    @staticmethod
+    def invitation_status_holds(invitation: InvitationView) -> tuple[datetime, datetime]:
+        """The instants strictly between which ``invitation``'s status reads as it does
+        (``invitation_link_view``): a pending invitation is "expired" from its expiry date on; any other
+        status is its row's alone (a page kept by its row holds for as long as this says)."""
+        if invitation.state != "pending":
+            return EARLIEST, LATEST
+        if invitation.status == "pending":
+            return EARLIEST, invitation.expires_at
+        return invitation.expires_at - INSTANT, LATEST
+
     def accept_invitation(self, token: str, user_id: int, firm_id: int | None, channel: str = "link") -> AcceptResult:
         """Rule 1: a signed-in member of the chosen firm accepts; the client joins the roster once.
 
@@ -941,11 +932,11 @@ class Roster(DomainService):
                                 # A deadlock or serialization failure is a race lost, not a failure: decided again.
                                 outcomes[n] = None if _lost_race(exc) else exc
                 except Exception as exc:
-                    if not (_failed_transaction(connection) and isinstance(outcomes[last], AcceptResult)):
+                    if not (transaction_failed(connection) and isinstance(outcomes[last], AcceptResult)):
                         raise  # the COMMIT failed (or the connection): none of the batch is durable
                     # The last accept's statements failed, and the server skipped the COMMIT sent after them.
                     outcomes[last] = None if _lost_race(exc) else exc
-                    _driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
+                    driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
         return outcomes
 
     def _all_written(self, connection: Connection, plans: Sequence[tuple[AcceptPlan, str]], order: list[int],
@@ -1127,9 +1118,7 @@ class Roster(DomainService):
         """``_connect_planned``'s statement sent in a pipeline; the function returned reads the entry (None:
         the insert found one there) or raises ``TransitionLost``."""
         if plan.client is None:
-            compiled = _CLIENT_INSERT["postgresql"].compiled(connection.dialect)
-            read = sent_in_pipeline(connection, compiled.sql, compiled.parameters(self._client_values(plan)))
-            return lambda: None if (row := read()) is None else compiled.typed(row)
+            return _CLIENT_INSERT["postgresql"].send(connection, self._client_values(plan))
         read = plan.read
         found_by_company = plan.client.company_id is not None
         return _RECONNECT[found_by_company].send(

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, Connection, bindparam, inspect, or_, selec
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from daemon.db import rows_changed, sent_in_pipeline
+from daemon.db import rows_changed
 from daemon.errors import InvalidState
 from daemon.prepared_write import PreparedWrite
 from daemon.models import BillingTransfer, Client, InboundMessage, Invitation, OutboxMessage, SetupInvitation
@@ -173,15 +173,14 @@ class Transition:
         and the function returned reads its outcome, as ``run`` returns or raises it. A statement sent in
         between comes back in the same round trip. The row count still decides: no row, ``TransitionLost``."""
         checkpoint(self._table, row_id, self._to)
-        compiled = self._statement.compiled(connection.dialect)
-        read = sent_in_pipeline(connection, compiled.sql, compiled.parameters({"transition_row_id": row_id, **binds}))
+        read = self._statement.send(connection, {"transition_row_id": row_id, **binds})
 
         def outcome() -> Any:
             fresh = read()
             if fresh is None:
                 current = connection.scalar(self._current, {"transition_row_id": row_id})
                 raise TransitionLost(self._table, row_id, self._to, self._expected, current)
-            return compiled.typed(fresh) if self._counted is None else None
+            return fresh if self._counted is None else None
 
         return outcome
 

@@ -13,7 +13,7 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 
 from daemon.app import Cabinet
 from daemon.auth import WebSessions
-from daemon.clock import Clock
+from daemon.clock import INSTANT, Clock
 from daemon.errors import CabinetError, LinkError
 from daemon.config import LOCALES
 from daemon.i18n import negotiate
@@ -29,7 +29,6 @@ CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
 SESSIONS = web.AppKey("web_sessions", WebSessions)
 BROWSER_IDS = web.AppKey("browser_ids", BrowserIds)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +259,6 @@ def page(request: web.Request, template: str, status: int = 200, *, now: datetim
     return SecuredResponse(body=body, status=status, headers=app[SECURITY].page_headers)
 
 
-_INSTANT = timedelta(microseconds=1)  # a datetime's resolution: "from" as a strict bound
 _MINUTE = timedelta(minutes=1)
 
 #: What ``shared_page``'s ``context`` gives: the page's values, and the instants strictly between which
@@ -291,7 +289,7 @@ def shared_page(
                   "product_name": site.product_name}
         if pages.reads_clock(template):  # it shows the minute: kept for that minute only
             minute = now.replace(second=0, microsecond=0)
-            start, end = max(start, minute - _INSTANT), min(end, minute + _MINUTE)
+            start, end = max(start, minute - INSTANT), min(end, minute + _MINUTE)
         parts = pages.keep(full_key, template, v.locale, v.timezone, values, start, end)
     return SecuredResponse(body=pages.with_token(parts, v.csrf_token), headers=site.page_headers)
 

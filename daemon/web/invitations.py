@@ -7,7 +7,7 @@ link, which now shows the invitation's new state.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from aiohttp import web
 
@@ -17,7 +17,6 @@ from daemon.views import InvitationView
 from daemon.web.context import (
     CABINET, VISITOR, SharedContext, form, message, page, read, redirect, run, shared_page, visitor,
 )
-from daemon.web.pages import EARLIEST, LATEST
 
 
 def _token(request: web.Request) -> str:
@@ -58,20 +57,6 @@ def _invalid_link(request: web.Request) -> web.Response:
     return page(request, "link_invalid.html", status=404)
 
 
-def _status_holds(invitation: InvitationView) -> tuple[datetime, datetime]:
-    """The instants strictly between which ``invitation``'s status reads as it does: a pending
-    invitation is "expired" from its expiry date on (``Roster.invitation_link_view``); any other status
-    is its row's alone."""
-    if invitation.state != "pending":
-        return EARLIEST, LATEST
-    if invitation.status == "pending":
-        return EARLIEST, invitation.expires_at
-    return invitation.expires_at - _INSTANT, LATEST
-
-
-_INSTANT = timedelta(microseconds=1)  # a datetime's resolution: "on or after" as a strict bound
-
-
 async def show(request: web.Request) -> web.Response:
     v = request[VISITOR]
     site = v.site
@@ -79,7 +64,7 @@ async def show(request: web.Request) -> web.Response:
     roster = site.cabinet.roster
     now = site.clock.now()  # one instant for the page: its status, its dates and "in 47 hours"
     try:
-        link = await read(request, site, roster.invitation_link_row, request.match_info["token"], site.known_openings)
+        link = await read(request, site, roster.invitation_link_row, _token(request), site.known_openings)
     except LinkTampered:
         return _invalid_link(request)
     v.found_opening(link.opening)
@@ -95,7 +80,7 @@ async def show(request: web.Request) -> web.Response:
 
     def rendered() -> SharedContext:
         invitation = roster.invitation_link_view(link, now)
-        start, end = _status_holds(invitation)
+        start, end = roster.invitation_status_holds(invitation)
         return {
             "invitation": invitation, "wrong_account": False, "error": None, "has_account": zone is not None,
             "failed": False, "email": invitation.email, "next": path, "confirm": confirm,

@@ -31,7 +31,7 @@ import io
 import logging
 import secrets
 from gettext import NullTranslations
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, meta, nodes
 from markupsafe import Markup
 
+from daemon.clock import EARLIEST, LATEST
 from daemon.config import LOCALES
 from daemon.errors import CabinetError, render
 from daemon.i18n import CLOCK_READS, date_filters, duration_span
@@ -54,9 +55,6 @@ RELATIVE_FILTERS = ("deadline", "remaining")
 
 #: Pages ``keep`` keeps: a few KB each.
 SHARED_PAGES = 2048
-
-EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
-LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def load_translations(po: Path | None, locale: str) -> NullTranslations:
