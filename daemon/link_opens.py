@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
 
-from sqlalchemy import ColumnElement, Insert, bindparam, exists, func, insert, literal, select, text
+from sqlalchemy import ColumnElement, Insert, bindparam, exists, func, insert, literal, literal_column, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -132,9 +132,10 @@ def _first_opening(postgresql_once: bool = False) -> Insert:
     first = select(*values.values()).where(~opened_before(binds["company_id"], binds["detail"]))
     if not postgresql_once:
         return insert(events).from_select(list(values), first)
-    # The index's own columns and predicate, written out (a bound kind could not name a partial index).
+    # The index's own columns and predicate, the kind written out: a bound one could not name a partial index.
     return postgresql.insert(events).from_select(list(values), first).on_conflict_do_nothing(
-        index_elements=[events.c.company_id, func.md5(events.c.detail)], index_where=text(f"kind = '{OPENED}'"))
+        index_elements=[events.c.company_id, func.md5(events.c.detail)],
+        index_where=events.c.kind == literal_column(f"'{OPENED}'"))
 
 
 _FIRST_OPENING = PreparedWrite(_first_opening())
