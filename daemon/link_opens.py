@@ -147,8 +147,8 @@ def _in_key_order(rows: list[dict[str, Any]]) -> list[int]:
     identity ``uq_events_link_opened`` keeps once (its md5 is a function of the detail: same rows, same
     order). A row that meets another transaction's uncommitted copy waits for that transaction; were
     two batches to hold links X and Y in opposite orders, each would wait for the other's (a deadlock
-    PostgreSQL breaks by failing one after a second). In one order, a batch only waits for one that
-    holds nothing it needs."""
+    PostgreSQL breaks by failing one, after its ``deadlock_timeout``: that batch's rows are then written
+    one by one). In one order, a batch only waits for one that holds nothing it needs."""
     return sorted(range(len(rows)), key=lambda n: (rows[n]["company_id"], rows[n]["detail"]))
 
 #: Invitations ``KnownOpenings`` remembers at most; past that it forgets them all at once (their pages then
