@@ -19,6 +19,11 @@ AT = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
 INVITATION_5 = '{"invitation_id": 5, "purpose": "invitation", "ref": 5}'
 MANAGE = '{"purpose": "manage", "ref": 1}'
 
+_COMPANY = text(
+    "INSERT INTO companies (id, name, name_key, kind, admin_email, admin_name, admin_locale, admin_timezone, "
+    "subscription, has_quickbooks_time, created_at) VALUES (:id, :name, :name, 'business', 'julie@roy.example', "
+    "'Julie Roy', 'fr', 'America/Montreal', 'self-paid', false, :at)"
+).bindparams(bindparam("at", type_=UTCDateTime()))
 _EVENT = text(
     "INSERT INTO events (id, at, kind, actor, channel, company_id, detail) "
     "VALUES (:id, :at, :kind, :actor, 'link', :company_id, :detail)"
@@ -41,11 +46,7 @@ def test_upgrade_keeps_each_links_earliest_opening_and_then_refuses_another(tmp_
         db.upgrade(engine, "0018")
         with engine.begin() as conn:
             for company_id in (1, 2):
-                conn.execute(text(
-                    "INSERT INTO companies (id, name, name_key, kind, admin_email, admin_name, admin_locale, "
-                    "admin_timezone, subscription, has_quickbooks_time, created_at) VALUES (:id, :name, :name, "
-                    "'business', 'julie@roy.example', 'Julie Roy', 'fr', 'America/Montreal', 'self-paid', false, :at)"
-                ).bindparams(bindparam("at", type_=UTCDateTime())), {"id": company_id, "name": f"c{company_id}", "at": AT})
+                conn.execute(_COMPANY, {"id": company_id, "name": f"c{company_id}", "at": AT})
             # Link 5 opened three times (two written at the same instant by two instances, the later id
             # first in time), company 1's manage link twice, the same detail once in another company,
             # and events of other kinds with the same detail (not openings: kept).

@@ -25,9 +25,10 @@ NOTHING`` against it (the later transaction waits for the earlier one, then writ
   function would make the file unwritable to a plain ``sqlite3`` shell), and a partial index on
   ``kind = 'link.opened'`` there makes SQLite re-prepare every statement that binds the kind at each
   execution: with ``UNIQUE (company_id, detail) WHERE kind = 'link.opened'`` the link page's read plus
-  the insert of an opening already recorded (in a transaction of its own) took 631k instructions instead of 117k under callgrind,
-  520k of them in ``sqlite3Reprepare`` (README, "Measured and dropped"). The index is outside
-  ``daemon/models.py`` for that reason (``tests/test_migrations.py`` checks it here).
+  the insert of an opening already recorded (in a transaction of its own) took 631k instructions
+  instead of 117k under callgrind, 520k of them in ``sqlite3Reprepare`` (README, "Measured and
+  dropped"). The index is outside ``daemon/models.py`` for that reason (``tests/test_migrations.py``
+  checks it here).
 
 The downgrade drops the index; the duplicates removed are not put back (they were copies).
 
