@@ -107,9 +107,9 @@ def test_a_page_whose_opening_cannot_be_noted_is_still_shown(
 
 @contextmanager
 def company_held(env: Env, company_id: int) -> Iterator[Connection]:
-    """The company's row locked FOR UPDATE by a transaction of its own (until the block ends, or sooner
-    by ``release``): an event's insert checks its foreign key at the end of its statement, so each
-    insert of an opening of this company writes its row, then waits there, uncommitted."""
+    """The company's row locked FOR UPDATE by a transaction of its own (until the block ends, or the
+    holder rolls back sooner): an event's insert checks its foreign key at the end of its statement, so
+    each insert of an opening of this company writes its row, then waits there, uncommitted."""
     engine = create_engine(env.database_url, poolclass=NullPool)
     try:
         with engine.connect() as holder:
@@ -174,8 +174,7 @@ def test_two_instances_batches_of_the_same_links_in_opposite_orders_neither_wait
     invitation_id = sent_invitation(cli, seed, env)
     company_id, firm_id = env.sql("SELECT company_id, firm_id FROM invitations WHERE id = :id", id=invitation_id)[0]
     x = Opening(seed.accountant, firm_id, company_id, invitation_detail(invitation_id))
-    y = Opening(seed.admin, firm_id, company_id,
-                {"purpose": "manage", "ref": company_id})
+    y = Opening(seed.admin, firm_id, company_id, {"purpose": "manage", "ref": company_id})
     inserts: list[str] = []
 
     def heard(connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
