@@ -6,8 +6,9 @@ reads it back to decide what a link does. Links, their pages and their actions
 behave exactly the same whether or not the row was written; the row only lets
 staff see "opened" beside an email (daemon.deliveries) and support see it in
 `cabinet link explain`. Only the first open of a link is kept (a reload or a
-mail scanner's second fetch adds nothing), and a failure to record is logged
-and otherwise ignored by the caller: the page is what matters.
+mail scanner's second fetch adds nothing), also when two instances record it at
+the same instant, and a failure to record is logged and otherwise ignored by the
+caller: the page is what matters.
 
 "Opened" means the page was fetched: a mail provider's link scanner can do
 that too, which is why it is never taken as "received" or "acted on".
@@ -18,6 +19,12 @@ product's hot path: the web adapter hands it to ``LinkOpens.note``, which
 writes the first openings in flight together (one thread hop, one write unit,
 one commit; the conditional insert compiled once, no ORM session) and returns
 once its own is durable, as the page waits for it.
+
+Once per link, in the database: the insert is conditional (``NOT EXISTS``), which is enough under
+SQLite's single writer. On PostgreSQL two transactions at the same instant both see no row, so a
+partial UNIQUE index on the opening (migration 0019) refuses the second, which waits for the first
+and then writes nothing (``ON CONFLICT DO NOTHING``); a batch writes its rows in the index's key
+order, so two batches never wait for each other in a circle.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
 
-from sqlalchemy import ColumnElement, Insert, bindparam, exists, insert, literal, select
+from sqlalchemy import ColumnElement, Insert, bindparam, exists, func, insert, literal, literal_column, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from daemon.db import engine_of, savepoint, write_connection
@@ -109,18 +117,39 @@ def opened_before(company_id: ColumnElement[Any], detail: ColumnElement[Any]) ->
     return exists().where(Event.kind == OPENED, Event.company_id == company_id, Event.detail == detail)
 
 
-def _first_opening() -> Insert:
+def _first_opening(postgresql_once: bool = False) -> Insert:
     """One ``link.opened`` row, unless this link's opening is already recorded: the check is part of
     the statement, so it is made again under the write (SQLite's single writer keeps one of two first
-    openings at once, even within one batch: each row of an executemany sees the rows before it)."""
+    openings at once, even within one batch: each row of an executemany sees the rows before it).
+
+    ``postgresql_once``: PostgreSQL's, which also writes nothing when the row conflicts with one the
+    check could not see (another transaction's, written at the same instant) in the index migration 0019
+    made, ``uq_events_link_opened``. The ``NOT EXISTS`` stays: a link's later openings (most of them, once
+    the first is in) then insert nothing, where a conflict would cost a speculative insert each."""
     events = Event.__table__
     binds = {name: bindparam(name, type_=events.c[name].type) for name in ("at", "actor", "firm_id", "company_id", "detail")}
     values = {"kind": literal(OPENED, events.c.kind.type), "channel": literal("link", events.c.channel.type), **binds}
     first = select(*values.values()).where(~opened_before(binds["company_id"], binds["detail"]))
-    return insert(events).from_select(list(values), first)
+    if not postgresql_once:
+        return insert(events).from_select(list(values), first)
+    # The index's own columns and predicate, the kind written out: a bound one could not name a partial index.
+    return postgresql.insert(events).from_select(list(values), first).on_conflict_do_nothing(
+        index_elements=[events.c.company_id, func.md5(events.c.detail)],
+        index_where=events.c.kind == literal_column(f"'{OPENED}'"))
 
 
 _FIRST_OPENING = PreparedWrite(_first_opening())
+_FIRST_OPENING_ONCE = PreparedWrite(_first_opening(postgresql_once=True))
+
+
+def _in_key_order(rows: list[dict[str, Any]]) -> list[int]:
+    """The rows' positions in the order PostgreSQL's batches write them: by company and detail, the
+    identity ``uq_events_link_opened`` keeps once (its md5 is a function of the detail: same rows, same
+    order). A row that meets another transaction's uncommitted copy waits for that transaction; were
+    two batches to hold links X and Y in opposite orders, each would wait for the other's (a deadlock
+    PostgreSQL breaks by failing one, after its ``deadlock_timeout``: that batch's rows are then written
+    one by one). In one order, a batch only waits for one that holds nothing it needs."""
+    return sorted(range(len(rows)), key=lambda n: (rows[n]["company_id"], rows[n]["detail"]))
 
 #: Invitations ``KnownOpenings`` remembers at most; past that it forgets them all at once (their pages then
 #: ask the database again, once each).
@@ -155,7 +184,12 @@ POSTGRESQL_WRITERS = 4
 class LinkOpens(DomainService):
     def __init__(self, ctx: DomainContext) -> None:
         super().__init__(ctx)
-        writers = POSTGRESQL_WRITERS if engine_of(ctx.sessions).dialect.name == "postgresql" else 1
+        postgresql = engine_of(ctx.sessions).dialect.name == "postgresql"
+        writers = POSTGRESQL_WRITERS if postgresql else 1
+        # PostgreSQL's statement and row order keep one opening per link across transactions; SQLite's
+        # single writer does with the plain statement, in the order noted.
+        self._first_opening = _FIRST_OPENING_ONCE if postgresql else _FIRST_OPENING
+        self._in_key_order = postgresql
         # max_age=0: a batch is written at once; the openings noted while it is written make the next one.
         self._batches: BatchRecorder[Opening, Exception | None] = BatchRecorder(
             self.record_openings, size=BATCH, max_age=0, writers=writers)
@@ -188,29 +222,33 @@ class LinkOpens(DomainService):
     def record_openings(self, openings: Sequence[Opening]) -> list[Exception | None]:
         """Append the ``link.opened`` events reads found missing, in one write unit, each by the
         conditional statement ``_first_opening`` (checked again under the write: SQLite's single writer
-        keeps one of two first openings at once; on PostgreSQL two at the same instant may both be kept,
-        which changes no delivery state). One outcome per opening, None when written: all of them in one
-        executemany; should that fail, each alone in a SAVEPOINT, so one bad row (a company deleted since
-        the read) fails alone. Returns once they are durable; a failed commit raises."""
+        keeps one of two first openings at once; on PostgreSQL, where two at the same instant both pass
+        the check, the index of migration 0019 keeps the first and the other writes nothing). One
+        outcome per opening, None when written or found written: all of them in one executemany;
+        should that fail, each alone in a SAVEPOINT, so one bad row (a company deleted since the read)
+        fails alone. Returns once they are durable; a failed commit raises."""
         now = self._clock.now()
         rows = [
             {"at": now, "actor": opening.to, "firm_id": opening.firm_id, "company_id": opening.company_id,
              "detail": detail_text(opening.detail)}
             for opening in openings
         ]
+        # The rows' positions in the order they are written (on SQLite, as noted).
+        order = _in_key_order(rows) if self._in_key_order else range(len(rows))
+        first_opening = self._first_opening
         outcomes: list[Exception | None] = [None] * len(rows)
         with write_connection(self._sessions) as connection:
             try:
                 with savepoint(connection, "link_openings"):
-                    _FIRST_OPENING.many(connection, rows)
+                    first_opening.many(connection, [rows[n] for n in order] if self._in_key_order else rows)
                 return outcomes
             except Exception:
                 if connection.invalidated or len(rows) == 1:
                     raise  # the connection is gone (the unit fails), or the one opening failed: its error
-            for n, row in enumerate(rows):
+            for n in order:
                 try:
                     with savepoint(connection, "link_opening"):
-                        _FIRST_OPENING.one(connection, row)
+                        first_opening.one(connection, rows[n])
                 except Exception as exc:  # noqa: BLE001 - this opening's outcome, not the batch's
                     if connection.invalidated:
                         raise

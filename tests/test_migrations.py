@@ -32,12 +32,14 @@ def head_revision(url: str) -> str | None:
 
 
 # The roster search's trigram index (migration 0015) lives outside the models: SQLite's FTS5 table and
-# its shadow tables, PostgreSQL's GIN indexes (tests/test_client_search.py checks them).
+# its shadow tables, PostgreSQL's GIN indexes (tests/test_client_search.py checks them). So does
+# PostgreSQL's one opening per link (0019; checked below).
 SEARCH_INDEX = ("clients_search", "ix_clients_search_key_trgm", "ix_clients_email_trgm")
+OUTSIDE_THE_MODELS = (*SEARCH_INDEX, "uq_events_link_opened")
 
 
-def not_the_search_index(name: str | None, kind: str, parents: dict) -> bool:
-    return not (name or "").startswith(SEARCH_INDEX)
+def not_outside_the_models(name: str | None, kind: str, parents: dict) -> bool:
+    return not (name or "").startswith(OUTSIDE_THE_MODELS)
 
 
 def test_the_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
@@ -47,11 +49,11 @@ def test_the_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
         db.upgrade(engine)
         db.upgrade(engine)  # idempotent
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": not_the_search_index})
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": not_outside_the_models})
             differences = compare_metadata(context, Base.metadata)
             current = context.get_current_revision()
             reflected = inspect(conn)
-            tables = {name for name in reflected.get_table_names() if not_the_search_index(name, "table", {})}
+            tables = {name for name in reflected.get_table_names() if not_outside_the_models(name, "table", {})}
             indexes = {table: {ix["name"]: ix for ix in reflected.get_indexes(table)} for table in tables}
     finally:
         engine.dispose()
@@ -73,6 +75,30 @@ def test_the_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
             if engine.dialect.name == "postgresql":
                 assert reflected_where is not None, f"{index.name} is not partial"
                 assert "pending" in str(reflected_where), f"{index.name}: WHERE {reflected_where}"
+
+
+def test_on_postgresql_the_database_keeps_one_opening_per_link(tmp_path: Path) -> None:
+    """Migration 0019's partial UNIQUE index, which ``daemon.link_opens``'s insert names in its
+    ``ON CONFLICT``: on PostgreSQL only (SQLite's single writer keeps one opening per link)."""
+    url = fresh_database_url(tmp_path)
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                found = conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'uq_events_link_opened'").all()
+            else:
+                found = conn.exec_driver_sql(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_events_link_opened'").all()
+    finally:
+        engine.dispose()
+    if engine.dialect.name == "sqlite":
+        assert found == []
+    else:
+        assert [row[0] for row in found] == [
+            "CREATE UNIQUE INDEX uq_events_link_opened ON public.events USING btree (company_id, md5(detail)) "
+            "WHERE ((kind)::text = 'link.opened'::text)"]
 
 
 def insert(conn, sql: str, **params) -> None:
