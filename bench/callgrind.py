@@ -13,14 +13,15 @@ from typing import Callable
 
 
 def collected(argv: list[str], out: Path, ready: Callable[[], bool], drive: Callable[[], None],
-              env: dict[str, str] | None = None, cwd: Path | None = None, cache_sim: bool = False) -> int:
+              env: dict[str, str] | None = None, cwd: Path | None = None, simulate: bool = False) -> int:
     """Instructions of ``argv`` under callgrind (its file ``out``, its output ``out``.log): started, waited for
     until ``ready()`` (a server under valgrind takes a while), driven by ``drive()``, then stopped (SIGTERM).
-    ``cache_sim``: callgrind also simulates the caches (``totals(out)`` has their misses)."""
+    ``simulate``: callgrind also simulates the caches and the branch predictor (``totals(out)`` has their
+    misses and mispredictions)."""
     log = out.with_suffix(".log")
     with log.open("wb") as handle:
         process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                                    *(["--cache-sim=yes"] if cache_sim else []), *argv],
+                                    *(["--cache-sim=yes", "--branch-sim=yes"] if simulate else []), *argv],
                                    stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     wait_until_ready(process, ready, log)
     drive()
@@ -35,7 +36,8 @@ def collected(argv: list[str], out: Path, ready: Callable[[], bool], drive: Call
 def totals(out: Path) -> dict[str, int]:
     """The totals of a callgrind file by event: ``Ir``, and with the cache simulation the instruction and
     data reads and writes (``Dr``, ``Dw``) and their misses in the first level (``I1mr``, ``D1mr``, ``D1mw``)
-    and the last level (``ILmr``, ``DLmr``, ``DLmw``) of the machine's caches as valgrind sizes them."""
+    and the last level (``ILmr``, ``DLmr``, ``DLmw``) of the machine's caches as valgrind sizes them, and the
+    conditional and indirect branches (``Bc``, ``Bi``) and their mispredictions (``Bcm``, ``Bim``)."""
     events: list[str] = []
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith("events:"):
