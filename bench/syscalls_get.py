@@ -16,7 +16,8 @@ instructions are ``bench/callgrind_get.py``'s.
 
 WORKDIR is ``bench/callgrind_get.py``'s (its seeded instance, the floor's folder and the page size),
 seeded on the first call (minutes). Cabinet runs with the outbox worker's and scheduler's clock-driven
-polls put off (``callgrind_get.QUIET``), as for the instruction counts. Prints, per server: requests,
+polls put off (``callgrind_get.QUIET``), as for the instruction counts, and logs at the instance's
+WARNING unless ``--log-level INFO`` (the default configuration's level: the access log's line per request). Prints, per server: requests,
 user and system CPU per request (ms, all threads; the threads with a share are named), context switches
 and page faults per request, and syscalls per request by kind (those with at least 0.01). /proc's split of
 user and system time is the scheduler tick's; ``--sampled`` adds a round under ``perf record -e cpu-clock``
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--servers", default="cabinet,floor,ceiling")
     parser.add_argument("--sampled", action="store_true", help="one more round, under perf record")
+    parser.add_argument("--log-level", default="", help="Cabinet's log level (the instance's is WARNING; INFO "
+                                                         "writes the access log's line per request, to a file)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     config, cabinet_port, paths = callgrind_get.instance(args.work)
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         requests = write_requests(args.work / f"syscalls-{name}.txt", [("GET", p, "", "") for p in links])
         log = (args.work / f"syscalls-{name}.log").open("ab")
         server = subprocess.Popen(pinned(SERVER_CPU, command), stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **callgrind_get.QUIET})
+                                  env={**os.environ, **callgrind_get.QUIET,
+                                       **({"CABINET_GENERAL_LOG_LEVEL": args.log_level} if args.log_level else {})})
         log.close()
         url = f"http://127.0.0.1:{port}"
         try:
