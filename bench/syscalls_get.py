@@ -17,11 +17,13 @@ instructions are ``bench/callgrind_get.py``'s.
 WORKDIR is ``bench/callgrind_get.py``'s (its seeded instance, the floor's folder and the page size),
 seeded on the first call (minutes). Cabinet runs with the outbox worker's and scheduler's clock-driven
 polls put off (``callgrind_get.QUIET``), as for the instruction counts, and logs at the instance's
-WARNING unless ``--log-level INFO`` (the default configuration's level: the access log's line per request). Prints, per server: requests,
-user and system CPU per request (ms, all threads; the threads with a share are named), context switches
-and page faults per request, and syscalls per request by kind (those with at least 0.01). /proc's split of
-user and system time is the scheduler tick's; ``--sampled`` adds a round under ``perf record -e cpu-clock``
-that splits the CPU by library and kernel function, by timer samples.
+WARNING unless ``--log-level INFO`` (the default configuration's level: an access line per request).
+
+Prints, per server: requests; user and system CPU per request (ms), for the main thread (the event
+loop's) and the others; context switches, page faults and syscalls per request, by kind (those with at
+least 0.01), less what a round of the same length with no load counted (the clock's wake-ups). /proc's
+split of user and system time is the scheduler tick's; ``--sampled`` adds a round under ``perf record -e
+cpu-clock`` that splits the CPU by library and kernel function, by timer samples.
 
 To see which file or socket a syscall is on, attach strace to the running server for a short while
 (``strace -f -tt -e trace=fcntl,pread64,fstat,... -o FILE -p PID``): it slows the server by ten, so its
