@@ -13,12 +13,15 @@ from typing import Callable
 
 
 def collected(argv: list[str], out: Path, ready: Callable[[], bool], drive: Callable[[], None],
-              env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+              env: dict[str, str] | None = None, cwd: Path | None = None, simulate: bool = False) -> int:
     """Instructions of ``argv`` under callgrind (its file ``out``, its output ``out``.log): started, waited for
-    until ``ready()`` (a server under valgrind takes a while), driven by ``drive()``, then stopped (SIGTERM)."""
+    until ``ready()`` (a server under valgrind takes a while), driven by ``drive()``, then stopped (SIGTERM).
+    ``simulate``: callgrind also simulates the caches and the branch predictor (``totals(out)`` has their
+    misses and mispredictions)."""
     log = out.with_suffix(".log")
     with log.open("wb") as handle:
-        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+        process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                    *(["--cache-sim=yes", "--branch-sim=yes"] if simulate else []), *argv],
                                    stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     wait_until_ready(process, ready, log)
     drive()
@@ -28,6 +31,20 @@ def collected(argv: list[str], out: Path, ready: Callable[[], bool], drive: Call
     if found is None:
         raise RuntimeError(f"no count in {log}")
     return int(found.group(1))
+
+
+def totals(out: Path) -> dict[str, int]:
+    """The totals of a callgrind file by event: ``Ir``, and with the cache simulation the instruction and
+    data reads and writes (``Dr``, ``Dw``) and their misses in the first level (``I1mr``, ``D1mr``, ``D1mw``)
+    and the last level (``ILmr``, ``DLmr``, ``DLmw``) of the machine's caches as valgrind sizes them, and the
+    conditional and indirect branches (``Bc``, ``Bi``) and their mispredictions (``Bcm``, ``Bim``)."""
+    events: list[str] = []
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            return dict(zip(events, (int(n) for n in line.split()[1:])))
+    raise RuntimeError(f"no totals in {out}")
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path | None) -> None:

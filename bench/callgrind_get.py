@@ -9,7 +9,11 @@ difference of the two totals, divided by GETS, is a page's instructions without 
 floor's (``bench.floors get``, its own 1,000 invitations seeded in WORKDIR/floor, a page as long as
 Cabinet's), so the three are counted under the same load.
 
-    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling | --floor]
+    .venv/bin/python -m bench.callgrind_get WORKDIR [--gets 2000] [--ceiling | --floor] [--simulate]
+
+``--simulate`` has callgrind simulate the caches (valgrind's model of this machine's first and last
+levels) and a branch predictor as well: the misses and mispredictions per GET of a larger program,
+counted as the instructions are.
 
 WORKDIR keeps the seeded instance (seeding takes minutes) and the callgrind files, for
 ``callgrind_annotate``. Cabinet's work by the clock (the outbox worker's polls, the scheduler's
@@ -33,7 +37,7 @@ from typing import Callable
 import httpx
 
 from bench import floors, seed
-from bench.callgrind import collected, read_answer, report, wait_until_ready
+from bench.callgrind import collected, read_answer, report, totals, wait_until_ready
 from bench.instance import BIN, Instance, free_port
 
 CONNECTIONS = 16
@@ -102,13 +106,21 @@ def answers(url: str) -> Callable[[], bool]:
     return ready
 
 
-def counted(argv: list[str], port: int, paths: list[str], gets: int, out: Path) -> int:
+def counted(argv: list[str], port: int, paths: list[str], gets: int, out: Path, simulate: bool = False) -> int:
     """Instructions of ``argv`` under callgrind, serving every link once and then ``gets`` GETs."""
     def drive() -> None:
         asyncio.run(load(port, paths, len(paths)))
         asyncio.run(load(port, paths, gets))
 
-    return collected(argv, out, answers(f"http://127.0.0.1:{port}{paths[0]}"), drive, env={**os.environ, **QUIET})
+    return collected(argv, out, answers(f"http://127.0.0.1:{port}{paths[0]}"), drive, env={**os.environ, **QUIET},
+                     simulate=simulate)
+
+
+def report_misses(name: str, files: list[Path], gets: int) -> None:
+    """The simulated caches' and branch predictor's events per GET: the difference of the two runs' totals."""
+    first, second = (totals(out) for out in files)
+    per = {event: (second[event] - first.get(event, 0)) / gets for event in second}
+    print(f"{name}, per GET: " + ", ".join(f"{event} {count:,.0f}" for event, count in per.items()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     server = parser.add_mutually_exclusive_group()
     server.add_argument("--ceiling", action="store_true", help="count the ceiling's instructions instead")
     server.add_argument("--floor", action="store_true", help="count the GET floor's instructions instead")
+    parser.add_argument("--simulate", action="store_true",
+                        help="simulate the caches and branch predictor too (slower): misses per GET")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     config, cabinet_port, paths = instance(args.work)
@@ -136,8 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         port = cabinet_port
         command = [str(BIN / "cabinet"), "--config", str(config), "serve"]
         name = "cabinet"
-    totals = [counted(command, port, paths, gets, args.work / f"{name}-{gets}.cg") for gets in (0, args.gets)]
-    report(name, totals, args.gets, "GET", args.work)
+    suffix = "-simulated" if args.simulate else ""
+    files = [args.work / f"{name}-{gets}{suffix}.cg" for gets in (0, args.gets)]
+    counts = [counted(command, port, paths, gets, out, args.simulate) for gets, out in zip((0, args.gets), files)]
+    report(name, counts, args.gets, "GET", args.work)
+    if args.simulate:
+        report_misses(name, files, args.gets)
 
 
 if __name__ == "__main__":
