@@ -2,7 +2,8 @@
 
 A throwaway PostgreSQL cluster of its own (initdb in a temporary folder, a free loopback port,
 ``pg_stat_statements`` preloaded, ``track_functions = all``; autovacuum off and full-page writes off so
-that WAL bytes are the statements' own, not a checkpoint's or a vacuum's) runs a real ``cabinet serve``
+that WAL bytes are the statements' own, not a checkpoint's or a vacuum's, and an ANALYZE before the
+measure instead, for the plans autovacuum would give) runs a real ``cabinet serve``
 (``bench.instance.Instance``, its emails to a Maildir, as ``bench/run.py``'s accept bench sends them)
 and then the floor (``bench/floors_pg.py``'s accept app, its emails to ``bench.ceilings``' SMTP sink),
 each in a database of its own. Each takes ``--warm`` accepts first (pools, caches, prepared statements),
@@ -143,6 +144,8 @@ class Database:
 
     def start(self) -> None:
         """Counters from now (after every backend's pending counters went out)."""
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(f"{TAG} ANALYZE")  # the plans autovacuum's ANALYZE would give (it is off)
         time.sleep(STATS_FLUSH)
         with psycopg.connect(self._server, autocommit=True) as connection:
             connection.execute("SELECT pg_stat_statements_reset()")
