@@ -14,6 +14,7 @@ last email is out. Per accept:
   shared blocks hit/dirtied/written, WAL records and bytes; those of the outbox worker (it claims and
   marks the outbox: ``UPDATE outbox``/``SELECT … FROM outbox``) apart from the accept's own;
 - WAL bytes (``pg_current_wal_lsn`` before and after), commits and rollbacks (``pg_stat_database``);
+- WAL records by kind (``pg_waldump --stats=record`` over the same LSNs: index entries, row locks, commits);
 - tuples inserted/updated/HOT-updated/deleted per table and its index count (``pg_stat_user_tables``),
   trigger functions' calls (``pg_stat_user_functions``).
 
@@ -50,9 +51,27 @@ TAG = "/* pg_accept_work */"  # the bench's own statements, left out
 _WORKER = re.compile(r"^\s*(UPDATE\s+outbox\b|SELECT\b.*\bFROM\s+outbox\b)", re.IGNORECASE | re.DOTALL)
 
 
+@dataclass(frozen=True)
+class Cluster:
+    url: str  # the maintenance database's: postgresql://postgres@127.0.0.1:PORT/postgres
+    bin_dir: Path
+    data: Path
+
+    def wal_records(self, start: str, end: str) -> dict[str, int]:
+        """The WAL records between two LSNs by kind (``pg_waldump --stats=record``), e.g. ``Heap/INSERT``."""
+        out = subprocess.run([str(self.bin_dir / "pg_waldump"), "--stats=record", "-p", str(self.data / "pg_wal"),
+                              "-s", start, "-e", end], capture_output=True, text=True, check=True).stdout
+        records = {}
+        for line in out.splitlines():
+            found = re.match(r"^(\w+/\S+(?: \S+)*?)\s+(\d+) \(", line)
+            if found and found.group(1) != "Total":
+                records[found.group(1)] = int(found.group(2))
+        return records
+
+
 @contextmanager
-def cluster() -> Iterator[str]:
-    """A throwaway cluster's maintenance URL (``postgresql://postgres@127.0.0.1:PORT/postgres``)."""
+def cluster() -> Iterator[Cluster]:
+    """A throwaway cluster, started; stopped and removed on exit."""
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not binaries:
         raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
@@ -75,7 +94,7 @@ def cluster() -> Iterator[str]:
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        yield url
+        yield Cluster(url, bin_dir, data)
     finally:
         subprocess.run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                        cwd=root, capture_output=True)
@@ -118,16 +137,18 @@ class Measured:
     tables: dict[str, tuple[int, int, int, int]]
     indexes: dict[str, int]
     functions: dict[str, int]
+    records: dict[str, int]  # WAL records by kind (pg_waldump), the accepts' and their emails' together
 
 
 class Database:
     """One database of the cluster, measured between ``start`` and ``stop``."""
 
-    def __init__(self, server: str, name: str) -> None:
+    def __init__(self, cluster: Cluster, name: str) -> None:
         self.name = name
-        self.url = server.rsplit("/", 1)[0] + "/" + name
-        self._server = server
-        with psycopg.connect(server, autocommit=True) as connection:
+        self.url = cluster.url.rsplit("/", 1)[0] + "/" + name
+        self._cluster = cluster
+        self._server = cluster.url
+        with psycopg.connect(self._server, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # a fixed name
 
     def _snapshot(self) -> Snapshot:
@@ -160,6 +181,7 @@ class Database:
                 "WHERE d.datname = %s", (self.name,)).fetchall()
             lsn = connection.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
             wal = connection.execute("SELECT pg_wal_lsn_diff(%s, %s)", (lsn, self._before.lsn)).fetchone()[0]  # type: ignore[index]
+        records = self._cluster.wal_records(self._before.lsn, lsn)
         time.sleep(STATS_FLUSH)
         after = self._snapshot()
         with psycopg.connect(self.url, autocommit=True) as connection:
@@ -184,7 +206,7 @@ class Database:
         functions = {name: calls - self._before.functions.get(name, 0) for name, calls in after.functions.items()
                      if calls != self._before.functions.get(name, 0)}
         return Measured(accepts, statements, int(wal), after.commits - self._before.commits,
-                        after.rollbacks - self._before.rollbacks, tables, indexes, functions)  # type: ignore[arg-type]
+                        after.rollbacks - self._before.rollbacks, tables, indexes, functions, records)  # type: ignore[arg-type]
 
     def drop(self) -> None:
         with psycopg.connect(self._server, autocommit=True) as connection:
@@ -196,7 +218,7 @@ def _emails_waiting(url: str) -> int:
         return int(connection.execute(f"{TAG} SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0])  # type: ignore[index]
 
 
-def cabinet(server: str, work: Path, accepts: int, warm: int, verbose: bool = False) -> Measured:
+def cabinet(server: Cluster, work: Path, accepts: int, warm: int, verbose: bool = False) -> Measured:
     """``accepts`` accept POSTs through a real ``cabinet serve``, measured until their emails are out."""
     db = Database(server, "cabinet_work")
     inst = Instance(work / "cabinet", db.url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -219,7 +241,7 @@ def cabinet(server: str, work: Path, accepts: int, warm: int, verbose: bool = Fa
         db.drop()
 
 
-def floor(server: str, work: Path, accepts: int, warm: int) -> Measured:
+def floor(server: Cluster, work: Path, accepts: int, warm: int) -> Measured:
     """The same through ``bench/floors_pg.py``'s accept (plain writes), its emails to an SMTP sink."""
     db = Database(server, "floor_work")
     folder = work / "floor"
@@ -276,6 +298,9 @@ def report(label: str, measured: Measured, top: int) -> str:
         lines.append(f"   {table} ({measured.indexes.get(table, 0)}): {ins / n:.2f} {upd / n:.2f} {hot / n:.2f} {dele / n:.2f}")
     lines.append(f"   all tables: inserted {sum(t[0] for t in measured.tables.values()) / n:.2f}, updated "
                  f"{sum(t[1] for t in measured.tables.values()) / n:.2f} (HOT {sum(t[2] for t in measured.tables.values()) / n:.2f})")
+    lines.append("-- WAL records per accept (pg_waldump --stats=record; accepts and emails together): " + ", ".join(
+        f"{kind} {count / n:.2f}" for kind, count in sorted(measured.records.items(), key=lambda r: -r[1])
+        if count / n >= 0.05))
     if measured.functions:
         lines.append("-- function (trigger) calls per accept: " + ", ".join(
             f"{name} {calls / n:.2f}" for name, calls in sorted(measured.functions.items())))
