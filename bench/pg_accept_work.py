@@ -14,7 +14,8 @@ last email is out. Per accept:
   shared blocks hit/dirtied/written, WAL records and bytes; those of the outbox worker (it claims and
   marks the outbox: ``UPDATE outbox``/``SELECT … FROM outbox``) apart from the accept's own;
 - WAL bytes (``pg_current_wal_lsn`` before and after), commits and rollbacks (``pg_stat_database``);
-- WAL records by kind (``pg_waldump --stats=record`` over the same LSNs: index entries, row locks, commits);
+- WAL records by kind (``pg_waldump --stats=record`` over the same LSNs: index entries, row locks, commits)
+  and the rows locked (``Heap/LOCK``) by table;
 - tuples inserted/updated/HOT-updated/deleted per table and its index count (``pg_stat_user_tables``),
   trigger functions' calls (``pg_stat_user_functions``).
 
@@ -34,6 +35,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,12 @@ class Cluster:
             if found and found.group(1) != "Total":
                 records[found.group(1)] = int(found.group(2))
         return records
+
+    def row_locks(self, start: str, end: str) -> Counter[int]:
+        """``Heap/LOCK`` records (a row locked: a foreign key's check, ``FOR UPDATE``) by relfilenode."""
+        out = subprocess.run([str(self.bin_dir / "pg_waldump"), "-r", "Heap", "-p", str(self.data / "pg_wal"),
+                              "-s", start, "-e", end], capture_output=True, text=True, check=True).stdout
+        return Counter(int(found.group(1)) for found in re.finditer(r"desc: LOCK .*?rel \d+/\d+/(\d+)", out))
 
 
 @contextmanager
@@ -138,6 +146,7 @@ class Measured:
     indexes: dict[str, int]
     functions: dict[str, int]
     records: dict[str, int]  # WAL records by kind (pg_waldump), the accepts' and their emails' together
+    row_locks: dict[str, int]  # Heap/LOCK records by table
 
 
 class Database:
@@ -182,9 +191,12 @@ class Database:
             lsn = connection.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
             wal = connection.execute("SELECT pg_wal_lsn_diff(%s, %s)", (lsn, self._before.lsn)).fetchone()[0]  # type: ignore[index]
         records = self._cluster.wal_records(self._before.lsn, lsn)
+        locks = self._cluster.row_locks(self._before.lsn, lsn)
         time.sleep(STATS_FLUSH)
         after = self._snapshot()
         with psycopg.connect(self.url, autocommit=True) as connection:
+            names = dict(connection.execute(
+                "SELECT pg_relation_filenode(oid)::bigint, relname FROM pg_class WHERE relkind = 'r'").fetchall())
             indexes = {row[0]: row[1] for row in connection.execute(
                 "SELECT c.relname, count(i.indexrelid) FROM pg_class c LEFT JOIN pg_index i ON i.indrelid = c.oid "
                 "WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace GROUP BY c.relname")}
@@ -206,7 +218,8 @@ class Database:
         functions = {name: calls - self._before.functions.get(name, 0) for name, calls in after.functions.items()
                      if calls != self._before.functions.get(name, 0)}
         return Measured(accepts, statements, int(wal), after.commits - self._before.commits,
-                        after.rollbacks - self._before.rollbacks, tables, indexes, functions, records)  # type: ignore[arg-type]
+                        after.rollbacks - self._before.rollbacks, tables, indexes, functions, records,
+                        {names.get(node, str(node)): count for node, count in locks.items()})  # type: ignore[arg-type]
 
     def drop(self) -> None:
         with psycopg.connect(self._server, autocommit=True) as connection:
@@ -301,6 +314,8 @@ def report(label: str, measured: Measured, top: int) -> str:
     lines.append("-- WAL records per accept (pg_waldump --stats=record; accepts and emails together): " + ", ".join(
         f"{kind} {count / n:.2f}" for kind, count in sorted(measured.records.items(), key=lambda r: -r[1])
         if count / n >= 0.05))
+    lines.append("-- rows locked per accept (Heap/LOCK by table): " + ", ".join(
+        f"{table} {count / n:.2f}" for table, count in sorted(measured.row_locks.items(), key=lambda r: -r[1])))
     if measured.functions:
         lines.append("-- function (trigger) calls per accept: " + ", ".join(
             f"{name} {calls / n:.2f}" for name, calls in sorted(measured.functions.items())))
