@@ -207,6 +207,8 @@ class Database:
                 print("   outbox raw bytes, stored:", connection.execute(
                     "SELECT avg(length(raw))::int, avg(pg_column_size(raw))::int, avg(pg_column_size(o.*))::int "
                     "FROM outbox o WHERE raw IS NOT NULL").fetchone())
+                print("   outbox heap and TOAST bytes per row:", connection.execute(
+                    "SELECT pg_table_size('outbox') / count(*), pg_relation_size('outbox') / count(*) FROM outbox").fetchone())
         statements = [Statement(" ".join(str(query).split()), bool(top), *map(int, rest))
                       for query, top, *rest in rows if TAG not in str(query)]
         tables = {}
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accepts", type=int, default=400, help="accepts measured")
     parser.add_argument("--warm", type=int, default=50, help="accepts before the measure")
     parser.add_argument("--no-floor", action="store_true", help="Cabinet only")
-    parser.add_argument("--schema", action="store_true", help="also Cabinet's indexes and the stored emails' sizes")
+    parser.add_argument("--schema", action="store_true", help="also Cabinet's indexes, the stored emails' and the outbox's sizes")
     parser.add_argument("--top", type=int, default=25, help="statements listed per side")
     args = parser.parse_args(argv)
     with cluster() as server, tempfile.TemporaryDirectory(prefix="cabinet-pgwork-run-") as work:
