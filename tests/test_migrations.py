@@ -12,6 +12,7 @@ from pathlib import Path
 from pprint import pformat
 from types import ModuleType
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -251,3 +252,30 @@ def test_on_postgresql_the_outbox_claims_are_hot_updates(tmp_path: Path) -> None
         engine.dispose()
     assert (updated, hot) == (rows, rows)
     assert fillfactor == ["fillfactor=50"]
+
+
+def test_on_postgresql_the_outbox_stores_an_emails_bytes_compressed_with_lz4(tmp_path: Path) -> None:
+    """Migration 0020: an email's stored bytes are compressed with lz4 (pglz took 290k instructions an
+    email in the backend, lz4 54k: bench/pg_compression.py). A server without lz4 keeps pglz (logged): then this is skipped."""
+    url = fresh_database_url(tmp_path)
+    engine = db.make_engine(url)
+    email = (Path(__file__).parent / "fixtures" / "emails" / "en" / "client_added.sample.eml").read_bytes()
+    try:
+        db.upgrade(engine)
+        if engine.dialect.name != "postgresql":
+            return  # SQLite stores the bytes as they are
+        with engine.begin() as conn:
+            insert(conn, "INSERT INTO outbox (message_id, ref, kind, envelope_from, recipient, subject, state, "
+                   "attempts, created_at, next_attempt_at, raw) VALUES ('<1@cabinet.example>', 'ref1', 'client_added', "
+                   "'bounce@cabinet.example', 'staff@firm.example', 'A client', 'sent', 1, :created, :created, :raw)",
+                   created=CREATED, raw=email)
+            method, stored = conn.exec_driver_sql(
+                "SELECT pg_column_compression(raw), pg_column_size(raw) FROM outbox").one()
+            has_lz4 = conn.exec_driver_sql("SELECT count(*) FROM pg_settings WHERE name = 'default_toast_compression' "
+                                           "AND 'lz4' = ANY(enumvals)").scalar()
+    finally:
+        engine.dispose()
+    if not has_lz4:
+        pytest.skip("this PostgreSQL is built without lz4")
+    assert method == "lz4"
+    assert stored < len(email)
