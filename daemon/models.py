@@ -262,7 +262,8 @@ class Client(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), index=True)
+    # No index of its own: four of the above begin with firm_id (migration 0020).
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"))
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), index=True)
     kind: Mapped[str] = mapped_column(String(20))
     name: Mapped[str] = mapped_column(String(200))

@@ -202,8 +202,9 @@ def test_rendered_by_the_worker_once_and_resent_byte_identical(tmp_path: Path, r
         assert asyncio.run(cabinet.worker.send_due()) == 0
     finally:
         cabinet.close()
-    ((first,),) = env.sql("SELECT raw FROM outbox")
+    ((first, content),) = env.sql("SELECT raw, content FROM outbox")
     assert first is not None and b"Message-ID" in bytes(first)
+    assert content is None  # the bytes are kept: what they were rendered from is not (it was WAL for nothing)
     (override / "invitation.subject").write_text("A different subject\n")
     sink.refuse = False
     clock.advance(seconds=backoff(1).total_seconds() + 1)
@@ -215,6 +216,36 @@ def test_rendered_by_the_worker_once_and_resent_byte_identical(tmp_path: Path, r
     (envelope,) = sink.received
     assert envelope.original_content.replace(b"\r\n", b"\n") == bytes(first).replace(b"\r\n", b"\n")
     assert b"A different subject" not in envelope.original_content
+    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1", "--raw"])
+    assert shown.exit_code == 0 and shown.output.rstrip("\n") == bytes(first).decode().rstrip("\n")
+
+
+def test_an_email_sent_at_its_first_attempt_keeps_its_bytes_not_what_they_were_rendered_from(
+        tmp_path: Path, relay) -> None:
+    """The batched "sent" mark (``_record_sent_many``) stores the bytes and clears ``content``; the
+    operator's `mail show --raw` shows the bytes sent."""
+    sink, port = relay
+    env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
+                                 'relay_tls = "none"\n')
+    from click.testing import CliRunner
+
+    from daemon.cli import cli as cabinet_cli
+
+    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
+                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
+        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
+        assert result.exit_code == 0, result.output
+    cabinet = build(load_config(env.config_path), clock=FakeClock())
+    try:
+        assert asyncio.run(cabinet.worker.send_due()) == 1
+    finally:
+        cabinet.close()
+    ((state, raw, content),) = env.sql("SELECT state, raw, content FROM outbox")
+    assert (state, content) == ("sent", None)
+    (envelope,) = sink.received
+    assert envelope.original_content.replace(b"\r\n", b"\n") == bytes(raw).replace(b"\r\n", b"\n")
+    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1", "--raw"])
+    assert shown.exit_code == 0 and shown.output.rstrip("\n") == bytes(raw).decode().rstrip("\n")
 
 
 def test_relay_connections_are_kept_open_and_replaced_when_the_relay_drops_them(tmp_path: Path) -> None:
