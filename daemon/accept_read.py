@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Integer, Select, and_, bindparam, case, func, or_, select, true, type_coerce
+from sqlalchemy import JSON, Integer, Select, bindparam, case, func, select, true, type_coerce
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from daemon.domain import told_staff
@@ -85,18 +85,23 @@ def accept_read(dialect: str) -> Select[Any]:
         .where(*told_staff(chosen.c.id, staff_user)),
         staff_user.c.id, chosen,
     )
-    entry = (
-        select(_json_row(dialect, clients.c.id, clients.c.company_id, admin.c.email))
-        .outerjoin(admin, admin.c.id == clients.c.primary_admin_id)
-        .where(
-            clients.c.firm_id == chosen.c.id,
-            or_(clients.c.company_id == company.c.id,
-                and_(clients.c.company_id.is_(None), clients.c.name_key == company.c.name_key)),
+
+    def entry_where(*found_by: Any) -> Any:
+        return (
+            select(_json_row(dialect, clients.c.id, clients.c.company_id, admin.c.email))
+            .outerjoin(admin, admin.c.id == clients.c.primary_admin_id)
+            .where(clients.c.firm_id == chosen.c.id, *found_by)
+            .limit(1)
+            .scalar_subquery()
         )
-        .order_by(clients.c.company_id.is_(None))
-        .limit(1)
-        .scalar_subquery()
-    )
+
+    # By its company, else by its name with no company yet: each a lookup by a unique key of the firm's
+    # roster, the first found kept. (One lookup of either, ORDER BY the company's absence LIMIT 1, had
+    # SQLite build a temporary index per accept to sort at most two rows.)
+    entry = type_coerce(func.coalesce(
+        entry_where(clients.c.company_id == company.c.id),
+        entry_where(clients.c.company_id.is_(None), clients.c.name_key == company.c.name_key),
+    ), JSON)
     product_ids = _json_list(
         dialect, Product.__table__.c.id,
         select(Product.__table__.c.id).join(products, products.c.product_id == Product.__table__.c.id)
