@@ -30,10 +30,6 @@ from daemon.prepared import Compiled
 
 T = TypeVar("T")
 
-# Parameters in one multi-row INSERT at most (``PreparedWrite.rows``): SQLite's limit before 3.32
-# (SQLITE_MAX_VARIABLE_NUMBER, 32,766 since), far under PostgreSQL's 65,535.
-MAX_PARAMETERS = 999
-
 
 class _Compiled(Compiled):
     """One write statement compiled for one dialect."""
@@ -135,13 +131,8 @@ class PreparedWrite:
         if not rows:
             return []
         compiled = self.compiled(connection.dialect)
-        result = _fetch_all if compiled.row is not None else _no_rows
-        # Rows past one statement's parameters (``MAX_PARAMETERS``) go in the next statement, in order.
-        per_statement = max(1, MAX_PARAMETERS // len(compiled.bind_names))
-        found: list[Any] = []
-        for start in range(0, len(rows), per_statement):
-            sql, parameters = self.rows_statement(connection.dialect, rows[start:start + per_statement])
-            found += _run(connection, sql, parameters, False, result)
+        sql, parameters = self.rows_statement(connection.dialect, rows)
+        found = _run(connection, sql, parameters, False, _fetch_all if compiled.row is not None else _no_rows)
         return [compiled.typed(row) for row in found]
 
     def send(self, connection: Connection, binds: dict[str, Any]) -> Callable[[], Any]:

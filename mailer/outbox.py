@@ -155,11 +155,8 @@ class Outbox:
         }
 
     def queue_prepared(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
-        """Insert prepared rows in the caller's transaction (a Core write, no ORM flush), in order: one
-        multi-row INSERT (``PreparedWrite.rows``), not an executemany: SQLite runs an executemany's
-        statement once per row, each run started and halted, its statement journal opened and closed,
-        and a batch of accepts queues two emails each."""
-        _PREPARED_INSERT.rows(connection, rows)
+        """Insert prepared rows in the caller's transaction (a Core write): one executemany, no ORM flush."""
+        _PREPARED_INSERT.many(connection, rows)
 
     def _values(self, content: dict[str, Any]) -> dict[str, Any]:
         # ``now`` for deadlines ("in 47 hours"), ``to_name`` for the greeting (a name, never an address).

@@ -15,7 +15,7 @@ from daemon.app import build
 from daemon.config import load_config
 from daemon.db import engine_of
 from daemon.models import Client, Event, Invitation, OutboxMessage, search_key
-from daemon.prepared_write import MAX_PARAMETERS, PreparedWrite
+from daemon.prepared_write import PreparedWrite
 from daemon.roster import _ACCEPT, _CLIENT_INSERT, _EVENT_INSERT
 from mailer.outbox import _PREPARED_INSERT
 from tests.conftest import Cli, Env, Seed
@@ -147,13 +147,6 @@ def test_the_accepts_writes_store_what_core_stores(cli: Cli, seed: Seed, env: En
         # The same rows as ONE multi-row INSERT (``rows``: SQLite's ``?`` groups, psycopg's ``%(name)s``
         # written as ``%s`` groups): stored as Core's executemany stores them.
         _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, copies, copies, together=True)
-        # More rows than one statement's parameters take (``MAX_PARAMETERS``): the next statement goes on
-        # with the rest, in order (a batch of accepts by a firm of many staff queues that many emails).
-        per_statement = MAX_PARAMETERS // len(outbox_columns)
-        spilled = [{**email, "message_id": f"<spill{i}@example>", "ref": f"spill{i}"}
-                   for i, email in enumerate(emails * (per_statement // len(emails) + 1))]
-        assert len(spilled) > per_statement
-        _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, spilled, spilled, together=True)
         events = [{**event, "actor": f"{n}@example"} for n in range(3)]
         _both_ways(engine, _EVENT_INSERT, Event.__table__, events, events, together=True)
         clients = [{**client, "name": name, "name_key": name.lower(), "company_id": None,
