@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, Integer, Select, and_, bindparam, case, func, or_, select, true, type_coerce
+from sqlalchemy import JSON, Integer, Select, and_, bindparam, exists, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from daemon.domain import told_staff
@@ -63,21 +63,17 @@ def accept_read(dialect: str) -> Select[Any]:
     several and none named, is a refusal the locked path words); ``staff`` and ``entry`` are read for
     that firm.
     """
-    inv, company, user, firm = Invitation.__table__, Company.__table__, User.__table__, Firm.__table__
+    inv, company, user = Invitation.__table__, Company.__table__, User.__table__
     membership, clients, products = Membership.__table__, Client.__table__, CompanyProduct.__table__
     staff_user, admin = User.__table__.alias("staff_user"), User.__table__.alias("primary_admin")
-    # The user's firms the request may mean: the one it names (coalesce: no name, every firm of theirs).
-    candidates = (
-        select(firm.c.id, firm.c.name)
-        .join(membership, membership.c.firm_id == firm.c.id)
-        .where(membership.c.user_id == bindparam("user_id"),
-               firm.c.id == func.coalesce(bindparam("firm_id", type_=Integer), firm.c.id))
-        .subquery("candidates")
-    )
-    one = func.count() == 1
-    chosen = select(
-        case((one, func.max(candidates.c.id))).label("id"), case((one, func.max(candidates.c.name))).label("name"),
-    ).subquery("chosen")
+    # The firm the accept is for: the user's membership of the firm the request names, or (no name) their
+    # only one; none when they have several and name none. Two plain LEFT JOINs (the membership, then its
+    # firm), no aggregate: SQLite wrote the count-and-max subquery this replaced to a temporary table
+    # on every accept.
+    mine, chosen = Membership.__table__.alias("mine"), Firm.__table__.alias("chosen")
+    other = Membership.__table__.alias("other")
+    named = bindparam("firm_id", type_=Integer)
+    only_one = ~exists().where(other.c.user_id == mine.c.user_id, other.c.firm_id != mine.c.firm_id, named.is_(None))
     staff = _json_list(
         dialect,
         _json_row(dialect, staff_user.c.email, staff_user.c.name, staff_user.c.locale, staff_user.c.timezone),
@@ -85,18 +81,23 @@ def accept_read(dialect: str) -> Select[Any]:
         .where(*told_staff(chosen.c.id, staff_user)),
         staff_user.c.id, chosen,
     )
-    entry = (
-        select(_json_row(dialect, clients.c.id, clients.c.company_id, admin.c.email))
-        .outerjoin(admin, admin.c.id == clients.c.primary_admin_id)
-        .where(
-            clients.c.firm_id == chosen.c.id,
-            or_(clients.c.company_id == company.c.id,
-                and_(clients.c.company_id.is_(None), clients.c.name_key == company.c.name_key)),
+
+    def entry_where(*found_by: Any) -> Any:
+        return (
+            select(_json_row(dialect, clients.c.id, clients.c.company_id, admin.c.email))
+            .outerjoin(admin, admin.c.id == clients.c.primary_admin_id)
+            .where(clients.c.firm_id == chosen.c.id, *found_by)
+            .limit(1)
+            .scalar_subquery()
         )
-        .order_by(clients.c.company_id.is_(None))
-        .limit(1)
-        .scalar_subquery()
-    )
+
+    # By its company, else by its name with no company yet: each a lookup by a unique key of the firm's
+    # roster, the first found kept. (One lookup of either, ORDER BY the company's absence LIMIT 1, had
+    # SQLite build a temporary index per accept to sort at most two rows.)
+    entry = type_coerce(func.coalesce(
+        entry_where(clients.c.company_id == company.c.id),
+        entry_where(clients.c.company_id.is_(None), clients.c.name_key == company.c.name_key),
+    ), JSON)
     product_ids = _json_list(
         dialect, Product.__table__.c.id,
         select(Product.__table__.c.id).join(products, products.c.product_id == Product.__table__.c.id)
@@ -121,7 +122,9 @@ def accept_read(dialect: str) -> Select[Any]:
         .select_from(inv)
         .join(company, company.c.id == inv.c.company_id)
         .outerjoin(user, user.c.id == bindparam("user_id"))
-        .join(chosen, true())
+        .outerjoin(mine, and_(mine.c.user_id == bindparam("user_id"),
+                              mine.c.firm_id == func.coalesce(named, mine.c.firm_id), only_one))
+        .outerjoin(chosen, chosen.c.id == mine.c.firm_id)
         .where(inv.c.id == bindparam("id"))
     )
 

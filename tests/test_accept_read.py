@@ -94,6 +94,43 @@ def test_an_accept_connects_the_entry_added_under_the_companys_name(
     assert cabinet.roster.list_clients("Gagnon & Associés") == []
 
 
+def test_the_companys_own_entry_comes_before_one_under_its_name(
+    cabinet: Cabinet, cli: Cli, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two entries the accept may find: one under the company's name with no company yet, and the company's
+    # own (on the roster under an older name): the company's own is the one reconnected.
+    for name in (COMPANY.upper(), "Ancienne Boulangerie"):
+        cli("client", "add", "--firm", "Tremblay CPA", "--kind", "business", "--name", name, "--billing", "none")
+    env.write("UPDATE clients SET company_id = (SELECT id FROM companies WHERE name = :company) "
+              "WHERE name = 'Ancienne Boulangerie'", company=COMPANY)
+    own = env.sql("SELECT id FROM clients WHERE company_id IS NOT NULL")[0][0]
+    sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
+    token, user_id = invitation_token(cabinet, sent.id), cabinet.roster.find_staff(ACCOUNTANT).id
+    plan = cabinet.roster.plan_accept(token, user_id, None)
+    assert plan is not None and plan.client is not None
+    assert (plan.client.id, plan.client.company_id) == (own, env.sql("SELECT id FROM companies")[0][0])
+    never_in_the_lock(monkeypatch, cabinet)
+    assert cabinet.roster.accept_invitation(token, user_id, None).client.id == own
+    assert env.sql("SELECT count(*) FROM clients WHERE company_id IS NULL") == [(1,)]
+
+
+def test_a_member_of_two_firms_accepts_for_the_one_they_name(cabinet: Cabinet, cli: Cli) -> None:
+    both = "ines@both.example"
+    cli("staff", "add", both, "--name", "Inès Côté", "--firm", "Tremblay CPA", "--firm", "Gagnon & Associés",
+        "--password-stdin", input=PASSWORD + "\n")
+    sent = cabinet.roster.send_invitation(COMPANY, both)
+    token, user_id = invitation_token(cabinet, sent.id), cabinet.roster.find_staff(both).id
+    assert cabinet.roster.plan_accept(token, user_id, None) is None  # two firms, none named: the refusal's
+    for firm in ("Gagnon & Associés", "Tremblay CPA"):
+        firm_id = cabinet.roster.find_firm(firm).id
+        plan = cabinet.roster.plan_accept(token, user_id, firm_id)
+        assert plan is not None and (plan.firm_id, plan.firm_name) == (firm_id, firm)
+    # The firm's active staff to tell, by id: Gagnon's are Luc and Inès.
+    plan = cabinet.roster.plan_accept(token, user_id, cabinet.roster.find_firm("Gagnon & Associés").id)
+    assert plan is not None
+    assert sorted(email["recipient"] for email in plan.emails) == sorted([ADMIN, "luc@gagnon.example", both])
+
+
 def test_an_accept_for_a_firm_that_is_not_the_users_is_refused_as_before(cabinet: Cabinet, env: Env) -> None:
     sent = cabinet.roster.send_invitation(COMPANY, ACCOUNTANT)
     gagnon = cabinet.roster.find_firm("Gagnon & Associés").id
