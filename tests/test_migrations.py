@@ -7,16 +7,18 @@ server when ``CABINET_TEST_DATABASE_URL`` is set (see conftest), so both hold on
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from pprint import pformat
 from types import ModuleType
+from typing import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import bindparam, inspect, select, text
+from sqlalchemy import Connection, bindparam, inspect, select, text
 from sqlalchemy.orm import Session
 
 from daemon import db
@@ -78,23 +80,30 @@ def test_the_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
                 assert "pending" in str(reflected_where), f"{index.name}: WHERE {reflected_where}"
 
 
-def test_on_postgresql_the_database_keeps_one_opening_per_link(tmp_path: Path) -> None:
-    """Migration 0019's partial UNIQUE index, which ``daemon.link_opens``'s insert names in its
-    ``ON CONFLICT``: on PostgreSQL only (SQLite's single writer keeps one opening per link)."""
-    url = fresh_database_url(tmp_path)
-    engine = db.make_engine(url)
+@contextmanager
+def at_head(tmp_path: Path) -> Iterator[Connection]:
+    """A connection to a fresh database upgraded to head (the engine disposed of afterwards)."""
+    engine = db.make_engine(fresh_database_url(tmp_path))
     try:
         db.upgrade(engine)
         with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                found = conn.exec_driver_sql(
-                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'uq_events_link_opened'").all()
-            else:
-                found = conn.exec_driver_sql(
-                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_events_link_opened'").all()
+            yield conn
     finally:
         engine.dispose()
-    if engine.dialect.name == "sqlite":
+
+
+def test_on_postgresql_the_database_keeps_one_opening_per_link(tmp_path: Path) -> None:
+    """Migration 0019's partial UNIQUE index, which ``daemon.link_opens``'s insert names in its
+    ``ON CONFLICT``: on PostgreSQL only (SQLite's single writer keeps one opening per link)."""
+    with at_head(tmp_path) as conn:
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            found = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'uq_events_link_opened'").all()
+        else:
+            found = conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_events_link_opened'").all()
+    if dialect == "sqlite":
         assert found == []
     else:
         assert [row[0] for row in found] == [
@@ -129,23 +138,18 @@ def test_the_database_at_head_has_the_triggers_the_code_relies_on(tmp_path: Path
     On SQLite a migration that rebuilds ``clients`` (Alembic's batch mode copies the table and drops the
     old one) drops them with it: the counts' and search's tests then fail far from the cause, where this
     one names the triggers missing (or one no migration meant to leave)."""
-    url = fresh_database_url(tmp_path)
-    engine = db.make_engine(url)
-    try:
-        db.upgrade(engine)
-        with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                found = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars())
-                search_index = conn.exec_driver_sql(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'clients_search'").scalar()
-            else:
-                found = set(conn.exec_driver_sql(
-                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
-                    "AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace)"
-                ).scalars())
-    finally:
-        engine.dispose()
-    if engine.dialect.name == "sqlite":
+    with at_head(tmp_path) as conn:
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            found = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars())
+            search_index = conn.exec_driver_sql(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'clients_search'").scalar()
+        else:
+            found = set(conn.exec_driver_sql(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+                "AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace)"
+            ).scalars())
+    if dialect == "sqlite":
         # Without FTS5's trigram tokenizer 0015 builds no search index, and the search scans the roster.
         search = {sql.split()[2] for sql in migration("0015").SQLITE_TRIGGERS}  # CREATE TRIGGER name …
         expected = set(migration("0017").SQLITE_TRIGGERS) | (search if search_index else set())
