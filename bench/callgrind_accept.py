@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
@@ -96,8 +97,11 @@ def _answers(port: int) -> bool:
 def counted(argv: list[str], port: int, requests: list[tuple[str, str, str]], out: Path) -> int:
     """Instructions of ``argv`` under callgrind, serving ``requests``. Started in the run's folder: ``python -c``
     imports from its working directory first, which must not be a checkout other than the one whose
-    interpreter was asked for."""
-    return collected(argv, out, lambda: _answers(port), lambda: asyncio.run(load(port, requests)), cwd=out.parent)
+    interpreter was asked for. A fixed hash seed: with a random one, dict lookups alone moved the count by
+    18k-30k an accept from run to run (bench/callgrind_accept_write.py's finding)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return collected(argv, out, lambda: _answers(port), lambda: asyncio.run(load(port, requests)), env=env,
+                     cwd=out.parent)
 
 
 def one(work: Path, seed_folder: Path, requests: list[tuple[str, str, str]], python: str, floor: bool,
