@@ -186,10 +186,9 @@ class LinkOpens(DomainService):
         super().__init__(ctx)
         postgresql = engine_of(ctx.sessions).dialect.name == "postgresql"
         writers = POSTGRESQL_WRITERS if postgresql else 1
-        # PostgreSQL's statement and row order keep one opening per link across transactions; SQLite's
-        # single writer does with the plain statement, in the order noted.
+        # PostgreSQL's statement keeps one opening per link across transactions; SQLite's single writer
+        # does with the plain statement.
         self._first_opening = _FIRST_OPENING_ONCE if postgresql else _FIRST_OPENING
-        self._in_key_order = postgresql
         # max_age=0: a batch is written at once; the openings noted while it is written make the next one.
         self._batches: BatchRecorder[Opening, Exception | None] = BatchRecorder(
             self.record_openings, size=BATCH, max_age=0, writers=writers)
@@ -233,8 +232,8 @@ class LinkOpens(DomainService):
              "detail": detail_text(opening.detail)}
             for opening in openings
         ]
-        # The rows' positions in the order they are written (on SQLite, as noted).
-        order = _in_key_order(rows) if self._in_key_order else range(len(rows))
+        # Written in key order on either database (only PostgreSQL's concurrent batches need it).
+        order = _in_key_order(rows)
         first_opening = self._first_opening
         outcomes: list[Exception | None] = [None] * len(rows)
         with write_connection(self._sessions) as connection:

@@ -16,16 +16,32 @@ from typing import Any, Callable
 
 import pytest
 from aiosmtpd.controller import Controller
+from click.testing import CliRunner, Result
 from aiosmtpd.smtp import Envelope, Session, SMTP
 from sqlalchemy import event, text
 
 from daemon.app import build
+from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
 from daemon.db import engine_of, write_transaction, writes_waiting
 from mailer.outbox import backoff, jittered
 from mailer.transports import TransportError
 from tests.conftest import Cli, Env, FakeClock, free_port, write_config
 from tests.test_group_commit import wait_for
+
+
+def command(env: Env, *args: str, input: str | None = None, expect: int = 0) -> Result:
+    """A `cabinet` command on ``env``'s configuration, which must exit with ``expect``."""
+    result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args], input=input)
+    assert result.exit_code == expect, result.output
+    return result
+
+
+def one_invitation(env: Env) -> None:
+    """The database made, a company, and one invitation queued to send."""
+    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
+                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
+        command(env, *args)
 
 
 class Sink:
@@ -64,14 +80,8 @@ def smtp_env(tmp_path: Path, relay) -> Env:
 
 @pytest.fixture
 def smtp_cli(smtp_env: Env) -> Cli:
-    from click.testing import CliRunner
-
-    from daemon.cli import cli as cabinet_cli
-
-    def run(*args: str, input: str | None = None, expect: int = 0):
-        result = CliRunner().invoke(cabinet_cli, ["--config", str(smtp_env.config_path), *args], input=input)
-        assert result.exit_code == expect, result.output
-        return result
+    def run(*args: str, input: str | None = None, expect: int = 0) -> Result:
+        return command(smtp_env, *args, input=input, expect=expect)
 
     run("init")
     run("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
@@ -121,13 +131,7 @@ def test_a_refusing_relay_is_retried_with_backoff_and_the_same_message_id(smtp_e
 def test_an_unreachable_relay_loses_nothing(tmp_path: Path) -> None:
     # Retried for an hour (the queue lifetime), then failed: kept, visible and requeueable.
     env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {free_port()}\nrelay_tls = "none"\ngive_up_after = 3600\n')
-    from click.testing import CliRunner
-
-    from daemon.cli import cli as cabinet_cli
-
-    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
-                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
-        assert CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args]).exit_code == 0
+    one_invitation(env)
     clock = FakeClock()
     cabinet = build(load_config(env.config_path), clock=clock)
     try:
@@ -144,13 +148,7 @@ def test_an_unreachable_relay_loses_nothing(tmp_path: Path) -> None:
 
 def test_the_retry_budget_is_a_time_not_a_count(tmp_path: Path) -> None:
     env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {free_port()}\nrelay_tls = "none"\n')
-    from click.testing import CliRunner
-
-    from daemon.cli import cli as cabinet_cli
-
-    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
-                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
-        assert CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args]).exit_code == 0
+    one_invitation(env)
     clock = FakeClock()
     cabinet = build(load_config(env.config_path), clock=clock)
     try:
@@ -181,20 +179,13 @@ def test_rendered_by_the_worker_once_and_resent_byte_identical(tmp_path: Path, r
     sink, port = relay
     env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
                                  'relay_tls = "none"\n\n[templates]\ndir = "overrides"\n')
-    from click.testing import CliRunner
-
-    from daemon.cli import cli as cabinet_cli
-
     override = tmp_path / "overrides" / "email" / "en"
     override.mkdir(parents=True)
-    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
-                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
-        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
-        assert result.exit_code == 0, result.output
+    one_invitation(env)
     ((raw, content),) = env.sql("SELECT raw, content FROM outbox")
     assert raw is None and '"template":"invitation"' in content
-    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1"])
-    assert shown.exit_code == 0 and "Message-ID" in shown.output, shown.output
+    shown = command(env, "mail", "show", "1")
+    assert "Message-ID" in shown.output, shown.output
     sink.refuse = True
     clock = FakeClock()
     cabinet = build(load_config(env.config_path), clock=clock)
@@ -216,8 +207,8 @@ def test_rendered_by_the_worker_once_and_resent_byte_identical(tmp_path: Path, r
     (envelope,) = sink.received
     assert envelope.original_content.replace(b"\r\n", b"\n") == bytes(first).replace(b"\r\n", b"\n")
     assert b"A different subject" not in envelope.original_content
-    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1", "--raw"])
-    assert shown.exit_code == 0 and shown.output.rstrip("\n") == bytes(first).decode().rstrip("\n")
+    shown = command(env, "mail", "show", "1", "--raw")
+    assert shown.output.rstrip("\n") == bytes(first).decode().rstrip("\n")
 
 
 def test_an_email_sent_at_its_first_attempt_keeps_its_bytes_not_what_they_were_rendered_from(
@@ -227,14 +218,7 @@ def test_an_email_sent_at_its_first_attempt_keeps_its_bytes_not_what_they_were_r
     sink, port = relay
     env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
                                  'relay_tls = "none"\n')
-    from click.testing import CliRunner
-
-    from daemon.cli import cli as cabinet_cli
-
-    for args in (["init"], ["company", "add", "Roy", "--admin-email", "julie@roy.example"],
-                 ["invitation", "send", "--company", "Roy", "--email", "m@t.example"]):
-        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
-        assert result.exit_code == 0, result.output
+    one_invitation(env)
     cabinet = build(load_config(env.config_path), clock=FakeClock())
     try:
         assert asyncio.run(cabinet.worker.send_due()) == 1
@@ -244,8 +228,8 @@ def test_an_email_sent_at_its_first_attempt_keeps_its_bytes_not_what_they_were_r
     assert (state, content) == ("sent", None)
     (envelope,) = sink.received
     assert envelope.original_content.replace(b"\r\n", b"\n") == bytes(raw).replace(b"\r\n", b"\n")
-    shown = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), "mail", "show", "1", "--raw"])
-    assert shown.exit_code == 0 and shown.output.rstrip("\n") == bytes(raw).decode().rstrip("\n")
+    shown = command(env, "mail", "show", "1", "--raw")
+    assert shown.output.rstrip("\n") == bytes(raw).decode().rstrip("\n")
 
 
 def test_relay_connections_are_kept_open_and_replaced_when_the_relay_drops_them(tmp_path: Path) -> None:
@@ -255,18 +239,10 @@ def test_relay_connections_are_kept_open_and_replaced_when_the_relay_drops_them(
     controller.start()
     env = write_config(tmp_path, f'transport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = {port}\n'
                                  'relay_tls = "none"\nrelay_connections = 2\n')
-    from click.testing import CliRunner
-
-    from daemon.cli import cli as cabinet_cli
-
-    def run(*args: str) -> None:
-        result = CliRunner().invoke(cabinet_cli, ["--config", str(env.config_path), *args])
-        assert result.exit_code == 0, result.output
-
-    run("init")
+    command(env, "init")
     for i in range(6):
-        run("company", "add", f"Company {i}", "--admin-email", f"admin{i}@c{i}.example")
-        run("invitation", "send", "--company", f"Company {i}", "--email", f"staff{i}@firm.example")
+        command(env, "company", "add", f"Company {i}", "--admin-email", f"admin{i}@c{i}.example")
+        command(env, "invitation", "send", "--company", f"Company {i}", "--email", f"staff{i}@firm.example")
     cabinet = build(load_config(env.config_path))
     loop = asyncio.new_event_loop()
     try:
@@ -276,8 +252,8 @@ def test_relay_connections_are_kept_open_and_replaced_when_the_relay_drops_them(
         controller.stop()
         controller = Controller(sink, hostname="127.0.0.1", port=port)
         controller.start()
-        run("company", "add", "Company 6", "--admin-email", "admin6@c6.example")
-        run("invitation", "send", "--company", "Company 6", "--email", "staff6@firm.example")
+        command(env, "company", "add", "Company 6", "--admin-email", "admin6@c6.example")
+        command(env, "invitation", "send", "--company", "Company 6", "--email", "staff6@firm.example")
         assert loop.run_until_complete(cabinet.worker.send_due()) == 1
         loop.run_until_complete(cabinet.worker.flush())
     finally:
