@@ -41,7 +41,7 @@ class _Compiled(Compiled):
         if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
             # A Python-side column default needs an execution context: the caller supplies the value.
             raise ValueError("a prepared write needs every column with a Python default given")
-        returning = list(compiled.statement._returning) if compiled.statement._returning else []
+        returning = list(statement._returning)  # the statement compiled (``compiled.statement``)
         super().__init__(compiled, dialect, returning)
         self.paramstyle: str = dialect.paramstyle
         self.bind_names = frozenset(compiled.bind_names.values())

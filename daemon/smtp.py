@@ -160,7 +160,8 @@ def make_protocol_factory(handler: InboundHandler, config: Config) -> Callable[[
             super().__init__(*args, **kwargs)
             # aiosmtpd dispatches through this table (built from the smtp_* methods, LHLO included):
             # wrapping it counts every command, whatever the protocol.
-            self._smtp_methods = {name: self._counted(name, method) for name, method in self._smtp_methods.items()}
+            self._smtp_methods: dict[str, Command] = {
+                name: self._counted(name, method) for name, method in self._smtp_methods.items()}
 
         def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
             plain = plain_path(arg)

@@ -142,7 +142,7 @@ class Pages:
         parent = {**globals_, **context, "locale": locale, "timezone": timezone}
         ctx = env.context_class(env, parent, template.name, template.blocks, globals=globals_)
         try:
-            return env.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+            return env.concat(template.root_render_func(ctx))
         except Exception:
             env.handle_exception()
         raise AssertionError("unreachable: handle_exception raises")
@@ -230,6 +230,12 @@ def _kept_while(reads: list[tuple[datetime, bool]], now: datetime) -> tuple[date
     return start, end
 
 
+# The nodes that name another template (each has ``template``), typed as their union: given the tuple of
+# four classes, jinja2's ``find_all`` is typed as yielding their common base, which has no ``template``.
+_NAMING_TEMPLATES: tuple[type[nodes.Extends | nodes.Include | nodes.Import | nodes.FromImport], ...] = (
+    nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+
+
 def _names_now(env: Environment, name: str) -> bool:
     """``Pages.reads_clock`` for one environment (the loader is the same for every language).
 
@@ -252,7 +258,7 @@ def _names_now(env: Environment, name: str) -> bool:
             return True
         if not with_context and any(f.name in RELATIVE_FILTERS for f in parsed.find_all(nodes.Filter)):
             return True
-        for node in parsed.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        for node in parsed.find_all(_NAMING_TEMPLATES):
             try:
                 names_of = node.template.as_const()
             except nodes.Impossible:  # named by an expression: which one is unknown
