@@ -312,7 +312,7 @@ class GroupCommit:
             if future is None or future.done():
                 continue
             if failed is not None or error is not None:
-                future.set_exception(failed or error)  # type: ignore[arg-type]
+                future.set_exception(failed or error)
             else:
                 future.set_result(result)
         if self._queued and not self._scheduled:

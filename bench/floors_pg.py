@@ -89,7 +89,7 @@ def seed(folder: Path, count: int, url: str) -> floors.Seeded:
     now = datetime.now(timezone.utc)
     nonces = [secrets.token_urlsafe(12) for _ in range(count)]
     with psycopg.connect(psycopg_url(url)) as connection:
-        connection.execute(SCHEMA)  # type: ignore[arg-type]  # a literal script: no parameters
+        connection.execute(SCHEMA)  # a literal script: no parameters
         connection.execute("INSERT INTO firms VALUES (1, %s, %s, %s, %s)",
                            (floors.FIRM, floors.FIRM.casefold(), "office@bench-cpa.example", now))
         connection.execute("INSERT INTO users VALUES (1, %s, %s, 'fr', %s, %s)",
