@@ -99,6 +99,8 @@ class Pages:
             )
             catalogue = load_translations(self._folders.find(f"web/locale/{locale}.po"), locale)
             translations[locale] = catalogue
+            # Both added to the Environment at run time by extensions (jinja2.ext.i18n, CompiledGettext),
+            # unknown to its class's annotations.
             env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
             env.compiled_translations = catalogue  # type: ignore[attr-defined]
             env.filters.update(date_filters())
@@ -207,6 +209,7 @@ def _compile_referenced(env: Environment, name: str) -> None:
     seen = {name}
     waiting = [name]
     while waiting:
+        # Optional in jinja2's types; every Environment of Pages has its FileSystemLoader.
         source, _, _ = env.loader.get_source(env, waiting.pop())  # type: ignore[union-attr]
         for referenced in meta.find_referenced_templates(env.parse(source)):
             if referenced is not None and referenced not in seen:
@@ -249,6 +252,7 @@ def _names_now(env: Environment, name: str) -> bool:
             continue
         seen.add((current, with_context))
         try:
+            # Optional in jinja2's types; every Environment of Pages has its FileSystemLoader.
             source, _, _ = env.loader.get_source(env, current)  # type: ignore[union-attr]
             parsed = env.parse(source)
             names = meta.find_undeclared_variables(parsed)
