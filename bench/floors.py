@@ -52,6 +52,7 @@ import sqlite3
 import sys
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -700,7 +701,7 @@ def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "emai
             sender.queue.put_nowait(email)
         return web.Response(status=303, headers={**refused, "Location": f"/invitations/{token}"})
 
-    async def sending(app: web.Application):  # type: ignore[no-untyped-def]
+    async def sending(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(sender.compose()), asyncio.create_task(sender.send())]
         yield
         for task in tasks:
