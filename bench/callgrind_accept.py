@@ -83,7 +83,7 @@ def seeded(work: Path, count: int, floor: bool) -> tuple[Path, list[tuple[str, s
             finally:
                 inst.stop()
         requests_file.write_text(json.dumps([(p + "/accept", f"csrf_token={csrf}", cookie) for p in paths]))
-    return folder, [tuple(r) for r in json.loads(requests_file.read_text())]  # type: ignore[misc]
+    return folder, [tuple(r) for r in json.loads(requests_file.read_text())]
 
 
 def _answers(port: int) -> bool:

@@ -328,7 +328,7 @@ def libpq_sends(callgrind_file: Path) -> Counter[str]:
                     names[named[2]] = named[3].strip()
                 if named[1] == "cfn":
                     called = names.get(named[2])
-            elif line.startswith("calls=") and called in found:
+            elif called is not None and line.startswith("calls=") and called in found:
                 found[called] += int(line[6:].split()[0])
     return found
 

@@ -52,6 +52,7 @@ import sqlite3
 import sys
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -312,7 +313,7 @@ class GroupCommit:
             if future is None or future.done():
                 continue
             if failed is not None or error is not None:
-                future.set_exception(failed or error)  # type: ignore[arg-type]
+                future.set_exception(failed or error)
             else:
                 future.set_result(result)
         if self._queued and not self._scheduled:
@@ -700,7 +701,7 @@ def accept_app(folder: Path, relay_port: int, origin: str, composer: str = "emai
             sender.queue.put_nowait(email)
         return web.Response(status=303, headers={**refused, "Location": f"/invitations/{token}"})
 
-    async def sending(app: web.Application):  # type: ignore[no-untyped-def]
+    async def sending(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(sender.compose()), asyncio.create_task(sender.send())]
         yield
         for task in tasks:

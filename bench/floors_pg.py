@@ -34,6 +34,7 @@ import concurrent.futures
 import secrets
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -89,7 +90,7 @@ def seed(folder: Path, count: int, url: str) -> floors.Seeded:
     now = datetime.now(timezone.utc)
     nonces = [secrets.token_urlsafe(12) for _ in range(count)]
     with psycopg.connect(psycopg_url(url)) as connection:
-        connection.execute(SCHEMA)  # type: ignore[arg-type]  # a literal script: no parameters
+        connection.execute(SCHEMA)  # a literal script: no parameters
         connection.execute("INSERT INTO firms VALUES (1, %s, %s, %s, %s)",
                            (floors.FIRM, floors.FIRM.casefold(), "office@bench-cpa.example", now))
         connection.execute("INSERT INTO users VALUES (1, %s, %s, 'fr', %s, %s)",
@@ -307,7 +308,7 @@ def invitation_app(folder: Path, page_size: int, url: str, mode: str = "thread")
                                  "HttpOnly; Path=/; SameSite=Lax")
         return web.Response(body=parts[0] + csrf.encode() + parts[1], headers=headers)
 
-    async def reading(app: web.Application):  # type: ignore[no-untyped-def]
+    async def reading(app: web.Application) -> AsyncIterator[None]:
         nonlocal reads
         reads = await AsyncReads.open(url) if mode == "async" else ThreadReads(url)
         yield

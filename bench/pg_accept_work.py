@@ -158,7 +158,7 @@ class Database:
         self._cluster = cluster
         self._server = cluster.url
         with psycopg.connect(self._server, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # a fixed name
+            connection.execute(f'CREATE DATABASE "{name}"')  # a fixed name
 
     def _snapshot(self) -> Snapshot:
         with psycopg.connect(self.url, autocommit=True) as connection:
@@ -170,7 +170,7 @@ class Database:
                 f"{TAG} SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables")}
             functions = {row[0]: row[1] for row in connection.execute(
                 f"{TAG} SELECT funcname, calls FROM pg_stat_user_functions")}
-        return Snapshot(lsn, commits, rollbacks, tables, functions)  # type: ignore[arg-type]
+        return Snapshot(lsn, commits, rollbacks, tables, functions)
 
     def start(self) -> None:
         """Counters from now (after every backend's pending counters went out)."""
@@ -195,7 +195,7 @@ class Database:
         time.sleep(STATS_FLUSH)
         after = self._snapshot()
         with psycopg.connect(self.url, autocommit=True) as connection:
-            names = dict(connection.execute(
+            names: dict[int, str] = dict(connection.execute(
                 "SELECT pg_relation_filenode(oid)::bigint, relname FROM pg_class WHERE relkind = 'r'").fetchall())
             indexes = {row[0]: row[1] for row in connection.execute(
                 "SELECT c.relname, count(i.indexrelid) FROM pg_class c LEFT JOIN pg_index i ON i.indrelid = c.oid "
@@ -211,21 +211,21 @@ class Database:
                     "SELECT pg_table_size('outbox') / count(*), pg_relation_size('outbox') / count(*) FROM outbox").fetchone())
         statements = [Statement(" ".join(str(query).split()), bool(top), *map(int, rest))
                       for query, top, *rest in rows if TAG not in str(query)]
-        tables = {}
+        tables: dict[str, tuple[int, int, int, int]] = {}
         for table, counts in after.tables.items():
             before = self._before.tables.get(table, (0, 0, 0, 0))
-            moved = tuple(a - b for a, b in zip(counts, before))
-            if any(moved):
-                tables[table] = moved
+            inserted, updated, hot, deleted = (a - b for a, b in zip(counts, before, strict=True))
+            if inserted or updated or hot or deleted:
+                tables[table] = (inserted, updated, hot, deleted)
         functions = {name: calls - self._before.functions.get(name, 0) for name, calls in after.functions.items()
                      if calls != self._before.functions.get(name, 0)}
         return Measured(accepts, statements, int(wal), after.commits - self._before.commits,
                         after.rollbacks - self._before.rollbacks, tables, indexes, functions, records,
-                        {names.get(node, str(node)): count for node, count in locks.items()})  # type: ignore[arg-type]
+                        {names.get(node, str(node)): count for node, count in locks.items()})
 
     def drop(self) -> None:
         with psycopg.connect(self._server, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')  # type: ignore[arg-type]
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 def _emails_waiting(url: str) -> int:

@@ -98,7 +98,7 @@ class Checkpointer:
         """The WAL's pages and how many of them are copied into the database file."""
         try:
             self._follow_index()
-            return WAL_INDEX.unpack(os.pread(self._index, WAL_INDEX.size, 0))  # type: ignore[return-value]
+            return WAL_INDEX.unpack(os.pread(self._index, WAL_INDEX.size, 0))
         except (OSError, struct.error):  # must never fail the writer's group that asks
             return 0, 0
 

@@ -261,6 +261,7 @@ class GroupWriter:
         except BaseException as exc:
             group.error = exc
             try:
+                # None only if the assert above failed: the AttributeError is swallowed with the rest.
                 transaction.rollback()  # type: ignore[union-attr]
             except Exception:
                 pass
@@ -382,6 +383,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     from daemon.reads import ReadConnections
 
     sessions = sessionmaker(engine, expire_on_commit=False)
+    # Carried by the session factory that every part already gets; sessionmaker declares no such attributes.
     if engine.dialect.name == "sqlite":
         sessions.writer = GroupWriter(engine)  # type: ignore[attr-defined]
     sessions.reads = ReadConnections(engine)  # type: ignore[attr-defined]
@@ -390,7 +392,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def read_connections(sessions: sessionmaker[Session]) -> ReadConnections:
     """The kept connections of Cabinet's session factory for one-statement reads (``PreparedRead``)."""
-    return cast("ReadConnections", sessions.reads)  # type: ignore[attr-defined]
+    return cast("ReadConnections", sessions.reads)  # type: ignore[attr-defined]  # set by make_sessionmaker
 
 
 def checkpoint_in_background(sessions: sessionmaker[Session]) -> Checkpointer | None:
@@ -616,7 +618,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if sqlite:
             # SQLite alters a table by copying it; with foreign keys enforced the
             # DROP of the old copy fails. The pragma only works outside a
-            # transaction, so it goes straight to the driver before BEGIN.
+            # transaction, so it goes straight to the driver before BEGIN. (driver_connection is None only
+            # once invalidated: not a connection just opened.)
             connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
         try:
             with connection.execution_options(**WRITE).begin():
@@ -627,5 +630,5 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
                     if broken:
                         raise RuntimeError(f"migration left rows with broken foreign keys: {broken[:5]}")
         finally:
-            if sqlite:
+            if sqlite:  # (None: as above)
                 connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]

@@ -422,12 +422,17 @@ class CompanyFacts(Protocol):
 
 
 class StaffFacts(Protocol):
-    """What an email to a staff member needs: a ``User``, or a Core row with these columns."""
+    """What an email to a staff member needs: a ``User``, or a row with these columns (a Core row, an
+    ``accept_read.StaffMember``). Read-only, as a row's are."""
 
-    email: str
-    name: str
-    locale: str
-    timezone: str
+    @property
+    def email(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def locale(self) -> str: ...
+    @property
+    def timezone(self) -> str: ...
 
 
 class NamedFirm(Protocol):

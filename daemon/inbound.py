@@ -337,7 +337,7 @@ class Inbound(DomainService):
 
     # -- processing --------------------------------------------------------------------
 
-    def process_due(self, limit: int = 100, give_way: Callable[[], None] | None = None) -> int:
+    def process_due(self, limit: int = 100, give_way: Callable[[], object] | None = None) -> int:
         """Process stored messages that are due; returns how many reached a final state.
 
         Reading, parsing and proving the senders happen before any write
@@ -345,7 +345,7 @@ class Inbound(DomainService):
         write transaction (one commit for the batch, one bad message fails only
         itself). The batch gives way to waiting stores, and ``give_way`` (the
         listener's, while deliveries arrive) is called before each batch: SMTP
-        is answered first.
+        is answered first (what it returns, whether it found a lull, is not needed here).
         """
         with self._sessions() as s:
             due = s.execute(
@@ -418,8 +418,8 @@ class Inbound(DomainService):
                     ready = []
             done += acted
             failures.extend(failed)
-        for inbound_id, exc in failures:
-            done += self._failure(inbound_id, exc)
+        for inbound_id, error in failures:
+            done += self._failure(inbound_id, error)
         return done
 
     def _act_batch(self, ready: list[_Ready]) -> tuple[int, list[_Ready], list[tuple[int, Exception]]]:

@@ -13,7 +13,6 @@ answers never depends on the prefetch: only the number of statements does.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
 
@@ -36,6 +35,12 @@ _STAFF = (
     .order_by(Membership.firm_id, User.id)
 )
 
+# The rows of the four statements above, column for column.
+Answered = Row[str, str, int | None, int | None, int | None, str | None]
+CompanyRow = Row[int, str, str, str, str, str]
+FirmRow = Row[int, str]
+StaffRow = Row[int, str, str, str, str]
+
 
 class BatchReads:
     """Memoised reads of one batch's planning, on the connection ``connection()`` gives (the batch's
@@ -43,10 +48,10 @@ class BatchReads:
 
     def __init__(self, connection: Callable[[], Connection]) -> None:
         self._connection = connection
-        self._answered: dict[str, Row[Any] | None] = {}
-        self._companies: dict[int, Row[Any] | None] = {}
-        self._firms: dict[int, Row[Any] | None] = {}
-        self._staff: dict[int, list[Row[Any]]] = {}
+        self._answered: dict[str, Answered | None] = {}
+        self._companies: dict[int, CompanyRow | None] = {}
+        self._firms: dict[int, FirmRow | None] = {}
+        self._staff: dict[int, list[StaffRow]] = {}
 
     def prefetch(self, refs: Iterable[str]) -> None:
         """Read, in four statements, everything the replies to ``refs`` can need."""
@@ -62,23 +67,23 @@ class BatchReads:
         self._read_firms(firm_ids)
         self._read_staff(firm_ids)
 
-    def answered(self, ref: str) -> Row[Any] | None:
+    def answered(self, ref: str) -> Answered | None:
         """The email whose reply address holds ``ref``: its recipient, invitation, company, firm and audience."""
         if ref not in self._answered:
             self._answered[ref] = self._connection().execute(_ANSWERED, {"refs": [ref]}).one_or_none()
         return self._answered[ref]
 
-    def company(self, company_id: int) -> Row[Any] | None:
+    def company(self, company_id: int) -> CompanyRow | None:
         if company_id not in self._companies:
             self._read_companies({company_id})
         return self._companies[company_id]
 
-    def firm(self, firm_id: int) -> Row[Any] | None:
+    def firm(self, firm_id: int) -> FirmRow | None:
         if firm_id not in self._firms:
             self._read_firms({firm_id})
         return self._firms[firm_id]
 
-    def staff(self, firm_id: int) -> list[Row[Any]]:
+    def staff(self, firm_id: int) -> list[StaffRow]:
         """Who of the firm's staff hears a forwarded reply, in account order."""
         if firm_id not in self._staff:
             self._read_staff({firm_id})

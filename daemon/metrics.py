@@ -41,7 +41,7 @@ class _Snapshot:
     emails: list[tuple[str, int]]
     depth: int
     oldest: datetime | None
-    inbound: list[tuple[str, str, int]]
+    inbound: list[tuple[str | None, str, int]]  # kind None: not classified yet
     invitations: list[tuple[str, int]]
     failures: list[tuple[str, bool, int]]
     transfers: list[tuple[str, int]]

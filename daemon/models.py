@@ -11,7 +11,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     CheckConstraint,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -84,6 +85,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+    if TYPE_CHECKING:
+        # Every model here gets a Table of its own (``__tablename__``), which the Core inserts and
+        # updates of ``Model.__table__`` need; DeclarativeBase types it as any FromClause (a model may
+        # be mapped to a join or a subquery, none here is).
+        __table__: ClassVar[Table]
 
 
 # -- states ------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class Compiled:
         self._converting = tuple(
             (index, processor, skip_null) for index, (processor, skip_null) in enumerate(found) if processor is not None
         )
-        self.row = namedtuple("Row", [column.key for column in columns]) if columns else None  # type: ignore[misc]
+        self.row = namedtuple("Row", [column.key for column in columns]) if columns else None
 
     def parameters(self, binds: dict[str, Any]) -> Any:
         """The driver's parameters for ``binds`` (not changed: a caller may pass the same dict again)."""

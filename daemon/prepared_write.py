@@ -41,7 +41,7 @@ class _Compiled(Compiled):
         if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
             # A Python-side column default needs an execution context: the caller supplies the value.
             raise ValueError("a prepared write needs every column with a Python default given")
-        returning = list(compiled.statement._returning) if compiled.statement._returning else []
+        returning = list(statement._returning)  # the statement compiled (``compiled.statement``)
         super().__init__(compiled, dialect, returning)
         self.paramstyle: str = dialect.paramstyle
         self.bind_names = frozenset(compiled.bind_names.values())
@@ -141,6 +141,7 @@ class PreparedWrite:
         statements sent one after the other come back in one round trip. An error is raised by that read."""
         compiled = self.compiled(connection.dialect)
         sql, parameters = compiled.sql, compiled.parameters(binds)
+        # dbapi_connection is None only once invalidated; a connection in the caller's transaction is not.
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         error = connection.dialect.loaded_dbapi.Error
         try:
@@ -173,6 +174,7 @@ def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, r
     """``sql`` on the connection's own DBAPI cursor (the statement is part of the caller's transaction),
     heard by the engine's listeners; ``result`` reads what it gave before the cursor closes. A driver
     error goes through the connection's handler, as from ``Connection.execute``."""
+    # dbapi_connection is None only once invalidated; a connection in the caller's transaction is not.
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         _heard(connection, cursor, sql, parameters, executemany)

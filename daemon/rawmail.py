@@ -138,6 +138,9 @@ class _ParsedOnce(EmailPolicy):
 def parse(raw: bytes, shared: HeaderCache | None = None) -> EmailMessage:
     """``raw`` as an ``EmailMessage`` (``policy.default``), its headers parsed at most once each (the
     repeating ones once for all the messages parsed with the same ``shared`` cache)."""
-    message = BytesParser(policy=_ParsedOnce(memo={}, shared=shared)).parsebytes(raw)
+    # A policy takes any of its class's attributes as a keyword (email._policybase); typeshed lists only
+    # EmailPolicy's own, not a subclass's.
+    once = _ParsedOnce(memo={}, shared=shared)  # type: ignore[call-overload]
+    message = BytesParser(policy=once).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     return message

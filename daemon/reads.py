@@ -96,7 +96,7 @@ class ReadConnections:
         event.listen(engine, "engine_disposed", self.drop_all)
         event.listen(engine, "handle_error", self._engine_error)
 
-    def drop_all(self, *_: Any) -> None:
+    def drop_all(self, *_event: Any) -> None:
         """Close every idle connection; those in use are closed when their read ends."""
         self._generation += 1
         while self._idle:
@@ -117,10 +117,15 @@ class ReadConnections:
             for listener in listeners:
                 listener(None, cursor, sql, parameters, None, False)
 
-    def lost(self, exc: BaseException, sql: str | None, parameters: Any, connection_invalidated: bool) -> DBAPIError:
-        return DBAPIError.instance(
+    def lost(self, exc: Exception, sql: str | None, parameters: Any, connection_invalidated: bool) -> DBAPIError:
+        """``exc``, a driver error (``self._error``), as SQLAlchemy raises it."""
+        error = DBAPIError.instance(
             sql, parameters, exc, self._error, connection_invalidated=connection_invalidated, dialect=self.dialect,
         )
+        # A driver error always comes back as a DBAPIError subclass; ``instance`` is typed for any exception
+        # (it passes some through unwrapped), so the type says less than that.
+        assert isinstance(error, DBAPIError)
+        return error
 
     def _take(self) -> tuple[int, Any, dict[str, Any] | None, Any]:
         """(generation, DBAPI connection, its kept cursors by SQL (PostgreSQL; else None), pooled wrapper
@@ -140,6 +145,7 @@ class ReadConnections:
         # Opened by the pool, so its "connect" events run (SQLite's pragmas), then taken out of it.
         pooled = self.engine.raw_connection()
         connection = pooled.dbapi_connection
+        assert connection is not None  # None only once invalidated; this one was just checked out
         pooled.detach()
         if self._postgresql:
             connection.autocommit = True

@@ -709,9 +709,9 @@ class Roster(DomainService):
                 emails = emails.where(OutboxMessage.company_id == company_id)
                 facts = facts.where(Event.company_id == company_id)
             latest = {row.invitation_id: row for row in s.execute(emails.order_by(OutboxMessage.id))}
-            by_company: dict[int, list[LinkFact]] = {}
-            for company_id, at, kind, detail in s.execute(facts):
-                by_company.setdefault(company_id, []).append(LinkFact(at, kind, None, parse_detail(detail)))
+            by_company: dict[int | None, list[LinkFact]] = {}
+            for fact_company_id, at, kind, detail in s.execute(facts):
+                by_company.setdefault(fact_company_id, []).append(LinkFact(at, kind, None, parse_detail(detail)))
             views = []
             for invitation in s.scalars(query):
                 email = latest.get(invitation.id)

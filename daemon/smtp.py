@@ -151,6 +151,7 @@ def make_protocol_factory(handler: InboundHandler, config: Config) -> Callable[[
     limit = ConnectionLimit(inbound.max_connections, config.value("inbound", "max_connections_per_ip"))
     max_idle = int(config.value("inbound", "max_idle_commands"))
 
+    # mypy takes no variable (``base``: SMTP or LMTP, from the config) as a base class.
     class Listener(base):  # type: ignore[valid-type, misc]
         line_length_limit = inbound.max_line_length
         _address: str | None = None  # set once counted (STARTTLS calls connection_made again)
@@ -160,7 +161,8 @@ def make_protocol_factory(handler: InboundHandler, config: Config) -> Callable[[
             super().__init__(*args, **kwargs)
             # aiosmtpd dispatches through this table (built from the smtp_* methods, LHLO included):
             # wrapping it counts every command, whatever the protocol.
-            self._smtp_methods = {name: self._counted(name, method) for name, method in self._smtp_methods.items()}
+            self._smtp_methods: dict[str, Command] = {
+                name: self._counted(name, method) for name, method in self._smtp_methods.items()}
 
         def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
             plain = plain_path(arg)

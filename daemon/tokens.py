@@ -124,6 +124,7 @@ def _keeping_keys(base: type[Signer]) -> type[Signer]:
     """
     derived: dict[tuple[Any, ...], bytes] = {}
 
+    # mypy takes no variable (``base``) as a base class; the class is made at run time from the one given.
     class KeptKeys(base):  # type: ignore[valid-type, misc]
         def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
             cache_key = (self.salt, self.key_derivation, self.digest_method, secret_key)
@@ -220,6 +221,7 @@ class LinkSigner:
     def _serializer(self, purpose: Purpose) -> URLSafeTimedSerializer:
         clock = self._clock
 
+        # A base class computed by a call (``_keeping_keys``), which mypy does not take.
         class _ClockSigner(_keeping_keys(TimestampSigner)):  # type: ignore[misc]
             def get_timestamp(self) -> int:
                 return int(clock.now().timestamp())

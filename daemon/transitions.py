@@ -73,8 +73,8 @@ def transition(
     s: Session,
     model: type[Row],
     row_id: int,
-    expected: Iterable[StrEnum],
-    to: StrEnum,
+    expected: Iterable[str],
+    to: str,
     *,
     where: Iterable[ColumnElement[bool]] = (),
     checkpoint: Checkpoint = no_checkpoint,
@@ -84,6 +84,7 @@ def transition(
 
     ``where`` adds conditions the row must still meet (an expiry date, a column
     still empty). A row loaded in ``s`` is refreshed, so callers read the new state.
+    States are a ``daemon.models`` state enum's members, or plain strings for the outbox's (it has no enum).
     """
     column = state_column(model)
     table = model.__tablename__

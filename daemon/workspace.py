@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, UnaryExpression, and_, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from daemon.client_actions import awaits_payment
@@ -58,7 +58,7 @@ BILLINGS = ("self-paid", "wholesale", "direct", "none")
 # Each order is an index's own order, (firm_id, search_key, id) or (firm_id, created_at, id), so a
 # page reads 50 index entries rather than sorting the roster (clients with the same folded name
 # follow in the order they were added).
-SORTS = {
+SORTS: dict[str, tuple[UnaryExpression[Any], ...]] = {
     "name": (Client.search_key.asc(), Client.id.asc()),
     "-name": (Client.search_key.desc(), Client.id.desc()),
     "added": (Client.created_at.asc(), Client.id.asc()),

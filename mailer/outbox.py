@@ -440,7 +440,11 @@ class OutboxWorker:
         try:
             with write_transaction(self._sessions, background=True) as session:
                 connection = session.connection()
-                for group, extra in ((with_raw, {"raw": bindparam("b_raw"), "content": None}), (without_raw, {})):
+                # Each group with what its UPDATE sets besides what all set: an email rendered now keeps its
+                # bytes (raw) instead of its content; the others, nothing more.
+                groups: tuple[tuple[list[tuple[_Claim, str, bytes | None]], dict[str, Any]], ...] = (
+                    (with_raw, {"raw": bindparam("b_raw"), "content": None}), (without_raw, {}))
+                for group, extra in groups:
                     if not group:
                         continue
                     statement = update(OutboxMessage.__table__).where(

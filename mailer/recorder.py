@@ -87,7 +87,7 @@ class BatchRecorder(Generic[Item, Outcome]):
             if self._pending and self._timer is None:  # not a full batch yet: it waits for its timer
                 self._timer = asyncio.get_running_loop().call_later(self._max_age, self._write)
         finally:
-            self._writing.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._writing.discard(asyncio.current_task())
 
     async def drain(self) -> None:
         """Write everything pending now and wait until it is written."""

@@ -75,7 +75,7 @@ class EmailRenderer:
     def _run(self, template: Template, values: dict[str, Any]) -> str:
         """``template.render(values)`` on ``values`` as they are (``_values``), not a copy of them."""
         try:
-            return self._env.concat(template.root_render_func(template.new_context(values, shared=True)))  # type: ignore[attr-defined,no-any-return]
+            return self._env.concat(template.root_render_func(template.new_context(values, shared=True)))
         except Exception:
             self._env.handle_exception()
             raise  # not reached: handle_exception raises the template's error with its template lines

@@ -142,6 +142,10 @@ def test_attacks_are_written_by_the_email_package(attack: str) -> None:
     assert parsed["To"].addresses[0].addr_spec == "olivia@boulangerie-roy.example"
 
 
+def test_lines_are_as_long_as_the_email_packages() -> None:
+    assert mime.MAX_LINE == policy.default.max_line_length
+
+
 def test_recipient_with_control_characters_is_refused() -> None:
     with pytest.raises(ValueError):
         message_bytes(**fields(to="admin\r\nBcc: x@evil.example@company.example"))

@@ -27,6 +27,7 @@ class DomainError(click.ClickException):
         # English, with the code the pages translate, so an operator and a user can name the same error.
         super().__init__(str(error) if error.code == "error.unexpected" else f"{error} [{error.code}]")
         code = next((code for kind, code in EXIT_CODES if isinstance(error, kind)), 1)
+        # click declares exit_code a ClassVar, but reads it from the instance: the code is per error here.
         self.exit_code = code  # type: ignore[misc]
 
 
@@ -111,6 +112,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 def _config_after_command(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
+        # None only outside `cli`, whose callback stores the CliState before any command's options are parsed.
         ctx.find_object(CliState).use_config(value)  # type: ignore[union-attr]
 
 

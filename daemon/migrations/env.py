@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from daemon.models import Base
 
+if TYPE_CHECKING:
+    from alembic.runtime.environment import NameFilterParentNames, NameFilterType
+
 config = context.config
 target_metadata = Base.metadata
 
 
-def include_name(name: str | None, kind: str, parents: dict[str, str | None]) -> bool:
+def include_name(name: str | None, kind: NameFilterType, parents: NameFilterParentNames) -> bool:
     """Autogenerate leaves the search's trigram index alone: it lives outside the models (0015)."""
     return not (name or "").startswith(("clients_search", "ix_clients_search_key_trgm", "ix_clients_email_trgm"))
 

@@ -270,10 +270,10 @@ def make_app(
     app[SESSIONS] = sessions
     app[PAGES] = pages
     app[METRICS] = metrics_registry
-    app[MEASURED] = _Measured()
+    app[MEASURED] = measured = _Measured()
     app[BROWSER_IDS] = BrowserIds()
     app[READINESS] = readiness
-    app[SITE] = Site.of(app, app[MEASURED])
+    app[SITE] = Site.of(app, measured)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/favicon.ico", favicon)

@@ -99,6 +99,8 @@ class Pages:
             )
             catalogue = load_translations(self._folders.find(f"web/locale/{locale}.po"), locale)
             translations[locale] = catalogue
+            # Both added to the Environment at run time by extensions (jinja2.ext.i18n, CompiledGettext),
+            # unknown to its class's annotations.
             env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
             env.compiled_translations = catalogue  # type: ignore[attr-defined]
             env.filters.update(date_filters())
@@ -142,7 +144,7 @@ class Pages:
         parent = {**globals_, **context, "locale": locale, "timezone": timezone}
         ctx = env.context_class(env, parent, template.name, template.blocks, globals=globals_)
         try:
-            return env.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+            return env.concat(template.root_render_func(ctx))
         except Exception:
             env.handle_exception()
         raise AssertionError("unreachable: handle_exception raises")
@@ -207,6 +209,7 @@ def _compile_referenced(env: Environment, name: str) -> None:
     seen = {name}
     waiting = [name]
     while waiting:
+        # Optional in jinja2's types; every Environment of Pages has its FileSystemLoader.
         source, _, _ = env.loader.get_source(env, waiting.pop())  # type: ignore[union-attr]
         for referenced in meta.find_referenced_templates(env.parse(source)):
             if referenced is not None and referenced not in seen:
@@ -230,6 +233,12 @@ def _kept_while(reads: list[tuple[datetime, bool]], now: datetime) -> tuple[date
     return start, end
 
 
+# The nodes that name another template (each has ``template``), typed as their union: given the tuple of
+# four classes, jinja2's ``find_all`` is typed as yielding their common base, which has no ``template``.
+_NAMING_TEMPLATES: tuple[type[nodes.Extends | nodes.Include | nodes.Import | nodes.FromImport], ...] = (
+    nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+
+
 def _names_now(env: Environment, name: str) -> bool:
     """``Pages.reads_clock`` for one environment (the loader is the same for every language).
 
@@ -243,6 +252,7 @@ def _names_now(env: Environment, name: str) -> bool:
             continue
         seen.add((current, with_context))
         try:
+            # Optional in jinja2's types; every Environment of Pages has its FileSystemLoader.
             source, _, _ = env.loader.get_source(env, current)  # type: ignore[union-attr]
             parsed = env.parse(source)
             names = meta.find_undeclared_variables(parsed)
@@ -252,7 +262,7 @@ def _names_now(env: Environment, name: str) -> bool:
             return True
         if not with_context and any(f.name in RELATIVE_FILTERS for f in parsed.find_all(nodes.Filter)):
             return True
-        for node in parsed.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        for node in parsed.find_all(_NAMING_TEMPLATES):
             try:
                 names_of = node.template.as_const()
             except nodes.Impossible:  # named by an expression: which one is unknown
