@@ -91,6 +91,10 @@ def request_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
 
 
+# ``json.dumps(detail, default=str, sort_keys=True)``'s encoder, built once rather than for every event (it
+# keeps no state between calls): the same text.
+_EVENT_DETAIL = json.JSONEncoder(default=str, sort_keys=True)
+
 # What a link names, as the code of "this link does not match any …".
 _NO_ROW = {
     "invitation": "link.no_invitation",
@@ -277,7 +281,7 @@ class DomainService:
         return {
             "at": self._clock.now(), "kind": kind, "actor": actor, "channel": channel, "firm_id": firm_id,
             "company_id": company_id, "client_id": client_id,
-            "detail": json.dumps(detail, default=str, sort_keys=True),
+            "detail": _EVENT_DETAIL.encode(detail),
         }
 
     def _notify_company_admin(

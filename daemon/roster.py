@@ -1086,12 +1086,14 @@ class Roster(DomainService):
         read = plan.read
         accepted = InvitationState.ACCEPTED.value
         return AcceptResult(
-            InvitationView(
+            # ``of_link``: the instance ``InvitationView(...)`` makes (no url, zone or delivery), without the
+            # frozen ``__init__``'s sixteen ``object.__setattr__`` calls.
+            InvitationView.of_link(
                 id=read.invitation_id, company=read.name, email=read.email, invited_by=read.invited_by,
                 state=accepted, status=accepted, created_at=read.created_at,
                 expires_at=read.expires_at, decided_at=plan.now, firm=plan.firm_name,
                 accepted_by=read.user_name, accepted_by_email=read.user_email,
-                renewal_requested_at=read.renewal_requested_at,
+                renewal_requested_at=read.renewal_requested_at, invited_timezone=None,
             ),
             ClientView(
                 id=client.id, firm=plan.firm_name, name=client.name, kind=client.kind, status=client.status,

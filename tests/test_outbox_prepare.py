@@ -94,3 +94,17 @@ def test_a_fact_that_cannot_be_stored_fails_the_prepare(cabinet: Any) -> None:
                  context={**notice.context, "blob": object()})
     with pytest.raises(TypeError, match="cannot be queued"):
         cabinet.outbox.prepare(bad)
+
+
+def test_a_fact_that_holds_itself_fails_the_prepare_as_json_dumps_does(cabinet: Any) -> None:
+    notice = SAMPLES[1]
+    looped: list[Any] = [1]
+    looped.append(looped)
+    bad = Notice(template=notice.template, to=notice.to, to_name=notice.to_name, locale="en", timezone="UTC",
+                 context={**notice.context, "looped": looped})
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        _before(bad, AT)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        cabinet.outbox.prepare(bad)
+    # The next email after the refused one dumps as before (nothing of the failed dump is kept).
+    assert load_content(cabinet.outbox.prepare(notice)["content"])["context"]["company"] == "Boulangerie Roy"

@@ -5,6 +5,7 @@ SQLAlchemy does."""
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -180,5 +181,37 @@ def test_a_failing_write_raises_what_core_raises(cli: Cli, seed: Seed, env: Env)
             at = connection.scalar(select(Event.__table__.c.at).limit(1))
             assert _EVENT_INSERT.one(connection, {**event, "at": at, "actor": "a@example"}) is None
             assert connection.scalar(select(Event.__table__.c.actor).order_by(Event.__table__.c.id.desc())) == "a@example"
+    finally:
+        cabinet.close()
+
+
+def test_a_row_binding_one_instant_to_several_columns_stores_what_core_stores(cli: Cli, seed: Seed, env: Env) -> None:
+    """SQLite's prepared rows write an instant bound to several columns of a row once (``Compiled.parameters``):
+    each column must still get its own value's text, whether the row repeats one object, alternates two, or
+    gives equal instants as different objects or in another zone."""
+    accepted = _token(cli("invitation", "send", "--company", seed.company, "--email", seed.accountant).output)
+    cabinet = build(load_config(env.config_path))
+    try:
+        engine = engine_of(cabinet.sessions)
+        user_id = env.sql("SELECT id FROM users WHERE email = :e", e=seed.accountant)[0][0]
+        cabinet.roster.accept_invitation(accepted, user_id, None)  # an email row to vary
+        outbox_columns = list(_PREPARED_INSERT._column_keys or ())
+        with engine.connect() as connection:
+            email = dict(connection.execute(select(*(OutboxMessage.__table__.c[k] for k in outbox_columns))
+                                            .order_by(OutboxMessage.__table__.c.id).limit(1)).one()._mapping)
+        first = email["created_at"]
+        later = first + timedelta(seconds=1, microseconds=7)
+        times = [
+            (first, first, first),  # one object in all three columns
+            (first, later, first),  # two objects alternating: the third column is the first's again
+            (later, first, later),
+            (first, first.replace(), first.astimezone(timezone(timedelta(hours=-5)))),  # equal instants, other objects
+            (later, None, first),  # NULL between two instants
+        ]
+        rows = [{**email, "message_id": f"<times{n}@example>", "ref": f"times{n}", "created_at": created,
+                 "queued_at": queued, "next_attempt_at": next_attempt}
+                for n, (created, queued, next_attempt) in enumerate(times)]
+        _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, rows, rows, many=True)
+        _both_ways(engine, _PREPARED_INSERT, OutboxMessage.__table__, rows, rows, together=True)
     finally:
         cabinet.close()

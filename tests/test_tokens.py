@@ -186,6 +186,47 @@ def test_verify_agrees_with_itsdangerous_on_every_altered_token(tmp_path: Path, 
     assert tokens[0] in valid and len(valid) < len(altered) // 2  # most changes break the signature
 
 
+def test_behind_a_valid_signature_verify_reads_each_part_as_itsdangerous_does(tmp_path: Path) -> None:
+    """verify decodes a signed token's timestamp and payload itself (``LinkSigner._check``): for bodies and
+    timestamps signed with the real key (compressed, not JSON, not base64, not UTF-8, a timestamp of more
+    than eight bytes, padding written out), it gives what itsdangerous gives: the payload, "tampered" for its
+    ``BadSignature``, or its ``BadPayload`` (raised as before: only a holder of the key can sign one)."""
+    import time
+
+    from itsdangerous import BadPayload, BadSignature, URLSafeTimedSerializer
+    from itsdangerous.encoding import base64_encode
+
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD, NEW)), FakeClock())
+    stock = URLSafeTimedSerializer([OLD, NEW], salt=Purpose.INVITE.salt)
+    signs = stock.make_signer(Purpose.INVITE.salt)
+    now = int(time.time()).to_bytes(4, "big")
+    bodies = [
+        stock.dump_payload([12, "nonce"]), stock.dump_payload(["x" * 300]), stock.dump_payload("été"),
+        base64_encode(b"not json"), b"!!!!", base64_encode(b'"\xe9"'),
+        base64_encode(b'"\xff"'), b"", base64_encode(b"[1,2]") + b"==", b".", b"." + base64_encode(b"not zlib"),
+    ]
+    stamps = [base64_encode(now), base64_encode(b"\x01" * 9), base64_encode(b"\x00" + now), b"", b"!!", base64_encode(now) + b"="]
+    assert bodies[1].startswith(b".")  # itsdangerous compressed it
+    outcomes = set()
+    for body in bodies:
+        for stamp in stamps:
+            value = body + b"." + stamp
+            token = (value + b"." + signs.get_signature(value)).decode()
+            try:
+                theirs: object = ("ok", stock.loads(token))
+            except BadPayload:
+                theirs = "bad payload"
+            except BadSignature:
+                theirs = "tampered"
+            try:
+                ours = _our_outcome(signer, Purpose.INVITE, token, None)
+            except BadPayload:
+                ours = "bad payload"
+            assert ours == theirs, (body, stamp)
+            outcomes.add(theirs if isinstance(theirs, str) else "ok")
+    assert outcomes == {"ok", "tampered", "bad payload"}
+
+
 def test_tokens_from_the_future_or_past_their_age_are_expired_with_their_payload(tmp_path: Path) -> None:
     clock = FakeClock()
     clock.freeze()
