@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from json.encoder import c_make_encoder, encode_basestring
 from decimal import Decimal
 from typing import Any
 
@@ -42,19 +41,10 @@ def _untagged(value: dict[str, Any]) -> Any:
 # What ``json.dumps(content, default=_tagged, ensure_ascii=False, separators=(",", ":"))`` builds on every call,
 # built once (it keeps no state between calls): every queued email dumps its facts.
 _ENCODER = json.JSONEncoder(default=_tagged, ensure_ascii=False, separators=(",", ":"))
-# What ``_ENCODER.encode`` hands the C encoder (``JSONEncoder.iterencode``), in its order; the C encoder is
-# still made per call, with its own circular-reference markers, as ``iterencode`` makes it.
-_C_SETTINGS = (_ENCODER.default, encode_basestring, _ENCODER.indent, _ENCODER.key_separator, _ENCODER.item_separator,
-               _ENCODER.sort_keys, _ENCODER.skipkeys, _ENCODER.allow_nan)
 
 
 def dump_content(content: dict[str, Any]) -> str:
-    """``_ENCODER.encode(content)``: the C encoder called directly, without ``encode`` and ``iterencode``'s
-    Python layers (a float-formatting closure made and dropped on every call among them): 71.4k
-    instructions an email's facts where ``encode`` took 75.3k (callgrind, 5,000 dumps in-process)."""
-    if c_make_encoder is None:  # a Python without json's C accelerator
-        return _ENCODER.encode(content)
-    return "".join(c_make_encoder({}, *_C_SETTINGS)(content, 0))
+    return _ENCODER.encode(content)
 
 
 def load_content(text: str) -> dict[str, Any]:
