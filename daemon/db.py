@@ -550,6 +550,34 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 pass
 
 
+# Where a pooled PostgreSQL connection keeps its write cursors (its pool record's ``info``, which the pool
+# clears when it replaces the DBAPI connection).
+_KEPT_CURSORS = "cabinet.prepared_write.cursors"
+
+
+def kept_cursor(pooled: Any, driver: Any, sql: str) -> Any:
+    """PostgreSQL: the cursor the pooled connection ``pooled`` (a SQLAlchemy ``Connection.connection``)
+    keeps for ``sql`` on its DBAPI connection ``driver``, made on first use.
+
+    psycopg builds a cursor's adapters when it is made, and its parameter dumpers and row loaders (a
+    ``Transformer``) on each execute of another query than the cursor's last: a new cursor per statement
+    paid both every time, as a kept read connection's cursors no longer do (``daemon.reads``). A kept
+    cursor holds its last result (a RETURNING row or none) until its next execute, and goes with its
+    connection; its statement's SQL is one of a fixed few per connection (the prepared writes'). The
+    cursors are found by the DBAPI connection too, so one the pool replaced never gets another's.
+    ``driver`` is the one the caller took at its start: once the pool has let it go (invalidated, lost),
+    a new cursor of it, which says so as before."""
+    if pooled.dbapi_connection is not driver:
+        return driver.cursor()
+    kept = pooled.info.get(_KEPT_CURSORS)
+    if kept is None or kept[0] is not driver:
+        kept = pooled.info[_KEPT_CURSORS] = (driver, {})
+    cursor = kept[1].get(sql)
+    if cursor is None or cursor.closed:
+        cursor = kept[1][sql] = driver.cursor()
+    return cursor
+
+
 def transaction_failed(connection: Connection) -> bool:
     """PostgreSQL: the connection's transaction is open and failed (a statement's error), not over."""
     from psycopg import pq
