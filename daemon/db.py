@@ -468,9 +468,13 @@ def savepoint(connection: Connection, name: str, release: bool = True,
     ``sync``: the connection is in psycopg's pipeline mode (``pipelined``). A statement's error read with
     its result (not at a sync) leaves the pipeline aborted, and the server would skip the ROLLBACK TO
     sent after it: the pipeline is synced first (one round trip, on that failure only)."""
-    driver = connection.connection.driver_connection
+    pooled = connection.connection
+    driver = pooled.driver_connection
     assert driver is not None
-    driver.execute(f"SAVEPOINT {name}")
+    if sync is None:
+        driver.execute(f"SAVEPOINT {name}")
+    else:  # a batch's accepts, one SAVEPOINT each: on the cursor the connection keeps for it
+        kept_cursor(pooled, driver, f"SAVEPOINT {name}").execute(f"SAVEPOINT {name}")
     try:
         yield
     except BaseException:
@@ -514,7 +518,8 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
     of a statement sent after the block's last ``sync`` (the server then skipped the COMMIT: the
     transaction is left open and failed, for the caller to roll back to a savepoint and commit, or to
     roll back). A block that raises is rolled back."""
-    driver = connection.connection.driver_connection
+    pooled = connection.connection
+    driver = pooled.driver_connection
     if connection.dialect.name != "postgresql" or driver is None:
         yield lambda: None
         return
@@ -530,15 +535,16 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 except error as exc:
                     raise_as_sqlalchemy(connection, exc)
 
+            # On cursors the connection keeps (``kept_cursor``): psycopg's ``execute`` makes a cursor each time.
             if transaction:
-                driver.execute("BEGIN")
+                kept_cursor(pooled, driver, "BEGIN").execute("BEGIN")
             try:
                 yield sync
             except BaseException:
                 raised = True
                 raise
             if transaction:
-                driver.execute("COMMIT")
+                kept_cursor(pooled, driver, "COMMIT").execute("COMMIT")
     except error as exc:
         raise_as_sqlalchemy(connection, exc)
     finally:
@@ -563,10 +569,10 @@ def kept_cursor(pooled: Any, driver: Any, sql: str) -> Any:
     ``Transformer``) on each execute of another query than the cursor's last: a new cursor per statement
     paid both every time, as a kept read connection's cursors no longer do (``daemon.reads``). A kept
     cursor holds its last result (a RETURNING row or none) until its next execute, and goes with its
-    connection; its statement's SQL is one of a fixed few per connection (the prepared writes'). The
-    cursors are found by the DBAPI connection too, so one the pool replaced never gets another's.
-    ``driver`` is the one the caller took at its start: once the pool has let it go (invalidated, lost),
-    a new cursor of it, which says so as before."""
+    connection; its statement's SQL is one of a fixed few per connection (the prepared writes', and a
+    pipelined transaction's BEGIN, SAVEPOINT and COMMIT). The cursors are found by the DBAPI connection
+    too, so one the pool replaced never gets another's. ``driver`` is the one the caller took at its
+    start: once the pool has let it go (invalidated, lost), a new cursor of it, which says so as before."""
     if pooled.dbapi_connection is not driver:
         return driver.cursor()
     kept = pooled.info.get(_KEPT_CURSORS)
