@@ -479,11 +479,8 @@ def savepoint(connection: Connection, name: str, release: bool = True,
         yield
     except BaseException:
         try:
-            if sync is not None and _pipeline_aborted(driver):
-                try:
-                    sync()
-                except Exception:  # noqa: BLE001 - the error already raised, or "pipeline aborted"
-                    pass
+            if sync is not None:
+                settled(driver, sync)
             driver.execute(f"ROLLBACK TO SAVEPOINT {name}")
             if release:
                 driver.execute(f"RELEASE SAVEPOINT {name}")
@@ -498,6 +495,18 @@ def _pipeline_aborted(driver: Any) -> bool:
     from psycopg import pq
 
     return bool(driver.pgconn.pipeline_status == pq.PipelineStatus.ABORTED)
+
+
+def settled(driver: Any, sync: Callable[[], None]) -> None:
+    """In psycopg's pipeline mode (``pipelined``'s ``sync``), after a statement's error: a pipeline left
+    aborted by an error read with a result (not at a sync) is synced, so that the server runs what is
+    sent next (a ROLLBACK TO) and psycopg's pipeline ends without an error of its own. The error was
+    raised already; the sync's is not. ``driver``: the connection's DBAPI connection."""
+    if not driver.closed and _pipeline_aborted(driver):
+        try:
+            sync()
+        except Exception:  # noqa: BLE001 - the error already raised, or "pipeline aborted"
+            pass
 
 
 @contextmanager
