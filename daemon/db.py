@@ -470,18 +470,19 @@ def savepoint(connection: Connection, name: str, release: bool = True,
     ``sync``: the connection is in psycopg's pipeline mode (``pipelined``). A statement's error read with
     its result (not at a sync) leaves the pipeline aborted, and the server would skip the ROLLBACK TO
     sent after it: the pipeline is synced first (one round trip, on that failure only)."""
-    driver = connection.connection.driver_connection
+    pooled = connection.connection
+    driver = pooled.driver_connection
     assert driver is not None
-    driver.execute(f"SAVEPOINT {name}")
+    if sync is None:
+        driver.execute(f"SAVEPOINT {name}")
+    else:  # a batch's accepts, one SAVEPOINT each: on the cursor the connection keeps for it
+        kept_cursor(pooled, driver, f"SAVEPOINT {name}").execute(f"SAVEPOINT {name}")
     try:
         yield
     except BaseException:
         try:
-            if sync is not None and _pipeline_aborted(driver):
-                try:
-                    sync()
-                except Exception:  # noqa: BLE001 - the error already raised, or "pipeline aborted"
-                    pass
+            if sync is not None:
+                settled(driver, sync)
             driver.execute(f"ROLLBACK TO SAVEPOINT {name}")
             if release:
                 driver.execute(f"RELEASE SAVEPOINT {name}")
@@ -496,6 +497,18 @@ def _pipeline_aborted(driver: Any) -> bool:
     from psycopg import pq
 
     return bool(driver.pgconn.pipeline_status == pq.PipelineStatus.ABORTED)
+
+
+def settled(driver: Any, sync: Callable[[], None]) -> None:
+    """In psycopg's pipeline mode (``pipelined``'s ``sync``), after a statement's error: a pipeline left
+    aborted by an error read with a result (not at a sync) is synced, so that the server runs what is
+    sent next (a ROLLBACK TO) and psycopg's pipeline ends without an error of its own. The error was
+    raised already; the sync's is not. ``driver``: the connection's DBAPI connection."""
+    if not driver.closed and _pipeline_aborted(driver):
+        try:
+            sync()
+        except Exception:  # noqa: BLE001 - the error already raised, or "pipeline aborted"
+            pass
 
 
 @contextmanager
@@ -516,7 +529,8 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
     of a statement sent after the block's last ``sync`` (the server then skipped the COMMIT: the
     transaction is left open and failed, for the caller to roll back to a savepoint and commit, or to
     roll back). A block that raises is rolled back."""
-    driver = connection.connection.driver_connection
+    pooled = connection.connection
+    driver = pooled.driver_connection
     if connection.dialect.name != "postgresql" or driver is None:
         yield lambda: None
         return
@@ -532,15 +546,16 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 except error as exc:
                     raise_as_sqlalchemy(connection, exc)
 
+            # On cursors the connection keeps (``kept_cursor``): psycopg's ``execute`` makes a cursor each time.
             if transaction:
-                driver.execute("BEGIN")
+                kept_cursor(pooled, driver, "BEGIN").execute("BEGIN")
             try:
                 yield sync
             except BaseException:
                 raised = True
                 raise
             if transaction:
-                driver.execute("COMMIT")
+                kept_cursor(pooled, driver, "COMMIT").execute("COMMIT")
     except error as exc:
         raise_as_sqlalchemy(connection, exc)
     finally:
@@ -550,6 +565,34 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 driver.rollback()
             except Exception:  # noqa: BLE001 - a lost connection: its transaction is gone with it
                 pass
+
+
+# Where a pooled PostgreSQL connection keeps its write cursors (its pool record's ``info``, which the pool
+# clears when it replaces the DBAPI connection).
+_KEPT_CURSORS = "cabinet.prepared_write.cursors"
+
+
+def kept_cursor(pooled: Any, driver: Any, sql: str) -> Any:
+    """PostgreSQL: the cursor the pooled connection ``pooled`` (a SQLAlchemy ``Connection.connection``)
+    keeps for ``sql`` on its DBAPI connection ``driver``, made on first use.
+
+    psycopg builds a cursor's adapters when it is made, and its parameter dumpers and row loaders (a
+    ``Transformer``) on each execute of another query than the cursor's last: a new cursor per statement
+    paid both every time, as a kept read connection's cursors no longer do (``daemon.reads``). A kept
+    cursor holds its last result (a RETURNING row or none) until its next execute, and goes with its
+    connection; its statement's SQL is one of a fixed few per connection (the prepared writes', and a
+    pipelined transaction's BEGIN, SAVEPOINT and COMMIT). The cursors are found by the DBAPI connection
+    too, so one the pool replaced never gets another's. ``driver`` is the one the caller took at its
+    start: once the pool has let it go (invalidated, lost), a new cursor of it, which says so as before."""
+    if pooled.dbapi_connection is not driver:
+        return driver.cursor()
+    kept = pooled.info.get(_KEPT_CURSORS)
+    if kept is None or kept[0] is not driver:
+        kept = pooled.info[_KEPT_CURSORS] = (driver, {})
+    cursor = kept[1].get(sql)
+    if cursor is None or cursor.closed:
+        cursor = kept[1][sql] = driver.cursor()
+    return cursor
 
 
 def transaction_failed(connection: Connection) -> bool:

@@ -25,7 +25,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import Connection, Insert, Update
 from sqlalchemy.engine import Dialect
 
-from daemon.db import raise_as_sqlalchemy
+from daemon.db import kept_cursor, raise_as_sqlalchemy
 from daemon.prepared import Compiled
 
 T = TypeVar("T")
@@ -132,17 +132,20 @@ class PreparedWrite:
             return []
         compiled = self.compiled(connection.dialect)
         sql, parameters = self.rows_statement(connection.dialect, rows)
-        found = _run(connection, sql, parameters, False, _fetch_all if compiled.row is not None else _no_rows)
+        found = _run(connection, sql, parameters, False, _fetch_all if compiled.row is not None else _no_rows,
+                     keep=False)
         return [compiled.typed(row) for row in found]
 
     def send(self, connection: Connection, binds: dict[str, Any]) -> Callable[[], Any]:
         """``one`` in two halves, in psycopg's pipeline mode (``daemon.db.pipelined``): the statement sent
         now, its result not waited for; the function returned reads its row (typed; None if none), so that
-        statements sent one after the other come back in one round trip. An error is raised by that read."""
+        statements sent one after the other come back in one round trip. An error is raised by that read.
+        The row must be read before the same statement is sent again on the connection (its cursor is kept:
+        ``daemon.db.kept_cursor``)."""
         compiled = self.compiled(connection.dialect)
         sql, parameters = compiled.sql, compiled.parameters(binds)
-        # dbapi_connection is None only once invalidated; a connection in the caller's transaction is not.
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        pooled = connection.connection
+        cursor = kept_cursor(pooled, pooled.dbapi_connection, sql)
         error = connection.dialect.loaded_dbapi.Error
         try:
             _heard(connection, cursor, sql, parameters, False)
@@ -153,7 +156,6 @@ class PreparedWrite:
         def row() -> Any:
             try:
                 found = cursor.fetchone()
-                cursor.close()
             except error as exc:
                 raise_as_sqlalchemy(connection, exc, sql, parameters, cursor)
             return None if found is None else compiled.typed(found)
@@ -170,12 +172,17 @@ class PreparedWrite:
         return values.sql(len(rows)), values.parameters(compiled, rows)
 
 
-def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, result: Callable[[Any], T]) -> T:
+def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, result: Callable[[Any], T],
+         keep: bool = True) -> T:
     """``sql`` on the connection's own DBAPI cursor (the statement is part of the caller's transaction),
-    heard by the engine's listeners; ``result`` reads what it gave before the cursor closes. A driver
-    error goes through the connection's handler, as from ``Connection.execute``."""
-    # dbapi_connection is None only once invalidated; a connection in the caller's transaction is not.
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    heard by the engine's listeners; ``result`` reads what it gave. A driver error goes through the
+    connection's handler, as from ``Connection.execute``. ``keep``: the statement's SQL is one of a fixed
+    few, whose cursor PostgreSQL's connection keeps (``daemon.db.kept_cursor``); else (``rows``'s SQL, one per
+    number of rows) a cursor of its own, closed after."""
+    pooled = connection.connection
+    postgresql = keep and connection.dialect.name == "postgresql"
+    cursor = kept_cursor(pooled, pooled.dbapi_connection, sql) if postgresql else \
+        pooled.dbapi_connection.cursor()  # type: ignore[union-attr]  # None only once invalidated: not in a transaction
     try:
         _heard(connection, cursor, sql, parameters, executemany)
         if executemany:
@@ -183,7 +190,8 @@ def _run(connection: Connection, sql: str, parameters: Any, executemany: bool, r
         else:
             cursor.execute(sql, parameters)
         found = result(cursor)
-        cursor.close()
+        if not postgresql:
+            cursor.close()
     except connection.dialect.loaded_dbapi.Error as exc:
         raise_as_sqlalchemy(connection, exc, sql, parameters, cursor)
     return found

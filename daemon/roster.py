@@ -24,7 +24,7 @@ from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, 
 from daemon.client_list import client_views
 from daemon.clock import EARLIEST, INSTANT, LATEST
 from daemon.db import (
-    driver_commands, engine_of, pipelined, read_connections, rows_changed, savepoint, transaction_failed,
+    driver_commands, engine_of, pipelined, read_connections, rows_changed, savepoint, settled, transaction_failed,
     write_connection,
 )
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
@@ -185,6 +185,10 @@ def user_view_of(rows: Sequence[Any]) -> UserView:
 
 class _Replan(Exception):
     """Something an accept read before the write lock changed before its write: decide inside the lock."""
+
+
+class _Undone(Exception):
+    """A batch of one accept's transaction is to be rolled back (its outcome is decided already)."""
 
 
 # PostgreSQL's SQLSTATEs for a transaction that lost a race with another one (deadlock detected,
@@ -908,7 +912,10 @@ class Roster(DomainService):
         that an error is that accept's; the BEGIN goes with the first accept's statements, and the COMMIT
         with the last accept's, in place of its sync (``pipelined``). If one of those last statements
         failed, the server skipped the COMMIT: that accept alone is rolled back to its savepoint, and the
-        rest committed then. A failed COMMIT fails the whole batch: raised, so nobody is told it is done."""
+        rest committed then. A failed COMMIT fails the whole batch: raised, so nobody is told it is done.
+        A batch of one is written without a savepoint (``_alone_in_pipeline``)."""
+        if len(order) == 1:
+            return [self._alone_in_pipeline(*plans[0])]
         last = order[-1]
         with engine_of(self._sessions).connect() as connection:
             # Autocommit at the driver: psycopg would send a BEGIN of its own and wait for it. SQLAlchemy's
@@ -938,6 +945,37 @@ class Roster(DomainService):
                     outcomes[last] = None if _lost_race(exc) else exc
                     driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
         return outcomes
+
+    def _alone_in_pipeline(self, plan: AcceptPlan, channel: str) -> AcceptResult | Exception | None:
+        """``_written_in_pipeline`` for a batch of one accept: its transaction holds nothing else, so it needs
+        no SAVEPOINT of its own. Where a savepoint would be rolled back to (a race lost, a failure), the
+        transaction is rolled back instead, and the outcome is the same: None (decided again) or the error.
+        A statement fewer, and for PostgreSQL no subtransaction. As in a batch: a failed COMMIT (or a lost
+        connection) is raised."""
+        outcome: AcceptResult | Exception | None = None
+        with engine_of(self._sessions).connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")  # see _written_in_pipeline
+            driver = connection.connection.driver_connection
+            with connection.begin():
+                try:
+                    with pipelined(connection, transaction=True) as sync:
+                        try:
+                            outcome = self._accept_planned(connection, plan, channel, in_pipeline=True)
+                        except Exception as exc:
+                            outcome = None if isinstance(exc, _Replan) or _lost_race(exc) else exc
+                            settled(driver, sync)
+                            raise _Undone() from exc  # ``pipelined`` rolls the transaction back
+                except _Undone as undone:
+                    if connection.invalidated:  # lost: as the COMMIT would have failed, raised
+                        raise undone.__cause__ from None  # type: ignore[misc]
+                    return outcome
+                except Exception as exc:
+                    if not (transaction_failed(connection) and isinstance(outcome, AcceptResult)):
+                        raise  # the COMMIT failed (or the connection): nothing is durable
+                    # Its event or emails failed, and the server skipped the COMMIT sent after them.
+                    driver_commands(connection, "ROLLBACK")
+                    return None if _lost_race(exc) else exc
+        return outcome
 
     def _all_written(self, connection: Connection, plans: Sequence[tuple[AcceptPlan, str]], order: list[int],
                      outcomes: list[AcceptResult | Exception | None]) -> bool:

@@ -190,3 +190,102 @@ def test_a_roster_entry_found_by_its_name_is_connected_in_the_batch(
     assert env.sql("SELECT count(*) FROM clients WHERE company_id IS NULL") == [(1 if changed else 0,)]
     assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(3,)]
     assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(6,)]
+
+
+# A batch of one accept: no SAVEPOINT (its transaction holds nothing else); what a savepoint undid for it,
+# the transaction's rollback undoes, and it is told the same.
+
+def test_a_batch_of_one_accept_costs_three_round_trips_and_no_savepoint(
+    cabinet: Cabinet, env: Env, traced: RoundTrips
+) -> None:
+    (sent,) = send(cabinet, COMPANIES[:1])
+    token, me = invitation_token(cabinet, sent), user_id(cabinet)
+    traced.start()
+    (result,) = accept_together(cabinet.accepts, [token], me)
+    counts = traced.stop()
+    assert isinstance(result, AcceptResult), result
+    assert counts.by_statement["SAVEPOINT accept_plan"] == 0, counts
+    assert counts.by_statement["BEGIN"] == 1 and counts.by_statement["COMMIT"] == 1
+    assert counts.round_trips == 3, counts
+    assert env.sql("SELECT count(*) FROM clients") == [(1,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(2,)]
+
+
+def _nothing_accepted(env: Env) -> None:
+    assert env.sql("SELECT DISTINCT state FROM invitations") != [("accepted",)]
+    assert env.sql("SELECT count(*) FROM clients") == [(0,)]
+    assert env.sql("SELECT sum(clients) FROM firm_client_counts") in ([(None,)], [(0,)])
+    assert env.sql("SELECT count(*) FROM events WHERE kind = 'invitation.accepted'") == [(0,)]
+    assert env.sql("SELECT count(*) FROM outbox WHERE kind IN ('invitation_accepted', 'client_added')") == [(0,)]
+
+
+def test_a_lost_race_in_a_batch_of_one_undoes_the_entry_sent_beside_it(
+    cabinet: Cabinet, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoked between its plan and its write: the guarded UPDATE matches nothing, the roster entry's
+    INSERT sent with it did insert; the transaction is rolled back and the accept decided again."""
+    (sent,) = send(cabinet, COMPANIES[:1])
+    plan = cabinet.roster.plan_accept
+
+    def read_then_revoke(token: str, *args: Any) -> Any:
+        planned = plan(token, *args)
+        cabinet.roster.revoke_invitation(sent)
+        return planned
+
+    monkeypatch.setattr(cabinet.roster, "plan_accept", read_then_revoke)
+    (outcome,) = accept_together(cabinet.accepts, [invitation_token(cabinet, sent)], user_id(cabinet))
+    assert isinstance(outcome, InvitationUnavailable) and outcome.view.status == "revoked", outcome
+    assert env.sql("SELECT state FROM invitations") == [("revoked",)]
+    _nothing_accepted(env)
+
+
+@pytest.mark.parametrize("table", ["clients", "events"])
+def test_an_error_in_a_batch_of_one_fails_it_and_keeps_nothing(
+    cabinet: Cabinet, env: Env, caplog: pytest.LogCaptureFixture, table: str
+) -> None:
+    """A trigger refuses the roster entry (its error read with the entry's row, which leaves psycopg's
+    pipeline aborted) or the event (its error read at the pipeline's end, where the server skips the
+    COMMIT sent after it): the accept fails with that error, nothing of it is kept, and psycopg's pipeline
+    ends without an error of its own (nothing logged)."""
+    (sent,) = send(cabinet, COMPANIES[:1])
+    env.write("CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+              "RAISE EXCEPTION 'row refused'; END $$",
+              f"CREATE TRIGGER refuse_row BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_row()")
+    (outcome,) = accept_together(cabinet.accepts, [invitation_token(cabinet, sent)], user_id(cabinet))
+    assert isinstance(outcome, DBAPIError) and "row refused" in str(outcome), outcome
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]
+    _nothing_accepted(env)
+    assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.records
+    # The connection is fit for the next batch: the same accept, once the trigger is gone.
+    env.write(f"DROP TRIGGER refuse_row ON {table}")
+    (again,) = accept_together(cabinet.accepts, [invitation_token(cabinet, sent)], user_id(cabinet))
+    assert isinstance(again, AcceptResult), again
+
+
+def test_a_failing_commit_fails_a_batch_of_one(cabinet: Cabinet, env: Env) -> None:
+    (sent,) = send(cabinet, COMPANIES[:1])
+    env.write("CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+              "RAISE EXCEPTION 'refused at commit'; END $$",
+              "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED "
+              "FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()")
+    (outcome,) = accept_together(cabinet.accepts, [invitation_token(cabinet, sent)], user_id(cabinet))
+    assert isinstance(outcome, DBAPIError) and "refused at commit" in str(outcome), outcome
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]
+    _nothing_accepted(env)
+
+
+def test_a_connection_lost_in_a_batch_of_one_fails_it(cabinet: Cabinet, env: Env) -> None:
+    """The backend is terminated as the accept's guarded write is about to be sent: it is told of the
+    error (no 303), nothing is kept."""
+    (sent,) = send(cabinet, COMPANIES[:1])
+
+    def terminate(table: str, row_id: int, wanted: str) -> None:
+        env.write("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+    roster = Roster(replace(cabinet.roster.context, checkpoint=terminate))
+    (outcome,) = accept_together(Accepts(roster, plan_on_loop=False), [invitation_token(cabinet, sent)],
+                                 user_id(cabinet))
+    assert isinstance(outcome, DBAPIError), outcome
+    assert env.sql("SELECT state FROM invitations") == [("pending",)]
+    _nothing_accepted(env)
