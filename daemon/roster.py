@@ -9,6 +9,7 @@ never touch the tables themselves.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
@@ -189,6 +190,12 @@ class _Replan(Exception):
 
 class _Undone(Exception):
     """A batch of one accept's transaction is to be rolled back (its outcome is decided already)."""
+
+
+def _undone_outcome(exc: Exception) -> Exception | None:
+    """What an accept undone by ``exc`` is told: None (decided again inside the lock) when its rows changed
+    since its plan or it lost a race (a deadlock or serialization failure is not a failure), else ``exc``."""
+    return None if isinstance(exc, _Replan) or _lost_race(exc) else exc
 
 
 # PostgreSQL's SQLSTATEs for a transaction that lost a race with another one (deadlock detected,
@@ -917,33 +924,25 @@ class Roster(DomainService):
         if len(order) == 1:
             return [self._alone_in_pipeline(*plans[0])]
         last = order[-1]
-        with engine_of(self._sessions).connect() as connection:
-            # Autocommit at the driver: psycopg would send a BEGIN of its own and wait for it. SQLAlchemy's
-            # transaction is bookkeeping only (no statement: BEGIN and COMMIT are ``pipelined``'s), but without
-            # it SQLAlchemy answers a statement's error with a ROLLBACK of the whole batch.
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            with connection.begin():
-                try:
-                    with pipelined(connection, transaction=True) as sync:
-                        for n in order:
-                            plan, channel = plans[n]
-                            try:
-                                # Not released: the COMMIT ends them all, a statement fewer per accept.
-                                with savepoint(connection, "accept_plan", release=False, sync=sync):
-                                    outcomes[n] = self._accept_planned(connection, plan, channel, in_pipeline=True)
-                                    if n != last:
-                                        sync()  # this accept's errors raised here, inside its savepoint
-                            except _Replan:
-                                outcomes[n] = None
-                            except Exception as exc:
-                                # A deadlock or serialization failure is a race lost, not a failure: decided again.
-                                outcomes[n] = None if _lost_race(exc) else exc
-                except Exception as exc:
-                    if not (transaction_failed(connection) and isinstance(outcomes[last], AcceptResult)):
-                        raise  # the COMMIT failed (or the connection): none of the batch is durable
-                    # The last accept's statements failed, and the server skipped the COMMIT sent after them.
-                    outcomes[last] = None if _lost_race(exc) else exc
-                    driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
+        with self._pipeline_connection() as connection:
+            try:
+                with pipelined(connection, transaction=True) as sync:
+                    for n in order:
+                        plan, channel = plans[n]
+                        try:
+                            # Not released: the COMMIT ends them all, a statement fewer per accept.
+                            with savepoint(connection, "accept_plan", release=False, sync=sync):
+                                outcomes[n] = self._accept_planned(connection, plan, channel, in_pipeline=True)
+                                if n != last:
+                                    sync()  # this accept's errors raised here, inside its savepoint
+                        except Exception as exc:
+                            outcomes[n] = _undone_outcome(exc)
+            except Exception as exc:
+                if not (transaction_failed(connection) and isinstance(outcomes[last], AcceptResult)):
+                    raise  # the COMMIT failed (or the connection): none of the batch is durable
+                # The last accept's statements failed, and the server skipped the COMMIT sent after them.
+                outcomes[last] = _undone_outcome(exc)
+                driver_commands(connection, "ROLLBACK TO SAVEPOINT accept_plan", "COMMIT")
         return outcomes
 
     def _alone_in_pipeline(self, plan: AcceptPlan, channel: str) -> AcceptResult | Exception | None:
@@ -953,29 +952,39 @@ class Roster(DomainService):
         A statement fewer, and for PostgreSQL no subtransaction. As in a batch: a failed COMMIT (or a lost
         connection) is raised."""
         outcome: AcceptResult | Exception | None = None
-        with engine_of(self._sessions).connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT")  # see _written_in_pipeline
+        with self._pipeline_connection() as connection:
             driver = connection.connection.driver_connection
-            with connection.begin():
-                try:
-                    with pipelined(connection, transaction=True) as sync:
-                        try:
-                            outcome = self._accept_planned(connection, plan, channel, in_pipeline=True)
-                        except Exception as exc:
-                            outcome = None if isinstance(exc, _Replan) or _lost_race(exc) else exc
-                            settled(driver, sync)
-                            raise _Undone() from exc  # ``pipelined`` rolls the transaction back
-                except _Undone as undone:
-                    if connection.invalidated:  # lost: as the COMMIT would have failed, raised
-                        raise undone.__cause__ from None  # type: ignore[misc]
-                    return outcome
-                except Exception as exc:
-                    if not (transaction_failed(connection) and isinstance(outcome, AcceptResult)):
-                        raise  # the COMMIT failed (or the connection): nothing is durable
-                    # Its event or emails failed, and the server skipped the COMMIT sent after them.
-                    driver_commands(connection, "ROLLBACK")
-                    return None if _lost_race(exc) else exc
+            try:
+                with pipelined(connection, transaction=True) as sync:
+                    try:
+                        outcome = self._accept_planned(connection, plan, channel, in_pipeline=True)
+                    except Exception as exc:
+                        outcome = _undone_outcome(exc)
+                        settled(driver, sync)
+                        raise _Undone() from exc  # ``pipelined`` rolls the transaction back
+            except _Undone as undone:
+                if connection.invalidated:  # lost: as the COMMIT would have failed, raised
+                    raise undone.__cause__ from None  # type: ignore[misc]
+                return outcome
+            except Exception as exc:
+                if not (transaction_failed(connection) and isinstance(outcome, AcceptResult)):
+                    raise  # the COMMIT failed (or the connection): nothing is durable
+                # Its event or emails failed, and the server skipped the COMMIT sent after them.
+                driver_commands(connection, "ROLLBACK")
+                return _undone_outcome(exc)
         return outcome
+
+    @contextmanager
+    def _pipeline_connection(self) -> Iterator[Connection]:
+        """A connection for ``pipelined(connection, transaction=True)``, inside SQLAlchemy's transaction.
+
+        Autocommit at the driver: psycopg would send a BEGIN of its own and wait for it. SQLAlchemy's
+        transaction is bookkeeping only (no statement: BEGIN and COMMIT are ``pipelined``'s), but without
+        it SQLAlchemy answers a statement's error with a ROLLBACK of the whole batch."""
+        with engine_of(self._sessions).connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            with connection.begin():
+                yield connection
 
     def _all_written(self, connection: Connection, plans: Sequence[tuple[AcceptPlan, str]], order: list[int],
                      outcomes: list[AcceptResult | Exception | None]) -> bool:
