@@ -428,7 +428,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(60))
     actor: Mapped[str] = mapped_column(String(320))
     channel: Mapped[str] = mapped_column(String(20))  # "link" | "cli" | "reply" | "scheduler"
-    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"), index=True)
+    # No index of its own: every query on events starts from its client, company or kind (migration 0021).
+    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"))
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))  # ix_events_company_kind
     client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True)
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
