@@ -1,6 +1,7 @@
-"""Migrations 0021–0023, less written per client and per event: events' firm_id index gone (0021), one
-trigram GIN index over the roster's name and address on PostgreSQL (0022), SQLite's FTS5 search table
-without column sizes (0023). Each goes down and up again with the search still finding what it found;
+"""Migrations 0021–0024, less work per accept: events' firm_id index gone (0021), one trigram GIN index
+over the roster's name and address on PostgreSQL (0022), SQLite's FTS5 search table without column sizes
+(0023), memberships by (firm, user) for the staff in order (0024). Each goes down and up again with the
+search still finding what it found;
 and the search recognises PostgreSQL's trigram indexes in either layout (0022's, or 0015's made by hand
 from README's earlier SQL).
 
@@ -63,8 +64,14 @@ def fts_sql(conn: Connection) -> str:
     return conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'clients_search'").scalar() or ""
 
 
+def indexes(engine: Engine, table: str) -> set[str]:
+    return {ix["name"] for ix in inspect(engine).get_indexes(table)}
+
+
 def check_head(engine: Engine) -> None:
-    assert "ix_events_firm_id" not in {ix["name"] for ix in inspect(engine).get_indexes("events")}
+    assert "ix_events_firm_id" not in indexes(engine, "events")
+    memberships = indexes(engine, "memberships")
+    assert "ix_memberships_firm_user" in memberships and "ix_memberships_firm_id" not in memberships
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
             assert "columnsize=0" in fts_sql(conn)
@@ -77,7 +84,9 @@ def check_head(engine: Engine) -> None:
 
 
 def check_0020(engine: Engine) -> None:
-    assert "ix_events_firm_id" in {ix["name"] for ix in inspect(engine).get_indexes("events")}
+    assert "ix_events_firm_id" in indexes(engine, "events")
+    memberships = indexes(engine, "memberships")
+    assert "ix_memberships_firm_id" in memberships and "ix_memberships_firm_user" not in memberships
     with engine.begin() as conn:
         if conn.dialect.name == "sqlite":
             assert "columnsize" not in fts_sql(conn)
@@ -87,7 +96,7 @@ def check_0020(engine: Engine) -> None:
         assert searched(conn) == SEARCHES
 
 
-def test_0021_to_0023_go_down_and_up_again_and_the_search_finds_the_same_clients(tmp_path: Path) -> None:
+def test_0021_to_0024_go_down_and_up_again_and_the_search_finds_the_same_clients(tmp_path: Path) -> None:
     engine = db.make_engine(fresh_database_url(tmp_path))
     try:
         db.upgrade(engine, "0020")
