@@ -78,6 +78,10 @@ SENDER = "cabinet@cabinet.bench.example"
 ZONE = "Europe/Paris"
 KEPT_PAGES = 4096
 
+# Cabinet's tables as far as the floor uses them, with Cabinet's keys and indexes on those columns (its
+# migrations to 0024: no firm_id-only index on clients or events, events by company and kind, a firm's
+# client names unique), and none of its features' (the search's trigram index, the roster's orders and
+# counts, the pending invitations' uniqueness): what any product writing these rows would maintain.
 SCHEMA = """
 CREATE TABLE firms (id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL, name_key VARCHAR(200) NOT NULL UNIQUE,
     email VARCHAR(320) NOT NULL, created_at DATETIME NOT NULL);
@@ -99,14 +103,12 @@ CREATE INDEX ix_invitations_email ON invitations (email);
 CREATE TABLE clients (id INTEGER PRIMARY KEY, firm_id INTEGER NOT NULL REFERENCES firms(id),
     company_id INTEGER REFERENCES companies(id), kind VARCHAR(20) NOT NULL, name VARCHAR(200) NOT NULL,
     name_key VARCHAR(200) NOT NULL, email VARCHAR(320), billing VARCHAR(20) NOT NULL, status VARCHAR(30) NOT NULL,
-    connected_at DATETIME, created_at DATETIME NOT NULL, UNIQUE (firm_id, company_id));
-CREATE INDEX ix_clients_firm_id ON clients (firm_id);
+    connected_at DATETIME, created_at DATETIME NOT NULL, UNIQUE (firm_id, company_id), UNIQUE (firm_id, name_key));
 CREATE INDEX ix_clients_company_id ON clients (company_id);
 CREATE TABLE events (id INTEGER PRIMARY KEY, at DATETIME NOT NULL, kind VARCHAR(60) NOT NULL,
     actor VARCHAR(320) NOT NULL, channel VARCHAR(20) NOT NULL, firm_id INTEGER REFERENCES firms(id),
     company_id INTEGER REFERENCES companies(id), client_id INTEGER REFERENCES clients(id), detail TEXT NOT NULL);
-CREATE INDEX ix_events_firm_id ON events (firm_id);
-CREATE INDEX ix_events_company_id ON events (company_id);
+CREATE INDEX ix_events_company_kind ON events (company_id, kind);
 CREATE INDEX ix_events_client_id ON events (client_id);
 CREATE TABLE outbox (id INTEGER PRIMARY KEY, message_id VARCHAR(255) NOT NULL UNIQUE, ref VARCHAR(24) NOT NULL UNIQUE,
     kind VARCHAR(60) NOT NULL, envelope_from VARCHAR(320) NOT NULL, recipient VARCHAR(320) NOT NULL,

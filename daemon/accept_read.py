@@ -79,7 +79,9 @@ def accept_read(dialect: str) -> Select[Any]:
         _json_row(dialect, staff_user.c.email, staff_user.c.name, staff_user.c.locale, staff_user.c.timezone),
         select(staff_user.c.id).join(membership, membership.c.user_id == staff_user.c.id)
         .where(*told_staff(chosen.c.id, staff_user)),
-        staff_user.c.id, chosen,
+        # The members' order is their users' (joined on it), taken from the membership so that SQLite reads
+        # it from ix_memberships_firm_user in order: by staff_user.id it sorted them on every accept.
+        membership.c.user_id, chosen,
     )
 
     def entry_where(*found_by: Any) -> Any:

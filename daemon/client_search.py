@@ -4,8 +4,9 @@ The words are folded as ``clients.search_key`` is (case and accents away: ``sear
 must appear somewhere in the name or in the address (``LIKE '%word%'``, with ``%``, ``_`` and ``\\``
 as plain characters). A trigram index answers that without reading the roster (migration 0015):
 
-- on PostgreSQL, pg_trgm's GIN indexes serve the ``LIKE`` itself, so the statement is the same
-  with or without them;
+- on PostgreSQL, pg_trgm's GIN index over both columns (migration 0022; or 0015's two, one a column,
+  which README's SQL made by hand before) serves the ``LIKE`` itself, so the statement is the same
+  with or without it;
 - on SQLite, the FTS5 ``clients_search`` table is asked for the words' rows (``MATCH``, each word a
   quoted phrase so that ``"``, ``*``, ``-``, ``:`` or ``NEAR`` are plain text), and the roster reads
   those rows by id.
@@ -29,11 +30,16 @@ log = logging.getLogger(__name__)
 
 TRIGRAM = 3  # the shortest word a trigram index can look up
 SEARCH_TABLE = table("clients_search", column("rowid", Integer))
+# PostgreSQL's trigram indexes, either layout complete: one over both columns (0022), or one a column
+# (0015, and README's manual SQL until 0022). Both of the latter: the search ORs its ``LIKE``s on the
+# two columns, and with one of them indexed alone the statement reads the roster anyway.
+PG_TRGM_LAYOUTS = (frozenset({"ix_clients_search_trgm"}),
+                   frozenset({"ix_clients_search_key_trgm", "ix_clients_email_trgm"}))
 
 
 class SearchIndex(StrEnum):
     FTS5 = "fts5"  # SQLite: the clients_search table
-    PG_TRGM = "pg_trgm"  # PostgreSQL: GIN trigram indexes the LIKE uses as it is
+    PG_TRGM = "pg_trgm"  # PostgreSQL: GIN trigram index(es) the LIKE uses as it is
     NONE = "none"  # the search scans the roster
 
 
@@ -71,8 +77,9 @@ def search_index(s: Session) -> SearchIndex:
         found = s.scalar(text("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'clients_search'"))
         kind = SearchIndex.FTS5 if found else SearchIndex.NONE
     elif dialect == "postgresql":
-        found = s.scalar(text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_clients_search_key_trgm'"))
-        kind = SearchIndex.PG_TRGM if found else SearchIndex.NONE
+        names = set(s.scalars(text("SELECT indexname FROM pg_indexes "
+                                   "WHERE schemaname = current_schema() AND tablename = 'clients'")))
+        kind = SearchIndex.PG_TRGM if any(layout <= names for layout in PG_TRGM_LAYOUTS) else SearchIndex.NONE
     else:
         kind = SearchIndex.NONE
     if kind is SearchIndex.NONE:

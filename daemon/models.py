@@ -187,11 +187,16 @@ class User(Base):
 
 class Membership(Base):
     __tablename__ = "memberships"
-    __table_args__ = (UniqueConstraint("user_id", "firm_id"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "firm_id"),
+        # A firm's staff in user order from the index alone: the accept's read tells them in that order
+        # (daemon.accept_read), which SQLite sorted in a temporary b-tree per accept (migration 0024).
+        Index("ix_memberships_firm_user", "firm_id", "user_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"), index=True)
+    firm_id: Mapped[int] = mapped_column(ForeignKey("firms.id"))  # ix_memberships_firm_user
     role: Mapped[str] = mapped_column(String(20))  # "admin" | "staff"
 
     user: Mapped[User] = relationship(back_populates="memberships")
@@ -428,7 +433,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(60))
     actor: Mapped[str] = mapped_column(String(320))
     channel: Mapped[str] = mapped_column(String(20))  # "link" | "cli" | "reply" | "scheduler"
-    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"), index=True)
+    # No index of its own: every query on events starts from its client, company or kind (migration 0021).
+    firm_id: Mapped[int | None] = mapped_column(ForeignKey("firms.id"))
     company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))  # ix_events_company_kind
     client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), index=True)
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON

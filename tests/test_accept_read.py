@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import event
 
+from daemon.accept_read import ACCEPT_READ
 from daemon.app import Cabinet, build
 from daemon.config import load_config
 from daemon.errors import NotAllowed
@@ -172,3 +173,19 @@ def test_an_accept_post_reads_the_session_and_the_accept_one_statement_each(
     finally:
         browser.close()
         server.stop()
+
+
+def test_on_sqlite_the_staff_to_tell_come_from_the_index_in_order_not_sorted(cabinet: Cabinet) -> None:
+    """The staff list's order (their users') is read from ``ix_memberships_firm_user`` (migration 0024):
+    SQLite's plan for it has no temporary b-tree. (The products' list still sorts by position: a few rows
+    of a table no index orders that way.)"""
+    if cabinet.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's query plan (PostgreSQL's json_agg sorts its own input)")
+    statement = ACCEPT_READ["sqlite"].compile(dialect=cabinet.engine.dialect)
+    binds = statement.construct_params({"id": 1, "user_id": 1, "firm_id": None})
+    with cabinet.engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(statement),
+                                    tuple(binds[name] for name in statement.positiontup)).all()
+    staff = [parent for _, parent, _, detail in plan if "SEARCH memberships USING COVERING INDEX ix_memberships_firm_user" in detail]
+    assert len(staff) == 1, plan
+    assert [detail for _, parent, _, detail in plan if parent == staff[0] and "TEMP B-TREE" in detail] == [], plan
