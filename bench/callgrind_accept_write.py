@@ -39,7 +39,7 @@ FIRST = 32
 # (as the SQLite server's batches are), on a fresh copy of the seed. Run with ``-c`` from the folder whose
 # ``daemon`` is measured (its working directory comes first on ``sys.path``). Arguments: the seed folder,
 # the run's folder, the count, the accountant's address, the batch's size.
-COUNTED = f"""
+COUNTED = """
 import json, shutil, sys
 from pathlib import Path
 seed, folder, count, accountant = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -77,6 +77,29 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+class _ImmediateTransaction(RootTransaction):
+    """The group writer's transaction: ``BEGIN IMMEDIATE`` sent straight to the driver.
+
+    ``Connection.begin`` runs the engine's ``begin`` listeners, and ``_sqlite_begin`` sent the BEGIN through
+    ``exec_driver_sql``: an execution context, a cursor and the cursor events for two words of SQL, a fifth
+    of a group's instructions (``bench/callgrind_group.py``). This is still SQLAlchemy's root transaction of
+    the connection (a Session joins it; its COMMIT and ROLLBACK, and their events, are SQLAlchemy's, and an
+    error inside it is not "auto-rolled back" as one outside a transaction would be); only its BEGIN skips
+    the machinery, and a failed BEGIN is raised as SQLAlchemy's error (``raise_as_sqlalchemy``), through the
+    engine's ``handle_error`` listeners, as before."""
+
+    __slots__ = ()
+
+    def _connection_begin_impl(self) -> None:
+        connection = self.connection
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a connection just checked out or kept valid (the writer drops invalid ones)
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except connection.dialect.loaded_dbapi.Error as exc:
+            raise_as_sqlalchemy(connection, exc, "BEGIN IMMEDIATE")
+
+
 # PostgreSQL: each instance keeps a small pool (several instances share the
 # server's max_connections). A connection the server closed (restart, idle
 # timeout, terminated backend) is replaced before a request uses it by
@@ -241,7 +264,7 @@ class GroupWriter:
         if self._group is None:
             if checkpoints is not None and checkpoints.overdue:  # the thread fell behind: SQLite's way, once
                 checkpoints.catch_up(self._connection)
-            self._transaction = self._connection.begin()  # BEGIN IMMEDIATE (see _sqlite_begin)
+            self._transaction = _ImmediateTransaction(self._connection)  # what Connection.begin() would make
             self._group = _Group()
         return self._connection, self._group
 

@@ -3,6 +3,7 @@ SQLite file: many callers, fewer commits, and each caller its own outcome."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from daemon import db
 
@@ -294,3 +295,35 @@ def test_savepoints_journal_in_memory_and_each_rolls_back_alone(engine: Engine) 
     assert [row[0] for row in kept] == [n for n in range(40) if n % 7 != 3]
     # Each kept row was shrunk by every later kept item (and by no undone one); the last is as inserted.
     assert [row[1] for row in kept] == [5000] * (len(kept) - 1) + [6000]
+
+
+def test_a_begin_refused_is_sqlalchemys_error_and_the_writer_begins_again(engine: Engine, tmp_path: Path) -> None:
+    """The writer's BEGIN IMMEDIATE goes straight to the driver (``db._ImmediateTransaction``); refused (the
+    database locked by another process's writer), it is raised as SQLAlchemy's OperationalError, as
+    ``Connection.begin`` raised it, through the engine's ``handle_error`` listeners; the writer drops that
+    connection and its next unit begins on another."""
+    @event.listens_for(engine, "connect")
+    def no_waiting(dbapi_connection: Any, _record: Any) -> None:  # after _sqlite_pragmas: refused at once
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    handled: list[BaseException] = []
+    event.listen(engine, "handle_error", lambda context: handled.append(context.original_exception))
+    engine.dispose()  # the connections opened by the fixture had the 10 s wait
+    sessions = db.make_sessionmaker(engine)
+    other = sqlite3.connect(tmp_path / "group.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(OperationalError, match="database is locked") as refused:
+            with db.write_connection(sessions) as conn:
+                conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (1, 1)")
+        assert isinstance(refused.value.orig, sqlite3.OperationalError)
+        assert handled == [refused.value.orig]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with db.write_connection(sessions) as conn:
+        conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (2, 1)")
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (3, 1)"))
+    db.close_sessions(sessions)
+    assert rows(engine) == [2, 3]
