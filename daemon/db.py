@@ -81,7 +81,7 @@ class _ImmediateTransaction(RootTransaction):
     """The group writer's transaction: ``BEGIN IMMEDIATE`` sent straight to the driver.
 
     ``Connection.begin`` runs the engine's ``begin`` listeners, and ``_sqlite_begin`` sent the BEGIN through
-    ``exec_driver_sql``: an execution context, a cursor and the cursor events for two words of SQL, a fifth
+    ``exec_driver_sql``: an execution context, a cursor and the cursor events for two words of SQL, a quarter
     of a group's instructions (``bench/callgrind_group.py``). This is still SQLAlchemy's root transaction of
     the connection (a Session joins it; its COMMIT and ROLLBACK, and their events, are SQLAlchemy's, and an
     error inside it is not "auto-rolled back" as one outside a transaction would be); only its BEGIN skips
@@ -237,13 +237,13 @@ class GroupWriter:
         self._waiting = 0
         self._urgent = 0  # foreground units waiting for the lock
         self._owner: int | None = None
-        # The write connection, kept from group to group (see _begin); dropped when it fails, when the engine
+        # The write connection, kept from group to group (see _begin_group); dropped when it fails, when the engine
         # is disposed (``_engine_disposed``) and on ``close``.
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._group: _Group | None = None
         self._checkpoints: Checkpointer | None = None
-        self._disposed = False  # the engine was disposed while a unit held the lock: drop the connection after it
+        self._disposed = False  # the engine was disposed while a group was open: drop the connection once it ends
         event.listen(engine, "engine_disposed", self._engine_disposed)
 
     def checkpoint_in_background(self, bound: int | None = None, limit: int | None = None) -> Checkpointer | None:
