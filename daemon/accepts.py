@@ -9,7 +9,10 @@ a transaction of its own (``Roster.accept_unplanned``), and one that fails fails
 answered before the commit that holds their accept.
 
 Where the plan is read depends on the database. SQLite's read takes no lock a writer holds and is over
-sooner than a thread hop: it runs on the event loop, and only the write goes to the batch. A PostgreSQL
+sooner than a thread hop: it runs on the event loop, and only the write goes to the batch, on a thread
+the accepts keep for their batches (one writer writes them one after another), which ``close`` ends:
+``asyncio.to_thread``'s hop (a copied context, a concurrent future chained to the loop's, a wake-up
+per result) cost more than twice a queue's (``daemon.thread_reads``), for batches of one or two. A PostgreSQL
 read is a network round trip, which must not block the event loop: the batch's thread reads every plan
 then writes them, so N accepts in flight cost one thread hop and one commit, not N of each.
 """
@@ -18,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mailer.recorder import BatchRecorder
 from daemon.arrivals import Arrivals
 from daemon.roster import AcceptPlan, AcceptResult, Roster
+from daemon.thread_reads import ThreadReads
 
 # Accepts written in one transaction at most: a commit's wait shared by many, a transaction still short.
 BATCH = 64
@@ -53,6 +57,8 @@ class _Again:
 
 
 _Outcome = AcceptResult | Exception | _Again
+_Planned = tuple[AcceptPlan, str]  # a plan and its channel
+_Written = AcceptResult | Exception | None  # None: rows changed since the plan, decided again
 
 
 class Accepts:
@@ -63,9 +69,11 @@ class Accepts:
         self._roster = roster
         self._plan_on_loop = plan_on_loop
         self._arrivals = Arrivals(lull, max_wait)
+        # SQLite's batches' thread, made on the event loop that writes the first (another loop, another).
+        self._batch_thread: ThreadReads | None = None
         # max_age=0: a batch is written at once; what comes in while it is written makes the next one.
         self._planned: BatchRecorder[tuple[AcceptPlan, str], AcceptResult | Exception | None] = BatchRecorder(
-            self._write_planned, size=batch, max_age=0)
+            self._write_planned, size=batch, max_age=0, hop=self._on_batch_thread)
         self._requested: BatchRecorder[_Request, _Outcome] = BatchRecorder(
             self._plan_and_write, size=batch, max_age=0, writers=POSTGRESQL_WRITERS)
 
@@ -109,6 +117,22 @@ class Accepts:
         """An accept is in flight, or came in or was answered less than ``lull`` seconds ago (the outbox
         worker stops starting emails)."""
         return self._arrivals.busy()
+
+    def close(self) -> None:
+        """End the batches' thread, once the batch it is writing (if any) is written."""
+        thread, self._batch_thread = self._batch_thread, None
+        if thread is not None:
+            thread.close(wait=True)
+
+    def _on_batch_thread(self, write: Callable[[Sequence[_Planned]], list[_Written]],
+                         batch: Sequence[_Planned]) -> asyncio.Future[list[_Written]]:
+        """``write(batch)`` on the batches' thread (on the loop; the future resolves on it)."""
+        thread = self._batch_thread
+        if thread is None or not thread.serves_running_loop():
+            if thread is not None:  # the loop it served has gone (a test's asyncio.run): nothing waits on it
+                thread.close()
+            thread = self._batch_thread = ThreadReads(1, name="cabinet-accepts")
+        return thread.run(write, batch)
 
     def _write_planned(self, items: Sequence[tuple[AcceptPlan, str]]) -> list[AcceptResult | Exception | None]:
         return self._roster.accept_planned_many(items)

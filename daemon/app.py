@@ -76,6 +76,7 @@ class Cabinet:
     link_opens: LinkOpens
 
     def close(self) -> None:
+        self.accepts.close()
         self.passwords.close()
         db.close_sessions(self.sessions)
         self.engine.dispose()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, RootTransaction, create_engine, event, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -77,6 +77,29 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+class _ImmediateTransaction(RootTransaction):
+    """The group writer's transaction: ``BEGIN IMMEDIATE`` sent straight to the driver.
+
+    ``Connection.begin`` runs the engine's ``begin`` listeners, and ``_sqlite_begin`` sent the BEGIN through
+    ``exec_driver_sql``: an execution context, a cursor and the cursor events for two words of SQL, a quarter
+    of a group's instructions (``bench/callgrind_group.py``). This is still SQLAlchemy's root transaction of
+    the connection (a Session joins it; its COMMIT and ROLLBACK, and their events, are SQLAlchemy's, and an
+    error inside it is not "auto-rolled back" as one outside a transaction would be); only its BEGIN skips
+    the machinery, and a failed BEGIN is raised as SQLAlchemy's error (``raise_as_sqlalchemy``), through the
+    engine's ``handle_error`` listeners, as before."""
+
+    __slots__ = ()
+
+    def _connection_begin_impl(self) -> None:
+        connection = self.connection
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a connection just checked out or kept valid (the writer drops invalid ones)
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except connection.dialect.loaded_dbapi.Error as exc:
+            raise_as_sqlalchemy(connection, exc, "BEGIN IMMEDIATE")
+
+
 # PostgreSQL: each instance keeps a small pool (several instances share the
 # server's max_connections). A connection the server closed (restart, idle
 # timeout, terminated backend) is replaced before a request uses it by
@@ -98,10 +121,11 @@ POSTGRESQL_ENGINE_OPTIONS: dict[str, Any] = {
 # as many connections. With SQLAlchemy's default (5, overflow 10) every connection beyond the fifth
 # was closed when returned and a new one opened (connect and four PRAGMAs) on the next request:
 # 2.6 % of the link GET's CPU in the profile.
-# Last in, first out: the group writer hands its connection back between groups, and the pool's
+# Last in, first out: the group writer handed its connection back between groups, and the pool's
 # default (first in, first out) then gave the next group the longest-idle of 32 connections, whose
 # statement cache had not seen the batch's statements: SQLite prepared them again (15.7k instructions
-# an accept against 9.9k, bench/callgrind_accept.py); the one just returned has them.
+# an accept against 9.9k, bench/callgrind_accept.py); the one just returned has them. (The writer keeps
+# its connection from group to group now, GroupWriter._begin_group; the other threads' still go back.)
 SQLITE_THREADS = 32
 SQLITE_ENGINE_OPTIONS: dict[str, Any] = {"pool_size": SQLITE_THREADS, "max_overflow": 8, "pool_use_lifo": True}
 
@@ -213,10 +237,14 @@ class GroupWriter:
         self._waiting = 0
         self._urgent = 0  # foreground units waiting for the lock
         self._owner: int | None = None
+        # The write connection, kept from group to group (see _begin_group); dropped when it fails, when the engine
+        # is disposed (``_engine_disposed``) and on ``close``.
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._group: _Group | None = None
         self._checkpoints: Checkpointer | None = None
+        self._disposed = False  # the engine was disposed while a group was open: drop the connection once it ends
+        event.listen(engine, "engine_disposed", self._engine_disposed)
 
     def checkpoint_in_background(self, bound: int | None = None, limit: int | None = None) -> Checkpointer | None:
         """Take WAL checkpoints out of this writer's COMMITs, onto a thread (``daemon.checkpoints``; ``bound``
@@ -233,17 +261,34 @@ class GroupWriter:
         return self._checkpoints
 
     def _begin(self) -> tuple[Connection, _Group]:
-        checkpoints = self._checkpoints
-        if self._connection is None or self._connection.closed:
-            self._connection = self._engine.connect().execution_options(**WRITE)
-            if checkpoints is not None:
-                checkpoints.adopt(self._connection)
         if self._group is None:
-            if checkpoints is not None and checkpoints.overdue:  # the thread fell behind: SQLite's way, once
-                checkpoints.catch_up(self._connection)
-            self._transaction = self._connection.begin()  # BEGIN IMMEDIATE (see _sqlite_begin)
+            try:
+                self._begin_group()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The kept connection was found lost at its BEGIN (closed under the writer): nothing of the
+                # group ran on it yet, so the group begins once more, on a fresh connection.
+                self._begin_group()
             self._group = _Group()
+        assert self._connection is not None  # an open group keeps its connection until it ends (_finish)
         return self._connection, self._group
+
+    def _begin_group(self) -> None:
+        """The kept connection (another when it is gone), then its group's BEGIN IMMEDIATE (lock held)."""
+        checkpoints = self._checkpoints
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated or self._disposed:
+            # Kept from group to group, not checked out of the pool and returned each time: a checkout's events
+            # and record, and a return's reset (a ROLLBACK), were half of a group's instructions
+            # (bench/callgrind_group.py); and the batch's statements stay in this connection's cache.
+            self._drop_connection()
+            connection = self._connection = self._engine.connect().execution_options(**WRITE)
+            if checkpoints is not None:
+                checkpoints.adopt(connection)
+        if checkpoints is not None and checkpoints.overdue:  # the thread fell behind: SQLite's way, once
+            checkpoints.catch_up(connection)
+        self._transaction = _ImmediateTransaction(connection)  # what Connection.begin() would make
 
     def _finish(self, group: _Group, lost: BaseException | None = None) -> None:
         """Commit the group (lock held); its callers learn the outcome through ``group``. ``lost``: what a
@@ -269,12 +314,34 @@ class GroupWriter:
                 self._connection.invalidate()  # a connection that failed to commit is not reused
                 self._connection = None
         else:
-            # Back to the pool between groups: no connection is held while nothing is written.
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            if self._disposed:  # the engine let the pool go while this group ran: so does the writer
+                self._drop_connection()
         finally:
             group.done.set()
+
+    def _drop_connection(self) -> None:
+        """Close the kept connection (lock held): invalidated, so closed at once, not handed back to a pool
+        that may be the disposed one, where it would stay open until collected."""
+        self._disposed = False
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.invalidate()
+            connection.close()
+
+    def _engine_disposed(self, _engine: Engine) -> None:
+        """``engine.dispose()``: the writer lets its connection go with the pool's, at once if no unit holds
+        it (nothing waits for the lock here: ``dispose`` may be called by a unit's own thread), otherwise
+        once the group ends; the next group opens a connection from the new pool."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._group is None:
+                    self._drop_connection()
+                else:
+                    self._disposed = True
+            finally:
+                self._lock.release()
+        else:
+            self._disposed = True
 
     def _should_commit(self, group: _Group) -> bool:
         with self._queue:
@@ -364,9 +431,10 @@ class GroupWriter:
         with self._lock:
             if self._group is not None:
                 self._finish(self._group)
-            if self._connection is not None:
+            if self._connection is not None:  # back to the pool, which the engine's dispose then closes
                 self._connection.close()
                 self._connection = None
+            self._disposed = False
             # After the last group: everything into the database file, the WAL emptied.
             checkpoints, self._checkpoints = self._checkpoints, None
             if checkpoints is not None:

@@ -14,14 +14,15 @@ stores: group commit for whoever waits). ``record`` is called in a
 worker thread with a batch and returns one outcome per item, so one bad row
 is that row's outcome, never the batch's. ``writers`` (default 1) lets that many batches be written
 at once, each in its own thread: on PostgreSQL a batch's write waits mostly for round trips, which
-several batches in flight overlap (the accepts of ``daemon.accepts``).
+several batches in flight overlap (the accepts of ``daemon.accepts``). ``hop`` takes a batch to its
+thread instead of ``asyncio.to_thread`` (SQLite's accepts: one thread of their own, ``daemon.accepts``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,14 @@ Outcome = TypeVar("Outcome")
 
 class BatchRecorder(Generic[Item, Outcome]):
     def __init__(self, record: Callable[[Sequence[Item]], list[Outcome]], size: int = 64,
-                 max_age: float = 0.2, writers: int = 1) -> None:
+                 max_age: float = 0.2, writers: int = 1,
+                 hop: Callable[[Callable[[Sequence[Item]], list[Outcome]], Sequence[Item]],
+                               Awaitable[list[Outcome]]] | None = None) -> None:
         self._record = record
         self._size = size
         self._max_age = max_age
         self._writers = writers
+        self._hop = hop if hop is not None else asyncio.to_thread
         self._pending: list[tuple[Item, asyncio.Future[Outcome]]] = []
         self._writing: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -73,7 +77,7 @@ class BatchRecorder(Generic[Item, Outcome]):
                 first = False
                 batch, self._pending = self._pending[:self._size], self._pending[self._size:]
                 try:
-                    outcomes = await asyncio.to_thread(self._record, [item for item, _ in batch])
+                    outcomes = await self._hop(self._record, [item for item, _ in batch])
                 except BaseException as exc:  # the futures carry it to whoever awaits them
                     for _, future in batch:
                         if not future.done():

@@ -303,8 +303,73 @@ def test_background_work_gives_way_to_accepts_coming_in_but_never_for_long(cabin
         bounded = Accepts(cabinet.roster, plan_on_loop, lull=3600, max_wait=0.01)
         await bounded.accept(invitation_token(cabinet, second), me, None, "link")
         await asyncio.wait_for(bounded.wait_for_lull(), MEETING_TIMEOUT)
+        for accepts in (quiet, held, bounded):
+            accepts.close()
 
     asyncio.run(scenario())
+
+
+def test_sqlites_batches_run_on_one_thread_of_their_own_which_close_ends(cabinet: Cabinet, env: Env) -> None:
+    """Batch after batch on one long-lived thread (not a hop through ``asyncio.to_thread`` each), each still
+    answered once committed; ``Cabinet.close`` ends the thread."""
+    if not env.is_sqlite:
+        pytest.skip("PostgreSQL's batches read their plans in threads of the pool (POSTGRESQL_WRITERS at once)")
+    sent = send(cabinet, COMPANIES[:4])
+    tokens = [invitation_token(cabinet, n) for n in sent]
+    committed_on: list[threading.Thread] = []
+
+    def seen(_connection: Any) -> None:
+        committed_on.append(threading.current_thread())
+
+    async def two_batches() -> list[Any]:
+        first = await _together(cabinet.accepts, tokens[:2], user_id(cabinet))
+        return first + await _together(cabinet.accepts, tokens[2:], user_id(cabinet))
+
+    event.listen(cabinet.engine, "commit", seen)
+    try:
+        results = asyncio.run(two_batches())
+    finally:
+        event.remove(cabinet.engine, "commit", seen)
+    assert all(isinstance(r, AcceptResult) for r in results), results
+    assert len(committed_on) == 2 and committed_on[0] is committed_on[1], committed_on
+    (thread,) = set(committed_on)
+    assert thread.name.startswith("cabinet-accepts") and thread.is_alive()
+    cabinet.close()
+    assert not thread.is_alive()
+
+
+def test_a_batch_that_fails_fails_its_own_accepts_and_the_next_batch_is_written(cabinet: Cabinet, env: Env) -> None:
+    """A batch whose write fails as a whole (its BEGIN refused: another process holds SQLite's write lock)
+    fails each of its accepts with that error, nobody else's; the batches' thread goes on with the next."""
+    if not env.is_sqlite:
+        pytest.skip("SQLite's batches' thread and its write lock")
+    sent = send(cabinet, COMPANIES[:4])
+    tokens = [invitation_token(cabinet, n) for n in sent]
+
+    @event.listens_for(cabinet.engine, "connect")
+    def no_waiting(dbapi_connection: Any, _record: Any) -> None:  # after the engine's own pragmas
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    cabinet.engine.dispose()  # the writer's connection, and the pool's, waited 10 s for the lock
+    other = sqlite3.connect(env.database, isolation_level=None)
+
+    async def batches() -> tuple[list[Any], list[Any]]:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            refused = await _together(cabinet.accepts, tokens[:2], user_id(cabinet))
+        finally:
+            other.execute("ROLLBACK")
+        return refused, await _together(cabinet.accepts, tokens[2:], user_id(cabinet))
+
+    try:
+        refused, written = asyncio.run(batches())
+    finally:
+        other.close()
+    assert [type(r).__name__ for r in refused] == ["OperationalError"] * 2, refused
+    assert all("database is locked" in str(r) for r in refused), refused
+    assert all(isinstance(r, AcceptResult) for r in written), written
+    assert env.sql("SELECT id, state FROM invitations ORDER BY id") == [
+        (sent[0], "pending"), (sent[1], "pending"), (sent[2], "accepted"), (sent[3], "accepted")]
 
 
 def test_an_accept_in_flight_holds_background_work_back_until_it_is_answered() -> None:

@@ -3,6 +3,7 @@ SQLite file: many callers, fewer commits, and each caller its own outcome."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from daemon import db
 
@@ -294,3 +295,113 @@ def test_savepoints_journal_in_memory_and_each_rolls_back_alone(engine: Engine) 
     assert [row[0] for row in kept] == [n for n in range(40) if n % 7 != 3]
     # Each kept row was shrunk by every later kept item (and by no undone one); the last is as inserted.
     assert [row[1] for row in kept] == [5000] * (len(kept) - 1) + [6000]
+
+
+def test_a_begin_refused_is_sqlalchemys_error_and_the_writer_begins_again(engine: Engine, tmp_path: Path) -> None:
+    """The writer's BEGIN IMMEDIATE goes straight to the driver (``db._ImmediateTransaction``); refused (the
+    database locked by another process's writer), it is raised as SQLAlchemy's OperationalError, as
+    ``Connection.begin`` raised it, through the engine's ``handle_error`` listeners; the writer drops that
+    connection and its next unit begins on another."""
+    @event.listens_for(engine, "connect")
+    def no_waiting(dbapi_connection: Any, _record: Any) -> None:  # after _sqlite_pragmas: refused at once
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    handled: list[BaseException] = []
+    event.listen(engine, "handle_error", lambda context: handled.append(context.original_exception))
+    engine.dispose()  # the connections opened by the fixture had the 10 s wait
+    sessions = db.make_sessionmaker(engine)
+    other = sqlite3.connect(tmp_path / "group.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with pytest.raises(OperationalError, match="database is locked") as refused:
+            with db.write_connection(sessions) as conn:
+                conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (1, 1)")
+        assert isinstance(refused.value.orig, sqlite3.OperationalError)
+        assert handled == [refused.value.orig]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with db.write_connection(sessions) as conn:
+        conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (2, 1)")
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (3, 1)"))
+    db.close_sessions(sessions)
+    assert rows(engine) == [2, 3]
+
+
+def driver_of(sessions: Any) -> Any:
+    """The DBAPI connection a write unit runs on, taken inside a unit of its own (its group committed)."""
+    with db.write_connection(sessions) as conn:
+        return conn.connection.driver_connection
+
+
+def is_closed(driver: Any) -> bool:
+    try:
+        driver.execute("SELECT 1")
+    except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+        return True
+    return False
+
+
+def test_the_writer_keeps_its_connection_from_group_to_group_and_replaces_it_after_a_failed_commit(
+    engine: Engine,
+) -> None:
+    """Groups one after another run on one connection, never checked out of the pool again (nor returned:
+    no reset); one whose COMMIT failed is closed, and the next group runs on a new one."""
+    sessions = db.make_sessionmaker(engine)
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    event.listen(engine, "reset", lambda *_: checkouts.append(-1))
+    commits = commits_counted(engine)
+    drivers = {id(driver_of(sessions)) for _ in range(3)}
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (1, 1)"))
+    assert len(drivers) == 1 and commits[0] == 4 and checkouts == [1]
+    kept = driver_of(sessions)
+    with pytest.raises(IntegrityError):
+        with db.write_transaction(sessions) as s:
+            s.execute(text("INSERT INTO child (id, parent_id) VALUES (2, 999)"))  # refused at COMMIT
+    assert is_closed(kept)
+    with db.write_transaction(sessions) as s:
+        s.execute(text("INSERT INTO child (id, parent_id) VALUES (3, 1)"))
+    fresh = driver_of(sessions)
+    assert fresh is not kept and not is_closed(fresh)
+    db.close_sessions(sessions)
+    assert rows(engine) == [1, 3]
+
+
+def test_a_kept_connection_closed_under_the_writer_is_replaced_before_its_group_begins(engine: Engine) -> None:
+    """Found lost at its BEGIN, before anything of the group ran on it: the group begins on a fresh
+    connection, and its unit never sees the lost one."""
+    sessions = db.make_sessionmaker(engine)
+    lost = driver_of(sessions)
+    lost.close()
+    with db.write_connection(sessions) as conn:
+        conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (1, 1)")
+        assert conn.connection.driver_connection is not lost
+    db.close_sessions(sessions)
+    assert rows(engine) == [1]
+
+
+def test_the_writers_connection_goes_with_the_engines_pool(engine: Engine) -> None:
+    """``engine.dispose()`` closes the writer's kept connection (at once when no unit holds it, else once
+    its group ends), and the next group opens one from the new pool; ``close`` lets it go too."""
+    sessions = db.make_sessionmaker(engine)
+    idle = driver_of(sessions)
+    engine.dispose()
+    assert is_closed(idle)
+    with db.write_connection(sessions) as conn:
+        inside = conn.connection.driver_connection
+        engine.dispose()  # by the unit's own thread, the lock held: not waited for
+        conn.exec_driver_sql("INSERT INTO child (id, parent_id) VALUES (1, 1)")
+        assert not is_closed(inside)  # the group's transaction is still on it
+    assert is_closed(inside)
+    after = driver_of(sessions)
+    assert after is not idle and after is not inside
+    db.close_sessions(sessions)
+    assert rows(engine) == [1]
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    driver_of(sessions)  # the writer goes on after close, on a connection checked out again
+    db.close_sessions(sessions)
+    assert checkouts == [1]
