@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
+import time
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 
 from mailer import mime
 from mailer.headers import display_name_text, set_header, unsafe_character
 
 
-def new_message_id(domain: str) -> str:
-    return make_msgid(idstring="cabinet", domain=domain)
+class MessageIds:
+    """New Message-IDs for one outbox: ``<START.PID.RANDOM.N.cabinet@DOMAIN>``.
+
+    ``email.utils.make_msgid`` reads the clock, the pid and 64 random bits for every email (9k instructions
+    under callgrind, two an accept). These are read once, when the outbox is made, and a counter tells its
+    emails apart: unique within the outbox by the counter, and between outboxes (processes, restarts,
+    instances on one database) by the same three things ``make_msgid`` relies on, the 64 random bits from
+    ``secrets`` rather than ``random``."""
+
+    def __init__(self, domain: str) -> None:
+        self._prefix = f"<{int(time.time() * 100)}.{os.getpid()}.{secrets.randbits(64)}."
+        self._suffix = f".cabinet@{domain}>"
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter)}{self._suffix}"
 
 
 def check_recipient(to: str) -> tuple[str, str]:

@@ -36,7 +36,7 @@ from daemon.notices import Notice
 from daemon.rawmail import storable
 from daemon.tokens import LinkSigner, Purpose
 from mailer.content import dump_content, load_content
-from mailer.message import check_recipient, message_bytes, new_message_id
+from mailer.message import MessageIds, check_recipient, message_bytes
 from mailer.recorder import BatchRecorder
 from mailer.render import EmailRenderer
 from mailer.transports import BatchTransport, Transport, TransportError
@@ -98,6 +98,7 @@ class Outbox:
         # every email's From is this address under the name of whom it speaks for.
         self._from_mailbox: Address | None = None
         self._domain = domain
+        self._message_ids = MessageIds(domain)
 
     def address(self, purpose: Purpose, ref: str) -> str:
         """``reply+…@domain`` or ``bounce+…@domain`` for the email with reference ``ref``."""
@@ -134,7 +135,7 @@ class Outbox:
         }
         ref = secrets.token_hex(6)
         return {
-            "message_id": new_message_id(self._domain),
+            "message_id": self._message_ids.new(),
             "ref": ref,
             "kind": notice.template,
             # VERP: a bounce comes back to an address that names this very email.
