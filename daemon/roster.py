@@ -90,10 +90,15 @@ class WrongAccount(NotAllowed):
         self.signed_in = signed_in
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AcceptResult:
     invitation: InvitationView
     client: ClientView
+
+    def __init__(self, invitation: InvitationView, client: ClientView) -> None:
+        # One C call, not the frozen dataclass's ``object.__setattr__`` per field (every accept makes one);
+        # still frozen, equal and hashed as generated (tests/test_notice.py).
+        self.__dict__.update(invitation=invitation, client=client)
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def _lost_race(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None) in _RACE_LOST
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AcceptPlan:
     """An accept decided on a read connection (``Roster.plan_accept``), for its write to carry out."""
 
@@ -218,6 +223,13 @@ class AcceptPlan:
     products: tuple[str, ...]
     emails: list[dict[str, Any]]  # outbox rows, prepared (Notifier.prepare)
     now: datetime
+
+    def __init__(self, read: Any, firm_id: int, firm_name: str, client: RosterEntry | None,
+                 products: tuple[str, ...], emails: list[dict[str, Any]], now: datetime) -> None:
+        # One C call, not the frozen dataclass's ``object.__setattr__`` per field (every accept makes one);
+        # still frozen, equal and hashed as generated (tests/test_notice.py).
+        self.__dict__.update(read=read, firm_id=firm_id, firm_name=firm_name, client=client, products=products,
+                             emails=emails, now=now)
 
 
 

@@ -13,10 +13,12 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from daemon.clock import utc_isoformat
+
 
 def _tagged(value: Any) -> Any:
     if isinstance(value, datetime):
-        return {"$datetime": value.isoformat()}
+        return {"$datetime": utc_isoformat(value)}  # value.isoformat(), from digit tables
     if isinstance(value, date):
         return {"$date": value.isoformat()}
     if isinstance(value, Decimal):

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
+import time
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 
 from mailer import mime
 from mailer.headers import display_name_text, set_header, unsafe_character
 
 
-def new_message_id(domain: str) -> str:
-    return make_msgid(idstring="cabinet", domain=domain)
+class MessageIds:
+    """New Message-IDs for one outbox, in ``make_msgid(idstring="cabinet")``'s shape and length:
+    ``<TIME.PID.N.cabinet@DOMAIN>``, N a 64-bit number.
+
+    ``make_msgid`` reads the clock, the pid and 64 random bits for every email (9k instructions under
+    callgrind, two emails an accept). Here they are read once, when the outbox is made, and N counts on
+    from the random start, modulo 2**64: unique within the outbox (no repeat before 2**64 emails), and
+    between outboxes (processes, restarts, instances on one database) by the time and pid, and by 64 random
+    bits as ``make_msgid``'s are, from ``secrets`` rather than ``random``."""
+
+    def __init__(self, domain: str) -> None:
+        self._prefix = f"<{int(time.time() * 100)}.{os.getpid()}."
+        self._suffix = f".cabinet@{domain}>"
+        self._start = secrets.randbits(64)
+        self._counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self._prefix}{(self._start + next(self._counter)) & _BITS_64}{self._suffix}"
+
+
+_BITS_64 = (1 << 64) - 1
 
 
 def check_recipient(to: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, select_autoescape
 
 from daemon.i18n import date_filters
+from mailer.subjects import PlainSubject, plain_subject
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class EmailRenderer:
         # Each subject template alone, looked up once per (name, locale): the outbox renders the subject
         # when it queues an email (its bodies only when it sends it), and jinja's own lookup (its cache's
         # lock and the loader's up-to-date check) cost as much as rendering the line.
-        self._subjects: dict[tuple[str, str], Template] = {}
+        self._subjects: dict[tuple[str, str], tuple[Template, PlainSubject | None]] = {}
 
     def _environment(self) -> Environment:
         env = Environment(
@@ -98,10 +99,23 @@ class EmailRenderer:
 
     def subject(self, name: str, locale: str, timezone: str, context: dict[str, Any]) -> str:
         """The subject line alone (what the outbox lists before the email is rendered)."""
-        template = self._subjects.get((name, locale))
+        found = self._subjects.get((name, locale))
+        if found is None:
+            found = self._subjects[(name, locale)] = self._subject_template(name, locale)
+        template, plain = found
+        values = self._values(locale, timezone, context)
+        text = plain.render(values) if plain is not None else None
+        if text is None:
+            text = self._run(template, values)
+        return " ".join(text.split())
+
+    def _subject_template(self, name: str, locale: str,
+                          template: Template | None = None) -> tuple[Template, PlainSubject | None]:
+        """The subject's compiled template, and its plain form if it has one (``mailer.subjects``)."""
+        path = f"{locale}/{name}.subject"
         if template is None:
-            template = self._subjects[(name, locale)] = self._env.get_template(f"{locale}/{name}.subject")
-        return " ".join(self._run(template, self._values(locale, timezone, context)).split())
+            template = self._env.get_template(path)
+        return template, plain_subject(self._env, path, template.filename)
 
     def warm(self, names: Sequence[str], locales: Sequence[str]) -> None:
         """Compile the emails ``names`` (subject and bodies) in ``locales`` now, rather than when the first
@@ -112,10 +126,9 @@ class EmailRenderer:
             for locale in locales:
                 try:
                     subject, _, _ = self._templates(name, locale)
+                    self._subjects[(name, locale)] = self._subject_template(name, locale, subject)
                 except TemplateError as exc:
                     log.warning("email %s/%s could not be compiled ahead of its first use: %s", locale, name, exc)
-                    continue
-                self._subjects[(name, locale)] = subject
         for layout in EMAIL_LAYOUTS:  # what every HTML part extends or imports, loaded when it first renders
             try:
                 self._env.get_template(layout)

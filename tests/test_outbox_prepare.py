@@ -3,6 +3,7 @@ cheaper, a bounce address that verifies and names the row, a Message-ID of its o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -11,13 +12,16 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from daemon.app import build
 from daemon.cli import cli as cabinet_cli
 from daemon.config import load_config
+from daemon.models import OutboxMessage
 from daemon.notices import Notice
 from daemon.tokens import Purpose
 from mailer.content import _tagged, load_content
+from mailer.outbox import SQLITE_ROWS
 from tests.conftest import FakeClock, write_config
 
 AT = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=timezone.utc)
@@ -108,3 +112,20 @@ def test_a_fact_that_holds_itself_fails_the_prepare_as_json_dumps_does(cabinet: 
         cabinet.outbox.prepare(bad)
     # The next email after the refused one dumps as before (nothing of the failed dump is kept).
     assert load_content(cabinet.outbox.prepare(notice)["content"])["context"]["company"] == "Boulangerie Roy"
+
+
+@pytest.mark.parametrize("count", [1, 2, SQLITE_ROWS, SQLITE_ROWS + 1, 2 * SQLITE_ROWS + 5])
+def test_queued_prepared_rows_are_all_written_in_order_whatever_their_number(cabinet: Any, count: int) -> None:
+    """``queue_prepared`` writes SQLite's rows in multi-row INSERTs of ``SQLITE_ROWS`` at most (a statement's
+    binds are limited): every row, each as prepared, whatever their number; none for none."""
+    # Nothing to refer to in a new database: the notices without their invitation, company and firm.
+    unattached = [dataclasses.replace(notice, invitation_id=None, company_id=None, firm_id=None) for notice in SAMPLES]
+    rows = [cabinet.outbox.prepare(unattached[n % len(unattached)]) for n in range(count)]
+    columns = ["message_id", "ref", "kind", "recipient", "subject", "content", "state", "company_id", "audience"]
+    with cabinet.engine.begin() as connection:
+        cabinet.outbox.queue_prepared(connection, [])
+        cabinet.outbox.queue_prepared(connection, rows)
+        written = connection.execute(
+            select(*(OutboxMessage.__table__.c[name] for name in columns), OutboxMessage.created_at)
+            .order_by(OutboxMessage.id)).all()
+    assert [tuple(row) for row in written] == [(*(r[name] for name in columns), r["created_at"]) for r in rows]
