@@ -25,12 +25,13 @@ from daemon.scheduler import Scheduler
 from daemon.loops import Repeater
 from daemon.metrics import Metrics
 from daemon.reads import POSTGRESQL_KEPT
-from daemon.thread_reads import THREAD_READS, ThreadReads
+from daemon.thread_reads import ThreadReads
 from daemon.accepts import POSTGRESQL_WRITERS
 from daemon.arrivals import Arrivals
 from daemon.smtp import InboundHandler, make_protocol_factory
 from daemon.web import make_app, make_metrics_app
 from daemon.web.access_log import AccessLine
+from daemon.web.context import THREAD_READS
 from daemon.web.pages import Pages
 
 log = logging.getLogger(__name__)

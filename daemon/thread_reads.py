@@ -23,7 +23,6 @@ from collections import deque
 from queue import SimpleQueue
 from typing import Any, Callable, TypeVar
 
-from aiohttp import web
 
 T = TypeVar("T")
 
@@ -94,5 +93,3 @@ class ThreadReads:
             else:
                 future.set_exception(exc)
 
-
-THREAD_READS = web.AppKey("thread_reads", ThreadReads)

@@ -20,7 +20,7 @@ from daemon.i18n import negotiate
 from daemon.tokens import LinkSigner, Purpose
 from daemon.views import UserView
 from daemon.link_opens import KnownOpenings, Opening
-from daemon.thread_reads import THREAD_READS
+from daemon.thread_reads import ThreadReads
 from daemon.web.browser_ids import BrowserIds
 from daemon.web.pages import Pages
 from daemon.web.security import SECURITY, SecuredResponse, WebSecurity
@@ -29,6 +29,7 @@ CABINET = web.AppKey("cabinet", Cabinet)
 PAGES = web.AppKey("pages", Pages)
 SESSIONS = web.AppKey("web_sessions", WebSessions)
 BROWSER_IDS = web.AppKey("browser_ids", BrowserIds)
+THREAD_READS = web.AppKey("thread_reads", ThreadReads)  # here, not in daemon.thread_reads: the CLI imports that (accepts) without aiohttp
 
 
 @dataclass(frozen=True, slots=True)
