@@ -260,6 +260,12 @@ class GroupWriter:
                 self._checkpoints = Checkpointer(database, bound or BOUND, limit)
         return self._checkpoints
 
+    @property
+    def keeps_connection(self) -> bool:
+        """Whether the writer holds its connection between groups: checked out of the pool, with no
+        transaction open on it (``_begin_group``)."""
+        return self._connection is not None and self._group is None
+
     def _begin(self) -> tuple[Connection, _Group]:
         if self._group is None:
             try:
@@ -499,6 +505,14 @@ def writes_waiting(sessions: sessionmaker[Session]) -> bool:
     always False on PostgreSQL, where transactions do not queue on one lock."""
     writer = getattr(sessions, "writer", None)
     return writer is not None and writer.contended()
+
+
+def connections_kept(sessions: sessionmaker[Session]) -> int:
+    """Connections Cabinet keeps checked out of the pool between transactions, with none open on them:
+    SQLite's group writer's (``GroupWriter.keeps_connection``); none on PostgreSQL. What the pool's
+    ``checkedout()`` counts beyond the connections in use."""
+    writer = getattr(sessions, "writer", None)
+    return int(writer is not None and writer.keeps_connection)
 
 
 def engine_of(sessions: sessionmaker[Session]) -> Engine:
