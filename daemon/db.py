@@ -585,8 +585,14 @@ def settled(driver: Any, sync: Callable[[], None]) -> None:
     """In psycopg's pipeline mode (``pipelined``'s ``sync``), after a statement's error: a pipeline left
     aborted by an error read with a result (not at a sync) is synced, so that the server runs what is
     sent next (a ROLLBACK TO) and psycopg's pipeline ends without an error of its own. The error was
-    raised already; the sync's is not. ``driver``: the connection's DBAPI connection."""
-    if not driver.closed and _pipeline_aborted(driver):
+    raised already; the sync's is not. ``driver``: the connection's DBAPI connection.
+
+    Synced until it is no longer aborted: psycopg's ``sync`` reads what has come back while it sends, and
+    when that holds an error (the skipped statements' "pipeline aborted") it raises without waiting for
+    the rest, the sync's own result among it, which would then be read (and raised) at some later sync.
+    Each pass either reads an error it then raises, of which there are only as many as statements were
+    sent, or reads everything up to its sync: a few passes at most, none of them waiting on time."""
+    while not (driver.closed or driver.broken) and _pipeline_aborted(driver):
         try:
             sync()
         except Exception:  # noqa: BLE001 - the error already raised, or "pipeline aborted"
@@ -619,7 +625,8 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
     error = connection.dialect.loaded_dbapi.Error
     if transaction:
         assert driver.autocommit, "a pipelined transaction sends its own BEGIN: autocommit at the driver"
-    raised = False
+    raised: BaseException | None = None
+    failed: Exception | None = None
     try:
         with driver.pipeline() as pipeline:
             def sync() -> None:
@@ -633,20 +640,35 @@ def pipelined(connection: Connection, transaction: bool = False) -> Iterator[Cal
                 kept_cursor(pooled, driver, "BEGIN").execute("BEGIN")
             try:
                 yield sync
-            except BaseException:
-                raised = True
-                raise
-            if transaction:
-                kept_cursor(pooled, driver, "COMMIT").execute("COMMIT")
+            except BaseException as exc:
+                # Not raised through psycopg's pipeline, whose end would log ("error ignored terminating") the
+                # "pipeline aborted" it reads after the block's error. Ended as after a block that went well,
+                # it reads everything sent all the same (the connection is fit for what follows), and raises
+                # what it read instead of logging it: ignored below, the block's error is the one raised.
+                raised = exc
+            else:
+                if transaction:
+                    try:
+                        kept_cursor(pooled, driver, "COMMIT").execute("COMMIT")
+                    except error as exc:
+                        # An earlier statement's error, read as the COMMIT was sent (psycopg reads what has
+                        # come back whenever it sends): the server skips the COMMIT, and the pipeline's end
+                        # reads the rest. This error is the one raised, not the COMMIT's "pipeline aborted".
+                        failed = exc
     except error as exc:
-        raise_as_sqlalchemy(connection, exc)
+        if raised is None:
+            raise_as_sqlalchemy(connection, failed or exc)
     finally:
         # Rolled back once out of the pipeline: in an aborted pipeline the server would skip a ROLLBACK.
-        if transaction and raised:
+        if transaction and raised is not None:
             try:
                 driver.rollback()
             except Exception:  # noqa: BLE001 - a lost connection: its transaction is gone with it
                 pass
+    if raised is not None:
+        raise raised
+    if failed is not None:
+        raise_as_sqlalchemy(connection, failed)
 
 
 # Where a pooled PostgreSQL connection keeps its write cursors (its pool record's ``info``, which the pool

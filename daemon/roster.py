@@ -25,7 +25,7 @@ from daemon.accept_read import ACCEPT_READ, RosterEntry, entry_of, products_of, 
 from daemon.client_list import client_views
 from daemon.clock import EARLIEST, INSTANT, LATEST
 from daemon.db import (
-    driver_commands, engine_of, pipelined, read_connections, rows_changed, savepoint, settled, transaction_failed,
+    driver_commands, engine_of, pipelined, read_connections, rows_changed, savepoint, transaction_failed,
     write_connection,
 )
 from daemon.deliveries import KINDS as DELIVERY_KINDS, LinkFact, delivery, parse_detail
@@ -965,15 +965,14 @@ class Roster(DomainService):
         connection) is raised."""
         outcome: AcceptResult | Exception | None = None
         with self._pipeline_connection() as connection:
-            driver = connection.connection.driver_connection
             try:
-                with pipelined(connection, transaction=True) as sync:
+                with pipelined(connection, transaction=True):
                     try:
                         outcome = self._accept_planned(connection, plan, channel, in_pipeline=True)
                     except Exception as exc:
                         outcome = _undone_outcome(exc)
-                        settled(driver, sync)
-                        raise _Undone() from exc  # ``pipelined`` rolls the transaction back
+                        # ``pipelined`` reads what the pipeline still holds, then rolls the transaction back.
+                        raise _Undone() from exc
             except _Undone as undone:
                 if connection.invalidated:  # lost: as the COMMIT would have failed, raised
                     raise undone.__cause__ from None  # type: ignore[misc]

@@ -9,17 +9,20 @@ accept's event, emails and the COMMIT: 3N. BEGIN waits for nothing."""
 
 from __future__ import annotations
 
+import select
 from dataclasses import replace
 from typing import Any, Iterator
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from bench.pg_round_trips import RoundTrips
 from daemon.app import Cabinet
 from daemon.accepts import Accepts
 from daemon.roster import AcceptResult, InvitationUnavailable, Roster
-from tests.conftest import Cli, Env, invitation_token
+from tests.conftest import WAIT_TIMEOUT, Cli, Env, invitation_token
 from tests import test_accepts
 from tests.test_accepts import COMPANIES, FIRM, accept_together, send, user_id
 
@@ -260,6 +263,56 @@ def test_an_error_in_a_batch_of_one_fails_it_and_keeps_nothing(
     env.write(f"DROP TRIGGER refuse_row ON {table}")
     (again,) = accept_together(cabinet.accepts, [invitation_token(cabinet, sent)], user_id(cabinet))
     assert isinstance(again, AcceptResult), again
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_an_error_read_as_the_commit_is_sent_fails_the_accept_quietly(
+    cabinet: Cabinet, env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The event's error comes back after the accept's emails are sent and before what follows them (the
+    COMMIT, or a sync in a batch), as happens on a busy machine, so psycopg reads it while sending the
+    COMMIT and raises it there. Here the trigger first waits for its company's advisory lock, which the
+    test holds until the emails are sent, then the test waits for the error to reach the socket. Each
+    accept fails with the trigger's error, nothing of them is kept, and psycopg's pipeline ends without
+    an error of its own: it logged "error ignored terminating …: pipeline aborted" before (the flaky
+    failure of the test above)."""
+    sent = send(cabinet, COMPANIES[:batch])
+    companies = [row[0] for row in env.sql("SELECT company_id FROM invitations")]
+    env.write("CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+              "PERFORM pg_advisory_xact_lock(NEW.company_id); RAISE EXCEPTION 'row refused'; END $$",
+              "CREATE TRIGGER refuse_row BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_row()")
+    holder_engine = create_engine(env.database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    holder = holder_engine.connect()
+    notifier = cabinet.roster._notifier
+    queue = notifier.queue_prepared
+    waited: list[bool] = []
+
+    def queue_then_wait_for_the_error(connection: Any, prepared: list[dict[str, Any]]) -> None:
+        queue(connection, prepared)  # sent while the event's INSERT waits for the lock: nothing to read yet
+        (company,) = {email["company_id"] for email in prepared}
+        holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": company})
+        driver = connection.connection.driver_connection
+        readable, _, _ = select.select([driver.fileno()], [], [], WAIT_TIMEOUT)
+        waited.append(bool(readable))
+
+    try:
+        for company in companies:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": company})
+        monkeypatch.setattr(notifier, "queue_prepared", queue_then_wait_for_the_error)
+        outcomes = accept_together(cabinet.accepts, [invitation_token(cabinet, n) for n in sent], user_id(cabinet))
+    finally:
+        holder.close()
+        holder_engine.dispose()
+    assert waited == [True] * batch  # each accept's error was there to be read before what followed was sent
+    assert all(isinstance(o, DBAPIError) and "row refused" in str(o) for o in outcomes), outcomes
+    assert env.sql("SELECT DISTINCT state FROM invitations") == [("pending",)]
+    _nothing_accepted(env)
+    assert not [r for r in caplog.records if r.name.startswith("psycopg")], caplog.records
+    # The connection is fit for the next batch: the same accepts, once the trigger is gone.
+    env.write("DROP TRIGGER refuse_row ON events")
+    monkeypatch.undo()
+    again = accept_together(cabinet.accepts, [invitation_token(cabinet, n) for n in sent], user_id(cabinet))
+    assert all(isinstance(o, AcceptResult) for o in again), again
 
 
 def test_a_failing_commit_fails_a_batch_of_one(cabinet: Cabinet, env: Env) -> None:
