@@ -10,6 +10,7 @@ import pytest
 from daemon.errors import ConfigError, LinkExpired, LinkTampered
 from daemon.tokens import LinkSigner, Purpose, SecretKeys
 from tests.conftest import FakeClock
+from tests.signatures import forged
 
 OLD = "o" * 40
 NEW = "n" * 40
@@ -53,7 +54,25 @@ def test_expired_is_told_apart_from_tampered_and_keeps_its_payload(tmp_path: Pat
         signer.verify(Purpose.TRANSFER, token, timedelta(hours=48))
     assert info.value.payload == [3, "x"]
     with pytest.raises(LinkTampered):
-        signer.verify(Purpose.TRANSFER, token[:-2] + "zz", timedelta(hours=48))
+        signer.verify(Purpose.TRANSFER, forged(token), timedelta(hours=48))
+
+
+def test_a_signature_has_four_spellings_and_forged_changes_every_one(tmp_path: Path) -> None:
+    """Why tests forge with ``forged``: the last character of a signature keeps four bits of six.
+
+    Swapping it for one that differs only in the two dropped bits leaves the same signature, which
+    still verifies (so a token is never a key by its spelling: the row it names decides). Changing
+    the first character always yields another signature, which never does.
+    """
+    signer = LinkSigner(SecretKeys.load(keys_file(tmp_path, OLD)), FakeClock())
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for n in range(64):
+        token = signer.sign(Purpose.INVITE, [n, "nonce"])
+        last = alphabet.index(token[-1])
+        spellings = [token[:-1] + alphabet[(last & ~3) | low] for low in range(4)]
+        assert [signer.verify(Purpose.INVITE, spelling, None) for spelling in spellings] == [[n, "nonce"]] * 4
+        with pytest.raises(LinkTampered):
+            signer.verify(Purpose.INVITE, forged(token), None)
 
 
 @pytest.mark.parametrize("content", ["", "# only a comment\n", "short\n"])
