@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, UnaryExpression, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, UnaryExpression, and_, case, false, func, or_, select
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.operators import custom_op
 
 from daemon.client_actions import awaits_payment
 from daemon.deliveries import KINDS, OPENED, LinkFact, delivery, parse_detail
@@ -259,17 +261,56 @@ def _firms(user: UserView) -> list[int]:
     return [firm.id for firm in user.firms]
 
 
-def _counted(firms: Collection[int], status: str = "", billing: str = "", firm_id: int | None = None) -> Select[Any]:
-    """How many of the firms' clients have this status, billing and firm: a sum of the counter's
-    rows (a handful per firm), not a count of the roster."""
+def _scope(firms: Collection[int], firm_id: int | None) -> list[ColumnElement[bool]]:
     where = [_among(FirmClientCount.firm_id, firms)]
     if firm_id is not None:
         where.append(FirmClientCount.firm_id == firm_id)
+    return where
+
+
+def _counted(firms: Collection[int], status: str = "", billing: str = "", firm_id: int | None = None) -> Select[Any]:
+    """How many of the firms' clients have this status, billing and firm: a sum of the counter's
+    rows (a handful per firm), not a count of the roster."""
+    where = _scope(firms, firm_id)
     if status:
         where.append(FirmClientCount.status == status)
     if billing:
         where.append(FirmClientCount.billing == billing)
     return select(func.coalesce(func.sum(FirmClientCount.clients), 0)).where(*where)
+
+
+def _counted_in_all(firms: Collection[int], status: str, billing: str, firm_id: int | None) -> Select[Any]:
+    """``_counted``'s number, and how many clients the firms (``firm_id`` if given) have in all: two sums
+    of the same counter rows, in one statement."""
+    filters = ([FirmClientCount.status == status] if status else []) + \
+        ([FirmClientCount.billing == billing] if billing else [])
+    matching = case((and_(*filters), FirmClientCount.clients), else_=0) if filters else FirmClientCount.clients
+    return select(func.coalesce(func.sum(matching), 0), func.coalesce(func.sum(FirmClientCount.clients), 0)) \
+        .where(*_scope(firms, firm_id))
+
+
+def _read_by_filter(dialect: str, query: RosterQuery, matching: int, in_all: int, page: int) -> bool:
+    """Whether a filtered page (status, billing) is read through its filter's index, then sorted,
+    rather than along its order's index, skipping the clients the filter leaves out.
+
+    The first reads the ``matching`` clients; the second about ``(offset + PAGE_SIZE) × in_all / matching``
+    of them, until the page is full. SQLite has no statistics to weigh the two (its build has no
+    STAT4; at 100,000 clients it took the order's index for a filter that one client matched, 40–60 ms
+    a page): the counter's exact numbers decide instead. PostgreSQL's planner weighs them itself.
+    """
+    if dialect != "sqlite" or not (query.status or query.billing):
+        return False
+    return matching * matching < ((page - 1) * PAGE_SIZE + PAGE_SIZE) * in_all
+
+
+def _unindexed(order: tuple[UnaryExpression[Any], ...]) -> tuple[UnaryExpression[Any], ...]:
+    """``order`` with each column as SQLite's ``+column``: the same order, which no index answers, so
+    that SQLite's planner picks the filter's index for the WHERE and sorts what it finds."""
+    def plus(term: UnaryExpression[Any]) -> UnaryExpression[Any]:
+        column = UnaryExpression(term.element, operator=custom_op("+"), type_=term.element.type)
+        return column.desc() if term.modifier is operators.desc_op else column.asc()
+
+    return tuple(plus(term) for term in order)
 
 
 def _resendable(client: Client, company: Company | None, setup_pending: bool) -> tuple[str, ...]:
@@ -341,7 +382,8 @@ class Workspace(DomainService):
         - the plain roster or a filter (status, billing, firm): the count is a sum of the counter's
           rows (``firm_client_counts``), and the page is the 50 ids at its offset in the index of
           its order (a subquery), then those 50 rows read by id — a deep page skips index entries,
-          not rows;
+          not rows; on SQLite a filter that few clients match is read through its own index and
+          sorted instead (``_read_by_filter``);
         - a search on SQLite's trigram index: the ids it finds (at most ``SEARCH_LIMIT``: the
           count), then the page's 50 rows among them by id, sorted;
         - any other search (PostgreSQL, whose trigram indexes serve the ``LIKE``; a search of short
@@ -359,8 +401,8 @@ class Workspace(DomainService):
         with self._reading(s) as s:
             where = self._roster_filter(firms, query)
 
-            def page_of(number: int) -> list[Any]:
-                ids = (select(Client.id).where(*where).order_by(*order)
+            def page_of(number: int, by_filter: bool = False) -> list[Any]:
+                ids = (select(Client.id).where(*where).order_by(*(_unindexed(order) if by_filter else order))
                        .limit(PAGE_SIZE).offset((number - 1) * PAGE_SIZE).correlate(None))
                 return list(s.execute(
                     select(*columns).join(Firm, Firm.id == Client.firm_id).where(Client.id.in_(ids)).order_by(*order)
@@ -392,9 +434,10 @@ class Workspace(DomainService):
                         page = max(1, -(-total // PAGE_SIZE))
                         rows = page_of(page)
             else:
-                total = int(s.scalar(_counted(firms, query.status, query.billing, query.firm_id)) or 0)
+                counted = s.execute(_counted_in_all(firms, query.status, query.billing, query.firm_id)).one()
+                total, in_all = int(counted[0]), int(counted[1])
                 page = min(page, max(1, -(-total // PAGE_SIZE)))
-                rows = page_of(page)
+                rows = page_of(page, _read_by_filter(s.get_bind().dialect.name, query, total, in_all, page))
         pages = max(1, -(-total // PAGE_SIZE))
         if more:  # not known: this one, and the next when this one is full
             pages = page + (1 if len(rows) == PAGE_SIZE else 0)
