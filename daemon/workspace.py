@@ -358,6 +358,17 @@ class Workspace(DomainService):
             select(SEARCH_TABLE.c.rowid).where(fts_match(found), in_scope.exists()).limit(SEARCH_LIMIT + 1)
         ))
 
+    @staticmethod
+    def _few_filtered(s: Session, firms: Collection[int], query: RosterQuery, page: int) -> bool:
+        """A search with a filter, on SQLite: whether the filter's clients (the counter's number, which
+        the search only narrows) are few enough to be read through the filter's index and sorted
+        (``_read_by_filter``). A common word with a rare filter had the search index name every client
+        it matched, each then checked against the filter: 83 ms at 100,000 clients."""
+        if not (query.status or query.billing) or s.get_bind().dialect.name != "sqlite":
+            return False
+        matching, in_all = s.execute(_counted_in_all(firms, query.status, query.billing, query.firm_id)).one()
+        return _read_by_filter("sqlite", query, int(matching), int(in_all), page)
+
     def page(self, user: UserView, read: Callable[..., T], *args: Any) -> tuple[T, NavCounts]:
         """A page's read (``read``: ``clients``, ``client``, ``pending`` or ``team``, given ``user`` and
         ``args``) and the navigation's numbers, on one session: one connection and one transaction
@@ -385,7 +396,8 @@ class Workspace(DomainService):
           not rows; on SQLite a filter that few clients match is read through its own index and
           sorted instead (``_read_by_filter``);
         - a search on SQLite's trigram index: the ids it finds (at most ``SEARCH_LIMIT``: the
-          count), then the page's 50 rows among them by id, sorted;
+          count), then the page's 50 rows among them by id, sorted; with a filter few clients match,
+          those clients are searched instead, through the filter's index (``_few_filtered``);
         - any other search (PostgreSQL, whose trigram indexes serve the ``LIKE``; a search of short
           words; a fragment found more than ``SEARCH_LIMIT`` times): the page in the index's order,
           and the count when the page does not tell it, stopped at ``SEARCH_LIMIT`` + 1 (then the
@@ -414,14 +426,17 @@ class Workspace(DomainService):
 
             page = query.page
             more = False
-            by_index = self._found_by_index(s, where, found) if found else None
+            # A rare filter's clients are read and searched directly: the search index would name every
+            # client a common word matches, each then checked against the filter.
+            by_filter = bool(found) and self._few_filtered(s, firms, query, page)
+            by_index = self._found_by_index(s, where, found) if found and not by_filter else None
             if by_index is not None and len(by_index) <= SEARCH_LIMIT:
                 where = [Client.id.in_(by_index)]
                 total = len(by_index)
                 page = min(page, max(1, -(-total // PAGE_SIZE)))
                 rows = page_of(page) if total else []
             elif found:
-                rows = page_of(page)
+                rows = page_of(page, by_filter)
                 if 0 < len(rows) < PAGE_SIZE:
                     total = (page - 1) * PAGE_SIZE + len(rows)
                 else:
@@ -432,7 +447,7 @@ class Workspace(DomainService):
                         total = SEARCH_LIMIT
                     elif not rows and page > 1:
                         page = max(1, -(-total // PAGE_SIZE))
-                        rows = page_of(page)
+                        rows = page_of(page, by_filter)
             else:
                 counted = s.execute(_counted_in_all(firms, query.status, query.billing, query.firm_id)).one()
                 total, in_all = int(counted[0]), int(counted[1])

@@ -165,14 +165,17 @@ stop_runs() {
 trap 'stop_runs; stop_postgres; rm -rf "$RUN_DIR"' EXIT
 
 # run_suite DATABASE_URL [pytest arguments]: one run of pytest (empty URL: SQLite). It execs
-# pytest, so call it in a subshell: ( run_suite … ), whose pid is then pytest's.
+# pytest, so call it in a subshell: ( run_suite … ), whose pid is then pytest's. The two runs listen
+# on loopback ports of their own (CABINET_TEST_PORT_SHARE, tests/conftest.py): at once, the same
+# worker of each drew from the same ports, and a port one run had found free the other could bind
+# before the first one's server did ("address already in use", CI, 3 December).
 run_suite() {
   local url="$1"
   shift
   if [ -n "$url" ]; then
-    CABINET_TEST_DATABASE_URL="$url" exec .venv/bin/python -m pytest "${xdist[@]}" "$@"
+    CABINET_TEST_PORT_SHARE=1/2 CABINET_TEST_DATABASE_URL="$url" exec .venv/bin/python -m pytest "${xdist[@]}" "$@"
   else
-    exec env -u CABINET_TEST_DATABASE_URL .venv/bin/python -m pytest "${xdist[@]}" "$@"
+    CABINET_TEST_PORT_SHARE=0/2 exec env -u CABINET_TEST_DATABASE_URL .venv/bin/python -m pytest "${xdist[@]}" "$@"
   fi
 }
 

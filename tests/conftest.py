@@ -113,17 +113,34 @@ def wait_until(
         time.sleep(interval)
 
 
+def _port_share() -> tuple[int, int]:
+    """``CABINET_TEST_PORT_SHARE=k/n``: this run's share of the ports when n runs go at once (scripts/test.sh
+    runs SQLite's as 0/2 and PostgreSQL's as 1/2); the whole range by default."""
+    try:
+        k, n = (int(part) for part in os.environ.get("CABINET_TEST_PORT_SHARE", "0/1").split("/"))
+    except ValueError:
+        raise pytest.UsageError("CABINET_TEST_PORT_SHARE must be k/n, e.g. 1/2") from None
+    if not 0 <= k < n:
+        raise pytest.UsageError(f"CABINET_TEST_PORT_SHARE={k}/{n}: k must be at least 0 and below n")
+    return k, n
+
+
 def _test_port_range() -> range:
     """Loopback ports this test process may listen on.
 
     Below the kernel's ephemeral range, so an outgoing connection (the load tests open thousands)
     never takes a port a test chose but has not bound yet, or one a killed server is about to bind
-    again; and a slice of its own for each pytest-xdist worker, so parallel workers never collide."""
+    again; a share of its own for each test run going at once (``_port_share``), and in it a slice of
+    its own for each pytest-xdist worker, so parallel runs and workers never collide. A port is free
+    when it is drawn, not reserved: another process drawing from the same ports could bind it first."""
     try:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
     low, high = 10000, min(ephemeral_low, 65536)
+    run, runs = _port_share()
+    width = (high - low) // runs
+    low, high = low + run * width, low + (run + 1) * width
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
     workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)

@@ -424,6 +424,15 @@ def test_a_filter_few_clients_match_is_read_through_its_index_then_sorted(quiet)
     assert names(marie.get("/clients?billing=direct&sort=-name").text) == direct[::-1]
     assert names(marie.get("/clients?billing=none").text)[:3] == ["Client 00000", "Client 00001", "Client 00002"]
     assert "5 client(s) found." in marie.get("/clients?billing=direct&status=active").text
+
+    # A search with that filter searches the filter's clients, not the search index (which would name
+    # every client a common word matches, each then checked against the filter).
+    searched = statements_of(quiet, marie, "/clients?q=direct&billing=direct")
+    assert not [statement for statement, _ in searched if "clients_search" in statement], searched
+    assert names(marie.get("/clients?q=direct&billing=direct").text) == direct
+    assert names(marie.get("/clients?q=zed+dir&billing=direct&sort=-name").text) == direct[:1:-1]
+    assert "0 client(s) found." in marie.get("/clients?q=client&billing=direct").text
+    assert any("clients_search" in statement for statement, _ in statements_of(quiet, marie, "/clients?q=client"))
     marie.close()
 
 
