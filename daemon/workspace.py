@@ -289,17 +289,16 @@ def _counted_in_all(firms: Collection[int], status: str, billing: str, firm_id: 
         .where(*_scope(firms, firm_id))
 
 
-def _read_by_filter(dialect: str, query: RosterQuery, matching: int, in_all: int, page: int) -> bool:
+def _read_by_filter(matching: int, in_all: int, page: int) -> bool:
     """Whether a filtered page (status, billing) is read through its filter's index, then sorted,
     rather than along its order's index, skipping the clients the filter leaves out.
 
     The first reads the ``matching`` clients; the second about ``(offset + PAGE_SIZE) × in_all / matching``
     of them, until the page is full. SQLite has no statistics to weigh the two (its build has no
     STAT4; at 100,000 clients it took the order's index for a filter that one client matched, 40–60 ms
-    a page): the counter's exact numbers decide instead. PostgreSQL's planner weighs them itself.
+    a page): the counter's exact numbers decide instead (``Workspace._weighs_filter``). PostgreSQL's
+    planner weighs them itself.
     """
-    if dialect != "sqlite" or not (query.status or query.billing):
-        return False
     return matching * matching < ((page - 1) * PAGE_SIZE + PAGE_SIZE) * in_all
 
 
@@ -359,15 +358,20 @@ class Workspace(DomainService):
         ))
 
     @staticmethod
-    def _few_filtered(s: Session, firms: Collection[int], query: RosterQuery, page: int) -> bool:
+    def _weighs_filter(s: Session, query: RosterQuery) -> bool:
+        """A filtered page on SQLite: read through the filter's index or along the order's, as
+        ``_read_by_filter`` decides. (Other pages, and PostgreSQL's, skip the counter's second sum.)"""
+        return bool(query.status or query.billing) and s.get_bind().dialect.name == "sqlite"
+
+    def _few_filtered(self, s: Session, firms: Collection[int], query: RosterQuery, page: int) -> bool:
         """A search with a filter, on SQLite: whether the filter's clients (the counter's number, which
         the search only narrows) are few enough to be read through the filter's index and sorted
         (``_read_by_filter``). A common word with a rare filter had the search index name every client
         it matched, each then checked against the filter: 83 ms at 100,000 clients."""
-        if not (query.status or query.billing) or s.get_bind().dialect.name != "sqlite":
+        if not self._weighs_filter(s, query):
             return False
         matching, in_all = s.execute(_counted_in_all(firms, query.status, query.billing, query.firm_id)).one()
-        return _read_by_filter("sqlite", query, int(matching), int(in_all), page)
+        return _read_by_filter(int(matching), int(in_all), page)
 
     def page(self, user: UserView, read: Callable[..., T], *args: Any) -> tuple[T, NavCounts]:
         """A page's read (``read``: ``clients``, ``client``, ``pending`` or ``team``, given ``user`` and
@@ -449,10 +453,14 @@ class Workspace(DomainService):
                         page = max(1, -(-total // PAGE_SIZE))
                         rows = page_of(page, by_filter)
             else:
-                counted = s.execute(_counted_in_all(firms, query.status, query.billing, query.firm_id)).one()
-                total, in_all = int(counted[0]), int(counted[1])
+                in_all: int | None = None
+                if self._weighs_filter(s, query):
+                    counted = s.execute(_counted_in_all(firms, query.status, query.billing, query.firm_id)).one()
+                    total, in_all = int(counted[0]), int(counted[1])
+                else:
+                    total = int(s.scalar(_counted(firms, query.status, query.billing, query.firm_id)) or 0)
                 page = min(page, max(1, -(-total // PAGE_SIZE)))
-                rows = page_of(page, _read_by_filter(s.get_bind().dialect.name, query, total, in_all, page))
+                rows = page_of(page, in_all is not None and _read_by_filter(total, in_all, page))
         pages = max(1, -(-total // PAGE_SIZE))
         if more:  # not known: this one, and the next when this one is full
             pages = page + (1 if len(rows) == PAGE_SIZE else 0)
