@@ -268,23 +268,22 @@ def _scope(firms: Collection[int], firm_id: int | None) -> list[ColumnElement[bo
     return where
 
 
+def _filters(status: str, billing: str) -> list[ColumnElement[bool]]:
+    return ([FirmClientCount.status == status] if status else []) + \
+        ([FirmClientCount.billing == billing] if billing else [])
+
+
 def _counted(firms: Collection[int], status: str = "", billing: str = "", firm_id: int | None = None) -> Select[Any]:
     """How many of the firms' clients have this status, billing and firm: a sum of the counter's
     rows (a handful per firm), not a count of the roster."""
-    where = _scope(firms, firm_id)
-    if status:
-        where.append(FirmClientCount.status == status)
-    if billing:
-        where.append(FirmClientCount.billing == billing)
-    return select(func.coalesce(func.sum(FirmClientCount.clients), 0)).where(*where)
+    return select(func.coalesce(func.sum(FirmClientCount.clients), 0)) \
+        .where(*_scope(firms, firm_id), *_filters(status, billing))
 
 
 def _counted_in_all(firms: Collection[int], status: str, billing: str, firm_id: int | None) -> Select[Any]:
-    """``_counted``'s number, and how many clients the firms (``firm_id`` if given) have in all: two sums
-    of the same counter rows, in one statement."""
-    filters = ([FirmClientCount.status == status] if status else []) + \
-        ([FirmClientCount.billing == billing] if billing else [])
-    matching = case((and_(*filters), FirmClientCount.clients), else_=0) if filters else FirmClientCount.clients
+    """``_counted``'s number under a filter (status, billing), and how many clients the firms (``firm_id``
+    if given) have in all: two sums of the same counter rows, in one statement."""
+    matching = case((and_(*_filters(status, billing)), FirmClientCount.clients), else_=0)
     return select(func.coalesce(func.sum(matching), 0), func.coalesce(func.sum(FirmClientCount.clients), 0)) \
         .where(*_scope(firms, firm_id))
 
