@@ -5,14 +5,16 @@ The domain raises ``InvalidInput("payroll.requires_wholesale")`` or
 rendering from ``MESSAGES`` for the CLI and the logs; pages and emails
 translate ``error.code`` in the reader's language through the gettext
 catalogue (``templates/web/locale``), where each code is a message context
-(``msgctxt``) whose ``msgid`` is the English text below. Each adapter maps
+(``msgctxt``) whose ``msgid`` is the English text below (a code whose words
+follow a number, in ``PLURALS``, is a plural entry: ``msgid`` the singular,
+``msgid_plural`` the text below). Each adapter maps
 errors once, at its edge: HTTP statuses and pages in ``daemon.web``, exit
 codes in ``daemon.cli``, SMTP replies in ``daemon.smtp``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Protocol
 
 #: Every code a user can meet, with its English text (``str.format`` fields from the parameters).
 #: This is the registry: tests check that the French catalogue has each code.
@@ -20,10 +22,10 @@ MESSAGES: dict[str, str] = {
     "error.unexpected": "this could not be done",
     "job.failure_not_found": "no failed {job} row {ref} (see `cabinet jobs list --failed`)",
     "signin.busy": 'the server is busy checking other sign-ins; try again in a moment',
-    "signin.locked_address": "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
-    "signin.locked_network": "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minute(s), or ask your firm's admin for help",
-    "signin.wait": 'Too many failed sign-in attempts. Wait {seconds} second(s) and try again',
-    "manage_link.wait": "Too many requests for a manage link from this address or network. Try again in {minutes} minute(s)",
+    "signin.locked_address": "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minutes, or ask your firm's admin for help",
+    "signin.locked_network": "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minutes, or ask your firm's admin for help",
+    "signin.wait": 'Too many failed sign-in attempts. Wait {seconds} seconds and try again',
+    "manage_link.wait": "Too many requests for a manage link from this address or network. Try again in {minutes} minutes",
     "invite.daily_limit": '{company} has already sent {limit} invitations from a manage link in the last 24 hours, the most allowed. Try again tomorrow, or ask your accounting firm to send this one',
     "invitation.sent_concurrently": 'another invitation to {email} was sent at the same moment',
     "invitation.sign_in_add_client": 'sign in to add a client',
@@ -134,18 +136,50 @@ MESSAGES: dict[str, str] = {
 }
 
 
-def render(code: str, params: dict[str, Any], translate: Callable[[str, str], str] | None = None) -> str:
-    """A code's text: English from ``MESSAGES`` (the CLI's and the logs' wording), or through
-    ``translate(code, english)`` (gettext's ``pgettext``) for a reader's language.
+#: The codes whose words follow a number ("1 minute", "2 minutes"; in French "1 minute", "2 minutes",
+#: and "0 minute"): the parameter that counts, and the English singular (``MESSAGES`` has the plural).
+#: Written out, not "minute(s)": a person reads one form, the right one. Their French is a plural entry
+#: of fr.po (``npgettext``: French takes the singular for 0 and 1).
+PLURALS: dict[str, tuple[str, str]] = {
+    "signin.locked_address": ("minutes", "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minute, or ask your firm's admin for help"),
+    "signin.locked_network": ("minutes", "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minute, or ask your firm's admin for help"),
+    "signin.wait": ("seconds", "Too many failed sign-in attempts. Wait {seconds} second and try again"),
+    "manage_link.wait": ("minutes", "Too many requests for a manage link from this address or network. Try again in {minutes} minute"),
+}
+
+
+class Catalogue(Protocol):
+    """A reader's language: gettext's translations (``gettext.NullTranslations`` and babel's)."""
+
+    def pgettext(self, context: str, message: str, /) -> str: ...
+
+    def npgettext(self, context: str, singular: str, plural: str, n: int, /) -> str: ...
+
+
+def _words(code: str, english: str, params: dict[str, Any], catalogue: Catalogue | None) -> tuple[str, str]:
+    """The code's text in the reader's language (``catalogue``, or English), and its English; for a code
+    of ``PLURALS``, both in the number's form."""
+    plural = PLURALS.get(code)
+    count = params.get(plural[0]) if plural else None
+    if plural is None or not isinstance(count, int):
+        return (catalogue.pgettext(code, english) if catalogue else english), english
+    singular = plural[1]
+    english = singular if count == 1 else english
+    return (catalogue.npgettext(code, singular, MESSAGES[code], count) if catalogue else english), english
+
+
+def render(code: str, params: dict[str, Any], catalogue: Catalogue | None = None) -> str:
+    """A code's text: English from ``MESSAGES`` (the CLI's and the logs' wording), or from ``catalogue``
+    (gettext's ``pgettext``, ``npgettext`` for ``PLURALS``) for a reader's language.
 
     A tuple parameter holds codes (a transfer's reasons): each is rendered the same way and joined.
     """
     english = MESSAGES.get(code)
     if english is None:
         return code
-    text = translate(code, english) if translate else english
+    text, english = _words(code, english, params, catalogue)
     values = {
-        key: "; ".join(render(item, {}, translate) for item in value) if isinstance(value, tuple) else value
+        key: "; ".join(render(item, {}, catalogue) for item in value) if isinstance(value, tuple) else value
         for key, value in params.items()
     }
     try:

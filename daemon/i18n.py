@@ -17,6 +17,7 @@ from jinja2.runtime import Context
 from babel.dates import format_datetime as babel_format_datetime
 from babel.dates import TIMEDELTA_UNITS
 from babel.dates import format_timedelta as babel_format_timedelta
+from babel.numbers import format_decimal
 
 from daemon.config import LOCALES
 from daemon.errors import InvalidInput
@@ -209,8 +210,13 @@ def to_the_minute(value: datetime) -> datetime:
     return value.replace(second=0, microsecond=0)
 
 
+def format_number(value: int, locale: str) -> str:
+    """"1,000" (en), "1 000" (fr, with a no-break space, as CLDR has it for Canada's French)."""
+    return format_decimal(value, locale=BABEL_LOCALE[locale])
+
+
 def date_filters() -> dict[str, Callable[..., Any]]:
-    """``|datetime``, ``|date``, ``|deadline``, ``|remaining`` (the context has ``locale`` and ``timezone``, and
+    """``|datetime``, ``|date``, ``|deadline``, ``|remaining``, ``|number`` (the context has ``locale`` and ``timezone``, and
     may have ``now``) and ``|de`` (French elision). Each call makes filters with caches of their own
     (one set per template environment), bounded, of pure functions of their arguments."""
     absolute = lru_cache(maxsize=DATE_CACHE_SIZE)(format_datetime)
@@ -237,9 +243,15 @@ def date_filters() -> dict[str, Callable[..., Any]]:
     def date_filter(ctx: Context, value: datetime) -> str:
         return day(value, ctx["locale"], ctx["timezone"])
 
+    @pass_context
+    def number_filter(ctx: Context, value: int) -> str:
+        """A count as its reader writes it: "1,000" in English, "1 000" in French."""
+        return format_number(value, ctx["locale"])
+
     return {
         "datetime": datetime_filter,
         "date": date_filter,
+        "number": number_filter,
         "deadline": deadline_filter,
         "remaining": remaining_filter,
         "de": of_name,

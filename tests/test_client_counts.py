@@ -165,9 +165,9 @@ def test_the_counter_follows_every_write_to_the_roster(
     browser = signed_in(env, seed.accountant)
     roster = browser.get("/clients").text
     total = sum(n for (firm, _, _), n in before.items() if firm == tremblay)
-    assert f"{total} client(s) found." in roster and nav_count(roster, "clients") == total == 5
-    assert "1 client(s) found." in browser.get("/clients?status=discount+lapsed").text
-    assert "2 client(s) found." in browser.get("/clients?billing=wholesale").text
+    assert f"{total} clients found." in roster and nav_count(roster, "clients") == total == 5
+    assert "1 client found." in browser.get("/clients?status=discount+lapsed").text
+    assert "2 clients found." in browser.get("/clients?billing=wholesale").text
     browser.close()
 
 

@@ -148,16 +148,22 @@ def test_a_common_fragment_says_more_than_the_limit_and_pages_on(server, cli: Cl
     bulk(server.cabinet, env, SEARCH_LIMIT + 100, "Client")
     browser = signed_in(env, seed.accountant)
     first = browser.get("/clients?q=client").text
-    assert f"More than {SEARCH_LIMIT} clients found" in first and "Page 1<" in first
+    assert f"More than {SEARCH_LIMIT:,} clients found" in first and "Page 1<" in first
     assert [html.unescape(n) for _, n in ROW.findall(first)][:2] == ["Client 00000", "Client 00001"]
     assert 'href="/clients?q=client&amp;page=2" rel="next"' in first
     deep = browser.get("/clients?q=client&page=22").text
     assert [n for _, n in ROW.findall(deep)][0] == "Client 01050" and 'rel="next"' in deep
     # A narrower search is counted exactly again (a short word filtering what the longer one found).
-    assert "1 client(s) found." in browser.get("/clients?q=client+01077").text
-    assert "11 client(s) found." in browser.get("/clients?q=c+0108").text
+    assert "1 client found." in browser.get("/clients?q=client+01077").text
+    assert "11 clients found." in browser.get("/clients?q=c+0108").text
     # The plain roster is always counted.
-    assert f"{SEARCH_LIMIT + 100} client(s) found." in browser.get("/clients").text
+    assert f"{SEARCH_LIMIT + 100:,} clients found." in browser.get("/clients").text
+    # In French: the number's form, and its thousands as French writes them (a no-break space).
+    browser.post("/language", language="fr", next="/clients")
+    assert "1\xa0100 clients trouvés." in browser.get("/clients").text
+    assert "Plus de 1\xa0000 clients trouvés" in browser.get("/clients?q=client").text
+    assert "1 client trouvé." in browser.get("/clients?q=client+01077").text
+    assert "0 client trouvé." in browser.get("/clients?q=nobody").text
     browser.close()
 
 

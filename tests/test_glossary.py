@@ -27,7 +27,14 @@ def catalogue_pairs() -> list[tuple[str, str, str]]:
     """(where, English, French) for every translated message of the page catalogue."""
     with (TEMPLATES / "web" / "locale" / "fr.po").open("rb") as handle:
         catalogue = read_po(handle, locale="fr")
-    return [(f"fr.po {m.context or ''} {m.id!r}", str(m.id), str(m.string)) for m in catalogue if m.id]
+    pairs = []
+    for m in catalogue:
+        if isinstance(m.id, (tuple, list)):  # a plural entry: each form
+            pairs += [(f"fr.po {m.context or ''} {english!r}", str(english), str(french))
+                      for english, french in zip(m.id, m.string)]
+        elif m.id:
+            pairs.append((f"fr.po {m.context or ''} {m.id!r}", str(m.id), str(m.string)))
+    return pairs
 
 
 def prose(template: str) -> str:
@@ -90,11 +97,13 @@ def test_french_emails_elide_de_before_a_name() -> None:
 def test_every_page_string_has_a_french_translation() -> None:
     with (TEMPLATES / "web" / "locale" / "fr.po").open("rb") as handle:
         catalogue = read_po(handle, locale="fr")
-    translated = {str(m.id) for m in catalogue if m.id and m.string}
+    # A plural entry (``ngettext``) is its English forms, as extraction gives them, with every French form.
+    translated = {tuple(m.id) if isinstance(m.id, (tuple, list)) else str(m.id) for m in catalogue
+                  if m.id and (all(m.string) if isinstance(m.string, (tuple, list)) else m.string)}
     method_map = [("**.html", "jinja2")]
     options = {"**.html": {"extensions": "jinja2.ext.i18n"}}
-    missing = sorted(
-        {str(message) for _, _, message, _, _ in extract_from_dir(TEMPLATES / "web", method_map, options)
-         if isinstance(message, str)} - translated
-    )
+    extracted = {tuple(message) if isinstance(message, (tuple, list)) else message
+                 for _, _, message, _, _ in extract_from_dir(TEMPLATES / "web", method_map, options)}
+    assert ("%(num)s client found.", "%(num)s clients found.") in extracted  # ngettext's forms are checked too
+    missing = sorted(map(str, extracted - translated))
     assert not missing, f"page strings without French in fr.po: {missing}"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import errors
-from daemon.errors import MESSAGES, CabinetError, InvalidInput, NotAllowed
+from daemon.errors import MESSAGES, CabinetError, InvalidInput, LimitReached, NotAllowed
 from daemon.i18n import cached_durations, duration_span, format_duration
 from daemon.template_folders import template_folders
 from daemon.web.pages import Pages
@@ -24,18 +24,50 @@ FIELD = re.compile(r"\{(\w+)")
 
 
 def french_catalogue() -> dict[tuple[str | None, str], str]:
+    """(context, English) → French; a plural entry as (context, singular) → its singular French and
+    (context, plural) → its plural French."""
     with (ROOT / "templates" / "web" / "locale" / "fr.po").open("rb") as handle:
         catalogue = read_po(handle, locale="fr")
-    return {(m.context, str(m.id)): str(m.string) for m in catalogue if m.id}
+    french: dict[tuple[str | None, str], str] = {}
+    for m in catalogue:
+        if isinstance(m.id, (tuple, list)):
+            french[(m.context, str(m.id[0]))], french[(m.context, str(m.id[1]))] = str(m.string[0]), str(m.string[1])
+        elif m.id:
+            french[(m.context, str(m.id))] = str(m.string)
+    return french
 
 
 def test_every_error_code_has_english_and_french_words() -> None:
     french = french_catalogue()
-    missing = [code for code, english in MESSAGES.items() if not french.get((code, english))]
+    english_texts = [(code, english) for code, english in MESSAGES.items()]
+    english_texts += [(code, singular) for code, (_, singular) in errors.PLURALS.items()]
+    missing = [(code, english) for code, english in english_texts if not french.get((code, english))]
     assert not missing, f"codes without a French translation in fr.po (msgctxt = code, msgid = English): {missing}"
-    for code, english in MESSAGES.items():
+    for code, english in english_texts:
         extra = set(FIELD.findall(french[(code, english)])) - set(FIELD.findall(english))
         assert not extra, f"{code}: the French text uses parameters the English one does not have: {extra}"
+
+
+def test_a_counted_wait_reads_in_the_number_s_form() -> None:
+    """"Try again in 1 minute", "in 5 minutes"; French "dans 1 minute", "dans 5 minutes" (and, as French
+    counts, "0 seconde"): never "minute(s)"."""
+    pages = Pages(template_folders(None))
+    for code, (counted, singular) in errors.PLURALS.items():
+        assert counted in FIELD.findall(singular) and counted in FIELD.findall(MESSAGES[code]), code
+        assert "(s)" not in singular + MESSAGES[code], code
+    one, five = LimitReached("manage_link.wait", minutes=1), LimitReached("manage_link.wait", minutes=5)
+    assert str(one).endswith("Try again in 1 minute") and str(five).endswith("Try again in 5 minutes")
+    assert pages.error_message(one, "fr").endswith("Réessayez dans 1 minute.")
+    assert pages.error_message(five, "fr").endswith("Réessayez dans 5 minutes.")
+    assert pages.error_message(five, "en").endswith("Try again in 5 minutes.")
+    assert pages.error_message(LimitReached("signin.wait", seconds=0), "fr") == (
+        "Trop de tentatives de connexion infructueuses. Attendez 0 seconde, puis réessayez.")
+    assert pages.error_message(LimitReached("signin.wait", seconds=0), "en") == (
+        "Too many failed sign-in attempts. Wait 0 seconds and try again.")
+    locked = LimitReached("signin.locked_address", minutes=1)
+    assert "Réessayez dans 1 minute ou" in pages.error_message(locked, "fr")
+    # A count that is not a number (words) reads with the plural's words.
+    assert errors.render("manage_link.wait", {"minutes": "a few"}).endswith("Try again in a few minutes")
 
 
 def _raised_codes() -> list[tuple[str, int, str]]:
@@ -225,3 +257,16 @@ def test_no_time_at_all_has_no_span() -> None:
     assert not low < 0 < high
     assert duration_span(timedelta(hours=47)) == (46.5 * 3600 + 0.001, 47.5 * 3600 - 0.001)
     assert duration_span(timedelta(hours=-47)) == (-47.5 * 3600 + 0.001, -46.5 * 3600 - 0.001)
+
+
+def test_no_text_a_person_reads_counts_in_parentheses() -> None:
+    """"client(s) trouvé(s)", "email(s)": every count's words are its number's form (ngettext, ``PLURALS``,
+    the CLI's ``counted``); nothing a page, an email, an error or the CLI prints writes "(s)"."""
+    parenthesised = re.compile(r"\w\((?:s|e|es)\)")
+    sources = [ROOT / "templates" / "web" / "locale" / "fr.po", *(ROOT / "templates").rglob("*.html"),
+               *(ROOT / "templates").rglob("*.txt"), *(ROOT / "templates").rglob("*.subject"),
+               *(ROOT / "daemon" / "cli").glob("*.py")]
+    found = [f"{path.relative_to(ROOT)}: {match.group()}" for path in sources
+             for match in parenthesised.finditer(path.read_text("utf-8"))]
+    found += [f"MESSAGES[{code!r}]" for code, english in MESSAGES.items() if parenthesised.search(english)]
+    assert len(sources) > 60 and not found, found

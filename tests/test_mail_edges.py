@@ -49,8 +49,8 @@ def test_mail_retry_of_an_email_being_sent_does_not_send_it_twice(tmp_path: Path
             sending.start()
             assert relay.in_data.wait(WAIT), "the first worker never reached DATA"
             # Mid-send: the operator asks for it again; the email is queued "now" but its claim stays.
-            assert "Queued 1 email(s) again: 1." in cli("mail", "retry", "1").output
-            assert "Queued 0 email(s) again." in cli("mail", "retry", "--failed").output
+            assert "Queued 1 email again: 1." in cli("mail", "retry", "1").output
+            assert "Queued 0 emails again." in cli("mail", "retry", "--failed").output
             assert send_due(second) == 0  # the other worker cannot take an email someone is sending
             relay.gate.set()
             sending.join(WAIT)
@@ -128,7 +128,7 @@ def test_mail_retry_refuses_an_invitation_given_up_on(tmp_path: Path, clock: Fak
             assert "email 1 is an invitation that was marked bounced" in refused
             assert "cabinet invitation send" in refused and "Traceback" not in refused
             assert len(refused.strip().splitlines()) == 1
-            assert "Queued 0 email(s) again." in cli("mail", "retry", "--failed").output
+            assert "Queued 0 emails again." in cli("mail", "retry", "--failed").output
             # Nothing changed: still failed, not due, and no worker sends it once the relay is back.
             assert env.sql("SELECT id, state, next_attempt_at, queued_at FROM outbox WHERE kind = 'invitation'") == before
             relay.start()

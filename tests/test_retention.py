@@ -57,4 +57,4 @@ def test_prune_deletes_old_mail_but_never_what_an_open_state_needs(
     assert env.sql("SELECT count(*) FROM outbox") == [(0,)]
 
     # The operator's command, on the system clock: nothing more is old enough.
-    assert "Pruned 0 inbound message(s) and 0 sent email(s)." in cli("db", "prune").output
+    assert "Pruned 0 inbound messages and 0 sent emails." in cli("db", "prune").output

@@ -53,7 +53,7 @@ def test_guessing_is_slowed_then_locked_even_for_the_right_password(server, brow
     # The fourth must wait: refused without checking the password, and not counted.
     early = attempt(browser, seed.accountant, PASSWORD)
     assert early.status_code == 429, early.text
-    assert "Wait 1 second(s) and try again" in early.text and early.headers["Retry-After"] == "1"
+    assert "Wait 1 second and try again" in early.text and early.headers["Retry-After"] == "1"
     assert failures(env, key) == 3 and sessions(env) == 0
     # Each further failure doubles the wait.
     waits = []

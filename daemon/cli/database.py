@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from daemon import db
-from daemon.cli.state import CliState, pass_state
+from daemon.cli.state import CliState, counted, pass_state
 from daemon.errors import ConfigError
 from daemon.retention import Retention
 
@@ -72,7 +72,7 @@ def prune(state: CliState) -> None:
     """
     cabinet = state.cabinet
     counts = Retention(cabinet.sessions, cabinet.clock, cabinet.config).prune()
-    click.echo(f"Pruned {counts['inbound_pruned']} inbound message(s) and {counts['outbox_pruned']} sent email(s).")
+    click.echo(f"Pruned {counted(counts['inbound_pruned'], 'inbound message')} and {counted(counts['outbox_pruned'], 'sent email')}.")
 
 
 def register(cli: click.Group) -> None:

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 
 import click
 
-from daemon.cli.state import CliState, pass_state, print_json, print_table
+from daemon.cli.state import CliState, counted, pass_state, print_json, print_table
 from daemon.errors import ConfigError, InvalidInput
 from mailer.maildir import list_mail, read_mail, read_raw, text_body
 from mailer.queue import STATES, OutboxEntry, parse
@@ -82,7 +82,7 @@ def show(state: CliState, message_id: str, raw: bool, maildir: bool) -> None:
     if raw:
         click.echo(data.decode("utf-8", "replace"))
         return
-    click.echo(f"Email {entry.id} ({entry.kind}): {entry.state}, {entry.attempts} attempt(s)")
+    click.echo(f"Email {entry.id} ({entry.kind}): {entry.state}, {counted(entry.attempts, 'attempt')}")
     click.echo(f"Message-ID: {entry.message_id}")
     click.echo(f"Queued: {entry.created_at.isoformat()}")
     if entry.next_attempt_at:
@@ -110,7 +110,7 @@ def _print_message(message: EmailMessage) -> None:
 def flush(state: CliState) -> None:
     """Send every queued email that is due now, then exit (for use without `cabinet serve`)."""
     sent = asyncio.run(state.cabinet.worker.flush())
-    click.echo(f"Sent {sent} email(s).")
+    click.echo(f"Sent {counted(sent, 'email')}.")
 
 
 @mail.command("retry")
@@ -127,7 +127,7 @@ def retry(state: CliState, ids: tuple[int, ...], every_failed: bool) -> None:
     if bool(ids) == every_failed:
         raise InvalidInput("give the ids of failed emails (see `cabinet mail list --state failed`) or --failed")
     done = state.cabinet.mail_queue.requeue(list(ids) if ids else None)
-    click.echo(f"Queued {len(done)} email(s) again" + (f": {', '.join(map(str, done))}." if done else "."))
+    click.echo(f"Queued {counted(len(done), 'email')} again" + (f": {', '.join(map(str, done))}." if done else "."))
 
 
 def register(cli: click.Group) -> None:

@@ -147,6 +147,11 @@ def pretty_json(value: Any, indent: str = "") -> str:
     return _SCALARS.encode(value)  # a float, or whatever json accepts or refuses
 
 
+def counted(count: int, noun: str) -> str:
+    """"1 email", "0 emails", "2 sent emails": the English form of the number, never a parenthesised "s"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def print_table(rows: list[list[str]], headers: list[str]) -> None:
     if not rows:
         click.echo("(none)")

@@ -198,7 +198,7 @@ class Pages:
 
     def error_message(self, error: CabinetError, locale: str) -> str:
         """An error's code in the reader's language, as a sentence (the domain only gives codes)."""
-        text = render(error.code, error.params, self._translations[locale].pgettext)
+        text = render(error.code, error.params, self._translations[locale])
         text = text[:1].upper() + text[1:]
         return text if text.endswith((".", "!", "?", "»")) else text + "."
 
