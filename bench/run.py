@@ -269,6 +269,16 @@ class EmailsOut:
     drains: list[float] = field(default_factory=list)  # seconds from the last 303 until every email is out
     overall: list[float] = field(default_factory=list)  # accepts / (round + drain)
     whole_cpu: list[float] = field(default_factory=list)  # server CPU per accept until its emails are out
+    cold: Sample | None = None  # the warm-up's accepts (``warm_up``), noted apart
+
+    def warm_up(self, url: str, requests: Path, out: Callable[[], bool], what: str) -> None:
+        """``WARM_ACCEPTS`` accepts before the rounds, their emails out too, measured apart (``cold``): the
+        rounds then measure the server's steady state, as the ceiling's (wrk, for a duration) is. A cold
+        server's first accepts wait for its statements' compiling, its pool's connections and its threads'
+        start; in rounds of 300 accepts they made round 1's p99 (on PostgreSQL: the first 16 accepts,
+        one per connection, 80-250 ms, 3 December 2026)."""
+        self.cold = httpload(url, requests, 16)
+        wait_until(out, 600, what)
 
     def round(self, pid: int, url: str, requests: Path, count: int, out: Callable[[], bool], what: str,
               times: Path | None = None, db: Backends | None = None) -> Sample:
@@ -287,9 +297,15 @@ class EmailsOut:
 
     def note(self, row: Row) -> str:
         ratios = [o / c.rate for o, c in zip(self.overall, row.ceiling) if c.rate]
+        cold = (f"; a cold server's first {self.cold.count} accepts (the warm-up, not in the rounds): p50 "
+                f"{self.cold.p50:.1f} / p99 {self.cold.p99:.1f} ms") if self.cold else ""
         return (f"every email out {median(self.drains):.2f} s after the last 303; with the emails out "
                 f"{median(self.overall):.1f} accepts/s = {median(ratios):.3f} ({spread(ratios)}) of the ceiling, "
-                f"server CPU {median(self.whole_cpu):.3f} ms per accept with its emails")
+                f"server CPU {median(self.whole_cpu):.3f} ms per accept with its emails{cold}")
+
+
+#: Accepts sent before the measured rounds, on invitations of their own (``EmailsOut.warm_up``).
+WARM_ACCEPTS = 100
 
 
 def _emails_waiting(engine: Engine) -> int:
@@ -304,17 +320,20 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
     database = dbs.new()
     inst = Instance(work / "accept", database)
     inst.cli("init")
-    seeded = seed.seed_invitations(inst.config, per_round * args.rounds)
+    seeded = seed.seed_invitations(inst.config, WARM_ACCEPTS + per_round * args.rounds)
+    warm, measured = seeded.invitation_paths[:WARM_ACCEPTS], seeded.invitation_paths[WARM_ACCEPTS:]
     engine = create_engine(database or f"sqlite:///{inst.root / 'data' / 'cabinet.sqlite3'}")
     emails = EmailsOut()
     inst.start()
     try:
         cookie, csrf = _signed_in(inst.base_url)
         body = f"csrf_token={csrf}"
+        emails.warm_up(inst.base_url, write_requests(work / "accept-warm.txt", [("POST", p + "/accept", body, cookie) for p in warm]),
+                       lambda: _emails_waiting(engine) == 0, "Cabinet's emails of the warm-up")
         ceiling = Ceiling(work, "post")
         try:
             def run_cabinet(r: int) -> Sample:
-                paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
+                paths = measured[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"accept-{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
                 assert inst.process is not None
                 sample = emails.round(inst.process.pid, inst.base_url, requests, per_round,
@@ -325,7 +344,7 @@ def accept(work: Path, dbs: Databases, args: argparse.Namespace) -> Row:
                 return sample
 
             def run_ceiling(r: int) -> Sample:
-                paths = seeded.invitation_paths[r * per_round:(r + 1) * per_round]
+                paths = measured[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"accept-c{r}.txt", [("POST", p + "/accept", body, cookie) for p in paths])
                 return wrk(f"http://127.0.0.1:{ceiling.port}", requests, 16, args.duration)
 
@@ -401,7 +420,8 @@ def _floor_accept(work: Path, dbs: Databases, args: argparse.Namespace, composer
     folder = work / f"floor-accept-{composer}"
     database = dbs.new()
     db = backends(dbs, database)
-    seeded = floors.seed(folder, per_round * args.rounds, database)
+    seeded = floors.seed(folder, WARM_ACCEPTS + per_round * args.rounds, database)
+    warm, measured = seeded.paths[:WARM_ACCEPTS], seeded.paths[WARM_ACCEPTS:]
     count_file = work / f"floor-sink-{composer}.count"
     sink = Ceiling(work, "sink", str(count_file), cpu=LOAD_CPU)
     server = Ceiling(work, "accept", str(folder), str(sink.port), composer, *([args.floor_write] if database else []),
@@ -409,20 +429,25 @@ def _floor_accept(work: Path, dbs: Databases, args: argparse.Namespace, composer
     emails = EmailsOut()
     body = f"csrf_token={seeded.csrf}"
     try:
+        emails.warm_up(f"http://127.0.0.1:{server.port}",
+                       write_requests(work / f"floor-accept-{composer}-warm.txt",
+                                      [("POST", p + "/accept", body, seeded.cookie) for p in warm]),
+                       lambda: _count(count_file) >= 2 * len(warm), "the floor's emails of the warm-up")
         ceiling = Ceiling(work, "post")
         try:
             def run_floor(r: int) -> Sample:
-                paths = seeded.paths[r * per_round:(r + 1) * per_round]
+                paths = measured[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"floor-accept-{composer}-{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
                 sample = emails.round(server.process.pid, f"http://127.0.0.1:{server.port}", requests, per_round,
-                                      lambda: _count(count_file) >= 2 * per_round * (r + 1), "the floor's emails", db=db)
+                                      lambda: _count(count_file) >= 2 * (len(warm) + per_round * (r + 1)), "the floor's emails",
+                                      db=db)
                 print(f"  floor accept ({label}) round {r + 1}: every email sent {emails.drains[-1]:.2f} s after the "
                       f"last 303 ({emails.overall[-1]:.1f} accepts/s with their emails out)", flush=True)
                 return sample
 
             def run_ceiling(r: int) -> Sample:
-                paths = seeded.paths[r * per_round:(r + 1) * per_round]
+                paths = measured[r * per_round:(r + 1) * per_round]
                 requests = write_requests(work / f"floor-accept-{composer}-c{r}.txt",
                                           [("POST", p + "/accept", body, seeded.cookie) for p in paths])
                 return wrk(f"http://127.0.0.1:{ceiling.port}", requests, 16, args.duration)
