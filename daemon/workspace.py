@@ -317,8 +317,9 @@ def _merged_page(firms: list[int], narrowing: list[ColumnElement[bool]], order: 
     each firm's clients along its own index, merged — one statement, whatever the firms and the roster.
 
     ``firm_id IN (...)`` has no index giving the firms' clients in order, so the database read and
-    sorted every match (SQLite: ``USE TEMP B-TREE FOR ORDER BY`` over the whole scope) — at 100,000
-    clients and a second firm, a page of a common word 9.8 -> 42.7 ms. Each firm's ``firm_id = ?`` is
+    sorted every match (SQLite: ``USE TEMP B-TREE FOR ORDER BY``; its plain list alone stopped each
+    firm's read early) — at 100,000 clients and a second firm, a page of a common word 9.8 -> 42.7 ms,
+    a deep page 10.5 -> 27.6 ms (bench/README.md, "Pages at scale"). Each firm's ``firm_id = ?`` is
     read in order on its index instead, and the merge stops at the page. The databases merge
     differently: SQLite merges a compound's arms in its ORDER BY (``MERGE (UNION ALL)``) only if they
     have no ORDER BY of their own (wrapped as subqueries, each was sorted again); PostgreSQL's planner
