@@ -124,7 +124,7 @@ def test_a_staff_member_of_two_firms_sees_the_same_pages_as_a_plain_sort_of_both
             html = marie.get(f"/clients?sort={sort}&page={number}").text
             assert shown(html) == page(ids, number), (sort, number)
         assert shown(marie.get(f"/clients?sort={sort}&page={last + 5}").text) == page(ids, last)  # the last one
-    assert f"{BIG + SMALL} client(s) found." in marie.get("/clients").text
+    assert f"{BIG + SMALL:,} clients found." in marie.get("/clients").text
 
     # Filters: a common one (read along the order's index), a rare one (through its own, SQLite), both.
     for url, keep in (
@@ -138,7 +138,7 @@ def test_a_staff_member_of_two_firms_sees_the_same_pages_as_a_plain_sort_of_both
         sort = re.search(r"sort=([-a-z]+)", url)
         ids = ordered([r for r in everyone if keep(r)], sort.group(1) if sort else "name")
         pages = -(-len(ids) // 50)
-        assert f"{len(ids)} client(s) found." in marie.get(f"/clients?{url}").text, url
+        assert f"{len(ids):,} client{'' if len(ids) == 1 else 's'} found." in marie.get(f"/clients?{url}").text, url
         for number in sorted({1, 2, pages, pages + 3}):
             assert shown(marie.get(f"/clients?{url}&page={number}").text) == page(ids, min(number, pages)), (url, number)
 
