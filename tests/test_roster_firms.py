@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import insert
 
 from daemon import db
-from daemon.cli import cli as cabinet_cli
 from daemon.models import Client, search_key
-from tests.conftest import FakeClock, RunningServer, write_config
-from tests.test_workspace import add_staff, firm_id, signed_in, statements_of
+from tests.conftest import FakeClock, RunningServer
+from tests.test_workspace import add_staff, firm_id, quiet_config, signed_in, statements_of
 
 ROW = re.compile(r'<a href="/clients/(\d+)">')
 BASE = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
@@ -58,15 +56,7 @@ def two_firms(tmp_path: Path) -> Iterator[RunningServer]:
     """A quiet server (background loops wait an hour: the only statements are the page's): Marie is
     staff of Tremblay CPA (1,050 clients) and of Gagnon CPA (70), Pierre of Tremblay CPA only. Names
     interleave across the firms, and a few are the same in both (same sort key: the id decides)."""
-    env = write_config(tmp_path)
-    text = env.config_path.read_text("utf-8").replace("poll_interval = 0.2", "poll_interval = 3600")
-    env.config_path.write_text(text.replace("\ninterval = 0.2", "\ninterval = 3600"), "utf-8")
-    runner = CliRunner()
-
-    def cli(*args: str, input: str | None = None) -> None:
-        result = runner.invoke(cabinet_cli, ["--config", str(env.config_path), *args], input=input)
-        assert result.exit_code == 0, result.output
-
+    env, cli = quiet_config(tmp_path)
     cli("init")
     cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
     cli("firm", "add", "Gagnon CPA", "--email", "bureau@gagnon.example")

@@ -11,7 +11,7 @@ import threading
 from datetime import datetime, timezone
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -269,12 +269,11 @@ def test_the_migration_folds_the_names_of_clients_already_on_a_roster(tmp_path: 
 # -- the number of statements a page costs ------------------------------------------------------------
 
 
-@pytest.fixture
-def quiet(tmp_path: Path) -> Iterator[RunningServer]:
-    """A server whose background loops (outbox, inbound, scheduler) run once at start, then wait an
-    hour: the only statements while a page loads are the page's own."""
-    (tmp_path / "quiet").mkdir()
-    env = write_config(tmp_path / "quiet")
+def quiet_config(folder: Path) -> tuple[Env, Callable[..., None]]:
+    """A test config whose server's background loops (outbox, inbound, scheduler) run once at start,
+    then wait an hour: the only statements while a page loads are the page's own; and the CLI on it,
+    each command checked to succeed."""
+    env = write_config(folder)
     text = env.config_path.read_text("utf-8").replace("poll_interval = 0.2", "poll_interval = 3600")
     env.config_path.write_text(text.replace("\ninterval = 0.2", "\ninterval = 3600"), "utf-8")
     runner = CliRunner()
@@ -283,6 +282,14 @@ def quiet(tmp_path: Path) -> Iterator[RunningServer]:
         result = runner.invoke(cabinet_cli, ["--config", str(env.config_path), *args], input=input)
         assert result.exit_code == 0, result.output
 
+    return env, cli
+
+
+@pytest.fixture
+def quiet(tmp_path: Path) -> Iterator[RunningServer]:
+    """A quiet server (``quiet_config``): Marie is staff of Tremblay CPA."""
+    (tmp_path / "quiet").mkdir()
+    env, cli = quiet_config(tmp_path / "quiet")
     cli("init")
     cli("firm", "add", "Tremblay CPA", "--email", "bureau@tremblay.example")
     add_staff(cli, "marie@tremblay.example", "Marie Tremblay", "Tremblay CPA")
