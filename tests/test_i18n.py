@@ -270,3 +270,16 @@ def test_no_text_a_person_reads_counts_in_parentheses() -> None:
              for match in parenthesised.finditer(path.read_text("utf-8"))]
     found += [f"MESSAGES[{code!r}]" for code, english in MESSAGES.items() if parenthesised.search(english)]
     assert len(sources) > 60 and not found, found
+
+
+@given(st.integers(min_value=-10**9, max_value=10**9), st.sampled_from(["en", "fr"]))
+@settings(max_examples=300, deadline=None)
+def test_a_number_reads_as_babel_writes_it_for_the_reader(value: int, locale: str) -> None:
+    """``format_number`` skips babel below a thousand; what it prints is babel's, either way."""
+    from babel.numbers import format_decimal
+
+    from daemon.i18n import BABEL_LOCALE, format_number
+
+    for number in (value, 999, 1000, -999, -1000, 0):
+        assert format_number(number, locale) == format_decimal(number, locale=BABEL_LOCALE[locale])
+    assert format_number(100_000, "fr") == "100\xa0000" and format_number(100_000, "en") == "100,000"
