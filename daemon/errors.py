@@ -160,12 +160,13 @@ def _words(code: str, english: str, params: dict[str, Any], catalogue: Catalogue
     """The code's text in the reader's language (``catalogue``, or English), and its English; for a code
     of ``PLURALS``, both in the number's form."""
     plural = PLURALS.get(code)
-    count = params.get(plural[0]) if plural else None
-    if plural is None or not isinstance(count, int):
+    if plural is None:
         return (catalogue.pgettext(code, english) if catalogue else english), english
-    singular = plural[1]
-    english = singular if count == 1 else english
-    return (catalogue.npgettext(code, singular, MESSAGES[code], count) if catalogue else english), english
+    counted, singular = plural
+    count = params.get(counted)
+    n = count if isinstance(count, int) else 2  # words for the number ("a few"): the plural's form
+    text = singular if n == 1 else english
+    return (catalogue.npgettext(code, singular, english, n) if catalogue else text), text
 
 
 def render(code: str, params: dict[str, Any], catalogue: Catalogue | None = None) -> str:

@@ -261,11 +261,16 @@ def _firms(user: UserView) -> list[int]:
     return [firm.id for firm in user.firms]
 
 
-def _scope(firms: Collection[int], firm_id: int | None) -> list[ColumnElement[bool]]:
-    where = [_among(FirmClientCount.firm_id, firms)]
+def _scope(column: Any, firms: Collection[int], firm_id: int | None) -> list[ColumnElement[bool]]:
+    """``column`` (the roster's or the counter's ``firm_id``) among the user's firms, and ``firm_id`` if chosen."""
+    where = [_among(column, firms)]
     if firm_id is not None:
-        where.append(FirmClientCount.firm_id == firm_id)
+        where.append(column == firm_id)
     return where
+
+
+def _on_sqlite(s: Session) -> bool:
+    return s.get_bind().dialect.name == "sqlite"
 
 
 def _filters(status: str, billing: str) -> list[ColumnElement[bool]]:
@@ -277,7 +282,7 @@ def _counted(firms: Collection[int], status: str = "", billing: str = "", firm_i
     """How many of the firms' clients have this status, billing and firm: a sum of the counter's
     rows (a handful per firm), not a count of the roster."""
     return select(func.coalesce(func.sum(FirmClientCount.clients), 0)) \
-        .where(*_scope(firms, firm_id), *_filters(status, billing))
+        .where(*_scope(FirmClientCount.firm_id, firms, firm_id), *_filters(status, billing))
 
 
 def _counted_in_all(firms: Collection[int], status: str, billing: str, firm_id: int | None) -> Select[Any]:
@@ -285,7 +290,7 @@ def _counted_in_all(firms: Collection[int], status: str, billing: str, firm_id: 
     if given) have in all: two sums of the same counter rows, in one statement."""
     matching = case((and_(*_filters(status, billing)), FirmClientCount.clients), else_=0)
     return select(func.coalesce(func.sum(matching), 0), func.coalesce(func.sum(FirmClientCount.clients), 0)) \
-        .where(*_scope(firms, firm_id))
+        .where(*_scope(FirmClientCount.firm_id, firms, firm_id))
 
 
 def _read_by_filter(matching: int, in_all: int, page: int) -> bool:
@@ -358,13 +363,6 @@ class Workspace(DomainService):
         return self._search_index
 
     @staticmethod
-    def _roster_filter(firms: Collection[int], query: RosterQuery) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = [_among(Client.firm_id, firms)]
-        if query.firm_id is not None:
-            where.append(Client.firm_id == query.firm_id)
-        return where + Workspace._narrowing(query)
-
-    @staticmethod
     def _narrowing(query: RosterQuery) -> list[ColumnElement[bool]]:
         """The roster's filters and words, within the firms."""
         where: list[ColumnElement[bool]] = []
@@ -393,7 +391,7 @@ class Workspace(DomainService):
     def _weighs_filter(s: Session, query: RosterQuery) -> bool:
         """A filtered page on SQLite: read through the filter's index or along the order's, as
         ``_read_by_filter`` decides. (Other pages, and PostgreSQL's, skip the counter's second sum.)"""
-        return bool(query.status or query.billing) and s.get_bind().dialect.name == "sqlite"
+        return bool(query.status or query.billing) and _on_sqlite(s)
 
     def _few_filtered(self, s: Session, firms: Collection[int], query: RosterQuery, page: int) -> bool:
         """A search with a filter, on SQLite: whether the filter's clients (the counter's number, which
@@ -451,7 +449,8 @@ class Workspace(DomainService):
         found = words(query.text)
         firms = _firms(user)
         with self._reading(s) as s:
-            where = self._roster_filter(firms, query)
+            narrowing = self._narrowing(query)
+            where = _scope(Client.firm_id, firms, query.firm_id) + narrowing
             # The firms whose clients the page may show: several are read each on its own index, merged.
             shown = sorted(firm for firm in firms if query.firm_id in (None, firm))
             merged = len(shown) > 1
@@ -459,8 +458,7 @@ class Workspace(DomainService):
             def page_of(number: int, by_filter: bool = False) -> list[Any]:
                 ids: Select[Any]
                 if merged and not by_filter:
-                    ids = _merged_page(shown, self._narrowing(query), order, number,
-                                       s.get_bind().dialect.name != "sqlite")
+                    ids = _merged_page(shown, narrowing, order, number, not _on_sqlite(s))
                 else:
                     ids = (select(Client.id).where(*where).order_by(*(_unindexed(order) if by_filter else order))
                            .limit(PAGE_SIZE).offset((number - 1) * PAGE_SIZE))

@@ -68,6 +68,8 @@ def test_a_counted_wait_reads_in_the_number_s_form() -> None:
     assert "Réessayez dans 1 minute ou" in pages.error_message(locked, "fr")
     # A count that is not a number (words) reads with the plural's words.
     assert errors.render("manage_link.wait", {"minutes": "a few"}).endswith("Try again in a few minutes")
+    assert pages.error_message(LimitReached("manage_link.wait", minutes="quelques"), "fr").endswith(
+        "Réessayez dans quelques minutes.")  # French too: the plural entry, not an English fallback
 
 
 def _raised_codes() -> list[tuple[str, int, str]]:
