@@ -138,7 +138,7 @@ def pages(work: Path, dbs: Any, args: argparse.Namespace) -> Any:
         # The same roster's pages for a staff member of two firms: the second has one client.
         second_firm(inst)
         found = httpx.get(f"{inst.base_url}/clients", headers={"Cookie": cookie}).text
-        assert f"{args.clients + 2} client(s) found." in found, "the second firm's client is not on the roster"
+        assert f"{args.clients + 2:,} clients found." in found, "the second firm's client is not on the roster"
         measure({f"two firms: {name}": url for name, url in urls.items()
                  if name in ("list", "common word", f"page {middle}", "filter+sort", "rare filter", "word+rare filter")})
         row.cabinet = one_firm
