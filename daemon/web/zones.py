@@ -1,0 +1,150 @@
+"""The time zones a person picks from on the profile page: Canada's first, then the world's by region,
+then UTC, each named in the reader's language; the value of each choice is its IANA name.
+
+Which names are offered: CLDR's table of zones by country (``babel.core.get_global("zone_territories")``,
+babel being a dependency already), which babel keys by the tz database's current names. It is the tz
+database's own ``zone.tab`` (one name per region of a country) and holds none of its backward aliases:
+no America/Montreal (now America/Toronto), US/Eastern, Canada/… or Africa/Asmera; babel's
+``zone_aliases`` maps those to the names offered. It comes with the installed wheel on any machine,
+whatever tz files the system has; a name the tz database installed here cannot load is left out (what is
+offered must pass ``daemon.i18n.check_timezone``, which stays the only check of a posted zone).
+
+What a choice reads: babel's city (CLDR's exemplar city, "Montréal" is ours, see ``_ALSO``) with, for
+Canada, the zone's generic name ("heure de l’Est"), elsewhere the country ("Paris — France"). The
+groups' names are our words and are translated in the template (``profile.html``, ``fr.po``).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, available_timezones
+
+from babel import Locale
+from babel.core import get_global
+from babel.dates import get_timezone_location
+
+from daemon.i18n import BABEL_LOCALE
+
+#: The product's market: its zones come first.
+HOME = "CA"
+#: The group of the home country's zones, and of UTC (the template names each group).
+HOME_GROUP = "canada"
+UTC_GROUP = "utc"
+UTC = "UTC"
+#: The world's regions (a zone's first part), nearest first for a Canadian firm; one the tz database adds
+#: later follows them, in its own order.
+REGIONS = ("America", "Europe", "Africa", "Asia", "Australia", "Atlantic", "Indian", "Pacific", "Antarctica",
+           "Arctic")
+#: Cities named beside a zone's own: CLDR names each zone by one city, and a Québec firm looks for Montréal,
+#: in America/Toronto's zone (America/Montreal is its alias).
+_ALSO = {"America/Toronto": ("Montréal",)}
+#: The instant whose offset orders Canada's zones west to east: in January, standard time.
+_STANDARD_TIME = datetime(2025, 1, 15, 12, tzinfo=timezone.utc)
+_DASH = " — "
+
+
+@dataclass(frozen=True)
+class ZoneGroup:
+    """An ``<optgroup>``: ``name`` is ``HOME_GROUP``, a region of ``REGIONS`` or ``UTC_GROUP``."""
+
+    name: str
+    choices: tuple[tuple[str, str], ...]  # (IANA name, label)
+
+
+@dataclass(frozen=True)
+class ZoneMenu:
+    """The zone choice in one language."""
+
+    groups: tuple[ZoneGroup, ...]
+    labels: dict[str, str]
+    aliases: dict[str, str]
+
+    def offers(self, zone: str) -> bool:
+        return zone in self.labels
+
+    def label(self, zone: str) -> str:
+        """What a zone reads as; one not offered (a stored alias: the user keeps it until they choose
+        another) reads as the zone it stands for, with its own name; anything else as its name."""
+        found = self.labels.get(zone)
+        if found is not None:
+            return found
+        canonical = self.labels.get(self.aliases.get(zone, ""))
+        return f"{canonical} ({zone})" if canonical is not None else zone
+
+
+class ZoneChoices:
+    """Each language's ``ZoneMenu``, made on its first page (a few hundred babel lookups) and kept."""
+
+    def __init__(self) -> None:
+        self._menus: dict[str, ZoneMenu] = {}
+
+    def menu(self, locale: str) -> ZoneMenu:
+        found = self._menus.get(locale)
+        if found is None:
+            found = self._menus[locale] = build_menu(BABEL_LOCALE[locale])
+        return found
+
+
+def offered_zones() -> dict[str, str]:
+    """The zones offered, each with its country's code."""
+    loadable = available_timezones()
+    territories: dict[str, str] = get_global("zone_territories")
+    return {
+        zone: territory for zone, territory in territories.items()
+        # Not the "Etc/" offsets nor the POSIX-style names (EST5EDT): those belong to no country.
+        if "/" in zone and not zone.startswith("Etc/") and len(territory) == 2 and territory.isalpha()
+        and zone in loadable
+    }
+
+
+def build_menu(locale: Locale) -> ZoneMenu:
+    zones = offered_zones()
+    meta_zones: dict[str, str] = get_global("meta_zones")
+    labels: dict[str, str] = {}
+    home: list[tuple[str, str]] = []
+    regions: dict[str, list[tuple[str, str]]] = {}
+    for zone, territory in zones.items():
+        city = get_timezone_location(zone, locale, return_city=True)
+        if territory == HOME:
+            cities = ", ".join(sorted((city, *_ALSO.get(zone, ())), key=_collation_key))
+            generic = _generic_name(locale, meta_zones.get(zone))
+            label = f"{cities}{_DASH}{generic}" if generic else cities
+            home.append((zone, label))
+        else:
+            country = locale.territories.get(territory, territory)
+            label = city if country == city else f"{city}{_DASH}{country}"
+            regions.setdefault(zone.split("/", 1)[0], []).append((zone, label))
+        labels[zone] = label
+    home.sort(key=lambda choice: (_standard_offset(choice[0]), _collation_key(choice[1])))
+    groups = [ZoneGroup(HOME_GROUP, tuple(home))]
+    for region in (*REGIONS, *sorted(set(regions) - set(REGIONS))):
+        if region in regions:
+            groups.append(ZoneGroup(region, tuple(sorted(regions[region], key=lambda c: _collation_key(c[1])))))
+    utc_name = locale.time_zones.get("Etc/UTC", {}).get("long", {}).get("standard")
+    labels[UTC] = f"{UTC}{_DASH}{utc_name}" if utc_name else UTC
+    groups.append(ZoneGroup(UTC_GROUP, ((UTC, labels[UTC]),)))
+    aliases: dict[str, str] = get_global("zone_aliases")
+    return ZoneMenu(tuple(groups), labels, dict(aliases))
+
+
+def _generic_name(locale: Locale, meta_zone: str | None) -> str | None:
+    """The zone's name that holds all year ("heure de l’Est"), or, for one without daylight time that has
+    none ("Yukon"), its standard time's name."""
+    if meta_zone is None:
+        return None
+    names = locale.meta_zones.get(meta_zone, {}).get("long", {})
+    found = names.get("generic") or names.get("standard")
+    return str(found) if found else None
+
+
+def _standard_offset(zone: str) -> float:
+    offset = ZoneInfo(zone).utcoffset(_STANDARD_TIME)
+    return offset.total_seconds() if offset is not None else 0.0
+
+
+def _collation_key(text: str) -> str:
+    """Dictionary order for names: É with E (a page is never sorted by code point)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
