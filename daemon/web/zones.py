@@ -17,6 +17,7 @@ groups' names are our words and are translated in the template (``profile.html``
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, available_timezones
@@ -90,7 +91,7 @@ class ZoneChoices:
 def offered_zones() -> dict[str, str]:
     """The zones offered, each with its country's code."""
     loadable = available_timezones()
-    territories: dict[str, str] = get_global("zone_territories")
+    territories: Mapping[str, str] = get_global("zone_territories")
     return {
         zone: territory for zone, territory in territories.items()
         # Not the "Etc/" offsets nor the POSIX-style names (EST5EDT): those belong to no country.
@@ -101,7 +102,7 @@ def offered_zones() -> dict[str, str]:
 
 def build_menu(locale: Locale) -> ZoneMenu:
     zones = offered_zones()
-    meta_zones: dict[str, str] = get_global("meta_zones")
+    meta_zones: Mapping[str, str] = get_global("meta_zones")
     labels: dict[str, str] = {}
     home: list[tuple[str, str]] = []
     regions: dict[str, list[tuple[str, str]]] = {}
@@ -125,7 +126,7 @@ def build_menu(locale: Locale) -> ZoneMenu:
     utc_name = locale.time_zones.get("Etc/UTC", {}).get("long", {}).get("standard")
     labels[UTC] = f"{UTC}{_DASH}{utc_name}" if utc_name else UTC
     groups.append(ZoneGroup(UTC_GROUP, ((UTC, labels[UTC]),)))
-    aliases: dict[str, str] = get_global("zone_aliases")
+    aliases: Mapping[str, str] = get_global("zone_aliases")
     return ZoneMenu(tuple(groups), labels, dict(aliases))
 
 
