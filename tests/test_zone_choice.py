@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from daemon.web.zones import ZoneChoices
 from tests.conftest import PASSWORD, Browser, Env, Seed, csrf_of
 
 Option = tuple[str, str, bool]  # value, label, selected
@@ -143,3 +144,12 @@ def test_a_zone_that_does_not_exist_is_still_refused_in_the_reader_s_language(se
     assert select.loose == [("Mars/Olympus", "Mars/Olympus", True)] and select.groups[0][0] == "Canada"
     assert env.sql("SELECT timezone FROM users WHERE email = :e", e="luc@tremblay.example") == [("America/Toronto",)]
     browser.close()
+
+
+def test_a_zone_not_offered_reads_as_the_one_it_stands_for_with_its_own_name() -> None:
+    english, french = ZoneChoices().menu("en"), ZoneChoices().menu("fr")
+    assert english.label("US/Eastern") == "New York — United States (US/Eastern)"
+    assert french.label("Canada/Eastern") == "Montréal, Toronto — heure de l’Est (Canada/Eastern)"
+    assert english.label("Etc/UTC") == "UTC — Coordinated Universal Time (Etc/UTC)" and not english.offers("Etc/UTC")
+    assert english.label("UTC") == "UTC — Coordinated Universal Time" and english.offers("UTC")
+    assert english.label("Mars/Olympus") == "Mars/Olympus"  # nothing more is known of it

@@ -74,7 +74,9 @@ class ZoneMenu:
         found = self.labels.get(zone)
         if found is not None:
             return found
-        canonical = self.labels.get(self.aliases.get(zone, ""))
+        standing_for = self.aliases.get(zone, zone)
+        # CLDR's UTC is Etc/UTC; the choice offers "UTC", the name the configuration's default stores.
+        canonical = self.labels.get(UTC if standing_for == "Etc/UTC" else standing_for)
         return f"{canonical} ({zone})" if canonical is not None else zone
 
 
