@@ -123,11 +123,11 @@ def build_menu(locale: Locale) -> ZoneMenu:
             label = city if country == city else f"{city}{_DASH}{country}"
             regions.setdefault(zone.split("/", 1)[0], []).append((zone, label))
         labels[zone] = label
-    home.sort(key=lambda choice: (_standard_offset(choice[0]), _collation_key(choice[1])))
+    home.sort(key=lambda choice: (_standard_offset(choice[0]), _label_order(choice[1])))
     groups = [ZoneGroup(HOME_GROUP, tuple(home))]
     for region in (*REGIONS, *sorted(set(regions) - set(REGIONS))):
         if region in regions:
-            groups.append(ZoneGroup(region, tuple(sorted(regions[region], key=lambda c: _collation_key(c[1])))))
+            groups.append(ZoneGroup(region, tuple(sorted(regions[region], key=lambda c: _label_order(c[1])))))
     utc_name = locale.time_zones.get("Etc/UTC", {}).get("long", {}).get("standard")
     labels[UTC] = f"{UTC}{_DASH}{utc_name}" if utc_name else UTC
     groups.append(ZoneGroup(UTC_GROUP, ((UTC, labels[UTC]),)))
@@ -148,6 +148,11 @@ def _generic_name(locale: Locale, meta_zone: str | None) -> str | None:
 def _standard_offset(zone: str) -> float:
     offset = ZoneInfo(zone).utcoffset(_STANDARD_TIME)
     return offset.total_seconds() if offset is not None else 0.0
+
+
+def _label_order(label: str) -> tuple[str, ...]:
+    """Labels in dictionary order, city first: "Dawson" before "Dawson Creek"."""
+    return tuple(_collation_key(part) for part in label.split(_DASH))
 
 
 def _collation_key(text: str) -> str:
