@@ -85,6 +85,9 @@ def test_canada_s_zones_come_first_then_the_world_by_region_then_utc_in_the_read
     assert canada["America/Toronto"] == "Montréal, Toronto — heure de l’Est"
     assert canada["America/St_Johns"] == "St. John’s — heure de Terre-Neuve"
     assert "America/New_York" not in canada and all(label for label in canada.values())
+    order = list(canada)  # west to east, as Canada's zones are listed: Pacific first, Newfoundland last
+    assert order[0] == "America/Vancouver" and order[-1] == "America/St_Johns"
+    assert order.index("America/Edmonton") < order.index("America/Winnipeg") < order.index("America/Toronto")
     world = {value: label for _, options in fr.groups[1:] for value, label, _ in options}
     assert world["Europe/Paris"] == "Paris — France" and world["America/New_York"] == "New York — États-Unis"
     assert fr.groups[-1][1] == [("UTC", "UTC — temps universel coordonné", False)]
