@@ -119,9 +119,13 @@ async def team(request: web.Request) -> web.Response:
     return await _page(request, "team.html", nav=nav, members=members)
 
 
-def _zones(request: web.Request) -> ZoneMenu:
-    """The zone choice in the page's language."""
-    return request.app[ZONE_CHOICES].menu(visitor(request).locale)
+async def _zones(request: web.Request) -> ZoneMenu:
+    """The zone choice in the page's language; made, the first time, in a thread (tz files read, a few
+    hundred babel lookups: not on the event loop)."""
+    choices = request.app[ZONE_CHOICES]
+    locale = visitor(request).locale
+    made = choices.made(locale)
+    return made if made is not None else await run(choices.menu, locale)
 
 
 def _profile_values(user: UserView) -> dict[str, str]:
@@ -131,7 +135,7 @@ def _profile_values(user: UserView) -> dict[str, str]:
 async def profile(request: web.Request) -> web.Response:
     user = _signed_in(request)
     done = request.query.get("done", "")
-    return await _page(request, "profile.html", values=_profile_values(user), zones=_zones(request),
+    return await _page(request, "profile.html", values=_profile_values(user), zones=await _zones(request),
                        locales=LOCALES, error=None, error_form=None,
                        done=done if done in ("profile", "password") else "")
 
@@ -144,8 +148,9 @@ async def update_profile(request: web.Request) -> web.Response:
         await run(request.app[CABINET].roster.update_profile, user.id, values["name"], values["locale"],
                   values["timezone"])
     except CabinetError as exc:
-        return await _page(request, "profile.html", status=exc.http_status, values=values, zones=_zones(request),
-                           locales=LOCALES, error=message(request, exc), error_form="profile", done="")
+        return await _page(request, "profile.html", status=exc.http_status, values=values,
+                           zones=await _zones(request), locales=LOCALES, error=message(request, exc),
+                           error_form="profile", done="")
     return redirect("/profile?done=profile")
 
 
@@ -167,7 +172,7 @@ async def change_password(request: web.Request) -> web.Response:
         await run(request.app[SESSIONS].end_others, user.id, visitor(request).session_token)
     except CabinetError as exc:
         return await _page(request, "profile.html", status=exc.http_status, values=_profile_values(user),
-                           zones=_zones(request), locales=LOCALES, error=message(request, exc),
+                           zones=await _zones(request), locales=LOCALES, error=message(request, exc),
                            error_form="password", done="")
     return redirect("/profile?done=password")
 

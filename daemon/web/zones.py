@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import MappingProxyType
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel import Locale
 from babel.core import get_global
@@ -81,49 +81,63 @@ class ZoneMenu:
 
 
 class ZoneChoices:
-    """Each language's ``ZoneMenu``, made on its first page (a few hundred babel lookups) and kept."""
+    """Each language's ``ZoneMenu``, made on its first page and kept: a few hundred babel lookups and tz
+    files read (``daemon.web.workspace`` makes it off the event loop)."""
 
     def __init__(self) -> None:
         self._menus: dict[str, ZoneMenu] = {}
+        self._zones: dict[str, tuple[str, ZoneInfo]] | None = None
+
+    def made(self, locale: str) -> ZoneMenu | None:
+        """The menu of ``locale`` if it is made already."""
+        return self._menus.get(locale)
 
     def menu(self, locale: str) -> ZoneMenu:
+        # Made twice at worst, by two first pages at once: the same menu, kept by the last one.
         found = self._menus.get(locale)
         if found is None:
-            found = self._menus[locale] = build_menu(BABEL_LOCALE[locale])
+            if self._zones is None:
+                self._zones = offered_zones()
+            found = self._menus[locale] = build_menu(BABEL_LOCALE[locale], self._zones)
         return found
 
 
-def offered_zones() -> dict[str, str]:
-    """The zones offered, each with its country's code."""
-    loadable = available_timezones()
+def offered_zones() -> dict[str, tuple[str, ZoneInfo]]:
+    """The zones offered, each with its country's code (CLDR's; "001" for one of no country: Antarctica's
+    Troll station) and its rules, which the menu orders and names it by."""
     territories: Mapping[str, str] = get_global("zone_territories")
-    return {
-        zone: territory for zone, territory in territories.items()
-        # Not the "Etc/" offsets nor the POSIX-style names (EST5EDT): those belong to no country.
-        if "/" in zone and not zone.startswith("Etc/") and len(territory) == 2 and territory.isalpha()
-        and zone in loadable
-    }
+    found = {}
+    for zone, territory in territories.items():
+        # Not the "Etc/" offsets nor the POSIX-style names (EST5EDT): no place a person lives in.
+        if "/" not in zone or zone.startswith("Etc/"):
+            continue
+        try:
+            found[zone] = (territory, ZoneInfo(zone))
+        except (ZoneInfoNotFoundError, ValueError):  # newer than the tz database installed here
+            continue
+    return found
 
 
-def build_menu(locale: Locale) -> ZoneMenu:
-    zones = offered_zones()
+def build_menu(locale: Locale, zones: Mapping[str, tuple[str, ZoneInfo]]) -> ZoneMenu:
     meta_zones: Mapping[str, str] = get_global("meta_zones")
     labels: dict[str, str] = {}
     home: list[tuple[str, str]] = []
     regions: dict[str, list[tuple[str, str]]] = {}
-    for zone, territory in zones.items():
-        city = get_timezone_location(zone, locale, return_city=True)
+    offsets: dict[str, float] = {}
+    for zone, (territory, rules) in zones.items():
+        city = get_timezone_location(rules, locale, return_city=True)
         if territory == HOME:
             cities = ", ".join(sorted((city, *_ALSO.get(zone, ())), key=_collation_key))
             generic = _generic_name(locale, meta_zones.get(zone))
             label = f"{cities}{_DASH}{generic}" if generic else cities
             home.append((zone, label))
+            offsets[zone] = _standard_offset(rules)
         else:
-            country = locale.territories.get(territory, territory)
-            label = city if country == city else f"{city}{_DASH}{country}"
+            country = locale.territories.get(territory) if territory.isalpha() else None
+            label = city if country in (None, city) else f"{city}{_DASH}{country}"
             regions.setdefault(zone.split("/", 1)[0], []).append((zone, label))
         labels[zone] = label
-    home.sort(key=lambda choice: (_standard_offset(choice[0]), _label_order(choice[1])))
+    home.sort(key=lambda choice: (offsets[choice[0]], _label_order(choice[1])))
     groups = [ZoneGroup(HOME_GROUP, tuple(home))]
     for region in (*REGIONS, *sorted(set(regions) - set(REGIONS))):
         if region in regions:
@@ -145,8 +159,8 @@ def _generic_name(locale: Locale, meta_zone: str | None) -> str | None:
     return str(found) if found else None
 
 
-def _standard_offset(zone: str) -> float:
-    offset = ZoneInfo(zone).utcoffset(_STANDARD_TIME)
+def _standard_offset(rules: ZoneInfo) -> float:
+    offset = rules.utcoffset(_STANDARD_TIME)
     return offset.total_seconds() if offset is not None else 0.0
 
 
