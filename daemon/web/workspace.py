@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
-from zoneinfo import available_timezones
 
 from aiohttp import web
 
@@ -12,15 +11,13 @@ from daemon.config import LOCALES
 from daemon.errors import CabinetError, InvalidInput, NotFound
 from daemon.views import UserView
 from daemon.web.context import CABINET, SESSIONS, form, message, page, redirect, run, visitor
+from daemon.web.zones import ZoneChoices, ZoneMenu
 from daemon.workspace import BILLINGS, STATUSES, NavCounts, RosterQuery
 
 T = TypeVar("T")
 
-# The zones offered on the profile page: the IANA names people pick from (not the "Etc/" offsets).
-ZONES = ("UTC", *sorted(
-    zone for zone in available_timezones()
-    if "/" in zone and not zone.startswith(("Etc/", "SystemV/", "posix/", "right/"))
-))
+# The profile page's zone choice in each language, made once per language (``daemon.web.zones``).
+ZONE_CHOICES = web.AppKey("zone_choices", ZoneChoices)
 
 
 def _signed_in(request: web.Request) -> UserView:
@@ -122,6 +119,15 @@ async def team(request: web.Request) -> web.Response:
     return await _page(request, "team.html", nav=nav, members=members)
 
 
+async def _zones(request: web.Request) -> ZoneMenu:
+    """The zone choice in the page's language; made, the first time, in a thread (tz files read, a few
+    hundred babel lookups: not on the event loop)."""
+    choices = request.app[ZONE_CHOICES]
+    locale = visitor(request).locale
+    made = choices.made(locale)
+    return made if made is not None else await run(choices.menu, locale)
+
+
 def _profile_values(user: UserView) -> dict[str, str]:
     return {"name": user.name, "locale": user.locale, "timezone": user.timezone}
 
@@ -129,8 +135,9 @@ def _profile_values(user: UserView) -> dict[str, str]:
 async def profile(request: web.Request) -> web.Response:
     user = _signed_in(request)
     done = request.query.get("done", "")
-    return await _page(request, "profile.html", values=_profile_values(user), zones=ZONES, locales=LOCALES,
-                       error=None, error_form=None, done=done if done in ("profile", "password") else "")
+    return await _page(request, "profile.html", values=_profile_values(user), zones=await _zones(request),
+                       locales=LOCALES, error=None, error_form=None,
+                       done=done if done in ("profile", "password") else "")
 
 
 async def update_profile(request: web.Request) -> web.Response:
@@ -141,8 +148,9 @@ async def update_profile(request: web.Request) -> web.Response:
         await run(request.app[CABINET].roster.update_profile, user.id, values["name"], values["locale"],
                   values["timezone"])
     except CabinetError as exc:
-        return await _page(request, "profile.html", status=exc.http_status, values=values, zones=ZONES,
-                           locales=LOCALES, error=message(request, exc), error_form="profile", done="")
+        return await _page(request, "profile.html", status=exc.http_status, values=values,
+                           zones=await _zones(request), locales=LOCALES, error=message(request, exc),
+                           error_form="profile", done="")
     return redirect("/profile?done=profile")
 
 
@@ -164,11 +172,13 @@ async def change_password(request: web.Request) -> web.Response:
         await run(request.app[SESSIONS].end_others, user.id, visitor(request).session_token)
     except CabinetError as exc:
         return await _page(request, "profile.html", status=exc.http_status, values=_profile_values(user),
-                           zones=ZONES, locales=LOCALES, error=message(request, exc), error_form="password", done="")
+                           zones=await _zones(request), locales=LOCALES, error=message(request, exc),
+                           error_form="password", done="")
     return redirect("/profile?done=password")
 
 
 def setup(app: web.Application) -> None:
+    app[ZONE_CHOICES] = ZoneChoices()
     app.router.add_get("/clients", clients)
     app.router.add_get("/clients/{id:[0-9]{1,18}}", client)
     app.router.add_post("/clients/{id:[0-9]{1,18}}/{action}", client_action)
