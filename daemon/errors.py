@@ -46,7 +46,7 @@ MESSAGES: dict[str, str] = {
     "password.mismatch": "the new password and its confirmation differ",
     "password.changed_meanwhile": "the password was changed meanwhile; sign in again",
     "locale.unknown": "language must be one of {choices}; got '{locale}'",
-    "timezone.unknown": "unknown time zone '{timezone}' (use a name like America/Montreal)",
+    "timezone.unknown": "unknown time zone '{timezone}' (use a name like America/Toronto)",
     "kind.unknown": "kind must be business or individual, got '{kind}'",
     "billing.unknown": "billing must be wholesale, direct or none, got '{billing}'",
     "product.unknown": "unknown product '{product}' (see `cabinet product list`)",

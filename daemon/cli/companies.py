@@ -18,7 +18,7 @@ def company() -> None:
 @click.option("--admin-name", help="The primary admin's name.")
 @click.option("--kind", type=click.Choice(["business", "individual"]), default="business", show_default=True)
 @click.option("--locale", type=click.Choice(["en", "fr"]), help="The primary admin's language.")
-@click.option("--timezone", help="The primary admin's time zone, e.g. America/Montreal.")
+@click.option("--timezone", help="The primary admin's time zone, e.g. America/Toronto.")
 @click.option("--quickbooks-time", is_flag=True, help="QuickBooks Time is attached to the subscription.")
 @pass_state
 def add(

@@ -20,7 +20,7 @@ def staff() -> None:
 @click.option("--firm", "firms", multiple=True, required=True, help="Firm name; repeat for several firms.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--locale", type=click.Choice(["en", "fr"]), help="Language for pages and emails.")
-@click.option("--timezone", help="Time zone for dates, e.g. America/Montreal.")
+@click.option("--timezone", help="Time zone for dates, e.g. America/Toronto.")
 @pass_state
 def add(
     state: CliState,
@@ -80,7 +80,7 @@ def set_password(state: CliState, email: str, password_stdin: bool) -> None:
 @click.argument("email")
 @click.option("--name", help="Full name, shown to clients.")
 @click.option("--locale", type=click.Choice(["en", "fr"]), help="Language for pages and emails.")
-@click.option("--timezone", help="Time zone for dates, e.g. America/Montreal.")
+@click.option("--timezone", help="Time zone for dates, e.g. America/Toronto.")
 @pass_state
 def edit(state: CliState, email: str, name: str | None, locale: str | None, timezone: str | None) -> None:
     """Change a staff member's name, language or time zone."""
