@@ -96,6 +96,8 @@ def test_canada_s_zones_come_first_then_the_world_by_region_then_utc_in_the_read
     en = ZoneSelect(english.get("/profile").text)
     assert [name for name, _ in en.groups][:2] == ["Canada", "Americas"] and en.groups[-1][0] == "Universal time"
     assert ("America/Toronto", "Montréal, Toronto — Eastern Time", False) in en.groups[0][1]
+    # Newfoundland's capital, not Saint John, New Brunswick (CLDR's en_CA name for it)
+    assert ("America/St_Johns", "St. John’s — Newfoundland Time", False) in en.groups[0][1]
     assert ("Europe/Paris", "Paris — France", False) in [o for _, options in en.groups for o in options]
     assert sorted(en.offered()) == sorted(fr.offered())  # one list, in each language its own order
     for browser in (french, english):

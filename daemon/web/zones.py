@@ -44,6 +44,10 @@ REGIONS = ("America", "Europe", "Africa", "Asia", "Australia", "Atlantic", "Indi
 #: Cities named beside a zone's own: CLDR names each zone by one city, and a Québec firm looks for Montréal,
 #: in America/Toronto's zone (America/Montreal is its alias).
 _ALSO: Mapping[str, tuple[str, ...]] = MappingProxyType({"America/Toronto": ("Montréal",)})
+#: A city as its people write it, where CLDR's name in a language is another's: CLDR's en_CA names
+#: America/St_Johns "Saint John’s", which a Canadian reads as Saint John, New Brunswick (in the Atlantic
+#: zone); the city writes itself "St. John’s", as CLDR's fr_CA and en do.
+_CITY: Mapping[tuple[str, str], str] = MappingProxyType({("en", "America/St_Johns"): "St. John’s"})
 #: The instant whose offset orders Canada's zones west to east: in January, standard time.
 _STANDARD_TIME = datetime(2025, 1, 15, 12, tzinfo=timezone.utc)
 _DASH = " — "
@@ -125,7 +129,7 @@ def build_menu(locale: Locale, zones: Mapping[str, tuple[str, ZoneInfo]]) -> Zon
     regions: dict[str, list[tuple[str, str]]] = {}
     offsets: dict[str, float] = {}
     for zone, (territory, rules) in zones.items():
-        city = get_timezone_location(rules, locale, return_city=True)
+        city = _CITY.get((locale.language, zone)) or get_timezone_location(rules, locale, return_city=True)
         if territory == HOME:
             cities = ", ".join(sorted((city, *_ALSO.get(zone, ())), key=_collation_key))
             generic = _generic_name(locale, meta_zones.get(zone))
