@@ -172,6 +172,10 @@ def test_a_client_page_shows_its_facts_and_timeline_with_delivery_states(server,
     french = marie.get(f"/clients/{client_id(env, 'Garage Lévesque')}").text
     assert "Ajouté à la liste de clients" in french and "retourné (non distribuable)" in french
     assert "Rabais direct" in french and "Direct discount" not in french
+    # Pending's two entries set their colon as French does (the trial's was outside the catalogue: "Roy):").
+    french_pending = marie.get("/pending").text
+    assert "Garage Lévesque (Tremblay CPA) : invitation envoyée à nobody@remote.example" in french_pending
+    assert "Garage Lévesque (Tremblay CPA) :\n    la période d'essai se termine le" in french_pending
     marie.close()
 
 
