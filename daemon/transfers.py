@@ -380,13 +380,21 @@ class BillingTransfers(DomainService):
         context: dict[str, Any] = {
             "company": company.name,
             "firm": transfer.firm.name,
-            "authorized_by": transfer.authorized_by,
+            "authorized_by": self._authorized_by(company, transfer),
             "authorized_at": transfer.authorized_at,
             "expires_at": transfer.expires_at,
         }
         if url:
             context["url"] = url
         return context
+
+    @staticmethod
+    def _authorized_by(company: Company, transfer: BillingTransfer) -> str:
+        """Who gave the permission, as the emails name a person: "Julie Roy (julie@roy.example)" when it was
+        the company's primary admin (whose name is on file), else the address alone (an admin since replaced)."""
+        if company.admin_name and normalise_email(company.admin_email) == transfer.authorized_by:
+            return f"{company.admin_name} ({transfer.authorized_by})"
+        return transfer.authorized_by
 
     def _view(self, transfer: BillingTransfer) -> TransferView:
         status = transfer.state
