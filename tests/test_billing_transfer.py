@@ -200,3 +200,14 @@ def test_only_a_member_of_that_firm_completes(connected: Seed, cli, mailbox, mak
     assert "not a member" in outsider.get(link).text
     assert outsider.post(link + "/complete").status_code == 403
     assert transfers(cli)[0]["state"] == "pending"
+
+
+def test_a_contact_not_yet_primary_admin_is_named_by_address(server, cli: Cli, seed: Seed, mailbox: Mailbox):
+    """A client the firm added is connected to it; its contact has no name of their own until they become
+    primary admin (the company's stands in): the staff's email names them by address, not 'Café Direct (…)'."""
+    cli("client", "add", "--firm", seed.firm, "--kind", "business", "--name", "Café Direct", "--email",
+        "lea@cafe.example", "--billing", "direct", "--product", "qbo-simple-start")
+    cli("transfer", "allow", "--company", "Café Direct", "--firm", seed.firm)
+    (allowed,) = mailbox.wait(seed.accountant, subject="transfer")
+    text = allowed.get_body(("plain",)).get_content()
+    assert "lea@cafe.example, primary admin of Café Direct, allowed" in text and "Café Direct (lea@" not in text
