@@ -171,6 +171,7 @@ def test_a_client_page_shows_its_facts_and_timeline_with_delivery_states(server,
     pending = marie.get("/pending").text
     assert "Garage Lévesque (Tremblay CPA): invitation sent to nobody@remote.example" in pending
     assert "Clients in their trial period" in pending and "payment details not added yet" in pending
+    assert "Garage Lévesque (Tremblay CPA):\n    the trial ends on " in pending  # "ends on" a date, as in English
 
     # In French, the same page speaks French.
     marie.http.post("/language", data={"csrf_token": csrf_of(html), "language": "fr", "next": "/"})
