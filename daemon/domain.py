@@ -307,7 +307,7 @@ class DomainService:
         return Notice(
             template=template,
             to=company.admin_email,
-            to_name=company.admin_name,
+            to_name=admin_greeting_name(company.admin_name, company.name),
             locale=company.admin_locale,
             timezone=company.admin_timezone,
             context={"company": company.name, **context},
@@ -412,6 +412,13 @@ class DomainService:
 
     def _now(self) -> datetime:
         return self._clock.now()
+
+
+def admin_greeting_name(admin_name: str, company: str) -> str:
+    """The name an email to a company's primary admin greets and addresses: none while it is the company's
+    own, which stands in for the contact's until they become primary admin (as on the manage page), so
+    "Hello," rather than "Hello Café Direct,"."""
+    return "" if admin_name == company else admin_name
 
 
 class CompanyFacts(Protocol):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 MESSAGES: dict[str, str] = {
     "error.unexpected": "this could not be done",
     "job.failure_not_found": "no failed {job} row {ref} (see `cabinet jobs list --failed`)",
+    "job.unknown": "unknown job '{job}': one of {choices}",
     "signin.busy": 'the server is busy checking other sign-ins; try again in a moment',
     "signin.locked_address": "Sign-in for this address is locked after too many failed attempts. Try again in {minutes} minutes, or ask your firm's admin for help",
     "signin.locked_network": "Sign-in for your network address is locked after too many failed attempts. Try again in {minutes} minutes, or ask your firm's admin for help",

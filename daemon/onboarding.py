@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.db import rows_changed
-from daemon.domain import KINDS, DomainService, clean_name, client_view, name_key, normalise_email
+from daemon.domain import KINDS, DomainService, admin_greeting_name, clean_name, client_view, name_key, normalise_email
 from daemon.errors import AlreadyExists, InvalidInput, InvalidState, LinkTampered, NotAllowed, NotFound
 from daemon.i18n import check_locale
 from daemon.models import Client, ClientStatus, Company, Firm, Product, SentReminder, SetupInvitation, SetupState, User
@@ -236,7 +236,8 @@ class Onboarding(DomainService):
         self._notifier.queue(
             s,
             Notice(
-                template=template, to=to, to_name=company.admin_name if to == company.admin_email else client.name,
+                template=template, to=to,
+                to_name=admin_greeting_name(company.admin_name if to == company.admin_email else client.name, company.name),
                 locale=company.admin_locale, timezone=company.admin_timezone,
                 context={"company": company.name, "url": url, "trial_ends_at": company.trial_ends_at, **extra},
                 auto_submitted=template != "payment_details_request",

@@ -25,7 +25,7 @@ from sqlalchemy import delete, select, update
 
 from daemon.app import Cabinet
 from daemon.db import write_transaction
-from daemon.errors import NotFound
+from daemon.errors import InvalidInput, NotFound
 from daemon.models import JobFailure
 from daemon.retention import Retention
 
@@ -134,6 +134,9 @@ class Scheduler:
 
     def retry(self, job: str, ref_id: int) -> None:
         """Put a parked (or waiting) row back in line: the next pass tries it again."""
+        names = [j.name for j in self.jobs]
+        if job not in names:  # a misspelt name is not "no failed row": say which names there are
+            raise InvalidInput("job.unknown", job=job, choices=", ".join(names))
         with write_transaction(self._sessions) as s:
             failure = s.scalar(select(JobFailure).where(JobFailure.job == job, JobFailure.ref_id == ref_id))
             if failure is None:

@@ -18,7 +18,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from daemon.domain import DomainService, normalise_email
+from daemon.domain import DomainService, admin_greeting_name, normalise_email
 from daemon.errors import MESSAGES, InvalidState, NotAllowed, NotFound
 from daemon.models import BillingTransfer, Client, ClientStatus, Company, Firm, SentReminder, TransferState, User
 from daemon.tokens import Purpose
@@ -380,13 +380,23 @@ class BillingTransfers(DomainService):
         context: dict[str, Any] = {
             "company": company.name,
             "firm": transfer.firm.name,
-            "authorized_by": transfer.authorized_by,
+            "authorized_by": self._authorized_by(company, transfer),
             "authorized_at": transfer.authorized_at,
             "expires_at": transfer.expires_at,
         }
         if url:
             context["url"] = url
         return context
+
+    @staticmethod
+    def _authorized_by(company: Company, transfer: BillingTransfer) -> str:
+        """Who gave the permission, as the emails name a person: "Julie Roy (julie@roy.example)" when it was
+        the company's primary admin (whose name is on file), else the address alone (an admin since replaced,
+        or a contact not yet primary admin, whose name is still the company's)."""
+        name = admin_greeting_name(company.admin_name, company.name)  # not the company's name standing in
+        if name and normalise_email(company.admin_email) == transfer.authorized_by:
+            return f"{name} ({transfer.authorized_by})"
+        return transfer.authorized_by
 
     def _view(self, transfer: BillingTransfer) -> TransferView:
         status = transfer.state

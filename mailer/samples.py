@@ -14,6 +14,9 @@ from daemon.errors import InvalidInput
 
 _AT = datetime(2026, 3, 2, 14, 30, tzinfo=timezone.utc)
 _LATER = datetime(2026, 4, 1, 14, 30, tzinfo=timezone.utc)
+#: The moment a preview is read at: when the sample's facts happen, so its deadlines read "in 4 weeks"
+#: as the email would when sent, not "8 months ago" once the wall clock has passed them.
+SAMPLE_NOW = _AT
 _URL = "https://cabinet.example/invitations/SAMPLE-TOKEN"
 _MANAGE = {"manage_url": "https://cabinet.example/company/SAMPLE-TOKEN"}  # the next step, for the client admin
 _ROSTER = {"roster_url": "https://cabinet.example/"}  # the firm's client list, for its staff

@@ -44,7 +44,9 @@ def test_allow_then_complete_within_48_hours(connected: Seed, cli, mailbox, brow
     text = allowed.get_body(("plain",)).get_content()
     (record,) = transfers(cli)
     assert record["state"] == "pending" and record["company"] == seed.company and record["firm"] == seed.firm
-    assert "48" in text and "Complete transfer" in text and seed.admin in text
+    assert "48" in text and "Complete transfer" in text
+    # The primary admin by name, as the other emails name people: not a bare address.
+    assert f"Julie Roy ({seed.admin}), primary admin of {seed.company}, allowed" in text
     link = any_link_in(allowed)
     before = env.sql("SELECT subscription FROM companies")
     assert browser.get(link).status_code == 200  # opening changes nothing
@@ -132,6 +134,7 @@ def test_the_primary_admin_allows_on_the_manage_page(connected: Seed, cli, mailb
     assert [t["state"] for t in transfers(cli)] == ["revoked"]
     (told,) = mailbox.wait(seed.accountant, subject="withdr")
     assert seed.company in told.get_body(("plain",)).get_content()
+    assert f"given by Julie Roy ({seed.admin}) on" in told.get_body(("plain",)).get_content()
 
 
 def test_reminder_12_hours_before_then_expiry_both_sides_told(connected: Seed, cli, mailbox, browser, clock: FakeClock, server):
@@ -197,3 +200,14 @@ def test_only_a_member_of_that_firm_completes(connected: Seed, cli, mailbox, mak
     assert "not a member" in outsider.get(link).text
     assert outsider.post(link + "/complete").status_code == 403
     assert transfers(cli)[0]["state"] == "pending"
+
+
+def test_a_contact_not_yet_primary_admin_is_named_by_address(server, cli: Cli, seed: Seed, mailbox: Mailbox):
+    """A client the firm added is connected to it; its contact has no name of their own until they become
+    primary admin (the company's stands in): the staff's email names them by address, not 'Café Direct (…)'."""
+    cli("client", "add", "--firm", seed.firm, "--kind", "business", "--name", "Café Direct", "--email",
+        "lea@cafe.example", "--billing", "direct", "--product", "qbo-simple-start")
+    cli("transfer", "allow", "--company", "Café Direct", "--firm", seed.firm)
+    (allowed,) = mailbox.wait(seed.accountant, subject="transfer")
+    text = allowed.get_body(("plain",)).get_content()
+    assert "lea@cafe.example, primary admin of Café Direct, allowed" in text and "Café Direct (lea@" not in text

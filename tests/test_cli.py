@@ -267,3 +267,17 @@ def test_the_invitation_page_reads_in_one_statement(cli: Cli, seed: Seed, env: E
     assert view.company == seed.company and view.invited_timezone == "UTC"
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1, statements
     assert not [s for s in statements if s.lstrip().upper().startswith("BEGIN")], statements
+
+
+def test_init_names_a_data_folder_it_cannot_create(tmp_path) -> None:
+    """A data folder under a file (or anywhere mkdir fails) is a configuration problem: one line, exit 78,
+    naming the path and the key to fix; never a Python traceback."""
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    config = tmp_path / "cabinet.toml"
+    config.write_text("[storage]\ndata_dir = 'taken/data'\n")
+    for command in (["init"], ["demo"]):
+        result = CliRunner().invoke(cabinet_cli, ["--config", str(config), *command])
+        assert result.exit_code == 78, result.output
+        assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+        assert f"cannot create {tmp_path / 'taken' / 'data'}" in result.output and "[storage] data_dir" in result.output
+        assert len(result.output.strip().splitlines()) == 1

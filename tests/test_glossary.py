@@ -107,3 +107,26 @@ def test_every_page_string_has_a_french_translation() -> None:
     assert ("%(num)s client found.", "%(num)s clients found.") in extracted  # ngettext's forms are checked too
     missing = sorted(map(str, extracted - translated))
     assert not missing, f"page strings without French in fr.po: {missing}"
+
+
+BUTTON_NAMED = {"fr": re.compile(r"bouton « ([^»]+?) »"), "en": re.compile(r'the "([^"]+)" button')}
+
+
+@pytest.mark.parametrize("locale", ["fr", "en"])
+def test_emails_name_the_buttons_their_pages_show(locale: str) -> None:
+    """An email that says "press the X button on that page" names X as the page's button reads, word for
+    word, in the reader's language: the French setup email said « Devenir Administrateur principal » while
+    its page's button reads « Devenir l'Administrateur principal »."""
+    buttons = {english if locale == "en" else french for _, english, french in catalogue_pairs()}
+    named: list[tuple[str, str]] = []
+    for path in sorted((TEMPLATES / "email" / locale).glob("*.*")):
+        if path.suffix == ".subject":
+            continue
+        text = path.read_text(encoding="utf-8")
+        # Both branches of an {% if %} inside the quotes: each is a button the reader may be told of.
+        for quoted in BUTTON_NAMED[locale].findall(text):
+            for name in re.split(r"\{%.*?%\}", quoted):
+                if name.strip():
+                    named.append((path.name, name.strip()))
+    assert named, "no email names a button any more: the pattern is stale"
+    assert [(where, name) for where, name in named if name not in buttons] == []

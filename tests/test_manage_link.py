@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Browser, Cli, Mailbox, Seed, any_link_in
+from tests.conftest import Browser, Cli, Mailbox, Seed, any_link_in, csrf_of
 
 
 def ask(browser: Browser, email: str) -> "object":
@@ -135,3 +135,31 @@ def test_a_client_admin_asks_for_a_manage_link_in_french(chromium, server, cli: 
     page.get_by_role("button", name="M'envoyer un lien de gestion par courriel").click()
     page.get_by_text("Si cette adresse est celle de l'Administrateur principal").first.wait_for()
     context.close()
+
+
+def test_an_expired_or_broken_manage_link_offers_to_email_a_fresh_one(
+    server, cli: Cli, seed: Seed, mailbox: Mailbox, make_browser, clock
+) -> None:
+    """A manage link lasts 24 hours: past that (or cut off when copied) its page says so in the reader's
+    language and leads to the page that emails a new one, instead of "Something went wrong" and a way home."""
+    cli("company", "send-link", seed.company)
+    manage = any_link_in(mailbox.wait(seed.admin, subject="Manage")[-1])
+    admin = make_browser("fr-CA,fr")
+    clock.advance(hours=23)
+    page = admin.get(manage).text  # opened an hour before the link's end, its buttons pressed after it
+    clock.advance(hours=2)
+    expired = admin.get(manage)
+    assert expired.status_code == 410
+    assert "Ce lien a expiré." in expired.text and 'href="/manage"' in expired.text
+    assert "Un lien de gestion fonctionne pendant 24 heures." in expired.text
+    assert "Une erreur s'est produite" not in expired.text
+    # Its buttons, pressed after the 24 hours, say the same and change nothing.
+    pressed = admin.http.post(manage + "/invite", data={"csrf_token": csrf_of(page), "email": "luc@cote.example"})
+    assert pressed.status_code == 410 and 'href="/manage"' in pressed.text
+    assert server.env.sql("SELECT count(*) FROM invitations") == [(0,)]
+    broken = admin.get(manage[:-6])
+    assert broken.status_code == 404 and "Ce lien n&#39;est pas valide." in broken.text and 'href="/manage"' in broken.text
+    # That page's form: the primary admin gets a fresh link that works.
+    assert ask(admin, seed.admin).status_code == 303
+    fresh = any_link_in(mailbox.wait(seed.admin, subject="Manage", count=2)[-1])
+    assert admin.get(fresh).status_code == 200

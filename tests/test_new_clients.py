@@ -53,6 +53,9 @@ def test_wholesale_without_make_me_invites_the_contact_to_be_primary_admin(serve
     (client,) = roster_of(cli, seed.firm)
     assert client["status"] == "setup pending" and client["email"] == "marc@garage.example"
     (invite,) = mailbox.wait("marc@garage.example", subject="primary admin")
+    # The contact's name is not known yet: the email greets them, not the company ("Hello Garage Lévesque,").
+    assert invite.get_body(("plain",)).get_content().startswith("Hello,\n")
+    assert str(invite["To"]) == "marc@garage.example"
     link = any_link_in(invite)
     visitor = Browser(env.base_url)
     page = visitor.get(link)
@@ -122,6 +125,7 @@ def test_direct_discount_reminds_at_7_and_1_days_then_lapses(server, cli, seed, 
     assert client["status"] == "trial" and client["billing"] == "direct" and client["trial_ends_at"]
     (request,) = mailbox.wait("lea@cafe.example", subject="payment")
     assert "Add payment details" in request.get_body(("plain",)).get_content()
+    assert request.get_body(("plain",)).get_content().startswith("Hello,\n")
     clock.advance(days=23, hours=1)
     (seven,) = mailbox.wait("lea@cafe.example", subject="7")
     clock.advance(days=6)

@@ -83,6 +83,9 @@ def test_one_failing_row_is_parked_and_the_rest_of_the_sweep_goes_on(
     assert status_of(cli, seed, "Café Direct") == "discount lapsed"
     assert json.loads(cli("jobs", "list", "--failed", "--json").output) == []
     cli("jobs", "retry", "trial_deadline", str(failure["ref_id"]), expect=3)
+    # A misspelt job is not "no failed row": the message names the jobs there are.
+    misspelt = cli("jobs", "retry", "trial_deadlines", str(failure["ref_id"]), expect=1)
+    assert "unknown job 'trial_deadlines': one of invitation_expiry, transfer_deadline, trial_deadline" in misspelt.output
 
 
 class StatementCounter:

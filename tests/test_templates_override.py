@@ -100,6 +100,10 @@ def test_preview_renders_with_the_override_and_given_facts(env: Env, overrides: 
     # A date given as JSON text is read as a date.
     dated = run_cli(*config, "mail", "preview", "invitation", "--text", "--context", '{"expires_at": "2031-07-04T12:00"}')
     assert "2031" in dated
+    # Deadlines read from the sample's own moment, as when the email is sent: ahead, not months ago.
+    assert "(dans 4 semaines)" in output and "il y a" not in output
+    reminder = run_cli(*config, "mail", "preview", "transfer_reminder", "--locale", "en")
+    assert reminder.startswith("Subject: Reminder: 4 weeks left") and "(in 4 weeks)" in reminder and " ago" not in reminder
     path = Path(run_cli(*config, "mail", "preview", "invitation", "--open", "--context", '{"company": "Acme"}').strip())
     try:
         assert path.suffix == ".html" and "Acme" in path.read_text(encoding="utf-8")

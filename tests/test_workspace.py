@@ -160,18 +160,33 @@ def test_a_client_page_shows_its_facts_and_timeline_with_delivery_states(server,
     assert timeline.count('class="email"') == 2
     assert 'data-delivery="bounced"' in timeline and "User unknown" in timeline
     assert 'data-delivery="sent"' in timeline
-    assert "Email to nobody@remote.example:" in timeline
+    assert "Email to nobody@remote.example: “Tremblay CPA invites you" in timeline  # English quotes in English
+
+    # What the operator did from the command line says so in words, not the log's "operator".
+    cli("client", "resend-link", "--firm", seed.firm, "--name", "Garage Lévesque")
+    assert "Setup link sent again" in marie.get(f"/clients/{client_id(env, 'Garage Lévesque')}").text
+    assert "(by the operator, command line)" in marie.get(f"/clients/{client_id(env, 'Garage Lévesque')}").text
 
     # The same client on Pending: waiting for its primary admin, and in its trial period.
     pending = marie.get("/pending").text
     assert "Garage Lévesque (Tremblay CPA): invitation sent to nobody@remote.example" in pending
     assert "Clients in their trial period" in pending and "payment details not added yet" in pending
+    assert "Garage Lévesque (Tremblay CPA):\n    the trial ends on " in pending  # "ends on" a date, as in English
 
     # In French, the same page speaks French.
     marie.http.post("/language", data={"csrf_token": csrf_of(html), "language": "fr", "next": "/"})
     french = marie.get(f"/clients/{client_id(env, 'Garage Lévesque')}").text
     assert "Ajouté à la liste de clients" in french and "retourné (non distribuable)" in french
+    assert "Courriel à nobody@remote.example : « Tremblay CPA invites you" in french  # its subject as sent
+    # Who and how in French words: not the log's "operator" and "bounce".
+    assert sorted(re.findall(r"\(par [^)]*\)", french)) == [
+        "(par l'opérateur, ligne de commande)", "(par marie@tremblay.example, page Web)",
+        "(par nobody@remote.example, avis de non-remise)"]
     assert "Rabais direct" in french and "Direct discount" not in french
+    # Pending's two entries set their colon as French does (the trial's was outside the catalogue: "Roy):").
+    french_pending = marie.get("/pending").text
+    assert "Garage Lévesque (Tremblay CPA) : invitation envoyée à nobody@remote.example" in french_pending
+    assert "Garage Lévesque (Tremblay CPA) :\n    la période d'essai se termine le" in french_pending
     marie.close()
 
 

@@ -15,11 +15,28 @@ from daemon import durable
 from daemon.app import initialise
 from daemon.cli.state import CliState, pass_state
 from daemon.config import load_config
-from daemon.errors import AlreadyExists, CabinetError
+from daemon.errors import AlreadyExists, CabinetError, ConfigError
+from daemon.faults import storage_fault
 from daemon.logs import setup_logging
 
 if TYPE_CHECKING:
     from daemon.service import Service
+
+
+def _initialise(state: CliState, new_signing_key: bool = False) -> list[str]:
+    """``initialise``, with a data folder, key file or Maildir it cannot create or write (a parent that is a
+    file, a path under /proc, no permission) said in one line with exit 78, as ``CliState.cabinet`` says
+    one it cannot read, rather than a traceback. A full or read-only disk stays a storage fault (exit 75)."""
+    try:
+        return initialise(state.config, new_signing_key=new_signing_key)
+    except OSError as exc:
+        if storage_fault(exc) is not None:
+            raise
+        where = exc.filename or "a file Cabinet needs"
+        raise ConfigError(
+            f"cannot create {where}: {exc.strerror or exc}; check [storage] data_dir (and [mail] maildir, "
+            "[security] secret_keys_file) in the configuration"
+        ) from None
 
 
 @click.command("init")
@@ -32,7 +49,7 @@ def init(state: CliState, new_signing_key: bool) -> None:
     Refuses to make a new key when the key file is missing but the database already has firms
     (a lost key, or a second instance without a copy of the keys): restore the file instead.
     """
-    for line in initialise(state.config, new_signing_key=new_signing_key):
+    for line in _initialise(state, new_signing_key):
         click.echo(line)
     click.echo(f"Cabinet is ready in {state.config.storage.data_dir}. Next: cabinet serve")
 
@@ -122,7 +139,7 @@ def demo(state: CliState) -> None:
     again without a new email; once the company is on the firm's client list,
     nothing is sent at all.
     """
-    initialise(state.config)
+    _initialise(state)
     roster = state.cabinet.roster
     credentials = state.config.storage.data_dir / "demo-password"
     if not credentials.exists():

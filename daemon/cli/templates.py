@@ -21,7 +21,7 @@ from daemon.cli.state import CliState, pass_state, print_table
 from daemon.config import LOCALES
 from daemon.template_folders import TemplateFolders, template_folders
 from mailer.render import EMAIL_LAYOUTS, EMAIL_PARTS, EmailRenderer, email_names
-from mailer.samples import sample_context
+from mailer.samples import SAMPLE_NOW, sample_context
 
 
 def _folders(state: CliState) -> TemplateFolders:
@@ -76,7 +76,7 @@ def preview(state: CliState, template: str, locale: str | None, part: str | None
     locale = locale or state.config.general.default_locale
     try:
         rendered = EmailRenderer(folders.search_path("email")).render(
-            template, locale, state.config.general.timezone, sample_context(template, overrides)
+            template, locale, state.config.general.timezone, {"now": SAMPLE_NOW, **sample_context(template, overrides)}
         )
     except TemplateError as exc:
         raise _template_error(exc) from None

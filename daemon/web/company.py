@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon.domain import request_key
-from daemon.errors import CabinetError, InvalidInput, LimitReached
+from daemon.errors import CabinetError, InvalidInput, LimitReached, LinkError
 from daemon.web.context import CABINET, form, message, page, redirect, run, speak_to
 from daemon.web.security import client_ip
 
@@ -29,14 +29,26 @@ async def _page(request: web.Request, status: int = 200, error: str | None = Non
     )
 
 
+def _ask_again(request: web.Request, exc: LinkError) -> web.Response:
+    """A manage link that has expired (it lasts 24 hours) or is not valid: what happened, and the way to
+    `/manage`, which emails the primary admin a fresh one, rather than an error page with no next step."""
+    return page(request, "company_link_refused.html", status=exc.http_status, error=message(request, exc))
+
+
 async def show(request: web.Request) -> web.Response:
-    return await _page(request, notice=request.query.get("done"))
+    try:
+        return await _page(request, notice=request.query.get("done"))
+    except LinkError as exc:
+        return _ask_again(request, exc)
 
 
 async def act(request: web.Request) -> web.Response:
     cabinet = request.app[CABINET]
     token = request.match_info["token"]
-    company_id, email = await run(cabinet.company_admin.resolve, token)
+    try:
+        company_id, email = await run(cabinet.company_admin.resolve, token)
+    except LinkError as exc:
+        return _ask_again(request, exc)
     action = request.match_info["action"]
     data = form(request)
     try:
