@@ -91,15 +91,19 @@ class InvitationView:
     invited_timezone: str | None = None
     # The invitation email's delivery state (daemon.deliveries), where a listing reads it.
     delivery: str | None = None
+    # The name of whoever sent it (``invited_by``), while they are still the company's primary admin: the
+    # page names them as the email did, "Julie Roy (julie@…)"; None: the address alone.
+    invited_by_name: str | None = None
 
     @classmethod
     def of_link(
         cls, *, id: int, company: str, email: str, invited_by: str, state: str, status: str, created_at: datetime,
         expires_at: datetime, decided_at: datetime | None, firm: str | None, accepted_by: str | None,
         accepted_by_email: str | None, renewal_requested_at: datetime | None, invited_timezone: str | None,
+        invited_by_name: str | None = None,
     ) -> InvitationView:
         """The link page's view (no ``url``, no ``delivery``): what ``cls(...)`` gives, equal and hashed
-        alike, without the frozen dataclass's ``__init__``, which sets each of the 16 fields through
+        alike, without the frozen dataclass's ``__init__``, which sets each of the 17 fields through
         ``object.__setattr__`` (4-6 us a page, as long as the page's SQL statement takes in SQLite).
         tests/test_invitation_view.py holds it to ``__init__``'s instance, field by field."""
         view = _new_object(cls)
@@ -107,12 +111,12 @@ class InvitationView:
             id=id, company=company, email=email, invited_by=invited_by, state=state, status=status,
             created_at=created_at, expires_at=expires_at, decided_at=decided_at, firm=firm, accepted_by=accepted_by,
             accepted_by_email=accepted_by_email, renewal_requested_at=renewal_requested_at, url=None,
-            invited_timezone=invited_timezone, delivery=None,
+            invited_timezone=invited_timezone, delivery=None, invited_by_name=invited_by_name,
         )
         return view
 
     # The link page's kept rendering is found by a key holding the view (``daemon.web.context.page``): it
-    # is hashed and compared on every request. The generated methods build a tuple of the 16 fields
+    # is hashed and compared on every request. The generated methods build a tuple of the 17 fields
     # attribute by attribute, twice for ``==``; these compare the fields' values in one C call (a frozen
     # view holds its fields and nothing else), and hash the id, which equal views share (views of one
     # invitation in another state are told apart by ``==``). Defined here, ``dataclass`` keeps them.
@@ -123,6 +127,13 @@ class InvitationView:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    @property
+    def inviter(self) -> str:
+        """Who sent it, as pages name them: "Julie Roy (julie@roy.example)", as the invitation email does;
+        the address alone once they are no longer the company's primary admin (or have no name)."""
+        name = self.invited_by_name
+        return f"{name} ({self.invited_by})" if name else self.invited_by
 
     def as_dict(self) -> dict[str, Any]:
         return {

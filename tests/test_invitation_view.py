@@ -28,6 +28,7 @@ def test_of_link_is_the_dataclasss_own_instance(decided: datetime | None) -> Non
         id=7, company="Érablière Roy", email="a@b.example", invited_by="c@d.example", state="pending",
         status="expired", created_at=NOW, expires_at=NOW + timedelta(days=30), decided_at=decided, firm=None,
         accepted_by=None, accepted_by_email=None, renewal_requested_at=NOW, invited_timezone="Europe/Paris",
+        invited_by_name="Julie Roy",
     )
     ours, theirs = InvitationView.of_link(**values), InvitationView(**values)
     assert type(ours) is InvitationView

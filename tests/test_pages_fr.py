@@ -139,3 +139,22 @@ def test_a_signed_out_invitation_page_dates_in_the_invited_zone(server, cli, see
     link = link_in(mailbox.wait("luc@tremblay.example")[-1])
     page = Browser(env.base_url, accept_language="fr-CA").get(link).text
     assert 'lang="fr"' in page and "Se connecter" in page and " HNP " in page  # Luc's zone, not the server's
+
+
+def test_an_invitation_page_names_its_sender_as_the_email_does_while_they_are_primary_admin(
+        server, cli, seed, mailbox, env):
+    from tests.conftest import link_in
+
+    cli("invitation", "send", "--company", seed.company, "--email", seed.accountant)
+    email = mailbox.wait(seed.accountant)[-1]
+    assert "Julie Roy (julie@roy.example)" in email.get_body(("plain",)).get_content()
+    link = link_in(email)
+    browser = Browser(env.base_url, accept_language="fr-CA")
+    page = browser.get(link).text
+    assert "Julie Roy (julie@roy.example) invite marie@tremblay.example à agir à titre de comptable" in page
+    # Another primary admin since: the page names the sender by the address the invitation came from.
+    cli("company", "set-admin", seed.company, "--admin-email", "paul@roy.example", "--admin-name", "Paul Roy")
+    page = browser.get(link).text
+    assert "julie@roy.example invite marie@tremblay.example" in page and "Julie Roy" not in page
+    assert "Paul Roy" not in page
+    browser.close()
