@@ -414,6 +414,13 @@ class DomainService:
         return self._clock.now()
 
 
+def inviter_name(admin_email: str, admin_name: str, company: str, invited_by: str) -> str | None:
+    """The name of an invitation's sender (``invited_by``) while they are still the company's primary admin
+    and have a name of their own (``admin_greeting_name``); None: pages name them by address alone.
+    The link page's statement reads the same rule in SQL (``roster._invitation_page``)."""
+    return (admin_greeting_name(admin_name, company) or None) if admin_email == invited_by else None
+
+
 def admin_greeting_name(admin_name: str, company: str) -> str:
     """The name an email to a company's primary admin greets and addresses: none while it is the company's
     own, which stands in for the contact's until they become primary admin (as on the manage page), so

@@ -33,7 +33,7 @@ from daemon.transitions import Transition, TransitionLost
 from daemon.domain import (
     KINDS,
     DomainService,
-    admin_greeting_name,
+    inviter_name,
     clean_name,
     client_view,
     company_view,
@@ -126,7 +126,7 @@ def _invitation_page(opened: bool = True) -> Select[Any]:
         company.c.name.label("company"), firm.c.name.label("firm"),
         accepted.c.name.label("accepted_by"), accepted.c.email.label("accepted_by_email"),
         # Who sent it, named as the email named them while they are still the company's primary admin
-        # (``_inviter_name``'s rule: a firm-added company's name stands in for its contact's, no name).
+        # (``domain.inviter_name``'s rule: a firm-added company's name stands in for its contact's, no name).
         case((and_(company.c.admin_email == inv.c.invited_by, company.c.admin_name != company.c.name),
               company.c.admin_name)).label("invited_by_name"),
         # The page's dates are in the invited accountant's zone when signed out.
@@ -200,12 +200,6 @@ class _Replan(Exception):
 
 class _Undone(Exception):
     """A batch of one accept's transaction is to be rolled back (its outcome is decided already)."""
-
-
-def _inviter_name(admin_email: str, admin_name: str, company: str, invited_by: str) -> str | None:
-    """The name of an invitation's sender while they are still the company's primary admin and have a name
-    of their own (``admin_greeting_name``), as the link page's statement reads it (``invited_by_name``)."""
-    return (admin_greeting_name(admin_name, company) or None) if admin_email == invited_by else None
 
 
 def _undone_outcome(exc: Exception) -> Exception | None:
@@ -774,7 +768,7 @@ class Roster(DomainService):
             accepted_by=invitation.accepted_by.name if invitation.accepted_by else None,
             accepted_by_email=invitation.accepted_by.email if invitation.accepted_by else None,
             renewal_requested_at=invitation.renewal_requested_at,
-            invited_by_name=_inviter_name(invitation.company.admin_email, invitation.company.admin_name,
+            invited_by_name=inviter_name(invitation.company.admin_email, invitation.company.admin_name,
                                           invitation.company.name, invitation.invited_by),
         )
 
@@ -1166,7 +1160,7 @@ class Roster(DomainService):
                 expires_at=read.expires_at, decided_at=plan.now, firm=plan.firm_name,
                 accepted_by=read.user_name, accepted_by_email=read.user_email,
                 renewal_requested_at=read.renewal_requested_at, invited_timezone=None,
-                invited_by_name=_inviter_name(read.admin_email, read.admin_name, read.name, read.invited_by),
+                invited_by_name=inviter_name(read.admin_email, read.admin_name, read.name, read.invited_by),
             ),
             ClientView(
                 id=client.id, firm=plan.firm_name, name=client.name, kind=client.kind, status=client.status,

@@ -18,6 +18,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def named(address: str, name: str | None) -> str:
+    """A person as pages name them: "Julie Roy (julie@roy.example)", or the address alone without a name."""
+    return f"{name} ({address})" if name else address
+
+
 @dataclass(frozen=True)
 class FirmView:
     id: int
@@ -132,8 +137,7 @@ class InvitationView:
     def inviter(self) -> str:
         """Who sent it, as pages name them: "Julie Roy (julie@roy.example)", as the invitation email does;
         the address alone once they are no longer the company's primary admin (or have no name)."""
-        name = self.invited_by_name
-        return f"{name} ({self.invited_by})" if name else self.invited_by
+        return named(self.invited_by, self.invited_by_name)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -26,7 +26,7 @@ from sqlalchemy.sql.operators import custom_op
 from daemon.client_actions import awaits_payment
 from daemon.deliveries import KINDS, OPENED, LinkFact, delivery, parse_detail
 from daemon.client_search import SEARCH_TABLE, SearchIndex, contains, fts_match, indexed, search_index, words
-from daemon.domain import DomainContext, DomainService
+from daemon.domain import DomainContext, DomainService, inviter_name
 from daemon.models import (
     BillingTransfer,
     Client,
@@ -47,7 +47,7 @@ from daemon.models import (
     User,
 )
 from daemon.tokens import Purpose
-from daemon.views import UserView
+from daemon.views import UserView, named
 
 T = TypeVar("T")
 
@@ -182,7 +182,7 @@ class ClientInvitation:
 @dataclass(frozen=True)
 class PendingInvitation:
     company: str
-    invited_by: str
+    invited_by: str  # who sent it, as pages name them (``views.named``)
     created_at: datetime
     expires_at: datetime
     url: str
@@ -630,7 +630,8 @@ class Workspace(DomainService):
                 .order_by(OutboxMessage.id.desc()).limit(1).correlate(Invitation).scalar_subquery()
             )
             invitations = s.execute(
-                select(Invitation, Company.name, OutboxMessage.state, OutboxMessage.created_at)
+                select(Invitation, Company.name, OutboxMessage.state, OutboxMessage.created_at, Company.admin_email,
+                       Company.admin_name)
                 .outerjoin(OutboxMessage, OutboxMessage.id == latest)
                 .join(Company, Company.id == Invitation.company_id)
                 .where(Invitation.email == email, Invitation.state == InvitationState.PENDING,
@@ -673,12 +674,14 @@ class Workspace(DomainService):
         return Pending(
             invitations=tuple(
                 PendingInvitation(
-                    company=name, invited_by=inv.invited_by, created_at=inv.created_at, expires_at=inv.expires_at,
+                    company=name, invited_by=named(inv.invited_by, inviter_name(admin_email, admin_name, name,
+                                                                                inv.invited_by)),
+                    created_at=inv.created_at, expires_at=inv.expires_at,
                     url=self._links.invitation(self._signer.sign(Purpose.INVITE, [inv.id, inv.nonce])),
                     # Pending, so not acted on yet: queued, sent, bounced or opened.
                     delivery=delivery(state, "invitation", sent, opened, inv.id) if state else None,
                 )
-                for inv, name, state, sent in invitations
+                for inv, name, state, sent, admin_email, admin_name in invitations
             ),
             transfers=tuple(
                 PendingTransfer(

@@ -195,7 +195,7 @@ def test_pending_shows_invitations_to_me_and_transfers_with_time_left(server, cl
     marie = signed_in(env, seed.accountant)
     mailbox.wait(seed.accountant, subject="Invitation")
     pending = marie.get("/pending").text
-    assert "Boulangerie Roy invites you to be its accountant (sent by julie@roy.example" in pending
+    assert "Boulangerie Roy invites you to be its accountant (sent by Julie Roy (julie@roy.example)" in pending
     assert '<span data-delivery="sent">(email: sent (accepted by the mail relay))</span>' in pending
     link = re.search(r'href="(http[^"]+/invitations/[^"]+)">Open the invitation', pending)
     assert link and '<span class="count">1</span>' in pending  # the navigation counts it
